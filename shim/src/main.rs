@@ -1,1 +1,27 @@
-fn main() {}
+//! containerd-shim-migrate-v1: the runtime `io.containerd.migrate.v1`.
+
+mod console;
+mod container;
+mod error;
+mod events;
+mod exits;
+mod oom;
+mod process;
+mod runc;
+mod service;
+mod stdio;
+mod task;
+
+/// The name containerd knows this runtime by; the binary's name follows from it.
+const RUNTIME_ID: &str = "io.containerd.migrate.v1";
+
+// One thread: a shim runs per container, and its work is waiting on runc,
+// pipes and sockets, so a multi-threaded runtime would only cost memory.
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    if std::env::args().skip(1).any(|a| matches!(a.as_str(), "-v" | "-version" | "--version")) {
+        println!("containerd-shim-migrate-v1:\n  Runtime: {RUNTIME_ID}\n  Version: {}", env!("CARGO_PKG_VERSION"));
+        return;
+    }
+    containerd_shim::asynchronous::run::<service::Service>(RUNTIME_ID, None).await;
+}

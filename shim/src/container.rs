@@ -1,0 +1,528 @@
+//! One container: its init process, its execs, and the verbs containerd
+//! applies to them, turned into runc commands and state transitions.
+
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+};
+
+use containerd_shim::{
+    asynchronous::io::Stdio,
+    mount::umount_recursive,
+    protos::{
+        api::CreateTaskRequest,
+        events::task::TaskExit,
+        protobuf::{Message, well_known_types::any::Any},
+        shim::oci::Options,
+    },
+    util::{convert_to_timestamp, mount_rootfs, read_pid_from_file, write_options},
+};
+use log::{debug, warn};
+use nix::sys::signal::Signal;
+use tokio::task::JoinHandle;
+
+use crate::{
+    error::{Error, Result},
+    events::Events,
+    exits::{Exits, ProcessKey},
+    oom,
+    process::{ExecState, Exit, InitState, Lifecycle, Process},
+    runc::{self, CreateOptions, ExecOptions, Runc},
+    stdio::{IoOwner, PendingIo},
+};
+
+const OPTIONS_TYPE: &str = "containerd.runc.v1.Options";
+
+pub struct Container {
+    pub id: String,
+    pub bundle: PathBuf,
+    runc: Runc,
+    exits: Arc<Exits>,
+    owner: IoOwner,
+    pub init: Process<InitState>,
+    execs: Mutex<HashMap<String, Arc<Exec>>>,
+    /// Serialises the verbs that change the lifecycle with the handling of
+    /// exits, so that containerd hears of a start before of the exit it caused.
+    pub lifecycle: tokio::sync::Mutex<()>,
+    /// The init's exit, held back until every exec has exited: containerd
+    /// expects the container's exit event last.
+    held_init_exit: Mutex<Option<i32>>,
+    oom_watch: Mutex<Option<JoinHandle<()>>>,
+    rootfs: Option<PathBuf>,
+}
+
+pub struct Exec {
+    pub process: Process<ExecState>,
+    /// The OCI process spec (JSON) given to `runc exec`.
+    spec: Vec<u8>,
+}
+
+impl Container {
+    pub async fn create(req: &CreateTaskRequest, namespace: &str, exits: &Arc<Exits>) -> Result<Container> {
+        if req.id.is_empty() {
+            return Err(Error::InvalidArgument("a task needs an id".into()));
+        }
+        if !req.checkpoint.is_empty() {
+            return Err(Error::Unsupported("creating a task from a checkpoint".into()));
+        }
+        let options = runtime_options(req.options.as_ref())?;
+        let bundle = PathBuf::from(&req.bundle);
+        write_options(&bundle, &options).await.map_err(Error::shim("write the runtime options to the bundle"))?;
+
+        let rootfs = if req.rootfs.is_empty() { None } else { Some(bundle.join("rootfs")) };
+        if let Some(target) = &rootfs {
+            for m in &req.rootfs {
+                if let Err(e) = mount_rootfs(m, target).await {
+                    unmount(target);
+                    return Err(Error::shim(format!("mount the rootfs ({} {})", m.type_, m.source))(e));
+                }
+            }
+        }
+
+        let runc = Runc::new(&options.binary_name, &options.root, namespace, options.systemd_cgroup, &bundle);
+        let owner = IoOwner { uid: options.io_uid, gid: options.io_gid };
+        let stdio = Stdio::new(&req.stdin, &req.stdout, &req.stderr, req.terminal);
+        let created = Self::run_create(&req.id, &bundle, &runc, &options, &stdio, owner, exits).await;
+        let (state, io) = match created {
+            Ok(created) => created,
+            Err(e) => {
+                if let Some(target) = &rootfs {
+                    unmount(target);
+                }
+                return Err(e);
+            }
+        };
+
+        Ok(Container {
+            id: req.id.clone(),
+            bundle,
+            runc,
+            exits: exits.clone(),
+            owner,
+            init: Process::new(state, stdio, Some(io)),
+            execs: Mutex::default(),
+            lifecycle: tokio::sync::Mutex::new(()),
+            held_init_exit: Mutex::new(None),
+            oom_watch: Mutex::new(None),
+            rootfs,
+        })
+    }
+
+    async fn run_create(
+        id: &str,
+        bundle: &Path,
+        runc: &Runc,
+        options: &Options,
+        stdio: &Stdio,
+        owner: IoOwner,
+        exits: &Arc<Exits>,
+    ) -> Result<(InitState, crate::stdio::ProcessIo)> {
+        let (pending, runc_stdio) = PendingIo::prepare(stdio, owner)?;
+        let pid_file = bundle.join("init.pid");
+        let starting = exits.begin_start();
+        let opts = CreateOptions {
+            bundle,
+            pid_file: &pid_file,
+            console_socket: pending.console_socket(),
+            no_pivot: options.no_pivot_root,
+            no_new_keyring: options.no_new_keyring,
+        };
+        if let Err(e) = runc.create(id, &opts, runc_stdio).await {
+            pending.abort().await;
+            return Err(e.into());
+        }
+        let finished = async {
+            let io = pending.finish().await?;
+            let pid = read_pid_from_file(&pid_file)
+                .await
+                .map_err(Error::shim(format!("read the pid file {}", pid_file.display())))?;
+            Ok::<_, Error>((io, pid as u32))
+        };
+        let (io, pid) = match finished.await {
+            Ok(done) => done,
+            Err(e) => {
+                // runc created a container the shim cannot serve: remove it.
+                if let Err(d) = runc.delete(id, true).await {
+                    warn!("failed to delete half-created container {id}: {d}");
+                }
+                return Err(e);
+            }
+        };
+        let key = ProcessKey { container: id.to_string(), exec: None };
+        let state = match exits.register(pid, key, &starting) {
+            None => InitState::Created { pid },
+            Some(status) => InitState::Stopped { pid, exit: Exit::now(status) },
+        };
+        Ok((state, io))
+    }
+
+    pub fn watch_oom(&self, events: Events) {
+        if let Some(handle) = oom::watch(self.init.state().pid(), &self.id, events) {
+            *self.oom_watch.lock().unwrap() = Some(handle);
+        }
+    }
+
+    pub async fn start_init(&self) -> Result<u32> {
+        match self.init.state() {
+            InitState::Created { .. } => {}
+            s @ (InitState::Running { .. } | InitState::Paused { .. } | InitState::Stopped { .. }) => {
+                return Err(Error::WrongState { verb: "start", state: s.name() });
+            }
+        }
+        self.runc.start(&self.id).await?;
+        let state = self.init.transition("start", |s| match s {
+            InitState::Created { pid } => Some(InitState::Running { pid }),
+            InitState::Running { .. } | InitState::Paused { .. } | InitState::Stopped { .. } => None,
+        })?;
+        Ok(state.pid())
+    }
+
+    pub fn exec(&self, exec_id: &str) -> Result<Arc<Exec>> {
+        self.execs
+            .lock()
+            .unwrap()
+            .get(exec_id)
+            .cloned()
+            .ok_or_else(|| Error::NotFound(format!("exec {exec_id} in container {}", self.id)))
+    }
+
+    pub fn add_exec(&self, exec_id: &str, stdio: Stdio, spec: Option<&Any>) -> Result<()> {
+        let Some(spec) = spec else {
+            return Err(Error::InvalidArgument(format!("exec {exec_id} has no process spec")));
+        };
+        if let Err(e) = serde_json::from_slice::<oci_spec::runtime::Process>(&spec.value) {
+            return Err(Error::InvalidArgument(format!("exec {exec_id}: the process spec is not valid: {e}")));
+        }
+        match self.init.state() {
+            InitState::Created { .. } | InitState::Running { .. } | InitState::Paused { .. } => {}
+            InitState::Stopped { .. } => {
+                return Err(Error::WrongState { verb: "exec in", state: "stopped" });
+            }
+        }
+        let mut execs = self.execs.lock().unwrap();
+        if execs.contains_key(exec_id) {
+            return Err(Error::AlreadyExists(format!("exec {exec_id} in container {}", self.id)));
+        }
+        let exec = Exec { process: Process::new(ExecState::Added, stdio, None), spec: spec.value.clone() };
+        execs.insert(exec_id.to_string(), Arc::new(exec));
+        Ok(())
+    }
+
+    /// Starts an exec; returns its pid and, if it already exited, its status,
+    /// which the caller reports after the start.
+    pub async fn start_exec(&self, exec_id: &str) -> Result<(u32, Option<i32>)> {
+        let exec = self.exec(exec_id)?;
+        match exec.process.state() {
+            ExecState::Added => {}
+            s @ (ExecState::Running { .. } | ExecState::Stopped { .. }) => {
+                return Err(Error::WrongState { verb: "start", state: s.name() });
+            }
+        }
+        let spec_file = tempfile::Builder::new()
+            .prefix(".exec-")
+            .suffix(".json")
+            .tempfile_in(&self.bundle)
+            .map_err(Error::io(format!("create the process spec file in {}", self.bundle.display())))?;
+        std::fs::write(spec_file.path(), &exec.spec)
+            .map_err(Error::io(format!("write {}", spec_file.path().display())))?;
+        let pid_file = self.bundle.join(format!("{exec_id}.pid"));
+
+        let (pending, runc_stdio) = PendingIo::prepare(&exec.process.stdio, self.owner)?;
+        let starting = self.exits.begin_start();
+        let opts = ExecOptions { process: spec_file.path(), pid_file: &pid_file, console_socket: pending.console_socket() };
+        if let Err(e) = self.runc.exec(&self.id, &opts, runc_stdio).await {
+            pending.abort().await;
+            return Err(e.into());
+        }
+        let io = pending.finish().await?;
+        let pid = read_pid_from_file(&pid_file)
+            .await
+            .map_err(Error::shim(format!("read the pid file {}", pid_file.display())))? as u32;
+        let _ = std::fs::remove_file(&pid_file);
+        exec.process.set_io(io);
+        let key = ProcessKey { container: self.id.clone(), exec: Some(exec_id.to_string()) };
+        let early = self.exits.register(pid, key, &starting);
+        exec.process.transition("start", |s| match s {
+            ExecState::Added => Some(ExecState::Running { pid }),
+            ExecState::Running { .. } | ExecState::Stopped { .. } => None,
+        })?;
+        Ok((pid, early))
+    }
+
+    /// Records an exit and returns the exit events to publish, in order.
+    pub fn process_exited(&self, exec_id: Option<&str>, status: i32) -> Vec<TaskExit> {
+        let mut events = Vec::new();
+        match exec_id {
+            Some(exec_id) => {
+                let Ok(exec) = self.exec(exec_id) else { return events };
+                let exited = exec.process.transition("exit", |s| match s {
+                    ExecState::Running { pid } => Some(ExecState::Stopped { pid, exit: Exit::now(status) }),
+                    ExecState::Added | ExecState::Stopped { .. } => None,
+                });
+                if let Ok(state) = exited {
+                    events.push(exit_event(&self.id, exec_id, state));
+                }
+                if self.running_exec_pids().is_empty()
+                    && let Some(status) = self.held_init_exit.lock().unwrap().take()
+                {
+                    events.extend(self.init_exited(status));
+                }
+            }
+            None => {
+                let running = self.running_exec_pids();
+                if running.is_empty() {
+                    events.extend(self.init_exited(status));
+                } else {
+                    // Without a pid namespace of its own, the container's execs
+                    // outlive its init; the container is over, so end them.
+                    debug!("init of {} exited, killing {} exec(s) first", self.id, running.len());
+                    *self.held_init_exit.lock().unwrap() = Some(status);
+                    for pid in running {
+                        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGKILL);
+                    }
+                }
+            }
+        }
+        events
+    }
+
+    fn init_exited(&self, status: i32) -> Option<TaskExit> {
+        let state = self
+            .init
+            .transition("exit", |s| match s {
+                InitState::Created { pid } | InitState::Running { pid } | InitState::Paused { pid } => {
+                    Some(InitState::Stopped { pid, exit: Exit::now(status) })
+                }
+                InitState::Stopped { .. } => None,
+            })
+            .ok()?;
+        Some(exit_event(&self.id, &self.id, state))
+    }
+
+    fn running_exec_pids(&self) -> Vec<u32> {
+        let execs = self.execs.lock().unwrap();
+        execs
+            .values()
+            .filter_map(|e| match e.process.state() {
+                ExecState::Running { pid } => Some(pid),
+                ExecState::Added | ExecState::Stopped { .. } => None,
+            })
+            .collect()
+    }
+
+    pub async fn kill(&self, exec_id: Option<&str>, signal: u32, all: bool) -> Result<()> {
+        let Some(exec_id) = exec_id else {
+            return match self.init.state() {
+                InitState::Created { .. } | InitState::Running { .. } | InitState::Paused { .. } => {
+                    self.runc.kill(&self.id, signal, all).await.map_err(gone)
+                }
+                InitState::Stopped { .. } => Err(Error::NotFound("process already finished".into())),
+            };
+        };
+        let exec = self.exec(exec_id)?;
+        match exec.process.state() {
+            ExecState::Added => Err(Error::WrongState { verb: "kill", state: "created" }),
+            ExecState::Running { pid } => {
+                let signal = Signal::try_from(signal as i32)
+                    .map_err(|_| Error::InvalidArgument(format!("signal {signal} is not a valid signal")))?;
+                match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal) {
+                    Ok(()) => Ok(()),
+                    Err(nix::errno::Errno::ESRCH) => Err(Error::NotFound("process already finished".into())),
+                    Err(e) => Err(Error::io(format!("send {signal} to exec {exec_id}"))(e.into())),
+                }
+            }
+            ExecState::Stopped { .. } => Err(Error::NotFound("process already finished".into())),
+        }
+    }
+
+    /// Deletes the init process, and with it the container; returns its pid
+    /// and exit.
+    pub async fn delete_init(&self) -> Result<(u32, Exit)> {
+        let (pid, exit) = match self.init.state() {
+            s @ (InitState::Running { .. } | InitState::Paused { .. }) => {
+                return Err(Error::WrongState { verb: "delete", state: s.name() });
+            }
+            InitState::Created { pid } => {
+                self.runc.delete(&self.id, true).await.or_else(ignore_gone)?;
+                // runc killed the waiting init; its exit reaches nobody now.
+                self.exits.forget(pid);
+                (pid, Exit::now(128 + Signal::SIGKILL as i32))
+            }
+            InitState::Stopped { pid, exit } => {
+                self.runc.delete(&self.id, false).await.or_else(ignore_gone)?;
+                (pid, exit)
+            }
+        };
+        if let Some(watch) = self.oom_watch.lock().unwrap().take() {
+            watch.abort();
+        }
+        let ios: Vec<_> = {
+            let execs = std::mem::take(&mut *self.execs.lock().unwrap());
+            execs.values().filter_map(|e| e.process.take_io()).collect()
+        };
+        for io in ios {
+            io.shutdown().await;
+        }
+        if let Some(io) = self.init.take_io() {
+            io.shutdown().await;
+        }
+        if let Some(rootfs) = &self.rootfs {
+            unmount(rootfs);
+        }
+        Ok((pid, exit))
+    }
+
+    pub async fn delete_exec(&self, exec_id: &str) -> Result<(u32, Exit)> {
+        let exec = self.exec(exec_id)?;
+        let (pid, exit) = match exec.process.state() {
+            // Never started: nothing ran, so nothing exited; report as runc.v2 does.
+            ExecState::Added => (0, Exit::now(0)),
+            s @ ExecState::Running { .. } => return Err(Error::WrongState { verb: "delete", state: s.name() }),
+            ExecState::Stopped { pid, exit } => (pid, exit),
+        };
+        self.execs.lock().unwrap().remove(exec_id);
+        if let Some(io) = exec.process.take_io() {
+            io.shutdown().await;
+        }
+        Ok((pid, exit))
+    }
+
+    pub async fn pause(&self) -> Result<()> {
+        match self.init.state() {
+            InitState::Running { .. } => {}
+            s @ (InitState::Created { .. } | InitState::Paused { .. } | InitState::Stopped { .. }) => {
+                return Err(Error::WrongState { verb: "pause", state: s.name() });
+            }
+        }
+        self.runc.pause(&self.id).await?;
+        self.init
+            .transition("pause", |s| match s {
+                InitState::Running { pid } => Some(InitState::Paused { pid }),
+                InitState::Created { .. } | InitState::Paused { .. } | InitState::Stopped { .. } => None,
+            })
+            .map(drop)
+    }
+
+    pub async fn resume(&self) -> Result<()> {
+        match self.init.state() {
+            InitState::Paused { .. } => {}
+            s @ (InitState::Created { .. } | InitState::Running { .. } | InitState::Stopped { .. }) => {
+                return Err(Error::WrongState { verb: "resume", state: s.name() });
+            }
+        }
+        self.runc.resume(&self.id).await?;
+        self.init
+            .transition("resume", |s| match s {
+                InitState::Paused { pid } => Some(InitState::Running { pid }),
+                InitState::Created { .. } | InitState::Running { .. } | InitState::Stopped { .. } => None,
+            })
+            .map(drop)
+    }
+
+    pub async fn update(&self, resources: Option<&Any>) -> Result<()> {
+        let Some(resources) = resources else {
+            return Err(Error::InvalidArgument("update without resources".into()));
+        };
+        if let Err(e) = serde_json::from_slice::<oci_spec::runtime::LinuxResources>(&resources.value) {
+            return Err(Error::InvalidArgument(format!("the resources are not valid: {e}")));
+        }
+        match self.init.state() {
+            InitState::Created { .. } | InitState::Running { .. } | InitState::Paused { .. } => {}
+            s @ InitState::Stopped { .. } => return Err(Error::WrongState { verb: "update", state: s.name() }),
+        }
+        Ok(self.runc.update(&self.id, &resources.value).await?)
+    }
+
+    /// Every pid in the container, with the exec id of those that are execs.
+    pub async fn pids(&self) -> Result<Vec<(u32, Option<String>)>> {
+        let pids = self.runc.ps(&self.id).await?;
+        let execs: HashMap<u32, String> = self
+            .execs
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|(id, e)| match e.process.state() {
+                ExecState::Running { pid } => Some((pid, id.clone())),
+                ExecState::Added | ExecState::Stopped { .. } => None,
+            })
+            .collect();
+        Ok(pids.into_iter().map(|pid| (pid, execs.get(&pid).cloned())).collect())
+    }
+}
+
+fn exit_event(container: &str, id: &str, state: impl Lifecycle) -> TaskExit {
+    let exit = state.exit();
+    TaskExit {
+        container_id: container.to_string(),
+        id: id.to_string(),
+        pid: state.pid(),
+        exit_status: exit.map(|e| e.status).unwrap_or_default(),
+        exited_at: protobuf_time(exit.map(|e| e.at)),
+        ..Default::default()
+    }
+}
+
+pub fn protobuf_time(
+    at: Option<std::time::SystemTime>,
+) -> containerd_shim::protos::protobuf::MessageField<containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp>
+{
+    let at = at.map(time::OffsetDateTime::from);
+    containerd_shim::protos::protobuf::MessageField::some(convert_to_timestamp(at))
+}
+
+fn runtime_options(any: Option<&Any>) -> Result<Options> {
+    let Some(any) = any.filter(|a| !a.type_url.is_empty() || !a.value.is_empty()) else {
+        return Ok(Options::default());
+    };
+    if !any.type_url.ends_with(OPTIONS_TYPE) {
+        return Err(Error::InvalidArgument(format!(
+            "runtime options of type {} are not understood; io.containerd.migrate.v1 takes {OPTIONS_TYPE}",
+            any.type_url
+        )));
+    }
+    Options::parse_from_bytes(&any.value)
+        .map_err(|e| Error::InvalidArgument(format!("the runtime options ({OPTIONS_TYPE}) do not decode: {e}")))
+}
+
+/// runc reporting the container gone during a kill means the process
+/// finished first: containerd expects NOT_FOUND with these words.
+fn gone(e: runc::Error) -> Error {
+    match e {
+        runc::Error::NotFound { .. } => Error::NotFound("process already finished".into()),
+        other => other.into(),
+    }
+}
+
+fn ignore_gone(e: runc::Error) -> Result<()> {
+    match e {
+        runc::Error::NotFound { .. } => Ok(()),
+        other => Err(other.into()),
+    }
+}
+
+fn unmount(target: &Path) {
+    if let Err(e) = umount_recursive(target.to_str(), libc::MNT_DETACH) {
+        warn!("failed to unmount {}: {e}", target.display());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runtime_options_decode_or_explain() {
+        assert_eq!(runtime_options(None).unwrap(), Options::default());
+        let opts = Options { binary_name: "/usr/sbin/runc".into(), ..Default::default() };
+        let any = Any {
+            type_url: format!("type.googleapis.com/{OPTIONS_TYPE}"),
+            value: opts.write_to_bytes().unwrap(),
+            ..Default::default()
+        };
+        assert_eq!(runtime_options(Some(&any)).unwrap().binary_name, "/usr/sbin/runc");
+        let wrong = Any { type_url: "io.containerd.runhcs.v1.Options".into(), ..Default::default() };
+        let err = runtime_options(Some(&wrong)).unwrap_err().to_string();
+        assert!(err.contains("io.containerd.runhcs.v1.Options"), "{err}");
+    }
+}

@@ -1,0 +1,248 @@
+//! A driver for the runc command line, with typed options and runc's own
+//! error message attached to every failure.
+//!
+//! The `runc` crate on crates.io stops short of checkpoint and restore, which
+//! this project is about, so the shim carries its own small driver.
+
+mod command;
+mod log;
+
+use std::{
+    ffi::OsString,
+    path::{Path, PathBuf},
+};
+
+pub use command::Stdio3;
+use command::run;
+use log::LogFile;
+
+/// Where runc keeps container state when the runtime options name no root,
+/// per namespace, as containerd's own runc shim does.
+pub const DEFAULT_ROOT: &str = "/run/containerd/runc";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("failed to run {}: {source}", binary.display())]
+    Spawn { binary: PathBuf, #[source] source: std::io::Error },
+
+    #[error("failed to watch for runc's exit: {source}")]
+    Monitor { #[source] source: containerd_shim::Error },
+
+    #[error("runc {command} failed (exit status {status}): {message}")]
+    Failed { command: &'static str, status: i32, message: String },
+
+    /// runc says the container or process is gone; containerd expects
+    /// NOT_FOUND for this, e.g. when killing a process that just exited.
+    #[error("runc {command}: {message}")]
+    NotFound { command: &'static str, message: String },
+
+    #[error("runc {command} printed output that is not valid: {source}")]
+    Output { command: &'static str, #[source] source: serde_json::Error },
+}
+
+/// The runtime options containerd hands to a runc-based shim
+/// (`containerd.runc.v1.Options`), as far as they concern runc itself.
+#[derive(Debug, Clone)]
+pub struct Runc {
+    binary: PathBuf,
+    root: PathBuf,
+    systemd_cgroup: bool,
+    /// runc's JSON log, in the bundle.
+    log: PathBuf,
+}
+
+#[derive(Debug)]
+pub struct CreateOptions<'a> {
+    pub bundle: &'a Path,
+    pub pid_file: &'a Path,
+    pub console_socket: Option<&'a Path>,
+    pub no_pivot: bool,
+    pub no_new_keyring: bool,
+}
+
+#[derive(Debug)]
+pub struct ExecOptions<'a> {
+    pub process: &'a Path,
+    pub pid_file: &'a Path,
+    pub console_socket: Option<&'a Path>,
+}
+
+impl Runc {
+    /// `binary` empty means `runc` from PATH; `root` empty means the default
+    /// root for `namespace`. runc's log goes to `log.json` in the bundle.
+    pub fn new(binary: &str, root: &str, namespace: &str, systemd_cgroup: bool, bundle: &Path) -> Self {
+        let binary = if binary.is_empty() { "runc" } else { binary };
+        let root = if root.is_empty() {
+            Path::new(DEFAULT_ROOT).join(namespace)
+        } else {
+            Path::new(root).join(namespace)
+        };
+        Self {
+            binary: PathBuf::from(binary),
+            root,
+            systemd_cgroup,
+            log: bundle.join("log.json"),
+        }
+    }
+
+    pub async fn create(&self, id: &str, opts: &CreateOptions<'_>, stdio: Stdio3) -> Result<(), Error> {
+        let mut args = vec![os("create"), os("--bundle"), opts.bundle.into(), os("--pid-file"), opts.pid_file.into()];
+        if let Some(socket) = opts.console_socket {
+            args.extend([os("--console-socket"), socket.into()]);
+        }
+        if opts.no_pivot {
+            args.push(os("--no-pivot"));
+        }
+        if opts.no_new_keyring {
+            args.push(os("--no-new-keyring"));
+        }
+        args.push(id.into());
+        self.exec_command("create", args, stdio, None).await.map(drop)
+    }
+
+    pub async fn start(&self, id: &str) -> Result<(), Error> {
+        self.simple("start", vec![os("start"), id.into()]).await
+    }
+
+    pub async fn exec(&self, id: &str, opts: &ExecOptions<'_>, stdio: Stdio3) -> Result<(), Error> {
+        let mut args = vec![
+            os("exec"),
+            os("--detach"),
+            os("--process"),
+            opts.process.into(),
+            os("--pid-file"),
+            opts.pid_file.into(),
+        ];
+        if let Some(socket) = opts.console_socket {
+            args.extend([os("--console-socket"), socket.into()]);
+        }
+        args.push(id.into());
+        self.exec_command("exec", args, stdio, None).await.map(drop)
+    }
+
+    pub async fn kill(&self, id: &str, signal: u32, all: bool) -> Result<(), Error> {
+        let mut args = vec![os("kill")];
+        if all {
+            args.push(os("--all"));
+        }
+        args.extend([id.into(), signal.to_string().into()]);
+        self.simple("kill", args).await
+    }
+
+    pub async fn delete(&self, id: &str, force: bool) -> Result<(), Error> {
+        let mut args = vec![os("delete")];
+        if force {
+            args.push(os("--force"));
+        }
+        args.push(id.into());
+        self.simple("delete", args).await
+    }
+
+    pub async fn pause(&self, id: &str) -> Result<(), Error> {
+        self.simple("pause", vec![os("pause"), id.into()]).await
+    }
+
+    pub async fn resume(&self, id: &str) -> Result<(), Error> {
+        self.simple("resume", vec![os("resume"), id.into()]).await
+    }
+
+    /// The pids of every process in the container.
+    pub async fn ps(&self, id: &str) -> Result<Vec<u32>, Error> {
+        let args = vec![os("ps"), os("--format"), os("json"), id.into()];
+        let out = self.exec_command("ps", args, Stdio3::Captured, None).await?;
+        let text = String::from_utf8_lossy(&out);
+        // runc prints "null" for a container without processes.
+        let pids: Option<Vec<u32>> =
+            serde_json::from_str(text.trim()).map_err(|source| Error::Output { command: "ps", source })?;
+        Ok(pids.unwrap_or_default())
+    }
+
+    /// Applies `resources`, the JSON form of an OCI `LinuxResources`.
+    pub async fn update(&self, id: &str, resources: &[u8]) -> Result<(), Error> {
+        let args = vec![os("update"), os("--resources"), os("-"), id.into()];
+        self.exec_command("update", args, Stdio3::Captured, Some(resources)).await.map(drop)
+    }
+
+    async fn simple(&self, command: &'static str, args: Vec<OsString>) -> Result<(), Error> {
+        self.exec_command(command, args, Stdio3::Captured, None).await.map(drop)
+    }
+
+    /// Runs runc with the global options in front of `args`; returns stdout.
+    async fn exec_command(
+        &self,
+        command: &'static str,
+        args: Vec<OsString>,
+        stdio: Stdio3,
+        input: Option<&[u8]>,
+    ) -> Result<Vec<u8>, Error> {
+        let log = LogFile::new(&self.log);
+        let mut full = vec![
+            os("--root"),
+            self.root.clone().into(),
+            os("--log"),
+            log.path().into(),
+            os("--log-format"),
+            os("json"),
+        ];
+        if self.systemd_cgroup {
+            full.push(os("--systemd-cgroup"));
+        }
+        full.extend(args);
+
+        let mark = log.mark();
+        let out = run(&self.binary, full, stdio, input).await?;
+        if out.status == 0 {
+            return Ok(out.stdout);
+        }
+        let message = log
+            .last_error_since(mark)
+            .or_else(|| non_empty(&out.stderr))
+            .or_else(|| non_empty(&out.stdout))
+            .unwrap_or_else(|| "runc printed nothing".to_string());
+        Err(classify(command, out.status, message))
+    }
+}
+
+fn classify(command: &'static str, status: i32, message: String) -> Error {
+    // runc has no machine-readable error kinds; these are its words for a
+    // container or process that is already gone.
+    const GONE: [&str; 3] = ["does not exist", "container not running", "process already finished"];
+    if GONE.iter().any(|g| message.contains(g)) {
+        Error::NotFound { command, message }
+    } else {
+        Error::Failed { command, status, message }
+    }
+}
+
+fn non_empty(bytes: &[u8]) -> Option<String> {
+    let text = String::from_utf8_lossy(bytes).trim().to_string();
+    (!text.is_empty()).then_some(text)
+}
+
+fn os(s: &str) -> OsString {
+    OsString::from(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn root_is_per_namespace() {
+        let r = Runc::new("", "", "k8s.io", false, Path::new("/b"));
+        assert_eq!(r.root, Path::new("/run/containerd/runc/k8s.io"));
+        assert_eq!(r.binary, Path::new("runc"));
+        let r = Runc::new("/opt/runc", "/var/run/alt", "default", true, Path::new("/b"));
+        assert_eq!(r.root, Path::new("/var/run/alt/default"));
+        assert_eq!(r.log, Path::new("/b/log.json"));
+    }
+
+    #[test]
+    fn gone_containers_are_not_found() {
+        assert!(matches!(
+            classify("kill", 1, "container \"x\" does not exist".into()),
+            Error::NotFound { .. }
+        ));
+        assert!(matches!(classify("start", 1, "permission denied".into()), Error::Failed { .. }));
+    }
+}

@@ -1,0 +1,170 @@
+//! Connecting a process's stdio to the fifos containerd made for it.
+//!
+//! Without a terminal the process gets pipes whose other ends the shim
+//! copies to and from the fifos; with one, runc hands the terminal's master
+//! over the console socket and the shim copies through that. The copying
+//! itself is containerd-shim's `IoTasks`, which already keeps the fifos open
+//! across a containerd restart.
+
+use std::{
+    os::fd::{AsRawFd, OwnedFd},
+    process::Stdio as ChildStdio,
+};
+
+use containerd_shim::asynchronous::io::{IoTasks, Pty, Stdio};
+use nix::{fcntl::OFlag, unistd::pipe2};
+use tokio::net::unix::pipe;
+
+use crate::{
+    console::ConsoleSocket,
+    error::{Error, Result},
+    runc::Stdio3,
+};
+
+/// The shim's side of a running process's stdio.
+pub struct ProcessIo {
+    tasks: IoTasks,
+    pty: Option<Pty>,
+}
+
+/// Stdio that runc is about to use; `finish` once runc has run.
+pub enum PendingIo {
+    Pipes(IoTasks),
+    Console { socket: ConsoleSocket, stdio: Stdio },
+}
+
+/// Who owns the pipes handed to the process, from the runtime options.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct IoOwner {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl PendingIo {
+    /// Prepares `stdio` and returns what to give runc.
+    pub fn prepare(stdio: &Stdio, owner: IoOwner) -> Result<(Self, Stdio3)> {
+        for path in [&stdio.stdin, &stdio.stdout, &stdio.stderr] {
+            if let Some((scheme, _)) = path.split_once("://") {
+                return Err(Error::Unsupported(format!("stdio URI scheme {scheme}:// ({path})")));
+            }
+        }
+        if stdio.terminal {
+            let socket = ConsoleSocket::new()?;
+            let null = || ChildStdio::null();
+            let runc = Stdio3::Given { stdin: null(), stdout: null(), stderr: null() };
+            return Ok((PendingIo::Console { socket, stdio: stdio.clone() }, runc));
+        }
+
+        let tasks = IoTasks::default();
+        let result = Self::pipes(stdio, owner, &tasks);
+        match result {
+            Ok(runc) => Ok((PendingIo::Pipes(tasks), runc)),
+            Err(e) => {
+                // Nothing was started yet; cancel copies already wired up.
+                tokio::spawn(async move { tasks.abort().await });
+                Err(e)
+            }
+        }
+    }
+
+    fn pipes(stdio: &Stdio, owner: IoOwner, tasks: &IoTasks) -> Result<Stdio3> {
+        let stdin = if stdio.stdin.is_empty() {
+            ChildStdio::null()
+        } else {
+            let (child, ours) = pipe_pair(owner)?;
+            let writer = pipe::Sender::from_owned_fd(ours).map_err(Error::io("set up the stdin pipe"))?;
+            tasks.copy_from_fifo(&stdio.stdin, writer).map_err(Error::shim("copy stdin"))?;
+            child.into()
+        };
+        let stdout = output(&stdio.stdout, owner, tasks)?;
+        let stderr = output(&stdio.stderr, owner, tasks)?;
+        Ok(Stdio3::Given { stdin, stdout, stderr })
+    }
+
+    /// Completes the stdio once runc created the process.
+    pub async fn finish(self) -> Result<ProcessIo> {
+        match self {
+            PendingIo::Pipes(tasks) => Ok(ProcessIo { tasks, pty: None }),
+            PendingIo::Console { socket, stdio } => {
+                let master = socket.receive().await?;
+                let pty = Pty::new(master).map_err(Error::shim("set up the terminal"))?;
+                let tasks = IoTasks::default();
+                if !stdio.stdin.is_empty() {
+                    tasks.copy_from_fifo(&stdio.stdin, pty.clone()).map_err(Error::shim("copy stdin"))?;
+                }
+                if !stdio.stdout.is_empty() {
+                    tasks.copy_to_fifo(pty.clone(), &stdio.stdout).map_err(Error::shim("copy stdout"))?;
+                }
+                Ok(ProcessIo { tasks, pty: Some(pty) })
+            }
+        }
+    }
+
+    /// The console socket runc must send the terminal to, if any.
+    pub fn console_socket(&self) -> Option<&std::path::Path> {
+        match self {
+            PendingIo::Pipes(_) => None,
+            PendingIo::Console { socket, .. } => Some(socket.path()),
+        }
+    }
+
+    /// Releases everything when runc failed.
+    pub async fn abort(self) {
+        match self {
+            PendingIo::Pipes(tasks) => tasks.abort().await,
+            PendingIo::Console { .. } => {}
+        }
+    }
+}
+
+impl ProcessIo {
+    pub fn close_stdin(&self) {
+        self.tasks.close_input();
+    }
+
+    pub fn resize(&self, width: u32, height: u32) -> Result<()> {
+        let Some(pty) = &self.pty else {
+            return Err(Error::InvalidArgument("the process has no terminal to resize".into()));
+        };
+        let size = libc::winsize {
+            ws_row: height.min(u16::MAX as u32) as u16,
+            ws_col: width.min(u16::MAX as u32) as u16,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: TIOCSWINSZ reads one winsize from the pointer we pass.
+        let rc = unsafe { libc::ioctl(std::os::fd::AsFd::as_fd(pty).as_raw_fd(), libc::TIOCSWINSZ, &size) };
+        if rc < 0 {
+            return Err(Error::io("resize the terminal")(std::io::Error::last_os_error()));
+        }
+        Ok(())
+    }
+
+    /// Drains buffered output to containerd, then closes the copies.
+    pub async fn shutdown(self) {
+        self.tasks.shutdown().await;
+    }
+}
+
+fn output(path: &str, owner: IoOwner, tasks: &IoTasks) -> Result<ChildStdio> {
+    if path.is_empty() {
+        return Ok(ChildStdio::null());
+    }
+    let (ours, child) = pipe_pair(owner)?;
+    let reader = pipe::Receiver::from_owned_fd(ours).map_err(Error::io("set up an output pipe"))?;
+    tasks.copy_to_fifo(reader, path).map_err(Error::shim(format!("copy output to {path}")))?;
+    Ok(child.into())
+}
+
+/// A pipe as (read end, write end); both ends are given to `owner` so a
+/// process running as another user can use its end.
+fn pipe_pair(owner: IoOwner) -> Result<(OwnedFd, OwnedFd)> {
+    let (r, w) = pipe2(OFlag::O_CLOEXEC).map_err(|e| Error::io("create a pipe")(e.into()))?;
+    if owner.uid != 0 || owner.gid != 0 {
+        for fd in [&r, &w] {
+            nix::unistd::fchown(fd, Some(owner.uid.into()), Some(owner.gid.into()))
+                .map_err(|e| Error::io("hand a stdio pipe to the container's user")(e.into()))?;
+        }
+    }
+    Ok((r, w))
+}
