@@ -28,7 +28,8 @@ use crate::{
     exits::{Exits, ProcessKey},
     oom,
     process::{ExecState, Exit, InitState, Lifecycle, Process},
-    runc::{self, CreateOptions, ExecOptions, Runc},
+    checkpoint::RestoreCriuOptions,
+    runc::{self, CheckpointOptions, CreateOptions, ExecOptions, RestoreOptions, Runc},
     stdio::{IoOwner, PendingIo},
 };
 
@@ -40,6 +41,7 @@ pub struct Container {
     runc: Runc,
     exits: Arc<Exits>,
     owner: IoOwner,
+    no_pivot: bool,
     pub init: Process<InitState>,
     execs: Mutex<HashMap<String, Arc<Exec>>>,
     /// Serialises the verbs that change the lifecycle with the handling of
@@ -63,8 +65,14 @@ impl Container {
         if req.id.is_empty() {
             return Err(Error::InvalidArgument("a task needs an id".into()));
         }
-        if !req.checkpoint.is_empty() {
-            return Err(Error::Unsupported("creating a task from a checkpoint".into()));
+        let restore_from = (!req.checkpoint.is_empty()).then(|| PathBuf::from(&req.checkpoint));
+        if let Some(image) = &restore_from
+            && !image.join("inventory.img").is_file()
+        {
+            return Err(Error::InvalidArgument(format!(
+                "{} holds no CRIU checkpoint (there is no inventory.img)",
+                image.display()
+            )));
         }
         let options = runtime_options(req.options.as_ref())?;
         let bundle = PathBuf::from(&req.bundle);
@@ -83,15 +91,19 @@ impl Container {
         let runc = Runc::new(&options.binary_name, &options.root, namespace, options.systemd_cgroup, &bundle);
         let owner = IoOwner { uid: options.io_uid, gid: options.io_gid };
         let stdio = Stdio::new(&req.stdin, &req.stdout, &req.stderr, req.terminal);
-        let created = Self::run_create(&req.id, &bundle, &runc, &options, &stdio, owner, exits).await;
-        let (state, io) = match created {
-            Ok(created) => created,
-            Err(e) => {
-                if let Some(target) = &rootfs {
-                    unmount(target);
+        let (state, io) = match restore_from {
+            // Nothing runs until start restores it: that is when runc needs
+            // the stdio, so it is prepared then.
+            Some(image) => (InitState::CreatedFromCheckpoint { image: image.into() }, None),
+            None => match Self::run_create(&req.id, &bundle, &runc, &options, &stdio, owner, exits).await {
+                Ok((state, io)) => (state, Some(io)),
+                Err(e) => {
+                    if let Some(target) = &rootfs {
+                        unmount(target);
+                    }
+                    return Err(e);
                 }
-                return Err(e);
-            }
+            },
         };
 
         Ok(Container {
@@ -100,7 +112,8 @@ impl Container {
             runc,
             exits: exits.clone(),
             owner,
-            init: Process::new(state, stdio, Some(io)),
+            no_pivot: options.no_pivot_root,
+            init: Process::new(state, stdio, io),
             execs: Mutex::default(),
             lifecycle: tokio::sync::Mutex::new(()),
             held_init_exit: Mutex::new(None),
@@ -158,24 +171,82 @@ impl Container {
     }
 
     pub fn watch_oom(&self, events: Events) {
-        if let Some(handle) = oom::watch(self.init.state().pid(), &self.id, events) {
+        let pid = match self.init.state() {
+            InitState::Created { pid } | InitState::Running { pid } | InitState::Paused { pid } => pid,
+            InitState::CreatedFromCheckpoint { .. } | InitState::Stopped { .. } => return,
+        };
+        if let Some(handle) = oom::watch(pid, &self.id, events) {
             *self.oom_watch.lock().unwrap() = Some(handle);
         }
     }
 
-    pub async fn start_init(&self) -> Result<u32> {
-        match self.init.state() {
-            InitState::Created { .. } => {}
+    /// Starts the init, or restores it if it was created from a checkpoint;
+    /// returns its pid and, if it already exited, its status.
+    pub async fn start_init(&self) -> Result<(u32, Option<i32>)> {
+        let (pid, early) = match self.init.state() {
+            InitState::Created { pid } => {
+                self.runc.start(&self.id).await?;
+                (pid, None)
+            }
+            InitState::CreatedFromCheckpoint { image } => self.restore(&image).await?,
             s @ (InitState::Running { .. } | InitState::Paused { .. } | InitState::Stopped { .. }) => {
                 return Err(Error::WrongState { verb: "start", state: s.name() });
             }
-        }
-        self.runc.start(&self.id).await?;
-        let state = self.init.transition("start", |s| match s {
-            InitState::Created { pid } => Some(InitState::Running { pid }),
+        };
+        self.init.transition("start", |s| match s {
+            InitState::Created { .. } | InitState::CreatedFromCheckpoint { .. } => Some(InitState::Running { pid }),
             InitState::Running { .. } | InitState::Paused { .. } | InitState::Stopped { .. } => None,
         })?;
-        Ok(state.pid())
+        Ok((pid, early))
+    }
+
+    async fn restore(&self, image: &Path) -> Result<(u32, Option<i32>)> {
+        let criu = RestoreCriuOptions::read(image)?.to_criu();
+        let work = self.bundle.join("criu-restore-work");
+        fresh_dir(&work)?;
+        let pid_file = self.bundle.join("init.pid");
+        let (pending, runc_stdio) = PendingIo::prepare(&self.init.stdio, self.owner)?;
+        let starting = self.exits.begin_start();
+        let opts = RestoreOptions {
+            bundle: &self.bundle,
+            image_path: image,
+            work_path: &work,
+            pid_file: &pid_file,
+            console_socket: pending.console_socket(),
+            no_pivot: self.no_pivot,
+            lazy_pages: false,
+            criu,
+        };
+        if let Err(e) = self.runc.restore(&self.id, &opts, runc_stdio).await {
+            pending.abort().await;
+            return Err(e.into());
+        }
+        self.init.set_io(pending.finish().await?);
+        let pid = read_pid_from_file(&pid_file)
+            .await
+            .map_err(Error::shim(format!("read the pid file {}", pid_file.display())))? as u32;
+        let key = ProcessKey { container: self.id.clone(), exec: None };
+        Ok((pid, self.exits.register(pid, key, &starting)))
+    }
+
+    /// Dumps the init with CRIU. A failure leaves the container as it was,
+    /// running, with CRIU's log kept in the work path named by the error.
+    pub async fn checkpoint(&self, opts: &CheckpointOptions) -> Result<()> {
+        match self.init.state() {
+            InitState::Running { .. } | InitState::Paused { .. } => {}
+            s @ (InitState::Created { .. } | InitState::CreatedFromCheckpoint { .. } | InitState::Stopped { .. }) => {
+                return Err(Error::WrongState { verb: "checkpoint", state: s.name() });
+            }
+        }
+        fresh_dir(&opts.work_path)?;
+        std::fs::create_dir_all(&opts.image_path)
+            .map_err(Error::io(format!("create the checkpoint directory {}", opts.image_path.display())))?;
+        self.runc.checkpoint(&self.id, opts).await?;
+        RestoreCriuOptions::from(&opts.criu).write(&opts.image_path)?;
+        if opts.work_path.starts_with(&self.bundle) {
+            let _ = std::fs::remove_dir_all(&opts.work_path);
+        }
+        Ok(())
     }
 
     pub fn exec(&self, exec_id: &str) -> Result<Arc<Exec>> {
@@ -196,8 +267,8 @@ impl Container {
         }
         match self.init.state() {
             InitState::Created { .. } | InitState::Running { .. } | InitState::Paused { .. } => {}
-            InitState::Stopped { .. } => {
-                return Err(Error::WrongState { verb: "exec in", state: "stopped" });
+            s @ (InitState::CreatedFromCheckpoint { .. } | InitState::Stopped { .. }) => {
+                return Err(Error::WrongState { verb: "exec in", state: s.name() });
             }
         }
         let mut execs = self.execs.lock().unwrap();
@@ -294,7 +365,7 @@ impl Container {
                 InitState::Created { pid } | InitState::Running { pid } | InitState::Paused { pid } => {
                     Some(InitState::Stopped { pid, exit: Exit::now(status) })
                 }
-                InitState::Stopped { .. } => None,
+                InitState::CreatedFromCheckpoint { .. } | InitState::Stopped { .. } => None,
             })
             .ok()?;
         Some(exit_event(&self.id, &self.id, state))
@@ -317,6 +388,7 @@ impl Container {
                 InitState::Created { .. } | InitState::Running { .. } | InitState::Paused { .. } => {
                     self.runc.kill(&self.id, signal, all).await.map_err(gone)
                 }
+                InitState::CreatedFromCheckpoint { .. } => Err(Error::WrongState { verb: "kill", state: "created" }),
                 InitState::Stopped { .. } => Err(Error::NotFound("process already finished".into())),
             };
         };
@@ -349,6 +421,8 @@ impl Container {
                 self.exits.forget(pid);
                 (pid, Exit::now(128 + Signal::SIGKILL as i32))
             }
+            // Never restored, so runc knows nothing of it.
+            InitState::CreatedFromCheckpoint { .. } => (0, Exit::now(0)),
             InitState::Stopped { pid, exit } => {
                 self.runc.delete(&self.id, false).await.or_else(ignore_gone)?;
                 (pid, exit)
@@ -391,7 +465,10 @@ impl Container {
     pub async fn pause(&self) -> Result<()> {
         match self.init.state() {
             InitState::Running { .. } => {}
-            s @ (InitState::Created { .. } | InitState::Paused { .. } | InitState::Stopped { .. }) => {
+            s @ (InitState::Created { .. }
+            | InitState::CreatedFromCheckpoint { .. }
+            | InitState::Paused { .. }
+            | InitState::Stopped { .. }) => {
                 return Err(Error::WrongState { verb: "pause", state: s.name() });
             }
         }
@@ -399,7 +476,10 @@ impl Container {
         self.init
             .transition("pause", |s| match s {
                 InitState::Running { pid } => Some(InitState::Paused { pid }),
-                InitState::Created { .. } | InitState::Paused { .. } | InitState::Stopped { .. } => None,
+                InitState::Created { .. }
+                | InitState::CreatedFromCheckpoint { .. }
+                | InitState::Paused { .. }
+                | InitState::Stopped { .. } => None,
             })
             .map(drop)
     }
@@ -407,7 +487,10 @@ impl Container {
     pub async fn resume(&self) -> Result<()> {
         match self.init.state() {
             InitState::Paused { .. } => {}
-            s @ (InitState::Created { .. } | InitState::Running { .. } | InitState::Stopped { .. }) => {
+            s @ (InitState::Created { .. }
+            | InitState::CreatedFromCheckpoint { .. }
+            | InitState::Running { .. }
+            | InitState::Stopped { .. }) => {
                 return Err(Error::WrongState { verb: "resume", state: s.name() });
             }
         }
@@ -415,7 +498,10 @@ impl Container {
         self.init
             .transition("resume", |s| match s {
                 InitState::Paused { pid } => Some(InitState::Running { pid }),
-                InitState::Created { .. } | InitState::Running { .. } | InitState::Stopped { .. } => None,
+                InitState::Created { .. }
+                | InitState::CreatedFromCheckpoint { .. }
+                | InitState::Running { .. }
+                | InitState::Stopped { .. } => None,
             })
             .map(drop)
     }
@@ -429,7 +515,9 @@ impl Container {
         }
         match self.init.state() {
             InitState::Created { .. } | InitState::Running { .. } | InitState::Paused { .. } => {}
-            s @ InitState::Stopped { .. } => return Err(Error::WrongState { verb: "update", state: s.name() }),
+            s @ (InitState::CreatedFromCheckpoint { .. } | InitState::Stopped { .. }) => {
+                return Err(Error::WrongState { verb: "update", state: s.name() });
+            }
         }
         Ok(self.runc.update(&self.id, &resources.value).await?)
     }
@@ -499,6 +587,17 @@ fn ignore_gone(e: runc::Error) -> Result<()> {
         runc::Error::NotFound { .. } => Ok(()),
         other => Err(other.into()),
     }
+}
+
+/// Empties `dir`, creating it if needed, so that no file of an earlier run
+/// (say a stale CRIU log) is mistaken for one of this run.
+fn fresh_dir(dir: &Path) -> Result<()> {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::io(format!("clear {}", dir.display()))(e)),
+    }
+    std::fs::create_dir_all(dir).map_err(Error::io(format!("create {}", dir.display())))
 }
 
 fn unmount(target: &Path) {

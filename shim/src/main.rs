@@ -1,5 +1,6 @@
 //! containerd-shim-migrate-v1: the runtime `io.containerd.migrate.v1`.
 
+mod checkpoint;
 mod console;
 mod container;
 mod error;

@@ -5,7 +5,11 @@
 //! matches every state, so a new state makes the compiler point at each
 //! transition that must consider it.
 
-use std::{sync::Mutex, time::SystemTime};
+use std::{
+    path::Path,
+    sync::{Arc, Mutex},
+    time::SystemTime,
+};
 
 use containerd_shim::{asynchronous::io::Stdio, protos::api::Status};
 use tokio::sync::watch;
@@ -29,10 +33,13 @@ impl Exit {
 }
 
 /// The container's init process.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum InitState {
     /// `runc create` ran: the process waits in runc init for `runc start`.
     Created { pid: u32 },
+    /// To be restored from the CRIU images in `image` when started; there is
+    /// no process, and so no pid, until then.
+    CreatedFromCheckpoint { image: Arc<Path> },
     Running { pid: u32 },
     Paused { pid: u32 },
     Stopped { pid: u32, exit: Exit },
@@ -48,7 +55,7 @@ pub enum ExecState {
 }
 
 /// What every process state tells containerd.
-pub trait Lifecycle: Copy {
+pub trait Lifecycle: Clone {
     fn pid(&self) -> u32;
     fn status(&self) -> Status;
     fn exit(&self) -> Option<Exit>;
@@ -63,12 +70,13 @@ impl Lifecycle for InitState {
             | InitState::Running { pid }
             | InitState::Paused { pid }
             | InitState::Stopped { pid, .. } => pid,
+            InitState::CreatedFromCheckpoint { .. } => 0,
         }
     }
 
     fn status(&self) -> Status {
         match self {
-            InitState::Created { .. } => Status::CREATED,
+            InitState::Created { .. } | InitState::CreatedFromCheckpoint { .. } => Status::CREATED,
             InitState::Running { .. } => Status::RUNNING,
             InitState::Paused { .. } => Status::PAUSED,
             InitState::Stopped { .. } => Status::STOPPED,
@@ -78,13 +86,16 @@ impl Lifecycle for InitState {
     fn exit(&self) -> Option<Exit> {
         match *self {
             InitState::Stopped { exit, .. } => Some(exit),
-            InitState::Created { .. } | InitState::Running { .. } | InitState::Paused { .. } => None,
+            InitState::Created { .. }
+            | InitState::CreatedFromCheckpoint { .. }
+            | InitState::Running { .. }
+            | InitState::Paused { .. } => None,
         }
     }
 
     fn name(&self) -> &'static str {
         match self {
-            InitState::Created { .. } => "created",
+            InitState::Created { .. } | InitState::CreatedFromCheckpoint { .. } => "created",
             InitState::Running { .. } => "running",
             InitState::Paused { .. } => "paused",
             InitState::Stopped { .. } => "stopped",
@@ -138,14 +149,14 @@ impl<S: Lifecycle> Process<S> {
     }
 
     pub fn state(&self) -> S {
-        *self.state.lock().unwrap()
+        self.state.lock().unwrap().clone()
     }
 
     /// Moves to `next` if `transition` allows it from the current state.
     pub fn transition(&self, verb: &'static str, transition: impl FnOnce(S) -> Option<S>) -> Result<S> {
         let mut state = self.state.lock().unwrap();
-        let next = transition(*state).ok_or(Error::WrongState { verb, state: state.name() })?;
-        *state = next;
+        let next = transition(state.clone()).ok_or(Error::WrongState { verb, state: state.name() })?;
+        *state = next.clone();
         if let Some(exit) = next.exit() {
             self.exited.send_replace(Some(exit));
         }

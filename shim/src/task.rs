@@ -14,13 +14,13 @@ use containerd_shim::{
     monitor::{Subject, Topic, monitor_subscribe},
     protos::{
         api::{
-            CloseIORequest, ConnectRequest, ConnectResponse, CreateTaskRequest, CreateTaskResponse, DeleteRequest,
+            CheckpointTaskRequest, CloseIORequest, ConnectRequest, ConnectResponse, CreateTaskRequest, CreateTaskResponse, DeleteRequest,
             DeleteResponse, Empty, ExecProcessRequest, KillRequest, PauseRequest, PidsRequest, PidsResponse,
             ResizePtyRequest, ResumeRequest, ShutdownRequest, StartRequest, StartResponse, StateRequest,
             StateResponse, StatsRequest, StatsResponse, UpdateTaskRequest, WaitRequest, WaitResponse,
         },
         events::task::{
-            TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskPaused, TaskResumed,
+            TaskCheckpointed, TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskPaused, TaskResumed,
             TaskStart,
         },
         protobuf::{MessageField, well_known_types::any::Any},
@@ -32,11 +32,12 @@ use containerd_shim::{
 use log::{debug, info, warn};
 
 use crate::{
+    checkpoint,
     container::{Container, protobuf_time},
     error::{Error, Result},
     events::Events,
     exits::Exits,
-    process::Lifecycle,
+    process::{InitState, Lifecycle},
 };
 
 pub struct TaskService {
@@ -151,8 +152,16 @@ impl Task for TaskService {
         let _lifecycle = container.lifecycle.lock().await;
         let pid = match exec_id(&req.exec_id) {
             None => {
-                let pid = container.start_init().await?;
+                let restored = matches!(container.init.state(), InitState::CreatedFromCheckpoint { .. });
+                let (pid, early_exit) = container.start_init().await?;
+                if restored {
+                    // Created without a process, so there was no cgroup to watch yet.
+                    container.watch_oom(s.events.clone());
+                }
                 s.events.publish(TaskStart { container_id: req.id.clone(), pid, ..Default::default() }).await;
+                if let Some(status) = early_exit {
+                    s.publish_exits(container.process_exited(None, status)).await;
+                }
                 pid
             }
             Some(exec) => {
@@ -202,6 +211,23 @@ impl Task for TaskService {
             exited_at: protobuf_time(Some(exit.at)),
             ..Default::default()
         })
+    }
+
+    async fn checkpoint(&self, _ctx: &TtrpcContext, req: CheckpointTaskRequest) -> TtrpcResult<Empty> {
+        let s = &self.shared;
+        let container = s.container(&req.id)?;
+        let _lifecycle = container.lifecycle.lock().await;
+        let opts = checkpoint::decode(req.options.as_ref(), &req.path, &container.bundle, container.init.stdio.terminal)?;
+        info!("checkpoint {} to {} (leave running: {})", req.id, opts.image_path.display(), opts.leave_running);
+        container.checkpoint(&opts).await?;
+        s.events
+            .publish(TaskCheckpointed {
+                container_id: req.id.clone(),
+                checkpoint: opts.image_path.display().to_string(),
+                ..Default::default()
+            })
+            .await;
+        Ok(Empty::new())
     }
 
     async fn exec(&self, _ctx: &TtrpcContext, req: ExecProcessRequest) -> TtrpcResult<Empty> {

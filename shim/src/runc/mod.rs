@@ -4,6 +4,7 @@
 //! The `runc` crate on crates.io stops short of checkpoint and restore, which
 //! this project is about, so the shim carries its own small driver.
 
+mod checkpoint;
 mod command;
 mod log;
 
@@ -12,6 +13,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
+pub use checkpoint::{CgroupsMode, CheckpointOptions, CriuOptions, Pages, RestoreOptions};
 pub use command::Stdio3;
 use command::run;
 use log::LogFile;
@@ -35,6 +37,10 @@ pub enum Error {
     /// NOT_FOUND for this, e.g. when killing a process that just exited.
     #[error("runc {command}: {message}")]
     NotFound { command: &'static str, message: String },
+
+    /// CRIU failed under runc; `line` is the first error CRIU logged.
+    #[error("runc {command} failed: CRIU: {line} (CRIU log: {})", log.display())]
+    Criu { command: &'static str, line: String, log: PathBuf },
 
     #[error("runc {command} printed output that is not valid: {source}")]
     Output { command: &'static str, #[source] source: serde_json::Error },
@@ -98,6 +104,20 @@ impl Runc {
         }
         args.push(id.into());
         self.exec_command("create", args, stdio, None).await.map(drop)
+    }
+
+    /// Dumps the container with CRIU. On failure CRIU's log stays in the
+    /// work path and its first error line is in the error.
+    pub async fn checkpoint(&self, id: &str, opts: &CheckpointOptions) -> Result<(), Error> {
+        let result = self.exec_command("checkpoint", opts.args(id), Stdio3::Captured, None).await;
+        result.map(drop).map_err(|e| with_criu_log(e, "checkpoint", &opts.work_path.join("dump.log")))
+    }
+
+    /// Restores a checkpointed container, detached, with `stdio` as the
+    /// restored process's stdio where it was a pipe at dump time.
+    pub async fn restore(&self, id: &str, opts: &RestoreOptions<'_>, stdio: Stdio3) -> Result<(), Error> {
+        let result = self.exec_command("restore", opts.args(id), stdio, None).await;
+        result.map(drop).map_err(|e| with_criu_log(e, "restore", &opts.work_path.join("restore.log")))
     }
 
     pub async fn start(&self, id: &str) -> Result<(), Error> {
@@ -200,6 +220,16 @@ impl Runc {
             .or_else(|| non_empty(&out.stdout))
             .unwrap_or_else(|| "runc printed nothing".to_string());
         Err(classify(command, out.status, message))
+    }
+}
+
+/// Replaces runc's "criu failed ... see log" with the line CRIU logged.
+fn with_criu_log(e: Error, command: &'static str, log: &Path) -> Error {
+    let Error::Failed { .. } = e else { return e };
+    let Ok(text) = std::fs::read_to_string(log) else { return e };
+    match checkpoint::criu_errors(&text).into_iter().next() {
+        Some(line) => Error::Criu { command, line, log: log.to_path_buf() },
+        None => e,
     }
 }
 

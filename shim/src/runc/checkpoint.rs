@@ -1,0 +1,245 @@
+//! Typed options for `runc checkpoint` and `runc restore`, i.e. for CRIU.
+//!
+//! Everything runc offers is here from the start, including what live
+//! migration needs later (page server, lazy pages, parent images for
+//! incremental dumps), so that callers never assemble flags by hand.
+
+use std::{
+    ffi::OsString,
+    path::{Path, PathBuf},
+};
+
+/// CRIU's handling of cgroups (`--manage-cgroups-mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CgroupsMode {
+    Soft,
+    Full,
+    Strict,
+    Ignore,
+}
+
+impl CgroupsMode {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "soft" => Some(Self::Soft),
+            "full" => Some(Self::Full),
+            "strict" => Some(Self::Strict),
+            "ignore" => Some(Self::Ignore),
+            _ => None,
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Soft => "soft",
+            Self::Full => "full",
+            Self::Strict => "strict",
+            Self::Ignore => "ignore",
+        }
+    }
+}
+
+/// What dump and restore must agree on.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CriuOptions {
+    /// Checkpoint established TCP connections (`--tcp-established`).
+    pub tcp_established: bool,
+    /// Allow external unix sockets (`--ext-unix-sk`).
+    pub external_unix_sockets: bool,
+    /// The process has a terminal (`--shell-job`).
+    pub shell_job: bool,
+    /// Checkpoint file locks (`--file-locks`).
+    pub file_locks: bool,
+    pub cgroups_mode: Option<CgroupsMode>,
+    /// Namespaces to leave empty and recreate on restore (`--empty-ns`),
+    /// e.g. "network" to restore a clone into a fresh network namespace.
+    pub empty_namespaces: Vec<String>,
+}
+
+impl CriuOptions {
+    fn push_args(&self, args: &mut Vec<OsString>) {
+        flag(args, self.tcp_established, "--tcp-established");
+        flag(args, self.external_unix_sockets, "--ext-unix-sk");
+        flag(args, self.shell_job, "--shell-job");
+        flag(args, self.file_locks, "--file-locks");
+        if let Some(mode) = self.cgroups_mode {
+            args.extend(["--manage-cgroups-mode".into(), mode.as_str().into()]);
+        }
+        for ns in &self.empty_namespaces {
+            args.extend(["--empty-ns".into(), ns.into()]);
+        }
+    }
+}
+
+/// Where a dump's memory pages go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pages {
+    /// Into the image directory with everything else.
+    Local,
+    /// Streamed to a CRIU page server at "ADDRESS:PORT".
+    PageServer(String),
+    /// Served on demand from the source after restore (post-copy): runc
+    /// keeps a page server at "ADDRESS:PORT" until the restored side has
+    /// pulled every page; the dump returns only then.
+    Lazy { page_server: String },
+}
+
+#[derive(Debug, Clone)]
+pub struct CheckpointOptions {
+    pub image_path: PathBuf,
+    pub work_path: PathBuf,
+    /// Images of an earlier (pre-)dump this one is incremental against.
+    pub parent_path: Option<PathBuf>,
+    /// Keep the container running after the dump; otherwise CRIU kills it.
+    pub leave_running: bool,
+    /// Only dump memory, for pre-copy iterations (needs soft-dirty tracking).
+    pub pre_dump: bool,
+    pub pages: Pages,
+    pub criu: CriuOptions,
+}
+
+impl CheckpointOptions {
+    pub fn args(&self, id: &str) -> Vec<OsString> {
+        let mut args: Vec<OsString> = vec![
+            "checkpoint".into(),
+            "--image-path".into(),
+            self.image_path.clone().into(),
+            "--work-path".into(),
+            self.work_path.clone().into(),
+        ];
+        if let Some(parent) = &self.parent_path {
+            args.extend(["--parent-path".into(), parent.clone().into()]);
+        }
+        flag(&mut args, self.leave_running, "--leave-running");
+        flag(&mut args, self.pre_dump, "--pre-dump");
+        match &self.pages {
+            Pages::Local => {}
+            Pages::PageServer(address) => args.extend(["--page-server".into(), address.into()]),
+            Pages::Lazy { page_server } => {
+                args.extend(["--lazy-pages".into(), "--page-server".into(), page_server.into()])
+            }
+        }
+        self.criu.push_args(&mut args);
+        args.push(id.into());
+        args
+    }
+}
+
+#[derive(Debug)]
+pub struct RestoreOptions<'a> {
+    pub bundle: &'a Path,
+    pub image_path: &'a Path,
+    pub work_path: &'a Path,
+    pub pid_file: &'a Path,
+    pub console_socket: Option<&'a Path>,
+    pub no_pivot: bool,
+    /// Fetch memory pages on demand from a lazy-pages daemon (post-copy).
+    pub lazy_pages: bool,
+    pub criu: CriuOptions,
+}
+
+impl RestoreOptions<'_> {
+    pub fn args(&self, id: &str) -> Vec<OsString> {
+        let mut args: Vec<OsString> = vec![
+            "restore".into(),
+            "--detach".into(),
+            "--bundle".into(),
+            self.bundle.into(),
+            "--image-path".into(),
+            self.image_path.into(),
+            "--work-path".into(),
+            self.work_path.into(),
+            "--pid-file".into(),
+            self.pid_file.into(),
+        ];
+        if let Some(socket) = self.console_socket {
+            args.extend(["--console-socket".into(), socket.into()]);
+        }
+        flag(&mut args, self.no_pivot, "--no-pivot");
+        flag(&mut args, self.lazy_pages, "--lazy-pages");
+        self.criu.push_args(&mut args);
+        args.push(id.into());
+        args
+    }
+}
+
+fn flag(args: &mut Vec<OsString>, on: bool, name: &str) {
+    if on {
+        args.push(name.into());
+    }
+}
+
+/// The CRIU lines that explain a failure: every `Error` line of the log,
+/// first one first, since CRIU's first error is usually the cause and the
+/// rest its consequences.
+pub fn criu_errors(log: &str) -> Vec<String> {
+    log.lines()
+        .filter(|l| l.contains("Error (") || l.contains("Error:"))
+        .map(|l| l.trim().to_string())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strings(args: Vec<OsString>) -> Vec<String> {
+        args.into_iter().map(|a| a.into_string().unwrap()).collect()
+    }
+
+    #[test]
+    fn checkpoint_flags() {
+        let opts = CheckpointOptions {
+            image_path: "/img".into(),
+            work_path: "/work".into(),
+            parent_path: Some("../v1".into()),
+            leave_running: true,
+            pre_dump: false,
+            pages: Pages::Lazy { page_server: "10.0.0.1:27".into() },
+            criu: CriuOptions {
+                tcp_established: true,
+                cgroups_mode: Some(CgroupsMode::Soft),
+                empty_namespaces: vec!["network".into()],
+                ..Default::default()
+            },
+        };
+        assert_eq!(
+            strings(opts.args("c1")).join(" "),
+            "checkpoint --image-path /img --work-path /work --parent-path ../v1 --leave-running \
+             --lazy-pages --page-server 10.0.0.1:27 --tcp-established \
+             --manage-cgroups-mode soft --empty-ns network c1"
+        );
+    }
+
+    #[test]
+    fn restore_flags() {
+        let opts = RestoreOptions {
+            bundle: Path::new("/b"),
+            image_path: Path::new("/img"),
+            work_path: Path::new("/w"),
+            pid_file: Path::new("/b/init.pid"),
+            console_socket: None,
+            no_pivot: false,
+            lazy_pages: false,
+            criu: CriuOptions { shell_job: true, ..Default::default() },
+        };
+        assert_eq!(
+            strings(opts.args("c1")).join(" "),
+            "restore --detach --bundle /b --image-path /img --work-path /w --pid-file /b/init.pid --shell-job c1"
+        );
+    }
+
+    #[test]
+    fn criu_errors_are_quoted_in_order() {
+        let log = "(00.001) Dumping\n(00.002) Error (criu/sockets.c:123): sockets: Can't get 1:16 opt: Operation not supported\n(00.003) Error (criu/cr-dump.c:2000): Dumping FAILED.\n";
+        let errors = criu_errors(log);
+        assert_eq!(errors.len(), 2);
+        assert!(errors[0].contains("Can't get 1:16 opt"));
+    }
+
+    #[test]
+    fn cgroups_modes_parse() {
+        assert_eq!(CgroupsMode::parse("strict"), Some(CgroupsMode::Strict));
+        assert_eq!(CgroupsMode::parse("bogus"), None);
+    }
+}
