@@ -266,6 +266,11 @@ kill_leftovers() {
 		if [[ $cmdline == *containerd-shim*"-address $SOCK "* ]]; then
 			log "killing leftover shim ${p#/proc/}: $cmdline"
 			kill -KILL "${p#/proc/}" 2>/dev/null || true
+			# A killed shim cannot remove its socket; a stale one would
+			# confuse the next shim started for the same container.
+			if [[ $cmdline =~ -socket\ unix://([^ ]+) ]]; then
+				rm -f "${BASH_REMATCH[1]}"
+			fi
 		fi
 	done
 }
