@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Sets everything up and runs every test of the workspace: unit tests and the
+# end-to-end suites (conformance against io.containerd.runc.v2 and
+# io.containerd.migrate.v1 through a private containerd).
+#
+#   sudo hack/test.sh
+#
+# With CI=true a test whose prerequisite (root, containerd, runc, CRIU) is
+# missing fails instead of skipping.
+set -euo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+[[ -d ${HOME:-/root}/.cargo/bin ]] && export PATH=${HOME:-/root}/.cargo/bin:$PATH
+
+"$REPO/hack/setup.sh" all
+
+cd "$REPO"
+# Release, so that the end-to-end tests drive the same shim binary that
+# setup.sh built and installed.
+cargo test --workspace --release
