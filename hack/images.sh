@@ -51,8 +51,9 @@ add_blob() {
 build_apps() {
 	say "building the test programs (static)"
 	# With an explicit --target, RUSTFLAGS reach only this build, not the
-	# host build of the rest of the workspace.
-	(cd "$REPO" && RUSTFLAGS='-C target-feature=+crt-static' \
+	# host build of the rest of the workspace. The remap keeps the checkout's
+	# path out of the binaries, so a clone elsewhere builds the same image.
+	(cd "$REPO" && RUSTFLAGS="-C target-feature=+crt-static --remap-path-prefix=$REPO=/src" \
 		cargo build --quiet --release -p migrate-testapps --target "$TARGET") ||
 		die "building migrate-testapps failed"
 }
@@ -85,8 +86,11 @@ make_rootfs() {
 cmd_build() {
 	umask 022
 	build_apps
-	local work=$OUT_DIR/build
-	rm -rf "$work"
+	# A private work dir: concurrent builds must not trip over each other.
+	mkdir -p "$OUT_DIR"
+	BUILD_DIR=$(mktemp -d "$OUT_DIR/.build.XXXXXX")
+	trap 'rm -rf "$BUILD_DIR"' EXIT
+	local work=$BUILD_DIR
 	mkdir -p "$work/rootfs" "$work/oci/blobs/sha256"
 	make_rootfs "$work/rootfs"
 
@@ -133,7 +137,6 @@ cmd_build() {
 		mv "$work/testbox.tar" "$ARCHIVE"
 		say "wrote $ARCHIVE"
 	fi
-	rm -rf "$work"
 	echo "$ARCHIVE $IMAGE_NAME sha256:$manifest_digest"
 }
 
