@@ -30,13 +30,14 @@ use crate::{
     process::{ExecState, Exit, InitState, Lifecycle, Process},
     checkpoint::RestoreCriuOptions,
     runc::{self, CheckpointOptions, CreateOptions, ExecOptions, RestoreOptions, Runc},
-    stdio::{IoOwner, PendingIo},
+    stdio::{IoOwner, LoggerEnv, PendingIo},
 };
 
 const OPTIONS_TYPE: &str = "containerd.runc.v1.Options";
 
 pub struct Container {
     pub id: String,
+    namespace: String,
     pub bundle: PathBuf,
     runc: Runc,
     exits: Arc<Exits>,
@@ -95,7 +96,7 @@ impl Container {
             // Nothing runs until start restores it: that is when runc needs
             // the stdio, so it is prepared then.
             Some(image) => (InitState::CreatedFromCheckpoint { image: image.into() }, None),
-            None => match Self::run_create(&req.id, &bundle, &runc, &options, &stdio, owner, exits).await {
+            None => match Self::run_create(&req.id, namespace, &bundle, &runc, &options, &stdio, owner, exits).await {
                 Ok((state, io)) => (state, Some(io)),
                 Err(e) => {
                     if let Some(target) = &rootfs {
@@ -108,6 +109,7 @@ impl Container {
 
         Ok(Container {
             id: req.id.clone(),
+            namespace: namespace.to_string(),
             bundle,
             runc,
             exits: exits.clone(),
@@ -122,8 +124,14 @@ impl Container {
         })
     }
 
+    fn logger_env(&self) -> LoggerEnv<'_> {
+        LoggerEnv { container_id: &self.id, namespace: &self.namespace }
+    }
+
+    #[allow(clippy::too_many_arguments)]
     async fn run_create(
         id: &str,
+        namespace: &str,
         bundle: &Path,
         runc: &Runc,
         options: &Options,
@@ -131,7 +139,8 @@ impl Container {
         owner: IoOwner,
         exits: &Arc<Exits>,
     ) -> Result<(InitState, crate::stdio::ProcessIo)> {
-        let (pending, runc_stdio) = PendingIo::prepare(stdio, owner)?;
+        let logger = LoggerEnv { container_id: id, namespace };
+        let (pending, runc_stdio) = PendingIo::prepare(stdio, owner, &logger)?;
         let pid_file = bundle.join("init.pid");
         let starting = exits.begin_start();
         let opts = CreateOptions {
@@ -205,7 +214,7 @@ impl Container {
         let work = self.bundle.join("criu-restore-work");
         fresh_dir(&work)?;
         let pid_file = self.bundle.join("init.pid");
-        let (pending, runc_stdio) = PendingIo::prepare(&self.init.stdio, self.owner)?;
+        let (pending, runc_stdio) = PendingIo::prepare(&self.init.stdio, self.owner, &self.logger_env())?;
         let starting = self.exits.begin_start();
         let opts = RestoreOptions {
             bundle: &self.bundle,
@@ -299,7 +308,7 @@ impl Container {
             .map_err(Error::io(format!("write {}", spec_file.path().display())))?;
         let pid_file = self.bundle.join(format!("{exec_id}.pid"));
 
-        let (pending, runc_stdio) = PendingIo::prepare(&exec.process.stdio, self.owner)?;
+        let (pending, runc_stdio) = PendingIo::prepare(&exec.process.stdio, self.owner, &self.logger_env())?;
         let starting = self.exits.begin_start();
         let opts = ExecOptions { process: spec_file.path(), pid_file: &pid_file, console_socket: pending.console_socket() };
         if let Err(e) = self.runc.exec(&self.id, &opts, runc_stdio).await {

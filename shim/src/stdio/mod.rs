@@ -15,6 +15,8 @@ use containerd_shim::asynchronous::io::{IoTasks, Pty, Stdio};
 use nix::{fcntl::OFlag, unistd::pipe2};
 use tokio::net::unix::pipe;
 
+mod log_uri;
+
 use crate::{
     console::ConsoleSocket,
     error::{Error, Result},
@@ -33,6 +35,12 @@ pub enum PendingIo {
     Console { socket: ConsoleSocket, stdio: Stdio },
 }
 
+/// What a logging binary (`binary://` stdout) is told about its container.
+pub struct LoggerEnv<'a> {
+    pub container_id: &'a str,
+    pub namespace: &'a str,
+}
+
 /// Who owns the pipes handed to the process, from the runtime options.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct IoOwner {
@@ -42,11 +50,10 @@ pub struct IoOwner {
 
 impl PendingIo {
     /// Prepares `stdio` and returns what to give runc.
-    pub fn prepare(stdio: &Stdio, owner: IoOwner) -> Result<(Self, Stdio3)> {
-        for path in [&stdio.stdin, &stdio.stdout, &stdio.stderr] {
-            if let Some((scheme, _)) = path.split_once("://") {
-                return Err(Error::Unsupported(format!("stdio URI scheme {scheme}:// ({path})")));
-            }
+    pub fn prepare(stdio: &Stdio, owner: IoOwner, logger: &LoggerEnv<'_>) -> Result<(Self, Stdio3)> {
+        if let Some(target) = log_uri::LogTarget::parse(&stdio.stdout)? {
+            let runc = target.open(logger.container_id, logger.namespace)?;
+            return Ok((PendingIo::Pipes(IoTasks::default()), runc));
         }
         if stdio.terminal {
             let socket = ConsoleSocket::new()?;
