@@ -409,7 +409,7 @@ step_shim() {
 
 check_shim() {
 	shim_build_skipped && return 0
-	[[ -x $SHIM_DEST ]] && cmp -s "$REPO/target/release/$SHIM_NAME" "$SHIM_DEST"
+	[[ -x $SHIM_DEST ]]
 }
 
 step_images() {
@@ -451,7 +451,11 @@ summary() {
 	if shim_build_skipped; then
 		row shim "skipped (SKIP_SHIM_BUILD=1)$([[ -x $SHIM_DEST ]] && echo "; installed $SHIM_DEST left as it is")"
 	elif check_shim; then
-		row shim "$SHIM_DEST"
+		if cmp -s "$REPO/target/release/$SHIM_NAME" "$SHIM_DEST"; then
+			row shim "$SHIM_DEST"
+		else
+			row shim "$SHIM_DEST (older than target/release's: hack/setup.sh shim)"
+		fi
 	else
 		row shim "MISSING"
 	fi
