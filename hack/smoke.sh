@@ -98,7 +98,8 @@ fi
 start=$SECONDS
 if [[ $(task_status smoke-mt) != RUNNING ]]; then
 	fail "tasks checkpoint: memtick is not running"
-elif "${CTR[@]}" tasks checkpoint --image-path "$WORK/mt-image" --work-path "$WORK/mt-work" smoke-mt; then
+elif "${CTR[@]}" tasks checkpoint --image-path "$WORK/mt-image" --work-path "$WORK/mt-work" smoke-mt \
+	>"$WORK/ctr.err" 2>&1; then
 	t=$(current_tick smoke-mt)
 	if [[ $(task_status smoke-mt) == RUNNING ]] && poll 10 tick_beyond smoke-mt "$t"; then
 		pass "tasks checkpoint --image-path left memtick running ($((SECONDS - start))s; $(in_task smoke-mt cat /tmp/tick))"
@@ -106,12 +107,12 @@ elif "${CTR[@]}" tasks checkpoint --image-path "$WORK/mt-image" --work-path "$WO
 		fail "memtick not running after tasks checkpoint: $(task_status smoke-mt)"
 	fi
 else
-	fail "tasks checkpoint: $(tail -5 "$WORK/mt-work/dump.log" 2>/dev/null)"
+	fail "tasks checkpoint: $(tail -3 "$WORK/ctr.err")"
 fi
 
 if [[ $(task_status smoke-mt) != RUNNING ]]; then
 	fail "containers checkpoint: memtick is not running"
-elif "${CTR[@]}" containers checkpoint --task --rw smoke-mt localhost/smoke/mt:1; then
+elif "${CTR[@]}" containers checkpoint --task --rw smoke-mt localhost/smoke/mt:1 >"$WORK/ctr.err" 2>&1; then
 	before=$(current_tick smoke-mt)
 	remove smoke-mt
 	# ctr attaches the restored task's stdio to its own; memtick ignores the
@@ -129,7 +130,7 @@ elif "${CTR[@]}" containers checkpoint --task --rw smoke-mt localhost/smoke/mt:1
 		fail "containers restore: $(tail -5 "$WORK/restore.out")"
 	fi
 else
-	fail "containers checkpoint of memtick"
+	fail "containers checkpoint of memtick: $(tail -3 "$WORK/ctr.err")"
 fi
 remove smoke-mt
 
@@ -142,7 +143,7 @@ out=$(ask 8080 'one\ntwo' 2>&1) || true
 expect "$out" $'1 one\n2 two' "echo-server answers"
 if [[ $(task_status smoke-es) != RUNNING ]]; then
 	fail "containers checkpoint: echo-server is not running"
-elif "${CTR[@]}" containers checkpoint --task smoke-es localhost/smoke/es:1; then
+elif "${CTR[@]}" containers checkpoint --task smoke-es localhost/smoke/es:1 >"$WORK/ctr.err" 2>&1; then
 	remove smoke-es
 	if "${CTR[@]}" containers restore --live smoke-es localhost/smoke/es:1 >"$WORK/restore-es.out" 2>&1; then
 		# runc 1.1 always asks CRIU not to dump the network namespace's
@@ -159,7 +160,7 @@ elif "${CTR[@]}" containers checkpoint --task smoke-es localhost/smoke/es:1; the
 		fail "containers restore of echo-server: $(tail -5 "$WORK/restore-es.out")"
 	fi
 else
-	fail "containers checkpoint of echo-server"
+	fail "containers checkpoint of echo-server: $(tail -3 "$WORK/ctr.err")"
 fi
 remove smoke-es
 
