@@ -26,7 +26,7 @@ use crate::{
     error::{Error, Result},
     events::Events,
     exits::{Exits, ProcessKey},
-    oom,
+    netns, oom,
     process::{ExecState, Exit, InitState, Lifecycle, Process},
     checkpoint::RestoreCriuOptions,
     runc::{self, CheckpointOptions, CreateOptions, ExecOptions, RestoreOptions, Runc},
@@ -234,6 +234,9 @@ impl Container {
         let pid = read_pid_from_file(&pid_file)
             .await
             .map_err(Error::shim(format!("read the pid file {}", pid_file.display())))? as u32;
+        if let Err(e) = netns::loopback_up(pid) {
+            warn!("{}: restored, but loopback stays down: {e}", self.id);
+        }
         let key = ProcessKey { container: self.id.clone(), exec: None };
         Ok((pid, self.exits.register(pid, key, &starting)))
     }

@@ -6,6 +6,7 @@ mod container;
 mod error;
 mod events;
 mod exits;
+mod netns;
 mod oom;
 mod process;
 mod runc;

@@ -58,8 +58,9 @@ impl LogTarget {
         }
     }
 
-    /// Opens the target and returns the stdio to give runc: output only.
-    pub fn open(&self, container_id: &str, namespace: &str) -> Result<Stdio3> {
+    /// Opens the target and returns the stdio to give runc (output only)
+    /// and, for a file, the copies that fill it.
+    pub fn open(&self, container_id: &str, namespace: &str) -> Result<(Stdio3, Option<FileCopy>)> {
         match self {
             LogTarget::File(path) => {
                 if let Some(dir) = path.parent() {
@@ -71,8 +72,13 @@ impl LogTarget {
                     .mode(0o640)
                     .open(path)
                     .map_err(Error::io(format!("open the log file {}", path.display())))?;
-                let err = file.try_clone().map_err(Error::io("duplicate the log file"))?;
-                Ok(Stdio3::Given { stdin: ChildStdio::null(), stdout: file.into(), stderr: err.into() })
+                // The process gets pipes, never the file: CRIU cannot dump a
+                // descriptor of a file outside the container's mounts, and
+                // pipes are what it knows to reconnect on restore.
+                let (out_r, out_w) = pipe()?;
+                let (err_r, err_w) = pipe()?;
+                let copy = FileCopy::start([out_r, err_r], &file)?;
+                Ok((Stdio3::Given { stdin: ChildStdio::null(), stdout: out_w.into(), stderr: err_w.into() }, Some(copy)))
             }
             LogTarget::Binary { path, args } => {
                 let (out_r, out_w) = pipe()?;
@@ -93,8 +99,47 @@ impl LogTarget {
                 cmd.spawn().map_err(Error::io(format!("start the logging binary {}", path.display())))?;
                 drop((out_r, err_r, ready_w));
                 wait_ready(ready_r, path)?;
-                Ok(Stdio3::Given { stdin: ChildStdio::null(), stdout: out_w.into(), stderr: err_w.into() })
+                Ok((Stdio3::Given { stdin: ChildStdio::null(), stdout: out_w.into(), stderr: err_w.into() }, None))
             }
+        }
+    }
+}
+
+/// Copies the process's output pipes into a log file until they close.
+pub struct FileCopy(Vec<tokio::task::JoinHandle<()>>);
+
+/// As long as containerd's own shim lets output drain after the process.
+const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl FileCopy {
+    fn start(pipes: [OwnedFd; 2], file: &File) -> Result<FileCopy> {
+        let mut copies = Vec::new();
+        for pipe in pipes {
+            let mut from = tokio::net::unix::pipe::Receiver::from_owned_fd(pipe)
+                .map_err(Error::io("set up an output pipe"))?;
+            let mut to = tokio::fs::File::from_std(file.try_clone().map_err(Error::io("duplicate the log file"))?);
+            copies.push(tokio::spawn(async move {
+                if let Err(e) = tokio::io::copy(&mut from, &mut to).await {
+                    log::warn!("copying output to the log file failed: {e}");
+                }
+            }));
+        }
+        Ok(FileCopy(copies))
+    }
+
+    /// Lets the copies deliver what is buffered, then stops them.
+    pub async fn finish(self) {
+        for copy in self.0 {
+            let abort = copy.abort_handle();
+            if tokio::time::timeout(DRAIN_TIMEOUT, copy).await.is_err() {
+                abort.abort();
+            }
+        }
+    }
+
+    pub fn abort(self) {
+        for copy in self.0 {
+            copy.abort();
         }
     }
 }

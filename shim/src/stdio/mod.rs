@@ -27,11 +27,14 @@ use crate::{
 pub struct ProcessIo {
     tasks: IoTasks,
     pty: Option<Pty>,
+    log_file: Option<log_uri::FileCopy>,
 }
 
 /// Stdio that runc is about to use; `finish` once runc has run.
 pub enum PendingIo {
     Pipes(IoTasks),
+    /// Output to a `file://` or `binary://` log URI.
+    Logged(Option<log_uri::FileCopy>),
     Console { socket: ConsoleSocket, stdio: Stdio },
 }
 
@@ -52,8 +55,8 @@ impl PendingIo {
     /// Prepares `stdio` and returns what to give runc.
     pub fn prepare(stdio: &Stdio, owner: IoOwner, logger: &LoggerEnv<'_>) -> Result<(Self, Stdio3)> {
         if let Some(target) = log_uri::LogTarget::parse(&stdio.stdout)? {
-            let runc = target.open(logger.container_id, logger.namespace)?;
-            return Ok((PendingIo::Pipes(IoTasks::default()), runc));
+            let (runc, copy) = target.open(logger.container_id, logger.namespace)?;
+            return Ok((PendingIo::Logged(copy), runc));
         }
         if stdio.terminal {
             let socket = ConsoleSocket::new()?;
@@ -91,7 +94,8 @@ impl PendingIo {
     /// Completes the stdio once runc created the process.
     pub async fn finish(self) -> Result<ProcessIo> {
         match self {
-            PendingIo::Pipes(tasks) => Ok(ProcessIo { tasks, pty: None }),
+            PendingIo::Pipes(tasks) => Ok(ProcessIo { tasks, pty: None, log_file: None }),
+            PendingIo::Logged(log_file) => Ok(ProcessIo { tasks: IoTasks::default(), pty: None, log_file }),
             PendingIo::Console { socket, stdio } => {
                 let master = socket.receive().await?;
                 let pty = Pty::new(master).map_err(Error::shim("set up the terminal"))?;
@@ -102,7 +106,7 @@ impl PendingIo {
                 if !stdio.stdout.is_empty() {
                     tasks.copy_to_fifo(pty.clone(), &stdio.stdout).map_err(Error::shim("copy stdout"))?;
                 }
-                Ok(ProcessIo { tasks, pty: Some(pty) })
+                Ok(ProcessIo { tasks, pty: Some(pty), log_file: None })
             }
         }
     }
@@ -110,7 +114,7 @@ impl PendingIo {
     /// The console socket runc must send the terminal to, if any.
     pub fn console_socket(&self) -> Option<&std::path::Path> {
         match self {
-            PendingIo::Pipes(_) => None,
+            PendingIo::Pipes(_) | PendingIo::Logged(_) => None,
             PendingIo::Console { socket, .. } => Some(socket.path()),
         }
     }
@@ -119,6 +123,7 @@ impl PendingIo {
     pub async fn abort(self) {
         match self {
             PendingIo::Pipes(tasks) => tasks.abort().await,
+            PendingIo::Logged(copy) => copy.into_iter().for_each(log_uri::FileCopy::abort),
             PendingIo::Console { .. } => {}
         }
     }
@@ -150,6 +155,9 @@ impl ProcessIo {
     /// Drains buffered output to containerd, then closes the copies.
     pub async fn shutdown(self) {
         self.tasks.shutdown().await;
+        if let Some(copy) = self.log_file {
+            copy.finish().await;
+        }
     }
 }
 
