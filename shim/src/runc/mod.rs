@@ -30,7 +30,7 @@ pub enum Error {
     #[error("failed to watch for runc's exit: {source}")]
     Monitor { #[source] source: containerd_shim::Error },
 
-    #[error("runc {command} failed (exit status {status}): {message}")]
+    #[error("{} (exit status {status})", failed(command, message))]
     Failed { command: &'static str, status: i32, message: String },
 
     /// runc says the container or process is gone; containerd expects
@@ -244,6 +244,15 @@ fn classify(command: &'static str, status: i32, message: String) -> Error {
     }
 }
 
+/// runc's own messages often start with "runc create failed: ..." already.
+fn failed(command: &str, message: &str) -> String {
+    if message.starts_with(&format!("runc {command} failed")) {
+        message.to_string()
+    } else {
+        format!("runc {command} failed: {message}")
+    }
+}
+
 fn non_empty(bytes: &[u8]) -> Option<String> {
     let text = String::from_utf8_lossy(bytes).trim().to_string();
     (!text.is_empty()).then_some(text)
@@ -274,5 +283,13 @@ mod tests {
             Error::NotFound { .. }
         ));
         assert!(matches!(classify("start", 1, "permission denied".into()), Error::Failed { .. }));
+    }
+
+    #[test]
+    fn failure_messages_name_the_command_once() {
+        let e = classify("create", 1, "runc create failed: unable to start container process".into());
+        assert_eq!(e.to_string(), "runc create failed: unable to start container process (exit status 1)");
+        let e = classify("pause", 1, "permission denied".into());
+        assert_eq!(e.to_string(), "runc pause failed: permission denied (exit status 1)");
     }
 }
