@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use crate::process::{self, Background, Output, Stdin};
-use crate::pty;
+use crate::pty::{self, PtyChild};
 
 /// Namespace the suite works in; hack/images.sh imports the image there.
 pub const NAMESPACE: &str = "default";
@@ -83,6 +83,11 @@ impl Ctr {
     #[track_caller]
     pub fn run_on_pty(&self, args: &[&str]) -> Output {
         pty::run(self.command(args), CALL_TIMEOUT)
+    }
+
+    /// Starts `ctr ARGS` on a fresh pty, to type on and read from.
+    pub fn spawn_on_pty(&self, args: &[&str]) -> PtyChild {
+        PtyChild::spawn(self.command(args))
     }
 
     /// All tasks, parsed from `ctr tasks ls`.
