@@ -1,0 +1,273 @@
+//! A committed checkpoint: read its manifest, reach its parts, and prove that
+//! its files are still the ones the commit hashed.
+
+use std::{
+    cmp::Reverse,
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
+
+use serde::Deserialize;
+
+use crate::{
+    error::{Error, FileProblem, ProblemKind, Result},
+    hashing, layout,
+    manifest::{CheckpointManifest, FileEntry, MANIFEST_MEDIA_TYPE, MANIFEST_SCHEMA_VERSION},
+    parallel, tree,
+};
+
+#[derive(Debug, Clone)]
+pub struct Checkpoint {
+    dir: PathBuf,
+    manifest: CheckpointManifest,
+}
+
+impl Checkpoint {
+    /// Reads the checkpoint in `dir`: any directory with a manifest.json, in
+    /// a store or not. Parses; does not hash (see [`Checkpoint::verify`]).
+    pub fn open(dir: &Path) -> Result<Checkpoint> {
+        let path = dir.join(layout::MANIFEST_FILE);
+        let bytes = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && dir.is_dir() => {
+                return Err(Error::Incomplete { dir: dir.to_owned() });
+            }
+            Err(source) => return Err(Error::Io { op: "read", path, source }),
+        };
+        // The version first: a manifest of a later format is reported as
+        // such, not as a parse error about whatever fields it added.
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Head {
+            schema_version: u32,
+            media_type: String,
+        }
+        let bad = |source| Error::BadManifest { path: path.clone(), source };
+        let head: Head = serde_json::from_slice(&bytes).map_err(bad)?;
+        if head.schema_version != MANIFEST_SCHEMA_VERSION || head.media_type != MANIFEST_MEDIA_TYPE {
+            return Err(Error::UnsupportedManifest {
+                path,
+                schema_version: head.schema_version,
+                media_type: head.media_type,
+            });
+        }
+        let manifest = serde_json::from_slice(&bytes).map_err(bad)?;
+        Ok(Checkpoint { dir: dir.to_owned(), manifest })
+    }
+
+    pub(crate) fn new(dir: PathBuf, manifest: CheckpointManifest) -> Checkpoint {
+        Checkpoint { dir, manifest }
+    }
+
+    pub fn manifest(&self) -> &CheckpointManifest {
+        &self.manifest
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The CRIU image set, to hand to `runc restore --image-path`.
+    pub fn criu_dir(&self) -> PathBuf {
+        self.dir.join(layout::CRIU_DIR)
+    }
+
+    /// The container's OCI runtime spec, if the checkpoint has one.
+    pub fn spec(&self) -> Result<Option<oci_spec::runtime::Spec>> {
+        if !self.lists(layout::CONFIG_FILE) {
+            return Ok(None);
+        }
+        let path = self.dir.join(layout::CONFIG_FILE);
+        let bytes = std::fs::read(&path).map_err(Error::io("read", &path))?;
+        serde_json::from_slice(&bytes).map(Some).map_err(|source| Error::BadSpec { path, source })
+    }
+
+    /// The writable layer's changes as an OCI layer tar, if the checkpoint
+    /// has them; see [`crate::apply_layer`].
+    pub fn rootfs_diff(&self) -> Option<PathBuf> {
+        self.lists(layout::ROOTFS_DIFF_FILE).then(|| self.dir.join(layout::ROOTFS_DIFF_FILE))
+    }
+
+    /// The sum of the sizes of its files, manifest aside.
+    pub fn size_bytes(&self) -> u64 {
+        self.manifest.files.iter().map(|f| f.size).sum()
+    }
+
+    /// Checks that every listed file is present with its size and sha256,
+    /// that nothing else is there, and that the parent link leads to the
+    /// parent. Reports every problem found, not just the first.
+    pub fn verify(&self) -> Result<()> {
+        let mut present = BTreeMap::new();
+        let mut problems = Vec::new();
+        for e in tree::walk(&self.dir)? {
+            if e.meta.is_dir() || e.rel == layout::MANIFEST_FILE {
+                continue;
+            }
+            if e.rel == layout::PARENT_LINK && e.meta.is_symlink() && self.manifest.parent.is_some() {
+                continue; // checked below
+            }
+            if e.meta.is_file() {
+                present.insert(e.rel, e.meta.len());
+            } else {
+                problems.push(FileProblem { path: e.rel, kind: ProblemKind::Unexpected });
+            }
+        }
+        // Sizes first: a stat answers what would otherwise take a full read.
+        let mut to_hash: Vec<&FileEntry> = Vec::new();
+        for f in &self.manifest.files {
+            match present.remove(&f.path) {
+                None => problems.push(FileProblem { path: f.path.clone(), kind: ProblemKind::Missing }),
+                Some(found) if found != f.size => problems.push(FileProblem {
+                    path: f.path.clone(),
+                    kind: ProblemKind::SizeMismatch { expected: f.size, found },
+                }),
+                Some(_) => to_hash.push(f),
+            }
+        }
+        problems.extend(present.into_keys().map(|path| FileProblem { path, kind: ProblemKind::Unexpected }));
+        if let Some(parent) = &self.manifest.parent {
+            problems.extend(self.parent_link_problem(parent));
+        }
+        // Biggest first, so that both threads finish at about the same time.
+        to_hash.sort_by_key(|f| Reverse(f.size));
+        let hashed = parallel::map(&to_hash, |f| hashing::hash_file(&self.dir.join(&f.path), false))?;
+        for (f, h) in to_hash.iter().zip(hashed) {
+            let kind = if h.size != f.size {
+                ProblemKind::SizeMismatch { expected: f.size, found: h.size }
+            } else if h.sha256 != f.sha256 {
+                ProblemKind::Sha256Mismatch { expected: f.sha256, found: h.sha256 }
+            } else {
+                continue;
+            };
+            problems.push(FileProblem { path: f.path.clone(), kind });
+        }
+        if problems.is_empty() {
+            return Ok(());
+        }
+        problems.sort_by(|a, b| a.path.cmp(&b.path));
+        Err(Error::Damaged { id: self.manifest.id.clone(), dir: self.dir.clone(), problems })
+    }
+
+    fn parent_link_problem(&self, parent: &str) -> Option<FileProblem> {
+        let link = self.dir.join(layout::PARENT_LINK);
+        let expected = layout::parent_link_target(parent);
+        let path = layout::PARENT_LINK.to_owned();
+        match std::fs::read_link(&link).ok() {
+            Some(found) if found == expected => (!link.is_dir())
+                .then(|| FileProblem { path, kind: ProblemKind::ParentMissing { parent: parent.to_owned() } }),
+            found => Some(FileProblem { path, kind: ProblemKind::BadParentLink { expected, found } }),
+        }
+    }
+
+    fn lists(&self, rel: &str) -> bool {
+        self.manifest.files.iter().any(|f| f.path == rel)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{CheckpointStore, testing::committed};
+
+    fn setup() -> (tempfile::TempDir, CheckpointStore, Checkpoint) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::open(dir.path()).unwrap();
+        let cp = committed(&store, "web-1");
+        (dir, store, cp)
+    }
+
+    fn problems(cp: &Checkpoint) -> Vec<FileProblem> {
+        match cp.verify() {
+            Err(Error::Damaged { problems, id, .. }) => {
+                assert_eq!(id, "web-1");
+                problems
+            }
+            other => panic!("expected Damaged, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_tampered_file_is_named_with_both_digests() {
+        let (_dir, _store, cp) = setup();
+        let pages = cp.criu_dir().join("pages-1.img");
+        let mut bytes = std::fs::read(&pages).unwrap();
+        bytes[4000] ^= 1;
+        std::fs::write(&pages, &bytes).unwrap();
+        let expected = cp.manifest().files.iter().find(|f| f.path == "criu/pages-1.img").unwrap().sha256;
+        let found = hashing::hash_bytes(&bytes).sha256;
+        assert_eq!(
+            problems(&cp),
+            [FileProblem { path: "criu/pages-1.img".into(), kind: ProblemKind::Sha256Mismatch { expected, found } }]
+        );
+        let msg = cp.verify().unwrap_err().to_string();
+        assert_eq!(
+            msg,
+            format!(
+                "checkpoint web-1 in {}: criu/pages-1.img is damaged (sha256 mismatch: expected {expected}, \
+                 found {found}); it cannot be restored — use an older checkpoint",
+                cp.dir().display()
+            )
+        );
+    }
+
+    #[test]
+    fn missing_truncated_and_extra_files_are_all_reported() {
+        let (_dir, _store, cp) = setup();
+        std::fs::remove_file(cp.criu_dir().join("inventory.img")).unwrap();
+        std::fs::write(cp.criu_dir().join("pages-2.img"), [9; 100]).unwrap();
+        std::fs::write(cp.criu_dir().join("core-1.img"), b"late").unwrap();
+        std::os::unix::fs::symlink("x", cp.dir().join("link")).unwrap();
+        let kinds: Vec<_> = problems(&cp).into_iter().map(|p| (p.path, p.kind)).collect();
+        assert_eq!(
+            kinds,
+            [
+                ("criu/core-1.img".into(), ProblemKind::Unexpected),
+                ("criu/inventory.img".into(), ProblemKind::Missing),
+                ("criu/pages-2.img".into(), ProblemKind::SizeMismatch { expected: 4096, found: 100 }),
+                ("link".into(), ProblemKind::Unexpected),
+            ]
+        );
+        let msg = cp.verify().unwrap_err().to_string();
+        assert!(msg.contains("unexpected file criu/core-1.img, criu/inventory.img is missing, "), "{msg}");
+    }
+
+    #[test]
+    fn a_lost_parent_is_reported() {
+        let (_dir, store, _) = setup();
+        let child = store.staging("child").unwrap();
+        crate::testing::write_images(&child.criu_dir());
+        let child = child.commit(crate::testing::commit_info(Some("web-1"))).unwrap();
+        // Deleted behind the store's back (remove() would refuse).
+        std::fs::remove_dir_all(store.root().join("web-1")).unwrap();
+        let err = child.verify().unwrap_err();
+        assert!(
+            matches!(&err, Error::Damaged { problems, .. }
+                if problems[0].kind == ProblemKind::ParentMissing { parent: "web-1".into() }),
+            "{err}"
+        );
+        std::fs::remove_file(child.criu_dir().join("parent")).unwrap();
+        assert!(
+            child
+                .verify()
+                .unwrap_err()
+                .to_string()
+                .contains("criu/parent is missing (it must link to ../../web-1/criu)")
+        );
+    }
+
+    #[test]
+    fn manifests_of_other_versions_and_garbage_are_refused() {
+        let (_dir, _store, cp) = setup();
+        let path = cp.dir().join(layout::MANIFEST_FILE);
+        let mut json: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        json["schemaVersion"] = 2.into();
+        std::fs::write(&path, json.to_string()).unwrap();
+        let err = Checkpoint::open(cp.dir()).unwrap_err();
+        assert!(matches!(err, Error::UnsupportedManifest { schema_version: 2, .. }), "{err}");
+        std::fs::write(&path, b"[]").unwrap();
+        assert!(matches!(Checkpoint::open(cp.dir()), Err(Error::BadManifest { .. })));
+        std::fs::remove_file(&path).unwrap();
+        assert!(matches!(Checkpoint::open(cp.dir()), Err(Error::Incomplete { .. })));
+        assert!(matches!(Checkpoint::open(&cp.dir().join("nope")), Err(Error::Io { .. })));
+    }
+}

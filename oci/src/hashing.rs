@@ -1,0 +1,213 @@
+//! SHA-256 of checkpoint files, computed while the bytes pass through anyway:
+//! a file is copied and hashed in one read, a renamed file is hashed in one
+//! read, and a written file is hashed as it is written. Memory images are
+//! large, so every extra pass over them would cost seconds of downtime.
+
+use std::{
+    fmt,
+    fs::File,
+    io::{self, Read, Write},
+    path::Path,
+    str::FromStr,
+};
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use sha2::Digest;
+
+use crate::error::{Error, Result};
+
+/// Large enough that a syscall per buffer is noise next to hashing it, small
+/// enough that two threads' buffers stay in the L2/L3 cache.
+const BUF_SIZE: usize = 2 << 20;
+
+/// A SHA-256 digest; lowercase hex on the wire.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Sha256([u8; 32]);
+
+impl fmt::Display for Sha256 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+impl fmt::Debug for Sha256 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Sha256({self})")
+    }
+}
+
+impl FromStr for Sha256 {
+    type Err = &'static str;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        // Uppercase would decode too, but two spellings of one digest make
+        // manifests compare unequal for no reason.
+        if s.len() != 64 || !s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+            return Err("a sha256 is 64 lowercase hex digits");
+        }
+        let mut out = [0; 32];
+        hex::decode_to_slice(s, &mut out).map_err(|_| "a sha256 is 64 lowercase hex digits")?;
+        Ok(Sha256(out))
+    }
+}
+
+impl Serialize for Sha256 {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Sha256 {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// What a checkpoint records of one file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Hashed {
+    pub size: u64,
+    pub sha256: Sha256,
+}
+
+/// Copies `src` to the new file `dst`, hashing the bytes on their way
+/// through, and makes `dst` durable.
+pub(crate) fn copy_hashing(src: &Path, dst: &Path) -> Result<Hashed> {
+    let mut from = File::open(src).map_err(Error::io("open", src))?;
+    let mut to = File::options().write(true).create_new(true).open(dst).map_err(Error::io("create", dst))?;
+    let len = from.metadata().map_err(Error::io("stat", src))?.len();
+    let mut buf = buffer(len);
+    let mut hasher = sha2::Sha256::new();
+    let mut size = 0;
+    loop {
+        let n = read_some(&mut from, &mut buf).map_err(Error::io("read", src))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        to.write_all(&buf[..n]).map_err(Error::io("write", dst))?;
+        size += n as u64;
+    }
+    to.sync_data().map_err(Error::io("fsync", dst))?;
+    Ok(Hashed { size, sha256: Sha256(hasher.finalize().into()) })
+}
+
+/// Hashes `path` in one read; with `sync`, also makes it durable (a file that
+/// CRIU or a rename put in place may still be only in the page cache).
+pub(crate) fn hash_file(path: &Path, sync: bool) -> Result<Hashed> {
+    let mut file = File::open(path).map_err(Error::io("open", path))?;
+    let len = file.metadata().map_err(Error::io("stat", path))?.len();
+    let mut buf = buffer(len);
+    let mut hasher = sha2::Sha256::new();
+    let mut size = 0;
+    loop {
+        let n = read_some(&mut file, &mut buf).map_err(Error::io("read", path))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        size += n as u64;
+    }
+    if sync {
+        // fsync works on a read-only descriptor: it flushes the inode, not
+        // the descriptor's writes.
+        file.sync_data().map_err(Error::io("fsync", path))?;
+    }
+    Ok(Hashed { size, sha256: Sha256(hasher.finalize().into()) })
+}
+
+pub(crate) fn hash_bytes(bytes: &[u8]) -> Hashed {
+    Hashed { size: bytes.len() as u64, sha256: Sha256(sha2::Sha256::digest(bytes).into()) }
+}
+
+/// A writer that hashes what passes through it, so that a file produced in
+/// the staging directory (the rootfs diff) needs no second read.
+pub(crate) struct HashingWriter<W> {
+    inner: W,
+    hasher: sha2::Sha256,
+    size: u64,
+}
+
+impl<W: Write> HashingWriter<W> {
+    pub fn new(inner: W) -> Self {
+        Self { inner, hasher: sha2::Sha256::new(), size: 0 }
+    }
+
+    pub fn finish(self) -> (W, Hashed) {
+        (self.inner, Hashed { size: self.size, sha256: Sha256(self.hasher.finalize().into()) })
+    }
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.size += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// A buffer no bigger than the file needs: most CRIU images are a few hundred
+/// bytes, and zeroing megabytes for each of them would cost more than reading.
+fn buffer(len: u64) -> Vec<u8> {
+    // +1 so that a file read whole is followed by a 0-byte read into spare
+    // room, not a second full-sized one.
+    let want = usize::try_from(len).unwrap_or(BUF_SIZE).saturating_add(1);
+    vec![0; want.clamp(4096, BUF_SIZE)]
+}
+
+fn read_some(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        match r.read(buf) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            other => return other,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ABC: &str = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+
+    #[test]
+    fn digest_round_trips_as_lowercase_hex() {
+        let d: Sha256 = ABC.parse().unwrap();
+        assert_eq!(d.to_string(), ABC);
+        assert_eq!(hash_bytes(b"abc").sha256, d);
+        assert!(ABC.to_uppercase().parse::<Sha256>().is_err());
+        assert!(ABC[1..].parse::<Sha256>().is_err());
+        assert_eq!(serde_json::to_string(&d).unwrap(), format!("\"{ABC}\""));
+    }
+
+    #[test]
+    fn copy_and_hash_agree_on_a_file_larger_than_the_buffer() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        let bytes: Vec<u8> = (0..BUF_SIZE * 2 + 7).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&src, &bytes).unwrap();
+        let dst = dir.path().join("dst");
+        let copied = copy_hashing(&src, &dst).unwrap();
+        assert_eq!(copied, hash_bytes(&bytes));
+        assert_eq!(hash_file(&dst, true).unwrap(), copied);
+        assert_eq!(std::fs::read(&dst).unwrap(), bytes);
+        // The destination is never overwritten: it is created new.
+        assert!(copy_hashing(&src, &dst).is_err());
+    }
+
+    #[test]
+    fn writer_hashes_what_it_writes() {
+        let mut w = HashingWriter::new(Vec::new());
+        w.write_all(b"a").unwrap();
+        w.write_all(b"bc").unwrap();
+        let (out, hashed) = w.finish();
+        assert_eq!(out, b"abc");
+        assert_eq!(hashed, hash_bytes(b"abc"));
+    }
+}

@@ -1,0 +1,81 @@
+//! Facts about this machine that decide where a checkpoint can be restored.
+
+use std::{process::Command, sync::OnceLock};
+
+use crate::manifest::HostInfo;
+
+impl HostInfo {
+    /// This machine. Never fails: a fact that cannot be found is recorded
+    /// empty (or None), because a checkpoint is worth more than its label.
+    pub fn current() -> HostInfo {
+        let hostname = nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
+        let kernel = nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default();
+        HostInfo { hostname, kernel, criu_version: criu_version(), arch: goarch(std::env::consts::ARCH).to_owned() }
+    }
+}
+
+/// CRIU's version, asked once per process: it does not change under a
+/// running shim, and spawning CRIU for every checkpoint costs milliseconds.
+fn criu_version() -> Option<String> {
+    static VERSION: OnceLock<Option<String>> = OnceLock::new();
+    VERSION
+        .get_or_init(|| {
+            let out = Command::new("criu").arg("--version").output().ok()?;
+            if !out.status.success() {
+                log::warn!("criu --version failed ({}); checkpoints record no CRIU version", out.status);
+                return None;
+            }
+            parse_criu_version(&String::from_utf8_lossy(&out.stdout))
+        })
+        .clone()
+}
+
+/// `criu --version` prints "Version: 4.2.1", then "GitID: ..." for builds
+/// from git.
+fn parse_criu_version(output: &str) -> Option<String> {
+    output
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Version:"))
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty())
+}
+
+/// Rust's name for an architecture, spelled as Go and OCI image platforms
+/// spell it.
+fn goarch(rust_arch: &str) -> &str {
+    match rust_arch {
+        "x86_64" => "amd64",
+        "x86" => "386",
+        "aarch64" => "arm64",
+        "powerpc64" if cfg!(target_endian = "little") => "ppc64le",
+        "loongarch64" => "loong64",
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn criu_version_output() {
+        assert_eq!(parse_criu_version("Version: 4.2.1\n"), Some("4.2.1".into()));
+        assert_eq!(parse_criu_version("Version: 3.19\nGitID: v3.19-12-gabc\n"), Some("3.19".into()));
+        assert_eq!(parse_criu_version("criu: command not found\n"), None);
+        assert_eq!(parse_criu_version("Version:\n"), None);
+    }
+
+    #[test]
+    fn arch_names() {
+        assert_eq!(goarch("x86_64"), "amd64");
+        assert_eq!(goarch("aarch64"), "arm64");
+        assert_eq!(goarch("s390x"), "s390x");
+    }
+
+    #[test]
+    fn current_host_is_described() {
+        let h = HostInfo::current();
+        assert!(!h.kernel.is_empty());
+        assert!(!h.arch.is_empty());
+    }
+}

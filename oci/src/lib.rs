@@ -1,0 +1,46 @@
+//! containerd-migrate's checkpoint format.
+//!
+//! A checkpoint is a directory in a [`CheckpointStore`]:
+//!
+//! ```text
+//! <store>/<id>/
+//!     manifest.json     written last; without it there is no checkpoint
+//!     criu/...          CRIU's image set, as runc and CRIU wrote it
+//!     config.json       the container's OCI runtime spec (optional)
+//!     rootfs-diff.tar   the writable layer's changes, an OCI layer (optional)
+//! ```
+//!
+//! It is built in a [`Staging`] directory inside the store and committed
+//! with one rename(2), so a checkpoint is complete or does not exist; the
+//! manifest records every file's size and sha256, which
+//! [`Checkpoint::verify`] checks before a restore.
+
+pub mod annotations;
+mod checkpoint;
+pub mod criu_stats;
+mod durable;
+mod error;
+mod hashing;
+mod host;
+mod layer;
+mod layout;
+mod manifest;
+mod parallel;
+mod staging;
+mod store;
+#[cfg(test)]
+mod testing;
+mod tree;
+mod xattr;
+
+pub use checkpoint::Checkpoint;
+pub use error::{Error, FileProblem, ProblemKind, Result, UnsafeEntry};
+pub use hashing::Sha256;
+pub use layer::apply_layer;
+pub use layout::{CONFIG_FILE, validate_id};
+pub use manifest::{
+    CheckpointManifest, ContainerInfo, FileEntry, HostInfo, MANIFEST_MEDIA_TYPE, MANIFEST_SCHEMA_VERSION, RootfsInfo,
+    Timings,
+};
+pub use staging::{CommitInfo, Staging};
+pub use store::{CheckpointStore, DEFAULT_STORE_ROOT};
