@@ -16,8 +16,9 @@ use containerd_shim::{
         protobuf::{Message, well_known_types::any::Any},
         shim::oci::Options,
     },
-    util::{convert_to_timestamp, mount_rootfs, read_pid_from_file, write_options},
+    util::{convert_to_timestamp, mount_rootfs, read_pid_from_file, read_spec, write_options},
 };
+use migrate_oci::annotations;
 use log::{debug, warn};
 use nix::sys::signal::Signal;
 use tokio::task::JoinHandle;
@@ -28,12 +29,16 @@ use crate::{
     exits::{Exits, ProcessKey},
     netns, oom,
     process::{ExecState, Exit, InitState, Lifecycle, Process},
+    ready::ReadyPlan,
+    restore_source::RestoreSource,
+    rootfs::Overlay,
     checkpoint::RestoreCriuOptions,
     runc::{self, CheckpointOptions, CreateOptions, ExecOptions, RestoreOptions, Runc},
     stdio::{IoOwner, LoggerEnv, PendingIo},
 };
 
 const OPTIONS_TYPE: &str = "containerd.runc.v1.Options";
+
 
 pub struct Container {
     pub id: String,
@@ -53,6 +58,33 @@ pub struct Container {
     held_init_exit: Mutex<Option<i32>>,
     oom_watch: Mutex<Option<JoinHandle<()>>>,
     rootfs: Option<PathBuf>,
+    pub overlay: Option<Overlay>,
+    /// The ready-point checkpoint still to take, if the spec asks for one.
+    ready: Mutex<Option<ReadyPlan>>,
+}
+
+/// What the spec's annotations ask of this runtime. Invalid values fail the
+/// creation with an error naming the annotation and the accepted form.
+struct Plan {
+    restore_from: Option<PathBuf>,
+    ready: Option<ReadyPlan>,
+}
+
+impl Plan {
+    fn from_annotations(annotations: &HashMap<String, String>) -> Result<Plan> {
+        let restore_from = annotations.get(annotations::RESTORE_FROM).map(|v| annotations::restore_from(v)).transpose()?;
+        let store = annotations
+            .get(annotations::CHECKPOINT_STORE)
+            .map(|v| annotations::store_root(v))
+            .transpose()?
+            .unwrap_or_else(|| PathBuf::from(migrate_oci::DEFAULT_STORE_ROOT));
+        let ready = match annotations.get(annotations::CHECKPOINT_WHEN_READY).map(|v| annotations::ready_probe(v)) {
+            None => None,
+            Some(Ok(annotations::ReadyProbe::Tcp(port))) => Some(ReadyPlan { port, store }),
+            Some(Err(e)) => return Err(e.into()),
+        };
+        Ok(Plan { restore_from, ready })
+    }
 }
 
 pub struct Exec {
@@ -66,17 +98,30 @@ impl Container {
         if req.id.is_empty() {
             return Err(Error::InvalidArgument("a task needs an id".into()));
         }
-        let restore_from = (!req.checkpoint.is_empty()).then(|| PathBuf::from(&req.checkpoint));
-        if let Some(image) = &restore_from
-            && !image.join("inventory.img").is_file()
-        {
-            return Err(Error::InvalidArgument(format!(
-                "{} holds no CRIU checkpoint (there is no inventory.img)",
-                image.display()
-            )));
-        }
-        let options = runtime_options(req.options.as_ref())?;
         let bundle = PathBuf::from(&req.bundle);
+        let annotations = read_spec(&bundle)
+            .await
+            .map_err(Error::shim(format!("read the OCI spec in {}", bundle.display())))?
+            .annotations()
+            .clone()
+            .unwrap_or_default();
+        let plan = Plan::from_annotations(&annotations)?;
+        let overlay = Overlay::of(&req.rootfs);
+        // A checkpoint named by the request must be usable; one named by the
+        // annotation is a wish, so the task starts cold when it is not.
+        let requested = (!req.checkpoint.is_empty()).then(|| PathBuf::from(&req.checkpoint));
+        let source = match (&requested, &plan.restore_from) {
+            (Some(path), _) => Some(check_source(path, overlay.as_ref()).await?),
+            (None, Some(path)) => match check_source(path, overlay.as_ref()).await {
+                Ok(source) => Some(source),
+                Err(why) => {
+                    warn!("{}: starting cold instead of from {}: {why}", req.id, path.display());
+                    None
+                }
+            },
+            (None, None) => None,
+        };
+        let options = runtime_options(req.options.as_ref())?;
         write_options(&bundle, &options).await.map_err(Error::shim("write the runtime options to the bundle"))?;
 
         let rootfs = if req.rootfs.is_empty() { None } else { Some(bundle.join("rootfs")) };
@@ -92,6 +137,23 @@ impl Container {
         let runc = Runc::new(&options.binary_name, &options.root, namespace, options.systemd_cgroup, &bundle);
         let owner = IoOwner { uid: options.io_uid, gid: options.io_gid };
         let stdio = Stdio::new(&req.stdin, &req.stdout, &req.stderr, req.terminal);
+        let prepared = match source {
+            Some(source) => {
+                let rootfs = rootfs.clone();
+                let prepared = tokio::task::spawn_blocking(move || source.prepare(rootfs.as_deref())).await;
+                Some(prepared.map_err(|e| Error::io("apply the checkpoint's root file system changes")(std::io::Error::other(e))).and_then(|r| r))
+            }
+            None => None,
+        };
+        let restore_from = match prepared.transpose() {
+            Ok(criu) => criu,
+            Err(e) => {
+                if let Some(target) = &rootfs {
+                    unmount(target);
+                }
+                return Err(e);
+            }
+        };
         let (state, io) = match restore_from {
             // Nothing runs until start restores it: that is when runc needs
             // the stdio, so it is prepared then.
@@ -121,7 +183,13 @@ impl Container {
             held_init_exit: Mutex::new(None),
             oom_watch: Mutex::new(None),
             rootfs,
+            overlay,
+            ready: Mutex::new(plan.ready),
         })
+    }
+
+    pub fn namespace(&self) -> &str {
+        &self.namespace
     }
 
     fn logger_env(&self) -> LoggerEnv<'_> {
@@ -177,6 +245,11 @@ impl Container {
             Some(status) => InitState::Stopped { pid, exit: Exit::now(status) },
         };
         Ok((state, io))
+    }
+
+    /// The ready-point checkpoint to take, handed out once.
+    pub fn take_ready_plan(&self) -> Option<ReadyPlan> {
+        self.ready.lock().unwrap().take()
     }
 
     pub fn watch_oom(&self, events: Events) {
@@ -255,6 +328,13 @@ impl Container {
             .map_err(Error::io(format!("create the checkpoint directory {}", opts.image_path.display())))?;
         self.runc.checkpoint(&self.id, opts).await?;
         RestoreCriuOptions::from(&opts.criu).write(&opts.image_path)?;
+        // CRIU writes its timings (how long the container was frozen) to the
+        // work path; they belong with the images they describe.
+        let stats = opts.work_path.join("stats-dump");
+        if stats.is_file() && opts.work_path != opts.image_path {
+            let _ = std::fs::rename(&stats, opts.image_path.join("stats-dump"))
+                .or_else(|_| std::fs::copy(&stats, opts.image_path.join("stats-dump")).map(drop));
+        }
         if opts.work_path.starts_with(&self.bundle) {
             let _ = std::fs::remove_dir_all(&opts.work_path);
         }
@@ -599,6 +679,15 @@ fn ignore_gone(e: runc::Error) -> Result<()> {
         runc::Error::NotFound { .. } => Ok(()),
         other => Err(other.into()),
     }
+}
+
+/// Verifies a checkpoint off the reactor: hashing a large one takes a while
+/// and other containers of this shim must not wait for it.
+async fn check_source(path: &Path, overlay: Option<&Overlay>) -> Result<RestoreSource> {
+    let (path, overlay) = (path.to_path_buf(), overlay.cloned());
+    tokio::task::spawn_blocking(move || RestoreSource::check(&path, overlay.as_ref()))
+        .await
+        .map_err(|e| Error::io("verify the checkpoint")(std::io::Error::other(e)))?
 }
 
 /// Empties `dir`, creating it if needed, so that no file of an earlier run

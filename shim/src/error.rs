@@ -31,6 +31,9 @@ pub enum Error {
     #[error(transparent)]
     Runc(#[from] runc::Error),
 
+    #[error(transparent)]
+    Checkpoint(#[from] migrate_oci::Error),
+
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -65,6 +68,8 @@ impl Error {
             Error::WrongState { .. } => Code::FAILED_PRECONDITION,
             Error::Unsupported(_) => Code::UNIMPLEMENTED,
             Error::Runc(runc::Error::NotFound { .. }) => Code::NOT_FOUND,
+            // A damaged or mismatching checkpoint is the caller's to replace.
+            Error::Checkpoint(_) => Code::FAILED_PRECONDITION,
             Error::Runc(_) | Error::Io { .. } | Error::Shim { .. } => Code::UNKNOWN,
         }
     }

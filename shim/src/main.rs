@@ -9,13 +9,16 @@ mod exits;
 mod netns;
 mod oom;
 mod process;
+mod ready;
+mod restore_source;
+mod rootfs;
 mod runc;
 mod service;
 mod stdio;
 mod task;
 
 /// The name containerd knows this runtime by; the binary's name follows from it.
-const RUNTIME_ID: &str = "io.containerd.migrate.v1";
+pub const RUNTIME_ID: &str = "io.containerd.migrate.v1";
 
 // One thread: a shim runs per container, and its work is waiting on runc,
 // pipes and sockets, so a multi-threaded runtime would only cost memory.

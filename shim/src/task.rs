@@ -38,6 +38,7 @@ use crate::{
     events::Events,
     exits::Exits,
     process::{InitState, Lifecycle},
+    ready,
 };
 
 pub struct TaskService {
@@ -161,6 +162,16 @@ impl Task for TaskService {
                 s.events.publish(TaskStart { container_id: req.id.clone(), pid, ..Default::default() }).await;
                 if let Some(status) = early_exit {
                     s.publish_exits(container.process_exited(None, status)).await;
+                }
+                if let Some(plan) = container.take_ready_plan() {
+                    if restored {
+                        // A clone of a ready-point checkpoint inherits its
+                        // annotation; it is ready already and must not
+                        // replace the checkpoint it came from.
+                        info!("{}: restored, so no ready-point checkpoint is taken", req.id);
+                    } else {
+                        tokio::spawn(ready::checkpoint_when_ready(container.clone(), plan, s.events.clone()));
+                    }
                 }
                 pid
             }
