@@ -102,7 +102,10 @@ fn unavailable(reason: &str) {
             "{reason}; run hack/setup.sh (as root) to install and build everything the suite needs"
         );
     }
-    eprintln!("skipping: {reason}; run hack/setup.sh (as root) to set this machine up");
+    // Straight to stderr, past the test harness's capture of `eprintln!`,
+    // so the skip shows even though the test passes.
+    let line = format!("skipping: {reason}; run hack/setup.sh (as root) to set this machine up\n");
+    let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
 }
 
 fn hack(script: &str, args: &[&str]) -> Command {

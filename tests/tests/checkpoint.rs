@@ -1,0 +1,288 @@
+//! Checkpoint and restore through containerd: what was running must carry
+//! on where it was, not merely be running again.
+//!
+//! The containerd-level flows (`ctr container checkpoint` + `restore`,
+//! `ctr task checkpoint --image-path`) run against both runtimes, runc.v2
+//! being the reference. The flows only io.containerd.migrate.v1 has
+//! (ready-point checkpoints, restore-from, clones, CRIU's words in errors)
+//! run against it alone.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use containerd_migrate_tests::{Container, MIGRATE_V1, Scenario, host, poll, scenarios};
+
+scenarios!(shared "checkpoint":
+    container_checkpoint_restore_continues_counter,
+    restored_server_answers_with_its_count,
+    task_checkpoint_to_image_path_leaves_running,
+);
+
+const TIMEOUT: Duration = Duration::from_secs(60);
+const READY: &str = "io.containerd.migrate.checkpoint-when-ready";
+const STORE: &str = "io.containerd.migrate.checkpoint.store";
+const RESTORE_FROM: &str = "io.containerd.migrate.restore-from";
+
+/// CRIU is what these scenarios are about; without it they cannot run.
+fn criu_available(test: &str) -> bool {
+    if host::which("criu").is_some() {
+        return true;
+    }
+    let reason = format!("{test} needs `criu` on PATH (hack/setup.sh builds and installs it)");
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{reason}");
+    }
+    eprintln!("skipping: {reason}");
+    false
+}
+
+static EXEC: AtomicUsize = AtomicUsize::new(0);
+
+/// Runs `argv` in the running task `id` and returns its stdout.
+fn exec(s: &Scenario, id: &str, argv: &[&str]) -> String {
+    let exec_id = format!("x{}", EXEC.fetch_add(1, Ordering::Relaxed));
+    let mut args = vec!["tasks", "exec", "--exec-id", &exec_id, id];
+    args.extend_from_slice(argv);
+    s.ctr.ok(&args).stdout_str()
+}
+
+/// The counter memtick wrote last into /tmp/tick, inside task `id`.
+fn tick(s: &Scenario, id: &str) -> Result<u64, String> {
+    let exec_id = format!("t{}", EXEC.fetch_add(1, Ordering::Relaxed));
+    let out = s.ctr.run(&["tasks", "exec", "--exec-id", &exec_id, id, "cat", "/tmp/tick"]);
+    if !out.success() {
+        return Err(format!("reading /tmp/tick failed: {}", out.stderr_str().trim()));
+    }
+    let text = out.stdout_str();
+    text.split_whitespace()
+        .find_map(|f| f.strip_prefix("tick="))
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| format!("no tick in {text:?}"))
+}
+
+/// Waits until task `id`'s counter reaches `at_least`.
+#[track_caller]
+fn wait_tick(s: &Scenario, id: &str, at_least: u64) -> u64 {
+    poll::until(TIMEOUT, &format!("{id}'s counter to reach {at_least}"), || {
+        tick(s, id).and_then(|t| if t >= at_least { Ok(t) } else { Err(format!("tick {t}")) })
+    })
+}
+
+/// One line through `nc` to the echo server inside task `id`.
+fn ask(s: &Scenario, id: &str, line: &str) -> String {
+    exec(s, id, &["sh", "-c", &format!("echo {line} | nc 127.0.0.1 7000")]).trim().to_string()
+}
+
+/// Kills and deletes the task and removes the container, so that only the
+/// checkpoint is left.
+fn remove(s: &Scenario, c: &Container) {
+    s.ctr.ok(&["tasks", "kill", "--signal", "SIGKILL", &c.id]);
+    c.wait_status("STOPPED");
+    s.ctr.ok(&["tasks", "delete", &c.id]);
+    s.ctr.ok(&["containers", "delete", &c.id]);
+}
+
+fn checkpoint_ref(c: &Container) -> String {
+    format!("localhost/migrate-tests/checkpoint/{}:1", c.id)
+}
+
+/// Checkpoint with `ctr container checkpoint --task --rw`, remove the
+/// container, restore it with `ctr container restore --live --rw`: the
+/// counter continues from the checkpoint and the writable layer is back.
+fn container_checkpoint_restore_continues_counter(s: &Scenario) {
+    if !criu_available("container_checkpoint_restore_continues_counter") {
+        return;
+    }
+    let c = s.container();
+    s.run_detached(&c, &[], &["memtick", "--mib", "16", "--interval-ms", "50", "--out", "/tmp/tick"]);
+    exec(s, &c.id, &["sh", "-c", "echo kept > /root/marker"]);
+    let before = wait_tick(s, &c.id, 10);
+
+    let image = checkpoint_ref(&c);
+    s.ctr.ok(&["containers", "checkpoint", "--task", "--rw", &c.id, &image]);
+    assert_eq!(c.wait_status("RUNNING").status, "RUNNING", "the checkpoint must leave the container running");
+    remove(s, &c);
+
+    s.ctr.ok(&["containers", "restore", "--live", "--rw", &c.id, &image]);
+    let restored = wait_tick(s, &c.id, 1);
+    assert!(restored >= before, "restored counter {restored} went back before the checkpoint ({before}): a cold start?");
+    // memtick verifies its memory pattern each tick and exits 3 on damage.
+    let later = wait_tick(s, &c.id, restored + 10);
+    assert!(later > restored);
+    assert_eq!(exec(s, &c.id, &["cat", "/root/marker"]).trim(), "kept");
+    s.ctr.run(&["images", "rm", &image]);
+}
+
+/// A TCP server's listening socket and in-memory count survive: after the
+/// restore it answers on its port with the next number.
+fn restored_server_answers_with_its_count(s: &Scenario) {
+    if !criu_available("restored_server_answers_with_its_count") {
+        return;
+    }
+    let c = s.container();
+    s.run_detached(&c, &[], &["echo-server", "--port", "7000"]);
+    poll::until(TIMEOUT, "the echo server to listen", || {
+        let out = s.ctr.run(&["tasks", "exec", "--exec-id", &format!("p{}", EXEC.fetch_add(1, Ordering::Relaxed)), &c.id, "sh", "-c", "echo a | nc 127.0.0.1 7000"]);
+        if out.success() && !out.stdout_str().trim().is_empty() { Ok(out.stdout_str()) } else { Err(out.stderr_str()) }
+    });
+    assert_eq!(ask(s, &c.id, "b"), "2 b");
+
+    let image = checkpoint_ref(&c);
+    s.ctr.ok(&["containers", "checkpoint", "--task", &c.id, &image]);
+    remove(s, &c);
+    s.ctr.ok(&["containers", "restore", "--live", &c.id, &image]);
+    c.wait_status("RUNNING");
+    assert_eq!(ask(s, &c.id, "c"), "3 c", "the restored server must continue its count");
+    s.ctr.run(&["images", "rm", &image]);
+}
+
+/// `ctr task checkpoint --image-path` writes CRIU's images to the directory
+/// and the container keeps running (and counting).
+fn task_checkpoint_to_image_path_leaves_running(s: &Scenario) {
+    if !criu_available("task_checkpoint_to_image_path_leaves_running") {
+        return;
+    }
+    let c = s.container();
+    s.run_detached(&c, &[], &["memtick", "--mib", "8", "--interval-ms", "50", "--out", "/tmp/tick"]);
+    let before = wait_tick(s, &c.id, 5);
+    let dir = tempdir(&c.id);
+    s.ctr.ok(&["tasks", "checkpoint", "--image-path", dir.to_str().unwrap(), &c.id]);
+    assert!(dir.join("inventory.img").is_file(), "no inventory.img in {}", dir.display());
+    assert!(
+        std::fs::read_dir(&dir).unwrap().any(|e| e.unwrap().file_name().to_string_lossy().starts_with("pages-")),
+        "no memory pages in {}",
+        dir.display()
+    );
+    assert_eq!(c.wait_status("RUNNING").status, "RUNNING");
+    wait_tick(s, &c.id, before + 5);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+fn tempdir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("migrate-test-{name}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Declares tests that run a scenario for io.containerd.migrate.v1 only,
+/// on the shared instance.
+macro_rules! migrate_only {
+    ($($name:ident),+ $(,)?) => {
+        mod migrate_v1_only {
+            $(
+                #[test]
+                fn $name() {
+                    containerd_migrate_tests::fixture::run_shared("checkpoint", super::MIGRATE_V1, stringify!($name), |s| {
+                        if super::criu_available(stringify!($name)) {
+                            super::$name(s)
+                        }
+                    });
+                }
+            )+
+        }
+    };
+}
+
+migrate_only!(failed_checkpoint_leaves_container_running, ready_point_checkpoint_and_clones, invalid_annotation_fails_creation);
+
+/// A dump CRIU refuses (an open, deleted file larger than its ghost limit)
+/// fails with CRIU's own words and leaves the container running, unfrozen.
+fn failed_checkpoint_leaves_container_running(s: &Scenario) {
+    let c = s.container();
+    let script = "dd if=/dev/zero of=/tmp/big bs=1M count=2 2>/dev/null; exec 3</tmp/big; rm /tmp/big; \
+                  exec memtick --mib 4 --interval-ms 50 --out /tmp/tick";
+    s.run_detached(&c, &[], &["sh", "-c", script]);
+    let before = wait_tick(s, &c.id, 3);
+    let dir = tempdir(&c.id);
+    let out = s.ctr.run(&["tasks", "checkpoint", "--image-path", dir.to_str().unwrap(), &c.id]);
+    assert!(!out.success(), "the dump should fail: {out}");
+    let err = out.stderr_str();
+    assert!(err.contains("Can't dump ghost file"), "the error should quote CRIU's cause: {err}");
+    assert!(err.contains("dump.log"), "the error should name CRIU's log: {err}");
+    assert_eq!(c.wait_status("RUNNING").status, "RUNNING");
+    wait_tick(s, &c.id, before + 5);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// The ready-point flow of seed 003: a checkpoint taken the moment the app
+/// listens, then clones restored from it, each continuing from the
+/// checkpointed state on its own.
+fn ready_point_checkpoint_and_clones(s: &Scenario) {
+    let store = tempdir("ready-store");
+    let origin = s.container();
+    // The "initialisation": a counter runs and a file is written before
+    // the server listens; both must be in every clone.
+    let app = "memtick --mib 8 --interval-ms 50 --out /tmp/tick & \
+               while [ ! -s /tmp/tick ]; do :; done; echo warm > /tmp/warm; exec echo-server --port 7000";
+    let ready = format!("{READY}=tcp:7000");
+    let store_annotation = format!("{STORE}=file://{}", store.display());
+    s.run_detached(&origin, &["--annotation", &ready, "--annotation", &store_annotation], &["sh", "-c", app]);
+    let checkpoint = store.join(format!("{}-ready", origin.id));
+    poll::until(TIMEOUT, "the ready-point checkpoint", || {
+        if checkpoint.join("manifest.json").is_file() { Ok(()) } else { Err(format!("nothing in {}", store.display())) }
+    });
+    assert!(checkpoint.join("rootfs-diff.tar").is_file());
+
+    let from = format!("{RESTORE_FROM}=file://{}", checkpoint.display());
+    // A clone that started cold would run this instead, and say so.
+    let cold = ["sh", "-c", "echo cold > /tmp/cold; exec sleep 100000"];
+    let clones: Vec<Container> = (0..3).map(|_| s.container()).collect();
+    for clone in &clones {
+        s.run_detached(clone, &["--annotation", &from], &cold);
+    }
+    for clone in &clones {
+        assert_eq!(exec(s, &clone.id, &["cat", "/tmp/warm"]).trim(), "warm");
+        let out = s.ctr.run(&["tasks", "exec", "--exec-id", &format!("c{}", EXEC.fetch_add(1, Ordering::Relaxed)), &clone.id, "cat", "/tmp/cold"]);
+        assert!(!out.success(), "clone {} started cold", clone.id);
+        let t = wait_tick(s, &clone.id, 1);
+        wait_tick(s, &clone.id, t + 5);
+    }
+    // Each clone has a count of its own.
+    assert_eq!(ask(s, &clones[0].id, "x"), "1 x");
+    assert_eq!(ask(s, &clones[0].id, "y"), "2 y");
+    assert_eq!(ask(s, &clones[1].id, "z"), "1 z");
+    // No clone replaced the checkpoint it came from.
+    let entries: Vec<_> = std::fs::read_dir(&store).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+
+    damaged_checkpoint_starts_cold(s, &checkpoint);
+    let _ = std::fs::remove_dir_all(store);
+}
+
+/// A checkpoint whose memory was altered is not restored: the container
+/// starts cold instead, running its own command.
+fn damaged_checkpoint_starts_cold(s: &Scenario, checkpoint: &Path) {
+    let damaged = tempdir("damaged-checkpoint").join("ckpt");
+    let copy = std::process::Command::new("cp").args(["-a", checkpoint.to_str().unwrap(), damaged.to_str().unwrap()]).status().unwrap();
+    assert!(copy.success());
+    let pages = std::fs::read_dir(damaged.join("criu"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("pages-"))
+        .expect("a pages image");
+    let mut bytes = std::fs::read(&pages).unwrap();
+    bytes[0] ^= 0xff;
+    std::fs::write(&pages, bytes).unwrap();
+
+    let c = s.container();
+    let from = format!("{RESTORE_FROM}=file://{}", damaged.display());
+    s.run_detached(&c, &["--annotation", &from], &["sh", "-c", "echo cold > /tmp/cold; exec sleep 100000"]);
+    poll::until(TIMEOUT, "the cold start's marker", || {
+        let out = s.ctr.run(&["tasks", "exec", "--exec-id", &format!("d{}", EXEC.fetch_add(1, Ordering::Relaxed)), &c.id, "cat", "/tmp/cold"]);
+        if out.success() { Ok(()) } else { Err(out.stderr_str()) }
+    });
+    let _ = std::fs::remove_dir_all(damaged.parent().unwrap());
+}
+
+/// An annotation with a value this runtime cannot use fails the creation
+/// and says which annotation and what form it takes.
+fn invalid_annotation_fails_creation(s: &Scenario) {
+    let c = s.container();
+    let bad = format!("{READY}=tcp:http");
+    let out = s.run(&c, &["--annotation", &bad], &["true"]);
+    assert!(!out.success(), "creation should fail: {out}");
+    let err = out.stderr_str();
+    assert!(err.contains(READY) && err.contains("tcp:PORT"), "{err}");
+}
