@@ -1,0 +1,578 @@
+//! `migratectl checkpoint create|ls|inspect|rm`.
+//!
+//! `create` is built for a short freeze: CRIU dumps into RAM through
+//! containerd and the shim, the container runs again, and only then are the
+//! images hashed and written to the store.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use containerd_client::types::v1::Status;
+use migrate_oci::{Checkpoint, CheckpointStore, CommitInfo, ContainerInfo, RootfsInfo, Timings};
+use serde::Serialize;
+
+use crate::Global;
+use crate::containerd::{self, Containerd};
+use crate::ids;
+use crate::output::{self, Table, human_bytes, human_ms, round_ms};
+use crate::rootfs::Rootfs;
+use crate::runc_options::CheckpointOptions;
+use crate::staging::DumpDir;
+
+pub const DEFAULT_STORE: &str = migrate_oci::DEFAULT_STORE_ROOT;
+/// CRIU's statistics file, written to its work directory.
+const STATS_FILE: &str = "stats-dump";
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Checkpoint a running container; it keeps running unless --exit
+    Create(CreateArgs),
+    /// List the checkpoints in the store
+    #[command(alias = "list")]
+    Ls(LsArgs),
+    /// Show a checkpoint's manifest; --verify checks every file's sha256
+    Inspect(InspectArgs),
+    /// Remove checkpoints
+    #[command(alias = "remove", alias = "delete")]
+    Rm(RmArgs),
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct StoreArg {
+    /// The checkpoint store
+    #[arg(long, value_name = "DIR", env = "MIGRATE_CHECKPOINT_STORE", default_value = DEFAULT_STORE)]
+    pub store: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CreateArgs {
+    #[command(flatten)]
+    store: StoreArg,
+    /// Checkpoint id [default: <container>-<UTC time>]
+    #[arg(long)]
+    id: Option<String>,
+    /// Stop the container after the dump instead of leaving it running
+    #[arg(long)]
+    exit: bool,
+    /// Dump established TCP connections (they are then restored too)
+    #[arg(long)]
+    tcp_established: bool,
+    /// Dump file locks
+    #[arg(long)]
+    file_locks: bool,
+    /// Where CRIU dumps before the images go to the store; should be tmpfs
+    /// [default: /run/containerd-migrate/staging]
+    #[arg(long, value_name = "DIR")]
+    staging: Option<PathBuf>,
+    /// Print the result as JSON
+    #[arg(long)]
+    json: bool,
+    /// The container to checkpoint
+    container: String,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct LsArgs {
+    #[command(flatten)]
+    store: StoreArg,
+    /// Only checkpoints of this container
+    #[arg(long, value_name = "ID")]
+    container: Option<String>,
+    /// Check every file's sha256, not only its presence and size
+    #[arg(long)]
+    verify: bool,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct InspectArgs {
+    #[command(flatten)]
+    store: StoreArg,
+    /// Check every file's sha256; fails naming each damaged file
+    #[arg(long)]
+    verify: bool,
+    #[arg(long)]
+    json: bool,
+    id: String,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RmArgs {
+    #[command(flatten)]
+    store: StoreArg,
+    #[arg(required = true)]
+    ids: Vec<String>,
+}
+
+pub async fn run(g: &Global, cmd: Command) -> Result<ExitCode> {
+    match cmd {
+        Command::Create(a) => create(g, a).await,
+        Command::Ls(a) => blocking(move || ls(a)).await,
+        Command::Inspect(a) => blocking(move || inspect(a)).await,
+        Command::Rm(a) => blocking(move || rm(a)).await,
+    }
+}
+
+/// Runs file-system work (hashing gigabytes) off the async runtime.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f).await.context("a worker thread panicked")?
+}
+
+// ---------------------------------------------------------------- create
+
+/// What `checkpoint create` reports.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Created {
+    id: String,
+    container: String,
+    dir: PathBuf,
+    size_bytes: u64,
+    memory_bytes: u64,
+    leave_running: bool,
+    frozen_ms: Option<f64>,
+    dump_ms: f64,
+    persist_ms: f64,
+    total_ms: f64,
+}
+
+async fn create(g: &Global, a: CreateArgs) -> Result<ExitCode> {
+    let started = Instant::now();
+    let id = match a.id {
+        Some(id) => id,
+        None => ids::default_checkpoint_id(&a.container, time::OffsetDateTime::now_utc()),
+    };
+    ids::validate_checkpoint_id(&id)?;
+
+    let cd = Containerd::connect(&g.address, &g.namespace).await?;
+    let container = cd.container(&a.container).await?;
+    match cd.task(&a.container).await? {
+        Some(p) if p.status == Status::Running as i32 || p.status == Status::Paused as i32 => {}
+        Some(p) => bail!(
+            "container {} is {}: only a running (or paused) container can be checkpointed",
+            a.container,
+            status_name(p.status)
+        ),
+        None => bail!("container {} has no task: only a running container can be checkpointed", a.container),
+    }
+    let spec = containerd::container_spec(&container)?.to_vec();
+    let rootfs = container_rootfs(&cd, &container).await?;
+    let runtime = container.runtime.as_ref().map(|r| r.name.clone()).unwrap_or_default();
+
+    // Everything that can fail without touching the container fails here,
+    // before the freeze: a taken id, an unwritable store or staging dir.
+    let store_root = a.store.store.clone();
+    let (store, staging) = blocking({
+        let id = id.clone();
+        move || {
+            let store = CheckpointStore::open(&store_root)
+                .with_context(|| format!("open the checkpoint store {}", store_root.display()))?;
+            let staging = store.staging(&id)?;
+            Ok((store, staging))
+        }
+    })
+    .await?;
+    let dump = DumpDir::create(a.staging.as_deref(), store.root(), &id)?;
+    let options = CheckpointOptions {
+        exit: a.exit,
+        open_tcp: a.tcp_established,
+        file_locks: a.file_locks,
+        image_path: utf8(&dump.images())?,
+        // Our own work path, not the shim's default in its bundle: CRIU
+        // writes its statistics (the frozen time) there.
+        work_path: utf8(&dump.work())?,
+        ..Default::default()
+    };
+
+    let dump_started = Instant::now();
+    if let Err(e) = cd.checkpoint_task(&a.container, options.to_any()).await {
+        let mut context = after_failed_dump(&cd, &a.container).await;
+        if let Some(log) = dump.keep_log() {
+            context.push_str(&format!("; CRIU's log is {}", log.display()));
+        }
+        return Err(e.context(context));
+    }
+    let dump_time = dump_started.elapsed();
+
+    let persist_started = Instant::now();
+    let info_container = ContainerInfo {
+        id: a.container.clone(),
+        namespace: cd.namespace().to_string(),
+        image: Some(container.image.clone()).filter(|i| !i.is_empty()),
+        runtime,
+    };
+    let leave_running = !a.exit;
+    let checkpoint = blocking(move || {
+        persist(staging, dump, spec, rootfs, info_container, leave_running, dump_time, persist_started)
+    })
+    .await
+    .with_context(|| format!("container {} was dumped, but writing checkpoint {id} failed", a.container))?;
+    let persist_time = persist_started.elapsed();
+
+    let m = checkpoint.manifest();
+    let created = Created {
+        id: m.id.clone(),
+        container: a.container.clone(),
+        dir: checkpoint.dir().to_path_buf(),
+        size_bytes: checkpoint.size_bytes(),
+        memory_bytes: m.memory_bytes,
+        leave_running: m.leave_running,
+        frozen_ms: m.timings.frozen_ms,
+        dump_ms: round_ms(dump_time),
+        persist_ms: round_ms(persist_time),
+        total_ms: round_ms(started.elapsed()),
+    };
+    if a.json {
+        output::print_json(&created)?;
+    } else {
+        println!(
+            "{}  size {}  frozen {}  total {} (dump {}, persist {})",
+            created.id,
+            human_bytes(created.size_bytes),
+            human_ms(created.frozen_ms),
+            human_ms(Some(created.total_ms)),
+            human_ms(Some(created.dump_ms)),
+            human_ms(Some(created.persist_ms)),
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Moves the dump into the staging checkpoint, adds the spec and the rootfs
+/// diff, and commits. The dump directory is removed whatever happens.
+#[allow(clippy::too_many_arguments)]
+fn persist(
+    mut staging: migrate_oci::Staging,
+    dump: DumpDir,
+    spec: Vec<u8>,
+    rootfs: Rootfs,
+    container: ContainerInfo,
+    leave_running: bool,
+    dump_time: std::time::Duration,
+    persist_started: Instant,
+) -> Result<Checkpoint> {
+    // stats-dump belongs with the images (the format keeps it in criu/).
+    let stats = dump.work().join(STATS_FILE);
+    if stats.exists() {
+        std::fs::rename(&stats, dump.images().join(STATS_FILE))
+            .with_context(|| format!("move {} into the images", stats.display()))?;
+    }
+    let frozen_ms = match migrate_oci::criu_stats::read_dump_stats(&dump.images()) {
+        Ok(stats) => stats.map(|s| s.frozen_time_us as f64 / 1000.0),
+        Err(e) => {
+            log::warn!("CRIU's dump statistics are unreadable, the frozen time is not recorded: {e}");
+            None
+        }
+    };
+    let phase = Instant::now();
+    staging
+        .import_criu_dir(&dump.images())
+        .with_context(|| format!("import the CRIU images from {}", dump.images().display()))?;
+    log::debug!("imported the CRIU images in {:?}", phase.elapsed());
+    drop(dump);
+    staging.add_file(migrate_oci::CONFIG_FILE, &spec).context("add the container's spec")?;
+    let rootfs_info = match rootfs {
+        Rootfs::Overlay { upper, lower } => {
+            let phase = Instant::now();
+            staging.add_rootfs_diff(&upper).with_context(|| format!("write the rootfs diff of {}", upper.display()))?;
+            log::debug!("wrote the rootfs diff in {:?}", phase.elapsed());
+            Some(RootfsInfo { lower_dirs: lower })
+        }
+        Rootfs::Unsupported { .. } => None,
+    };
+    // The commit's own hashing of leftovers and its fsyncs are not in
+    // persistMs: the manifest is written inside the commit.
+    let timings = Timings {
+        frozen_ms,
+        dump_ms: Some(round_ms(dump_time)),
+        persist_ms: Some(round_ms(persist_started.elapsed())),
+    };
+    let info = CommitInfo { container, parent: None, leave_running, rootfs: rootfs_info, timings };
+    let phase = Instant::now();
+    let checkpoint = staging.commit(info)?;
+    log::debug!("committed in {:?}", phase.elapsed());
+    Ok(checkpoint)
+}
+
+fn utf8(path: &Path) -> Result<String> {
+    path.to_str().map(str::to_string).with_context(|| format!("the path {} is not UTF-8", path.display()))
+}
+
+/// The container's writable layer and image layers, from its snapshot's
+/// mounts; only overlayfs (and plain directories) can be diffed.
+async fn container_rootfs(cd: &Containerd, container: &containerd_client::services::v1::Container) -> Result<Rootfs> {
+    if container.snapshotter.is_empty() || container.snapshot_key.is_empty() {
+        log::warn!("container {} has no snapshot: the checkpoint will hold no rootfs diff", container.id);
+        return Ok(Rootfs::Unsupported { reason: "no snapshot".into() });
+    }
+    let mounts = cd
+        .snapshot_mounts(&container.snapshotter, &container.snapshot_key)
+        .await
+        .with_context(|| format!("find the root file system of container {}", container.id))?;
+    let rootfs = Rootfs::from_mounts(&mounts);
+    if let Rootfs::Unsupported { reason } = &rootfs {
+        log::warn!(
+            "container {} uses snapshotter {} ({reason}); only overlayfs changes can be saved, so the \
+             checkpoint will hold no rootfs diff and a restore starts from the image's files",
+            container.id,
+            container.snapshotter
+        );
+    }
+    Ok(rootfs)
+}
+
+/// What to add to a failed dump's error: the state the container is in now
+/// (the shim leaves it running; say so, or say that it is not).
+async fn after_failed_dump(cd: &Containerd, id: &str) -> String {
+    match cd.task(id).await {
+        Ok(Some(p)) => format!(
+            "checkpoint of container {id} failed; the container is {} and nothing was stored",
+            status_name(p.status)
+        ),
+        Ok(None) => format!("checkpoint of container {id} failed, and the container has no task any more"),
+        Err(e) => format!("checkpoint of container {id} failed (its state is unknown: {e})"),
+    }
+}
+
+fn status_name(status: i32) -> &'static str {
+    match Status::try_from(status) {
+        Ok(Status::Running) => "running",
+        Ok(Status::Created) => "created",
+        Ok(Status::Stopped) => "stopped",
+        Ok(Status::Paused) => "paused",
+        Ok(Status::Pausing) => "pausing",
+        Ok(Status::Unknown) | Err(_) => "in an unknown state",
+    }
+}
+
+// ---------------------------------------------------------------- ls / inspect
+
+/// The result of checking a checkpoint's files.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Validity {
+    valid: bool,
+    /// `size` (present with the listed size) or `sha256` (full verification).
+    checked: &'static str,
+    problem: Option<String>,
+}
+
+fn check(cp: &Checkpoint, full: bool) -> Validity {
+    let result = if full { cp.verify().map_err(|e| e.to_string()) } else { quick_check(cp) };
+    Validity { valid: result.is_ok(), checked: if full { "sha256" } else { "size" }, problem: result.err() }
+}
+
+/// Every file the manifest lists is there with the listed size: a stat per
+/// file, so listing stays fast however big the checkpoints are.
+fn quick_check(cp: &Checkpoint) -> Result<(), String> {
+    let mut problems = Vec::new();
+    for f in &cp.manifest().files {
+        match std::fs::metadata(cp.dir().join(&f.path)) {
+            Ok(meta) if !meta.is_file() => problems.push(format!("{}: not a regular file", f.path)),
+            Ok(meta) if meta.len() != f.size => {
+                problems.push(format!("{}: size {} but the manifest says {}", f.path, meta.len(), f.size))
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => problems.push(format!("{}: missing", f.path)),
+            Err(e) => problems.push(format!("{}: {e}", f.path)),
+        }
+    }
+    if problems.is_empty() { Ok(()) } else { Err(problems.join("; ")) }
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Listed {
+    id: String,
+    container: String,
+    namespace: String,
+    image: Option<String>,
+    created: String,
+    size_bytes: u64,
+    memory_bytes: u64,
+    frozen_ms: Option<f64>,
+    parent: Option<String>,
+    dir: PathBuf,
+    #[serde(flatten)]
+    validity: Validity,
+}
+
+fn listed(cp: &Checkpoint, validity: Validity) -> Listed {
+    let m = cp.manifest();
+    Listed {
+        id: m.id.clone(),
+        container: m.container.id.clone(),
+        namespace: m.container.namespace.clone(),
+        image: m.container.image.clone(),
+        created: rfc3339(m.created),
+        size_bytes: cp.size_bytes(),
+        memory_bytes: m.memory_bytes,
+        frozen_ms: m.timings.frozen_ms,
+        parent: m.parent.clone(),
+        dir: cp.dir().to_path_buf(),
+        validity,
+    }
+}
+
+fn rfc3339(t: time::OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339).unwrap_or_else(|_| t.to_string())
+}
+
+/// Opens the store without creating it: listing a store that does not
+/// exist shows nothing rather than making one.
+fn existing_store(dir: &Path) -> Result<Option<CheckpointStore>> {
+    if !dir.exists() {
+        return Ok(None);
+    }
+    let store = CheckpointStore::open(dir).with_context(|| format!("open the checkpoint store {}", dir.display()))?;
+    Ok(Some(store))
+}
+
+fn ls(a: LsArgs) -> Result<ExitCode> {
+    let checkpoints = match existing_store(&a.store.store)? {
+        Some(store) => store.list()?,
+        None => Vec::new(),
+    };
+    let rows: Vec<Listed> = checkpoints
+        .iter()
+        .filter(|cp| a.container.as_ref().is_none_or(|c| &cp.manifest().container.id == c))
+        .map(|cp| listed(cp, check(cp, a.verify)))
+        .collect();
+    if a.json {
+        output::print_json(&rows)?;
+    } else {
+        print!("{}", ls_table(&rows).render());
+        for r in rows.iter().filter(|r| !r.validity.valid) {
+            eprintln!("{}: {}", r.id, r.validity.problem.as_deref().unwrap_or("invalid"));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn ls_table(rows: &[Listed]) -> Table {
+    let mut t = Table::new(&["ID", "CONTAINER", "CREATED", "SIZE", "MEMORY", "FROZEN", "PARENT", "VALID"]);
+    for r in rows {
+        t.row(vec![
+            r.id.clone(),
+            r.container.clone(),
+            output::human_time(&r.created),
+            human_bytes(r.size_bytes),
+            human_bytes(r.memory_bytes),
+            human_ms(r.frozen_ms),
+            r.parent.clone().unwrap_or_else(|| "-".into()),
+            if r.validity.valid { "yes" } else { "NO" }.into(),
+        ]);
+    }
+    t
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Inspected<'a> {
+    dir: &'a Path,
+    size_bytes: u64,
+    #[serde(flatten)]
+    validity: Validity,
+    manifest: &'a migrate_oci::CheckpointManifest,
+}
+
+fn inspect(a: InspectArgs) -> Result<ExitCode> {
+    let store = existing_store(&a.store.store)?
+        .with_context(|| format!("there is no checkpoint store at {}", a.store.store.display()))?;
+    let cp = store.get(&a.id)?;
+    let validity = check(&cp, a.verify);
+    if a.json {
+        output::print_json(&Inspected {
+            dir: cp.dir(),
+            size_bytes: cp.size_bytes(),
+            validity: validity.clone(),
+            manifest: cp.manifest(),
+        })?;
+    } else {
+        print!("{}", describe(&cp, &validity));
+    }
+    match validity.problem {
+        None => Ok(ExitCode::SUCCESS),
+        Some(problem) if a.verify => bail!("verification failed: {problem}"),
+        Some(problem) => bail!("checkpoint {} is damaged: {problem} (run with --verify for details)", a.id),
+    }
+}
+
+/// The manifest for people.
+fn describe(cp: &Checkpoint, validity: &Validity) -> String {
+    let m = cp.manifest();
+    let mut out = String::new();
+    let mut line = |k: &str, v: String| out.push_str(&format!("{:<14}{v}\n", format!("{k}:")));
+    line("ID", m.id.clone());
+    line("Directory", cp.dir().display().to_string());
+    line("Container", format!("{} (namespace {})", m.container.id, m.container.namespace));
+    line("Image", m.container.image.clone().unwrap_or_else(|| "-".into()));
+    line("Runtime", m.container.runtime.clone());
+    line("Created", format!("{} UTC", output::human_time(&rfc3339(m.created))));
+    line(
+        "Host",
+        format!(
+            "{}, kernel {}, CRIU {}, {}",
+            m.host.hostname,
+            m.host.kernel,
+            m.host.criu_version.as_deref().unwrap_or("unknown"),
+            m.host.arch
+        ),
+    );
+    line("Left running", if m.leave_running { "yes" } else { "no (stopped after the dump)" }.into());
+    line("Parent", m.parent.clone().unwrap_or_else(|| "-".into()));
+    line("Memory", human_bytes(m.memory_bytes));
+    line("Size", format!("{} in {} files", human_bytes(cp.size_bytes()), m.files.len()));
+    line(
+        "Timings",
+        format!(
+            "frozen {}, dump {}, persist {}",
+            human_ms(m.timings.frozen_ms),
+            human_ms(m.timings.dump_ms),
+            human_ms(m.timings.persist_ms)
+        ),
+    );
+    line(
+        "Rootfs",
+        match (&m.rootfs, cp.rootfs_diff()) {
+            (Some(r), Some(_)) => format!("diff on {} image layers", r.lower_dirs.len()),
+            (Some(r), None) => format!("{} image layers, no diff", r.lower_dirs.len()),
+            (None, Some(_)) => "diff".into(),
+            (None, None) => "not saved".into(),
+        },
+    );
+    let verdict = match (&validity.problem, validity.checked) {
+        (None, "sha256") => "yes (every file's size and sha256 match)".to_string(),
+        (None, _) => "yes (every file present with its size; --verify checks sha256)".to_string(),
+        (Some(p), _) => format!("NO: {p}"),
+    };
+    line("Valid", verdict);
+    out.push_str("Files:\n");
+    let mut t = Table::new(&["  PATH", "SIZE", "SHA256"]);
+    for f in &m.files {
+        t.row(vec![format!("  {}", f.path), f.size.to_string(), f.sha256.to_string()]);
+    }
+    out.push_str(&t.render());
+    out
+}
+
+// ---------------------------------------------------------------- rm
+
+fn rm(a: RmArgs) -> Result<ExitCode> {
+    let store = existing_store(&a.store.store)?
+        .with_context(|| format!("there is no checkpoint store at {}", a.store.store.display()))?;
+    let mut failed = false;
+    for id in &a.ids {
+        match store.remove(id) {
+            Ok(()) => println!("{id}"),
+            Err(e) => {
+                eprintln!("migratectl: {e}");
+                failed = true;
+            }
+        }
+    }
+    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}

@@ -1,0 +1,412 @@
+//! `migratectl restore`: new containers (one per `--as`) from one
+//! checkpoint, through containerd.
+//!
+//! For each new id: a snapshot prepared on the image's layers, a container
+//! whose spec is the checkpoint's with the restore-from annotation, a task
+//! without stdio (output goes to a log file) and a start. The shim sees the
+//! annotation and restores the process from the checkpoint instead of
+//! starting it afresh.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use containerd_client::services::v1::{Container, CreateTaskRequest, container::Runtime};
+use containerd_client::tonic::Code;
+use prost_types::Any;
+use serde::Serialize;
+use serde_json::Value;
+use tokio::task::JoinSet;
+
+use crate::Global;
+use crate::commands::checkpoint::StoreArg;
+use crate::containerd::{self, Containerd};
+use crate::image;
+use crate::output::{self, human_ms, round_ms};
+
+/// Where the restored containers' output goes: `<dir>/<id>.log`.
+pub const LOG_DIR: &str = "/run/containerd-migrate/logs";
+const RUNTIME: &str = "io.containerd.migrate.v1";
+/// Label on restored containers naming the checkpoint they came from.
+const CHECKPOINT_LABEL: &str = "io.containerd.migrate.checkpoint";
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    store: StoreArg,
+    /// The checkpoint to restore from
+    #[arg(long, value_name = "ID")]
+    checkpoint: String,
+    /// Id of a new container; repeat for several clones [default: the
+    /// checkpointed container's id]
+    #[arg(long = "as", value_name = "NEW_ID")]
+    new_ids: Vec<String>,
+    /// Return once the containers run instead of waiting for them to exit
+    #[arg(short, long)]
+    detach: bool,
+    /// Snapshotter for the new containers' root file systems
+    #[arg(long, default_value = "overlayfs")]
+    snapshotter: String,
+    /// Print the result as JSON
+    #[arg(long)]
+    json: bool,
+}
+
+/// One restored container.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Restored {
+    id: String,
+    pid: u32,
+    log: PathBuf,
+    ms: f64,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Report {
+    checkpoint: String,
+    dir: PathBuf,
+    verify_ms: f64,
+    containers: Vec<Restored>,
+    total_ms: f64,
+}
+
+/// What every clone is made from.
+struct Source {
+    checkpoint_id: String,
+    dir: PathBuf,
+    old_id: String,
+    image: String,
+    chain_id: String,
+    spec: Value,
+}
+
+pub async fn run(g: &Global, a: Args) -> Result<ExitCode> {
+    let started = Instant::now();
+    let (checkpoint, verify_time) = load_and_verify(&a.store.store, &a.checkpoint).await?;
+    let m = checkpoint.manifest();
+    let image =
+        m.container.image.clone().with_context(|| {
+            format!("checkpoint {} names no image to restore its root file system from", a.checkpoint)
+        })?;
+    let spec_path = checkpoint.dir().join(migrate_oci::CONFIG_FILE);
+    let spec: Value = serde_json::from_slice(
+        &std::fs::read(&spec_path).with_context(|| format!("checkpoint {} has no spec", a.checkpoint))?,
+    )
+    .with_context(|| format!("{} is not JSON", spec_path.display()))?;
+    let new_ids = if a.new_ids.is_empty() { vec![m.container.id.clone()] } else { a.new_ids.clone() };
+    if let Some(dup) = new_ids.iter().enumerate().find_map(|(i, id)| new_ids[..i].contains(id).then_some(id)) {
+        bail!("--as {dup} is given twice");
+    }
+
+    let cd = Containerd::connect(&g.address, &g.namespace).await?;
+    let chain_id = image::rootfs_chain_id(&cd, &image).await.with_context(|| {
+        format!("find the layers of image {image}, which checkpoint {} was taken from", a.checkpoint)
+    })?;
+    let source = std::sync::Arc::new(Source {
+        checkpoint_id: a.checkpoint.clone(),
+        dir: std::fs::canonicalize(checkpoint.dir())
+            .with_context(|| format!("resolve {}", checkpoint.dir().display()))?,
+        old_id: m.container.id.clone(),
+        image,
+        chain_id,
+        spec,
+    });
+
+    let mut clones = JoinSet::new();
+    for (i, id) in new_ids.iter().enumerate() {
+        let (cd, source, id, snapshotter) = (cd.clone(), source.clone(), id.clone(), a.snapshotter.clone());
+        clones.spawn(async move { (i, restore_one(&cd, &source, &id, &snapshotter).await) });
+    }
+    let mut results: Vec<(usize, Result<Restored>)> = clones.join_all().await;
+    results.sort_by_key(|(i, _)| *i);
+    let mut restored = Vec::new();
+    let mut errors = Vec::new();
+    for (i, r) in results {
+        match r {
+            Ok(r) => restored.push(r),
+            Err(e) => errors.push(format!("{}: {e:#}", new_ids[i])),
+        }
+    }
+
+    let report = Report {
+        checkpoint: source.checkpoint_id.clone(),
+        dir: source.dir.clone(),
+        verify_ms: round_ms(verify_time),
+        containers: restored,
+        total_ms: round_ms(started.elapsed()),
+    };
+    if a.json {
+        output::print_json(&report)?;
+    } else {
+        print_report(&report);
+    }
+    if !errors.is_empty() {
+        bail!("restoring {} of {} containers failed:\n  {}", errors.len(), new_ids.len(), errors.join("\n  "));
+    }
+    if a.detach {
+        return Ok(ExitCode::SUCCESS);
+    }
+    wait_all(&cd, &report.containers).await
+}
+
+async fn load_and_verify(store: &Path, id: &str) -> Result<(migrate_oci::Checkpoint, Duration)> {
+    let (store, id) = (store.to_path_buf(), id.to_string());
+    tokio::task::spawn_blocking(move || {
+        let started = Instant::now();
+        if !store.exists() {
+            bail!("there is no checkpoint store at {}", store.display());
+        }
+        let store = migrate_oci::CheckpointStore::open(&store)
+            .with_context(|| format!("open the checkpoint store {}", store.display()))?;
+        let checkpoint = store.get(&id)?;
+        checkpoint.verify()?;
+        Ok((checkpoint, started.elapsed()))
+    })
+    .await
+    .context("a worker thread panicked")?
+}
+
+fn print_report(r: &Report) {
+    println!("checkpoint {} ({}) verified in {}", r.checkpoint, r.dir.display(), human_ms(Some(r.verify_ms)));
+    for c in &r.containers {
+        println!("restored {} pid {} in {} (output in {})", c.id, c.pid, human_ms(Some(c.ms)), c.log.display());
+    }
+    println!("total {}", human_ms(Some(r.total_ms)));
+}
+
+/// Creates, and on any failure removes again, container `id`.
+async fn restore_one(cd: &Containerd, source: &Source, id: &str, snapshotter: &str) -> Result<Restored> {
+    let started = Instant::now();
+    let spec = clone_spec(&source.spec, &source.old_id, id, cd.namespace(), &source.dir)?;
+    let spec = serde_json::to_vec(&spec).context("encode the spec")?;
+
+    // The lease keeps containerd's garbage collector off the snapshot until
+    // the container that refers to it exists.
+    let (leased, lease) = cd.with_lease("restore").await?;
+    let undo = Undo { cd: cd.clone(), id: id.to_string(), snapshotter: snapshotter.to_string() };
+    let mounts = match leased.prepare_snapshot(snapshotter, id, &source.chain_id).await {
+        Ok(m) => m,
+        Err(e) => {
+            release(lease).await;
+            if containerd::is_code(&e, Code::AlreadyExists) {
+                bail!("a snapshot named {id} already exists ({snapshotter}); choose another --as or remove it");
+            }
+            if containerd::is_code(&e, Code::NotFound) {
+                return Err(e.context(format!(
+                    "image {} is not unpacked for snapshotter {snapshotter} (ctr image unpack --snapshotter \
+                     {snapshotter} {})",
+                    source.image, source.image
+                )));
+            }
+            return Err(e);
+        }
+    };
+    let container = Container {
+        id: id.to_string(),
+        labels: HashMap::from([(CHECKPOINT_LABEL.to_string(), source.checkpoint_id.clone())]),
+        image: source.image.clone(),
+        runtime: Some(Runtime { name: RUNTIME.to_string(), options: None }),
+        spec: Some(Any { type_url: containerd::SPEC_TYPE_URL.to_string(), value: spec }),
+        snapshotter: snapshotter.to_string(),
+        snapshot_key: id.to_string(),
+        ..Default::default()
+    };
+    let created = leased.create_container(container).await;
+    release(lease).await;
+    if let Err(e) = created {
+        undo.snapshot().await;
+        return Err(e);
+    }
+
+    let log = Path::new(LOG_DIR).join(format!("{id}.log"));
+    let uri = containerd::file_log_uri(&log);
+    let task = CreateTaskRequest {
+        container_id: id.to_string(),
+        rootfs: mounts,
+        stdin: String::new(),
+        stdout: uri.clone(),
+        stderr: uri,
+        terminal: false,
+        ..Default::default()
+    };
+    if let Err(e) = cd.create_task(task).await {
+        undo.container().await;
+        return Err(e);
+    }
+    match cd.start_task(id).await {
+        Ok(pid) => Ok(Restored { id: id.to_string(), pid, log, ms: round_ms(started.elapsed()) }),
+        Err(e) => {
+            undo.task().await;
+            Err(e)
+        }
+    }
+}
+
+async fn release(lease: containerd::Lease) {
+    if let Err(e) = lease.release().await {
+        log::warn!("{e:#} (it expires by itself within an hour)");
+    }
+}
+
+/// Removes what a failed restore of one container created, newest first;
+/// failures here are reported but do not hide the original error.
+struct Undo {
+    cd: Containerd,
+    id: String,
+    snapshotter: String,
+}
+
+impl Undo {
+    async fn task(&self) {
+        if let Err(e) = self.cd.delete_task(&self.id).await {
+            log::warn!("cleaning up: {e:#}");
+        }
+        self.container().await;
+    }
+
+    async fn container(&self) {
+        if let Err(e) = self.cd.delete_container(&self.id).await {
+            log::warn!("cleaning up: {e:#}");
+        }
+        self.snapshot().await;
+    }
+
+    async fn snapshot(&self) {
+        if let Err(e) = self.cd.remove_snapshot(&self.snapshotter, &self.id).await {
+            log::warn!("cleaning up: {e:#}");
+        }
+    }
+}
+
+/// The spec for clone `new_id`: the checkpoint's, with the annotation that
+/// tells the shim to restore from `checkpoint_dir`, and a cgroup of its own
+/// when the original's was named after the original container (as `ctr`
+/// and containerd's Go client name it: `/<namespace>/<id>`), since two
+/// clones must not share one.
+pub fn clone_spec(spec: &Value, old_id: &str, new_id: &str, namespace: &str, checkpoint_dir: &Path) -> Result<Value> {
+    let mut spec = spec.clone();
+    let obj = spec.as_object_mut().context("the checkpoint's config.json is not a JSON object")?;
+    let annotations = obj.entry("annotations").or_insert_with(|| Value::Object(Default::default()));
+    let annotations = annotations.as_object_mut().context("the spec's annotations are not an object")?;
+    annotations.insert(
+        migrate_oci::annotations::RESTORE_FROM.to_string(),
+        Value::String(format!("file://{}", checkpoint_dir.display())),
+    );
+    if let Some(Value::String(path)) = obj.get_mut("linux").and_then(|l| l.get_mut("cgroupsPath")) {
+        *path = clone_cgroups_path(path, old_id, new_id, namespace);
+    }
+    Ok(spec)
+}
+
+/// `/<ns>/<old>` → `/<ns>/<new>`; systemd's `slice:prefix:<old>` → `slice:prefix:<new>`;
+/// a path that does not end in the old id gets `/<ns>/<new>`.
+fn clone_cgroups_path(path: &str, old_id: &str, new_id: &str, namespace: &str) -> String {
+    if old_id == new_id {
+        return path.to_string();
+    }
+    let cut = path.rfind(['/', ':']).map_or(0, |i| i + 1);
+    if &path[cut..] == old_id {
+        format!("{}{new_id}", &path[..cut])
+    } else if path.contains(':') && !path.starts_with('/') {
+        // systemd form whose name is not the id: keep the slice, new name.
+        format!("{}{new_id}", &path[..cut])
+    } else {
+        format!("/{namespace}/{new_id}")
+    }
+}
+
+/// Without --detach: waits until every restored container's task exits
+/// (forwarding SIGINT and SIGTERM to them), deletes the tasks as `ctr run`
+/// does, and exits with the highest exit status.
+async fn wait_all(cd: &Containerd, restored: &[Restored]) -> Result<ExitCode> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut waits = JoinSet::new();
+    for r in restored {
+        let (cd, id) = (cd.clone(), r.id.clone());
+        waits.spawn(async move {
+            let status = cd.wait_task(&id).await.map(|w| w.exit_status);
+            if let Err(e) = cd.delete_task(&id).await {
+                log::warn!("{e:#}");
+            }
+            (id, status)
+        });
+    }
+    let mut int = signal(SignalKind::interrupt()).context("install a SIGINT handler")?;
+    let mut term = signal(SignalKind::terminate()).context("install a SIGTERM handler")?;
+    let mut worst = 0u32;
+    loop {
+        let sig = tokio::select! {
+            done = waits.join_next() => match done {
+                None => break,
+                Some(Ok((id, Ok(status)))) => {
+                    println!("{id} exited with status {status}");
+                    worst = worst.max(status);
+                    continue;
+                }
+                Some(Ok((id, Err(e)))) => {
+                    eprintln!("migratectl: {id}: {e:#}");
+                    worst = worst.max(1);
+                    continue;
+                }
+                Some(Err(e)) => bail!("a wait task failed: {e}"),
+            },
+            _ = int.recv() => libc_signal::SIGINT,
+            _ = term.recv() => libc_signal::SIGTERM,
+        };
+        for r in restored {
+            if let Err(e) = cd.kill_task(&r.id, sig).await {
+                log::warn!("{e:#}");
+            }
+        }
+    }
+    Ok(ExitCode::from(worst.min(255) as u8))
+}
+
+mod libc_signal {
+    pub const SIGINT: u32 = 2;
+    pub const SIGTERM: u32 = 15;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn clone_spec_adds_restore_from_and_keeps_the_rest() {
+        let spec = json!({
+            "ociVersion": "1.1.0",
+            "process": {"args": ["memtick"]},
+            "annotations": {"keep": "me"},
+            "linux": {"cgroupsPath": "/default/c1", "namespaces": [{"type": "pid"}]}
+        });
+        let out = clone_spec(&spec, "c1", "c2", "default", Path::new("/var/lib/cp/c1-1")).unwrap();
+        assert_eq!(out["annotations"]["io.containerd.migrate.restore-from"], "file:///var/lib/cp/c1-1");
+        assert_eq!(out["annotations"]["keep"], "me");
+        assert_eq!(out["linux"]["cgroupsPath"], "/default/c2");
+        assert_eq!(out["process"], spec["process"]);
+        assert_eq!(out["linux"]["namespaces"], spec["linux"]["namespaces"]);
+    }
+
+    #[test]
+    fn clone_spec_without_annotations_or_cgroups_path() {
+        let spec = json!({"ociVersion": "1.1.0"});
+        let out = clone_spec(&spec, "c1", "c2", "default", Path::new("/cp")).unwrap();
+        assert_eq!(out["annotations"]["io.containerd.migrate.restore-from"], "file:///cp");
+        assert!(out.get("linux").is_none());
+        assert!(clone_spec(&json!([1]), "a", "b", "n", Path::new("/cp")).is_err());
+    }
+
+    #[test]
+    fn cgroups_paths_follow_the_new_id() {
+        assert_eq!(clone_cgroups_path("/default/c1", "c1", "c2", "default"), "/default/c2");
+        assert_eq!(clone_cgroups_path("/default/c1", "c1", "c1", "default"), "/default/c1");
+        assert_eq!(clone_cgroups_path("system.slice:cri:c1", "c1", "c2", "k8s"), "system.slice:cri:c2");
+        assert_eq!(clone_cgroups_path("system.slice:cri:other", "c1", "c2", "k8s"), "system.slice:cri:c2");
+        assert_eq!(clone_cgroups_path("/custom/path", "c1", "c2", "ns"), "/ns/c2");
+    }
+}

@@ -1,0 +1,324 @@
+//! The connection to containerd's gRPC API: every request carries the
+//! namespace (and, inside a lease, the lease) as metadata, and every failed
+//! call becomes an [`RpcError`] that says what was being done.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use containerd_client::services::v1::{
+    CheckpointTaskRequest, Container, CreateContainerRequest, CreateRequest as CreateLeaseRequest, CreateTaskRequest,
+    DeleteContainerRequest, DeleteRequest as DeleteLeaseRequest, DeleteTaskRequest, GetContainerRequest,
+    GetImageRequest, GetRequest, Image, KillRequest, ReadContentRequest, StartRequest, VersionResponse, WaitRequest,
+    WaitResponse,
+    containers_client::ContainersClient,
+    content_client::ContentClient,
+    images_client::ImagesClient,
+    leases_client::LeasesClient,
+    snapshots::{MountsRequest, PrepareSnapshotRequest, RemoveSnapshotRequest, snapshots_client::SnapshotsClient},
+    tasks_client::TasksClient,
+    version_client::VersionClient,
+};
+use containerd_client::tonic::{Code, Request, Status, metadata::MetadataValue, transport::Channel};
+use containerd_client::types::Mount;
+use containerd_client::types::v1::Process;
+use prost_types::Any;
+
+const NAMESPACE_HEADER: &str = "containerd-namespace";
+const LEASE_HEADER: &str = "containerd-lease";
+/// Label that makes containerd's garbage collector drop a lease we failed to
+/// delete (a killed migratectl), so nothing it protected is kept forever.
+const LEASE_EXPIRE_LABEL: &str = "containerd.io/gc.expire";
+/// Type URL containerd gives an OCI runtime spec in `Container.spec`.
+pub const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
+
+/// A containerd call that failed: what we asked, and what containerd said.
+#[derive(Debug)]
+pub struct RpcError {
+    pub what: String,
+    pub code: Code,
+    pub message: String,
+}
+
+impl fmt::Display for RpcError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {} ({:?})", self.what, self.message, self.code)
+    }
+}
+
+impl std::error::Error for RpcError {}
+
+fn rpc(what: impl Into<String>) -> impl FnOnce(Status) -> anyhow::Error {
+    let what = what.into();
+    move |s| RpcError { what, code: s.code(), message: s.message().to_string() }.into()
+}
+
+/// Whether `err` is containerd answering with `code`.
+pub fn is_code(err: &anyhow::Error, code: Code) -> bool {
+    err.downcast_ref::<RpcError>().is_some_and(|e| e.code == code)
+}
+
+/// One connection to containerd, in one namespace.
+#[derive(Clone)]
+pub struct Containerd {
+    channel: Channel,
+    address: String,
+    namespace: String,
+    lease: Option<String>,
+}
+
+impl Containerd {
+    /// Connects to the socket at `address` (a path, optionally `unix://`).
+    pub async fn connect(address: &str, namespace: &str) -> Result<Containerd> {
+        let path = address.strip_prefix("unix://").unwrap_or(address);
+        let channel = containerd_client::connect(path).await.with_context(|| {
+            format!(
+                "cannot connect to containerd at {path}: is it running? (--address or CONTAINERD_ADDRESS \
+                 name another socket)"
+            )
+        })?;
+        // Fail here, with a clear message, if the namespace header is not
+        // valid metadata, rather than in every request.
+        MetadataValue::try_from(namespace).with_context(|| format!("bad namespace {namespace:?}"))?;
+        Ok(Containerd { channel, address: path.to_string(), namespace: namespace.to_string(), lease: None })
+    }
+
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    fn request<T>(&self, message: T) -> Request<T> {
+        let mut req = Request::new(message);
+        let md = req.metadata_mut();
+        md.insert(NAMESPACE_HEADER, MetadataValue::try_from(self.namespace.as_str()).expect("checked in connect"));
+        if let Some(lease) = &self.lease {
+            md.insert(LEASE_HEADER, MetadataValue::try_from(lease.as_str()).expect("lease ids are ASCII"));
+        }
+        req
+    }
+
+    fn containers(&self) -> ContainersClient<Channel> {
+        ContainersClient::new(self.channel.clone())
+    }
+
+    fn tasks(&self) -> TasksClient<Channel> {
+        TasksClient::new(self.channel.clone())
+    }
+
+    fn snapshots(&self) -> SnapshotsClient<Channel> {
+        SnapshotsClient::new(self.channel.clone())
+    }
+
+    pub async fn version(&self) -> Result<VersionResponse> {
+        let resp = VersionClient::new(self.channel.clone())
+            .version(())
+            .await
+            .map_err(rpc(format!("ask containerd at {} for its version", self.address)))?;
+        Ok(resp.into_inner())
+    }
+
+    /// The container `id`; a missing one is an error that says where we looked.
+    pub async fn container(&self, id: &str) -> Result<Container> {
+        let resp = self
+            .containers()
+            .get(self.request(GetContainerRequest { id: id.to_string() }))
+            .await
+            .map_err(rpc(format!("get container {id} in namespace {}", self.namespace)))?;
+        resp.into_inner().container.with_context(|| format!("containerd returned no container for {id}"))
+    }
+
+    pub async fn create_container(&self, container: Container) -> Result<Container> {
+        let id = container.id.clone();
+        let resp = self
+            .containers()
+            .create(self.request(CreateContainerRequest { container: Some(container) }))
+            .await
+            .map_err(rpc(format!("create container {id} in namespace {}", self.namespace)))?;
+        resp.into_inner().container.with_context(|| format!("containerd returned no container after creating {id}"))
+    }
+
+    pub async fn delete_container(&self, id: &str) -> Result<()> {
+        self.containers()
+            .delete(self.request(DeleteContainerRequest { id: id.to_string() }))
+            .await
+            .map_err(rpc(format!("delete container {id}")))?;
+        Ok(())
+    }
+
+    /// The init process of container `id`'s task, `None` if it has no task.
+    pub async fn task(&self, id: &str) -> Result<Option<Process>> {
+        match self.tasks().get(self.request(GetRequest { container_id: id.to_string(), exec_id: String::new() })).await
+        {
+            Ok(resp) => Ok(resp.into_inner().process),
+            Err(s) if s.code() == Code::NotFound => Ok(None),
+            Err(s) => Err(rpc(format!("get the task of container {id}"))(s)),
+        }
+    }
+
+    /// Sends containerd's Tasks.Checkpoint for container `id` as it is: no
+    /// pause first (the shim's CRIU dump freezes the container only as long
+    /// as it has to). With an image path in `options` containerd hands the
+    /// path to the shim and stores nothing in its content store.
+    pub async fn checkpoint_task(&self, id: &str, options: Any) -> Result<()> {
+        self.tasks()
+            .checkpoint(self.request(CheckpointTaskRequest {
+                container_id: id.to_string(),
+                parent_checkpoint: String::new(),
+                options: Some(options),
+            }))
+            .await
+            .map_err(rpc(format!("checkpoint the task of container {id}")))?;
+        Ok(())
+    }
+
+    /// Creates the task of container `id`; returns its pid.
+    pub async fn create_task(&self, req: CreateTaskRequest) -> Result<u32> {
+        let id = req.container_id.clone();
+        let resp =
+            self.tasks().create(self.request(req)).await.map_err(rpc(format!("create the task of container {id}")))?;
+        Ok(resp.into_inner().pid)
+    }
+
+    /// Starts the init of container `id`'s task; returns its pid.
+    pub async fn start_task(&self, id: &str) -> Result<u32> {
+        let resp = self
+            .tasks()
+            .start(self.request(StartRequest { container_id: id.to_string(), exec_id: String::new() }))
+            .await
+            .map_err(rpc(format!("start the task of container {id}")))?;
+        Ok(resp.into_inner().pid)
+    }
+
+    pub async fn kill_task(&self, id: &str, signal: u32) -> Result<()> {
+        self.tasks()
+            .kill(self.request(KillRequest { container_id: id.to_string(), exec_id: String::new(), signal, all: true }))
+            .await
+            .map_err(rpc(format!("send signal {signal} to container {id}")))?;
+        Ok(())
+    }
+
+    /// Waits until the init of container `id` has exited.
+    pub async fn wait_task(&self, id: &str) -> Result<WaitResponse> {
+        let resp = self
+            .tasks()
+            .wait(self.request(WaitRequest { container_id: id.to_string(), exec_id: String::new() }))
+            .await
+            .map_err(rpc(format!("wait for the task of container {id}")))?;
+        Ok(resp.into_inner())
+    }
+
+    pub async fn delete_task(&self, id: &str) -> Result<()> {
+        self.tasks()
+            .delete(self.request(DeleteTaskRequest { container_id: id.to_string() }))
+            .await
+            .map_err(rpc(format!("delete the task of container {id}")))?;
+        Ok(())
+    }
+
+    /// The mounts that make up snapshot `key` of `snapshotter`.
+    pub async fn snapshot_mounts(&self, snapshotter: &str, key: &str) -> Result<Vec<Mount>> {
+        let resp = self
+            .snapshots()
+            .mounts(self.request(MountsRequest { snapshotter: snapshotter.to_string(), key: key.to_string() }))
+            .await
+            .map_err(rpc(format!("get the mounts of snapshot {key} ({snapshotter})")))?;
+        Ok(resp.into_inner().mounts)
+    }
+
+    /// Prepares the active snapshot `key` on top of `parent`; returns its mounts.
+    pub async fn prepare_snapshot(&self, snapshotter: &str, key: &str, parent: &str) -> Result<Vec<Mount>> {
+        let resp = self
+            .snapshots()
+            .prepare(self.request(PrepareSnapshotRequest {
+                snapshotter: snapshotter.to_string(),
+                key: key.to_string(),
+                parent: parent.to_string(),
+                labels: HashMap::new(),
+            }))
+            .await
+            .map_err(rpc(format!("prepare snapshot {key} on {parent} ({snapshotter})")))?;
+        Ok(resp.into_inner().mounts)
+    }
+
+    pub async fn remove_snapshot(&self, snapshotter: &str, key: &str) -> Result<()> {
+        self.snapshots()
+            .remove(self.request(RemoveSnapshotRequest { snapshotter: snapshotter.to_string(), key: key.to_string() }))
+            .await
+            .map_err(rpc(format!("remove snapshot {key} ({snapshotter})")))?;
+        Ok(())
+    }
+
+    pub async fn image(&self, name: &str) -> Result<Image> {
+        let resp = ImagesClient::new(self.channel.clone())
+            .get(self.request(GetImageRequest { name: name.to_string() }))
+            .await
+            .map_err(rpc(format!("get image {name} in namespace {}", self.namespace)))?;
+        resp.into_inner().image.with_context(|| format!("containerd returned no image for {name}"))
+    }
+
+    /// The whole blob `digest` from containerd's content store.
+    pub async fn read_blob(&self, digest: &str) -> Result<Vec<u8>> {
+        let what = || format!("read blob {digest} from the content store");
+        let mut stream = ContentClient::new(self.channel.clone())
+            .read(self.request(ReadContentRequest { digest: digest.to_string(), offset: 0, size: 0 }))
+            .await
+            .map_err(rpc(what()))?
+            .into_inner();
+        let mut data = Vec::new();
+        while let Some(chunk) = stream.message().await.map_err(rpc(what()))? {
+            data.extend_from_slice(&chunk.data);
+        }
+        Ok(data)
+    }
+
+    /// A copy of this connection whose requests run inside a new lease, so
+    /// containerd's garbage collector keeps what they create (a snapshot
+    /// before its container exists) until [`Lease::release`]. The lease
+    /// expires by itself in an hour should we die before releasing it.
+    pub async fn with_lease(&self, purpose: &str) -> Result<(Containerd, Lease)> {
+        let expire = time::OffsetDateTime::now_utc() + time::Duration::hours(1);
+        let expire =
+            expire.format(&time::format_description::well_known::Rfc3339).context("format the lease expiry")?;
+        let id = format!("migratectl-{purpose}-{}-{}", std::process::id(), crate::ids::unique_suffix());
+        let resp = LeasesClient::new(self.channel.clone())
+            .create(self.request(CreateLeaseRequest {
+                id: id.clone(),
+                labels: HashMap::from([(LEASE_EXPIRE_LABEL.to_string(), expire)]),
+            }))
+            .await
+            .map_err(rpc(format!("create lease {id}")))?;
+        let id = resp.into_inner().lease.map(|l| l.id).unwrap_or(id);
+        let mut leased = self.clone();
+        leased.lease = Some(id.clone());
+        Ok((leased, Lease { id, owner: self.clone() }))
+    }
+}
+
+/// A containerd lease that [`Containerd::with_lease`] took.
+pub struct Lease {
+    id: String,
+    owner: Containerd,
+}
+
+impl Lease {
+    /// Deletes the lease; what it protected is then kept only by references.
+    pub async fn release(self) -> Result<()> {
+        LeasesClient::new(self.owner.channel.clone())
+            .delete(self.owner.request(DeleteLeaseRequest { id: self.id.clone(), sync: false }))
+            .await
+            .map_err(rpc(format!("delete lease {}", self.id)))?;
+        Ok(())
+    }
+}
+
+/// The spec of `container` as JSON bytes, as containerd stores it.
+pub fn container_spec(container: &Container) -> Result<&[u8]> {
+    let spec = container.spec.as_ref().with_context(|| format!("container {} has no OCI spec", container.id))?;
+    Ok(&spec.value)
+}
+
+/// A stdio URI for a log file, as the shim (and containerd's) accept it.
+pub fn file_log_uri(path: &Path) -> String {
+    format!("file://{}", path.display())
+}

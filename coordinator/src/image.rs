@@ -1,0 +1,173 @@
+//! An image's root file system as containerd's snapshotters know it: the
+//! chain ID of its layers, read from the image config in the content store.
+
+use anyhow::{Context, Result, bail};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use crate::containerd::Containerd;
+
+const INDEX_TYPES: [&str; 2] =
+    ["application/vnd.oci.image.index.v1+json", "application/vnd.docker.distribution.manifest.list.v2+json"];
+const MANIFEST_TYPES: [&str; 2] =
+    ["application/vnd.oci.image.manifest.v1+json", "application/vnd.docker.distribution.manifest.v2+json"];
+
+/// The OCI chain ID of a layer stack: `ChainID(L0) = DiffID(L0)`,
+/// `ChainID(L0..Ln) = sha256(ChainID(L0..Ln-1) + " " + DiffID(Ln))`. It is
+/// the key under which containerd's unpacker commits each layer's snapshot.
+pub fn chain_id<S: AsRef<str>>(diff_ids: &[S]) -> Option<String> {
+    let (first, rest) = diff_ids.split_first()?;
+    let mut chain = first.as_ref().to_string();
+    for diff in rest {
+        let mut h = Sha256::new();
+        h.update(chain.as_bytes());
+        h.update(b" ");
+        h.update(diff.as_ref().as_bytes());
+        chain = format!("sha256:{}", hex(&h.finalize()));
+    }
+    Some(chain)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[derive(Debug, Deserialize)]
+struct Descriptor {
+    digest: String,
+    #[serde(default)]
+    platform: Option<Platform>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Platform {
+    #[serde(default)]
+    os: String,
+    #[serde(default)]
+    architecture: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct Index {
+    manifests: Vec<Descriptor>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Manifest {
+    config: Descriptor,
+}
+
+#[derive(Debug, Deserialize)]
+struct ImageConfig {
+    rootfs: ConfigRootfs,
+}
+
+#[derive(Debug, Deserialize)]
+struct ConfigRootfs {
+    diff_ids: Vec<String>,
+}
+
+/// This machine's architecture as OCI names it.
+pub fn host_architecture() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "powerpc64" => "ppc64le",
+        other => other,
+    }
+}
+
+/// The manifest of an index that fits linux on this machine's architecture.
+fn pick_manifest(index: &[u8], arch: &str) -> Result<String> {
+    let index: Index = serde_json::from_slice(index).context("the image index does not parse")?;
+    index
+        .manifests
+        .iter()
+        .find(|m| m.platform.as_ref().is_some_and(|p| p.os == "linux" && p.architecture == arch))
+        .or_else(|| index.manifests.iter().find(|m| m.platform.is_none()))
+        .map(|m| m.digest.clone())
+        .with_context(|| format!("the image index has no manifest for linux/{arch}"))
+}
+
+fn config_digest(manifest: &[u8]) -> Result<String> {
+    let manifest: Manifest = serde_json::from_slice(manifest).context("the image manifest does not parse")?;
+    Ok(manifest.config.digest)
+}
+
+fn diff_ids(config: &[u8]) -> Result<Vec<String>> {
+    let config: ImageConfig = serde_json::from_slice(config).context("the image config does not parse")?;
+    Ok(config.rootfs.diff_ids)
+}
+
+/// The chain ID of image `name`'s layers, the parent to prepare a
+/// container's snapshot on.
+pub async fn rootfs_chain_id(cd: &Containerd, name: &str) -> Result<String> {
+    let image = cd.image(name).await?;
+    let target = image.target.with_context(|| format!("image {name} has no target"))?;
+    let mut digest = target.digest;
+    let mut media_type = target.media_type;
+    let mut blob = cd.read_blob(&digest).await?;
+    if INDEX_TYPES.contains(&media_type.as_str()) {
+        digest = pick_manifest(&blob, host_architecture()).with_context(|| format!("image {name}"))?;
+        blob = cd.read_blob(&digest).await?;
+        media_type = MANIFEST_TYPES[0].to_string();
+    }
+    if !MANIFEST_TYPES.contains(&media_type.as_str()) {
+        bail!("image {name}: its target {digest} is a {media_type}, not an image manifest or index");
+    }
+    let config = config_digest(&blob).with_context(|| format!("image {name}, manifest {digest}"))?;
+    let ids = diff_ids(&cd.read_blob(&config).await?).with_context(|| format!("image {name}, config {config}"))?;
+    chain_id(&ids).with_context(|| format!("image {name} has no layers"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: &str = "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    const B: &str = "sha256:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+
+    #[test]
+    fn chain_id_of_one_layer_is_its_diff_id() {
+        assert_eq!(chain_id(&[A]).unwrap(), A);
+        assert_eq!(chain_id::<&str>(&[]), None);
+    }
+
+    #[test]
+    fn chain_id_hashes_parent_space_diff() {
+        let two = chain_id(&[A, B]).unwrap();
+        let expected = format!("sha256:{}", hex(&Sha256::digest(format!("{A} {B}").as_bytes())));
+        assert_eq!(two, expected);
+        let three = chain_id(&[A, B, A]).unwrap();
+        let expected = format!("sha256:{}", hex(&Sha256::digest(format!("{two} {A}").as_bytes())));
+        assert_eq!(three, expected);
+    }
+
+    /// A value computed outside this code: `printf '%s %s' $A $B | sha256sum`.
+    #[test]
+    fn chain_id_known_value() {
+        assert_eq!(
+            chain_id(&[A, B]).unwrap(),
+            "sha256:ccd722928bd92476ba1745586fed6e45a102504185ad88cd89e01ff116fd146c"
+        );
+    }
+
+    #[test]
+    fn index_picks_linux_on_this_arch() {
+        let index = br#"{"manifests":[
+            {"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:arm","platform":{"os":"linux","architecture":"arm64"}},
+            {"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:amd","platform":{"os":"linux","architecture":"amd64"}}]}"#;
+        assert_eq!(pick_manifest(index, "amd64").unwrap(), "sha256:amd");
+        assert_eq!(pick_manifest(index, "arm64").unwrap(), "sha256:arm");
+        assert!(pick_manifest(index, "s390x").unwrap_err().to_string().contains("linux/s390x"));
+    }
+
+    #[test]
+    fn manifest_and_config_fields() {
+        let m = br#"{"schemaVersion":2,"config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:cfg","size":1},"layers":[]}"#;
+        assert_eq!(config_digest(m).unwrap(), "sha256:cfg");
+        let c = format!(r#"{{"architecture":"amd64","rootfs":{{"type":"layers","diff_ids":["{A}","{B}"]}}}}"#);
+        assert_eq!(diff_ids(c.as_bytes()).unwrap(), [A, B]);
+        assert!(diff_ids(b"{}").is_err());
+    }
+}

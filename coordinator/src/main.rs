@@ -1,0 +1,78 @@
+//! `migratectl`: checkpoints containers through containerd and the
+//! `io.containerd.migrate.v1` shim into this project's checkpoint format,
+//! and restores new containers from such checkpoints.
+//!
+//! Flags follow `ctr`: a global `--address` and `--namespace`, and `--json`
+//! on every command that lists or inspects. The verbs live in
+//! [`commands`]; [`containerd`] holds the connection to containerd.
+
+mod commands;
+mod containerd;
+mod ids;
+mod image;
+mod output;
+mod rootfs;
+mod runc_options;
+mod staging;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::commands::{checkpoint, restore};
+
+/// Where containerd listens unless told otherwise (as for `ctr`).
+pub const DEFAULT_ADDRESS: &str = "/run/containerd/containerd.sock";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "migratectl",
+    version,
+    about = "Checkpoint containers through containerd and restore clones from the checkpoints"
+)]
+struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// What every command may need to reach containerd.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Global {
+    /// containerd's gRPC socket
+    #[arg(long, global = true, env = "CONTAINERD_ADDRESS", default_value = DEFAULT_ADDRESS)]
+    pub address: String,
+    /// containerd namespace to work in
+    #[arg(short = 'n', long, global = true, env = "CONTAINERD_NAMESPACE", default_value = "default")]
+    pub namespace: String,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create, list, inspect and remove checkpoints
+    #[command(subcommand, alias = "checkpoints")]
+    Checkpoint(checkpoint::Command),
+    /// Restore one or more new containers from a checkpoint
+    Restore(restore::Args),
+    /// Print the versions of migratectl and of the containerd it talks to
+    Version,
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    output::init_logging();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Checkpoint(cmd) => checkpoint::run(&cli.global, cmd).await,
+        Command::Restore(args) => restore::run(&cli.global, args).await,
+        Command::Version => commands::version(&cli.global).await,
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("migratectl: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
