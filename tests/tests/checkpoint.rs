@@ -15,7 +15,6 @@ use containerd_migrate_tests::{Container, MIGRATE_V1, Scenario, host, poll, scen
 
 scenarios!(shared "checkpoint":
     container_checkpoint_restore_continues_counter,
-    restored_server_answers_with_its_count,
     task_checkpoint_to_image_path_leaves_running,
 );
 
@@ -50,9 +49,20 @@ fn exec(s: &Scenario, id: &str, argv: &[&str]) -> String {
 /// The counter memtick wrote last into /tmp/tick, inside task `id`.
 fn tick(s: &Scenario, id: &str) -> Result<u64, String> {
     let exec_id = format!("t{}", EXEC.fetch_add(1, Ordering::Relaxed));
-    let out = s.ctr.run(&["tasks", "exec", "--exec-id", &exec_id, id, "cat", "/tmp/tick"]);
+    let out = s.ctr.run(&[
+        "tasks",
+        "exec",
+        "--exec-id",
+        &exec_id,
+        id,
+        "cat",
+        "/tmp/tick",
+    ]);
     if !out.success() {
-        return Err(format!("reading /tmp/tick failed: {}", out.stderr_str().trim()));
+        return Err(format!(
+            "reading /tmp/tick failed: {}",
+            out.stderr_str().trim()
+        ));
     }
     let text = out.stdout_str();
     text.split_whitespace()
@@ -64,14 +74,30 @@ fn tick(s: &Scenario, id: &str) -> Result<u64, String> {
 /// Waits until task `id`'s counter reaches `at_least`.
 #[track_caller]
 fn wait_tick(s: &Scenario, id: &str, at_least: u64) -> u64 {
-    poll::until(TIMEOUT, &format!("{id}'s counter to reach {at_least}"), || {
-        tick(s, id).and_then(|t| if t >= at_least { Ok(t) } else { Err(format!("tick {t}")) })
-    })
+    poll::until(
+        TIMEOUT,
+        &format!("{id}'s counter to reach {at_least}"),
+        || {
+            tick(s, id).and_then(|t| {
+                if t >= at_least {
+                    Ok(t)
+                } else {
+                    Err(format!("tick {t}"))
+                }
+            })
+        },
+    )
 }
 
 /// One line through `nc` to the echo server inside task `id`.
 fn ask(s: &Scenario, id: &str, line: &str) -> String {
-    exec(s, id, &["sh", "-c", &format!("echo {line} | nc 127.0.0.1 7000")]).trim().to_string()
+    exec(
+        s,
+        id,
+        &["sh", "-c", &format!("echo {line} | nc 127.0.0.1 7000")],
+    )
+    .trim()
+    .to_string()
 }
 
 /// Kills and deletes the task and removes the container, so that only the
@@ -95,18 +121,39 @@ fn container_checkpoint_restore_continues_counter(s: &Scenario) {
         return;
     }
     let c = s.container();
-    s.run_detached(&c, &[], &["memtick", "--mib", "16", "--interval-ms", "50", "--out", "/tmp/tick"]);
+    s.run_detached(
+        &c,
+        &[],
+        &[
+            "memtick",
+            "--mib",
+            "16",
+            "--interval-ms",
+            "50",
+            "--out",
+            "/tmp/tick",
+        ],
+    );
     exec(s, &c.id, &["sh", "-c", "echo kept > /root/marker"]);
     let before = wait_tick(s, &c.id, 10);
 
     let image = checkpoint_ref(&c);
-    s.ctr.ok(&["containers", "checkpoint", "--task", "--rw", &c.id, &image]);
-    assert_eq!(c.wait_status("RUNNING").status, "RUNNING", "the checkpoint must leave the container running");
+    s.ctr
+        .ok(&["containers", "checkpoint", "--task", "--rw", &c.id, &image]);
+    assert_eq!(
+        c.wait_status("RUNNING").status,
+        "RUNNING",
+        "the checkpoint must leave the container running"
+    );
     remove(s, &c);
 
-    s.ctr.ok(&["containers", "restore", "--live", "--rw", &c.id, &image]);
+    s.ctr
+        .ok(&["containers", "restore", "--live", "--rw", &c.id, &image]);
     let restored = wait_tick(s, &c.id, 1);
-    assert!(restored >= before, "restored counter {restored} went back before the checkpoint ({before}): a cold start?");
+    assert!(
+        restored >= before,
+        "restored counter {restored} went back before the checkpoint ({before}): a cold start?"
+    );
     // memtick verifies its memory pattern each tick and exits 3 on damage.
     let later = wait_tick(s, &c.id, restored + 10);
     assert!(later > restored);
@@ -115,25 +162,43 @@ fn container_checkpoint_restore_continues_counter(s: &Scenario) {
 }
 
 /// A TCP server's listening socket and in-memory count survive: after the
-/// restore it answers on its port with the next number.
+/// restore it answers on its port with the next number. (runc.v2 fails
+/// this: runc has CRIU recreate the container's network namespace with
+/// loopback down, CRIU issue 590, so its restored server is unreachable.)
 fn restored_server_answers_with_its_count(s: &Scenario) {
-    if !criu_available("restored_server_answers_with_its_count") {
-        return;
-    }
     let c = s.container();
     s.run_detached(&c, &[], &["echo-server", "--port", "7000"]);
     poll::until(TIMEOUT, "the echo server to listen", || {
-        let out = s.ctr.run(&["tasks", "exec", "--exec-id", &format!("p{}", EXEC.fetch_add(1, Ordering::Relaxed)), &c.id, "sh", "-c", "echo a | nc 127.0.0.1 7000"]);
-        if out.success() && !out.stdout_str().trim().is_empty() { Ok(out.stdout_str()) } else { Err(out.stderr_str()) }
+        let out = s.ctr.run(&[
+            "tasks",
+            "exec",
+            "--exec-id",
+            &format!("p{}", EXEC.fetch_add(1, Ordering::Relaxed)),
+            &c.id,
+            "sh",
+            "-c",
+            "echo a | nc 127.0.0.1 7000",
+        ]);
+        if out.success() && !out.stdout_str().trim().is_empty() {
+            Ok(out.stdout_str())
+        } else {
+            Err(out.stderr_str())
+        }
     });
     assert_eq!(ask(s, &c.id, "b"), "2 b");
 
     let image = checkpoint_ref(&c);
-    s.ctr.ok(&["containers", "checkpoint", "--task", &c.id, &image]);
+    s.ctr
+        .ok(&["containers", "checkpoint", "--task", &c.id, &image]);
     remove(s, &c);
-    s.ctr.ok(&["containers", "restore", "--live", &c.id, &image]);
+    s.ctr
+        .ok(&["containers", "restore", "--live", &c.id, &image]);
     c.wait_status("RUNNING");
-    assert_eq!(ask(s, &c.id, "c"), "3 c", "the restored server must continue its count");
+    assert_eq!(
+        ask(s, &c.id, "c"),
+        "3 c",
+        "the restored server must continue its count"
+    );
     s.ctr.run(&["images", "rm", &image]);
 }
 
@@ -144,13 +209,39 @@ fn task_checkpoint_to_image_path_leaves_running(s: &Scenario) {
         return;
     }
     let c = s.container();
-    s.run_detached(&c, &[], &["memtick", "--mib", "8", "--interval-ms", "50", "--out", "/tmp/tick"]);
+    s.run_detached(
+        &c,
+        &[],
+        &[
+            "memtick",
+            "--mib",
+            "8",
+            "--interval-ms",
+            "50",
+            "--out",
+            "/tmp/tick",
+        ],
+    );
     let before = wait_tick(s, &c.id, 5);
     let dir = tempdir(&c.id);
-    s.ctr.ok(&["tasks", "checkpoint", "--image-path", dir.to_str().unwrap(), &c.id]);
-    assert!(dir.join("inventory.img").is_file(), "no inventory.img in {}", dir.display());
+    s.ctr.ok(&[
+        "tasks",
+        "checkpoint",
+        "--image-path",
+        dir.to_str().unwrap(),
+        &c.id,
+    ]);
     assert!(
-        std::fs::read_dir(&dir).unwrap().any(|e| e.unwrap().file_name().to_string_lossy().starts_with("pages-")),
+        dir.join("inventory.img").is_file(),
+        "no inventory.img in {}",
+        dir.display()
+    );
+    assert!(
+        std::fs::read_dir(&dir).unwrap().any(|e| e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .starts_with("pages-")),
         "no memory pages in {}",
         dir.display()
     );
@@ -185,7 +276,12 @@ macro_rules! migrate_only {
     };
 }
 
-migrate_only!(failed_checkpoint_leaves_container_running, ready_point_checkpoint_and_clones, invalid_annotation_fails_creation);
+migrate_only!(
+    restored_server_answers_with_its_count,
+    failed_checkpoint_leaves_container_running,
+    ready_point_checkpoint_and_clones,
+    invalid_annotation_fails_creation,
+);
 
 /// A dump CRIU refuses (an open, deleted file larger than its ghost limit)
 /// fails with CRIU's own words and leaves the container running, unfrozen.
@@ -196,11 +292,23 @@ fn failed_checkpoint_leaves_container_running(s: &Scenario) {
     s.run_detached(&c, &[], &["sh", "-c", script]);
     let before = wait_tick(s, &c.id, 3);
     let dir = tempdir(&c.id);
-    let out = s.ctr.run(&["tasks", "checkpoint", "--image-path", dir.to_str().unwrap(), &c.id]);
+    let out = s.ctr.run(&[
+        "tasks",
+        "checkpoint",
+        "--image-path",
+        dir.to_str().unwrap(),
+        &c.id,
+    ]);
     assert!(!out.success(), "the dump should fail: {out}");
     let err = out.stderr_str();
-    assert!(err.contains("Can't dump ghost file"), "the error should quote CRIU's cause: {err}");
-    assert!(err.contains("dump.log"), "the error should name CRIU's log: {err}");
+    assert!(
+        err.contains("Can't dump ghost file"),
+        "the error should quote CRIU's cause: {err}"
+    );
+    assert!(
+        err.contains("dump.log"),
+        "the error should name CRIU's log: {err}"
+    );
     assert_eq!(c.wait_status("RUNNING").status, "RUNNING");
     wait_tick(s, &c.id, before + 5);
     let _ = std::fs::remove_dir_all(dir);
@@ -218,10 +326,18 @@ fn ready_point_checkpoint_and_clones(s: &Scenario) {
                while [ ! -s /tmp/tick ]; do :; done; echo warm > /tmp/warm; exec echo-server --port 7000";
     let ready = format!("{READY}=tcp:7000");
     let store_annotation = format!("{STORE}=file://{}", store.display());
-    s.run_detached(&origin, &["--annotation", &ready, "--annotation", &store_annotation], &["sh", "-c", app]);
+    s.run_detached(
+        &origin,
+        &["--annotation", &ready, "--annotation", &store_annotation],
+        &["sh", "-c", app],
+    );
     let checkpoint = store.join(format!("{}-ready", origin.id));
     poll::until(TIMEOUT, "the ready-point checkpoint", || {
-        if checkpoint.join("manifest.json").is_file() { Ok(()) } else { Err(format!("nothing in {}", store.display())) }
+        if checkpoint.join("manifest.json").is_file() {
+            Ok(())
+        } else {
+            Err(format!("nothing in {}", store.display()))
+        }
     });
     assert!(checkpoint.join("rootfs-diff.tar").is_file());
 
@@ -234,7 +350,15 @@ fn ready_point_checkpoint_and_clones(s: &Scenario) {
     }
     for clone in &clones {
         assert_eq!(exec(s, &clone.id, &["cat", "/tmp/warm"]).trim(), "warm");
-        let out = s.ctr.run(&["tasks", "exec", "--exec-id", &format!("c{}", EXEC.fetch_add(1, Ordering::Relaxed)), &clone.id, "cat", "/tmp/cold"]);
+        let out = s.ctr.run(&[
+            "tasks",
+            "exec",
+            "--exec-id",
+            &format!("c{}", EXEC.fetch_add(1, Ordering::Relaxed)),
+            &clone.id,
+            "cat",
+            "/tmp/cold",
+        ]);
         assert!(!out.success(), "clone {} started cold", clone.id);
         let t = wait_tick(s, &clone.id, 1);
         wait_tick(s, &clone.id, t + 5);
@@ -244,7 +368,10 @@ fn ready_point_checkpoint_and_clones(s: &Scenario) {
     assert_eq!(ask(s, &clones[0].id, "y"), "2 y");
     assert_eq!(ask(s, &clones[1].id, "z"), "1 z");
     // No clone replaced the checkpoint it came from.
-    let entries: Vec<_> = std::fs::read_dir(&store).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let entries: Vec<_> = std::fs::read_dir(&store)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     assert_eq!(entries.len(), 1, "{entries:?}");
 
     damaged_checkpoint_starts_cold(s, &checkpoint);
@@ -255,12 +382,24 @@ fn ready_point_checkpoint_and_clones(s: &Scenario) {
 /// starts cold instead, running its own command.
 fn damaged_checkpoint_starts_cold(s: &Scenario, checkpoint: &Path) {
     let damaged = tempdir("damaged-checkpoint").join("ckpt");
-    let copy = std::process::Command::new("cp").args(["-a", checkpoint.to_str().unwrap(), damaged.to_str().unwrap()]).status().unwrap();
+    let copy = std::process::Command::new("cp")
+        .args([
+            "-a",
+            checkpoint.to_str().unwrap(),
+            damaged.to_str().unwrap(),
+        ])
+        .status()
+        .unwrap();
     assert!(copy.success());
     let pages = std::fs::read_dir(damaged.join("criu"))
         .unwrap()
         .map(|e| e.unwrap().path())
-        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("pages-"))
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("pages-")
+        })
         .expect("a pages image");
     let mut bytes = std::fs::read(&pages).unwrap();
     bytes[0] ^= 0xff;
@@ -268,10 +407,26 @@ fn damaged_checkpoint_starts_cold(s: &Scenario, checkpoint: &Path) {
 
     let c = s.container();
     let from = format!("{RESTORE_FROM}=file://{}", damaged.display());
-    s.run_detached(&c, &["--annotation", &from], &["sh", "-c", "echo cold > /tmp/cold; exec sleep 100000"]);
+    s.run_detached(
+        &c,
+        &["--annotation", &from],
+        &["sh", "-c", "echo cold > /tmp/cold; exec sleep 100000"],
+    );
     poll::until(TIMEOUT, "the cold start's marker", || {
-        let out = s.ctr.run(&["tasks", "exec", "--exec-id", &format!("d{}", EXEC.fetch_add(1, Ordering::Relaxed)), &c.id, "cat", "/tmp/cold"]);
-        if out.success() { Ok(()) } else { Err(out.stderr_str()) }
+        let out = s.ctr.run(&[
+            "tasks",
+            "exec",
+            "--exec-id",
+            &format!("d{}", EXEC.fetch_add(1, Ordering::Relaxed)),
+            &c.id,
+            "cat",
+            "/tmp/cold",
+        ]);
+        if out.success() {
+            Ok(())
+        } else {
+            Err(out.stderr_str())
+        }
     });
     let _ = std::fs::remove_dir_all(damaged.parent().unwrap());
 }
