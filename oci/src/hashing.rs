@@ -7,6 +7,7 @@ use std::{
     fmt,
     fs::File,
     io::{self, Read, Write},
+    os::fd::AsRawFd,
     path::Path,
     str::FromStr,
 };
@@ -19,6 +20,11 @@ use crate::error::{Error, Result};
 /// Large enough that a syscall per buffer is noise next to hashing it, small
 /// enough that two threads' buffers stay in the L2/L3 cache.
 const BUF_SIZE: usize = 2 << 20;
+
+/// How much a copy writes before it asks the kernel to start writing it to
+/// disk. Without this, the disk idles while the copy fills the page cache and
+/// the final fsync waits for all of it.
+const WRITEBACK_EVERY: u64 = 8 << 20;
 
 /// A SHA-256 digest; lowercase hex on the wire.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -80,6 +86,7 @@ pub(crate) fn copy_hashing(src: &Path, dst: &Path) -> Result<Hashed> {
     let mut buf = buffer(len);
     let mut hasher = sha2::Sha256::new();
     let mut size = 0;
+    let mut flushed = 0;
     loop {
         let n = read_some(&mut from, &mut buf).map_err(Error::io("read", src))?;
         if n == 0 {
@@ -88,6 +95,10 @@ pub(crate) fn copy_hashing(src: &Path, dst: &Path) -> Result<Hashed> {
         hasher.update(&buf[..n]);
         to.write_all(&buf[..n]).map_err(Error::io("write", dst))?;
         size += n as u64;
+        if size - flushed >= WRITEBACK_EVERY {
+            start_writeback(&to, flushed, size - flushed);
+            flushed = size;
+        }
     }
     to.sync_data().map_err(Error::io("fsync", dst))?;
     Ok(Hashed { size, sha256: Sha256(hasher.finalize().into()) })
@@ -150,6 +161,15 @@ impl<W: Write> Write for HashingWriter<W> {
     fn flush(&mut self) -> io::Result<()> {
         self.inner.flush()
     }
+}
+
+/// Starts writing `len` bytes at `offset` of `file` to disk, without waiting
+/// for it. Only a hint: the fsync at the end is what makes the file durable,
+/// so a failure here is not worth reporting.
+fn start_writeback(file: &File, offset: u64, len: u64) {
+    let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else { return };
+    // SAFETY: a plain syscall on a descriptor that `file` keeps open.
+    unsafe { libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE) };
 }
 
 /// A buffer no bigger than the file needs: most CRIU images are a few hundred
