@@ -107,7 +107,7 @@ impl Staging {
         Ok(())
     }
 
-    /// Writes `bytes` as the file `rel` of the checkpoint, e.g. [`layout::CONFIG_FILE`].
+    /// Writes `bytes` as the file `rel` of the checkpoint, e.g. [`crate::CONFIG_FILE`].
     pub fn add_file(&mut self, rel: &str, bytes: &[u8]) -> Result<()> {
         layout::check_rel(rel).map_err(|reason| Error::InvalidPath { path: rel.to_owned(), reason })?;
         let path = self.dir.join(rel);
