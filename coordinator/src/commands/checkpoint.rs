@@ -538,8 +538,8 @@ fn describe(cp: &Checkpoint, validity: &Validity) -> String {
     line(
         "Rootfs",
         match (&m.rootfs, cp.rootfs_diff()) {
-            (Some(r), Some(_)) => format!("diff on {} image layers", r.lower_dirs.len()),
-            (Some(r), None) => format!("{} image layers, no diff", r.lower_dirs.len()),
+            (Some(r), Some(_)) => format!("diff on {}", layers(r.lower_dirs.len())),
+            (Some(r), None) => format!("{}, no diff", layers(r.lower_dirs.len())),
             (None, Some(_)) => "diff".into(),
             (None, None) => "not saved".into(),
         },
@@ -557,6 +557,10 @@ fn describe(cp: &Checkpoint, validity: &Validity) -> String {
     }
     out.push_str(&t.render());
     out
+}
+
+fn layers(n: usize) -> String {
+    if n == 1 { "1 image layer".into() } else { format!("{n} image layers") }
 }
 
 // ---------------------------------------------------------------- rm

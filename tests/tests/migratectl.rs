@@ -1,0 +1,359 @@
+//! `migratectl` end to end: a private containerd, the
+//! io.containerd.migrate.v1 shim, CRIU, and the migratectl binary built from
+//! `coordinator/`.
+//!
+//! `checkpoint create` must leave the container running with its counter
+//! going on, and store a checkpoint that `ls` shows as valid with its size;
+//! a tampered file must make `inspect --verify` fail naming the file; `rm`
+//! must remove it; `restore` must start clones that carry on counting from
+//! the checkpoint rather than from zero.
+//!
+//! The binary is taken from `$MIGRATECTL`, else from this test's own
+//! target profile (`cargo test --workspace` builds it, since coordinator/
+//! has integration tests of its own), else from the other profile.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use containerd_migrate_tests::ctr::NAMESPACE;
+use containerd_migrate_tests::fixture::{self, repo_root};
+use containerd_migrate_tests::process::{self, Output};
+use containerd_migrate_tests::{MIGRATE_V1, Scenario, host, poll};
+use serde_json::Value;
+
+/// This binary's containerd instance.
+const INSTANCE: &str = "migratectl";
+const CALL_TIMEOUT: Duration = Duration::from_secs(120);
+const WAIT: Duration = Duration::from_secs(30);
+const MIB: u64 = 1024 * 1024;
+
+/// Tests named `migrate_v1::SCENARIO`, as the conformance suite names them:
+/// migratectl works with this runtime only.
+mod migrate_v1 {
+    #[test]
+    fn checkpoint_create_ls_inspect_rm() {
+        super::run(
+            "checkpoint_create_ls_inspect_rm",
+            super::checkpoint_create_ls_inspect_rm,
+        );
+    }
+
+    #[test]
+    fn restore_clones_carry_on_counting() {
+        super::run(
+            "restore_clones_carry_on_counting",
+            super::restore_clones_carry_on_counting,
+        );
+    }
+}
+
+/// Runs scenario `f` on this binary's shared instance, or skips it (fails
+/// with CI=true) when migratectl or CRIU is missing; the fixture checks the
+/// rest (root, containerd, the shim).
+fn run(test: &str, f: fn(&Scenario)) {
+    let mut missing = Vec::new();
+    if migratectl_binary().is_none() {
+        missing.push(
+            "the migratectl binary (cargo build --release -p containerd-migrate-coordinator)",
+        );
+    }
+    if host::which("criu").is_none() {
+        missing.push("`criu` on PATH (hack/setup.sh builds and installs it)");
+    }
+    if !missing.is_empty() {
+        let reason = format!("{test} needs {}", missing.join(", "));
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("{reason}; run hack/setup.sh (as root)");
+        }
+        eprintln!("skipping: {reason}");
+        return;
+    }
+    fixture::run_shared(INSTANCE, MIGRATE_V1, test, f);
+}
+
+fn migratectl_binary() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("MIGRATECTL") {
+        return Some(PathBuf::from(path));
+    }
+    // target/<profile>/deps/<this test> -> target/<profile>
+    let own_profile = std::env::current_exe()
+        .ok()?
+        .parent()?
+        .parent()?
+        .to_path_buf();
+    let target = repo_root().join("target");
+    [own_profile, target.join("release"), target.join("debug")]
+        .into_iter()
+        .map(|dir| dir.join("migratectl"))
+        .find(|p| host::is_executable(p))
+}
+
+/// migratectl pointed at the scenario's containerd, with a store of its own
+/// that is removed when dropped.
+struct Migratectl {
+    bin: PathBuf,
+    address: String,
+    store: PathBuf,
+}
+
+static NEXT_STORE: AtomicUsize = AtomicUsize::new(0);
+
+impl Migratectl {
+    fn new(s: &Scenario) -> Migratectl {
+        let n = NEXT_STORE.fetch_add(1, Ordering::Relaxed);
+        let store =
+            std::env::temp_dir().join(format!("migratectl-e2e-{}-{n}/store", std::process::id()));
+        let _ = std::fs::remove_dir_all(&store);
+        Migratectl {
+            bin: migratectl_binary().expect("checked before the scenario"),
+            address: s.ctr.address().to_string(),
+            store,
+        }
+    }
+
+    /// `migratectl --address A --namespace N VERB... --store S ARGS...`.
+    fn command(&self, verb: &[&str], args: &[&str]) -> Command {
+        let mut cmd = Command::new(&self.bin);
+        cmd.args(["--address", &self.address, "--namespace", NAMESPACE]);
+        cmd.args(verb).arg("--store").arg(&self.store).args(args);
+        cmd
+    }
+
+    #[track_caller]
+    fn run(&self, verb: &[&str], args: &[&str]) -> Output {
+        process::run(self.command(verb, args), None, CALL_TIMEOUT)
+    }
+
+    #[track_caller]
+    fn json(&self, verb: &[&str], args: &[&str]) -> Value {
+        let out = self.run(verb, args).expect_success();
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("not JSON: {e}\n{out}"))
+    }
+
+    /// `checkpoint ls --json [--verify]`, as a list.
+    #[track_caller]
+    fn list(&self, verify: bool) -> Vec<Value> {
+        let args: &[&str] = if verify {
+            &["--json", "--verify"]
+        } else {
+            &["--json"]
+        };
+        match self.json(&["checkpoint", "ls"], args) {
+            Value::Array(rows) => rows,
+            other => panic!("checkpoint ls --json printed {other}"),
+        }
+    }
+}
+
+impl Drop for Migratectl {
+    fn drop(&mut self) {
+        if let Some(dir) = self.store.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// The tick count memtick last wrote to /tmp/tick in the container of `pid`.
+fn tick(pid: u32) -> Result<u64, String> {
+    let path = format!("/proc/{pid}/root/tmp/tick");
+    let line = std::fs::read_to_string(&path).map_err(|e| format!("{path}: {e}"))?;
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix("tick="))
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| format!("{path} holds {line:?}"))
+}
+
+#[track_caller]
+fn wait_tick_above(pid: u32, above: u64, what: &str) -> u64 {
+    poll::until(WAIT, what, || match tick(pid) {
+        Ok(n) if n > above => Ok(n),
+        Ok(n) => Err(format!("tick={n}")),
+        Err(e) => Err(e),
+    })
+}
+
+const MEMTICK: [&str; 7] = [
+    "memtick",
+    "--mib",
+    "32",
+    "--interval-ms",
+    "50",
+    "--out",
+    "/tmp/tick",
+];
+
+/// The entry of checkpoint `id` in `rows`, if listed.
+fn find<'a>(rows: &'a [Value], id: &str) -> Option<&'a Value> {
+    rows.iter().find(|r| r["id"] == id)
+}
+
+/// Nothing of a checkpoint's work in progress is left anywhere.
+#[track_caller]
+fn assert_no_leftovers(m: &Migratectl, id: &str) {
+    for dir in [
+        "/run/containerd-migrate/staging",
+        "/dev/shm/containerd-migrate-staging",
+    ] {
+        let dump = Path::new(dir).join(id);
+        assert!(
+            !dump.exists(),
+            "the dump directory {} is left behind",
+            dump.display()
+        );
+    }
+    let hidden: Vec<String> = std::fs::read_dir(&m.store)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(
+        hidden.is_empty(),
+        "work in progress left in the store: {hidden:?}"
+    );
+}
+
+/// create leaves the container running, its counter going on; ls shows the
+/// checkpoint as valid with its size; inspect --verify passes, then fails
+/// naming a tampered file; rm removes the checkpoint.
+fn checkpoint_create_ls_inspect_rm(s: &Scenario) {
+    let m = Migratectl::new(s);
+    let c = s.container();
+    let pid = s.run_detached(&c, &[], &MEMTICK);
+    let before = wait_tick_above(pid, 5, "memtick to count");
+
+    let id = format!("{}-ck", c.id);
+    let created = m.json(&["checkpoint", "create"], &["--id", &id, "--json", &c.id]);
+    assert_eq!(created["id"], id.as_str(), "{created}");
+    assert_eq!(created["leaveRunning"], true, "{created}");
+    let size = created["sizeBytes"].as_u64().unwrap();
+    assert!(
+        created["memoryBytes"].as_u64().unwrap() >= 32 * MIB,
+        "{created}"
+    );
+    assert!(
+        size >= created["memoryBytes"].as_u64().unwrap(),
+        "{created}"
+    );
+    assert!(created["dumpMs"].as_f64().unwrap() > 0.0, "{created}");
+
+    // Still the same running task, and it goes on counting.
+    let row = c.wait_status("RUNNING");
+    assert_eq!(row.pid, pid, "the task was replaced");
+    let after = tick(pid).unwrap();
+    assert!(
+        after >= before,
+        "the counter went back from {before} to {after}"
+    );
+    wait_tick_above(pid, after + 5, "the counter to go on after the checkpoint");
+    assert_no_leftovers(&m, &id);
+
+    let rows = m.list(false);
+    let row = find(&rows, &id).unwrap_or_else(|| panic!("{id} is not listed: {rows:?}"));
+    assert_eq!(row["valid"], true, "{row}");
+    assert_eq!(row["container"], c.id.as_str(), "{row}");
+    assert_eq!(row["sizeBytes"].as_u64(), Some(size), "{row}");
+    let table = m
+        .run(&["checkpoint", "ls"], &[])
+        .expect_success()
+        .stdout_str();
+    let line = table
+        .lines()
+        .find(|l| l.starts_with(&id))
+        .unwrap_or_else(|| panic!("{id} not in\n{table}"));
+    assert!(
+        line.contains("MiB") && line.trim_end().ends_with("yes"),
+        "{table}"
+    );
+
+    let inspected = m.json(&["checkpoint", "inspect"], &["--verify", "--json", &id]);
+    assert_eq!(inspected["valid"], true, "{inspected}");
+    assert_eq!(inspected["checked"], "sha256", "{inspected}");
+    assert_eq!(inspected["manifest"]["container"]["id"], c.id.as_str());
+    let pages = inspected["manifest"]["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|f| f["path"].as_str())
+        .find(|p| p.starts_with("criu/pages-"))
+        .unwrap_or_else(|| panic!("no memory image listed: {inspected}"))
+        .to_string();
+
+    // Same size, one byte different: only the sha256 tells.
+    let file = m.store.join(&id).join(&pages);
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes[4096] ^= 0xff;
+    std::fs::write(&file, &bytes).unwrap();
+    let out = m
+        .run(&["checkpoint", "inspect"], &["--verify", &id])
+        .expect_failure();
+    assert!(
+        out.stderr_str().contains(&pages) && out.stderr_str().contains("sha256 mismatch"),
+        "the error does not name {pages}\n{out}"
+    );
+    let row = find(&m.list(true), &id).cloned().unwrap();
+    assert_eq!(row["valid"], false, "{row}");
+    assert!(row["problem"].as_str().unwrap().contains(&pages), "{row}");
+
+    let out = m.run(&["checkpoint", "rm"], &[&id]).expect_success();
+    assert_eq!(out.stdout_str().trim(), id);
+    assert!(find(&m.list(false), &id).is_none(), "{id} is still listed");
+    assert!(!m.store.join(&id).exists());
+    let out = m.run(&["checkpoint", "inspect"], &[&id]).expect_failure();
+    assert!(
+        out.stderr_str().contains(&format!("no checkpoint {id}")),
+        "{out}"
+    );
+    assert_no_leftovers(&m, &id);
+}
+
+/// Two clones restored from one checkpoint run side by side, each in a
+/// cgroup of its own, and count on from where the checkpoint was taken.
+fn restore_clones_carry_on_counting(s: &Scenario) {
+    let m = Migratectl::new(s);
+    let c = s.container();
+    let pid = s.run_detached(&c, &[], &MEMTICK);
+    let before = wait_tick_above(pid, 10, "memtick to count");
+    let id = format!("{}-ck", c.id);
+    m.json(&["checkpoint", "create"], &["--id", &id, "--json", &c.id]);
+
+    let (k1, k2) = (s.container(), s.container());
+    let report = m.json(
+        &["restore"],
+        &[
+            "--checkpoint",
+            &id,
+            "--as",
+            &k1.id,
+            "--as",
+            &k2.id,
+            "--detach",
+            "--json",
+        ],
+    );
+    assert_eq!(report["checkpoint"], id.as_str(), "{report}");
+    let restored = report["containers"].as_array().unwrap();
+    assert_eq!(restored.len(), 2, "{report}");
+    for (clone, entry) in [&k1, &k2].into_iter().zip(restored) {
+        assert_eq!(entry["id"], clone.id.as_str(), "{report}");
+        let pid = clone.wait_status("RUNNING").pid;
+        assert_eq!(entry["pid"].as_u64(), Some(u64::from(pid)), "{report}");
+        // A cold start would count from 1.
+        let first = wait_tick_above(pid, 0, &format!("{} to count", clone.id));
+        assert!(
+            first >= before,
+            "{} counts from {first}, not from the checkpoint's {before}",
+            clone.id
+        );
+        wait_tick_above(pid, first + 3, &format!("{} to go on counting", clone.id));
+        let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+        assert!(
+            cgroup.contains(&format!("/{}", clone.id)),
+            "{} shares a cgroup:\n{cgroup}",
+            clone.id
+        );
+    }
+    // The original was left alone.
+    assert_eq!(c.wait_status("RUNNING").pid, pid);
+}
