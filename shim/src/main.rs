@@ -1,5 +1,6 @@
 //! containerd-shim-migrate-v1: the runtime `io.containerd.migrate.v1`.
 
+mod cgroups;
 mod checkpoint;
 mod console;
 mod container;
@@ -14,6 +15,7 @@ mod restore_source;
 mod rootfs;
 mod runc;
 mod service;
+mod stats;
 mod stdio;
 mod task;
 

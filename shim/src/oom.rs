@@ -18,60 +18,16 @@ use nix::sys::{
 };
 use tokio::{io::unix::AsyncFd, task::JoinHandle};
 
-use crate::events::Events;
+use crate::{cgroups::Cgroups, events::Events};
 
 /// Starts watching the memory cgroup of `pid`, the container's init.
 pub fn watch(pid: u32, container_id: &str, events: Events) -> Option<JoinHandle<()>> {
     let id = container_id.to_string();
-    let watched = match memory_cgroup(pid) {
-        Some(Cgroup::V1(dir)) => v1(dir, id, events),
-        Some(Cgroup::V2(dir)) => v2(dir, id, events),
-        None => return None,
+    let watched = match Cgroups::of(pid)? {
+        Cgroups::V1(dirs) => v1(dirs.get("memory")?.clone(), id, events),
+        Cgroups::V2(dir) => v2(dir, id, events),
     };
     watched.inspect_err(|e| warn!("cannot watch OOM events of {container_id}: {e}")).ok()
-}
-
-enum Cgroup {
-    V1(PathBuf),
-    V2(PathBuf),
-}
-
-fn memory_cgroup(pid: u32) -> Option<Cgroup> {
-    let cgroups = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-    let mounts = fs::read_to_string("/proc/self/mountinfo").ok()?;
-    let mut unified = None;
-    for line in cgroups.lines() {
-        let mut parts = line.splitn(3, ':');
-        let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
-        if controllers.split(',').any(|c| c == "memory") {
-            let root = mount_point(&mounts, "cgroup", Some("memory"))?;
-            return Some(Cgroup::V1(root.join(path.trim_start_matches('/'))));
-        }
-        if controllers.is_empty() {
-            unified = Some(path.to_string());
-        }
-    }
-    let root = mount_point(&mounts, "cgroup2", None)?;
-    Some(Cgroup::V2(root.join(unified?.trim_start_matches('/'))))
-}
-
-/// The mount point of a cgroup file system from mountinfo, for v1 the one
-/// whose super options name `controller`.
-fn mount_point(mountinfo: &str, fstype: &str, controller: Option<&str>) -> Option<PathBuf> {
-    mountinfo.lines().find_map(|line| {
-        let (left, right) = line.split_once(" - ")?;
-        let mut right = right.split(' ');
-        if right.next()? != fstype {
-            return None;
-        }
-        let super_opts = right.nth(1).unwrap_or("");
-        if let Some(c) = controller
-            && !super_opts.split(',').any(|o| o == c)
-        {
-            return None;
-        }
-        left.split(' ').nth(4).map(PathBuf::from)
-    })
 }
 
 fn v1(dir: PathBuf, id: String, events: Events) -> std::io::Result<JoinHandle<()>> {
@@ -157,23 +113,4 @@ fn reactor<T: AsFd>(inner: T) -> std::io::Result<AsyncFd<Watched<T>>> {
 fn oom_kills(file: &Path) -> Option<u64> {
     let text = fs::read_to_string(file).ok()?;
     text.lines().find_map(|l| l.strip_prefix("oom_kill ")).and_then(|n| n.trim().parse().ok())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const MOUNTINFO: &str = "\
-25 1 0:23 / /sys/fs/cgroup rw,nosuid - tmpfs tmpfs rw,mode=755
-26 25 0:24 / /sys/fs/cgroup/unified rw,nosuid - cgroup2 cgroup2 rw
-30 25 0:28 / /sys/fs/cgroup/memory rw,nosuid - cgroup cgroup rw,memory
-31 25 0:29 / /sys/fs/cgroup/cpu,cpuacct rw,nosuid - cgroup cgroup rw,cpu,cpuacct";
-
-    #[test]
-    fn finds_v1_and_v2_mount_points() {
-        assert_eq!(mount_point(MOUNTINFO, "cgroup", Some("memory")), Some("/sys/fs/cgroup/memory".into()));
-        assert_eq!(mount_point(MOUNTINFO, "cgroup", Some("cpu")), Some("/sys/fs/cgroup/cpu,cpuacct".into()));
-        assert_eq!(mount_point(MOUNTINFO, "cgroup2", None), Some("/sys/fs/cgroup/unified".into()));
-        assert_eq!(mount_point(MOUNTINFO, "cgroup", Some("pids")), None);
-    }
 }

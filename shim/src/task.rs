@@ -10,7 +10,6 @@ use async_trait::async_trait;
 use containerd_shim::{
     ExitSignal, Task, TtrpcContext, TtrpcResult,
     asynchronous::io::Stdio,
-    cgroup::{collect_metrics, collect_metrics_v2, get_cgroup},
     monitor::{Subject, Topic, monitor_subscribe},
     protos::{
         api::{
@@ -23,7 +22,7 @@ use containerd_shim::{
             TaskCheckpointed, TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskPaused, TaskResumed,
             TaskStart,
         },
-        protobuf::{MessageField, well_known_types::any::Any},
+        protobuf::MessageField,
         shim::oci::ProcessDetails,
         types::task::ProcessInfo,
     },
@@ -38,7 +37,7 @@ use crate::{
     events::Events,
     exits::Exits,
     process::{InitState, Lifecycle},
-    ready,
+    ready, stats,
 };
 
 pub struct TaskService {
@@ -345,16 +344,11 @@ impl Task for TaskService {
     async fn stats(&self, _ctx: &TtrpcContext, req: StatsRequest) -> TtrpcResult<StatsResponse> {
         let container = self.shared.container(&req.id)?;
         let pid = container.init.state().pid();
-        let stats: Any = asyncify(move || {
-            let cgroup = get_cgroup(pid)?;
-            if cgroup.v2() {
-                convert_to_any(Box::new(collect_metrics_v2(&cgroup)?))
-            } else {
-                convert_to_any(Box::new(collect_metrics(&cgroup)?))
-            }
-        })
-        .await
-        .map_err(Error::shim(format!("collect the cgroup metrics of {}", req.id)))?;
+        let metrics = asyncify(move || Ok(stats::collect(pid)))
+            .await
+            .map_err(Error::shim(format!("collect the cgroup metrics of {}", req.id)))?
+            .ok_or_else(|| Error::NotFound(format!("cgroups of container {}", req.id)))?;
+        let stats = convert_to_any(metrics).map_err(Error::shim("encode the metrics"))?;
         Ok(StatsResponse { stats: MessageField::some(stats), ..Default::default() })
     }
 

@@ -165,10 +165,10 @@ fn place_fds(fds: [RawFd; 3]) -> std::io::Result<()> {
 }
 
 fn wait_ready(ready: OwnedFd, path: &std::path::Path) -> Result<()> {
-    let mut byte = [0u8; 1];
-    match File::from(ready).read(&mut byte) {
-        Ok(_) => Ok(()),
-        Err(e) => Err(Error::io(format!("wait for the logging binary {} to be ready", path.display()))(e)),
+    // Ready is a byte written or the pipe closed (end of file): either will do.
+    match File::from(ready).bytes().next() {
+        None | Some(Ok(_)) => Ok(()),
+        Some(Err(e)) => Err(Error::io(format!("wait for the logging binary {} to be ready", path.display()))(e)),
     }
 }
 
