@@ -109,10 +109,29 @@ pub struct RmArgs {
 
 pub async fn run(g: &Global, cmd: Command) -> Result<ExitCode> {
     match cmd {
-        Command::Create(a) => create(g, a).await,
+        // Interrupted, the dump and staging directories are dropped (and so
+        // removed) instead of being left in RAM; a dump under way fails when
+        // its directory goes, and the shim leaves the container running.
+        Command::Create(a) => tokio::select! {
+            r = create(g, a) => r,
+            sig = interrupted() => bail!("interrupted by {sig}; nothing was stored"),
+        },
         Command::Ls(a) => blocking(move || ls(a)).await,
         Command::Inspect(a) => blocking(move || inspect(a)).await,
         Command::Rm(a) => blocking(move || rm(a)).await,
+    }
+}
+
+/// Resolves on the first SIGINT or SIGTERM; names it.
+async fn interrupted() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
+        (Ok(mut int), Ok(mut term)) => tokio::select! {
+            _ = int.recv() => "SIGINT",
+            _ = term.recv() => "SIGTERM",
+        },
+        // Without handlers the default action (exit) stays; never resolve.
+        _ => std::future::pending().await,
     }
 }
 
