@@ -73,6 +73,9 @@ impl Shim for Service {
     }
 
     async fn create_task_service(&self, publisher: RemotePublisher) -> TaskService {
-        TaskService::new(&self.namespace, Events::new(publisher, &self.namespace), self.exit.clone()).await
+        // Only its address is used: see events.rs for why the shim publishes itself.
+        let events = Events::new(&publisher.address, &self.namespace);
+        drop(publisher);
+        TaskService::new(&self.namespace, events, self.exit.clone()).await
     }
 }
