@@ -75,7 +75,7 @@ fn run(test: &str, f: fn(&Scenario)) {
 
 fn migratectl_binary() -> Option<PathBuf> {
     if let Some(path) = std::env::var_os("MIGRATECTL") {
-        return Some(PathBuf::from(path));
+        return Some(PathBuf::from(path)).filter(|p| host::is_executable(p));
     }
     // target/<profile>/deps/<this test> -> target/<profile>
     let own_profile = std::env::current_exe()
