@@ -356,4 +356,7 @@ fn restore_clones_carry_on_counting(s: &Scenario) {
     }
     // The original was left alone.
     assert_eq!(c.wait_status("RUNNING").pid, pid);
+    for entry in restored {
+        let _ = std::fs::remove_file(entry["log"].as_str().unwrap());
+    }
 }
