@@ -40,9 +40,6 @@ use crate::{
     ready, stats,
 };
 
-/// How long an exit report may wait for the process's output to drain.
-const OUTPUT_DRAIN_BEFORE_EXIT: std::time::Duration = std::time::Duration::from_secs(1);
-
 pub struct TaskService {
     shared: Arc<Shared>,
 }
@@ -97,15 +94,6 @@ impl Shared {
                 let shared = self.clone();
                 tokio::spawn(async move {
                     let Ok(container) = shared.container(&key.container) else { return };
-                    // Report the exit once its output is in containerd's fifos,
-                    // bounded for a process whose children keep its stdio open.
-                    let drained = match &key.exec {
-                        None => container.init.with_io(|io| io.drained()),
-                        Some(exec) => container.exec(exec).ok().and_then(|e| e.process.with_io(|io| io.drained())),
-                    };
-                    if let Some(drained) = drained {
-                        let _ = tokio::time::timeout(OUTPUT_DRAIN_BEFORE_EXIT, drained).await;
-                    }
                     let _lifecycle = container.lifecycle.lock().await;
                     for exit in container.process_exited(key.exec.as_deref(), event.exit_code) {
                         shared.events.publish(exit).await;

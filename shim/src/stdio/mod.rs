@@ -12,18 +12,8 @@ use std::{
 };
 
 use containerd_shim::asynchronous::io::{IoTasks, Pty, Stdio};
-use std::{
-    pin::Pin,
-    sync::Arc,
-    task::{Context, Poll},
-};
-
 use nix::{fcntl::OFlag, unistd::pipe2};
-use tokio::{
-    io::{AsyncRead, ReadBuf},
-    net::unix::pipe,
-    sync::watch,
-};
+use tokio::net::unix::pipe;
 
 mod log_uri;
 
@@ -38,51 +28,11 @@ pub struct ProcessIo {
     tasks: IoTasks,
     pty: Option<Pty>,
     log_file: Option<log_uri::FileCopy>,
-    outputs: Outputs,
-}
-
-/// Counts the output copies still running, so that a process's exit can be
-/// reported after what it wrote has reached containerd's fifos: clients
-/// like `ctr` stop reading the moment they have the exit and deleted the
-/// task, and would lose output still in flight.
-#[derive(Clone)]
-pub struct Outputs(Arc<watch::Sender<usize>>);
-
-/// Held by a copy's reader; dropped, with the reader, when the copy ends.
-struct OutputToken(Arc<watch::Sender<usize>>);
-
-impl Outputs {
-    fn new() -> Self {
-        Outputs(Arc::new(watch::channel(0).0))
-    }
-
-    fn token(&self) -> OutputToken {
-        self.0.send_modify(|n| *n += 1);
-        OutputToken(self.0.clone())
-    }
-}
-
-impl Drop for OutputToken {
-    fn drop(&mut self) {
-        self.0.send_modify(|n| *n -= 1);
-    }
-}
-
-/// A reader that gives its token back when the copy drops it.
-struct Tracked<R> {
-    reader: R,
-    _token: OutputToken,
-}
-
-impl<R: AsyncRead + Unpin> AsyncRead for Tracked<R> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.reader).poll_read(cx, buf)
-    }
 }
 
 /// Stdio that runc is about to use; `finish` once runc has run.
 pub enum PendingIo {
-    Pipes(IoTasks, Outputs),
+    Pipes(IoTasks),
     /// Output to a `file://` or `binary://` log URI.
     Logged(Option<log_uri::FileCopy>),
     Console { socket: ConsoleSocket, stdio: Stdio },
@@ -116,10 +66,9 @@ impl PendingIo {
         }
 
         let tasks = IoTasks::default();
-        let outputs = Outputs::new();
-        let result = Self::pipes(stdio, owner, &tasks, &outputs);
+        let result = Self::pipes(stdio, owner, &tasks);
         match result {
-            Ok(runc) => Ok((PendingIo::Pipes(tasks, outputs), runc)),
+            Ok(runc) => Ok((PendingIo::Pipes(tasks), runc)),
             Err(e) => {
                 // Nothing was started yet; cancel copies already wired up.
                 tokio::spawn(async move { tasks.abort().await });
@@ -128,7 +77,7 @@ impl PendingIo {
         }
     }
 
-    fn pipes(stdio: &Stdio, owner: IoOwner, tasks: &IoTasks, outputs: &Outputs) -> Result<Stdio3> {
+    fn pipes(stdio: &Stdio, owner: IoOwner, tasks: &IoTasks) -> Result<Stdio3> {
         let stdin = if stdio.stdin.is_empty() {
             ChildStdio::null()
         } else {
@@ -137,18 +86,16 @@ impl PendingIo {
             tasks.copy_from_fifo(&stdio.stdin, writer).map_err(Error::shim("copy stdin"))?;
             child.into()
         };
-        let stdout = output(&stdio.stdout, owner, tasks, outputs)?;
-        let stderr = output(&stdio.stderr, owner, tasks, outputs)?;
+        let stdout = output(&stdio.stdout, owner, tasks)?;
+        let stderr = output(&stdio.stderr, owner, tasks)?;
         Ok(Stdio3::Given { stdin, stdout, stderr })
     }
 
     /// Completes the stdio once runc created the process.
     pub async fn finish(self) -> Result<ProcessIo> {
         match self {
-            PendingIo::Pipes(tasks, outputs) => Ok(ProcessIo { tasks, pty: None, log_file: None, outputs }),
-            PendingIo::Logged(log_file) => {
-                Ok(ProcessIo { tasks: IoTasks::default(), pty: None, log_file, outputs: Outputs::new() })
-            }
+            PendingIo::Pipes(tasks) => Ok(ProcessIo { tasks, pty: None, log_file: None }),
+            PendingIo::Logged(log_file) => Ok(ProcessIo { tasks: IoTasks::default(), pty: None, log_file }),
             PendingIo::Console { socket, stdio } => {
                 let master = socket.receive().await?;
                 let pty = Pty::new(master).map_err(Error::shim("set up the terminal"))?;
@@ -159,7 +106,7 @@ impl PendingIo {
                 if !stdio.stdout.is_empty() {
                     tasks.copy_to_fifo(pty.clone(), &stdio.stdout).map_err(Error::shim("copy stdout"))?;
                 }
-                Ok(ProcessIo { tasks, pty: Some(pty), log_file: None, outputs: Outputs::new() })
+                Ok(ProcessIo { tasks, pty: Some(pty), log_file: None })
             }
         }
     }
@@ -167,7 +114,7 @@ impl PendingIo {
     /// The console socket runc must send the terminal to, if any.
     pub fn console_socket(&self) -> Option<&std::path::Path> {
         match self {
-            PendingIo::Pipes(..) | PendingIo::Logged(_) => None,
+            PendingIo::Pipes(_) | PendingIo::Logged(_) => None,
             PendingIo::Console { socket, .. } => Some(socket.path()),
         }
     }
@@ -175,7 +122,7 @@ impl PendingIo {
     /// Releases everything when runc failed.
     pub async fn abort(self) {
         match self {
-            PendingIo::Pipes(tasks, _) => tasks.abort().await,
+            PendingIo::Pipes(tasks) => tasks.abort().await,
             PendingIo::Logged(copy) => copy.into_iter().for_each(log_uri::FileCopy::abort),
             PendingIo::Console { .. } => {}
         }
@@ -183,15 +130,6 @@ impl PendingIo {
 }
 
 impl ProcessIo {
-    /// Resolves once every output copy has reached the end of its pipe,
-    /// i.e. the process (and whatever inherited its stdio) is done writing.
-    pub fn drained(&self) -> impl Future<Output = ()> + Send + use<> {
-        let mut open = self.outputs.0.subscribe();
-        async move {
-            let _ = open.wait_for(|n| *n == 0).await;
-        }
-    }
-
     pub fn close_stdin(&self) {
         self.tasks.close_input();
     }
@@ -223,13 +161,12 @@ impl ProcessIo {
     }
 }
 
-fn output(path: &str, owner: IoOwner, tasks: &IoTasks, outputs: &Outputs) -> Result<ChildStdio> {
+fn output(path: &str, owner: IoOwner, tasks: &IoTasks) -> Result<ChildStdio> {
     if path.is_empty() {
         return Ok(ChildStdio::null());
     }
     let (ours, child) = pipe_pair(owner)?;
     let reader = pipe::Receiver::from_owned_fd(ours).map_err(Error::io("set up an output pipe"))?;
-    let reader = Tracked { reader, _token: outputs.token() };
     tasks.copy_to_fifo(reader, path).map_err(Error::shim(format!("copy output to {path}")))?;
     Ok(child.into())
 }
