@@ -7,7 +7,11 @@
 //! across a containerd restart.
 
 use std::{
-    os::fd::{AsRawFd, OwnedFd},
+    fs::{File, OpenOptions},
+    os::{
+        fd::{AsRawFd, OwnedFd},
+        unix::fs::OpenOptionsExt,
+    },
     process::Stdio as ChildStdio,
 };
 
@@ -28,11 +32,17 @@ pub struct ProcessIo {
     tasks: IoTasks,
     pty: Option<Pty>,
     log_file: Option<log_uri::FileCopy>,
+    /// The shim's own writer on each output fifo, kept until the process is
+    /// deleted. containerd's clients open a fifo's read end in the
+    /// background, which waits for a writer: without this one, a client
+    /// attaching after the process exited (and its copy closed the fifo)
+    /// would wait forever and lose what the process wrote.
+    _writer_holds: Vec<File>,
 }
 
 /// Stdio that runc is about to use; `finish` once runc has run.
 pub enum PendingIo {
-    Pipes(IoTasks),
+    Pipes(IoTasks, Vec<File>),
     /// Output to a `file://` or `binary://` log URI.
     Logged(Option<log_uri::FileCopy>),
     Console { socket: ConsoleSocket, stdio: Stdio },
@@ -66,9 +76,10 @@ impl PendingIo {
         }
 
         let tasks = IoTasks::default();
-        let result = Self::pipes(stdio, owner, &tasks);
+        let mut holds = Vec::new();
+        let result = Self::pipes(stdio, owner, &tasks, &mut holds);
         match result {
-            Ok(runc) => Ok((PendingIo::Pipes(tasks), runc)),
+            Ok(runc) => Ok((PendingIo::Pipes(tasks, holds), runc)),
             Err(e) => {
                 // Nothing was started yet; cancel copies already wired up.
                 tokio::spawn(async move { tasks.abort().await });
@@ -77,7 +88,7 @@ impl PendingIo {
         }
     }
 
-    fn pipes(stdio: &Stdio, owner: IoOwner, tasks: &IoTasks) -> Result<Stdio3> {
+    fn pipes(stdio: &Stdio, owner: IoOwner, tasks: &IoTasks, holds: &mut Vec<File>) -> Result<Stdio3> {
         let stdin = if stdio.stdin.is_empty() {
             ChildStdio::null()
         } else {
@@ -86,16 +97,18 @@ impl PendingIo {
             tasks.copy_from_fifo(&stdio.stdin, writer).map_err(Error::shim("copy stdin"))?;
             child.into()
         };
-        let stdout = output(&stdio.stdout, owner, tasks)?;
-        let stderr = output(&stdio.stderr, owner, tasks)?;
+        let stdout = output(&stdio.stdout, owner, tasks, holds)?;
+        let stderr = output(&stdio.stderr, owner, tasks, holds)?;
         Ok(Stdio3::Given { stdin, stdout, stderr })
     }
 
     /// Completes the stdio once runc created the process.
     pub async fn finish(self) -> Result<ProcessIo> {
         match self {
-            PendingIo::Pipes(tasks) => Ok(ProcessIo { tasks, pty: None, log_file: None }),
-            PendingIo::Logged(log_file) => Ok(ProcessIo { tasks: IoTasks::default(), pty: None, log_file }),
+            PendingIo::Pipes(tasks, holds) => Ok(ProcessIo { tasks, pty: None, log_file: None, _writer_holds: holds }),
+            PendingIo::Logged(log_file) => {
+                Ok(ProcessIo { tasks: IoTasks::default(), pty: None, log_file, _writer_holds: Vec::new() })
+            }
             PendingIo::Console { socket, stdio } => {
                 let master = socket.receive().await?;
                 let pty = Pty::new(master).map_err(Error::shim("set up the terminal"))?;
@@ -106,7 +119,7 @@ impl PendingIo {
                 if !stdio.stdout.is_empty() {
                     tasks.copy_to_fifo(pty.clone(), &stdio.stdout).map_err(Error::shim("copy stdout"))?;
                 }
-                Ok(ProcessIo { tasks, pty: Some(pty), log_file: None })
+                Ok(ProcessIo { tasks, pty: Some(pty), log_file: None, _writer_holds: Vec::new() })
             }
         }
     }
@@ -114,7 +127,7 @@ impl PendingIo {
     /// The console socket runc must send the terminal to, if any.
     pub fn console_socket(&self) -> Option<&std::path::Path> {
         match self {
-            PendingIo::Pipes(_) | PendingIo::Logged(_) => None,
+            PendingIo::Pipes(..) | PendingIo::Logged(_) => None,
             PendingIo::Console { socket, .. } => Some(socket.path()),
         }
     }
@@ -122,7 +135,7 @@ impl PendingIo {
     /// Releases everything when runc failed.
     pub async fn abort(self) {
         match self {
-            PendingIo::Pipes(tasks) => tasks.abort().await,
+            PendingIo::Pipes(tasks, _) => tasks.abort().await,
             PendingIo::Logged(copy) => copy.into_iter().for_each(log_uri::FileCopy::abort),
             PendingIo::Console { .. } => {}
         }
@@ -152,7 +165,8 @@ impl ProcessIo {
         Ok(())
     }
 
-    /// Drains buffered output to containerd, then closes the copies.
+    /// Drains buffered output to containerd, then closes the copies and,
+    /// with `self`, the writer holds: readers then see the end of the file.
     pub async fn shutdown(self) {
         self.tasks.shutdown().await;
         if let Some(copy) = self.log_file {
@@ -161,13 +175,20 @@ impl ProcessIo {
     }
 }
 
-fn output(path: &str, owner: IoOwner, tasks: &IoTasks) -> Result<ChildStdio> {
+fn output(path: &str, owner: IoOwner, tasks: &IoTasks, holds: &mut Vec<File>) -> Result<ChildStdio> {
     if path.is_empty() {
         return Ok(ChildStdio::null());
     }
     let (ours, child) = pipe_pair(owner)?;
     let reader = pipe::Receiver::from_owned_fd(ours).map_err(Error::io("set up an output pipe"))?;
     tasks.copy_to_fifo(reader, path).map_err(Error::shim(format!("copy output to {path}")))?;
+    // Cannot block: the copy above holds the fifo's read end open.
+    let hold = OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(Error::io(format!("hold {path} open")))?;
+    holds.push(hold);
     Ok(child.into())
 }
 
