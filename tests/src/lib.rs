@@ -53,6 +53,7 @@ pub mod events;
 pub mod fixture;
 pub mod footprint;
 pub mod host;
+pub mod memtick;
 pub mod poll;
 pub mod process;
 pub mod pty;

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use containerd_migrate_tests::{Container, MIGRATE_V1, Scenario, host, poll, scenarios};
+use containerd_migrate_tests::{Container, MIGRATE_V1, Scenario, host, memtick, poll, scenarios};
 
 scenarios!(shared "checkpoint":
     container_checkpoint_restore_continues_counter,
@@ -46,47 +46,13 @@ fn exec(s: &Scenario, id: &str, argv: &[&str]) -> String {
     s.ctr.ok(&args).stdout_str()
 }
 
-/// The counter memtick wrote last into /tmp/tick, inside task `id`.
-fn tick(s: &Scenario, id: &str) -> Result<u64, String> {
-    let exec_id = format!("t{}", EXEC.fetch_add(1, Ordering::Relaxed));
-    let out = s.ctr.run(&[
-        "tasks",
-        "exec",
-        "--exec-id",
-        &exec_id,
-        id,
-        "cat",
-        "/tmp/tick",
-    ]);
-    if !out.success() {
-        return Err(format!(
-            "reading /tmp/tick failed: {}",
-            out.stderr_str().trim()
-        ));
-    }
-    let text = out.stdout_str();
-    text.split_whitespace()
-        .find_map(|f| f.strip_prefix("tick="))
-        .and_then(|n| n.parse().ok())
-        .ok_or_else(|| format!("no tick in {text:?}"))
-}
-
-/// Waits until task `id`'s counter reaches `at_least`.
+/// Waits until task `id`'s counter reaches `at_least`; returns it.
 #[track_caller]
 fn wait_tick(s: &Scenario, id: &str, at_least: u64) -> u64 {
-    poll::until(
-        TIMEOUT,
-        &format!("{id}'s counter to reach {at_least}"),
-        || {
-            tick(s, id).and_then(|t| {
-                if t >= at_least {
-                    Ok(t)
-                } else {
-                    Err(format!("tick {t}"))
-                }
-            })
-        },
-    )
+    poll::until(TIMEOUT, &format!("{id}'s counter to reach {at_least}"), || {
+        let pid = s.ctr.task(id).map(|t| t.pid).ok_or("no such task")?;
+        memtick::tick(pid).and_then(|t| if t >= at_least { Ok(t) } else { Err(format!("tick {t}")) })
+    })
 }
 
 /// One line through `nc` to the echo server inside task `id`.

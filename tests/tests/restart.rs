@@ -7,28 +7,10 @@ use std::time::Duration;
 
 use containerd_migrate_tests::events::Events;
 use containerd_migrate_tests::footprint::Footprint;
-use containerd_migrate_tests::{Scenario, host, poll, scenarios};
+use containerd_migrate_tests::memtick::wait_tick_above;
+use containerd_migrate_tests::{Scenario, host, scenarios};
 
 scenarios!(isolated: containerd_restart);
-
-/// The tick count memtick last wrote to /tmp/tick inside the container.
-fn tick(pid: u32) -> Result<u64, String> {
-    let path = format!("/proc/{pid}/root/tmp/tick");
-    let line = std::fs::read_to_string(&path).map_err(|e| format!("{path}: {e}"))?;
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix("tick="))
-        .and_then(|n| n.parse().ok())
-        .ok_or_else(|| format!("{path} holds {line:?}"))
-}
-
-#[track_caller]
-fn wait_tick_above(pid: u32, above: u64, what: &str) -> u64 {
-    poll::until(Duration::from_secs(30), what, || match tick(pid) {
-        Ok(n) if n > above => Ok(n),
-        Ok(n) => Err(format!("tick={n}")),
-        Err(e) => Err(e),
-    })
-}
 
 /// Stop containerd with a task running, start it again: the task is still
 /// RUNNING with the same pid and shim, exec/pause/resume work, and a kill
