@@ -81,14 +81,21 @@ pub(crate) struct Hashed {
 /// through, and makes `dst` durable.
 pub(crate) fn copy_hashing(src: &Path, dst: &Path) -> Result<Hashed> {
     let mut from = File::open(src).map_err(Error::io("open", src))?;
-    let mut to = File::options().write(true).create_new(true).open(dst).map_err(Error::io("create", dst))?;
     let len = from.metadata().map_err(Error::io("stat", src))?.len();
-    let mut buf = buffer(len);
+    write_hashing(&mut from, len, src, dst)
+}
+
+/// Writes all that `from` (read from `src`, for errors) yields to the new
+/// file `dst`, hashing the bytes on their way through, and makes `dst`
+/// durable. `len_hint` sizes the buffer.
+pub(crate) fn write_hashing(from: &mut impl Read, len_hint: u64, src: &Path, dst: &Path) -> Result<Hashed> {
+    let mut to = File::options().write(true).create_new(true).open(dst).map_err(Error::io("create", dst))?;
+    let mut buf = buffer(len_hint);
     let mut hasher = sha2::Sha256::new();
     let mut size = 0;
     let mut flushed = 0;
     loop {
-        let n = read_some(&mut from, &mut buf).map_err(Error::io("read", src))?;
+        let n = read_some(from, &mut buf).map_err(Error::io("read", src))?;
         if n == 0 {
             break;
         }
@@ -163,6 +170,34 @@ impl<W: Write> Write for HashingWriter<W> {
     }
 }
 
+/// A reader that hashes what passes through it, so that a file sent
+/// elsewhere (a tar of the images) is checked against the manifest in the
+/// same read.
+pub(crate) struct HashingReader<R> {
+    inner: R,
+    hasher: sha2::Sha256,
+    size: u64,
+}
+
+impl<R: Read> HashingReader<R> {
+    pub fn new(inner: R) -> Self {
+        Self { inner, hasher: sha2::Sha256::new(), size: 0 }
+    }
+
+    pub fn finish(self) -> Hashed {
+        Hashed { size: self.size, sha256: Sha256(self.hasher.finalize().into()) }
+    }
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.size += n as u64;
+        Ok(n)
+    }
+}
+
 /// Starts writing `len` bytes at `offset` of `file` to disk, without waiting
 /// for it. Only a hint: the fsync at the end is what makes the file durable,
 /// so a failure here is not worth reporting.
@@ -229,5 +264,23 @@ mod tests {
         let (out, hashed) = w.finish();
         assert_eq!(out, b"abc");
         assert_eq!(hashed, hash_bytes(b"abc"));
+    }
+
+    #[test]
+    fn reader_hashes_what_it_reads_and_streams_write() {
+        let bytes: Vec<u8> = (0..BUF_SIZE + 3).map(|i| (i % 13) as u8).collect();
+        let mut r = HashingReader::new(&bytes[..]);
+        let mut out = Vec::new();
+        r.read_to_end(&mut out).unwrap();
+        assert_eq!(out, bytes);
+        assert_eq!(r.finish(), hash_bytes(&bytes));
+
+        let dir = tempfile::tempdir().unwrap();
+        let dst = dir.path().join("dst");
+        let written = write_hashing(&mut &bytes[..], 0, Path::new("<test>"), &dst).unwrap();
+        assert_eq!(written, hash_bytes(&bytes));
+        assert_eq!(std::fs::read(&dst).unwrap(), bytes);
+        // hash_file with sync agrees, writeback hints and all.
+        assert_eq!(hash_file(&dst, true).unwrap(), written);
     }
 }

@@ -18,6 +18,7 @@
 pub mod annotations;
 mod checkpoint;
 pub mod criu_stats;
+mod criu_tar;
 mod durable;
 mod error;
 mod hashing;
@@ -37,7 +38,7 @@ pub use checkpoint::Checkpoint;
 pub use error::{Error, FileProblem, ProblemKind, Result, UnsafeEntry};
 pub use hashing::Sha256;
 pub use layer::apply_layer;
-pub use layout::{CONFIG_FILE, validate_id};
+pub use layout::{CONFIG_FILE, ROOTFS_DIFF_FILE, validate_id};
 pub use manifest::{
     CheckpointManifest, ContainerInfo, FileEntry, HostInfo, MANIFEST_MEDIA_TYPE, MANIFEST_SCHEMA_VERSION, RootfsInfo,
     Timings,

@@ -6,7 +6,7 @@ use std::{
     cmp::Reverse,
     collections::BTreeMap,
     fs::{DirBuilder, File},
-    io::{BufWriter, Write},
+    io::{BufWriter, Read, Write},
     os::unix::fs::DirBuilderExt,
     path::{Path, PathBuf},
 };
@@ -119,6 +119,30 @@ impl Staging {
         file.sync_data().map_err(Error::io("fsync", &path))?;
         self.hashed.insert(rel.to_owned(), hashing::hash_bytes(bytes));
         Ok(())
+    }
+
+    /// Writes what `reader` yields as the file `rel` of the checkpoint,
+    /// hashing it on the way, like [`Staging::add_file`] for what is too big
+    /// to hold in memory (a rootfs diff from elsewhere).
+    pub fn add_file_from(&mut self, rel: &str, mut reader: impl Read) -> Result<()> {
+        layout::check_rel(rel).map_err(|reason| Error::InvalidPath { path: rel.to_owned(), reason })?;
+        let path = self.dir.join(rel);
+        if let Some(parent) = path.parent() {
+            self.create_dir(parent)?;
+        }
+        let hashed = hashing::write_hashing(&mut reader, u64::MAX, Path::new(rel), &path)?;
+        self.hashed.insert(rel.to_owned(), hashed);
+        Ok(())
+    }
+
+    /// Creates `dir` (inside the staging directory) and its parents, private.
+    pub(crate) fn create_dir(&self, dir: &Path) -> Result<()> {
+        private_dir().recursive(true).create(dir).map_err(Error::io("create directory", dir))
+    }
+
+    /// Records a file written (and made durable) by this crate.
+    pub(crate) fn insert_hashed(&mut self, rel: String, hashed: Hashed) {
+        self.hashed.insert(rel, hashed);
     }
 
     /// Writes the changes in overlay `upperdir` as `rootfs-diff.tar`, an OCI
