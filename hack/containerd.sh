@@ -107,7 +107,9 @@ wait_ready() {
 	local pid=$1 deadline=$((SECONDS + START_TIMEOUT))
 	while ((SECONDS < deadline)); do
 		responds && return 0
-		if ! is_our_containerd "$pid"; then
+		# Alive is enough: right after the launch the child may still be
+		# the forked shell or setsid, not yet exec'd into containerd.
+		if ! kill -0 "$pid" 2>/dev/null; then
 			log "containerd $NAME (pid $pid) exited during start-up; log tail:"
 			tail -n 30 "$LOG" >&2 || true
 			return 1
