@@ -8,10 +8,10 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use containerd_client::services::v1::{
-    CheckpointTaskRequest, Container, CreateContainerRequest, CreateRequest as CreateLeaseRequest, CreateTaskRequest,
-    DeleteContainerRequest, DeleteRequest as DeleteLeaseRequest, DeleteTaskRequest, GetContainerRequest,
-    GetImageRequest, GetRequest, Image, KillRequest, ReadContentRequest, StartRequest, VersionResponse, WaitRequest,
-    WaitResponse,
+    CheckpointTaskRequest, Container, CreateContainerRequest, CreateImageRequest, CreateRequest as CreateLeaseRequest,
+    CreateTaskRequest, DeleteContainerRequest, DeleteRequest as DeleteLeaseRequest, DeleteTaskRequest,
+    GetContainerRequest, GetImageRequest, GetRequest, Image, KillRequest, ReadContentRequest, StartRequest,
+    VersionResponse, WaitRequest, WaitResponse, WriteAction, WriteContentRequest,
     containers_client::ContainersClient,
     content_client::ContentClient,
     images_client::ImagesClient,
@@ -21,9 +21,14 @@ use containerd_client::services::v1::{
     version_client::VersionClient,
 };
 use containerd_client::tonic::{Code, Request, Status, metadata::MetadataValue, transport::Channel};
-use containerd_client::types::Mount;
 use containerd_client::types::v1::Process;
+use containerd_client::types::{Descriptor, Mount};
 use prost_types::Any;
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::pipe::Chunk;
 
 const NAMESPACE_HEADER: &str = "containerd-namespace";
 const LEASE_HEADER: &str = "containerd-lease";
@@ -53,6 +58,21 @@ fn rpc(what: impl Into<String>) -> impl FnOnce(Status) -> anyhow::Error {
     let what = what.into();
     move |s| RpcError { what, code: s.code(), message: s.message().to_string() }.into()
 }
+
+/// A content write whose data stopped before its end mark: its producer
+/// failed (and says why), so nothing was committed.
+#[derive(Debug)]
+pub struct CutShort {
+    pub reference: String,
+}
+
+impl fmt::Display for CutShort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "the data for {} stopped before its end; nothing was committed", self.reference)
+    }
+}
+
+impl std::error::Error for CutShort {}
 
 /// Whether `err` is containerd answering with `code`.
 pub fn is_code(err: &anyhow::Error, code: Code) -> bool {
@@ -272,6 +292,118 @@ impl Containerd {
         Ok(data)
     }
 
+    /// Streams blob `digest` from the content store to `tx`, checking its
+    /// digest on the way; a failure is sent to `tx` as well, so the reading
+    /// side stops. Returns early, without error, if the reading side hangs
+    /// up: it failed, and its error tells why.
+    pub async fn read_blob_to(&self, digest: &str, tx: mpsc::Sender<std::io::Result<Vec<u8>>>) -> Result<()> {
+        let result = self.read_blob_checked(digest, &tx).await;
+        if let Err(e) = &result {
+            let _ = tx.send(Err(std::io::Error::other(format!("{e:#}")))).await;
+        }
+        result.map(drop)
+    }
+
+    async fn read_blob_checked(&self, digest: &str, tx: &mpsc::Sender<std::io::Result<Vec<u8>>>) -> Result<bool> {
+        let what = || format!("read blob {digest} from the content store");
+        let mut stream = ContentClient::new(self.channel.clone())
+            .read(self.request(ReadContentRequest { digest: digest.to_string(), offset: 0, size: 0 }))
+            .await
+            .map_err(rpc(what()))?
+            .into_inner();
+        let mut hasher = Sha256::new();
+        while let Some(chunk) = stream.message().await.map_err(rpc(what()))? {
+            hasher.update(&chunk.data);
+            if tx.send(Ok(chunk.data)).await.is_err() {
+                return Ok(false);
+            }
+        }
+        let found = format!("sha256:{}", hex(&hasher.finalize()));
+        if found != digest {
+            anyhow::bail!("blob {digest} in the content store is damaged: its data hashes to {found}");
+        }
+        Ok(true)
+    }
+
+    /// Writes a blob to the content store under the ingest reference
+    /// `reference` from `chunks` ([`crate::pipe::chunks`]), and commits it
+    /// with `labels` if, and only if, the chunks end with their end mark
+    /// (else the error is [`CutShort`]). Returns its digest and size. A blob
+    /// that is already there counts as written. Run it inside a lease, or
+    /// the garbage collector may take the blob before anything refers to it.
+    pub async fn write_blob(
+        &self,
+        reference: &str,
+        mut chunks: mpsc::Receiver<Chunk>,
+        labels: HashMap<String, String>,
+    ) -> Result<(String, i64)> {
+        let what = || format!("write {reference} to the content store");
+        let (tx, rx) = mpsc::channel(2);
+        let request = |action: WriteAction| WriteContentRequest {
+            action: action as i32,
+            r#ref: reference.to_string(),
+            ..Default::default()
+        };
+        // Requests and answers go in lock step: containerd answers each.
+        let sent = |_| anyhow::anyhow!("{}: containerd closed the stream", what());
+        tx.send(request(WriteAction::Stat)).await.map_err(sent)?;
+        let mut answers = ContentClient::new(self.channel.clone())
+            .write(self.request(ReceiverStream::new(rx)))
+            .await
+            .map_err(rpc(what()))?
+            .into_inner();
+        let mut answer =
+            async || answers.message().await.map_err(rpc(what()))?.with_context(|| format!("{}: no answer", what()));
+        let status = answer().await?;
+        if status.offset != 0 {
+            anyhow::bail!("{}: another write of it is under way ({} bytes in)", what(), status.offset);
+        }
+        let mut hasher = Sha256::new();
+        let mut offset: i64 = 0;
+        loop {
+            match chunks.recv().await {
+                Some(Chunk::Data(data)) => {
+                    hasher.update(&data);
+                    let len = data.len() as i64;
+                    tx.send(WriteContentRequest { offset, data, ..request(WriteAction::Write) }).await.map_err(sent)?;
+                    offset += len;
+                    let written = answer().await?;
+                    if written.offset != offset {
+                        anyhow::bail!("{}: containerd is at byte {} where {offset} were sent", what(), written.offset);
+                    }
+                }
+                Some(Chunk::End) => break,
+                None => return Err(CutShort { reference: reference.to_string() }.into()),
+            }
+        }
+        let digest = format!("sha256:{}", hex(&hasher.finalize()));
+        // The offset must be where the data ends: containerd truncates a
+        // write that goes on at offset 0.
+        let commit = WriteContentRequest {
+            offset,
+            total: offset,
+            expected: digest.clone(),
+            labels,
+            ..request(WriteAction::Commit)
+        };
+        tx.send(commit).await.map_err(sent)?;
+        match answers.message().await {
+            Ok(_) => Ok((digest, offset)),
+            Err(s) if s.code() == Code::AlreadyExists => Ok((digest, offset)),
+            Err(s) => Err(rpc(what())(s)),
+        }
+    }
+
+    /// Creates image record `name` pointing at `target`.
+    pub async fn create_image(&self, name: &str, target: Descriptor, labels: HashMap<String, String>) -> Result<Image> {
+        let image = Image { name: name.to_string(), labels, target: Some(target), created_at: None, updated_at: None };
+        let resp = ImagesClient::new(self.channel.clone())
+            .create(self.request(CreateImageRequest { image: Some(image), source_date_epoch: None }))
+            .await
+            .map_err(rpc(format!("create image {name} in namespace {}", self.namespace)))?;
+        resp.into_inner().image.with_context(|| format!("containerd returned no image after creating {name}"))
+    }
+
     /// A copy of this connection whose requests run inside a new lease, so
     /// containerd's garbage collector keeps what they create (a snapshot
     /// before its container exists) until [`Lease::release`]. The lease
@@ -310,6 +442,10 @@ impl Lease {
             .map_err(rpc(format!("delete lease {}", self.id)))?;
         Ok(())
     }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The spec of `container` as JSON bytes, as containerd stores it.

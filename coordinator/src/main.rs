@@ -6,11 +6,13 @@
 //! on every command that lists or inspects. The verbs live in
 //! [`commands`]; [`containerd`] holds the connection to containerd.
 
+mod checkpoint_image;
 mod commands;
 mod containerd;
 mod ids;
 mod image;
 mod output;
+mod pipe;
 mod rootfs;
 mod runc_options;
 mod staging;

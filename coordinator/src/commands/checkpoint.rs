@@ -14,6 +14,7 @@ use migrate_oci::{Checkpoint, CheckpointStore, CommitInfo, ContainerInfo, Rootfs
 use serde::Serialize;
 
 use crate::Global;
+use crate::commands::{export, import};
 use crate::containerd::{self, Containerd};
 use crate::ids;
 use crate::output::{self, Table, human_bytes, human_ms, round_ms};
@@ -37,6 +38,12 @@ pub enum Command {
     /// Remove checkpoints
     #[command(alias = "remove", alias = "delete")]
     Rm(RmArgs),
+    /// Write a checkpoint into containerd as a checkpoint image, for ctr
+    /// container restore
+    Export(export::ExportArgs),
+    /// Commit a containerd checkpoint image (ctr container checkpoint --task)
+    /// into the store
+    Import(import::ImportArgs),
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -119,6 +126,8 @@ pub async fn run(g: &Global, cmd: Command) -> Result<ExitCode> {
         Command::Ls(a) => blocking(move || ls(a)).await,
         Command::Inspect(a) => blocking(move || inspect(a)).await,
         Command::Rm(a) => blocking(move || rm(a)).await,
+        Command::Export(a) => export::export(g, a).await,
+        Command::Import(a) => import::import(g, a).await,
     }
 }
 
@@ -136,7 +145,7 @@ async fn interrupted() -> &'static str {
 }
 
 /// Runs file-system work (hashing gigabytes) off the async runtime.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+pub(crate) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
     tokio::task::spawn_blocking(f).await.context("a worker thread panicked")?
 }
 
@@ -442,7 +451,7 @@ fn rfc3339(t: time::OffsetDateTime) -> String {
 
 /// Opens the store without creating it: listing a store that does not
 /// exist shows nothing rather than making one.
-fn existing_store(dir: &Path) -> Result<Option<CheckpointStore>> {
+pub(crate) fn existing_store(dir: &Path) -> Result<Option<CheckpointStore>> {
     if !dir.exists() {
         return Ok(None);
     }

@@ -2,6 +2,8 @@
 //! flags and returns the process exit code.
 
 pub mod checkpoint;
+pub mod export;
+pub mod import;
 pub mod restore;
 
 use std::process::ExitCode;
