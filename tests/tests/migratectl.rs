@@ -6,7 +6,9 @@
 //! going on, and store a checkpoint that `ls` shows as valid with its size;
 //! a tampered file must make `inspect --verify` fail naming the file; `rm`
 //! must remove it; `restore` must start clones that carry on counting from
-//! the checkpoint rather than from zero.
+//! the checkpoint rather than from zero. `checkpoint export` and `import`
+//! must convert to and from containerd's checkpoint image so that
+//! `ctr container restore` and `ctr container checkpoint` work with ours.
 //!
 //! The binary is taken from `$MIGRATECTL`, else from this test's own
 //! target profile (`cargo test --workspace` builds it, since coordinator/
@@ -17,8 +19,8 @@ use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use containerd_migrate_tests::ctr::NAMESPACE;
-use containerd_migrate_tests::fixture::{self, repo_root};
+use containerd_migrate_tests::ctr::{Ctr, NAMESPACE};
+use containerd_migrate_tests::fixture::{self, IMAGE, RUNC_V2, repo_root};
 use containerd_migrate_tests::process::{self, Output};
 use containerd_migrate_tests::{MIGRATE_V1, Scenario, host, poll};
 use serde_json::Value;
@@ -45,6 +47,22 @@ mod migrate_v1 {
         super::run(
             "restore_clones_carry_on_counting",
             super::restore_clones_carry_on_counting,
+        );
+    }
+
+    #[test]
+    fn export_then_ctr_restore_carries_on_counting() {
+        super::run(
+            "export_then_ctr_restore_carries_on_counting",
+            super::export_then_ctr_restore_carries_on_counting,
+        );
+    }
+
+    #[test]
+    fn ctr_checkpoint_of_runc_v2_imports_and_restores() {
+        super::run(
+            "ctr_checkpoint_of_runc_v2_imports_and_restores",
+            super::ctr_checkpoint_of_runc_v2_imports_and_restores,
         );
     }
 }
@@ -357,6 +375,201 @@ fn restore_clones_carry_on_counting(s: &Scenario) {
     // The original was left alone.
     assert_eq!(c.wait_status("RUNNING").pid, pid);
     for entry in restored {
+        let _ = std::fs::remove_file(entry["log"].as_str().unwrap());
+    }
+}
+
+/// An image in the scenario's containerd, removed when dropped.
+struct ImageRef {
+    ctr: Ctr,
+    name: String,
+}
+
+impl ImageRef {
+    fn new(s: &Scenario, c: &fixture::Container) -> ImageRef {
+        ImageRef {
+            ctr: s.ctr.clone(),
+            name: format!("localhost/containerd-migrate/checkpoints/{}:1", c.id),
+        }
+    }
+}
+
+impl Drop for ImageRef {
+    fn drop(&mut self) {
+        let _ = process::run_quietly(
+            self.ctr.command(&["images", "rm", &self.name]),
+            Duration::from_secs(30),
+        );
+    }
+}
+
+/// Kills and deletes the task of `c`, as a migration away from it would.
+#[track_caller]
+fn stop_and_delete_task(s: &Scenario, c: &fixture::Container) {
+    s.ctr.ok(&["tasks", "kill", "--signal", "SIGKILL", &c.id]);
+    c.wait_status("STOPPED");
+    s.ctr.ok(&["tasks", "delete", &c.id]);
+}
+
+/// A migratectl checkpoint, exported, is restored by `ctr container restore
+/// --live --rw` (with the runtime the checkpoint image names) and counts on
+/// from the checkpoint; a file the container wrote comes back with it.
+fn export_then_ctr_restore_carries_on_counting(s: &Scenario) {
+    let m = Migratectl::new(s);
+    let c = s.container();
+    let pid = s.run_detached(&c, &[], &MEMTICK);
+    s.ctr.ok(&[
+        "tasks",
+        "exec",
+        "--exec-id",
+        "mark",
+        &c.id,
+        "touch",
+        "/mark",
+    ]);
+    let before = wait_tick_above(pid, 10, "memtick to count");
+    let id = format!("{}-ck", c.id);
+    m.json(&["checkpoint", "create"], &["--id", &id, "--json", &c.id]);
+
+    let image = ImageRef::new(s, &c);
+    let exported = m.json(&["checkpoint", "export"], &["--json", &id, &image.name]);
+    assert_eq!(exported["image"], image.name.as_str(), "{exported}");
+    assert_eq!(exported["runtime"], MIGRATE_V1, "{exported}");
+    assert!(
+        exported["sizeBytes"].as_u64().unwrap() >= 32 * MIB,
+        "{exported}"
+    );
+    let listed = s.ctr.ok(&["images", "ls"]).stdout_str();
+    let row = listed
+        .lines()
+        .find(|l| l.starts_with(&image.name))
+        .unwrap_or_else(|| panic!("{} is not listed:\n{listed}", image.name));
+    assert!(
+        row.contains("application/vnd.oci.image.index.v1+json")
+            && row.contains("containerd.io/checkpoint=true"),
+        "{row}"
+    );
+    // Exporting again under the same name is refused, not merged.
+    let out = m
+        .run(&["checkpoint", "export"], &[&id, &image.name])
+        .expect_failure();
+    assert!(out.stderr_str().contains("already exists"), "{out}");
+
+    stop_and_delete_task(s, &c);
+    let k = s.container();
+    s.ctr.ok(&[
+        "containers",
+        "restore",
+        "--live",
+        "--rw",
+        &k.id,
+        &image.name,
+    ]);
+    let info = s.ctr.ok(&["containers", "info", &k.id]).stdout_str();
+    assert!(
+        info.contains(MIGRATE_V1),
+        "not restored with {MIGRATE_V1}:\n{info}"
+    );
+    let restored = k.wait_status("RUNNING").pid;
+    // A cold start would count from 1.
+    let first = wait_tick_above(restored, 0, "the restored container to count");
+    assert!(
+        first >= before,
+        "the restored container counts from {first}, not from the checkpoint's {before}"
+    );
+    wait_tick_above(
+        restored,
+        first + 3,
+        "the restored container to go on counting",
+    );
+    assert!(
+        Path::new(&format!("/proc/{restored}/root/mark")).exists(),
+        "the rw layer was not restored"
+    );
+}
+
+/// `ctr container checkpoint --task --rw` of a runc.v2 container, imported,
+/// is a verified checkpoint that `migratectl restore` restores with
+/// io.containerd.migrate.v1, counting on from the checkpoint.
+fn ctr_checkpoint_of_runc_v2_imports_and_restores(s: &Scenario) {
+    let m = Migratectl::new(s);
+    let c = s.container();
+    let mut run = vec!["run", "-d", "--runtime", RUNC_V2, IMAGE, &c.id];
+    run.extend_from_slice(&MEMTICK);
+    s.ctr.ok(&run);
+    let pid = c.wait_status("RUNNING").pid;
+    s.ctr.ok(&[
+        "tasks",
+        "exec",
+        "--exec-id",
+        "mark",
+        &c.id,
+        "touch",
+        "/mark",
+    ]);
+    let before = wait_tick_above(pid, 10, "memtick to count");
+    let image = ImageRef::new(s, &c);
+    s.ctr.ok(&[
+        "containers",
+        "checkpoint",
+        "--task",
+        "--rw",
+        &c.id,
+        &image.name,
+    ]);
+
+    let id = format!("{}-imported", c.id);
+    let imported = m.json(
+        &["checkpoint", "import"],
+        &["--id", &id, "--json", &image.name],
+    );
+    assert_eq!(imported["id"], id.as_str(), "{imported}");
+    assert_eq!(imported["container"], c.id.as_str(), "{imported}");
+    assert_eq!(imported["runtime"], RUNC_V2, "{imported}");
+    assert!(
+        imported["memoryBytes"].as_u64().unwrap() >= 32 * MIB,
+        "{imported}"
+    );
+    let inspected = m.json(&["checkpoint", "inspect"], &["--verify", "--json", &id]);
+    assert_eq!(inspected["valid"], true, "{inspected}");
+    assert_eq!(
+        inspected["manifest"]["container"]["image"], IMAGE,
+        "{inspected}"
+    );
+    assert_eq!(inspected["manifest"]["leaveRunning"], true, "{inspected}");
+    let files: Vec<&str> = inspected["manifest"]["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|f| f["path"].as_str())
+        .collect();
+    for part in ["config.json", "rootfs-diff.tar", "criu/inventory.img"] {
+        assert!(files.contains(&part), "{part} missing: {files:?}");
+    }
+    assert_no_leftovers(&m, &id);
+
+    stop_and_delete_task(s, &c);
+    let k = s.container();
+    let report = m.json(
+        &["restore"],
+        &["--checkpoint", &id, "--as", &k.id, "--detach", "--json"],
+    );
+    let restored = k.wait_status("RUNNING").pid;
+    let first = wait_tick_above(restored, 0, "the restored container to count");
+    assert!(
+        first >= before,
+        "the restored container counts from {first}, not from the checkpoint's {before}"
+    );
+    wait_tick_above(
+        restored,
+        first + 3,
+        "the restored container to go on counting",
+    );
+    assert!(
+        Path::new(&format!("/proc/{restored}/root/mark")).exists(),
+        "the rw layer was not restored"
+    );
+    for entry in report["containers"].as_array().unwrap() {
         let _ = std::fs::remove_file(entry["log"].as_str().unwrap());
     }
 }
