@@ -197,24 +197,11 @@ impl Instance {
 }
 
 fn start_containerd(name: &str) -> Result<String, String> {
-    let mut attempt = 1;
-    let out = loop {
-        let out = process::run(
-            hack("containerd.sh", &["start", name]),
-            None,
-            INSTANCE_TIMEOUT,
-        );
-        // hack/containerd.sh can mistake a containerd that is still being
-        // exec'd (setsid) for one that died ("exited during start-up") when
-        // the machine is busy; that start is worth another try, nothing else.
-        if out.success() || attempt == 3 || !out.stderr_str().contains("exited during start-up") {
-            break out;
-        }
-        eprintln!(
-            "warning: attempt {attempt} to start containerd instance {name} failed, trying again\n{out}"
-        );
-        attempt += 1;
-    };
+    let out = process::run(
+        hack("containerd.sh", &["start", name]),
+        None,
+        INSTANCE_TIMEOUT,
+    );
     if !out.success() {
         return Err(format!("starting containerd instance {name} failed\n{out}"));
     }
