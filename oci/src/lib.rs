@@ -32,6 +32,7 @@ mod store;
 #[cfg(test)]
 mod testing;
 mod tree;
+pub mod versions;
 mod xattr;
 
 pub use checkpoint::Checkpoint;

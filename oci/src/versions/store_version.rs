@@ -1,0 +1,127 @@
+//! Storing a committed checkpoint as one version of its container.
+
+use std::{fs::File, path::Path};
+
+use sha2::Digest;
+use time::OffsetDateTime;
+
+use super::{
+    ContainerRef, VersionStore,
+    chunking::{self, chunking_for},
+    crypto::{self, ChunkCipher},
+    error::{Result, VersionError},
+    group_of,
+    manifest::{
+        ChunkRef, ENCRYPTION_ALGORITHM, Encryption, IncrementalMode, VERSION_MEDIA_TYPE, VERSION_SCHEMA_VERSION,
+        VersionFile, VersionManifest,
+    },
+};
+use crate::{Checkpoint, hashing::Sha256, layout};
+
+/// What storing one version cost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VersionReport {
+    pub version: u64,
+    pub group: u64,
+    pub base: u64,
+    pub bytes_total: u64,
+    /// Plaintext bytes of the chunks the store did not have.
+    pub bytes_new: u64,
+    pub chunks_total: u64,
+    pub chunks_new: u64,
+}
+
+/// Stores the committed checkpoint in `checkpoint_dir` as version `version`
+/// of `container`: uploads the chunks the store lacks, then the manifest.
+/// The checkpoint must not build on a parent. Each file is hashed on the
+/// way and compared with the checkpoint's manifest, so a damaged checkpoint
+/// never becomes a version. Until the manifest is stored the version does
+/// not exist; a failure leaves only unreferenced chunks, which a later GC
+/// removes.
+pub fn store_version(
+    store: &dyn VersionStore,
+    checkpoint_dir: &Path,
+    container: &ContainerRef,
+    version: u64,
+    group_size: u64,
+    cipher: Option<&ChunkCipher>,
+) -> Result<VersionReport> {
+    let (group, base) = group_of(version, group_size)?;
+    if store.get_manifest(container, version)?.is_some() {
+        return Err(VersionError::VersionExists { container: container.clone(), version });
+    }
+    let checkpoint = Checkpoint::open(checkpoint_dir)
+        .map_err(|source| VersionError::Checkpoint { dir: checkpoint_dir.to_owned(), source: Box::new(source) })?;
+    if let Some(parent) = &checkpoint.manifest().parent {
+        return Err(VersionError::HasParent { dir: checkpoint_dir.to_owned(), parent: parent.clone() });
+    }
+    let mut listed: Vec<(&str, Option<Sha256>)> =
+        checkpoint.manifest().files.iter().map(|f| (f.path.as_str(), Some(f.sha256))).collect();
+    listed.push((layout::MANIFEST_FILE, None));
+
+    let mut manifest = VersionManifest {
+        schema_version: VERSION_SCHEMA_VERSION,
+        media_type: VERSION_MEDIA_TYPE.into(),
+        namespace: container.namespace.clone(),
+        container: container.id.clone(),
+        version,
+        group,
+        base,
+        created: now(),
+        mode: IncrementalMode::StorageChunks,
+        encryption: cipher
+            .map(|c| Encryption { algorithm: ENCRYPTION_ALGORITHM.into(), key_id: c.key_id().to_owned() }),
+        files: Vec::with_capacity(listed.len()),
+        bytes_total: 0,
+        bytes_new: 0,
+        chunks_total: 0,
+        chunks_new: 0,
+    };
+    for (rel, expected) in listed {
+        let path = checkpoint_dir.join(rel);
+        let file = File::open(&path).map_err(VersionError::io("open", &path))?;
+        let chunking = chunking_for(rel);
+        let mut entry = VersionFile { path: rel.to_owned(), size: 0, chunking, chunks: Vec::new() };
+        let mut hasher = sha2::Sha256::new();
+        for chunk in chunking::chunks(file, chunking) {
+            let plain = chunk.map_err(VersionError::io("read", &path))?;
+            hasher.update(&plain);
+            let size = plain.len() as u32;
+            let id = crypto::chunk_id(cipher, &plain);
+            // Claimed rather than only looked up: see claim_chunk.
+            let new = !store.claim_chunk(&id)? && store.put_chunk(&id, &crypto::seal(cipher, &id, plain))?;
+            if new {
+                manifest.chunks_new += 1;
+                manifest.bytes_new += u64::from(size);
+            }
+            manifest.chunks_total += 1;
+            entry.size += u64::from(size);
+            entry.chunks.push(ChunkRef { id, size });
+        }
+        if let Some(expected) = expected {
+            let found: Sha256 = hex::encode(hasher.finalize()).parse().expect("sha256 hex is a Sha256");
+            if found != expected {
+                return Err(VersionError::FileChanged { path, expected, found });
+            }
+        }
+        manifest.bytes_total += entry.size;
+        manifest.files.push(entry);
+    }
+    let bytes = serde_json::to_vec_pretty(&manifest).expect("a version manifest serializes");
+    store.put_manifest(container, version, &bytes)?;
+    Ok(VersionReport {
+        version,
+        group,
+        base,
+        bytes_total: manifest.bytes_total,
+        bytes_new: manifest.bytes_new,
+        chunks_total: manifest.chunks_total,
+        chunks_new: manifest.chunks_new,
+    })
+}
+
+/// Now, to the millisecond, as checkpoint manifests record it.
+fn now() -> OffsetDateTime {
+    let t = OffsetDateTime::now_utc();
+    t.replace_millisecond(t.millisecond()).unwrap_or(t)
+}
