@@ -139,7 +139,7 @@ mod tests {
         let json = serde_json::to_value(&m).unwrap();
         assert_eq!(json["mode"], "storage-chunks");
         assert_eq!(json["encryption"]["keyId"], "00ff");
-        assert_eq!(json["files"][0]["chunking"]["kind"], "fixed");
+        assert_eq!(json["files"][0]["chunking"]["kind"], "fastcdc");
         assert_eq!(json["files"][0]["chunks"][0]["id"].as_str().unwrap().len(), 64);
         assert_eq!(json["bytesNew"], 0);
         assert_eq!(serde_json::to_value(IncrementalMode::CriuParent).unwrap(), "criu-parent");
