@@ -6,16 +6,21 @@
 //! <root>/containers/<namespace>/<container>/versions/<V>.json  manifests
 //! ```
 //!
-//! Every file is written under a temporary name (starting with `.`),
-//! fsynced and renamed into place, so a reader never sees half a blob or
-//! half a manifest. Before a manifest is renamed into place, the shard
-//! directories of the chunks written since the last manifest are fsynced:
-//! a manifest never becomes durable before the chunks it names. Temporary
-//! files of an interrupted upload are removed by [`VersionStore::gc_chunks`]
-//! once older than its grace period.
+//! Every file is written under a temporary name (starting with `.`) and
+//! renamed into place, so a reader never sees half a blob or half a
+//! manifest. Chunks are written without an fsync each, which would cap an
+//! upload at one disk flush per chunk (about 12 MiB/s here); instead, before
+//! a manifest is written, one syncfs(2) makes every chunk written since
+//! durable, then they are renamed into place and a second syncfs makes the
+//! renames durable. So a chunk is under its final name only once its bytes
+//! are durable (a crash never leaves a truncated chunk that a later version
+//! would dedup against), and a manifest is durable only after its chunks.
+//! Until that flush, the store finds its own pending chunks by their
+//! temporary names. Temporary files of an interrupted upload are removed by
+//! [`VersionStore::gc_chunks`] once older than its grace period.
 
 use std::{
-    collections::{BTreeSet, HashSet},
+    collections::{BTreeSet, HashMap, HashSet},
     fs::File,
     io::{self, Write},
     path::{Path, PathBuf},
@@ -37,8 +42,10 @@ const VERSIONS_DIR: &str = "versions";
 #[derive(Debug)]
 pub struct DirStore {
     root: PathBuf,
-    /// Directories that gained entries no fsync has made durable yet.
+    /// Directories that gained entries no sync has made durable yet.
     unsynced: Mutex<BTreeSet<PathBuf>>,
+    /// Chunks written under a temporary name, not yet synced and renamed.
+    pending: Mutex<HashMap<ChunkId, PathBuf>>,
 }
 
 impl DirStore {
@@ -59,7 +66,7 @@ impl DirStore {
             let path = root.join(dir);
             std::fs::create_dir_all(&path).map_err(VersionError::io("create directory", &path))?;
         }
-        Ok(DirStore { root, unsynced: Mutex::new(BTreeSet::new()) })
+        Ok(DirStore { root, unsynced: Mutex::default(), pending: Mutex::default() })
     }
 
     pub fn root(&self) -> &Path {
@@ -78,13 +85,14 @@ impl DirStore {
         self.versions_dir(container).join(format!("{version}.json"))
     }
 
-    /// Writes `bytes` to a temporary file in `dir` and fsyncs it; returns its path.
-    fn write_temp(dir: &Path, name: &str, bytes: &[u8]) -> Result<PathBuf> {
+    /// Writes `bytes` to a temporary file in `dir`, with `fsync` durably;
+    /// returns its path.
+    fn write_temp(dir: &Path, name: &str, bytes: &[u8], fsync: bool) -> Result<PathBuf> {
         let tmp = dir.join(format!(".{name}.tmp-{}", unique_suffix()));
         let write = || -> io::Result<()> {
             let mut f = File::create_new(&tmp)?;
             f.write_all(bytes)?;
-            f.sync_all()
+            if fsync { f.sync_all() } else { Ok(()) }
         };
         write().map_err(|e| {
             let _ = std::fs::remove_file(&tmp);
@@ -117,14 +125,37 @@ impl DirStore {
         self.unsynced.lock().unwrap_or_else(|e| e.into_inner()).insert(dir.to_owned());
     }
 
-    /// Makes the entries of every directory written to since the last call durable.
-    fn sync_unsynced(&self) -> Result<()> {
+    fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<ChunkId, PathBuf>> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Makes the pending chunks durable and puts them under their names,
+    /// and makes every directory entry made since the last call durable.
+    fn flush(&self) -> Result<()> {
+        let pending = std::mem::take(&mut *self.pending());
         let dirs = std::mem::take(&mut *self.unsynced.lock().unwrap_or_else(|e| e.into_inner()));
-        // Deepest first: a new shard's entries, then its entry in chunks/.
-        for dir in dirs.iter().rev() {
-            sync_dir(dir)?;
+        if pending.is_empty() && dirs.is_empty() {
+            return Ok(());
         }
-        Ok(())
+        self.syncfs()?;
+        for (id, tmp) in &pending {
+            let path = self.chunk_path(id);
+            // A plain rename: another uploader may have put the same chunk,
+            // and replacing it with identical bytes is harmless.
+            std::fs::rename(tmp, &path).map_err(VersionError::io("rename into place", &path))?;
+        }
+        self.syncfs()
+    }
+
+    /// syncfs(2) of the store's file system: one flush for everything
+    /// written, where an fsync per chunk would wait for the disk each time.
+    fn syncfs(&self) -> Result<()> {
+        let root = File::open(&self.root).map_err(VersionError::io("open", &self.root))?;
+        nix::unistd::syncfs(&root).map_err(|e| VersionError::Io {
+            op: "syncfs",
+            path: self.root.clone(),
+            source: e.into(),
+        })
     }
 }
 
@@ -163,18 +194,15 @@ impl VersionStore for DirStore {
         let path = self.chunk_path(id);
         let shard = path.parent().expect("a chunk path has a shard directory");
         self.make_dir(shard)?;
-        let tmp = DirStore::write_temp(shard, &id.to_string(), blob)?;
-        // A plain rename: another uploader may have put the same chunk, and
-        // replacing it with identical bytes is harmless.
-        std::fs::rename(&tmp, &path).map_err(|source| {
-            let _ = std::fs::remove_file(&tmp);
-            VersionError::Io { op: "rename into place", path: path.clone(), source }
-        })?;
-        self.note_unsynced(shard);
+        let tmp = DirStore::write_temp(shard, &id.to_string(), blob, false)?;
+        self.pending().insert(*id, tmp);
         Ok(true)
     }
 
     fn has_chunk(&self, id: &ChunkId) -> Result<bool> {
+        if self.pending().contains_key(id) {
+            return Ok(true);
+        }
         let path = self.chunk_path(id);
         match path.symlink_metadata() {
             Ok(meta) => Ok(meta.is_file()),
@@ -184,6 +212,9 @@ impl VersionStore for DirStore {
     }
 
     fn claim_chunk(&self, id: &ChunkId) -> Result<bool> {
+        if self.pending().contains_key(id) {
+            return Ok(true);
+        }
         let path = self.chunk_path(id);
         match File::options().append(true).open(&path) {
             Ok(f) => {
@@ -196,6 +227,9 @@ impl VersionStore for DirStore {
     }
 
     fn get_chunk(&self, id: &ChunkId) -> Result<Option<Vec<u8>>> {
+        if let Some(tmp) = self.pending().get(id).cloned() {
+            return read_optional(&tmp);
+        }
         read_optional(&self.chunk_path(id))
     }
 
@@ -204,9 +238,9 @@ impl VersionStore for DirStore {
         self.make_dir(&dir)?;
         // The chunks first: the manifest must not outlive a crash that its
         // chunks do not.
-        self.sync_unsynced()?;
+        self.flush()?;
         let path = self.manifest_path(container, version);
-        let tmp = DirStore::write_temp(&dir, &format!("{version}.json"), bytes)?;
+        let tmp = DirStore::write_temp(&dir, &format!("{version}.json"), bytes, true)?;
         match rename_noreplace(&tmp, &path) {
             Ok(()) => {}
             Err(e) => {
@@ -218,8 +252,7 @@ impl VersionStore for DirStore {
                 });
             }
         }
-        self.note_unsynced(&dir);
-        self.sync_unsynced()
+        sync_dir(&dir)
     }
 
     fn list_containers(&self) -> Result<Vec<ContainerRef>> {
@@ -266,6 +299,8 @@ impl VersionStore for DirStore {
     fn gc_chunks(&self, keep: &HashSet<ChunkId>, grace: Duration) -> Result<GcReport> {
         let mut report = GcReport::default();
         let chunks = self.root.join(CHUNKS_DIR);
+        // This store's own upload in progress, whatever the grace period.
+        let own: HashSet<PathBuf> = self.pending().values().cloned().collect();
         let cutoff = SystemTime::now().checked_sub(grace).unwrap_or(SystemTime::UNIX_EPOCH);
         for shard in read_dir_names(&chunks)? {
             let dir = chunks.join(&shard);
@@ -277,6 +312,9 @@ impl VersionStore for DirStore {
                     continue;
                 }
                 let path = dir.join(&name);
+                if own.contains(&path) {
+                    continue;
+                }
                 let Ok(meta) = path.symlink_metadata() else { continue };
                 // Recent ones may belong to an upload whose manifest is not
                 // written yet (claim_chunk refreshes the time of chunks it
@@ -338,7 +376,11 @@ mod tests {
         assert!(store.has_chunk(&id).unwrap() && store.claim_chunk(&id).unwrap());
         assert_eq!(store.get_chunk(&id).unwrap().unwrap(), b"hello");
         let path = dir.path().join("chunks").join(&id.to_string()[..2]).join(id.to_string());
-        assert!(path.is_file());
+        // Pending under a temporary name until a manifest flushes it.
+        assert!(!path.exists());
+        store.put_manifest(&web(), 0, b"{}").unwrap();
+        assert!(path.is_file() && store.has_chunk(&id).unwrap());
+        assert_eq!(store.get_chunk(&id).unwrap().unwrap(), b"hello");
         let shard = std::fs::read_dir(path.parent().unwrap()).unwrap().count();
         assert_eq!(shard, 1, "a temporary file was left behind");
     }
@@ -366,9 +408,12 @@ mod tests {
     fn gc_spares_kept_and_recent_chunks() {
         let dir = tempfile::tempdir().unwrap();
         let store = DirStore::open(dir.path()).unwrap();
-        let (a, b) = (chunk_id(None, b"a"), chunk_id(None, b"b"));
+        let (a, b, c) = (chunk_id(None, b"a"), chunk_id(None, b"b"), chunk_id(None, b"c"));
         store.put_chunk(&a, b"a").unwrap();
         store.put_chunk(&b, b"b").unwrap();
+        store.put_manifest(&web(), 0, b"{}").unwrap();
+        // Pending, as in an upload under way: never collected.
+        store.put_chunk(&c, b"c").unwrap();
         let shard = store.chunk_path(&a).parent().unwrap().to_owned();
         std::fs::write(shard.join(".leftover.tmp-1-2"), b"partial").unwrap();
         let keep = HashSet::from([a]);
@@ -377,5 +422,7 @@ mod tests {
         let report = store.gc_chunks(&keep, Duration::ZERO).unwrap();
         assert_eq!(report, GcReport { chunks_removed: 1, bytes_removed: 1, temp_files_removed: 1 });
         assert!(store.has_chunk(&a).unwrap() && !store.has_chunk(&b).unwrap());
+        store.put_manifest(&web(), 1, b"{}").unwrap();
+        assert_eq!(store.get_chunk(&c).unwrap().unwrap(), b"c");
     }
 }

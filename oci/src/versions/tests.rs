@@ -202,17 +202,27 @@ fn an_interrupted_upload_is_never_a_version() {
     let s = setup();
     store(&s, &checkpoint(&s, "v0", &memory_image(64, 1)), 0, None);
     let cp = checkpoint(&s, "v1", &memory_image(64, 2));
-    let err = store_version(&NoManifests(&s.store), cp.dir(), &web(), 1, 5, None).unwrap_err();
+    // Another uploader, which dies before its manifest.
+    let dying = DirStore::open(s.store.root()).unwrap();
+    let err = store_version(&NoManifests(&dying), cp.dir(), &web(), 1, 5, None).unwrap_err();
     assert!(matches!(err, VersionError::Io { .. }), "{err}");
+    drop(dying);
     assert_eq!(s.store.list_versions(&web()).unwrap(), [0]);
     assert!(matches!(
         materialize(&s.store, &web(), 1, None, &s.out.join("v1")),
         Err(VersionError::VersionNotFound { version: 1, .. })
     ));
-    // Its chunks are garbage to a GC past the grace period; version 0 is whole.
-    let now = Retention { chunk_grace: Duration::ZERO, ..Retention::default() };
+    // Its chunks never got their names, and are garbage to a GC past the
+    // grace period; version 0 is whole.
+    let before = blob_paths(&s.store);
+    assert!(before.iter().any(|p| p.file_name().unwrap().to_string_lossy().starts_with('.')));
+    let hour = Retention::default();
+    assert_eq!(apply_retention(&s.store, &web(), &hour).unwrap().gc, GcReport::default());
+    let now = Retention { chunk_grace: Duration::ZERO, ..hour };
     let report = apply_retention(&s.store, &web(), &now).unwrap();
-    assert!(report.gc.chunks_removed >= 4, "{report:?}");
+    assert_eq!(report.gc.chunks_removed, 0);
+    assert!(report.gc.temp_files_removed >= 4, "{report:?}");
+    assert!(blob_paths(&s.store).iter().all(|p| !p.file_name().unwrap().to_string_lossy().starts_with('.')));
     materialize(&s.store, &web(), 0, None, &s.out.join("v0")).unwrap();
     // And the version can be stored again.
     store(&s, &cp, 1, None);
