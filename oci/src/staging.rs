@@ -100,7 +100,7 @@ impl Staging {
         }
         // Biggest first, so that both threads finish at about the same time.
         files.sort_by_key(|f| Reverse(f.3));
-        let hashed = parallel::map(&files, |(_, src, dst, _)| import_file(src, dst))?;
+        let hashed = parallel::map(&files, |(_, src, dst, size)| import_file(src, dst, *size))?;
         for ((rel, ..), h) in files.into_iter().zip(hashed) {
             self.hashed.insert(rel, h);
         }
@@ -282,10 +282,15 @@ impl Drop for Staging {
 }
 
 /// Moves `src` to the new file `dst` if they share a file system, else
-/// copies it; hashes it in the same single read either way.
-fn import_file(src: &Path, dst: &Path) -> Result<Hashed> {
+/// copies it; hashes it in the same read, except that a big file is hashed
+/// and copied side by side (two reads of RAM cost less than one read's
+/// hashing and copying one after the other).
+fn import_file(src: &Path, dst: &Path, size: u64) -> Result<Hashed> {
     match durable::rename_noreplace(src, dst) {
         Ok(()) => hashing::hash_file(dst, true),
+        Err(e) if e.raw_os_error() == Some(libc::EXDEV) && size >= hashing::SPLIT_COPY_MIN => {
+            hashing::copy_hashing_split(src, dst)
+        }
         Err(e) if e.raw_os_error() == Some(libc::EXDEV) => hashing::copy_hashing(src, dst),
         Err(source) => Err(Error::Rename { from: src.to_owned(), to: dst.to_owned(), source }),
     }
