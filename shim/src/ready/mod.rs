@@ -7,7 +7,7 @@
 //! small file read per interval and ends with the container.
 
 use std::{
-    path::{Path, PathBuf},
+    path::PathBuf,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -15,6 +15,8 @@ use std::{
 use containerd_shim::protos::events::task::TaskCheckpointed;
 use log::{info, warn};
 use migrate_oci::{CheckpointStore, CommitInfo, ContainerInfo, RootfsInfo, Timings, criu_stats};
+
+mod listen_probe;
 
 use crate::{
     container::Container,
@@ -24,9 +26,20 @@ use crate::{
     runc::{CheckpointOptions, CriuOptions, Pages},
 };
 
-/// RAM-backed, so the container is frozen only for as long as CRIU needs to
-/// copy its memory; hashing and writing to the store happen after it runs on.
-pub const STAGING_ROOT: &str = "/run/containerd-migrate/staging";
+/// Where dumps are staged: RAM-backed, so the container is frozen only for
+/// as long as CRIU needs to copy its memory; hashing and writing to the
+/// store happen after it runs on. /run is a tmpfs on most hosts but not on
+/// all (not on this project's test machines), /dev/shm is one everywhere.
+fn staging_root() -> PathBuf {
+    // (staging directory, the file system it lives on)
+    const CANDIDATES: [(&str, &str); 2] =
+        [("/run/containerd-migrate/staging", "/run"), ("/dev/shm/containerd-migrate-staging", "/dev/shm")];
+    let in_ram = |fs: &str| {
+        nix::sys::statfs::statfs(fs).is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC)
+    };
+    let (dir, _) = CANDIDATES.into_iter().find(|(_, fs)| in_ram(fs)).unwrap_or(CANDIDATES[1]);
+    PathBuf::from(dir)
+}
 
 /// Short enough that the checkpoint is taken right when the app is ready,
 /// long enough that the watch costs nothing measurable.
@@ -36,15 +49,16 @@ pub const PROBE_INTERVAL: Duration = Duration::from_millis(5);
 /// it into the store as `<container id>-ready`, replacing an older one.
 /// Ends quietly if the container stops first.
 pub async fn checkpoint_when_ready(container: Arc<Container>, plan: ReadyPlan, events: Events) {
-    let mut probe = tokio::time::interval(PROBE_INTERVAL);
-    loop {
-        probe.tick().await;
-        let pid = match container.init.state() {
-            InitState::Running { pid } | InitState::Paused { pid } => pid,
-            InitState::Created { .. } | InitState::CreatedFromCheckpoint { .. } | InitState::Stopped { .. } => return,
-        };
-        if listening(pid, plan.port) {
-            break;
+    let pid = match container.init.state() {
+        InitState::Running { pid } | InitState::Paused { pid } => pid,
+        InitState::Created { .. } | InitState::CreatedFromCheckpoint { .. } | InitState::Stopped { .. } => return,
+    };
+    match listen_probe::wait(pid, plan.port, PROBE_INTERVAL).await {
+        Ok(true) => {}
+        Ok(false) => return,
+        Err(e) => {
+            warn!("{}: cannot watch for a listener on port {}, no ready-point checkpoint: {e}", container.id, plan.port);
+            return;
         }
     }
     let id = format!("{}-ready", container.id);
@@ -64,7 +78,7 @@ pub async fn checkpoint_when_ready(container: Arc<Container>, plan: ReadyPlan, e
 }
 
 async fn take(container: &Container, plan: &ReadyPlan, id: &str) -> Result<PathBuf> {
-    let staging = Path::new(STAGING_ROOT).join(format!("{}-{id}", container.namespace()));
+    let staging = staging_root().join(format!("{}-{id}", container.namespace()));
     let opts = CheckpointOptions {
         image_path: staging.clone(),
         work_path: container.bundle.join("criu-work"),
@@ -149,59 +163,10 @@ impl Persist {
     }
 }
 
-/// Whether a socket in the network namespace of `pid` listens on `port`.
-pub fn listening(pid: u32, port: u16) -> bool {
-    ["tcp", "tcp6"].iter().any(|table| {
-        std::fs::read_to_string(format!("/proc/{pid}/net/{table}"))
-            .map(|text| table_listens(&text, port))
-            .unwrap_or(false)
-    })
-}
-
-/// Parses a /proc/net/tcp table: "sl local_address rem_address st ...",
-/// addresses as HEXIP:HEXPORT, state 0A for LISTEN.
-fn table_listens(text: &str, port: u16) -> bool {
-    const LISTEN: &str = "0A";
-    text.lines().skip(1).any(|line| {
-        let mut fields = line.split_whitespace();
-        let local = fields.nth(1);
-        let state = fields.nth(1);
-        let local_port = local.and_then(|l| l.rsplit_once(':')).and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
-        state == Some(LISTEN) && local_port == Some(port)
-    })
-}
-
 /// A ready-point checkpoint to take: when the app listens on `port`, into
 /// the store at `store`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReadyPlan {
     pub port: u16,
     pub store: std::path::PathBuf,
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const TCP: &str = "\
-  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
-   0: 00000000:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1234 1 0 100 0 0 10 0
-   1: 0100007F:0050 0100007F:C350 01 00000000:00000000 00:00000000 00000000     0        0 1235 1 0 100 0 0 10 0";
-
-    #[test]
-    fn finds_listening_ports_only() {
-        assert!(table_listens(TCP, 8080));
-        // Port 80 has an established connection, not a listener.
-        assert!(!table_listens(TCP, 80));
-        assert!(!table_listens(TCP, 9090));
-    }
-
-    #[test]
-    fn sees_a_real_listener() {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        assert!(listening(std::process::id(), port));
-        drop(listener);
-        assert!(!listening(std::process::id(), port));
-    }
 }

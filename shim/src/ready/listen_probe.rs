@@ -1,0 +1,171 @@
+//! Whether anything in a container listens on a TCP port, asked of the
+//! kernel with sock_diag (NETLINK_SOCK_DIAG).
+//!
+//! Reading /proc/PID/net/tcp instead scans every socket of the host's TCP
+//! hash table, milliseconds per read; a sock_diag dump limited to the
+//! LISTEN state walks only the listening sockets of the container's own
+//! network namespace. The probe runs on a thread of its own because it must
+//! enter that namespace (setns changes only the calling thread) and so that
+//! the shim's runtime never waits on it.
+
+use std::{
+    fs::File,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    time::Duration,
+};
+
+use nix::sched::{CloneFlags, setns};
+
+const SOCK_DIAG_BY_FAMILY: u16 = 20;
+const NLMSG_DONE: u16 = 3;
+const NLMSG_ERROR: u16 = 2;
+const TCP_LISTEN: u32 = 10;
+/// struct nlmsghdr.
+const NLMSG_HDR: usize = 16;
+/// struct inet_diag_req_v2: family, protocol, ext, pad, states, sockid (48).
+const REQ_LEN: usize = 56;
+
+/// Polls every `interval` until the container whose init is `pid` listens
+/// on `port` (true) or that process is gone (false).
+pub async fn wait(pid: u32, port: u16, interval: Duration) -> std::io::Result<bool> {
+    let ns = File::open(format!("/proc/{pid}/ns/net"))?;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new().name("listen-probe".into()).spawn(move || {
+        let _ = tx.send(probe(ns, pid, port, interval));
+    })?;
+    rx.await.unwrap_or_else(|_| Err(std::io::Error::other("the probe thread panicked")))
+}
+
+fn probe(ns: File, pid: u32, port: u16, interval: Duration) -> std::io::Result<bool> {
+    setns(&ns, CloneFlags::CLONE_NEWNET)?;
+    let socket = diag_socket()?;
+    loop {
+        // The init being gone ends the container, and the watch with it.
+        if nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None).is_err() {
+            return Ok(false);
+        }
+        for family in [libc::AF_INET, libc::AF_INET6] {
+            if listens(&socket, family as u8, port)? {
+                return Ok(true);
+            }
+        }
+        std::thread::sleep(interval);
+    }
+}
+
+fn diag_socket() -> std::io::Result<OwnedFd> {
+    // SAFETY: plain socket(2); the descriptor is owned right away.
+    let fd = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, libc::NETLINK_SOCK_DIAG) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd is a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Dumps the TCP sockets of `family` in LISTEN state and looks for `port`.
+fn listens(socket: &OwnedFd, family: u8, port: u16) -> std::io::Result<bool> {
+    let request = request(family);
+    // SAFETY: send(2) of a buffer we own, to the kernel (no address needed).
+    if unsafe { libc::send(socket.as_raw_fd(), request.as_ptr().cast(), request.len(), 0) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let mut buf = vec![0u8; 32 * 1024];
+    let mut found = false;
+    loop {
+        // SAFETY: recv(2) into a buffer we own, at most its length.
+        let n = unsafe { libc::recv(socket.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        match scan(&buf[..n as usize], port) {
+            Scan::More(hit) => found |= hit,
+            Scan::Done(hit) => return Ok(found || hit),
+            Scan::Error(errno) => return Err(std::io::Error::from_raw_os_error(errno)),
+        }
+    }
+}
+
+fn request(family: u8) -> [u8; NLMSG_HDR + REQ_LEN] {
+    let mut m = [0u8; NLMSG_HDR + REQ_LEN];
+    m[0..4].copy_from_slice(&((NLMSG_HDR + REQ_LEN) as u32).to_ne_bytes());
+    m[4..6].copy_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+    let flags = (libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16;
+    m[6..8].copy_from_slice(&flags.to_ne_bytes());
+    // inet_diag_req_v2 after the header; the socket id stays zero: all ports.
+    m[16] = family;
+    m[17] = libc::IPPROTO_TCP as u8;
+    m[20..24].copy_from_slice(&(1u32 << TCP_LISTEN).to_ne_bytes());
+    m
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Scan {
+    More(bool),
+    Done(bool),
+    Error(i32),
+}
+
+/// Walks the netlink messages of one datagram; each inet_diag_msg carries
+/// the socket id right after 4 bytes of family/state/timer/retrans, source
+/// port first, in network byte order.
+fn scan(mut data: &[u8], port: u16) -> Scan {
+    let mut hit = false;
+    while data.len() >= NLMSG_HDR {
+        let len = u32::from_ne_bytes(data[0..4].try_into().unwrap()) as usize;
+        let kind = u16::from_ne_bytes(data[4..6].try_into().unwrap());
+        if len < NLMSG_HDR || len > data.len() {
+            break;
+        }
+        match kind {
+            NLMSG_DONE => return Scan::Done(hit),
+            NLMSG_ERROR => {
+                let errno = data.get(16..20).map(|b| i32::from_ne_bytes(b.try_into().unwrap())).unwrap_or(0);
+                return if errno == 0 { Scan::Done(hit) } else { Scan::Error(-errno) };
+            }
+            SOCK_DIAG_BY_FAMILY => {
+                if let Some(sport) = data.get(NLMSG_HDR + 4..NLMSG_HDR + 6) {
+                    hit |= u16::from_be_bytes([sport[0], sport[1]]) == port;
+                }
+            }
+            _ => {}
+        }
+        // Messages are 4-byte aligned.
+        let next = (len + 3) & !3;
+        data = data.get(next..).unwrap_or(&[]);
+    }
+    Scan::More(hit)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_a_real_listener_in_this_namespace() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let socket = diag_socket().unwrap();
+        assert!(listens(&socket, libc::AF_INET as u8, port).unwrap());
+        // A connected socket on another port is no listener.
+        let _client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        drop(listener);
+        assert!(!listens(&socket, libc::AF_INET as u8, port).unwrap());
+    }
+
+    #[test]
+    fn scan_reads_ports_and_the_end_of_the_dump() {
+        let mut msg = vec![0u8; NLMSG_HDR + 72];
+        let len = msg.len() as u32;
+        msg[0..4].copy_from_slice(&len.to_ne_bytes());
+        msg[4..6].copy_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+        msg[NLMSG_HDR + 4..NLMSG_HDR + 6].copy_from_slice(&8080u16.to_be_bytes());
+        let mut done = vec![0u8; NLMSG_HDR + 4];
+        let len = done.len() as u32;
+        done[0..4].copy_from_slice(&len.to_ne_bytes());
+        done[4..6].copy_from_slice(&NLMSG_DONE.to_ne_bytes());
+        assert_eq!(scan(&msg, 8080), Scan::More(true));
+        assert_eq!(scan(&msg, 9090), Scan::More(false));
+        assert_eq!(scan(&[msg.clone(), done].concat(), 8080), Scan::Done(true));
+    }
+}
