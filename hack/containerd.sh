@@ -167,7 +167,11 @@ launch() {
 	# terminal. fd 9 (our lock) must not be inherited. Without job control
 	# the child is no process-group leader, so setsid execs in place and $!
 	# is containerd's pid.
-	PATH="$shim_dir:$SYSTEM_PATH" setsid containerd --config "$CONFIG" \
+	# containerd unpacks checkpoints for restores into XDG_RUNTIME_DIR (/tmp
+	# by default) and never removes them; inside the state directory they
+	# go away with the instance.
+	mkdir -p "$STATE/tmp"
+	XDG_RUNTIME_DIR="$STATE/tmp" PATH="$shim_dir:$SYSTEM_PATH" setsid containerd --config "$CONFIG" \
 		--log-level "$CONTAINERD_LOG_LEVEL" </dev/null >>"$LOG" 2>&1 9>&- &
 	local pid=$!
 	echo "$pid" >"$PIDFILE"
