@@ -38,6 +38,9 @@ pub struct VersionReport {
 /// never becomes a version. Until the manifest is stored the version does
 /// not exist; a failure leaves only unreferenced chunks, which a later GC
 /// removes.
+///
+/// It runs on the calling thread alone: the ticker uploads beside the
+/// running container, whose workload should keep the other core.
 pub fn store_version(
     store: &dyn VersionStore,
     checkpoint_dir: &Path,
@@ -107,7 +110,7 @@ pub fn store_version(
         manifest.bytes_total += entry.size;
         manifest.files.push(entry);
     }
-    let bytes = serde_json::to_vec_pretty(&manifest).expect("a version manifest serializes");
+    let bytes = serde_json::to_vec(&manifest).expect("a version manifest serializes");
     store.put_manifest(container, version, &bytes)?;
     Ok(VersionReport {
         version,
