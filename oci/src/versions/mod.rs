@@ -13,7 +13,10 @@
 //! the first being the group's base); [`apply_retention`] drops the oldest
 //! groups beyond `keep_groups`, then the chunks no remaining version of any
 //! container uses. Because chunks are shared by content, every version is
-//! self-contained: [`materialize`] rebuilds any of them alone.
+//! self-contained: [`materialize`] rebuilds any of them alone. In this mode
+//! a base is stored like the other versions (it too uploads only chunks the
+//! store lacks); groups decide what retention drops together, and in
+//! [`IncrementalMode::CriuParent`] they would bound the chain of parents.
 //!
 //! With a [`ChunkCipher`] the chunks are encrypted at rest ([`crypto`]).
 
