@@ -124,15 +124,6 @@ impl Descriptor {
             platform: None,
         }
     }
-
-    pub fn to_containerd(&self) -> containerd_client::types::Descriptor {
-        containerd_client::types::Descriptor {
-            media_type: self.media_type.clone(),
-            digest: self.digest.clone(),
-            size: self.size,
-            annotations: self.annotations.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-        }
-    }
 }
 
 /// The parts of a checkpoint image, written to the content store already.

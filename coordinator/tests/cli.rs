@@ -60,7 +60,7 @@ fn help_names_the_verbs() {
         assert!(stdout(&out).contains(verb), "{}", stdout(&out));
     }
     let out = migratectl(&["checkpoint", "--help"]);
-    for verb in ["create", "ls", "inspect", "rm"] {
+    for verb in ["create", "ls", "inspect", "rm", "export", "import"] {
         assert!(stdout(&out).contains(verb), "{}", stdout(&out));
     }
 }
@@ -83,6 +83,31 @@ fn create_checks_the_id_before_anything_else() {
     let out = migratectl(&["checkpoint", "create", "--id", "../escape", "web"]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("\"../escape\" must start with a letter or digit"), "{}", stderr(&out));
+}
+
+/// export reads and checks the checkpoint before it talks to containerd.
+#[test]
+fn export_refuses_a_damaged_checkpoint_before_containerd() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().to_str().unwrap();
+    let export = |id: &str| migratectl(&["checkpoint", "export", "--store", store, id, "example.com/ck/web:1"]);
+    make_checkpoint(dir.path(), "web-1");
+    let out = export("nope");
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("no checkpoint nope"), "{}", stderr(&out));
+
+    let config = dir.path().join("web-1/config.json");
+    let sound = std::fs::read(&config).unwrap();
+    std::fs::write(&config, br#"{"ociVersion":"1.1.9"}"#).unwrap();
+    let out = export("web-1");
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("config.json is damaged (sha256 mismatch"), "{}", stderr(&out));
+
+    std::fs::write(&config, sound).unwrap();
+    let out = export("web-1");
+    assert!(stderr(&out).contains("cannot connect to containerd"), "{}", stderr(&out));
+    let out = migratectl(&["checkpoint", "import", "--store", store, "example.com/ck/web:1"]);
+    assert!(stderr(&out).contains("cannot connect to containerd"), "{}", stderr(&out));
 }
 
 #[test]

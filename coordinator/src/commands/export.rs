@@ -152,7 +152,7 @@ async fn write_parts(
     let reference = |part: &str| format!("migratectl-export-{id}-{part}-{}", std::process::id());
 
     let cp = checkpoint.clone();
-    let criu = write_part(cd, &reference("criu"), move |mut w| {
+    let criu = write_part(cd, &reference("criu"), HashMap::new(), move |mut w| {
         cp.write_criu_tar(&mut w)?;
         Ok(w.finish()?)
     })
@@ -163,7 +163,7 @@ async fn write_parts(
         None => None,
         Some(_) => {
             let cp = checkpoint.clone();
-            let layer = write_part(cd, &reference("rw"), move |w| gzip_rootfs_diff(&cp, w))
+            let layer = write_part(cd, &reference("rw"), HashMap::new(), move |w| gzip_rootfs_diff(&cp, w))
                 .await
                 .with_context(|| format!("write the rootfs diff of checkpoint {id} to containerd"))?;
             Some(Descriptor::blob(MEDIA_TYPE_LAYER_GZIP, layer.0, layer.1))
@@ -185,14 +185,16 @@ async fn write_parts(
     };
     let index = image::build_index(&parts);
     let json = image::index_json(&index);
-    let (w, rx) = pipe::chunks();
-    let bytes = json.clone();
-    let producer = tokio::task::spawn_blocking(move || send_bytes(w, &bytes));
-    let (digest, size) = cd.write_blob(&reference("index"), rx, image::gc_labels(&index)).await?;
-    producer.await.context("a worker thread panicked")??;
+    let (digest, size) = write_part(cd, &reference("index"), image::gc_labels(&index), move |w| send_bytes(w, &json))
+        .await
+        .context("write the checkpoint image's index to containerd")?;
 
-    let target = Descriptor { media_type: MEDIA_TYPE_INDEX.into(), digest: digest.clone(), size, ..parts.criu.clone() };
-    let target = Descriptor { platform: None, ..target }.to_containerd();
+    let target = containerd_client::types::Descriptor {
+        media_type: MEDIA_TYPE_INDEX.into(),
+        digest: digest.clone(),
+        size,
+        annotations: HashMap::new(),
+    };
     let labels = HashMap::from([(LABEL_CHECKPOINT.to_string(), "true".to_string())]);
     if let Err(e) = cd.create_image(&a.image_ref, target, labels).await {
         if containerd::is_code(&e, Code::AlreadyExists) {
@@ -209,15 +211,16 @@ async fn write_parts(
 }
 
 /// Streams what `produce` writes (on a blocking thread) into the content
-/// store as one blob; returns its digest and size.
+/// store as one blob with `labels`; returns its digest and size.
 async fn write_part(
     cd: &Containerd,
     reference: &str,
+    labels: HashMap<String, String>,
     produce: impl FnOnce(ChunkWriter) -> Result<()> + Send + 'static,
 ) -> Result<(String, i64)> {
     let (w, rx) = pipe::chunks();
     let producer = tokio::task::spawn_blocking(move || produce(w));
-    let written = cd.write_blob(reference, rx, HashMap::new()).await;
+    let written = cd.write_blob(reference, rx, labels).await;
     let produced = producer.await.context("a worker thread panicked")?;
     match (produced, written) {
         (Ok(()), written) => written,
@@ -229,7 +232,7 @@ async fn write_part(
 }
 
 async fn write_bytes(cd: &Containerd, reference: &str, bytes: Vec<u8>) -> Result<(String, i64)> {
-    write_part(cd, reference, move |w| send_bytes(w, &bytes)).await
+    write_part(cd, reference, HashMap::new(), move |w| send_bytes(w, &bytes)).await
 }
 
 fn send_bytes(mut w: ChunkWriter, bytes: &[u8]) -> Result<()> {
