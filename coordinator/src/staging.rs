@@ -1,6 +1,8 @@
 //! Where CRIU dumps to: a fresh directory on a RAM-backed file system, so
 //! the container is frozen only as long as it takes to copy its memory into
-//! RAM. Hashing and writing to the store happen after it runs again.
+//! RAM. Hashing and writing to the store happen after it runs again. With
+//! `--direct` (or without tmpfs) the images go straight into the store and
+//! only CRIU's log and statistics come here.
 
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
@@ -18,6 +20,7 @@ pub const SHM_STAGING_ROOT: &str = "/dev/shm/containerd-migrate-staging";
 #[derive(Debug)]
 pub struct DumpDir {
     path: PathBuf,
+    in_ram: bool,
 }
 
 impl DumpDir {
@@ -25,32 +28,26 @@ impl DumpDir {
     ///
     /// `root` is `--staging` if given (used as it is, with a warning if it
     /// is not in RAM). Otherwise the first RAM-backed of
-    /// [`DEFAULT_STAGING_ROOT`] and [`SHM_STAGING_ROOT`]; if neither is, the
-    /// dump goes next to the store (`<store>/.dump-<id>`, hidden from
-    /// listings), where the import is a rename rather than a second copy.
+    /// [`DEFAULT_STAGING_ROOT`] and [`SHM_STAGING_ROOT`], else next to the
+    /// store (`<store>/.dump-<id>`, hidden from listings), where the caller
+    /// had better dump straight into the store (see [`DumpDir::in_ram`]).
     pub fn create(explicit_root: Option<&Path>, store_root: &Path, id: &str) -> Result<DumpDir> {
-        let path = match explicit_root {
+        let (path, in_ram) = match explicit_root {
             Some(root) => {
                 create_root(root)?;
-                if !is_ram_backed(root)? {
+                let in_ram = is_ram_backed(root)?;
+                if !in_ram {
                     log::warn!(
                         "{} is not on a RAM-backed file system (tmpfs): the container stays frozen while \
                          CRIU writes its memory there",
                         root.display()
                     );
                 }
-                root.join(id)
+                (root.join(id), in_ram)
             }
             None => match ram_root()? {
-                Some(root) => root.join(id),
-                None => {
-                    log::warn!(
-                        "neither {DEFAULT_STAGING_ROOT} nor /dev/shm is on tmpfs; dumping next to the store in \
-                         {} instead, which keeps the container frozen longer",
-                        store_root.display()
-                    );
-                    store_root.join(format!(".dump-{id}"))
-                }
+                Some(root) => (root.join(id), true),
+                None => (store_root.join(format!(".dump-{id}")), false),
             },
         };
         match std::fs::create_dir(&path) {
@@ -62,11 +59,16 @@ impl DumpDir {
             ),
             Err(e) => return Err(e).with_context(|| format!("create the dump directory {}", path.display())),
         }
-        let dir = DumpDir { path };
+        let dir = DumpDir { path, in_ram };
         for sub in [dir.images(), dir.work()] {
             std::fs::create_dir(&sub).with_context(|| format!("create {}", sub.display()))?;
         }
         Ok(dir)
+    }
+
+    /// Whether the directory is on a RAM-backed file system.
+    pub fn in_ram(&self) -> bool {
+        self.in_ram
     }
 
     /// CRIU's image set.
@@ -152,6 +154,7 @@ mod tests {
         let staging = base.join("staging");
         let dir = DumpDir::create(Some(&staging), &store, "c1-1").unwrap();
         assert_eq!(dir.images(), staging.join("c1-1/images"));
+        assert_eq!(dir.in_ram(), is_ram_backed(&staging).unwrap());
         assert!(dir.work().is_dir());
         std::fs::write(dir.images().join("pages-1.img"), b"x").unwrap();
         std::fs::write(dir.work().join("dump.log"), b"Error (criu/cr-dump.c): boom").unwrap();

@@ -85,6 +85,13 @@ fn create_checks_the_id_before_anything_else() {
     assert!(stderr(&out).contains("\"../escape\" must start with a letter or digit"), "{}", stderr(&out));
 }
 
+#[test]
+fn create_dumps_either_into_a_staging_dir_or_straight_into_the_store() {
+    let out = migratectl(&["checkpoint", "create", "--direct", "--staging", "/dev/shm/x", "web"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("cannot be used with"), "{}", stderr(&out));
+}
+
 /// export reads and checks the checkpoint before it talks to containerd.
 #[test]
 fn export_refuses_a_damaged_checkpoint_before_containerd() {

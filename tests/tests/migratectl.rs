@@ -234,7 +234,8 @@ fn assert_no_leftovers(m: &Migratectl, id: &str) {
 
 /// create leaves the container running, its counter going on; ls shows the
 /// checkpoint as valid with its size; inspect --verify passes, then fails
-/// naming a tampered file; rm removes the checkpoint.
+/// naming a tampered file; rm removes the checkpoint; create --direct makes
+/// a valid checkpoint too.
 fn checkpoint_create_ls_inspect_rm(s: &Scenario) {
     let m = Migratectl::new(s);
     let c = s.container();
@@ -324,6 +325,23 @@ fn checkpoint_create_ls_inspect_rm(s: &Scenario) {
         "{out}"
     );
     assert_no_leftovers(&m, &id);
+
+    // --direct: CRIU dumps into the store itself; same checkpoint, same
+    // running container.
+    let direct = format!("{}-direct", c.id);
+    let created = m.json(
+        &["checkpoint", "create"],
+        &["--direct", "--id", &direct, "--json", &c.id],
+    );
+    assert!(
+        created["memoryBytes"].as_u64().unwrap() >= 32 * MIB,
+        "{created}"
+    );
+    assert!(created["frozenMs"].as_f64().unwrap() > 0.0, "{created}");
+    let inspected = m.json(&["checkpoint", "inspect"], &["--verify", "--json", &direct]);
+    assert_eq!(inspected["valid"], true, "{inspected}");
+    assert_eq!(c.wait_status("RUNNING").pid, pid, "the task was replaced");
+    assert_no_leftovers(&m, &direct);
 }
 
 /// Two clones restored from one checkpoint run side by side, each in a
