@@ -19,16 +19,16 @@ use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use containerd_migrate_tests::memtick::{tick, wait_tick_above};
 use containerd_migrate_tests::ctr::{Ctr, NAMESPACE};
 use containerd_migrate_tests::fixture::{self, IMAGE, RUNC_V2, repo_root};
 use containerd_migrate_tests::process::{self, Output};
-use containerd_migrate_tests::{MIGRATE_V1, Scenario, host, poll};
+use containerd_migrate_tests::{MIGRATE_V1, Scenario, host};
 use serde_json::Value;
 
 /// This binary's containerd instance.
 const INSTANCE: &str = "migratectl";
 const CALL_TIMEOUT: Duration = Duration::from_secs(120);
-const WAIT: Duration = Duration::from_secs(30);
 const MIB: u64 = 1024 * 1024;
 
 /// Tests named `migrate_v1::SCENARIO`, as the conformance suite names them:
@@ -171,25 +171,6 @@ impl Drop for Migratectl {
             let _ = std::fs::remove_dir_all(dir);
         }
     }
-}
-
-/// The tick count memtick last wrote to /tmp/tick in the container of `pid`.
-fn tick(pid: u32) -> Result<u64, String> {
-    let path = format!("/proc/{pid}/root/tmp/tick");
-    let line = std::fs::read_to_string(&path).map_err(|e| format!("{path}: {e}"))?;
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix("tick="))
-        .and_then(|n| n.parse().ok())
-        .ok_or_else(|| format!("{path} holds {line:?}"))
-}
-
-#[track_caller]
-fn wait_tick_above(pid: u32, above: u64, what: &str) -> u64 {
-    poll::until(WAIT, what, || match tick(pid) {
-        Ok(n) if n > above => Ok(n),
-        Ok(n) => Err(format!("tick={n}")),
-        Err(e) => Err(e),
-    })
 }
 
 const MEMTICK: [&str; 7] = [
