@@ -10,8 +10,8 @@ use anyhow::{Context, Result};
 use containerd_client::services::v1::{
     CheckpointTaskRequest, Container, CreateContainerRequest, CreateImageRequest, CreateRequest as CreateLeaseRequest,
     CreateTaskRequest, DeleteContainerRequest, DeleteRequest as DeleteLeaseRequest, DeleteTaskRequest,
-    GetContainerRequest, GetImageRequest, GetRequest, Image, KillRequest, ReadContentRequest, StartRequest,
-    VersionResponse, WaitRequest, WaitResponse, WriteAction, WriteContentRequest,
+    GetContainerRequest, GetImageRequest, GetRequest, Image, KillRequest, ReadContentRequest, VersionResponse,
+    WaitRequest, WaitResponse, WriteAction, WriteContentRequest,
     containers_client::ContainersClient,
     content_client::ContentClient,
     images_client::ImagesClient,
@@ -197,16 +197,6 @@ impl Containerd {
         let id = req.container_id.clone();
         let resp =
             self.tasks().create(self.request(req)).await.map_err(rpc(format!("create the task of container {id}")))?;
-        Ok(resp.into_inner().pid)
-    }
-
-    /// Starts the init of container `id`'s task; returns its pid.
-    pub async fn start_task(&self, id: &str) -> Result<u32> {
-        let resp = self
-            .tasks()
-            .start(self.request(StartRequest { container_id: id.to_string(), exec_id: String::new() }))
-            .await
-            .map_err(rpc(format!("start the task of container {id}")))?;
         Ok(resp.into_inner().pid)
     }
 

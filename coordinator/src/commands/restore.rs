@@ -2,10 +2,12 @@
 //! checkpoint, through containerd.
 //!
 //! For each new id: a snapshot prepared on the image's layers, a container
-//! whose spec is the checkpoint's with the restore-from annotation, a task
-//! without stdio (output goes to a log file) and a start. The shim sees the
-//! annotation and restores the process from the checkpoint instead of
-//! starting it afresh.
+//! whose spec is the checkpoint's, a task without stdio (output goes to a
+//! log file) created from the checkpoint, and a start. The checkpoint goes
+//! to the shim as the task's checkpoint (containerd's `RestoreFromPath`),
+//! not as the restore-from annotation: the shim must then restore it or
+//! fail, where the annotation would let it start cold and this command
+//! report a restore that did not happen.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -181,7 +183,7 @@ fn print_report(r: &Report) {
 /// Creates, and on any failure removes again, container `id`.
 async fn restore_one(cd: &Containerd, source: &Source, id: &str, snapshotter: &str) -> Result<Restored> {
     let started = Instant::now();
-    let spec = clone_spec(&source.spec, &source.old_id, id, cd.namespace(), &source.dir)?;
+    let spec = clone_spec(&source.spec, &source.old_id, id, cd.namespace())?;
     let spec = serde_json::to_vec(&spec).context("encode the spec")?;
 
     // The lease keeps containerd's garbage collector off the snapshot until
@@ -231,13 +233,18 @@ async fn restore_one(cd: &Containerd, source: &Source, id: &str, snapshotter: &s
         stdout: uri.clone(),
         stderr: uri,
         terminal: false,
+        checkpoint: Some(restore_from_path(&source.dir)),
         ..Default::default()
     };
     if let Err(e) = cd.create_task(task).await {
         undo.container().await;
         return Err(e);
     }
-    match cd.start_task(id).await {
+    // With RestoreFromPath containerd starts the task itself as part of the
+    // create (as CRI expects), so there is nothing left to start: the
+    // restored process's pid is in the task's state.
+    let pid = cd.task(id).await.map(|t| t.map(|t| t.pid).unwrap_or_default());
+    match pid {
         Ok(pid) => Ok(Restored { id: id.to_string(), pid, log, ms: round_ms(started.elapsed()) }),
         Err(e) => {
             undo.task().await;
@@ -282,20 +289,30 @@ impl Undo {
     }
 }
 
-/// The spec for clone `new_id`: the checkpoint's, with the annotation that
-/// tells the shim to restore from `checkpoint_dir`, and a cgroup of its own
+/// The task's checkpoint: containerd passes a descriptor's `RestoreFromPath`
+/// annotation to the shim as the path to restore from (the way CRI restores
+/// from a directory), and writes nothing of its own.
+fn restore_from_path(checkpoint_dir: &Path) -> containerd_client::types::Descriptor {
+    containerd_client::types::Descriptor {
+        media_type: CRIU_CHECKPOINT_MEDIA_TYPE.to_string(),
+        annotations: HashMap::from([("RestoreFromPath".to_string(), checkpoint_dir.display().to_string())]),
+        ..Default::default()
+    }
+}
+
+const CRIU_CHECKPOINT_MEDIA_TYPE: &str = "application/vnd.containerd.container.criu.checkpoint.criu.tar";
+
+/// The spec for clone `new_id`: the checkpoint's, with a cgroup of its own
 /// when the original's was named after the original container (as `ctr`
 /// and containerd's Go client name it: `/<namespace>/<id>`), since two
-/// clones must not share one.
-pub fn clone_spec(spec: &Value, old_id: &str, new_id: &str, namespace: &str, checkpoint_dir: &Path) -> Result<Value> {
+/// clones must not share one, and without a restore-from annotation the
+/// original may have had (the task's checkpoint says what to restore).
+pub fn clone_spec(spec: &Value, old_id: &str, new_id: &str, namespace: &str) -> Result<Value> {
     let mut spec = spec.clone();
     let obj = spec.as_object_mut().context("the checkpoint's config.json is not a JSON object")?;
-    let annotations = obj.entry("annotations").or_insert_with(|| Value::Object(Default::default()));
-    let annotations = annotations.as_object_mut().context("the spec's annotations are not an object")?;
-    annotations.insert(
-        migrate_oci::annotations::RESTORE_FROM.to_string(),
-        Value::String(format!("file://{}", checkpoint_dir.display())),
-    );
+    if let Some(Value::Object(annotations)) = obj.get_mut("annotations") {
+        annotations.remove(migrate_oci::annotations::RESTORE_FROM);
+    }
     if let Some(Value::String(path)) = obj.get_mut("linux").and_then(|l| l.get_mut("cgroupsPath")) {
         *path = clone_cgroups_path(path, old_id, new_id, namespace);
     }
@@ -377,15 +394,15 @@ mod tests {
     use serde_json::json;
 
     #[test]
-    fn clone_spec_adds_restore_from_and_keeps_the_rest() {
+    fn clone_spec_drops_restore_from_and_keeps_the_rest() {
         let spec = json!({
             "ociVersion": "1.1.0",
             "process": {"args": ["memtick"]},
-            "annotations": {"keep": "me"},
+            "annotations": {"keep": "me", "io.containerd.migrate.restore-from": "file:///old"},
             "linux": {"cgroupsPath": "/default/c1", "namespaces": [{"type": "pid"}]}
         });
-        let out = clone_spec(&spec, "c1", "c2", "default", Path::new("/var/lib/cp/c1-1")).unwrap();
-        assert_eq!(out["annotations"]["io.containerd.migrate.restore-from"], "file:///var/lib/cp/c1-1");
+        let out = clone_spec(&spec, "c1", "c2", "default").unwrap();
+        assert!(out["annotations"].get("io.containerd.migrate.restore-from").is_none());
         assert_eq!(out["annotations"]["keep"], "me");
         assert_eq!(out["linux"]["cgroupsPath"], "/default/c2");
         assert_eq!(out["process"], spec["process"]);
@@ -395,10 +412,16 @@ mod tests {
     #[test]
     fn clone_spec_without_annotations_or_cgroups_path() {
         let spec = json!({"ociVersion": "1.1.0"});
-        let out = clone_spec(&spec, "c1", "c2", "default", Path::new("/cp")).unwrap();
-        assert_eq!(out["annotations"]["io.containerd.migrate.restore-from"], "file:///cp");
-        assert!(out.get("linux").is_none());
-        assert!(clone_spec(&json!([1]), "a", "b", "n", Path::new("/cp")).is_err());
+        let out = clone_spec(&spec, "c1", "c2", "default").unwrap();
+        assert_eq!(out, spec);
+        assert!(clone_spec(&json!([1]), "a", "b", "n").is_err());
+    }
+
+    #[test]
+    fn the_checkpoint_travels_as_restore_from_path() {
+        let d = restore_from_path(Path::new("/var/lib/cp/c1-1"));
+        assert_eq!(d.annotations["RestoreFromPath"], "/var/lib/cp/c1-1");
+        assert_eq!(d.media_type, CRIU_CHECKPOINT_MEDIA_TYPE);
     }
 
     #[test]
