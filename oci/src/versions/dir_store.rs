@@ -49,16 +49,6 @@ pub struct DirStore {
 }
 
 impl DirStore {
-    /// Opens (creating if need be) the store at `file:///PATH`.
-    pub fn open_url(url: &str) -> Result<DirStore> {
-        let bad = |reason| VersionError::BadLocation { url: url.to_owned(), reason };
-        let path = url.strip_prefix("file://").ok_or_else(|| bad("only file:///ABSOLUTE/PATH is supported"))?;
-        if !path.starts_with('/') {
-            return Err(bad("the path after file:// must be absolute (file:///srv/versions)"));
-        }
-        DirStore::open(path)
-    }
-
     /// Opens (creating if need be) the store in directory `root`.
     pub fn open(root: impl Into<PathBuf>) -> Result<DirStore> {
         let root = root.into();
@@ -353,15 +343,11 @@ mod tests {
     }
 
     #[test]
-    fn locations() {
+    fn opening_creates_the_layout() {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("file://{}", dir.path().join("s").display());
-        let store = DirStore::open_url(&url).unwrap();
-        assert!(store.root().join("chunks").is_dir() && store.root().join("containers").is_dir());
-        for bad in ["s3://bucket/x", "file://relative/x", "/srv/x"] {
-            let err = DirStore::open_url(bad).unwrap_err();
-            assert!(matches!(err, VersionError::BadLocation { .. }), "{bad}: {err}");
-        }
+        url.parse::<super::super::StoreLocation>().unwrap().open().unwrap();
+        assert!(dir.path().join("s/chunks").is_dir() && dir.path().join("s/containers").is_dir());
     }
 
     #[test]

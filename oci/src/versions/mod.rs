@@ -24,6 +24,7 @@ pub mod chunking;
 pub mod crypto;
 mod dir_store;
 mod error;
+mod location;
 mod manifest;
 mod materialize;
 mod retention;
@@ -37,6 +38,7 @@ pub use chunking::Chunking;
 pub use crypto::{ChunkCipher, ChunkId, KEY_LEN};
 pub use dir_store::DirStore;
 pub use error::{Result, VersionError};
+pub use location::{LOCATION_FORMS, RegistryLocation, StoreLocation};
 pub use manifest::{
     ChunkRef, ENCRYPTION_ALGORITHM, Encryption, IncrementalMode, VERSION_MEDIA_TYPE, VERSION_SCHEMA_VERSION,
     VersionFile, VersionManifest,
