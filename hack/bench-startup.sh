@@ -11,7 +11,7 @@
 #
 #   ready point  one container started with the annotations
 #                  io.containerd.migrate.checkpoint-when-ready=tcp:8080
-#                  io.containerd.migrate.checkpoint.store=file://DIR
+#                  io.containerd.migrate.checkpoint-when-ready.store=file://DIR
 #                the shim checkpoints it the moment it listens, into
 #                DIR/<id>-ready (the benchmark waits for its manifest.json);
 #                reported: time to the checkpoint, its size and its frozen,
@@ -247,7 +247,7 @@ CP=$STORE/$READY_ID-ready
 say "ready point: $READY_ID checkpoints itself into $CP when it listens on $PORT"
 t0=$(now_us)
 start "$READY_ID" --annotation "io.containerd.migrate.checkpoint-when-ready=tcp:$PORT" \
-	--annotation "io.containerd.migrate.checkpoint.store=file://$STORE" ||
+	--annotation "io.containerd.migrate.checkpoint-when-ready.store=file://$STORE" ||
 	die "ctr run of the ready-point container failed: $(tail -n 5 "$WORK/ctr.log")"
 deadline=$((SECONDS + START_TIMEOUT))
 checked=$SECONDS

@@ -2,16 +2,43 @@
 //! annotation and the form it accepts when a value is wrong, since the
 //! person who wrote the value reads the error in `ctr` or a pod's events.
 
-use std::path::{Component, Path, PathBuf};
+use std::{
+    path::{Component, Path, PathBuf},
+    time::Duration,
+};
 
-use crate::error::{Error, Result};
+use crate::{
+    error::{Error, Result},
+    versions::StoreLocation,
+};
 
 /// Checkpoint once the container accepts TCP connections: "tcp:PORT".
 pub const CHECKPOINT_WHEN_READY: &str = "io.containerd.migrate.checkpoint-when-ready";
 /// Start the container by restoring this checkpoint: "file:///abs/path/to/checkpoint-dir".
 pub const RESTORE_FROM: &str = "io.containerd.migrate.restore-from";
-/// The store checkpoints go to: "file:///abs/path"; the default store otherwise.
+/// The checkpoint store the ready-point checkpoint goes to:
+/// "file:///abs/path"; the default store otherwise.
+pub const READY_STORE: &str = "io.containerd.migrate.checkpoint-when-ready.store";
+
+/// The checkpoint ticker: a leave-running checkpoint every interval ("30s",
+/// "2m", "1h30m"), stored as a version.
+pub const CHECKPOINT_INTERVAL: &str = "io.containerd.migrate.checkpoint.interval";
+/// Versions per group (each group's versions are dropped together).
+pub const VERSION_GROUP: &str = "io.containerd.migrate.checkpoint.version-group";
+/// Groups kept, counting the one being filled.
+pub const KEEP_GROUPS: &str = "io.containerd.migrate.checkpoint.keep-groups";
+/// The version store: "file:///abs/path" or "oci://HOST:PORT/REPOSITORY".
 pub const CHECKPOINT_STORE: &str = "io.containerd.migrate.checkpoint.store";
+/// The key that encrypts versions at rest: an absolute path.
+pub const KEY_FILE: &str = "io.containerd.migrate.checkpoint.key-file";
+
+/// The version store tickers use when the spec names none.
+pub const DEFAULT_VERSION_STORE: &str = "file:///var/lib/containerd-migrate/versions";
+
+/// Ticking faster than this would keep the container frozen more than
+/// running once its memory is large; a typo like "30ms" for "30s" is
+/// refused instead.
+const MIN_INTERVAL: Duration = Duration::from_secs(1);
 
 /// How to tell that a container is ready to be checkpointed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,8 +63,62 @@ pub fn restore_from(value: &str) -> Result<PathBuf> {
     file_url(RESTORE_FROM, value, "file:///ABSOLUTE/PATH/TO/CHECKPOINT-DIR (a file URL of a checkpoint directory)")
 }
 
-pub fn store_root(value: &str) -> Result<PathBuf> {
-    file_url(CHECKPOINT_STORE, value, "file:///ABSOLUTE/PATH (a file URL of a checkpoint store directory)")
+pub fn ready_store(value: &str) -> Result<PathBuf> {
+    file_url(READY_STORE, value, "file:///ABSOLUTE/PATH (a file URL of a checkpoint store directory)")
+}
+
+/// A duration in Go's notation (as `ctr` and Kubernetes write them): one
+/// or more `<integer><unit>` with unit h, m, s or ms, e.g. "30s", "1h30m";
+/// at least one second.
+pub fn interval(value: &str) -> Result<Duration> {
+    const EXPECTED: &str = "a duration of at least 1s such as 30s, 2m or 1h30m (units h, m, s, ms)";
+    let err = || bad(CHECKPOINT_INTERVAL, value, EXPECTED);
+    let mut total = Duration::ZERO;
+    let mut rest = value;
+    if rest.is_empty() {
+        return Err(err());
+    }
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        let number: u64 = rest[..digits].parse().map_err(|_| err())?;
+        rest = &rest[digits..];
+        let unit_len = rest.bytes().take_while(u8::is_ascii_alphabetic).count();
+        let unit = match &rest[..unit_len] {
+            "h" => Duration::from_secs(3600),
+            "m" => Duration::from_secs(60),
+            "s" => Duration::from_secs(1),
+            "ms" => Duration::from_millis(1),
+            _ => return Err(err()),
+        };
+        rest = &rest[unit_len..];
+        let part = u32::try_from(number).ok().and_then(|n| unit.checked_mul(n)).ok_or_else(err)?;
+        total = total.checked_add(part).ok_or_else(err)?;
+    }
+    if total < MIN_INTERVAL {
+        return Err(err());
+    }
+    Ok(total)
+}
+
+/// A count of at least one, for [`VERSION_GROUP`] and [`KEEP_GROUPS`].
+pub fn count(name: &'static str, value: &str) -> Result<u64> {
+    value
+        .parse::<u64>()
+        .ok()
+        .filter(|&n| n >= 1 && value.bytes().all(|b| b.is_ascii_digit()))
+        .ok_or_else(|| bad(name, value, "a whole number of at least 1"))
+}
+
+pub fn version_store(value: &str) -> Result<StoreLocation> {
+    value.parse().map_err(|_| bad(CHECKPOINT_STORE, value, crate::versions::LOCATION_FORMS))
+}
+
+pub fn key_file(value: &str) -> Result<PathBuf> {
+    let path = Path::new(value);
+    if !path.is_absolute() || path.components().any(|c| matches!(c, Component::ParentDir | Component::CurDir)) {
+        return Err(bad(KEY_FILE, value, "the absolute path of a file holding 32 raw bytes or 64 hex digits"));
+    }
+    Ok(path.to_path_buf())
 }
 
 /// The path of a `file://` URL with an empty host. Percent-encoding is not
@@ -76,17 +157,48 @@ mod tests {
     #[test]
     fn file_urls() {
         assert_eq!(restore_from("file:///var/lib/cp/web-1").unwrap(), PathBuf::from("/var/lib/cp/web-1"));
-        assert_eq!(store_root("file:///srv/checkpoints/").unwrap(), PathBuf::from("/srv/checkpoints/"));
+        assert_eq!(ready_store("file:///srv/checkpoints/").unwrap(), PathBuf::from("/srv/checkpoints/"));
         for bad in
             ["/var/lib/cp", "file://host/x", "file://relative", "file:///", "file:///a/../b", "file:///a%20b", ""]
         {
             let err = restore_from(bad).unwrap_err();
             assert!(matches!(&err, Error::BadAnnotation { name: RESTORE_FROM, .. }), "{bad}: {err}");
         }
-        let msg = store_root("s3://bucket").unwrap_err().to_string();
+        let msg = ready_store("s3://bucket").unwrap_err().to_string();
         assert!(
-            msg.starts_with(r#"io.containerd.migrate.checkpoint.store="s3://bucket" is not valid: expected file:///"#),
+            msg.starts_with(
+                r#"io.containerd.migrate.checkpoint-when-ready.store="s3://bucket" is not valid: expected file:///"#
+            ),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn intervals() {
+        assert_eq!(interval("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(interval("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(interval("1h30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(interval("1500ms").unwrap(), Duration::from_millis(1500));
+        for bad in ["", "30", "s", "30ms", "0s", "-5s", "1.5s", "5 s", "3d", "30S", "99999999999h"] {
+            let err = interval(bad).unwrap_err().to_string();
+            assert!(err.starts_with(r#"io.containerd.migrate.checkpoint.interval=""#), "{bad}: {err}");
+            assert!(err.contains("such as 30s"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn ticker_settings() {
+        assert_eq!(count(VERSION_GROUP, "5").unwrap(), 5);
+        for bad in ["0", "-1", "+3", "", "x"] {
+            let err = count(KEEP_GROUPS, bad).unwrap_err().to_string();
+            assert!(err.contains("io.containerd.migrate.checkpoint.keep-groups") && err.contains("at least 1"), "{err}");
+        }
+        assert!(version_store("oci://127.0.0.1:5000/checkpoints").is_ok());
+        let err = version_store("s3://x").unwrap_err().to_string();
+        assert!(err.contains("file:///ABSOLUTE/PATH or oci://HOST:PORT/REPOSITORY"), "{err}");
+        assert_eq!(key_file("/etc/migrate/key").unwrap(), PathBuf::from("/etc/migrate/key"));
+        for bad in ["key", "./key", "/etc/../key", ""] {
+            assert!(key_file(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -30,6 +30,7 @@ use crate::{
     netns, oom,
     process::{ExecState, Exit, InitState, Lifecycle, Process},
     ready::ReadyPlan,
+    ticker::{self, Ticker, TickerPlan},
     restore_source::RestoreSource,
     rootfs::Overlay,
     checkpoint::RestoreCriuOptions,
@@ -61,6 +62,9 @@ pub struct Container {
     pub overlay: Option<Overlay>,
     /// The ready-point checkpoint still to take, if the spec asks for one.
     ready: Mutex<Option<ReadyPlan>>,
+    /// The checkpoint ticker the spec asks for, and the running one.
+    ticker_plan: Option<TickerPlan>,
+    ticker: Mutex<Option<Ticker>>,
 }
 
 /// What the spec's annotations ask of this runtime. Invalid values fail the
@@ -68,14 +72,15 @@ pub struct Container {
 struct Plan {
     restore_from: Option<PathBuf>,
     ready: Option<ReadyPlan>,
+    ticker: Option<TickerPlan>,
 }
 
 impl Plan {
     fn from_annotations(annotations: &HashMap<String, String>) -> Result<Plan> {
         let restore_from = annotations.get(annotations::RESTORE_FROM).map(|v| annotations::restore_from(v)).transpose()?;
         let store = annotations
-            .get(annotations::CHECKPOINT_STORE)
-            .map(|v| annotations::store_root(v))
+            .get(annotations::READY_STORE)
+            .map(|v| annotations::ready_store(v))
             .transpose()?
             .unwrap_or_else(|| PathBuf::from(migrate_oci::DEFAULT_STORE_ROOT));
         let ready = match annotations.get(annotations::CHECKPOINT_WHEN_READY).map(|v| annotations::ready_probe(v)) {
@@ -83,7 +88,8 @@ impl Plan {
             Some(Ok(annotations::ReadyProbe::Tcp(port))) => Some(ReadyPlan { port, store }),
             Some(Err(e)) => return Err(e.into()),
         };
-        Ok(Plan { restore_from, ready })
+        let ticker = TickerPlan::from_annotations(annotations)?;
+        Ok(Plan { restore_from, ready, ticker })
     }
 }
 
@@ -185,6 +191,8 @@ impl Container {
             rootfs,
             overlay,
             ready: Mutex::new(plan.ready),
+            ticker_plan: plan.ticker,
+            ticker: Mutex::new(None),
         })
     }
 
@@ -245,6 +253,14 @@ impl Container {
             Some(status) => InitState::Stopped { pid, exit: Exit::now(status) },
         };
         Ok((state, io))
+    }
+
+    /// Starts the checkpoint ticker if the spec asks for one; it runs until
+    /// the init exits or the container is deleted.
+    pub fn start_ticker(self: &Arc<Self>) {
+        if let Some(plan) = &self.ticker_plan {
+            *self.ticker.lock().unwrap() = Some(ticker::spawn(self.clone(), plan.clone()));
+        }
     }
 
     /// The ready-point checkpoint to take, handed out once.
@@ -503,6 +519,7 @@ impl Container {
     /// Deletes the init process, and with it the container; returns its pid
     /// and exit.
     pub async fn delete_init(&self) -> Result<(u32, Exit)> {
+        self.ticker.lock().unwrap().take();
         let (pid, exit) = match self.init.state() {
             s @ (InitState::Running { .. } | InitState::Paused { .. }) => {
                 return Err(Error::WrongState { verb: "delete", state: s.name() });

@@ -9,6 +9,7 @@ mod events;
 mod exits;
 mod netns;
 mod oom;
+mod persist;
 mod process;
 mod ready;
 mod restore_source;
@@ -18,6 +19,7 @@ mod service;
 mod stats;
 mod stdio;
 mod task;
+mod ticker;
 
 /// The name containerd knows this runtime by; the binary's name follows from it.
 pub const RUNTIME_ID: &str = "io.containerd.migrate.v1";

@@ -162,6 +162,7 @@ impl Task for TaskService {
                 if let Some(status) = early_exit {
                     s.publish_exits(container.process_exited(None, status)).await;
                 }
+                container.start_ticker();
                 if let Some(plan) = container.take_ready_plan() {
                     if restored {
                         // A clone of a ready-point checkpoint inherits its

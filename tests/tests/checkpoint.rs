@@ -20,7 +20,7 @@ scenarios!(shared "checkpoint":
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 const READY: &str = "io.containerd.migrate.checkpoint-when-ready";
-const STORE: &str = "io.containerd.migrate.checkpoint.store";
+const STORE: &str = "io.containerd.migrate.checkpoint-when-ready.store";
 const RESTORE_FROM: &str = "io.containerd.migrate.restore-from";
 
 /// CRIU is what these scenarios are about; without it they cannot run.

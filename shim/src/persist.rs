@@ -1,0 +1,120 @@
+//! Leave-running checkpoints the shim takes on its own (a ready point, a
+//! ticker's version): dumped into RAM, so the container is frozen only for
+//! as long as CRIU needs to copy its memory, then committed as a checkpoint
+//! of this project's format while the container runs on.
+
+use std::{
+    path::{Path, PathBuf},
+    time::Instant,
+};
+
+use migrate_oci::{CheckpointStore, CommitInfo, ContainerInfo, RootfsInfo, Timings, criu_stats};
+
+use crate::{
+    container::Container,
+    error::{Error, Result},
+    runc::{CheckpointOptions, CriuOptions, Pages},
+};
+
+/// Where dumps are staged: RAM-backed. /run is a tmpfs on most hosts but
+/// not on all (not on this project's test machines); /dev/shm is one
+/// everywhere.
+pub fn staging_root() -> PathBuf {
+    // (staging directory, the file system it lives on)
+    const CANDIDATES: [(&str, &str); 2] =
+        [("/run/containerd-migrate/staging", "/run"), ("/dev/shm/containerd-migrate-staging", "/dev/shm")];
+    let in_ram =
+        |fs: &str| nix::sys::statfs::statfs(fs).is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC);
+    let (dir, _) = CANDIDATES.into_iter().find(|(_, fs)| in_ram(fs)).unwrap_or(CANDIDATES[1]);
+    PathBuf::from(dir)
+}
+
+/// Checkpoints `container`, leaving it running, as checkpoint `id` of the
+/// store at `store` (replacing one of that id), and returns its directory.
+/// The dump goes to RAM first; hashing and writing to the store happen
+/// after the container is thawed.
+pub async fn checkpoint_running(container: &Container, store: &Path, id: &str) -> Result<PathBuf> {
+    let dump = staging_root().join(format!("{}-{}-{id}", container.namespace(), container.id));
+    let opts = CheckpointOptions {
+        image_path: dump.clone(),
+        work_path: container.bundle.join("criu-work"),
+        parent_path: None,
+        leave_running: true,
+        pre_dump: false,
+        pages: Pages::Local,
+        criu: CriuOptions { shell_job: container.init.stdio.terminal, ..Default::default() },
+    };
+    let started = Instant::now();
+    let dumped = {
+        let _lifecycle = container.lifecycle.lock().await;
+        container.checkpoint(&opts).await
+    };
+    if let Err(e) = dumped {
+        let _ = std::fs::remove_dir_all(&dump);
+        return Err(e);
+    }
+    let persist = Persist {
+        store: store.to_owned(),
+        id: id.to_string(),
+        dump: dump.clone(),
+        spec: container.bundle.join("config.json"),
+        upper: container.overlay.as_ref().and_then(|o| o.upper.clone()),
+        lowers: container.overlay.as_ref().map(|o| o.lowers.clone()),
+        container: ContainerInfo {
+            id: container.id.clone(),
+            namespace: container.namespace().to_string(),
+            image: None,
+            runtime: crate::RUNTIME_ID.to_string(),
+        },
+        dump_ms: started.elapsed().as_secs_f64() * 1000.0,
+    };
+    let persisted = tokio::task::spawn_blocking(move || persist.run()).await;
+    let _ = std::fs::remove_dir_all(&dump);
+    match persisted {
+        Ok(result) => result,
+        Err(e) => Err(Error::io(format!("commit checkpoint {id}"))(std::io::Error::other(e))),
+    }
+}
+
+/// Turning a dump in RAM into a committed checkpoint.
+struct Persist {
+    store: PathBuf,
+    id: String,
+    dump: PathBuf,
+    spec: PathBuf,
+    upper: Option<PathBuf>,
+    lowers: Option<Vec<PathBuf>>,
+    container: ContainerInfo,
+    dump_ms: f64,
+}
+
+impl Persist {
+    fn run(self) -> Result<PathBuf> {
+        let started = Instant::now();
+        let store = CheckpointStore::open(&self.store)?;
+        if store.get(&self.id).is_ok() {
+            store.remove(&self.id)?;
+        }
+        let mut staging = store.staging(&self.id)?;
+        staging.import_criu_dir(&self.dump)?;
+        let spec = std::fs::read(&self.spec).map_err(Error::io(format!("read {}", self.spec.display())))?;
+        staging.add_file("config.json", &spec)?;
+        if let Some(upper) = &self.upper {
+            staging.add_rootfs_diff(upper)?;
+        }
+        let frozen_ms =
+            criu_stats::read_dump_stats(&staging.criu_dir()).ok().flatten().map(|s| s.frozen_time_us as f64 / 1000.0);
+        let checkpoint = staging.commit(CommitInfo {
+            container: self.container,
+            parent: None,
+            leave_running: true,
+            rootfs: self.lowers.map(|lower_dirs| RootfsInfo { lower_dirs }),
+            timings: Timings {
+                frozen_ms,
+                dump_ms: Some(self.dump_ms),
+                persist_ms: Some(started.elapsed().as_secs_f64() * 1000.0),
+            },
+        })?;
+        Ok(checkpoint.dir().to_path_buf())
+    }
+}

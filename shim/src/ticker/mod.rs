@@ -1,0 +1,317 @@
+//! Checkpoint tickers (seed 001, Algorithm 1): for the whole life of a
+//! container whose spec asks for it, a leave-running checkpoint every
+//! interval, stored as the next version of the container in a version
+//! store, followed by retention of the newest groups.
+//!
+//! Versions are incremental at the storage layer (only chunks the store
+//! lacks are uploaded: see `migrate_oci::versions`), which needs nothing
+//! from the kernel. Ticks never overlap: the next interval starts counting
+//! when a tick ends, so a slow store delays ticks instead of piling them up.
+//! A failed tick is logged and the next one tries again; the container is
+//! never stopped or left frozen by one (the dump is CRIU's leave-running
+//! dump, which thaws the container whatever happens to the upload after).
+
+use std::{
+    collections::HashMap,
+    fmt,
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use log::{debug, info, warn};
+use migrate_oci::{
+    annotations,
+    versions::{
+        self, ChunkCipher, ContainerRef, Retention, RetentionReport, StoreLocation, VersionError, VersionReport,
+        VersionStore,
+    },
+};
+use tokio::{
+    sync::oneshot,
+    time::{MissedTickBehavior, interval_at},
+};
+
+use crate::{
+    container::Container,
+    error::{Error, Result},
+    persist,
+    process::{InitState, Lifecycle},
+};
+
+/// Chunks used this recently survive retention's GC, since another
+/// container's ticker may be uploading a version that reuses them. Uploads
+/// take about as long as this tick took, so a few times that, but at least
+/// this, is safe; the store's default (an hour) would let a busy container
+/// pile up an hour of dropped versions' chunks.
+const CHUNK_GRACE_FLOOR: Duration = Duration::from_secs(120);
+
+/// What the spec's ticker annotations ask for.
+#[derive(Clone)]
+pub struct TickerPlan {
+    pub interval: Duration,
+    pub group_size: u64,
+    pub keep_groups: u64,
+    pub store: StoreLocation,
+    pub cipher: Option<Arc<ChunkCipher>>,
+}
+
+impl fmt::Debug for TickerPlan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TickerPlan")
+            .field("interval", &self.interval)
+            .field("group_size", &self.group_size)
+            .field("keep_groups", &self.keep_groups)
+            .field("store", &self.store.to_string())
+            .field("encrypted", &self.cipher.is_some())
+            .finish()
+    }
+}
+
+impl TickerPlan {
+    /// None unless the interval annotation is set. The other ticker
+    /// annotations without an interval are refused: they would silently do
+    /// nothing. The key file is read now, so that a missing key fails the
+    /// creation instead of every tick.
+    pub fn from_annotations(a: &HashMap<String, String>) -> Result<Option<TickerPlan>> {
+        let Some(interval) = a.get(annotations::CHECKPOINT_INTERVAL) else {
+            let orphans = [
+                annotations::VERSION_GROUP,
+                annotations::KEEP_GROUPS,
+                annotations::CHECKPOINT_STORE,
+                annotations::KEY_FILE,
+            ];
+            if let Some(name) = orphans.into_iter().find(|name| a.contains_key(*name)) {
+                return Err(Error::InvalidArgument(format!(
+                    "{name} is set but {} is not: set the interval (e.g. 30s) to turn the checkpoint ticker on, \
+                     or remove {name}",
+                    annotations::CHECKPOINT_INTERVAL
+                )));
+            }
+            return Ok(None);
+        };
+        let interval = annotations::interval(interval)?;
+        let count = |name: &'static str, default: u64| {
+            a.get(name).map(|v| annotations::count(name, v)).transpose().map(|v| v.unwrap_or(default))
+        };
+        let group_size = count(annotations::VERSION_GROUP, versions::DEFAULT_GROUP_SIZE)?;
+        let keep_groups = count(annotations::KEEP_GROUPS, versions::DEFAULT_KEEP_GROUPS)?;
+        let store = annotations::version_store(
+            a.get(annotations::CHECKPOINT_STORE).map_or(annotations::DEFAULT_VERSION_STORE, String::as_str),
+        )?;
+        let cipher = match a.get(annotations::KEY_FILE) {
+            None => None,
+            Some(value) => {
+                let path = annotations::key_file(value)?;
+                let cipher = ChunkCipher::from_key_file(&path)
+                    .map_err(|e| Error::InvalidArgument(format!("{}: {e}", annotations::KEY_FILE)))?;
+                Some(Arc::new(cipher))
+            }
+        };
+        Ok(Some(TickerPlan { interval, group_size, keep_groups, store, cipher }))
+    }
+}
+
+/// A running ticker; dropping it stops the ticker after the tick under way.
+pub struct Ticker {
+    _stop: oneshot::Sender<()>,
+}
+
+pub fn spawn(container: Arc<Container>, plan: TickerPlan) -> Ticker {
+    let (stop, stopped) = oneshot::channel();
+    tokio::spawn(run(container, plan, stopped));
+    Ticker { _stop: stop }
+}
+
+async fn run(container: Arc<Container>, plan: TickerPlan, mut stopped: oneshot::Receiver<()>) {
+    let target = match ContainerRef::new(container.namespace(), &container.id) {
+        Ok(target) => target,
+        Err(e) => {
+            warn!("{}: no checkpoint ticker: {e}", container.id);
+            return;
+        }
+    };
+    info!("{}: checkpoint ticker every {:?} into {} ({plan:?})", container.id, plan.interval, plan.store);
+    let mut tick = Tick::new(container, plan, target);
+    let mut ticks = interval_at(tokio::time::Instant::now() + tick.plan.interval, tick.plan.interval);
+    ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = &mut stopped => break,
+            _ = ticks.tick() => {}
+        }
+        match tick.container.init.state() {
+            InitState::Running { .. } => {}
+            InitState::Stopped { .. } => break,
+            s => {
+                debug!("{}: no checkpoint this tick, the container is {}", tick.container.id, s.name());
+                continue;
+            }
+        }
+        // Not raced against `stopped`: a dump is never abandoned halfway.
+        match tick.once().await {
+            Ok(report) => info!("{}: {report}", tick.container.id),
+            Err(e) => warn!(
+                "{}: checkpoint tick failed, the container runs on; next try in {:?}: {e}",
+                tick.container.id, tick.plan.interval
+            ),
+        }
+    }
+    tick.discard_ram();
+    debug!("{}: checkpoint ticker stopped", tick.container.id);
+}
+
+/// The ticker's state between ticks.
+struct Tick {
+    container: Arc<Container>,
+    plan: TickerPlan,
+    target: ContainerRef,
+    /// Opened at the first tick, reopened after a store error.
+    store: Option<Arc<dyn VersionStore>>,
+    /// The version the next tick stores; listed from the store when None,
+    /// so that numbering continues across shim restarts.
+    next_version: Option<u64>,
+    /// Where dumps are committed before upload: RAM, this container's own.
+    ram: PathBuf,
+}
+
+impl Tick {
+    fn new(container: Arc<Container>, plan: TickerPlan, target: ContainerRef) -> Tick {
+        let ram = persist::staging_root().join(format!("ticker-{}-{}", target.namespace, target.id));
+        let tick = Tick { container, plan, target, store: None, next_version: None, ram };
+        // Left over if a shim died mid-tick.
+        tick.discard_ram();
+        tick
+    }
+
+    fn discard_ram(&self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.ram)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            warn!("{}: cannot remove {}: {e}", self.container.id, self.ram.display());
+        }
+    }
+
+    async fn once(&mut self) -> Result<TickReport, TickError> {
+        let started = Instant::now();
+        let (store, version) = match self.position().await {
+            Ok(position) => position,
+            Err(e) => {
+                self.store = None;
+                return Err(e);
+            }
+        };
+        let id = format!("v{version}");
+        let dir = persist::checkpoint_running(&self.container, &self.ram, &id).await.map_err(TickError::Checkpoint)?;
+        let frozen_ms = migrate_oci::Checkpoint::open(&dir).ok().and_then(|c| c.manifest().timings.frozen_ms);
+        let dumped = started.elapsed();
+
+        let (target, plan) = (self.target.clone(), self.plan.clone());
+        let upload = tokio::task::spawn_blocking(move || {
+            let stored = versions::store_version(
+                store.as_ref(),
+                &dir,
+                &target,
+                version,
+                plan.group_size,
+                plan.cipher.as_deref(),
+            );
+            // The store has it now (or never will): the RAM copy goes either way.
+            let _ = std::fs::remove_dir_all(&dir);
+            let stored = stored?;
+            let retention = Retention {
+                keep_groups: plan.keep_groups,
+                group_size: plan.group_size,
+                chunk_grace: CHUNK_GRACE_FLOOR.max(4 * started.elapsed()),
+            };
+            let retained = versions::apply_retention(store.as_ref(), &target, &retention);
+            Ok::<_, VersionError>((stored, retained))
+        })
+        .await
+        .map_err(|e| TickError::Panicked(e.to_string()))?;
+        let (stored, retained) = match upload {
+            Ok(done) => done,
+            Err(e) => {
+                // Listed again next time: another writer may have taken the number.
+                self.next_version = None;
+                self.store = None;
+                return Err(TickError::Store(e));
+            }
+        };
+        self.next_version = Some(version + 1);
+        Ok(TickReport { stored, frozen_ms, dumped, total: started.elapsed(), retained })
+    }
+
+    /// The store, and the version to store next.
+    async fn position(&mut self) -> Result<(Arc<dyn VersionStore>, u64), TickError> {
+        if let (Some(store), Some(next)) = (&self.store, self.next_version) {
+            return Ok((store.clone(), next));
+        }
+        let location = self.plan.store.clone();
+        let store = self.store.clone();
+        let target = self.target.clone();
+        let (store, next) = tokio::task::spawn_blocking(move || {
+            let store: Arc<dyn VersionStore> = match store {
+                Some(store) => store,
+                None => Arc::from(location.open()?),
+            };
+            let next = store.list_versions(&target)?.last().map_or(0, |v| v + 1);
+            Ok::<_, VersionError>((store, next))
+        })
+        .await
+        .map_err(|e| TickError::Panicked(e.to_string()))?
+        .map_err(TickError::Store)?;
+        self.store = Some(store.clone());
+        self.next_version = Some(next);
+        Ok((store, next))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum TickError {
+    #[error("{0}")]
+    Checkpoint(Error),
+    #[error("{0}")]
+    Store(VersionError),
+    #[error("the upload thread panicked: {0}")]
+    Panicked(String),
+}
+
+struct TickReport {
+    stored: VersionReport,
+    frozen_ms: Option<f64>,
+    dumped: Duration,
+    total: Duration,
+    retained: versions::Result<RetentionReport>,
+}
+
+impl fmt::Display for TickReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = &self.stored;
+        const MIB: f64 = (1 << 20) as f64;
+        write!(
+            f,
+            "version {} (group {}) stored: {:.1} MiB new of {:.1} MiB, {} of {} chunks; frozen {}, dump {:?}, total {:?}",
+            s.version,
+            s.group,
+            s.bytes_new as f64 / MIB,
+            s.bytes_total as f64 / MIB,
+            s.chunks_new,
+            s.chunks_total,
+            self.frozen_ms.map_or("?".to_string(), |ms| format!("{ms:.0} ms")),
+            self.dumped,
+            self.total,
+        )?;
+        match &self.retained {
+            Ok(r) if r.deleted_versions.is_empty() => Ok(()),
+            Ok(r) => write!(
+                f,
+                "; retention dropped versions {:?}, {} chunks ({:.1} MiB)",
+                r.deleted_versions,
+                r.gc.chunks_removed,
+                r.gc.bytes_removed as f64 / MIB
+            ),
+            Err(e) => write!(f, "; retention failed, retried next tick: {e}"),
+        }
+    }
+}
