@@ -42,6 +42,8 @@ export DEBIAN_FRONTEND=noninteractive
 # Packages from bookworm. CRIU's build dependencies are only needed for the
 # `criu` step but are cheap, so they are installed together.
 RUNTIME_PKGS=(runc iptables busybox-static iproute2 ca-certificates)
+# The soft-dirty VM (hack/softdirty-vm.sh): QEMU, and what builds its image.
+VM_PKGS=(qemu-system-x86 debootstrap cpio e2fsprogs)
 CRIU_BUILD_PKGS=(build-essential pkg-config xz-utils python3
 	libprotobuf-dev libprotobuf-c-dev protobuf-c-compiler protobuf-compiler
 	python3-protobuf libnl-3-dev libnet1-dev libcap-dev libbsd-dev
@@ -197,12 +199,12 @@ runc_version() {
 # ------------------------------------------------------------------- the steps
 
 step_deps() {
-	apt_install "${RUNTIME_PKGS[@]}" "${CRIU_BUILD_PKGS[@]}"
+	apt_install "${RUNTIME_PKGS[@]}" "${CRIU_BUILD_PKGS[@]}" "${VM_PKGS[@]}"
 }
 
 check_deps() {
 	local p ok=0
-	for p in "${RUNTIME_PKGS[@]}" "${CRIU_BUILD_PKGS[@]}"; do
+	for p in "${RUNTIME_PKGS[@]}" "${CRIU_BUILD_PKGS[@]}" "${VM_PKGS[@]}"; do
 		pkg_installed "$p" || {
 			warn "package $p is missing"
 			ok=1

@@ -1,0 +1,187 @@
+#!/usr/bin/env bash
+# Runs the soft-dirty tests (tests/tests/softdirty.rs) in a QEMU VM whose
+# kernel has soft-dirty memory tracking, which this machine's kernel lacks:
+# CRIU pre-dumps, incremental dumps against parent images, and the ticker's
+# criu-parent versions can only be tested there.
+#
+#   hack/softdirty-vm.sh [run] [FILTER...]   build what is missing, boot the VM, run the
+#                                            soft-dirty tests inside (FILTER as for cargo
+#                                            test); exits with their status
+#   hack/softdirty-vm.sh exec CMD [ARG...]   run one command in the VM instead, e.g.
+#                                            `exec criu check --feature mem_dirty_track`
+#   hack/softdirty-vm.sh image               only build (or find) the cached VM image
+#
+# The VM (see hack/vm/image.sh) is Debian bookworm's cloud kernel 6.1 with a
+# minbase root file system holding this host's containerd, runc and CRIU; each
+# run adds a payload disk with this checkout's release shim, the test binary,
+# the test image and the hack/ scripts the tests use. QEMU emulates the CPU
+# (TCG): this machine's /dev/kvm cannot boot a stock kernel (PLATFORM.md), so
+# KVM is never used. The guest's console is this script's output and is kept
+# in target/softdirty-vm/console.log; the guest reports the tests' exit status
+# on it, which becomes this script's.
+#
+# Environment:
+#   VM_CPUS=N          virtual CPUs (default 2: TCG runs one host thread per vCPU)
+#   VM_MEMORY_MIB=N    guest memory (default 3072)
+#   VM_TIMEOUT=S       seconds before the VM is killed (default 540)
+#   CI=true            passed into the VM: a missing prerequisite fails a test
+set -euo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+OUT=$REPO/target/softdirty-vm
+SHIM=containerd-shim-migrate-v1
+TEST_IMAGE=$REPO/target/images/testbox.tar
+VM_CPUS=${VM_CPUS:-2}
+VM_MEMORY_MIB=${VM_MEMORY_MIB:-3072}
+VM_TIMEOUT=${VM_TIMEOUT:-540}
+STATUS_LINE='containerd-migrate-vm: exit status '
+
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:$PATH
+[[ -d ${HOME:-/root}/.cargo/bin ]] && export PATH=${HOME:-/root}/.cargo/bin:$PATH
+
+say() { printf '==> %s\n' "$*" >&2; }
+die() {
+	printf 'ERROR: %s\n' "$*" >&2
+	exit 1
+}
+
+usage() {
+	die "usage: hack/softdirty-vm.sh [run] [FILTER...] | exec CMD [ARG...] | image"
+}
+
+# The host tools this script and hack/vm/image.sh use; hack/setup.sh deps
+# installs them.
+host_tools() {
+	local tool missing=()
+	for tool in qemu-system-x86_64 debootstrap cpio mkfs.ext4 busybox; do
+		command -v "$tool" >/dev/null || missing+=("$tool")
+	done
+	[[ ${#missing[@]} -eq 0 ]] && return 0
+	say "missing ${missing[*]}: hack/setup.sh deps"
+	"$REPO/hack/setup.sh" deps >&2 || die "hack/setup.sh deps failed"
+	for tool in "${missing[@]}"; do
+		command -v "$tool" >/dev/null || die "$tool is still missing after hack/setup.sh deps"
+	done
+}
+
+image() {
+	"$REPO/hack/vm/image.sh"
+}
+
+# Builds the release shim and the soft-dirty test binary (both up to date
+# after `cargo test --workspace --release`, so this is quick then) and prints
+# the test binary's path.
+build_tests() {
+	command -v cargo >/dev/null || die "cargo not found"
+	(cd "$REPO" && cargo build --release --quiet -p "$SHIM") || die "building the shim failed"
+	local json exe
+	json=$(cd "$REPO" && cargo test --release --quiet --no-run --message-format=json \
+		-p containerd-migrate-tests --test softdirty) || die "building tests/tests/softdirty.rs failed"
+	exe=$(grep -o '"executable":"[^"]*softdirty-[^"]*"' <<<"$json" | tail -1 | cut -d'"' -f4)
+	[[ -x $exe ]] || die "cargo built no softdirty test binary"
+	echo "$exe"
+}
+
+# Writes the payload disk $1 from directory $2.
+payload_disk() {
+	local img=$1 dir=$2 mib
+	mib=$(du -sm "$dir" | cut -f1)
+	rm -f "$img"
+	mkfs.ext4 -q -F -L payload -d "$dir" "$img" "$((mib + mib / 4 + 16))M" >/dev/null ||
+		die "mkfs.ext4 -d $dir failed"
+}
+
+# Makes the payload's directory: guest-init, the env it sources, the command
+# to run (the arguments of this function) and the files of this checkout the
+# tests need, at the paths the test binary was built with.
+make_payload() {
+	local dir=$OUT/payload
+	rm -rf "$dir"
+	mkdir -p "$dir/repo/hack" "$dir/repo/target/release" "$dir/repo/target/images" "$dir/bin"
+	install -m 0755 "$REPO/hack/vm/guest-init" "$dir/guest-init"
+	install -m 0755 "$REPO/hack/containerd.sh" "$REPO/hack/images.sh" "$dir/repo/hack/"
+	install -m 0755 "$REPO/target/release/$SHIM" "$dir/repo/target/release/"
+	install -m 0644 "$TEST_IMAGE" "$dir/repo/target/images/"
+	{
+		printf 'REPO=%q\n' "$REPO"
+		printf 'export CI=%q RUST_BACKTRACE=1\n' "${CI:-}"
+	} >"$dir/env"
+	{
+		echo '#!/bin/bash'
+		printf 'exec'
+		printf ' %q' "$@"
+		echo
+	} >"$dir/run"
+	chmod 0755 "$dir/run"
+}
+
+# Boots the VM with image directory $1 and the payload; its console goes to
+# stdout and console.log. Returns the status the guest reported.
+boot() {
+	local image=$1 log=$OUT/console.log start=$SECONDS qemu_status
+	say "booting the VM (TCG, $VM_CPUS vCPUs, $VM_MEMORY_MIB MiB; at most ${VM_TIMEOUT}s)"
+	# -snapshot semantics for the root disk: the cached image is never
+	# written. The kernel's console is the serial port, which is stdio.
+	set +e
+	timeout --kill-after=10 "$VM_TIMEOUT" qemu-system-x86_64 \
+		-accel tcg -cpu max -smp "$VM_CPUS" -m "$VM_MEMORY_MIB" \
+		-nodefaults -no-user-config -display none -no-reboot \
+		-kernel "$image/vmlinuz" -initrd "$image/initrd.img" \
+		-append "console=ttyS0 panic=-1 quiet loglevel=3" \
+		-drive "file=$image/rootfs.img,format=raw,if=virtio,snapshot=on" \
+		-drive "file=$OUT/payload.img,format=raw,if=virtio,readonly=on" \
+		-serial stdio </dev/null 2>&1 | sed -u 's/\r$//' | tee "$log"
+	qemu_status=${PIPESTATUS[0]}
+	set -e
+	say "the VM ran for $((SECONDS - start)) s"
+	local line
+	line=$(grep -a "^$STATUS_LINE" "$log" | tail -1 || true)
+	if [[ -z $line ]]; then
+		if [[ $qemu_status -eq 124 || $qemu_status -eq 137 ]]; then
+			die "the VM did not finish within ${VM_TIMEOUT}s (VM_TIMEOUT); console: $log"
+		fi
+		die "the VM stopped (qemu exit status $qemu_status) without reporting an exit status; console: $log"
+	fi
+	return "${line#"$STATUS_LINE"}"
+}
+
+main() {
+	local cmd=${1:-run}
+	case $cmd in
+	run | exec | image) [[ $# -gt 0 ]] && shift ;;
+	-*) cmd=run ;; # run's filters and test-harness flags
+	*) usage ;;
+	esac
+	[[ $(id -u) -eq 0 ]] || die "run as root (the image build needs it, and the tests in the VM run as root)"
+	host_tools
+	local image
+	image=$(image)
+	[[ $cmd == image ]] && {
+		echo "$image"
+		return 0
+	}
+	mkdir -p "$OUT"
+	[[ -s $TEST_IMAGE ]] || "$REPO/hack/images.sh" build >&2 || die "hack/images.sh build failed"
+	if [[ $cmd == exec ]]; then
+		[[ $# -gt 0 ]] || usage
+		(cd "$REPO" && cargo build --release --quiet -p "$SHIM") || die "building the shim failed"
+		make_payload "$@"
+	else
+		local tests
+		tests=$(build_tests)
+		# The soft-dirty tests are #[ignore]d outside the VM: --ignored here.
+		make_payload /payload/bin/softdirty --ignored --test-threads=1 "$@"
+		install -m 0755 "$tests" "$OUT/payload/bin/softdirty"
+	fi
+	payload_disk "$OUT/payload.img" "$OUT/payload"
+	local status=0
+	boot "$image" || status=$?
+	if [[ $status -eq 0 ]]; then
+		say "the VM reported success"
+	else
+		say "the VM reported exit status $status; console: $OUT/console.log"
+	fi
+	return "$status"
+}
+
+main "$@"
