@@ -7,6 +7,7 @@
 mod checkpoint;
 mod command;
 mod log;
+mod mem_track;
 
 use std::{
     ffi::OsString,
@@ -15,6 +16,7 @@ use std::{
 
 pub use checkpoint::{CgroupsMode, CheckpointOptions, CriuOptions, Pages, RestoreOptions};
 pub use command::Stdio3;
+pub use mem_track::{MemoryTracking, memory_tracking};
 use command::run;
 use log::LogFile;
 
