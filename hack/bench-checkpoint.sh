@@ -9,7 +9,7 @@
 # container per measurement and the methods in rotating order (interleaved, so
 # machine noise hits all alike; sync(1) between measurements, so one method's
 # dirty pages are not written back during the next), it checkpoints with:
-#   migratectl         migrate.v1  `migratectl checkpoint create --store DIR` (dumps to
+#   migratectl         migrate.v1  `migratectl checkpoint create --root DIR` (dumps to
 #                                  tmpfs, unfreezes, then hashes and commits to DIR)
 #   migrate-task       migrate.v1  `ctr t checkpoint --image-path DIR`
 #   runc-task          runc.v2     `ctr t checkpoint --image-path DIR`
@@ -312,7 +312,7 @@ measure() {
 	t0=$(now_us)
 	case $method in
 	migratectl)
-		mctl checkpoint create --store "$STORE" --id "$cpid" --json "$id" >"$out.json" 2>"$out.err"
+		mctl checkpoint create --root "$STORE" --id "$cpid" --json "$id" >"$out.json" 2>"$out.err"
 		;;
 	migrate-task | runc-task)
 		ctr_ task checkpoint --image-path "$WORK/img/$id" --work-path "$WORK/work/$id" "$id" >"$out.json" 2>"$out.err"
@@ -369,7 +369,7 @@ measure() {
 		rt0=$(now_us)
 		if [[ $method == migratectl ]]; then
 			CREATED_IDS+=("$id-r")
-			mctl restore --store "$STORE" --checkpoint "$cpid" --as "$id-r" -d --json >"$out.restore.json" 2>"$out.restore.err"
+			mctl restore --root "$STORE" --checkpoint "$cpid" --as "$id-r" -d --json >"$out.restore.json" 2>"$out.restore.err"
 			rret=$?
 			id=$id-r
 		else
@@ -417,7 +417,7 @@ clear_sample() {
 	remove "$id"
 	remove "$id-r"
 	CREATED_IDS=()
-	timeout 60 "$MIGRATECTL" checkpoint rm --store "$STORE" "$id-cp" >/dev/null 2>&1 || true
+	timeout 60 "$MIGRATECTL" checkpoint rm --root "$STORE" "$id-cp" >/dev/null 2>&1 || true
 	rm -rf "${STORE:?}/$id-cp" "$WORK/img/$id" "$WORK/work/$id" "${CTRD_TMP:?}"/ctrd-checkpoint*
 	# `ctr t checkpoint` with a runtime other than runc.v2 also makes an image
 	# (containerd's client skips that only for runc.v2); remove those too.
@@ -547,7 +547,7 @@ jq -n \
 	    }),
 	  config: {runs: $runs, sizes_mib: $sizes, interval_ms: $interval, warm_ticks: $warm, image: $image,
 	    methods: {
-	      migratectl: "migrate.v1: migratectl checkpoint create --store DIR ID (restore: migratectl restore --checkpoint CP --as NEWID -d)",
+	      migratectl: "migrate.v1: migratectl checkpoint create --root DIR ID (restore: migratectl restore --checkpoint CP --as NEWID -d)",
 	      "migrate-task": "migrate.v1: ctr t checkpoint --image-path DIR --work-path W ID",
 	      "runc-task": "runc.v2: ctr t checkpoint --image-path DIR --work-path W ID",
 	      "runc-container": "runc.v2: ctr c checkpoint --task --rw ID REF (restore: ctr c restore --live --rw ID REF)",

@@ -110,6 +110,18 @@ fn create_root(root: &Path) -> Result<()> {
         .with_context(|| format!("create the staging directory {}", root.display()))
 }
 
+/// A directory for scratch work (rebuilding a version to restore it): the
+/// first RAM-backed staging root, else `fallback`; created.
+pub fn scratch_root(fallback: &Path) -> Result<PathBuf> {
+    match ram_root()? {
+        Some(root) => Ok(root.to_path_buf()),
+        None => {
+            create_root(fallback)?;
+            Ok(fallback.to_path_buf())
+        }
+    }
+}
+
 /// The first default staging root on a RAM-backed file system, created.
 fn ram_root() -> Result<Option<&'static Path>> {
     for root in [DEFAULT_STAGING_ROOT, SHM_STAGING_ROOT] {

@@ -14,7 +14,7 @@ fn migratectl(args: &[&str]) -> Output {
         .args(["--address", "/nonexistent/containerd.sock"])
         .args(args)
         .env_remove("CONTAINERD_ADDRESS")
-        .env_remove("MIGRATE_CHECKPOINT_STORE")
+        .env_remove("MIGRATE_CHECKPOINT_ROOT")
         .output()
         .unwrap()
 }
@@ -69,11 +69,11 @@ fn help_names_the_verbs() {
 fn listing_a_missing_store_shows_nothing_and_creates_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
-    let out = migratectl(&["checkpoint", "ls", "--store", store.to_str().unwrap()]);
+    let out = migratectl(&["checkpoint", "ls", "--root", store.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(stdout(&out).split_whitespace().collect::<Vec<_>>()[0], "ID");
     assert_eq!(stdout(&out).lines().count(), 1);
-    let out = migratectl(&["checkpoint", "ls", "--json", "--store", store.to_str().unwrap()]);
+    let out = migratectl(&["checkpoint", "ls", "--json", "--root", store.to_str().unwrap()]);
     assert_eq!(serde_json::from_slice::<Value>(&out.stdout).unwrap(), Value::Array(vec![]));
     assert!(!store.exists());
 }
@@ -97,7 +97,7 @@ fn create_dumps_either_into_a_staging_dir_or_straight_into_the_store() {
 fn export_refuses_a_damaged_checkpoint_before_containerd() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().to_str().unwrap();
-    let export = |id: &str| migratectl(&["checkpoint", "export", "--store", store, id, "example.com/ck/web:1"]);
+    let export = |id: &str| migratectl(&["checkpoint", "export", "--root", store, id, "example.com/ck/web:1"]);
     make_checkpoint(dir.path(), "web-1");
     let out = export("nope");
     assert!(!out.status.success());
@@ -113,14 +113,14 @@ fn export_refuses_a_damaged_checkpoint_before_containerd() {
     std::fs::write(&config, sound).unwrap();
     let out = export("web-1");
     assert!(stderr(&out).contains("cannot connect to containerd"), "{}", stderr(&out));
-    let out = migratectl(&["checkpoint", "import", "--store", store, "example.com/ck/web:1"]);
+    let out = migratectl(&["checkpoint", "import", "--root", store, "example.com/ck/web:1"]);
     assert!(stderr(&out).contains("cannot connect to containerd"), "{}", stderr(&out));
 }
 
 #[test]
 fn commands_that_need_containerd_say_where_they_looked() {
     let dir = tempfile::tempdir().unwrap();
-    let out = migratectl(&["checkpoint", "create", "--store", dir.path().to_str().unwrap(), "web"]);
+    let out = migratectl(&["checkpoint", "create", "--root", dir.path().to_str().unwrap(), "web"]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("cannot connect to containerd at /nonexistent/containerd.sock"), "{}", stderr(&out));
     // Nothing was started in the store.
@@ -133,7 +133,7 @@ fn ls_inspect_verify_rm() {
     let store = dir.path().to_str().unwrap();
     make_checkpoint(dir.path(), "web-1");
 
-    let out = migratectl(&["checkpoint", "ls", "--store", store]);
+    let out = migratectl(&["checkpoint", "ls", "--root", store]);
     assert!(out.status.success(), "{}", stderr(&out));
     let table = stdout(&out);
     let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
@@ -142,7 +142,7 @@ fn ls_inspect_verify_rm() {
     assert!(row.starts_with("web-1   web   "), "{table}");
     assert!(row.contains("1.00 MiB") && row.contains("12 ms") && row.ends_with("yes"), "{table}");
 
-    let out = migratectl(&["checkpoint", "inspect", "--verify", "--store", store, "web-1"]);
+    let out = migratectl(&["checkpoint", "inspect", "--verify", "--root", store, "web-1"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stdout(&out).contains("Image:        localhost/web:1"), "{}", stdout(&out));
     assert!(stdout(&out).contains("criu/pages-1.img"), "{}", stdout(&out));
@@ -150,21 +150,21 @@ fn ls_inspect_verify_rm() {
     let pages = dir.path().join("web-1/criu/pages-1.img");
     std::fs::write(&pages, vec![8u8; 1 << 20]).unwrap();
     // A stat cannot see a same-size change; sha256 can.
-    let out = migratectl(&["checkpoint", "inspect", "--json", "--store", store, "web-1"]);
+    let out = migratectl(&["checkpoint", "inspect", "--json", "--root", store, "web-1"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let out = migratectl(&["checkpoint", "inspect", "--verify", "--json", "--store", store, "web-1"]);
+    let out = migratectl(&["checkpoint", "inspect", "--verify", "--json", "--root", store, "web-1"]);
     assert!(!out.status.success());
     let json: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(json["valid"], false);
     assert!(stderr(&out).contains("criu/pages-1.img") && stderr(&out).contains("sha256 mismatch"), "{}", stderr(&out));
 
     std::fs::write(&pages, b"short").unwrap();
-    let out = migratectl(&["checkpoint", "ls", "--json", "--store", store]);
+    let out = migratectl(&["checkpoint", "ls", "--json", "--root", store]);
     let rows: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(rows[0]["valid"], false);
     assert!(rows[0]["problem"].as_str().unwrap().contains("criu/pages-1.img: size 5"), "{rows}");
 
-    let out = migratectl(&["checkpoint", "rm", "--store", store, "web-1", "nope"]);
+    let out = migratectl(&["checkpoint", "rm", "--root", store, "web-1", "nope"]);
     assert!(!out.status.success());
     assert_eq!(stdout(&out), "web-1\n");
     assert!(stderr(&out).contains("no checkpoint nope"), "{}", stderr(&out));

@@ -135,7 +135,7 @@ impl Migratectl {
     fn command(&self, verb: &[&str], args: &[&str]) -> Command {
         let mut cmd = Command::new(&self.bin);
         cmd.args(["--address", &self.address, "--namespace", NAMESPACE]);
-        cmd.args(verb).arg("--store").arg(&self.store).args(args);
+        cmd.args(verb).arg("--root").arg(&self.store).args(args);
         cmd
     }
 

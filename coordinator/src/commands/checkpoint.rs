@@ -11,11 +11,12 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use containerd_client::types::v1::Status;
+use migrate_oci::versions::{ContainerRef, StoreLocation};
 use migrate_oci::{Checkpoint, CheckpointStore, CommitInfo, ContainerInfo, RootfsInfo, Timings};
 use serde::Serialize;
 
 use crate::Global;
-use crate::commands::{export, import};
+use crate::commands::{export, import, versions};
 use crate::containerd::{self, Containerd};
 use crate::ids;
 use crate::output::{self, Table, human_bytes, human_ms, round_ms};
@@ -23,7 +24,7 @@ use crate::rootfs::Rootfs;
 use crate::runc_options::CheckpointOptions;
 use crate::staging::DumpDir;
 
-pub const DEFAULT_STORE: &str = migrate_oci::DEFAULT_STORE_ROOT;
+pub const DEFAULT_ROOT: &str = migrate_oci::DEFAULT_STORE_ROOT;
 /// CRIU's statistics file, written to its work directory.
 const STATS_FILE: &str = "stats-dump";
 
@@ -48,16 +49,16 @@ pub enum Command {
 }
 
 #[derive(Debug, Clone, clap::Args)]
-pub struct StoreArg {
-    /// The checkpoint store
-    #[arg(long, value_name = "DIR", env = "MIGRATE_CHECKPOINT_STORE", default_value = DEFAULT_STORE)]
-    pub store: PathBuf,
+pub struct RootArg {
+    /// The directory of this host's checkpoints
+    #[arg(long, value_name = "DIR", env = "MIGRATE_CHECKPOINT_ROOT", default_value = DEFAULT_ROOT)]
+    pub root: PathBuf,
 }
 
 #[derive(Debug, clap::Args)]
 pub struct CreateArgs {
     #[command(flatten)]
-    store: StoreArg,
+    root: RootArg,
     /// Checkpoint id [default: <container>-<UTC time>]
     #[arg(long)]
     id: Option<String>,
@@ -90,11 +91,17 @@ pub struct CreateArgs {
 #[derive(Debug, clap::Args)]
 pub struct LsArgs {
     #[command(flatten)]
-    store: StoreArg,
-    /// Only checkpoints of this container
+    root: RootArg,
+    /// List the versions in this version store (a checkpoint ticker's:
+    /// file:///PATH or oci://HOST:PORT/REPOSITORY) instead of this host's
+    /// checkpoints
+    #[arg(long, value_name = "URL", value_parser = versions::parse_location)]
+    store: Option<StoreLocation>,
+    /// Only checkpoints (or versions, in --namespace) of this container
     #[arg(long, value_name = "ID")]
     container: Option<String>,
-    /// Check every file's sha256, not only its presence and size
+    /// Check every file's sha256, not only its presence and size (with
+    /// --store: that every chunk is in the store)
     #[arg(long)]
     verify: bool,
     #[arg(long)]
@@ -104,7 +111,7 @@ pub struct LsArgs {
 #[derive(Debug, clap::Args)]
 pub struct InspectArgs {
     #[command(flatten)]
-    store: StoreArg,
+    root: RootArg,
     /// Check every file's sha256; fails naming each damaged file
     #[arg(long)]
     verify: bool,
@@ -116,7 +123,7 @@ pub struct InspectArgs {
 #[derive(Debug, clap::Args)]
 pub struct RmArgs {
     #[command(flatten)]
-    store: StoreArg,
+    root: RootArg,
     #[arg(required = true)]
     ids: Vec<String>,
 }
@@ -130,7 +137,10 @@ pub async fn run(g: &Global, cmd: Command) -> Result<ExitCode> {
             r = create(g, a) => r,
             sig = interrupted() => bail!("interrupted by {sig}; nothing was stored"),
         },
-        Command::Ls(a) => blocking(move || ls(a)).await,
+        Command::Ls(a) => {
+            let namespace = g.namespace.clone();
+            blocking(move || ls(a, &namespace)).await
+        }
         Command::Inspect(a) => blocking(move || inspect(a)).await,
         Command::Rm(a) => blocking(move || rm(a)).await,
         Command::Export(a) => export::export(g, a).await,
@@ -199,7 +209,7 @@ async fn create(g: &Global, a: CreateArgs) -> Result<ExitCode> {
 
     // Everything that can fail without touching the container fails here,
     // before the freeze: a taken id, an unwritable store or staging dir.
-    let store_root = a.store.store.clone();
+    let store_root = a.root.root.clone();
     let (store, staging) = blocking({
         let id = id.clone();
         move || {
@@ -510,8 +520,12 @@ pub(crate) fn existing_store(dir: &Path) -> Result<Option<CheckpointStore>> {
     Ok(Some(store))
 }
 
-fn ls(a: LsArgs) -> Result<ExitCode> {
-    let checkpoints = match existing_store(&a.store.store)? {
+fn ls(a: LsArgs, namespace: &str) -> Result<ExitCode> {
+    if let Some(location) = &a.store {
+        let container = a.container.as_deref().map(|id| ContainerRef::new(namespace, id)).transpose()?;
+        return versions::ls(location, container, a.verify, a.json);
+    }
+    let checkpoints = match existing_store(&a.root.root)? {
         Some(store) => store.list()?,
         None => Vec::new(),
     };
@@ -559,8 +573,8 @@ struct Inspected<'a> {
 }
 
 fn inspect(a: InspectArgs) -> Result<ExitCode> {
-    let store = existing_store(&a.store.store)?
-        .with_context(|| format!("there is no checkpoint store at {}", a.store.store.display()))?;
+    let store = existing_store(&a.root.root)?
+        .with_context(|| format!("there is no checkpoint store at {}", a.root.root.display()))?;
     let cp = store.get(&a.id)?;
     let validity = check(&cp, a.verify);
     if a.json {
@@ -645,8 +659,8 @@ fn layers(n: usize) -> String {
 // ---------------------------------------------------------------- rm
 
 fn rm(a: RmArgs) -> Result<ExitCode> {
-    let store = existing_store(&a.store.store)?
-        .with_context(|| format!("there is no checkpoint store at {}", a.store.store.display()))?;
+    let store = existing_store(&a.root.root)?
+        .with_context(|| format!("there is no checkpoint store at {}", a.root.root.display()))?;
     let mut failed = false;
     for id in &a.ids {
         match store.remove(id) {

@@ -24,7 +24,7 @@ use crate::checkpoint_image::{
     self as image, Descriptor, LABEL_CHECKPOINT, MEDIA_TYPE_CONFIG, MEDIA_TYPE_CRIU, MEDIA_TYPE_INDEX,
     MEDIA_TYPE_LAYER_GZIP, MEDIA_TYPE_OPTIONS, Parts,
 };
-use crate::commands::checkpoint::{StoreArg, blocking, existing_store};
+use crate::commands::checkpoint::{RootArg, blocking, existing_store};
 use crate::containerd::{self, Containerd, CutShort};
 use crate::output::{self, human_bytes, human_ms, round_ms};
 use crate::pipe::{self, ChunkWriter};
@@ -36,7 +36,7 @@ const DEFAULT_RUNTIME: &str = "io.containerd.migrate.v1";
 #[derive(Debug, clap::Args)]
 pub struct ExportArgs {
     #[command(flatten)]
-    store: StoreArg,
+    root: RootArg,
     /// Snapshotter that `ctr container restore` prepares the new root file
     /// system with (the checkpoint image names it)
     #[arg(long, default_value = "overlayfs")]
@@ -64,7 +64,7 @@ struct Exported {
 
 pub async fn export(g: &Global, a: ExportArgs) -> Result<ExitCode> {
     let started = Instant::now();
-    let (store_dir, id) = (a.store.store.clone(), a.id.clone());
+    let (store_dir, id) = (a.root.root.clone(), a.id.clone());
     let checkpoint = blocking(move || {
         let store = existing_store(&store_dir)?
             .with_context(|| format!("there is no checkpoint store at {}", store_dir.display()))?;

@@ -19,7 +19,7 @@ use serde::Serialize;
 
 use crate::Global;
 use crate::checkpoint_image::{self as image, Descriptor, MEDIA_TYPE_INDEX};
-use crate::commands::checkpoint::{StoreArg, blocking};
+use crate::commands::checkpoint::{RootArg, blocking};
 use crate::containerd::Containerd;
 use crate::ids;
 use crate::output::{self, human_bytes, human_ms, round_ms};
@@ -28,7 +28,7 @@ use crate::pipe::{self, ChunkReader};
 #[derive(Debug, clap::Args)]
 pub struct ImportArgs {
     #[command(flatten)]
-    store: StoreArg,
+    root: RootArg,
     /// Checkpoint id [default: <container>-<UTC time>]
     #[arg(long)]
     id: Option<String>,
@@ -88,7 +88,7 @@ pub async fn import(g: &Global, a: ImportArgs) -> Result<ExitCode> {
     };
     ids::validate_checkpoint_id(&id)?;
 
-    let store_root = a.store.store.clone();
+    let store_root = a.root.root.clone();
     let staging = blocking({
         let id = id.clone();
         move || {

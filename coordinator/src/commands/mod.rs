@@ -5,6 +5,7 @@ pub mod checkpoint;
 pub mod export;
 pub mod import;
 pub mod restore;
+pub mod versions;
 
 use std::process::ExitCode;
 

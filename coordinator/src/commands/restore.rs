@@ -12,18 +12,21 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use containerd_client::services::v1::{Container, CreateTaskRequest, container::Runtime};
 use containerd_client::tonic::Code;
+use migrate_oci::versions::{ChunkCipher, ContainerRef, StoreLocation, VersionStore};
 use prost_types::Any;
 use serde::Serialize;
 use serde_json::Value;
 use tokio::task::JoinSet;
 
 use crate::Global;
-use crate::commands::checkpoint::StoreArg;
+use crate::commands::checkpoint::{RootArg, blocking};
+use crate::commands::versions;
 use crate::containerd::{self, Containerd};
 use crate::image;
 use crate::output::{self, human_ms, round_ms};
@@ -37,10 +40,29 @@ const CHECKPOINT_LABEL: &str = "io.containerd.migrate.checkpoint";
 #[derive(Debug, clap::Args)]
 pub struct Args {
     #[command(flatten)]
-    store: StoreArg,
-    /// The checkpoint to restore from
-    #[arg(long, value_name = "ID")]
-    checkpoint: String,
+    root: RootArg,
+    /// The checkpoint to restore from (one of this host's, in --root)
+    #[arg(long, value_name = "ID", required_unless_present = "store", conflicts_with = "store")]
+    checkpoint: Option<String>,
+    /// Restore a version from this version store (a checkpoint ticker's:
+    /// file:///PATH or oci://HOST:PORT/REPOSITORY) instead
+    #[arg(long, value_name = "URL", value_parser = versions::parse_location, requires = "container")]
+    store: Option<StoreLocation>,
+    /// The container (in --namespace) whose version to restore
+    #[arg(long, value_name = "ID", requires = "store")]
+    container: Option<String>,
+    /// Which version: latest (the newest that restores, falling back to
+    /// older ones when one fails verification or restore) or a number
+    #[arg(long, value_name = "latest|N", default_value = "latest")]
+    version: versions::Choice,
+    /// The key file the versions were encrypted with
+    #[arg(long, value_name = "FILE", requires = "store")]
+    key_file: Option<PathBuf>,
+    /// The image the container ran, if the checkpoint does not name it
+    /// [default: the checkpointed container's image, if containerd still has
+    /// the container]
+    #[arg(long, value_name = "REF")]
+    image: Option<String>,
     /// Id of a new container; repeat for several clones [default: the
     /// checkpointed container's id]
     #[arg(long = "as", value_name = "NEW_ID")]
@@ -69,11 +91,25 @@ struct Restored {
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 struct Report {
+    /// The checkpoint id, or `<store URL> <namespace>/<container> version <V>`.
     checkpoint: String,
     dir: PathBuf,
+    /// The version restored, when restoring from a version store.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    version: Option<u64>,
+    /// Newer versions that were tried and why each was skipped.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    skipped: Vec<Skipped>,
+    /// Loading and verifying (or rebuilding) the checkpoint used.
     verify_ms: f64,
     containers: Vec<Restored>,
     total_ms: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct Skipped {
+    version: u64,
+    reason: String,
 }
 
 /// What every clone is made from.
@@ -86,68 +122,33 @@ struct Source {
     spec: Value,
 }
 
+/// How restoring the clones went: all, some, or none of them.
+struct Attempt {
+    restored: Vec<Restored>,
+    errors: Vec<String>,
+}
+
 pub async fn run(g: &Global, a: Args) -> Result<ExitCode> {
     let started = Instant::now();
-    let (checkpoint, verify_time) = load_and_verify(&a.store.store, &a.checkpoint).await?;
-    let m = checkpoint.manifest();
-    let image =
-        m.container.image.clone().with_context(|| {
-            format!("checkpoint {} names no image to restore its root file system from", a.checkpoint)
-        })?;
-    let spec_path = checkpoint.dir().join(migrate_oci::CONFIG_FILE);
-    let spec: Value = serde_json::from_slice(
-        &std::fs::read(&spec_path).with_context(|| format!("checkpoint {} has no spec", a.checkpoint))?,
-    )
-    .with_context(|| format!("{} is not JSON", spec_path.display()))?;
-    let new_ids = if a.new_ids.is_empty() { vec![m.container.id.clone()] } else { a.new_ids.clone() };
+    let new_ids = a.new_ids.clone();
     if let Some(dup) = new_ids.iter().enumerate().find_map(|(i, id)| new_ids[..i].contains(id).then_some(id)) {
         bail!("--as {dup} is given twice");
     }
-
     let cd = Containerd::connect(&g.address, &g.namespace).await?;
-    let chain_id = image::rootfs_chain_id(&cd, &image).await.with_context(|| {
-        format!("find the layers of image {image}, which checkpoint {} was taken from", a.checkpoint)
-    })?;
-    let source = std::sync::Arc::new(Source {
-        checkpoint_id: a.checkpoint.clone(),
-        dir: std::fs::canonicalize(checkpoint.dir())
-            .with_context(|| format!("resolve {}", checkpoint.dir().display()))?,
-        old_id: m.container.id.clone(),
-        image,
-        chain_id,
-        spec,
-    });
-
-    let mut clones = JoinSet::new();
-    for (i, id) in new_ids.iter().enumerate() {
-        let (cd, source, id, snapshotter) = (cd.clone(), source.clone(), id.clone(), a.snapshotter.clone());
-        clones.spawn(async move { (i, restore_one(&cd, &source, &id, &snapshotter).await) });
-    }
-    let mut results: Vec<(usize, Result<Restored>)> = clones.join_all().await;
-    results.sort_by_key(|(i, _)| *i);
-    let mut restored = Vec::new();
-    let mut errors = Vec::new();
-    for (i, r) in results {
-        match r {
-            Ok(r) => restored.push(r),
-            Err(e) => errors.push(format!("{}: {e:#}", new_ids[i])),
-        }
-    }
-
-    let report = Report {
-        checkpoint: source.checkpoint_id.clone(),
-        dir: source.dir.clone(),
-        verify_ms: round_ms(verify_time),
-        containers: restored,
-        total_ms: round_ms(started.elapsed()),
+    let (mut report, attempt) = match (&a.checkpoint, &a.store) {
+        (Some(id), _) => from_checkpoint(&cd, &a, id).await?,
+        (None, Some(location)) => from_store(&cd, &a, location).await?,
+        (None, None) => bail!("say what to restore: --checkpoint ID, or --store URL --container ID"),
     };
+    report.containers = attempt.restored;
+    report.total_ms = round_ms(started.elapsed());
     if a.json {
         output::print_json(&report)?;
     } else {
         print_report(&report);
     }
-    if !errors.is_empty() {
-        bail!("restoring {} of {} containers failed:\n  {}", errors.len(), new_ids.len(), errors.join("\n  "));
+    if !attempt.errors.is_empty() {
+        bail!("restoring {} containers failed:\n  {}", attempt.errors.len(), attempt.errors.join("\n  "));
     }
     if a.detach {
         return Ok(ExitCode::SUCCESS);
@@ -155,9 +156,143 @@ pub async fn run(g: &Global, a: Args) -> Result<ExitCode> {
     wait_all(&cd, &report.containers).await
 }
 
+async fn from_checkpoint(cd: &Containerd, a: &Args, id: &str) -> Result<(Report, Attempt)> {
+    let (checkpoint, verify_time) = load_and_verify(&a.root.root, id).await?;
+    let source = source(cd, &checkpoint, id.to_string(), a.image.as_deref()).await?;
+    let attempt = restore_all(cd, &source, &a.new_ids, &a.snapshotter).await;
+    let report = Report {
+        checkpoint: id.to_string(),
+        dir: source.dir.clone(),
+        version: None,
+        skipped: Vec::new(),
+        verify_ms: round_ms(verify_time),
+        containers: Vec::new(),
+        total_ms: 0.0,
+    };
+    Ok((report, attempt))
+}
+
+/// Newest version first: rebuild and verify it, restore the clones; on a
+/// failure that an older version may not have (a missing or damaged chunk,
+/// a restore that fails), try the next older one.
+async fn from_store(cd: &Containerd, a: &Args, location: &StoreLocation) -> Result<(Report, Attempt)> {
+    let container = a.container.as_deref().context("--store needs --container ID")?;
+    let target = ContainerRef::new(cd.namespace(), container)?;
+    let cipher = match &a.key_file {
+        Some(path) => Some(Arc::new(ChunkCipher::from_key_file(path)?)),
+        None => None,
+    };
+    let (store, candidates) = {
+        let (location, target, choice) = (location.clone(), target.clone(), a.version);
+        blocking(move || {
+            let store: Arc<dyn VersionStore> = Arc::from(versions::open(&location)?);
+            let candidates = versions::candidates(store.as_ref(), &target, choice)?;
+            Ok((store, candidates))
+        })
+        .await?
+    };
+    let mut skipped = Vec::new();
+    for version in candidates {
+        let started = Instant::now();
+        let rebuilt = {
+            let (store, target, cipher) = (store.clone(), target.clone(), cipher.clone());
+            blocking(move || Ok(versions::rebuild(store.as_ref(), &target, version, cipher.as_deref()))).await?
+        };
+        let rebuilt = match rebuilt {
+            Ok(rebuilt) => rebuilt,
+            Err(e) if versions::is_key_problem(&e) => return Err(e.into()),
+            Err(e) => {
+                eprintln!("migratectl: skipping version {version}: {e}");
+                skipped.push(Skipped { version, reason: e.to_string() });
+                continue;
+            }
+        };
+        let verify_time = started.elapsed();
+        let label = format!("{location} {}/{} version {version}", target.namespace, target.id);
+        let source = source(cd, &rebuilt.checkpoint, label.clone(), a.image.as_deref()).await?;
+        let attempt = restore_all(cd, &source, &a.new_ids, &a.snapshotter).await;
+        // Some clones run from this version: falling back would mix versions.
+        if attempt.errors.is_empty() || !attempt.restored.is_empty() {
+            let report = Report {
+                checkpoint: label,
+                dir: source.dir.clone(),
+                version: Some(version),
+                skipped,
+                verify_ms: round_ms(verify_time),
+                containers: Vec::new(),
+                total_ms: 0.0,
+            };
+            return Ok((report, attempt));
+        }
+        let reason = attempt.errors.join("; ");
+        eprintln!("migratectl: skipping version {version}: {reason}");
+        skipped.push(Skipped { version, reason });
+    }
+    let reasons: Vec<String> = skipped.iter().map(|s| format!("version {}: {}", s.version, s.reason)).collect();
+    bail!("no version of {target} in {location} could be restored:\n  {}", reasons.join("\n  "))
+}
+
+/// Everything a clone needs from the checkpoint, and the image's layers.
+async fn source(
+    cd: &Containerd,
+    checkpoint: &migrate_oci::Checkpoint,
+    label: String,
+    image: Option<&str>,
+) -> Result<Arc<Source>> {
+    let m = checkpoint.manifest();
+    let image = match (m.container.image.clone(), image) {
+        (_, Some(image)) => image.to_string(),
+        (Some(image), None) => image,
+        (None, None) => match cd.container(&m.container.id).await {
+            Ok(c) if !c.image.is_empty() => c.image,
+            _ => bail!(
+                "{label} does not name the image its root file system came from, and containerd has no \
+                 container {} to ask: pass --image REF",
+                m.container.id
+            ),
+        },
+    };
+    let spec_path = checkpoint.dir().join(migrate_oci::CONFIG_FILE);
+    let spec: Value =
+        serde_json::from_slice(&std::fs::read(&spec_path).with_context(|| format!("{label} has no spec"))?)
+            .with_context(|| format!("{} is not JSON", spec_path.display()))?;
+    let chain_id = image::rootfs_chain_id(cd, &image)
+        .await
+        .with_context(|| format!("find the layers of image {image}, which {label} was taken from"))?;
+    Ok(Arc::new(Source {
+        checkpoint_id: label,
+        dir: std::fs::canonicalize(checkpoint.dir())
+            .with_context(|| format!("resolve {}", checkpoint.dir().display()))?,
+        old_id: m.container.id.clone(),
+        image,
+        chain_id,
+        spec,
+    }))
+}
+
+/// Restores one clone per new id (the checkpointed id if none), at once.
+async fn restore_all(cd: &Containerd, source: &Arc<Source>, new_ids: &[String], snapshotter: &str) -> Attempt {
+    let new_ids = if new_ids.is_empty() { vec![source.old_id.clone()] } else { new_ids.to_vec() };
+    let mut clones = JoinSet::new();
+    for (i, id) in new_ids.iter().enumerate() {
+        let (cd, source, id, snapshotter) = (cd.clone(), source.clone(), id.clone(), snapshotter.to_string());
+        clones.spawn(async move { (i, restore_one(&cd, &source, &id, &snapshotter).await) });
+    }
+    let mut results: Vec<(usize, Result<Restored>)> = clones.join_all().await;
+    results.sort_by_key(|(i, _)| *i);
+    let mut attempt = Attempt { restored: Vec::new(), errors: Vec::new() };
+    for (i, r) in results {
+        match r {
+            Ok(r) => attempt.restored.push(r),
+            Err(e) => attempt.errors.push(format!("{}: {e:#}", new_ids[i])),
+        }
+    }
+    attempt
+}
+
 async fn load_and_verify(store: &Path, id: &str) -> Result<(migrate_oci::Checkpoint, Duration)> {
     let (store, id) = (store.to_path_buf(), id.to_string());
-    tokio::task::spawn_blocking(move || {
+    blocking(move || {
         let started = Instant::now();
         if !store.exists() {
             bail!("there is no checkpoint store at {}", store.display());
@@ -169,10 +304,12 @@ async fn load_and_verify(store: &Path, id: &str) -> Result<(migrate_oci::Checkpo
         Ok((checkpoint, started.elapsed()))
     })
     .await
-    .context("a worker thread panicked")?
 }
 
 fn print_report(r: &Report) {
+    for s in &r.skipped {
+        println!("skipped version {}: {}", s.version, s.reason);
+    }
     println!("checkpoint {} ({}) verified in {}", r.checkpoint, r.dir.display(), human_ms(Some(r.verify_ms)));
     for c in &r.containers {
         println!("restored {} pid {} in {} (output in {})", c.id, c.pid, human_ms(Some(c.ms)), c.log.display());
