@@ -1,5 +1,6 @@
 //! The errors of the version store. Each names the container, the version
-//! and the file or chunk it is about, and says what to do next: the ticker
+//! and the file or chunk it is about (a registry's, the store, the request
+//! and what the registry answered), and says what to do next: the ticker
 //! logs them as they are, and a restore that gets one falls back to the
 //! previous version.
 
@@ -118,6 +119,51 @@ pub enum VersionError {
 
     #[error("{} already exists: materialize into a new directory", path.display())]
     DestinationExists { path: PathBuf },
+
+    #[error("{store}: {what}: cannot reach the registry ({source}); is the registry running at {authority}?")]
+    RegistryUnreachable {
+        store: String,
+        authority: String,
+        what: String,
+        #[source]
+        source: io::Error,
+    },
+
+    #[error("{store}: {what}: {request} answered HTTP {status}{registry_said}; {hint}")]
+    RegistryRefused {
+        store: String,
+        what: String,
+        /// `METHOD URL`
+        request: String,
+        status: u16,
+        /// ` (CODE: message)` from the registry's JSON error body, the start
+        /// of a body that is not JSON, or nothing.
+        registry_said: String,
+        hint: &'static str,
+    },
+
+    #[error("{store}: {what}: {request}: {problem}; is {authority} an OCI distribution registry?")]
+    RegistryBadAnswer { store: String, authority: String, what: String, request: String, problem: String },
+
+    #[error(
+        "{store}: {what}: the registry has deletion disabled (HTTP 405 UNSUPPORTED); start it with \
+         REGISTRY_STORAGE_DELETE_ENABLED=true, or storage.delete.enabled: true in its config.yml, \
+         so that retention can drop old versions"
+    )]
+    RegistryDeleteDisabled { store: String, what: String },
+
+    #[error(
+        "{store}: version {version} of {container} is not stored: chunk {id} it references is not in the \
+         registry (did `registry garbage-collect` run while the registry was writable?); the next version \
+         uploads it again"
+    )]
+    RegistryChunkMissing { store: String, container: ContainerRef, version: u64, id: ChunkId },
+
+    #[error(
+        "{store}: version {version} of {container} is not stored: what was given is not a version \
+         manifest ({reason}), and a registry needs the chunks it lists"
+    )]
+    NotAVersionManifest { store: String, container: ContainerRef, version: u64, reason: String },
 }
 
 impl VersionError {

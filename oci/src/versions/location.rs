@@ -6,7 +6,7 @@
 use std::{fmt, path::PathBuf, str::FromStr};
 
 use super::{
-    DirStore, VersionStore,
+    DirStore, RegistryStore, VersionStore,
     error::{Result, VersionError},
 };
 
@@ -30,14 +30,12 @@ pub struct RegistryLocation {
 }
 
 impl StoreLocation {
-    /// Opens the store, creating a directory store if need be.
+    /// Opens the store, creating a directory store if need be; a registry
+    /// must answer at once.
     pub fn open(&self) -> Result<Box<dyn VersionStore>> {
         match self {
             StoreLocation::Dir(root) => Ok(Box::new(DirStore::open(root.clone())?)),
-            StoreLocation::Registry(_) => Err(VersionError::BadLocation {
-                url: self.to_string(),
-                reason: "OCI registry stores are not supported by this build; use file:///PATH",
-            }),
+            StoreLocation::Registry(registry) => Ok(Box::new(RegistryStore::open(registry)?)),
         }
     }
 }

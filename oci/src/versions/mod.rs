@@ -27,6 +27,9 @@ mod error;
 mod location;
 mod manifest;
 mod materialize;
+mod registry_api;
+mod registry_artifact;
+mod registry_store;
 mod retention;
 mod store_version;
 #[cfg(test)]
@@ -44,6 +47,7 @@ pub use manifest::{
     VersionFile, VersionManifest,
 };
 pub use materialize::{materialize, read_manifest};
+pub use registry_store::RegistryStore;
 pub use retention::{Retention, RetentionReport, apply_retention};
 pub use store_version::{VersionReport, store_version};
 
