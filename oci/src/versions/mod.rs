@@ -30,6 +30,8 @@ mod materialize;
 mod registry_api;
 mod registry_artifact;
 mod registry_store;
+#[cfg(test)]
+mod registry_tests;
 mod retention;
 mod store_version;
 #[cfg(test)]

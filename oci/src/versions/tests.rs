@@ -9,16 +9,16 @@ use std::{
 use super::{chunking::tests::*, *};
 use crate::{Checkpoint, CheckpointStore, testing::commit_info};
 
-const PAGES: usize = 4096; // 16 MiB
+pub(super) const PAGES: usize = 4096; // 16 MiB
 
-struct Setup {
+pub(super) struct Setup {
     _tmp: tempfile::TempDir,
-    checkpoints: CheckpointStore,
+    pub(super) checkpoints: CheckpointStore,
     store: DirStore,
-    out: PathBuf,
+    pub(super) out: PathBuf,
 }
 
-fn setup() -> Setup {
+pub(super) fn setup() -> Setup {
     let tmp = tempfile::tempdir().unwrap();
     let checkpoints = CheckpointStore::open(tmp.path().join("checkpoints")).unwrap();
     let store = DirStore::open(tmp.path().join("versions")).unwrap();
@@ -27,12 +27,12 @@ fn setup() -> Setup {
     Setup { _tmp: tmp, checkpoints, store, out }
 }
 
-fn web() -> ContainerRef {
+pub(super) fn web() -> ContainerRef {
     ContainerRef::new("default", "web").unwrap()
 }
 
 /// Commits checkpoint `id` whose memory image is `pages`.
-fn checkpoint(s: &Setup, id: &str, pages: &[u8]) -> Checkpoint {
+pub(super) fn checkpoint(s: &Setup, id: &str, pages: &[u8]) -> Checkpoint {
     let mut staging = s.checkpoints.staging(id).unwrap();
     let criu = staging.criu_dir();
     std::fs::create_dir_all(&criu).unwrap();
@@ -47,7 +47,7 @@ fn store(s: &Setup, cp: &Checkpoint, version: u64, cipher: Option<&ChunkCipher>)
     store_version(&s.store, cp.dir(), &web(), version, DEFAULT_GROUP_SIZE, cipher).unwrap()
 }
 
-fn same_files(a: &Path, b: &Path) {
+pub(super) fn same_files(a: &Path, b: &Path) {
     for rel in ["manifest.json", "config.json", "criu/inventory.img", "criu/pagemap-1.img", "criu/pages-1.img"] {
         assert!(std::fs::read(a.join(rel)).unwrap() == std::fs::read(b.join(rel)).unwrap(), "{rel} differs");
     }
@@ -167,7 +167,7 @@ fn retention_keeps_the_newest_groups_and_gc_only_unreferenced_chunks() {
 }
 
 /// A store whose manifest writes fail, as when the uploader dies just before.
-struct NoManifests<'a>(&'a DirStore);
+pub(super) struct NoManifests<'a>(pub(super) &'a dyn VersionStore);
 
 impl VersionStore for NoManifests<'_> {
     fn put_chunk(&self, id: &ChunkId, blob: &[u8]) -> Result<bool> {
