@@ -44,6 +44,9 @@ export DEBIAN_FRONTEND=noninteractive
 RUNTIME_PKGS=(runc iptables busybox-static iproute2 ca-certificates)
 # The soft-dirty VM (hack/softdirty-vm.sh): QEMU, and what builds its image.
 VM_PKGS=(qemu-system-x86 debootstrap cpio e2fsprogs)
+# The distribution registry that the oci:// version store tests start, each
+# a private one; the package's own service is kept from running.
+TEST_PKGS=(docker-registry)
 CRIU_BUILD_PKGS=(build-essential pkg-config xz-utils python3
 	libprotobuf-dev libprotobuf-c-dev protobuf-c-compiler protobuf-compiler
 	python3-protobuf libnl-3-dev libnet1-dev libcap-dev libbsd-dev
@@ -200,11 +203,17 @@ runc_version() {
 
 step_deps() {
 	apt_install "${RUNTIME_PKGS[@]}" "${CRIU_BUILD_PKGS[@]}" "${VM_PKGS[@]}"
+	policy_rc_forbid
+	apt_install "${TEST_PKGS[@]}"
+	policy_rc_restore
+	if command -v systemctl >/dev/null && [[ -d /run/systemd/system ]]; then
+		systemctl disable --now docker-registry.service >/dev/null 2>&1 || true
+	fi
 }
 
 check_deps() {
 	local p ok=0
-	for p in "${RUNTIME_PKGS[@]}" "${CRIU_BUILD_PKGS[@]}" "${VM_PKGS[@]}"; do
+	for p in "${RUNTIME_PKGS[@]}" "${CRIU_BUILD_PKGS[@]}" "${VM_PKGS[@]}" "${TEST_PKGS[@]}"; do
 		pkg_installed "$p" || {
 			warn "package $p is missing"
 			ok=1
