@@ -112,6 +112,10 @@ impl Registry {
         let config = ureq::Agent::config_builder()
             // Statuses are answers here (404 is "no such blob"), not errors.
             .http_status_as_error(false)
+            // The registry is on the cluster network; a proxy from the
+            // environment is for the internet, and ureq would send even
+            // loopback requests through it (Go's clients do not).
+            .proxy(None)
             .timeout_connect(Some(Duration::from_secs(10)))
             // Bounds every call, so a registry that hangs fails a tick
             // instead of stalling its ticker; no answer of a healthy one
