@@ -191,7 +191,10 @@ mod tests {
         assert_eq!(count(VERSION_GROUP, "5").unwrap(), 5);
         for bad in ["0", "-1", "+3", "", "x"] {
             let err = count(KEEP_GROUPS, bad).unwrap_err().to_string();
-            assert!(err.contains("io.containerd.migrate.checkpoint.keep-groups") && err.contains("at least 1"), "{err}");
+            assert!(
+                err.contains("io.containerd.migrate.checkpoint.keep-groups") && err.contains("at least 1"),
+                "{err}"
+            );
         }
         assert!(version_store("oci://127.0.0.1:5000/checkpoints").is_ok());
         let err = version_store("s3://x").unwrap_err().to_string();
