@@ -14,7 +14,8 @@
 //!   [`pty`]: `ctr -t` on a real terminal; [`poll`]: waiting with a
 //!   deadline; [`host`]: /proc and cgroup views; [`events`]: `ctr events`;
 //!   [`footprint`]: what a task leaves on the host; [`shim`]: the shim's
-//!   ttrpc socket (for `Update`, which `ctr` 2.x lacks).
+//!   ttrpc socket (for `Update`, which `ctr` 2.x lacks); [`migratectl`]:
+//!   the migratectl binary.
 //!
 //! Scenarios live in `tests/tests/conformance.rs` (one shared instance per
 //! test binary, named `conformance`) and `tests/tests/restart.rs` (an
@@ -54,6 +55,7 @@ pub mod fixture;
 pub mod footprint;
 pub mod host;
 pub mod memtick;
+pub mod migratectl;
 pub mod poll;
 pub mod process;
 pub mod pty;

@@ -9,21 +9,18 @@
 //! the checkpoint rather than from zero. `checkpoint export` and `import`
 //! must convert to and from containerd's checkpoint image so that
 //! `ctr container restore` and `ctr container checkpoint` work with ours.
-//!
-//! The binary is taken from `$MIGRATECTL`, else from this test's own
-//! target profile (`cargo test --workspace` builds it, since coordinator/
-//! has integration tests of its own), else from the other profile.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use containerd_migrate_tests::memtick::{tick, wait_tick_above};
 use containerd_migrate_tests::ctr::{Ctr, NAMESPACE};
-use containerd_migrate_tests::fixture::{self, IMAGE, RUNC_V2, repo_root};
+use containerd_migrate_tests::fixture::{self, IMAGE, RUNC_V2};
+use containerd_migrate_tests::memtick::{tick, wait_tick_above};
+use containerd_migrate_tests::migratectl;
 use containerd_migrate_tests::process::{self, Output};
-use containerd_migrate_tests::{MIGRATE_V1, Scenario, host};
+use containerd_migrate_tests::{MIGRATE_V1, Scenario};
 use serde_json::Value;
 
 /// This binary's containerd instance.
@@ -68,44 +65,11 @@ mod migrate_v1 {
 }
 
 /// Runs scenario `f` on this binary's shared instance, or skips it (fails
-/// with CI=true) when migratectl or CRIU is missing; the fixture checks the
-/// rest (root, containerd, the shim).
+/// with CI=true) when migratectl or CRIU is missing.
 fn run(test: &str, f: fn(&Scenario)) {
-    let mut missing = Vec::new();
-    if migratectl_binary().is_none() {
-        missing.push(
-            "the migratectl binary (cargo build --release -p containerd-migrate-coordinator)",
-        );
+    if migratectl::prerequisites_met(test) {
+        fixture::run_shared(INSTANCE, MIGRATE_V1, test, f);
     }
-    if host::which("criu").is_none() {
-        missing.push("`criu` on PATH (hack/setup.sh builds and installs it)");
-    }
-    if !missing.is_empty() {
-        let reason = format!("{test} needs {}", missing.join(", "));
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("{reason}; run hack/setup.sh (as root)");
-        }
-        eprintln!("skipping: {reason}");
-        return;
-    }
-    fixture::run_shared(INSTANCE, MIGRATE_V1, test, f);
-}
-
-fn migratectl_binary() -> Option<PathBuf> {
-    if let Some(path) = std::env::var_os("MIGRATECTL") {
-        return Some(PathBuf::from(path)).filter(|p| host::is_executable(p));
-    }
-    // target/<profile>/deps/<this test> -> target/<profile>
-    let own_profile = std::env::current_exe()
-        .ok()?
-        .parent()?
-        .parent()?
-        .to_path_buf();
-    let target = repo_root().join("target");
-    [own_profile, target.join("release"), target.join("debug")]
-        .into_iter()
-        .map(|dir| dir.join("migratectl"))
-        .find(|p| host::is_executable(p))
 }
 
 /// migratectl pointed at the scenario's containerd, with a store of its own
@@ -125,7 +89,7 @@ impl Migratectl {
             std::env::temp_dir().join(format!("migratectl-e2e-{}-{n}/store", std::process::id()));
         let _ = std::fs::remove_dir_all(&store);
         Migratectl {
-            bin: migratectl_binary().expect("checked before the scenario"),
+            bin: migratectl::binary().expect("checked before the scenario"),
             address: s.ctr.address().to_string(),
             store,
         }

@@ -5,8 +5,9 @@
 //!
 //! Versions are incremental at the storage layer (only chunks the store
 //! lacks are uploaded: see `migrate_oci::versions`), which needs nothing
-//! from the kernel. Ticks never overlap: the next interval starts counting
-//! when a tick ends, so a slow store delays ticks instead of piling them up.
+//! from the kernel. Ticks start an interval apart and never overlap: a tick
+//! that overruns (a slow store) delays the next one rather than letting
+//! missed ticks pile up (`MissedTickBehavior::Delay`).
 //! A failed tick is logged and the next one tries again; the container is
 //! never stopped or left frozen by one (the dump is CRIU's leave-running
 //! dump, which thaws the container whatever happens to the upload after).
