@@ -15,7 +15,8 @@
 //!   deadline; [`host`]: /proc and cgroup views; [`events`]: `ctr events`;
 //!   [`footprint`]: what a task leaves on the host; [`shim`]: the shim's
 //!   ttrpc socket (for `Update`, which `ctr` 2.x lacks); [`migratectl`]:
-//!   the migratectl binary.
+//!   the migratectl binary; [`registry`]: a distribution registry on
+//!   loopback.
 //!
 //! Scenarios live in `tests/tests/conformance.rs` (one shared instance per
 //! test binary, named `conformance`) and `tests/tests/restart.rs` (an
@@ -59,6 +60,7 @@ pub mod migratectl;
 pub mod poll;
 pub mod process;
 pub mod pty;
+pub mod registry;
 pub mod shim;
 
 pub use fixture::{Container, IMAGE, MIGRATE_V1, RUNC_V2, Scenario};

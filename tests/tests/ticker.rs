@@ -20,6 +20,7 @@ use containerd_migrate_tests::ctr::NAMESPACE;
 use containerd_migrate_tests::fixture::{self, IMAGE};
 use containerd_migrate_tests::memtick::{tick, wait_tick_above};
 use containerd_migrate_tests::process::{self, Output};
+use containerd_migrate_tests::registry::Registry;
 use containerd_migrate_tests::{MIGRATE_V1, Scenario, migratectl, poll};
 use serde_json::Value;
 
@@ -43,6 +44,14 @@ mod migrate_v1 {
         super::run(
             "restore_skips_a_damaged_newest_version",
             super::restore_skips_a_damaged_newest_version,
+        );
+    }
+
+    #[test]
+    fn versions_in_a_registry_restore() {
+        super::run(
+            "versions_in_a_registry_restore",
+            super::versions_in_a_registry_restore,
         );
     }
 
@@ -116,15 +125,14 @@ fn migratectl(s: &Scenario, args: &[&str]) -> Output {
 
 /// `checkpoint ls --store URL --container ID --json`.
 #[track_caller]
-fn versions(s: &Scenario, store: &Store, container: &str) -> Vec<Value> {
-    let url = store.url();
+fn versions(s: &Scenario, url: &str, container: &str) -> Vec<Value> {
     let out = migratectl(
         s,
         &[
             "checkpoint",
             "ls",
             "--store",
-            &url,
+            url,
             "--container",
             container,
             "--json",
@@ -145,12 +153,12 @@ fn numbers(rows: &[Value]) -> Vec<u64> {
 
 /// Waits until the store lists a version numbered `at_least` or above.
 #[track_caller]
-fn wait_for_version(s: &Scenario, store: &Store, container: &str, at_least: u64) -> Vec<Value> {
+fn wait_for_version(s: &Scenario, url: &str, container: &str, at_least: u64) -> Vec<Value> {
     poll::until(
         VERSION_TIMEOUT,
         &format!("version {at_least} of {container}"),
         || {
-            let rows = versions(s, store, container);
+            let rows = versions(s, url, container);
             match numbers(&rows).last() {
                 Some(&v) if v >= at_least => Ok(rows),
                 last => Err(format!("newest version {last:?}")),
@@ -196,7 +204,7 @@ fn versions_on_schedule_and_retention_holds(s: &Scenario) {
 
     // Retention runs right after each upload: poll until it has.
     let rows = poll::until(VERSION_TIMEOUT, "version 6 with retention applied", || {
-        let rows = versions(s, &store, &c.id);
+        let rows = versions(s, &url, &c.id);
         let listed = numbers(&rows);
         match listed.last() {
             Some(&newest) if newest >= 6 => {
@@ -277,10 +285,10 @@ fn versions_on_schedule_and_retention_holds(s: &Scenario) {
     let id = c.id.clone();
     drop(c);
     // A tick under way when the delete came may still finish its upload.
-    let mut last = numbers(&versions(s, &store, &id)).last().copied();
+    let mut last = numbers(&versions(s, &url, &id)).last().copied();
     let settled = poll::until(Duration::from_secs(30), "the ticker to stop", || {
         std::thread::sleep(Duration::from_millis(500));
-        let now = numbers(&versions(s, &store, &id)).last().copied();
+        let now = numbers(&versions(s, &url, &id)).last().copied();
         if now == last {
             Ok(now)
         } else {
@@ -292,7 +300,7 @@ fn versions_on_schedule_and_retention_holds(s: &Scenario) {
     for _ in 0..6 {
         std::thread::sleep(Duration::from_millis(500));
         assert_eq!(
-            numbers(&versions(s, &store, &id)).last().copied(),
+            numbers(&versions(s, &url, &id)).last().copied(),
             settled,
             "a version was stored after the container was deleted"
         );
@@ -323,20 +331,20 @@ fn restore_skips_a_damaged_newest_version(s: &Scenario) {
         ),
     ];
     let pid = s.run_detached(&c, &fixture::strs(&opts), &memtick());
-    let first = numbers(&wait_for_version(s, &store, &c.id, 0))[0];
+    let first = numbers(&wait_for_version(s, &url, &c.id, 0))[0];
     // Both versions restore will consider are dumped after this count.
     let before = wait_tick_above(pid, 50, "memtick to count");
-    let newest_seen = numbers(&versions(s, &store, &c.id))
+    let newest_seen = numbers(&versions(s, &url, &c.id))
         .last()
         .copied()
         .unwrap_or(first);
-    wait_for_version(s, &store, &c.id, newest_seen + 2);
+    wait_for_version(s, &url, &c.id, newest_seen + 2);
     let id = c.id.clone();
     drop(c); // stops the ticker; the versions stay
-    let listed = numbers(&versions(s, &store, &id));
+    let listed = numbers(&versions(s, &url, &id));
     let newest = *listed.last().unwrap();
     assert!(listed.contains(&(newest - 1)), "{listed:?}");
-    let rows = versions(s, &store, &id);
+    let rows = versions(s, &url, &id);
     assert!(rows.iter().all(|r| r["keyId"].is_string()), "{rows:?}");
 
     let k = s.container();
@@ -401,6 +409,81 @@ fn restore_skips_a_damaged_newest_version(s: &Scenario) {
 
     let restored = k.wait_status("RUNNING").pid;
     // A cold start would count from 1.
+    let from = poll::until(Duration::from_secs(30), "the restored counter", || {
+        tick(restored)
+    });
+    assert!(
+        from >= before,
+        "the restored container counts from {from}, not from the version's ≥ {before}"
+    );
+    wait_tick_above(
+        restored,
+        from + 5,
+        "the restored container to go on counting",
+    );
+    if let Some(log) = report["containers"][0]["log"].as_str() {
+        let _ = std::fs::remove_file(log);
+    }
+}
+
+/// An `oci://` store: a real registry on loopback holds the versions, they
+/// are incremental, and the newest restores and carries on counting.
+fn versions_in_a_registry_restore(s: &Scenario) {
+    let Some(registry) = Registry::start("versions_in_a_registry_restore") else {
+        return;
+    };
+    let url = registry.url("checkpoints/e2e");
+    let c = s.container();
+    let opts = [
+        "--annotation".to_string(),
+        "io.containerd.migrate.checkpoint.interval=1s".to_string(),
+        "--annotation".to_string(),
+        format!("io.containerd.migrate.checkpoint.store={url}"),
+    ];
+    let pid = s.run_detached(&c, &fixture::strs(&opts), &memtick());
+    let first = numbers(&wait_for_version(s, &url, &c.id, 0))[0];
+    let before = wait_tick_above(pid, 50, "memtick to count");
+    let newest_seen = numbers(&versions(s, &url, &c.id))
+        .last()
+        .copied()
+        .unwrap_or(first);
+    let rows = wait_for_version(s, &url, &c.id, newest_seen + 1);
+    for r in rows.iter().skip(1) {
+        assert_eq!(r["valid"], true, "{r}");
+        let (total, new) = (
+            r["bytesTotal"].as_u64().unwrap(),
+            r["bytesNew"].as_u64().unwrap(),
+        );
+        assert!(
+            new < total / 2,
+            "version {} uploaded {new} of {total} bytes",
+            r["version"]
+        );
+    }
+
+    let k = s.container();
+    let out = migratectl(
+        s,
+        &[
+            "restore",
+            "--store",
+            &url,
+            "--container",
+            &c.id,
+            "--as",
+            &k.id,
+            "--detach",
+            "--json",
+        ],
+    )
+    .expect_success();
+    let report: Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}\n{out}"));
+    assert!(
+        report["version"].as_u64().unwrap() > newest_seen,
+        "{report}"
+    );
+    let restored = k.wait_status("RUNNING").pid;
     let from = poll::until(Duration::from_secs(30), "the restored counter", || {
         tick(restored)
     });
