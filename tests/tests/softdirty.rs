@@ -1,0 +1,238 @@
+//! CRIU's own incremental checkpoints through containerd and
+//! io.containerd.migrate.v1: pre-dumps and dumps against parent images.
+//!
+//! They need the kernel's soft-dirty memory tracking, which the machines
+//! this project is developed and tested on lack, so every test here is
+//! `#[ignore]`d and run inside the QEMU VM of `hack/softdirty-vm.sh`
+//! (Debian's 6.1 cloud kernel, which has it), where the script passes
+//! `--ignored`; `hack/test.sh` runs the script after `cargo test`. Under
+//! software emulation a containerd operation takes seconds, so each test
+//! does few of them.
+//!
+//! containerd's runc checkpoint options cannot name a parent or ask for a
+//! pre-dump, so the tests send the shim's Checkpoint RPC themselves, with
+//! this runtime's own options (`io.containerd.migrate.v1.CheckpointOptions`,
+//! JSON), as containerd would forward them.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use containerd_migrate_tests::{
+    Container, MIGRATE_V1, Scenario, fixture, footprint, memtick, poll, shim,
+};
+use containerd_shim_protos::TaskClient;
+use containerd_shim_protos::shim::shim::CheckpointTaskRequest;
+use protobuf::well_known_types::any::Any;
+
+const VM_ONLY: &str =
+    "needs soft-dirty memory tracking: runs inside the VM of hack/softdirty-vm.sh";
+const INSTANCE: &str = "softdirty";
+const MIGRATE_OPTIONS_TYPE: &str = "io.containerd.migrate.v1.CheckpointOptions";
+const RESTORE_FROM: &str = "io.containerd.migrate.restore-from";
+/// Everything takes several times longer under TCG than on hardware.
+const TIMEOUT: Duration = Duration::from_secs(120);
+const MIB: u64 = 1 << 20;
+
+/// Runs `f` on this binary's containerd instance, after making sure the
+/// kernel has what these tests are about: without it they fail (they only
+/// run where it is meant to be, see the module's doc).
+fn run(test: &str, f: fn(&Scenario)) {
+    let out = std::process::Command::new("criu")
+        .args(["check", "--feature", "mem_dirty_track"])
+        .output();
+    match out {
+        Ok(o) if o.status.success() => {}
+        Ok(o) => panic!(
+            "{test}: CRIU's memory tracking does not work on this kernel ({}); {VM_ONLY}",
+            String::from_utf8_lossy(&o.stderr).trim()
+        ),
+        Err(e) => panic!("{test}: cannot run `criu check`: {e}; {VM_ONLY}"),
+    }
+    fixture::run_shared(INSTANCE, MIGRATE_V1, test, f);
+}
+
+#[test]
+#[ignore = "needs soft-dirty memory tracking: runs inside the VM of hack/softdirty-vm.sh"]
+fn pre_dump_then_incremental_dump_restores() {
+    run(
+        "pre_dump_then_incremental_dump_restores",
+        pre_dump_then_incremental_dump,
+    );
+}
+
+/// memtick's working set, big against what it dirties per tick.
+const WORKING_SET_MIB: u64 = 64;
+/// memtick's tick: a full sweep of its memory check is 100 ticks.
+const INTERVAL_MS: &str = "20";
+
+/// A pre-dump copies memtick's memory while it runs on; a dump against it
+/// (`parent_path`) then holds only what changed, a small part of it; and a
+/// container restored from that dump, pages from both, continues memtick's
+/// counter and passes its check of every page.
+fn pre_dump_then_incremental_dump(s: &Scenario) {
+    let c = s.container();
+    let mib = WORKING_SET_MIB.to_string();
+    let argv = [
+        "memtick",
+        "--mib",
+        &mib,
+        "--interval-ms",
+        INTERVAL_MS,
+        "--out",
+        "/tmp/tick",
+    ];
+    let pid = s.run_detached(&c, &[], &argv);
+    memtick::wait_tick_above(pid, 2, "memtick to tick");
+
+    let dir = tempdir(&c.id);
+    let (pre, dump) = (dir.join("pre"), dir.join("dump"));
+    checkpoint(
+        s,
+        &c,
+        &serde_json::json!({ "pre_dump": true, "image_path": pre }),
+    );
+    let after_pre = memtick::tick(pid).unwrap_or_else(|e| panic!("{e}"));
+    memtick::wait_tick_above(pid, after_pre, "memtick to run on after the pre-dump");
+
+    let before_dump = memtick::tick(pid).unwrap_or_else(|e| panic!("{e}"));
+    checkpoint(
+        s,
+        &c,
+        &serde_json::json!({ "parent_path": "../pre", "image_path": dump }),
+    );
+    assert_eq!(
+        std::fs::read_link(dump.join("parent")).ok().as_deref(),
+        Some(Path::new("../pre")),
+        "CRIU links a dump to its parent images"
+    );
+    let (pre_pages, dump_pages) = (pages_bytes(&pre), pages_bytes(&dump));
+    eprintln!(
+        "pre-dump pages {:.1} MiB, incremental dump pages {:.1} KiB",
+        pre_pages as f64 / MIB as f64,
+        dump_pages as f64 / 1024.0
+    );
+    assert!(
+        pre_pages >= WORKING_SET_MIB * MIB,
+        "the pre-dump holds {pre_pages} bytes of pages, less than memtick's {WORKING_SET_MIB} MiB"
+    );
+    assert!(
+        dump_pages * 16 < pre_pages,
+        "the incremental dump's pages ({dump_pages} bytes) are not much smaller than the pre-dump's \
+         ({pre_pages} bytes): CRIU did not track memory"
+    );
+    remove(s, &c);
+
+    // A bare CRIU image directory is a restore source too; CRIU follows
+    // its `parent` link for the pages the dump left out.
+    let restored = s.container();
+    let from = format!("{RESTORE_FROM}=file://{}", dump.display());
+    let cold = ["sh", "-c", "echo cold > /tmp/cold; exec sleep 100000"];
+    let pid = s.run_detached(&restored, &["--annotation", &from], &cold);
+    let first = wait_restored_tick(pid, &dump);
+    assert!(
+        first > before_dump,
+        "the restored counter ({first}) does not continue from the dump's ({before_dump}): a cold start?"
+    );
+    // memtick checks 1% of its pages per tick and exits 3 on a wrong one:
+    // 100 ticks later every page, the pre-dump's too, has been checked.
+    memtick::wait_tick_above(
+        pid,
+        first + 100,
+        "the restored memtick to check all its memory",
+    );
+    assert_eq!(
+        restored.wait_status("RUNNING").pid,
+        pid,
+        "the restored memtick must still run"
+    );
+    let t = std::time::Instant::now();
+    remove(s, &restored);
+    eprintln!("removed the restored container in {:?}", t.elapsed());
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// The first tick of a memtick restored from `dump` into the task `pid`;
+/// fails at once if the task started cold instead.
+#[track_caller]
+fn wait_restored_tick(pid: u32, dump: &Path) -> u64 {
+    let cold = PathBuf::from(format!("/proc/{pid}/root/tmp/cold"));
+    poll::until(
+        memtick::TICK_TIMEOUT,
+        "the restored memtick to tick",
+        || {
+            if cold.exists() {
+                panic!(
+                    "the container started cold instead of from {}: the shim could not use it (its log says why)",
+                    dump.display()
+                );
+            }
+            memtick::tick(pid).and_then(|t| {
+                if t > 0 {
+                    Ok(t)
+                } else {
+                    Err(format!("tick={t}"))
+                }
+            })
+        },
+    )
+}
+
+/// Sends the shim of `c` a Checkpoint with this runtime's options `options`
+/// and waits for it, as containerd's Tasks.Checkpoint would.
+#[track_caller]
+fn checkpoint(s: &Scenario, c: &Container, options: &serde_json::Value) {
+    let bundle = footprint::bundle_dir(s.ctr.address(), &c.id);
+    let address = shim::socket_address(&bundle).unwrap_or_else(|e| panic!("{e}"));
+    let client = ttrpc::Client::connect(&address)
+        .unwrap_or_else(|e| panic!("cannot connect to the shim at {address}: {e}"));
+    let tasks = TaskClient::new(client);
+    let mut ctx = ttrpc::context::with_duration(TIMEOUT);
+    ctx.add(
+        "containerd-namespace-ttrpc".into(),
+        containerd_migrate_tests::ctr::NAMESPACE.into(),
+    );
+    let req = CheckpointTaskRequest {
+        id: c.id.clone(),
+        path: options["image_path"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+        options: protobuf::MessageField::some(Any {
+            type_url: MIGRATE_OPTIONS_TYPE.to_string(),
+            value: serde_json::to_vec(options).expect("JSON"),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    if let Err(e) = tasks.checkpoint(ctx, &req) {
+        panic!(
+            "Checkpoint({}, {options}) to the shim at {address} failed: {e}",
+            c.id
+        );
+    }
+}
+
+/// The bytes of CRIU memory images (`pages-*.img`) in `dir`.
+fn pages_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.expect("a directory entry"))
+        .filter(|e| e.file_name().to_string_lossy().starts_with("pages-"))
+        .map(|e| e.metadata().expect("metadata").len())
+        .sum()
+}
+
+/// Kills and deletes the task and removes the container.
+fn remove(s: &Scenario, c: &Container) {
+    s.ctr.ok(&["tasks", "kill", "--signal", "SIGKILL", &c.id]);
+    c.wait_status("STOPPED");
+    s.ctr.ok(&["tasks", "delete", &c.id]);
+    s.ctr.ok(&["containers", "delete", &c.id]);
+}
+
+fn tempdir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("migrate-softdirty-{name}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
