@@ -63,6 +63,12 @@ enum Command {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
+    // Like ctr and every C tool: `migratectl checkpoint ls | head` ends
+    // quietly when head exits, instead of panicking on the closed pipe
+    // (Rust ignores SIGPIPE by default).
+    // SAFETY: no other thread exists yet, and SIG_DFL installs no handler.
+    let _ =
+        unsafe { nix::sys::signal::signal(nix::sys::signal::Signal::SIGPIPE, nix::sys::signal::SigHandler::SigDfl) };
     output::init_logging();
     let cli = Cli::parse();
     let result = match cli.command {

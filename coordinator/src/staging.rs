@@ -93,11 +93,17 @@ impl DumpDir {
 
 impl Drop for DumpDir {
     fn drop(&mut self) {
-        match std::fs::remove_dir_all(&self.path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == ErrorKind::NotFound => {}
-            Err(e) => log::warn!("could not remove the dump directory {}: {e}", self.path.display()),
-        }
+        remove_dir(&self.path, "the dump directory");
+    }
+}
+
+/// Removes `what` at `path` with all it holds, from a `Drop`: a failure is
+/// only warned about.
+pub fn remove_dir(path: &Path, what: &str) {
+    match std::fs::remove_dir_all(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == ErrorKind::NotFound => {}
+        Err(e) => log::warn!("could not remove {what} {}: {e}", path.display()),
     }
 }
 

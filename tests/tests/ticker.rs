@@ -407,23 +407,7 @@ fn restore_skips_a_damaged_newest_version(s: &Scenario) {
         "{reason}"
     );
 
-    let restored = k.wait_status("RUNNING").pid;
-    // A cold start would count from 1.
-    let from = poll::until(Duration::from_secs(30), "the restored counter", || {
-        tick(restored)
-    });
-    assert!(
-        from >= before,
-        "the restored container counts from {from}, not from the version's ≥ {before}"
-    );
-    wait_tick_above(
-        restored,
-        from + 5,
-        "the restored container to go on counting",
-    );
-    if let Some(log) = report["containers"][0]["log"].as_str() {
-        let _ = std::fs::remove_file(log);
-    }
+    assert_carries_on(&k, &report, before);
 }
 
 /// An `oci://` store: a real registry on loopback holds the versions, they
@@ -483,6 +467,14 @@ fn versions_in_a_registry_restore(s: &Scenario) {
         report["version"].as_u64().unwrap() > newest_seen,
         "{report}"
     );
+    assert_carries_on(&k, &report, before);
+}
+
+/// The container `k` restored (as `report` says) counts on from at least
+/// `before`, the count read before the version was taken; a cold start
+/// would count from 1.
+#[track_caller]
+fn assert_carries_on(k: &fixture::Container, report: &Value, before: u64) {
     let restored = k.wait_status("RUNNING").pid;
     let from = poll::until(Duration::from_secs(30), "the restored counter", || {
         tick(restored)

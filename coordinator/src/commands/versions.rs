@@ -3,7 +3,6 @@
 //! them newest first until one restores (the inner loop of seed 001's
 //! Algorithm 2), reporting why it skipped the newer ones.
 
-use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::str::FromStr;
@@ -72,11 +71,7 @@ pub struct Rebuilt {
 
 impl Drop for Rebuilt {
     fn drop(&mut self) {
-        match std::fs::remove_dir_all(&self.dir) {
-            Ok(()) => {}
-            Err(e) if e.kind() == ErrorKind::NotFound => {}
-            Err(e) => log::warn!("could not remove {}: {e}", self.dir.display()),
-        }
+        staging::remove_dir(&self.dir, "the rebuilt version");
     }
 }
 
