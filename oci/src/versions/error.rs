@@ -41,11 +41,28 @@ pub enum VersionError {
     },
 
     #[error(
-        "{} builds on parent checkpoint {parent}; the version store takes only self-contained \
-         checkpoints (incremental mode storage-chunks): checkpoint without a parent",
+        "{} builds on checkpoint {parent}, which cannot be read beside it ({source}); a version in \
+         mode criu-parent records its whole chain of parents, so keep them in the checkpoint store \
+         until the version is stored",
         dir.display()
     )]
-    HasParent { dir: PathBuf, parent: String },
+    ParentUnavailable {
+        dir: PathBuf,
+        parent: String,
+        #[source]
+        source: Box<crate::Error>,
+    },
+
+    #[error("{}: its chain of parents comes back to checkpoint {parent}; CRIU's parent images cannot form a loop", dir.display())]
+    ParentLoop { dir: PathBuf, parent: String },
+
+    #[error(
+        "{} holds another checkpoint than parent {parent} of version {version} of {container}, which must \
+         be rebuilt there (CRIU reaches a parent by its id, beside its child): materialize into a directory \
+         without it",
+        path.display()
+    )]
+    ParentInTheWay { container: ContainerRef, version: u64, parent: String, path: PathBuf },
 
     #[error(
         "{} changed while it was stored (sha256 {found}, its manifest says {expected}): \

@@ -34,7 +34,16 @@ pub struct VersionManifest {
     pub encryption: Option<Encryption>,
     /// Every file of the checkpoint, manifest.json last.
     pub files: Vec<VersionFile>,
-    /// The sum of the files' sizes.
+    /// In [`IncrementalMode::CriuParent`], the checkpoints whose CRIU images
+    /// this one's build on, nearest first: its parent, the parent's parent,
+    /// and so on to the group's pre-dump. Recorded whole in every version,
+    /// which costs only these lists (the chunks are the ones the earlier
+    /// versions stored), so that each version restores on its own. Empty,
+    /// and not written, in [`IncrementalMode::StorageChunks`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parents: Vec<ParentCheckpoint>,
+    /// The sum of the sizes of the files, the parents' included: what a
+    /// restore of this version reads.
     pub bytes_total: u64,
     /// Bytes of the chunks this version added to the store (plaintext
     /// sizes); the rest were there already.
@@ -51,10 +60,23 @@ pub enum IncrementalMode {
     /// chunk once, so a version costs only the chunks that changed. Needs
     /// nothing from the kernel.
     StorageChunks,
-    /// CRIU dumps only the pages dirtied since the parent's dump. Needs
-    /// soft-dirty tracking, which this kernel lacks; reserved, never written
-    /// yet.
+    /// CRIU dumps only the pages dirtied since its parent's dump (a
+    /// pre-dump or the previous version), which it finds through soft-dirty
+    /// tracking in the kernel; the version records its chain of parents
+    /// ([`VersionManifest::parents`]). Where the kernel has no soft-dirty
+    /// tracking, CRIU cannot do this.
     CriuParent,
+}
+
+/// A checkpoint a version's CRIU images build on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParentCheckpoint {
+    /// Its id in the checkpoint store it was taken in, which is also the
+    /// directory its child's `criu/parent` link leads to (`../../ID/criu`).
+    #[serde(deserialize_with = "checkpoint_id")]
+    pub id: String,
+    /// Every file of it, manifest.json last.
+    pub files: Vec<VersionFile>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -87,9 +109,18 @@ pub struct ChunkRef {
 }
 
 impl VersionManifest {
+    /// Every chunk a restore of this version reads, the parents' included.
     pub fn chunk_ids(&self) -> impl Iterator<Item = ChunkId> + '_ {
-        self.files.iter().flat_map(|f| f.chunks.iter().map(|c| c.id))
+        let parents = self.parents.iter().flat_map(|p| &p.files);
+        self.files.iter().chain(parents).flat_map(|f| f.chunks.iter().map(|c| c.id))
     }
+}
+
+/// A parent's id becomes a directory name when the version is rebuilt.
+fn checkpoint_id<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let id = String::deserialize(d)?;
+    crate::validate_id(&id).map_err(|e| serde::de::Error::custom(format!("parent {e}")))?;
+    Ok(id)
 }
 
 /// A manifest is read from a store others can write to: its paths are
@@ -126,6 +157,7 @@ mod tests {
                 chunking: MEMORY_CHUNKING,
                 chunks: vec![ChunkRef { id, size: 1 }],
             }],
+            parents: Vec::new(),
             bytes_total: 1,
             bytes_new: 0,
             chunks_total: 1,
@@ -144,6 +176,36 @@ mod tests {
         assert_eq!(json["bytesNew"], 0);
         assert_eq!(serde_json::to_value(IncrementalMode::CriuParent).unwrap(), "criu-parent");
         assert_eq!(serde_json::from_value::<VersionManifest>(json).unwrap(), m);
+    }
+
+    #[test]
+    fn parents_are_written_only_in_criu_parent_mode() {
+        let plain = serde_json::to_value(sample()).unwrap();
+        assert!(plain.get("parents").is_none(), "{plain}");
+
+        let mut m = sample();
+        m.mode = IncrementalMode::CriuParent;
+        let id = crate::versions::crypto::chunk_id(None, b"y");
+        m.parents.push(ParentCheckpoint {
+            id: "web-pre-0".into(),
+            files: vec![VersionFile {
+                path: "criu/pages-1.img".into(),
+                size: 1,
+                chunking: MEMORY_CHUNKING,
+                chunks: vec![ChunkRef { id, size: 1 }],
+            }],
+        });
+        let json = serde_json::to_value(&m).unwrap();
+        assert_eq!(json["mode"], "criu-parent");
+        assert_eq!(json["parents"][0]["id"], "web-pre-0");
+        assert_eq!(serde_json::from_value::<VersionManifest>(json.clone()).unwrap(), m);
+        assert_eq!(m.chunk_ids().count(), 2, "the parents' chunks are the version's too");
+
+        // The id becomes a directory name on restore.
+        let mut bad = json;
+        bad["parents"][0]["id"] = "../../etc".into();
+        let err = serde_json::from_value::<VersionManifest>(bad).unwrap_err();
+        assert!(err.to_string().contains("parent checkpoint id \"../../etc\""), "{err}");
     }
 
     #[test]

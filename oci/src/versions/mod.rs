@@ -4,10 +4,13 @@
 //! The ticker takes a leave-running checkpoint every interval and stores it
 //! as version V of its container with [`store_version`]. Each file is cut
 //! into chunks ([`chunking`]) addressed by their digest, and only chunks the
-//! store lacks are uploaded: this kernel has no soft-dirty tracking, so the
+//! store lacks are uploaded. Where the kernel has no soft-dirty tracking the
 //! increments are found here, in storage, rather than by CRIU
-//! ([`IncrementalMode::StorageChunks`]). The version's manifest is stored
-//! last, so a version is listed only once all its chunks are durable.
+//! ([`IncrementalMode::StorageChunks`]); where it has, CRIU dumps only what
+//! changed since the previous dump, and the version records the chain of
+//! parent checkpoints it builds on ([`IncrementalMode::CriuParent`]). The
+//! version's manifest is stored last, so a version is listed only once all
+//! its chunks are durable.
 //!
 //! Versions form groups of `group_size` (`g * size .. g * size + size - 1`,
 //! the first being the group's base); [`apply_retention`] drops the oldest
@@ -16,7 +19,8 @@
 //! self-contained: [`materialize`] rebuilds any of them alone. In this mode
 //! a base is stored like the other versions (it too uploads only chunks the
 //! store lacks); groups decide what retention drops together, and in
-//! [`IncrementalMode::CriuParent`] they would bound the chain of parents.
+//! [`IncrementalMode::CriuParent`] they bound the chain of parents (each
+//! group starts with a pre-dump).
 //!
 //! With a [`ChunkCipher`] the chunks are encrypted at rest ([`crypto`]).
 
@@ -45,8 +49,8 @@ pub use dir_store::DirStore;
 pub use error::{Result, VersionError};
 pub use location::{LOCATION_FORMS, RegistryLocation, StoreLocation};
 pub use manifest::{
-    ChunkRef, ENCRYPTION_ALGORITHM, Encryption, IncrementalMode, VERSION_MEDIA_TYPE, VERSION_SCHEMA_VERSION,
-    VersionFile, VersionManifest,
+    ChunkRef, ENCRYPTION_ALGORITHM, Encryption, IncrementalMode, ParentCheckpoint, VERSION_MEDIA_TYPE,
+    VERSION_SCHEMA_VERSION, VersionFile, VersionManifest,
 };
 pub use materialize::{materialize, read_manifest};
 pub use registry_store::RegistryStore;

@@ -1,6 +1,6 @@
 //! Storing a committed checkpoint as one version of its container.
 
-use std::{fs::File, path::Path};
+use std::{collections::HashSet, fs::File, path::Path};
 
 use sha2::Digest;
 use time::OffsetDateTime;
@@ -12,8 +12,8 @@ use super::{
     error::{Result, VersionError},
     group_of,
     manifest::{
-        ChunkRef, ENCRYPTION_ALGORITHM, Encryption, IncrementalMode, VERSION_MEDIA_TYPE, VERSION_SCHEMA_VERSION,
-        VersionFile, VersionManifest,
+        ChunkRef, ENCRYPTION_ALGORITHM, Encryption, IncrementalMode, ParentCheckpoint, VERSION_MEDIA_TYPE,
+        VERSION_SCHEMA_VERSION, VersionFile, VersionManifest,
     },
 };
 use crate::{Checkpoint, hashing::Sha256, layout};
@@ -33,11 +33,16 @@ pub struct VersionReport {
 
 /// Stores the committed checkpoint in `checkpoint_dir` as version `version`
 /// of `container`: uploads the chunks the store lacks, then the manifest.
-/// The checkpoint must not build on a parent. Each file is hashed on the
-/// way and compared with the checkpoint's manifest, so a damaged checkpoint
-/// never becomes a version. Until the manifest is stored the version does
-/// not exist; a failure leaves only unreferenced chunks, which a later GC
-/// removes.
+/// Each file is hashed on the way and compared with the checkpoint's
+/// manifest, so a damaged checkpoint never becomes a version. Until the
+/// manifest is stored the version does not exist; a failure leaves only
+/// unreferenced chunks, which a later GC removes.
+///
+/// A checkpoint that builds on a parent (a CRIU dump against a pre-dump or
+/// an earlier dump) is stored in [`IncrementalMode::CriuParent`] with its
+/// whole chain of parents, which must be committed beside it in the same
+/// checkpoint store; one without is stored in
+/// [`IncrementalMode::StorageChunks`].
 ///
 /// It runs on the calling thread alone: the ticker uploads beside the
 /// running container, whose workload should keep the other core.
@@ -55,12 +60,7 @@ pub fn store_version(
     }
     let checkpoint = Checkpoint::open(checkpoint_dir)
         .map_err(|source| VersionError::Checkpoint { dir: checkpoint_dir.to_owned(), source: Box::new(source) })?;
-    if let Some(parent) = &checkpoint.manifest().parent {
-        return Err(VersionError::HasParent { dir: checkpoint_dir.to_owned(), parent: parent.clone() });
-    }
-    let mut listed: Vec<(&str, Option<Sha256>)> =
-        checkpoint.manifest().files.iter().map(|f| (f.path.as_str(), Some(f.sha256))).collect();
-    listed.push((layout::MANIFEST_FILE, None));
+    let chain = parent_chain(&checkpoint)?;
 
     let mut manifest = VersionManifest {
         schema_version: VERSION_SCHEMA_VERSION,
@@ -71,17 +71,79 @@ pub fn store_version(
         group,
         base,
         created: now(),
-        mode: IncrementalMode::StorageChunks,
+        mode: if chain.is_empty() { IncrementalMode::StorageChunks } else { IncrementalMode::CriuParent },
         encryption: cipher
             .map(|c| Encryption { algorithm: ENCRYPTION_ALGORITHM.into(), key_id: c.key_id().to_owned() }),
-        files: Vec::with_capacity(listed.len()),
+        files: Vec::new(),
+        parents: Vec::with_capacity(chain.len()),
         bytes_total: 0,
         bytes_new: 0,
         chunks_total: 0,
         chunks_new: 0,
     };
+    manifest.files = store_files(store, &checkpoint, cipher, &mut manifest)?;
+    for parent in &chain {
+        let files = store_files(store, parent, cipher, &mut manifest)?;
+        manifest.parents.push(ParentCheckpoint { id: parent.manifest().id.clone(), files });
+    }
+    let bytes = serde_json::to_vec(&manifest).expect("a version manifest serializes");
+    store.put_manifest(container, version, &bytes)?;
+    Ok(VersionReport {
+        version,
+        group,
+        base,
+        bytes_total: manifest.bytes_total,
+        bytes_new: manifest.bytes_new,
+        chunks_total: manifest.chunks_total,
+        chunks_new: manifest.chunks_new,
+    })
+}
+
+/// The checkpoints `checkpoint` builds on, nearest first, each opened from
+/// its directory beside its child's, where the commit's `criu/parent` link
+/// points.
+fn parent_chain(checkpoint: &Checkpoint) -> Result<Vec<Checkpoint>> {
+    let mut chain: Vec<Checkpoint> = Vec::new();
+    let mut seen = HashSet::from([checkpoint.manifest().id.clone()]);
+    let mut child = checkpoint;
+    while let Some(parent) = &child.manifest().parent {
+        if !seen.insert(parent.clone()) {
+            return Err(VersionError::ParentLoop { dir: checkpoint.dir().to_owned(), parent: parent.clone() });
+        }
+        let unavailable = |source| VersionError::ParentUnavailable {
+            dir: child.dir().to_owned(),
+            parent: parent.clone(),
+            source: Box::new(source),
+        };
+        crate::validate_id(parent).map_err(unavailable)?;
+        let dir = child.dir().parent().unwrap_or(Path::new(".")).join(parent);
+        let opened = Checkpoint::open(&dir).map_err(unavailable)?;
+        // Rebuilt under this id, it must be the name its child links to.
+        if opened.manifest().id != *parent {
+            let manifest_id = opened.manifest().id.clone();
+            return Err(unavailable(crate::Error::IdMismatch { dir, manifest_id }));
+        }
+        chain.push(opened);
+        child = chain.last().expect("just pushed");
+    }
+    Ok(chain)
+}
+
+/// Stores the chunks of every file of `checkpoint` (manifest.json last) that
+/// the store lacks, adding to the counters of `manifest`, and returns the
+/// files as chunk lists.
+fn store_files(
+    store: &dyn VersionStore,
+    checkpoint: &Checkpoint,
+    cipher: Option<&ChunkCipher>,
+    manifest: &mut VersionManifest,
+) -> Result<Vec<VersionFile>> {
+    let mut listed: Vec<(&str, Option<Sha256>)> =
+        checkpoint.manifest().files.iter().map(|f| (f.path.as_str(), Some(f.sha256))).collect();
+    listed.push((layout::MANIFEST_FILE, None));
+    let mut files = Vec::with_capacity(listed.len());
     for (rel, expected) in listed {
-        let path = checkpoint_dir.join(rel);
+        let path = checkpoint.dir().join(rel);
         let file = File::open(&path).map_err(VersionError::io("open", &path))?;
         let chunking = chunking_for(rel);
         let mut entry = VersionFile { path: rel.to_owned(), size: 0, chunking, chunks: Vec::new() };
@@ -108,19 +170,9 @@ pub fn store_version(
             }
         }
         manifest.bytes_total += entry.size;
-        manifest.files.push(entry);
+        files.push(entry);
     }
-    let bytes = serde_json::to_vec(&manifest).expect("a version manifest serializes");
-    store.put_manifest(container, version, &bytes)?;
-    Ok(VersionReport {
-        version,
-        group,
-        base,
-        bytes_total: manifest.bytes_total,
-        bytes_new: manifest.bytes_new,
-        chunks_total: manifest.chunks_total,
-        chunks_new: manifest.chunks_new,
-    })
+    Ok(files)
 }
 
 /// Now, to the millisecond, as checkpoint manifests record it.
