@@ -48,6 +48,14 @@ mod migrate_v1 {
     }
 
     #[test]
+    fn a_failed_tick_harms_nothing_and_the_next_retries() {
+        super::run(
+            "a_failed_tick_harms_nothing_and_the_next_retries",
+            super::a_failed_tick_harms_nothing_and_the_next_retries,
+        );
+    }
+
+    #[test]
     fn versions_in_a_registry_restore() {
         super::run(
             "versions_in_a_registry_restore",
@@ -408,6 +416,46 @@ fn restore_skips_a_damaged_newest_version(s: &Scenario) {
     );
 
     assert_carries_on(&k, &report, before);
+}
+
+/// While the store cannot be opened (its path is a file) every tick fails:
+/// the shim logs why and the container counts on; once the path is free,
+/// the next tick stores version 0.
+fn a_failed_tick_harms_nothing_and_the_next_retries(s: &Scenario) {
+    let store = Store::new();
+    let url = store.url();
+    let blocker = store.dir.join("versions");
+    std::fs::write(&blocker, "not a directory").unwrap();
+    let c = s.container();
+    let opts = [
+        "--annotation".to_string(),
+        "io.containerd.migrate.checkpoint.interval=1s".to_string(),
+        "--annotation".to_string(),
+        format!("io.containerd.migrate.checkpoint.store={url}"),
+    ];
+    let pid = s.run_detached(&c, &fixture::strs(&opts), &memtick());
+    let log = PathBuf::from("/run/containerd-migrate")
+        .join(INSTANCE)
+        .join("containerd.log");
+    let failure = format!("{}: checkpoint tick failed, the container runs on", c.id);
+    poll::until(VERSION_TIMEOUT, "a failed tick in the log", || {
+        let text = std::fs::read_to_string(&log).map_err(|e| e.to_string())?;
+        match text.lines().find(|l| l.contains(&failure)) {
+            Some(line) if line.contains(&blocker.display().to_string()) => Ok(()),
+            Some(line) => Err(format!(
+                "the failure does not name the store's path: {line}"
+            )),
+            None => Err("no failed tick logged yet".into()),
+        }
+    });
+    let counted = tick(pid).unwrap();
+    wait_tick_above(pid, counted + 5, "memtick to count on after a failed tick");
+    assert_eq!(c.wait_status("RUNNING").pid, pid);
+
+    std::fs::remove_file(&blocker).unwrap();
+    let rows = wait_for_version(s, &url, &c.id, 0);
+    assert_eq!(rows[0]["valid"], true, "{rows:?}");
+    assert_eq!(c.wait_status("RUNNING").pid, pid);
 }
 
 /// An `oci://` store: a real registry on loopback holds the versions, they
