@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # The main job, for a newcomer: set everything up, then run a container under
 # io.containerd.migrate.v1, checkpoint it, remove it, restore it, and show
-# that it carries on from where it was (its tick counter continues).
+# that it carries on from where it was (its tick counter continues). Then the
+# same through a checkpoint ticker: the shim stores a version every 2 s, the
+# container is killed as if its host died, and migratectl restores the
+# newest version from the store.
 #
 #   sudo hack/demo.sh
 #
@@ -22,14 +25,14 @@ trap '"$REPO/hack/containerd.sh" destroy "$NAME" >/dev/null 2>&1 || true' EXIT
 "$REPO/hack/images.sh" import "$ADDR" >/dev/null
 ctr() { command ctr --address "$ADDR" "$@"; }
 
-# The latest tick the counter wrote, read from inside the container.
-tick() { ctr task exec --exec-id "peek-$RANDOM" "$ID" cat /tmp/tick | sed -n 's/^tick=\([0-9]*\).*/\1/p'; }
+# The latest tick the counter of container ${1:-$ID} wrote, read from inside it.
+tick() { ctr task exec --exec-id "peek-$RANDOM" "${1:-$ID}" cat /tmp/tick | sed -n 's/^tick=\([0-9]*\).*/\1/p'; }
 
-# Polls (with a deadline) until the counter has reached at least $1.
+# Polls (with a deadline) until the counter of container ${2:-$ID} has reached at least $1.
 wait_tick() {
 	local want=$1 deadline=$((SECONDS + 20)) t
 	while ((SECONDS < deadline)); do
-		t=$(tick 2>/dev/null || true)
+		t=$(tick "${2:-$ID}" 2>/dev/null || true)
 		[[ -n $t ]] && ((t >= want)) && { echo "$t"; return 0; }
 	done
 	echo "the counter did not reach $want within 20 s" >&2
@@ -62,6 +65,37 @@ ctr container restore --live --rw "$ID" "$CHECKPOINT" >/dev/null
 echo "    restored in $((($(date +%s%N) - start) / 1000000)) ms"
 after=$(wait_tick $((at_checkpoint + 5)))
 
+echo "    counter: $before before the checkpoint, ~$at_checkpoint when it was taken, $after after the restore"
+echo "    The restored container continued its count from the checkpoint instead of starting again at 1."
+ctr task kill -s SIGKILL "$ID" >/dev/null 2>&1 || true
+
+MIGRATECTL=$REPO/target/release/migratectl
+STORE=$(mktemp -d /var/tmp/containerd-migrate-demo.XXXXXX)
+trap '"$REPO/hack/containerd.sh" destroy "$NAME" >/dev/null 2>&1 || true; rm -rf "$STORE"' EXIT
+mctl() { "$MIGRATECTL" --address "$ADDR" "$@"; }
+TICKED=demo-ticked
 echo
-echo "counter: $before before the checkpoint, ~$at_checkpoint when it was taken, $after after the restore"
-echo "The restored container continued its count from the checkpoint instead of starting again at 1."
+echo "==> run a counter with a checkpoint ticker: a version every 2 s into file://$STORE"
+ctr run -d --runtime "$RUNTIME" \
+	--annotation io.containerd.migrate.checkpoint.interval=2s \
+	--annotation "io.containerd.migrate.checkpoint.store=file://$STORE" \
+	"$IMAGE" "$TICKED" memtick --mib 64 --interval-ms 100 --dirty-percent 1 --out /tmp/tick >/dev/null
+deadline=$((SECONDS + 60))
+until [[ -e $STORE/containers/default/$TICKED/versions/2.json ]]; do
+	((SECONDS < deadline)) || { echo "no version 2 within 60 s" >&2; exit 1; }
+	sleep 0.2
+done
+mctl checkpoint ls --store "file://$STORE" --container "$TICKED" | sed 's/^/    /'
+last=$(tick "$TICKED")
+
+echo "==> kill it, as if its host had died"
+ctr task kill -s SIGKILL "$TICKED"
+deadline=$((SECONDS + 10))
+until ctr task delete "$TICKED" >/dev/null 2>&1; do ((SECONDS < deadline)) || exit 1; done
+
+echo "==> restore the newest version from the store as demo-restored"
+mctl restore --store "file://$STORE" --container "$TICKED" --as demo-restored --detach | sed 's/^/    /'
+again=$(wait_tick 1 demo-restored)
+echo "    counter: $last when the container was killed, $again right after the restore"
+echo "    It carried on from the newest version, not from 1."
+ctr task kill -s SIGKILL demo-restored >/dev/null 2>&1 || true
