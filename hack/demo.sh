@@ -97,5 +97,5 @@ echo "==> restore the newest version from the store as demo-restored"
 mctl restore --store "file://$STORE" --container "$TICKED" --as demo-restored --detach | sed 's/^/    /'
 again=$(wait_tick 1 demo-restored)
 echo "    counter: $last when the container was killed, $again right after the restore"
-echo "    It carried on from the newest version, not from 1."
+echo "    It carried on from the newest version (taken at most one interval before the kill), not from 1."
 ctr task kill -s SIGKILL demo-restored >/dev/null 2>&1 || true
