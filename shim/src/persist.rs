@@ -29,18 +29,45 @@ pub fn staging_root() -> PathBuf {
     PathBuf::from(dir)
 }
 
+/// How a dump builds on earlier ones, with CRIU's memory tracking
+/// (soft-dirty bits; see `runc::memory_tracking`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Increment {
+    /// All of it, whatever came before.
+    Full,
+    /// Memory only, for later dumps to build on (`--pre-dump`): not a
+    /// checkpoint that restores by itself.
+    PreDump,
+    /// Only the memory changed since checkpoint `0` of the same store, a
+    /// pre-dump or a dump (`--parent-path`).
+    OnParent(String),
+}
+
 /// Checkpoints `container`, leaving it running, as checkpoint `id` of the
 /// store at `store` (replacing one of that id), and returns its directory.
 /// The dump goes to RAM first; hashing and writing to the store happen
 /// after the container is thawed.
 pub async fn checkpoint_running(container: &Container, store: &Path, id: &str) -> Result<PathBuf> {
+    checkpoint_increment(container, store, id, &Increment::Full).await
+}
+
+/// [`checkpoint_running`], as a pre-dump or a dump on a parent.
+pub async fn checkpoint_increment(
+    container: &Container,
+    store: &Path,
+    id: &str,
+    increment: &Increment,
+) -> Result<PathBuf> {
     let dump = staging_root().join(format!("{}-{}-{id}", container.namespace(), container.id));
     let opts = CheckpointOptions {
         image_path: dump.clone(),
         work_path: container.bundle.join("criu-work"),
-        parent_path: None,
+        parent_path: match increment {
+            Increment::OnParent(parent) => Some(parent_path(&dump, store, parent)?),
+            Increment::Full | Increment::PreDump => None,
+        },
         leave_running: true,
-        pre_dump: false,
+        pre_dump: *increment == Increment::PreDump,
         pages: Pages::Local,
         criu: CriuOptions { shell_job: container.init.stdio.terminal, ..Default::default() },
     };
@@ -56,6 +83,7 @@ pub async fn checkpoint_running(container: &Container, store: &Path, id: &str) -
     let persist = Persist {
         store: store.to_owned(),
         id: id.to_string(),
+        increment: increment.clone(),
         dump: dump.clone(),
         spec: container.bundle.join("config.json"),
         upper: container.overlay.as_ref().and_then(|o| o.upper.clone()),
@@ -76,10 +104,24 @@ pub async fn checkpoint_running(container: &Container, store: &Path, id: &str) -
     }
 }
 
+/// Where CRIU finds the images of checkpoint `parent` of `store` from the
+/// images directory `dump`: relative when both are in one directory (as the
+/// ticker's are), since CRIU keeps the path as the images' `parent` link.
+fn parent_path(dump: &Path, store: &Path, parent: &str) -> Result<PathBuf> {
+    let images = CheckpointStore::open(store)?.get(parent)?.criu_dir();
+    Ok(match (dump.parent(), store.parent()) {
+        (Some(dir), Some(same)) if dir == same => {
+            Path::new("..").join(images.strip_prefix(dir).expect("the store is in dir"))
+        }
+        _ => images,
+    })
+}
+
 /// Turning a dump in RAM into a committed checkpoint.
 struct Persist {
     store: PathBuf,
     id: String,
+    increment: Increment,
     dump: PathBuf,
     spec: PathBuf,
     upper: Option<PathBuf>,
@@ -97,16 +139,23 @@ impl Persist {
         }
         let mut staging = store.staging(&self.id)?;
         staging.import_criu_dir(&self.dump)?;
-        let spec = std::fs::read(&self.spec).map_err(Error::io(format!("read {}", self.spec.display())))?;
-        staging.add_file("config.json", &spec)?;
-        if let Some(upper) = &self.upper {
-            staging.add_rootfs_diff(upper)?;
+        // A pre-dump is only memory for later dumps to build on, never
+        // restored by itself.
+        if self.increment != Increment::PreDump {
+            let spec = std::fs::read(&self.spec).map_err(Error::io(format!("read {}", self.spec.display())))?;
+            staging.add_file("config.json", &spec)?;
+            if let Some(upper) = &self.upper {
+                staging.add_rootfs_diff(upper)?;
+            }
         }
         let frozen_ms =
             criu_stats::read_dump_stats(&staging.criu_dir()).ok().flatten().map(|s| s.frozen_time_us as f64 / 1000.0);
         let checkpoint = staging.commit(CommitInfo {
             container: self.container,
-            parent: None,
+            parent: match self.increment {
+                Increment::OnParent(parent) => Some(parent),
+                Increment::Full | Increment::PreDump => None,
+            },
             leave_running: true,
             rootfs: self.lowers.map(|lower_dirs| RootfsInfo { lower_dirs }),
             timings: Timings {

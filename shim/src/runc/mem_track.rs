@@ -26,10 +26,6 @@ pub enum MemoryTracking {
 }
 
 impl MemoryTracking {
-    pub fn is_supported(&self) -> bool {
-        matches!(self, MemoryTracking::Supported)
-    }
-
     /// Reads CRIU's answer: it exits 0 only when the feature works, and
     /// otherwise says why (e.g. "Warn (criu/cr-check.c:824): Dirty tracking
     /// is OFF. Memory snapshot will not work.") on stderr.
@@ -71,14 +67,12 @@ mod tests {
     fn exit_status_zero_is_support() {
         let found = MemoryTracking::from_check(0, b"mem_dirty_track is supported\n", b"");
         assert_eq!(found, MemoryTracking::Supported);
-        assert!(found.is_supported());
     }
 
     #[test]
     fn criu_says_why_not() {
         let stderr = b"Warn  (criu/cr-check.c:824): Dirty tracking is OFF. Memory snapshot will not work.\n";
         let found = MemoryTracking::from_check(1, b"", stderr);
-        assert!(!found.is_supported());
         assert_eq!(
             found,
             MemoryTracking::Unsupported {

@@ -5,9 +5,11 @@
 //!
 //! Versions are incremental at the storage layer (only chunks the store
 //! lacks are uploaded: see `migrate_oci::versions`), which needs nothing
-//! from the kernel. Ticks start an interval apart and never overlap: a tick
-//! that overruns (a slow store) delays the next one rather than letting
-//! missed ticks pile up (`MissedTickBehavior::Delay`).
+//! from the kernel; where CRIU can track memory, each is also a dump of only
+//! what changed since the previous one (`criu_parent`). Ticks start an
+//! interval apart and never overlap: a tick that overruns (a slow store)
+//! delays the next one rather than letting missed ticks pile up
+//! (`MissedTickBehavior::Delay`).
 //! A failed tick is logged and the next one tries again; the container is
 //! never stopped or left frozen by one (the dump is CRIU's leave-running
 //! dump, which thaws the container whatever happens to the upload after).
@@ -32,6 +34,8 @@ use tokio::{
     sync::oneshot,
     time::{MissedTickBehavior, interval_at},
 };
+
+mod criu_parent;
 
 use crate::{
     container::Container,
@@ -134,6 +138,7 @@ async fn run(container: Arc<Container>, plan: TickerPlan, mut stopped: oneshot::
     };
     info!("{}: checkpoint ticker every {:?} into {} ({plan:?})", container.id, plan.interval, plan.store);
     let mut tick = Tick::new(container, plan, target);
+    tick.chain = criu_parent::Chain::if_supported(&tick.container.id, &tick.ram).await;
     let mut ticks = interval_at(tokio::time::Instant::now() + tick.plan.interval, tick.plan.interval);
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
@@ -174,12 +179,14 @@ struct Tick {
     next_version: Option<u64>,
     /// Where dumps are committed before upload: RAM, this container's own.
     ram: PathBuf,
+    /// In criu-parent mode, the dumps the next one builds on.
+    chain: Option<criu_parent::Chain>,
 }
 
 impl Tick {
     fn new(container: Arc<Container>, plan: TickerPlan, target: ContainerRef) -> Tick {
         let ram = persist::staging_root().join(format!("ticker-{}-{}", target.namespace, target.id));
-        let tick = Tick { container, plan, target, store: None, next_version: None, ram };
+        let tick = Tick { container, plan, target, store: None, next_version: None, ram, chain: None };
         // Left over if a shim died mid-tick.
         tick.discard_ram();
         tick
@@ -202,8 +209,13 @@ impl Tick {
                 return Err(e);
             }
         };
-        let id = format!("v{version}");
-        let dir = persist::checkpoint_running(&self.container, &self.ram, &id).await.map_err(TickError::Checkpoint)?;
+        let dir = match &mut self.chain {
+            Some(chain) => chain.dump(&self.container, version, version % self.plan.group_size == 0).await,
+            None => persist::checkpoint_running(&self.container, &self.ram, &format!("v{version}")).await,
+        };
+        let dir = dir.map_err(TickError::Checkpoint)?;
+        // In criu-parent mode the next dump builds on this one.
+        let keep = self.chain.is_some();
         let frozen_ms = migrate_oci::Checkpoint::open(&dir).ok().and_then(|c| c.manifest().timings.frozen_ms);
         let dumped = started.elapsed();
 
@@ -217,8 +229,11 @@ impl Tick {
                 plan.group_size,
                 plan.cipher.as_deref(),
             );
-            // The store has it now (or never will): the RAM copy goes either way.
-            let _ = std::fs::remove_dir_all(&dir);
+            // The store has it now (or never will): the RAM copy goes either
+            // way, unless the next dump builds on it.
+            if !keep {
+                let _ = std::fs::remove_dir_all(&dir);
+            }
             let stored = stored?;
             let retention = Retention {
                 keep_groups: plan.keep_groups,
