@@ -13,8 +13,8 @@
 #
 # The VM (see hack/vm/image.sh) is Debian bookworm's cloud kernel 6.1 with a
 # minbase root file system holding this host's containerd, runc and CRIU; each
-# run adds a payload disk with this checkout's release shim, the test binary,
-# the test image and the hack/ scripts the tests use. QEMU emulates the CPU
+# run adds a payload disk with this checkout's release shim and migratectl, the
+# test binary, the test image and the hack/ scripts the tests use. QEMU emulates the CPU
 # (TCG): this machine's /dev/kvm cannot boot a stock kernel (PLATFORM.md), so
 # KVM is never used. The guest's console is this script's output and is kept
 # in target/softdirty-vm/console.log; the guest reports the tests' exit status
@@ -30,6 +30,8 @@ set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 OUT=$REPO/target/softdirty-vm
 SHIM=containerd-shim-migrate-v1
+# The tests restore the ticker's versions with migratectl.
+MIGRATECTL=migratectl
 TEST_IMAGE=$REPO/target/images/testbox.tar
 VM_CPUS=${VM_CPUS:-2}
 VM_MEMORY_MIB=${VM_MEMORY_MIB:-3072}
@@ -68,12 +70,16 @@ image() {
 	"$REPO/hack/vm/image.sh"
 }
 
-# Builds the release shim and the soft-dirty test binary (both up to date
-# after `cargo test --workspace --release`, so this is quick then) and prints
-# the test binary's path.
-build_tests() {
+# Builds the release shim and migratectl.
+build_binaries() {
 	command -v cargo >/dev/null || die "cargo not found"
-	(cd "$REPO" && cargo build --release --quiet -p "$SHIM") || die "building the shim failed"
+	(cd "$REPO" && cargo build --release --quiet -p "$SHIM" -p containerd-migrate-coordinator) ||
+		die "building the shim and migratectl failed"
+}
+
+# Builds the soft-dirty test binary (up to date after `cargo test --workspace
+# --release`, so this is quick then) and prints its path.
+build_tests() {
 	local json exe
 	json=$(cd "$REPO" && cargo test --release --quiet --no-run --message-format=json \
 		-p containerd-migrate-tests --test softdirty) || die "building tests/tests/softdirty.rs failed"
@@ -100,7 +106,7 @@ make_payload() {
 	mkdir -p "$dir/repo/hack" "$dir/repo/target/release" "$dir/repo/target/images" "$dir/bin"
 	install -m 0755 "$REPO/hack/vm/guest-init" "$dir/guest-init"
 	install -m 0755 "$REPO/hack/containerd.sh" "$REPO/hack/images.sh" "$dir/repo/hack/"
-	install -m 0755 "$REPO/target/release/$SHIM" "$dir/repo/target/release/"
+	install -m 0755 "$REPO/target/release/$SHIM" "$REPO/target/release/$MIGRATECTL" "$dir/repo/target/release/"
 	install -m 0644 "$TEST_IMAGE" "$dir/repo/target/images/"
 	{
 		printf 'REPO=%q\n' "$REPO"
@@ -164,10 +170,11 @@ main() {
 	[[ -s $TEST_IMAGE ]] || "$REPO/hack/images.sh" build >&2 || die "hack/images.sh build failed"
 	if [[ $cmd == exec ]]; then
 		[[ $# -gt 0 ]] || usage
-		(cd "$REPO" && cargo build --release --quiet -p "$SHIM") || die "building the shim failed"
+		build_binaries
 		make_payload "$@"
 	else
 		local tests
+		build_binaries
 		tests=$(build_tests)
 		# The soft-dirty tests are #[ignore]d outside the VM: --ignored here.
 		make_payload /payload/bin/softdirty --ignored --test-threads=1 "$@"
