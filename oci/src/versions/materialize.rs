@@ -57,7 +57,9 @@ pub fn read_manifest(store: &dyn VersionStore, container: &ContainerRef, version
 /// that is another checkpoint fails the call with
 /// [`VersionError::ParentInTheWay`]. On error, the parents this call
 /// rebuilt are removed again, so run one materialization per directory at
-/// a time. Find the parents of the result through its manifest's `parent`.
+/// a time. Find the parents of the result through its manifest's `parent`;
+/// simplest is to give each call a directory of its own (`DIR/checkpoint`)
+/// and remove `DIR` when done, parents and all.
 ///
 /// [`IncrementalMode::CriuParent`]: super::IncrementalMode::CriuParent
 pub fn materialize(
