@@ -184,9 +184,9 @@ main() {
 	local status=0
 	boot "$image" || status=$?
 	if [[ $status -eq 0 ]]; then
-		say "the VM reported success"
+		say "the VM reported success ($SECONDS s in all)"
 	else
-		say "the VM reported exit status $status; console: $OUT/console.log"
+		say "the VM reported exit status $status ($SECONDS s in all); console: $OUT/console.log"
 	fi
 	return "$status"
 }
