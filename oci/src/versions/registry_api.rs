@@ -18,10 +18,16 @@ use super::{
 };
 
 pub(super) const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub(super) const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+/// What manifest reads accept: both, since a registry not asked for an
+/// index answers as if there were none (distribution 2.8: 404
+/// MANIFEST_UNKNOWN).
+const ACCEPT_MANIFESTS: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json";
 
 /// No blob or manifest of this store comes near it (chunks are at most
-/// 256 KiB, registries take manifests of a few MiB); it only keeps a
-/// misbehaving server from filling memory.
+/// 256 KiB, version manifests a few MiB per GiB of checkpoint, registries
+/// take manifests of a few MiB); it only keeps a misbehaving server from
+/// filling memory.
 const MAX_ANSWER: u64 = 256 << 20;
 /// Asked for per tag-list page; registries may send fewer, and then a
 /// `Link` header to the next page.
@@ -201,15 +207,16 @@ impl Registry {
         Ok(Blob { digest, size: bytes.len() as u64 })
     }
 
-    /// The OCI manifest under `reference` (a tag or a digest), or None.
+    /// The OCI manifest or index under `reference` (a tag or a digest), or
+    /// None.
     pub(super) fn get_manifest(&self, reference: &str, what: fmt::Arguments<'_>) -> Result<Option<Vec<u8>>> {
         let call = Call { method: "GET", url: self.url(&format!("manifests/{reference}")), what };
-        self.get_optional(&call, Send { accept: Some(OCI_MANIFEST), ..Send::default() })
+        self.get_optional(&call, Send { accept: Some(ACCEPT_MANIFESTS), ..Send::default() })
     }
 
     pub(super) fn has_manifest(&self, reference: &str, what: fmt::Arguments<'_>) -> Result<bool> {
         let call = Call { method: "HEAD", url: self.url(&format!("manifests/{reference}")), what };
-        let answer = self.send(&call, Send { accept: Some(OCI_MANIFEST), ..Send::default() })?;
+        let answer = self.send(&call, Send { accept: Some(ACCEPT_MANIFESTS), ..Send::default() })?;
         match answer.status {
             200 => Ok(true),
             404 => Ok(false),
@@ -217,11 +224,17 @@ impl Registry {
         }
     }
 
-    /// Stores `bytes` as the OCI manifest tagged `tag`, replacing what the
-    /// tag named.
-    pub(super) fn put_manifest(&self, tag: &str, bytes: &[u8], what: fmt::Arguments<'_>) -> Result<()> {
+    /// Stores `bytes`, an OCI manifest or index as `media_type` says, tagged
+    /// `tag`, replacing what the tag named.
+    pub(super) fn put_manifest(
+        &self,
+        tag: &str,
+        media_type: &'static str,
+        bytes: &[u8],
+        what: fmt::Arguments<'_>,
+    ) -> Result<()> {
         let call = Call { method: "PUT", url: self.url(&format!("manifests/{tag}")), what };
-        let answer = self.send(&call, Send { body: Some(bytes), content_type: Some(OCI_MANIFEST), accept: None })?;
+        let answer = self.send(&call, Send { body: Some(bytes), content_type: Some(media_type), accept: None })?;
         match answer.status {
             201 => Ok(()),
             _ => Err(self.refused(&call, &answer, hint(answer.status, error_code(&answer).as_deref()))),
@@ -433,12 +446,9 @@ fn hint(status: u16, code: Option<&str>) -> &'static str {
              (registries holding versions sit on the cluster network)"
         }
         (_, Some("MANIFEST_BLOB_UNKNOWN")) => {
-            "a chunk the version references left the registry after it was checked (did `registry \
-             garbage-collect` run while the registry was writable?); the next version uploads it again"
-        }
-        (_, Some("MANIFEST_INVALID")) => {
-            "if the registry found the manifest too large, the version has more distinct chunks than it takes \
-             in one manifest (distribution: 4 MiB, about 15,000 chunks): use a file:// store for this container"
+            "a chunk or part the version references left the registry after it was checked (did `registry \
+             garbage-collect` run while the registry was writable, or a retention without a grace period?); the \
+             next try uploads it again"
         }
         (405, _) => "the registry takes no writes here: is it read-only (maintenance mode) or a pull-through cache?",
         (429, _) => "the registry is limiting requests; a later tick tries again",

@@ -3,12 +3,17 @@
 //! over plain HTTP.
 //!
 //! ```text
-//! <repository>:<hash>-<version>   one OCI image manifest per version
+//! <repository>:<hash>-<version>          one OCI image index per version, pushed last: the version
 //!     artifactType  application/vnd.containerd-migrate.version.manifest.v1+json
-//!     config        the version manifest (that media type)
-//!     layers        the version's distinct chunk blobs, application/vnd.containerd-migrate.chunk.v1,
-//!                   each annotated io.containerd.migrate.chunk=<chunk id>
+//!     manifests     the version's parts, by digest, in order
 //!     annotations   io.containerd.migrate.namespace, .container, .version; org.opencontainers.image.created
+//! <repository>:<hash>-<version>.part<P>  its parts, P = 0, 1, ...: one OCI image manifest each
+//!     artifactType  application/vnd.containerd-migrate.version.manifest.v1+json
+//!     config        the version manifest (that media type): the same blob in every part
+//!     layers        up to 8,000 of the version's distinct chunk blobs, application/vnd.containerd-migrate.chunk.v1,
+//!                   each annotated io.containerd.migrate.chunk=<chunk id>; each chunk in one part only
+//!     annotations   the index's, io.containerd.migrate.part=<P>, and org.opencontainers.image.created = when
+//!                   the part was pushed
 //! <repository>@sha256:<sha256 of the stored blob>   chunk and config blobs, shared by digest
 //! ```
 //!
@@ -16,68 +21,107 @@
 //! sha256("NAMESPACE/ID"). A namespace and a container id of up to 128
 //! characters each do not fit the 128-character tag grammar together, and
 //! any separator allowed in a tag may also occur in the names; the hash has
-//! a fixed width, so a tag is at most 53 characters and parses back
-//! uniquely. The names themselves are read from the annotations. Tags of
-//! any other shape are not versions, so the repository may hold other
-//! artifacts too. A container is listed while it has a version.
+//! a fixed width, so a version's tag is at most 53 characters, a part's 78,
+//! and each parses back uniquely. The names themselves are read from the
+//! annotations. Tags of any other shape are neither, so the repository may
+//! hold other artifacts too. A container is listed while it has a version.
+//!
+//! **Parts.** The distribution registry refuses manifests over 4 MiB, about
+//! 15,000 layers: 500 MiB of checkpoint at 32 KiB chunks in one manifest. A
+//! part of at most [`PART_CHUNKS`] (8,000) layers is about 2.1 MiB, and an
+//! index under 4 MiB lists some 25,000 parts, so versions of any size a
+//! host has fit (1 GiB of memory, some 27,000 chunks, is 4 parts). The
+//! version manifest is the config of every part, not only of the first:
+//! each part is then a whole artifact of the version's type (an image
+//! manifest needs a config, and an empty one would be a second kind of
+//! part), the registry checks at each part's PUT that the version manifest
+//! is there, and a reader checks that the parts of an index all name the
+//! same one, so a part of another version is never mixed in. It costs a
+//! descriptor per part; the blob is shared.
+//!
+//! Parts are tagged, not pushed by digest alone, because of the garbage
+//! collector of distribution 2.8 (Debian's `docker-registry` 2.8.2; 3.0
+//! fixed the first point): with `--delete-untagged` it deletes every
+//! untagged manifest even while a tagged index references it, and then
+//! the chunks only that manifest referenced, breaking live versions;
+//! without it, it keeps every manifest the repository holds, tagged or not,
+//! and the API lists no untagged manifests, so parts an interrupted upload
+//! left untagged would hold their chunks forever. Tagged, parts survive
+//! both collectors while their version lives, and leftovers are found in
+//! the tag list. `registry_tests` checks both collectors.
 //!
 //! **Chunks.** Without a key a chunk's id is the sha256 of its blob, so its
 //! blob is `sha256:<id>` and [`VersionStore::has_chunk`] is a HEAD on it.
 //! With a key the id is an HMAC and says nothing of the blob's digest (two
 //! uploads of one chunk even differ, nonces being random), so the store
 //! keeps an index chunk id → blob for keyed chunks, filled from what it
-//! uploads, from each version manifest it reads, and from the layers of
-//! the versions it has not read yet: it reads those when a keyed chunk is
-//! about to be uploaded or a chunk is not found, at most once per version
-//! stored. So a ticker, which keeps one store for its container's life,
-//! reads each other version's manifest once, plus one tag list per
-//! version. A version relies on a hint of the index only after a HEAD, and
-//! what a blob holds is checked by the chunk's id (and the cipher) when it
-//! is opened.
+//! uploads, from the layers of all the parts of each version it reads, and
+//! from those of the versions it has not read yet: it reads those when a
+//! keyed chunk is about to be uploaded or a chunk is not found, at most
+//! once per version stored. So a ticker, which keeps one store for its
+//! container's life, reads each other version's parts once, plus one tag
+//! list per version. A version relies on a hint of the index only after a
+//! HEAD, and what a blob holds is checked by the chunk's id (and the
+//! cipher) when it is opened.
 //!
-//! **Commit.** A version is its tag. Storing one costs a HEAD per chunk,
-//! and a POST and a PUT (a monolithic upload) per chunk the registry
-//! lacks; then the version manifest is uploaded as the config blob, and
-//! the OCI manifest is PUT last. An interrupted upload leaves only
-//! untagged blobs, never a version. `put_manifest` lists a blob only once
-//! this store has seen it in the registry, since registries need not
-//! refuse a manifest whose blobs are missing (the distribution registry
-//! does). A PUT replaces a tag, so `put_manifest` first checks that the
-//! tag is free: registries have no put-if-absent, and a version number has
-//! one writer, its container's ticker.
+//! **Commit.** A version is its index's tag. Storing one costs a HEAD per
+//! chunk, and a POST and a PUT (a monolithic upload) per chunk the
+//! registry lacks; then the version manifest is uploaded as the config
+//! blob, the parts are PUT, and the index last. An interrupted upload
+//! leaves blobs and parts, never a version. `put_manifest` lists a blob
+//! only once this store has seen it in the registry, since registries need
+//! not refuse a manifest whose blobs are missing (the distribution registry
+//! refuses a part whose blobs, and an index whose parts, are missing). A
+//! PUT replaces a tag, so `put_manifest` first checks that the version's
+//! tag is free (registries have no put-if-absent, and a version number has
+//! one writer, its container's ticker), then deletes the parts an earlier
+//! try at that version left, which the new parts' tags would otherwise
+//! untag.
 //!
-//! **Deletion and GC.** `delete_version` deletes a version's manifest by
-//! digest, which the registry refuses unless deletion is enabled
-//! (`REGISTRY_STORAGE_DELETE_ENABLED=true`, or `storage.delete.enabled` in
-//! its config). Blobs that no manifest references any more are reclaimed
-//! by the registry's own offline garbage collector
-//! (`registry garbage-collect CONFIG`, run while the registry is stopped or
-//! read-only), not by this store: `gc_chunks` removes nothing.
+//! **Reading.** [`VersionStore::get_manifest`] reads the index and, the
+//! first time, every part (checked against its digest), then the version
+//! manifest; after that, the index and the version manifest.
 //!
-//! **Size.** A version's manifest lists each of its distinct chunks; the
-//! distribution registry takes manifests of up to 4 MiB, about 15,000
-//! chunks, or some 500 MiB of checkpoint at 32 KiB chunks.
+//! **Deletion and GC.** `delete_version` deletes a version's index by
+//! digest, which ends the version and drops its tag, then each of its
+//! parts by digest, with their tags. The registry refuses both unless
+//! deletion is enabled (`REGISTRY_STORAGE_DELETE_ENABLED=true`, or
+//! `storage.delete.enabled` in its config). Blobs and manifests that no
+//! manifest left in the repository references are reclaimed by the
+//! registry's own offline garbage collector (`registry garbage-collect
+//! CONFIG`, with or without `--delete-untagged`, run while the registry is
+//! stopped or read-only), not by this store. A deletion interrupted before
+//! the parts, or an upload before the index, leaves tagged parts of no
+//! version; `gc_chunks`, which retention runs, deletes those pushed longer
+//! than its grace period ago, so the next collection takes their chunks.
+//! It removes no blob itself.
 
 use std::{
     collections::{HashMap, HashSet},
+    fmt,
     sync::{Mutex, MutexGuard},
     time::Duration,
 };
 
-use time::format_description::well_known::Rfc3339;
+use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 
 use super::{
     ContainerRef, GcReport, RegistryLocation, VersionStore,
     crypto::ChunkId,
     error::{Result, VersionError},
     manifest::VersionManifest,
-    registry_api::{Blob, Digest, Registry},
-    registry_artifact::{OciManifest, container_hash, parse_version_tag, version_tag},
+    registry_api::{Blob, Digest, OCI_INDEX, OCI_MANIFEST, Registry},
+    registry_artifact::{
+        Descriptor, OciIndex, OciManifest, PART_CHUNKS, container_hash, parse_part_tag, parse_version_tag, part_tag,
+        version_tag,
+    },
 };
 
 #[derive(Debug)]
 pub struct RegistryStore {
     registry: Registry,
+    /// Chunk layers per part: [`PART_CHUNKS`], fewer in tests.
+    part_chunks: usize,
     state: Mutex<State>,
 }
 
@@ -86,8 +130,13 @@ struct State {
     /// Where the blobs of keyed chunks are: the chunks whose blob digest is
     /// not sha256 of their id.
     keyed: HashMap<ChunkId, Blob>,
-    /// Version tags whose layers are in `keyed`.
+    /// Version tags read for `keyed`: the layers of their parts are in it
+    /// (or they had no parts that could be read).
     indexed_tags: HashSet<String>,
+    /// The version manifest that each version index read whole names, by
+    /// the index's digest: reading that version again costs its index and
+    /// its manifest, not its parts.
+    configs: HashMap<Digest, Digest>,
     /// Whether the unread versions were indexed since the last version was
     /// stored.
     refreshed: bool,
@@ -98,6 +147,15 @@ struct State {
     containers: HashMap<String, ContainerRef>,
 }
 
+/// A version whose parts are in the registry, and the index that commits
+/// them is not yet.
+pub(super) struct PushedParts {
+    /// The version manifest's time, RFC 3339.
+    created: String,
+    config: Digest,
+    parts: Vec<Blob>,
+}
+
 impl RegistryStore {
     /// Opens the repository at `location`, checking that a distribution API
     /// answers there, so that a wrong address fails now rather than at the
@@ -105,7 +163,15 @@ impl RegistryStore {
     pub fn open(location: &RegistryLocation) -> Result<RegistryStore> {
         let registry = Registry::new(location);
         registry.ping()?;
-        Ok(RegistryStore { registry, state: Mutex::default() })
+        Ok(RegistryStore { registry, part_chunks: PART_CHUNKS, state: Mutex::default() })
+    }
+
+    /// Cuts the versions this store writes into parts of `chunks` layers,
+    /// so that tests see many parts without storing gigabytes.
+    #[cfg(test)]
+    pub(super) fn with_part_chunks(self, chunks: usize) -> RegistryStore {
+        assert!(chunks > 0);
+        RegistryStore { part_chunks: chunks, ..self }
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -138,17 +204,19 @@ impl RegistryStore {
         if self.state().refreshed {
             return Ok(());
         }
-        let tags = self.registry.tags(format_args!("listing versions to find chunks stored under a key"))?;
+        let what = format_args!("listing versions to find chunks stored under a key");
+        let tags = self.registry.tags(what)?;
         let unread: Vec<String> = {
             let state = self.state();
             tags.into_iter().filter(|t| parse_version_tag(t).is_some() && !state.indexed_tags.contains(t)).collect()
         };
         for tag in unread {
-            // Deleted meanwhile, or another artifact: nothing to index.
-            if let Some(manifest) = self.read_oci_manifest(&tag)?
-                && manifest.is_version()
+            // Deleted meanwhile, another artifact, or parts that cannot be
+            // read: nothing (more) to index.
+            if let Some((digest, index)) = self.read_index(&tag, what)?
+                && let Ok(config) = self.read_parts(&index, what)?
             {
-                self.index(&manifest);
+                self.state().configs.insert(digest, config);
             }
             self.state().indexed_tags.insert(tag);
         }
@@ -156,20 +224,149 @@ impl RegistryStore {
         Ok(())
     }
 
-    fn index(&self, manifest: &OciManifest) {
-        let mut state = self.state();
-        for (id, blob) in manifest.chunk_blobs() {
-            if blob.digest != plain_digest(&id) {
-                state.keyed.insert(id, blob);
-            }
-        }
+    /// The version index tagged `tag` and its digest, or None if there is
+    /// none or it is not a version.
+    fn read_index(&self, tag: &str, what: fmt::Arguments<'_>) -> Result<Option<(Digest, OciIndex)>> {
+        let Some(body) = self.registry.get_manifest(tag, what)? else { return Ok(None) };
+        let index = serde_json::from_slice::<OciIndex>(&body).ok().filter(OciIndex::is_version);
+        Ok(index.map(|index| (Digest::of(&body), index)))
     }
 
-    /// The OCI manifest tagged `tag`, or None if there is none or it is
-    /// not an OCI manifest.
-    fn read_oci_manifest(&self, tag: &str) -> Result<Option<OciManifest>> {
-        let bytes = self.registry.get_manifest(tag, format_args!("reading the manifest tagged {tag}"))?;
-        Ok(bytes.and_then(|b| serde_json::from_slice(&b).ok()))
+    /// Reads every part of version index `index`, in order, indexes their
+    /// keyed chunks and returns the version manifest they all name; Err
+    /// says what is wrong with the parts.
+    fn read_parts(&self, index: &OciIndex, what: fmt::Arguments<'_>) -> Result<Result<Digest, String>> {
+        let mut config: Option<Digest> = None;
+        for descriptor in &index.manifests {
+            let part = match self.read_part(descriptor, what)? {
+                Ok(part) => part,
+                Err(reason) => return Ok(Err(reason)),
+            };
+            if config.get_or_insert_with(|| part.config.digest.clone()) != &part.config.digest {
+                return Ok(Err(format!("its part {} belongs to another version manifest", descriptor.digest)));
+            }
+            let mut state = self.state();
+            for (id, blob) in part.chunk_blobs() {
+                if blob.digest != plain_digest(&id) {
+                    state.keyed.insert(id, blob);
+                }
+            }
+        }
+        Ok(config.ok_or_else(|| "its index lists no parts".to_owned()))
+    }
+
+    /// The part `descriptor` names, checked against its digest; Err says
+    /// why it is not a part.
+    fn read_part(&self, descriptor: &Descriptor, what: fmt::Arguments<'_>) -> Result<Result<OciManifest, String>> {
+        let digest = &descriptor.digest;
+        let Some(body) = self.registry.get_manifest(&digest.to_string(), what)? else {
+            return Ok(Err(format!("its part {digest} is missing from the registry")));
+        };
+        if Digest::of(&body) != *digest {
+            return Ok(Err(format!("its part {digest} is damaged")));
+        }
+        Ok(match serde_json::from_slice::<OciManifest>(&body) {
+            Ok(part) if part.is_part() => Ok(part),
+            Ok(other) => Err(format!("its part {digest} holds a {}, not a version's chunks", other.config.media_type)),
+            Err(e) => Err(format!("its part {digest} is not an OCI image manifest: {e}")),
+        })
+    }
+
+    /// Pushes all of version `version` of `container` but the index that
+    /// makes it a version: its version manifest `bytes` as a blob, then its
+    /// parts, tagged, once the parts an earlier try at this version left
+    /// are deleted. Its chunks must be in the registry already.
+    pub(super) fn put_parts(&self, container: &ContainerRef, version: u64, bytes: &[u8]) -> Result<PushedParts> {
+        let store = || self.registry.store().to_owned();
+        let manifest: VersionManifest =
+            serde_json::from_slice(bytes).map_err(|e| VersionError::NotAVersionManifest {
+                store: store(),
+                container: container.clone(),
+                version,
+                reason: e.to_string(),
+            })?;
+        let what = format_args!("storing version {version} of {container}");
+        // Taken whatever happens next: the version after this one claims its
+        // own chunks, and refreshes the index once more.
+        let present = {
+            let mut state = self.state();
+            state.refreshed = false;
+            std::mem::take(&mut state.present)
+        };
+        if self.registry.has_manifest(&version_tag(container, version), what)? {
+            return Err(VersionError::VersionExists { container: container.clone(), version });
+        }
+        let mut listed = HashSet::new();
+        let mut chunks = Vec::new();
+        for id in manifest.chunk_ids() {
+            if !listed.insert(id) {
+                continue;
+            }
+            let blob = match present.get(&id) {
+                Some(blob) => blob.clone(),
+                None => self.find(&id)?.ok_or_else(|| VersionError::RegistryChunkMissing {
+                    store: store(),
+                    container: container.clone(),
+                    version,
+                    id,
+                })?,
+            };
+            chunks.push((id, blob));
+        }
+        let digest = Digest::of(bytes);
+        let config = match self.registry.blob_size(&digest, what)? {
+            Some(size) => Blob { digest, size },
+            None => self.registry.push_blob(digest, bytes, what)?,
+        };
+        self.delete_left_parts(container, version, what)?;
+        let pushed = OffsetDateTime::now_utc().format(&Rfc3339).expect("now formats as RFC 3339");
+        // One part even for no chunks, so that every version has a config.
+        let slices: Vec<&[(ChunkId, Blob)]> =
+            if chunks.is_empty() { vec![&[]] } else { chunks.chunks(self.part_chunks).collect() };
+        let mut parts = Vec::with_capacity(slices.len());
+        for (number, slice) in slices.into_iter().enumerate() {
+            let part = OciManifest::part(container, version, number, &pushed, &config, slice);
+            let body = serde_json::to_vec(&part).expect("an OCI manifest serializes");
+            self.registry.put_manifest(&part_tag(container, version, number), OCI_MANIFEST, &body, what)?;
+            parts.push(Blob { digest: Digest::of(&body), size: body.len() as u64 });
+        }
+        let created = manifest.created.format(&Rfc3339).expect("a version's time formats as RFC 3339");
+        Ok(PushedParts { created, config: config.digest, parts })
+    }
+
+    /// Pushes the index of `parts`, which makes them version `version` of
+    /// `container`.
+    fn put_index(&self, container: &ContainerRef, version: u64, parts: PushedParts) -> Result<()> {
+        let what = format_args!("storing version {version} of {container}");
+        let tag = version_tag(container, version);
+        let index = OciIndex::version(container, version, &parts.created, &parts.parts);
+        let body = serde_json::to_vec(&index).expect("an OCI index serializes");
+        self.registry.put_manifest(&tag, OCI_INDEX, &body, what)?;
+        let mut state = self.state();
+        state.indexed_tags.insert(tag);
+        state.configs.insert(Digest::of(&body), parts.config);
+        state.containers.insert(container_hash(container), container.clone());
+        Ok(())
+    }
+
+    /// Deletes the parts tagged for version `version` of `container`, which
+    /// has no index: what an earlier try at it left. Each would otherwise
+    /// lose its tag to the new part of its number and stay in the registry
+    /// untagged, where nothing finds it again.
+    fn delete_left_parts(&self, container: &ContainerRef, version: u64, what: fmt::Arguments<'_>) -> Result<()> {
+        let ours = version_tag(container, version);
+        let tags = self.registry.tags(what)?;
+        for tag in tags.iter().filter(|tag| parse_part_tag(tag).is_some_and(|(version_tag, _)| version_tag == ours)) {
+            let Some(body) = self.registry.get_manifest(tag, what)? else { continue };
+            match self.registry.delete_manifest(&Digest::of(&body), what) {
+                Ok(_) => {}
+                // Then the old part only loses its tag. Failing instead
+                // would keep this version from ever being stored.
+                Err(VersionError::RegistryDeleteDisabled { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
 }
 
@@ -205,10 +402,10 @@ impl VersionStore for RegistryStore {
 
     /// The same as `has_chunk`: nothing removes a registry's blobs while
     /// versions are being written (its garbage collector runs offline, and
-    /// `gc_chunks` removes nothing), so a chunk found now is still there
-    /// when the manifest referencing it is PUT. Should a collector run
-    /// anyway, the distribution registry refuses that manifest rather than
-    /// storing a broken version.
+    /// `gc_chunks` removes only parts left without an index), so a chunk
+    /// found now is still there when the part referencing it is PUT.
+    /// Should a collector run anyway, the distribution registry refuses
+    /// that part rather than storing a broken version.
     fn claim_chunk(&self, id: &ChunkId) -> Result<bool> {
         self.has_chunk(id)
     }
@@ -229,61 +426,14 @@ impl VersionStore for RegistryStore {
     }
 
     fn put_manifest(&self, container: &ContainerRef, version: u64, bytes: &[u8]) -> Result<()> {
-        let store = || self.registry.store().to_owned();
-        let manifest: VersionManifest =
-            serde_json::from_slice(bytes).map_err(|e| VersionError::NotAVersionManifest {
-                store: store(),
-                container: container.clone(),
-                version,
-                reason: e.to_string(),
-            })?;
-        let what = format_args!("storing version {version} of {container}");
-        let tag = version_tag(container, version);
-        // Taken whatever happens next: the version after this one claims its
-        // own chunks, and refreshes the index once more.
-        let present = {
-            let mut state = self.state();
-            state.refreshed = false;
-            std::mem::take(&mut state.present)
-        };
-        if self.registry.has_manifest(&tag, what)? {
-            return Err(VersionError::VersionExists { container: container.clone(), version });
-        }
-        let mut listed = HashSet::new();
-        let mut chunks = Vec::new();
-        for id in manifest.chunk_ids() {
-            if !listed.insert(id) {
-                continue;
-            }
-            let blob = match present.get(&id) {
-                Some(blob) => blob.clone(),
-                None => self.find(&id)?.ok_or_else(|| VersionError::RegistryChunkMissing {
-                    store: store(),
-                    container: container.clone(),
-                    version,
-                    id,
-                })?,
-            };
-            chunks.push((id, blob));
-        }
-        let digest = Digest::of(bytes);
-        let config = match self.registry.blob_size(&digest, what)? {
-            Some(size) => Blob { digest, size },
-            None => self.registry.push_blob(digest, bytes, what)?,
-        };
-        let created = manifest.created.format(&Rfc3339).expect("a version's time formats as RFC 3339");
-        let oci = OciManifest::version(container, version, created, config, chunks);
-        let body = serde_json::to_vec(&oci).expect("an OCI manifest serializes");
-        self.registry.put_manifest(&tag, &body, what)?;
-        let mut state = self.state();
-        state.indexed_tags.insert(tag);
-        state.containers.insert(container_hash(container), container.clone());
-        Ok(())
+        let parts = self.put_parts(container, version, bytes)?;
+        self.put_index(container, version, parts)
     }
 
     fn list_containers(&self) -> Result<Vec<ContainerRef>> {
+        let what = format_args!("listing containers");
         let mut versions: HashMap<String, Vec<u64>> = HashMap::new();
-        for tag in self.registry.tags(format_args!("listing containers"))? {
+        for tag in self.registry.tags(what)? {
             if let Some((hash, version)) = parse_version_tag(&tag) {
                 versions.entry(hash.to_owned()).or_default().push(version);
             }
@@ -298,8 +448,7 @@ impl VersionStore for RegistryStore {
             // the least likely to be deleted by a retention meanwhile.
             numbers.sort_unstable();
             for version in numbers.iter().rev() {
-                let tag = format!("{hash}-{version}");
-                let named = self.read_oci_manifest(&tag)?.filter(OciManifest::is_version).and_then(|m| m.container());
+                let named = self.read_index(&format!("{hash}-{version}"), what)?.and_then(|(_, i)| i.container());
                 if let Some(container) = named.filter(|c| container_hash(c) == hash) {
                     self.state().containers.insert(hash, container.clone());
                     out.push(container);
@@ -324,46 +473,100 @@ impl VersionStore for RegistryStore {
         Ok(versions)
     }
 
+    /// Reads the version's index and its manifest; the first time, also
+    /// every part, which checks that they agree and indexes their keyed
+    /// chunks, so that the chunks of this version are found keyed or not.
     fn get_manifest(&self, container: &ContainerRef, version: u64) -> Result<Option<Vec<u8>>> {
         let tag = version_tag(container, version);
         let what = format_args!("reading version {version} of {container}");
         let Some(body) = self.registry.get_manifest(&tag, what)? else { return Ok(None) };
         let bad = |reason: String| VersionError::BadVersionManifest { container: container.clone(), version, reason };
-        let manifest: OciManifest = serde_json::from_slice(&body)
-            .map_err(|e| bad(format!("tag {tag} is not an OCI manifest this store reads: {e}")))?;
-        if !manifest.is_version() {
-            return Err(bad(format!("tag {tag} holds a {}, not a version", manifest.config.media_type)));
+        let index: OciIndex = serde_json::from_slice(&body)
+            .map_err(|e| bad(format!("tag {tag} holds no OCI image index ({e}), so no version")))?;
+        if !index.is_version() {
+            let kind = index.artifact_type.as_deref().unwrap_or("no artifact type");
+            return Err(bad(format!("tag {tag} holds an index of {kind}, not a version")));
         }
-        // So that the chunks of this version are found, keyed or not.
-        self.index(&manifest);
-        self.state().indexed_tags.insert(tag.clone());
-        let config = &manifest.config.digest;
+        let digest = Digest::of(&body);
+        let known = self.state().configs.get(&digest).cloned();
+        let config = match known {
+            Some(config) => config,
+            None => {
+                let config = self.read_parts(&index, what)?.map_err(bad)?;
+                let mut state = self.state();
+                state.configs.insert(digest, config.clone());
+                state.indexed_tags.insert(tag);
+                config
+            }
+        };
         let bytes = self
             .registry
-            .get_blob(config, what)?
+            .get_blob(&config, what)?
             .ok_or_else(|| bad(format!("its config blob {config} is missing from the registry")))?;
-        if Digest::of(&bytes) != *config {
+        if Digest::of(&bytes) != config {
             return Err(bad(format!("its config blob {config} is damaged")));
         }
         Ok(Some(bytes))
     }
 
+    /// Deletes the version's index, which ends the version, then its parts,
+    /// so that the registry's garbage collector can take their chunks: it
+    /// keeps every manifest the repository still holds, an index's or not.
     fn delete_version(&self, container: &ContainerRef, version: u64) -> Result<bool> {
         let tag = version_tag(container, version);
         let what = format_args!("deleting version {version} of {container}");
         // Registries delete manifests by digest only; the digest of the
         // bytes is the manifest's, whatever headers a registry sends.
         let Some(body) = self.registry.get_manifest(&tag, what)? else { return Ok(false) };
-        let deleted = self.registry.delete_manifest(&Digest::of(&body), what)?;
-        self.state().indexed_tags.remove(&tag);
+        let digest = Digest::of(&body);
+        let deleted = self.registry.delete_manifest(&digest, what)?;
+        {
+            let mut state = self.state();
+            state.indexed_tags.remove(&tag);
+            state.configs.remove(&digest);
+        }
+        // Interrupted here, the parts are left tagged without an index, as
+        // by an interrupted upload, and gc_chunks deletes them.
+        let parts = serde_json::from_slice::<OciIndex>(&body).ok().filter(OciIndex::is_version);
+        for part in parts.iter().flat_map(|index| &index.manifests) {
+            self.registry.delete_manifest(&part.digest, what)?;
+        }
         Ok(deleted)
     }
 
-    /// Removes nothing: a registry reclaims blobs that no manifest
-    /// references with its own garbage collector (`registry
-    /// garbage-collect`), which runs offline because blobs cannot be
-    /// removed safely through the API while versions are being written.
-    fn gc_chunks(&self, _keep: &HashSet<ChunkId>, _grace: Duration) -> Result<GcReport> {
-        Ok(GcReport::default())
+    /// Deletes the parts that no index holds (left by an upload or a
+    /// deletion that was interrupted) once pushed longer than `grace` ago,
+    /// so that the registry's garbage collector takes their chunks; counts
+    /// them as `temp_files_removed`. Removes no chunk itself: a registry
+    /// reclaims blobs that no manifest references with its own garbage
+    /// collector (`registry garbage-collect`), which runs offline because
+    /// blobs cannot be removed safely through the API while versions are
+    /// being written.
+    fn gc_chunks(&self, _keep: &HashSet<ChunkId>, grace: Duration) -> Result<GcReport> {
+        let what = format_args!("deleting parts left without a version");
+        let tags = self.registry.tags(what)?;
+        let versions: HashSet<&str> =
+            tags.iter().map(String::as_str).filter(|t| parse_version_tag(t).is_some()).collect();
+        let mut report = GcReport::default();
+        let now = OffsetDateTime::now_utc();
+        for tag in &tags {
+            // Parts of a version have its index; an index that leaves out a
+            // part tagged for it is not made (put_parts deletes those first).
+            let Some((version_tag, _)) = parse_part_tag(tag) else { continue };
+            if versions.contains(version_tag) {
+                continue;
+            }
+            let Some(body) = self.registry.get_manifest(tag, what)? else { continue };
+            let Ok(part) = serde_json::from_slice::<OciManifest>(&body) else { continue };
+            // Another artifact's, or maybe the next version's, about to be
+            // committed by its index.
+            if !part.is_part() || part.pushed().is_none_or(|pushed| now - pushed < grace) {
+                continue;
+            }
+            if self.registry.delete_manifest(&Digest::of(&body), what)? {
+                report.temp_files_removed += 1;
+            }
+        }
+        Ok(report)
     }
 }
