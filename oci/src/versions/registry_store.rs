@@ -140,8 +140,13 @@ struct State {
     /// Whether the unread versions were indexed since the last version was
     /// stored.
     refreshed: bool,
-    /// Chunks found or uploaded since the last version was stored: the
-    /// next version's layers, known without asking again.
+    /// Chunks this store found or uploaded: known without asking again, so
+    /// that a ticker's next version asks only about chunks it has not seen
+    /// (one HEAD per chunk is most of a version's cost). A registry drops
+    /// blobs only in its offline garbage collection; should one have run
+    /// meanwhile, it refuses the part that lists a collected blob
+    /// (MANIFEST_BLOB_UNKNOWN), the version fails, and the ticker opens the
+    /// store afresh.
     present: HashMap<ChunkId, Blob>,
     /// The containers behind the hashes in tags.
     containers: HashMap<String, ContainerRef>,
@@ -185,6 +190,11 @@ impl RegistryStore {
     }
 
     /// The blob of chunk `id`, if the registry has it (a HEAD).
+    /// Whether this store found or uploaded chunk `id` before.
+    fn known(&self, id: &ChunkId) -> bool {
+        self.state().present.contains_key(id)
+    }
+
     fn find(&self, id: &ChunkId) -> Result<Option<Blob>> {
         let digest = self.digest_of(id);
         let Some(size) = self.registry.blob_size(&digest, format_args!("checking chunk {id}"))? else {
@@ -286,12 +296,11 @@ impl RegistryStore {
                 reason: e.to_string(),
             })?;
         let what = format_args!("storing version {version} of {container}");
-        // Taken whatever happens next: the version after this one claims its
-        // own chunks, and refreshes the index once more.
+        // The version after this one refreshes the index once more.
         let present = {
             let mut state = self.state();
             state.refreshed = false;
-            std::mem::take(&mut state.present)
+            state.present.clone()
         };
         if self.registry.has_manifest(&version_tag(container, version), what)? {
             return Err(VersionError::VersionExists { container: container.clone(), version });
@@ -384,7 +393,7 @@ impl VersionStore for RegistryStore {
             // the versions that list it tell.
             self.refresh_index()?;
         }
-        if self.find(id)?.is_some() {
+        if self.known(id) || self.find(id)?.is_some() {
             return Ok(false);
         }
         let blob = self.registry.push_blob(digest, blob, format_args!("uploading chunk {id}"))?;
@@ -397,7 +406,7 @@ impl VersionStore for RegistryStore {
     }
 
     fn has_chunk(&self, id: &ChunkId) -> Result<bool> {
-        Ok(self.find(id)?.is_some())
+        Ok(self.known(id) || self.find(id)?.is_some())
     }
 
     /// The same as `has_chunk`: nothing removes a registry's blobs while
