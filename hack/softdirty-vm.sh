@@ -167,6 +167,9 @@ main() {
 		return 0
 	}
 	mkdir -p "$OUT"
+	# The payload and the console log are per checkout: one run at a time.
+	exec 8>"$OUT/.lock"
+	flock -n 8 || die "another hack/softdirty-vm.sh is running in this checkout ($OUT)"
 	[[ -s $TEST_IMAGE ]] || "$REPO/hack/images.sh" build >&2 || die "hack/images.sh build failed"
 	if [[ $cmd == exec ]]; then
 		[[ $# -gt 0 ]] || usage

@@ -174,10 +174,17 @@ build() {
 	if [[ ! -s $deb ]]; then
 		# _apt must be able to write here, else apt warns and downloads as root.
 		chown _apt "$debs" 2>/dev/null || true
-		(cd "$debs" && apt-get download -qq "$KERNEL_PKG=$KERNEL_VERSION" >/dev/null 2>&1) ||
-			die "apt-get download $KERNEL_PKG=$KERNEL_VERSION failed"
+		download() { (cd "$debs" && apt-get download -qq "$KERNEL_PKG=$KERNEL_VERSION" >/dev/null 2>&1); }
+		if ! download; then
+			# Stale lists name a file the mirror no longer has.
+			apt-get update -qq >/dev/null 2>&1 || true
+			download || die "apt-get download $KERNEL_PKG=$KERNEL_VERSION failed (after apt-get update too);" \
+				"if the mirror dropped that version, run this again: it takes the kernel apt offers now"
+		fi
 		[[ -s $deb ]] || die "apt-get download left no $deb"
 	fi
+	# Older kernels are not used again.
+	find "$debs" -maxdepth 1 -name 'linux-image-*.deb' ! -name "${deb##*/}" -delete
 	local kernel=$out/kernel
 	dpkg-deb -x "$deb" "$kernel"
 	local kver=${KERNEL_PKG#linux-image-}
