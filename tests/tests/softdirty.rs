@@ -159,9 +159,7 @@ fn pre_dump_then_incremental_dump(s: &Scenario) {
         pid,
         "the restored memtick must still run"
     );
-    let t = std::time::Instant::now();
     remove(s, &restored);
-    eprintln!("removed the restored container in {:?}", t.elapsed());
     let _ = std::fs::remove_dir_all(dir);
 }
 
