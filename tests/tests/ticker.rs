@@ -304,6 +304,14 @@ fn versions_on_schedule_and_retention_holds(s: &Scenario) {
             Err(format!("version {now:?} came after the delete"))
         }
     });
+    // Nor does it leave its dumps in RAM.
+    for staging in [
+        "/run/containerd-migrate/staging",
+        "/dev/shm/containerd-migrate-staging",
+    ] {
+        let ram = PathBuf::from(staging).join(format!("ticker-{NAMESPACE}-{id}"));
+        assert!(!ram.exists(), "{} is left behind", ram.display());
+    }
     // Three intervals without a new version.
     for _ in 0..6 {
         std::thread::sleep(Duration::from_millis(500));

@@ -88,10 +88,21 @@ pub fn rebuild(
         path: RESTORE_SCRATCH.into(),
         source: std::io::Error::other(format!("{e:#}")),
     })?;
+    // A directory of its own: a version with parents (criu-parent mode) is
+    // rebuilt with them beside it, and all of it goes when dropped.
     let dir = root.join(format!("{}-{}-v{version}-{}", target.namespace, target.id, std::process::id()));
-    let checkpoint = versions::materialize(store, target, version, cipher, &dir);
-    let rebuilt = Rebuilt { checkpoint: checkpoint?, dir };
-    Ok(rebuilt)
+    std::fs::create_dir(&dir).map_err(|source| VersionError::Io {
+        op: "create directory",
+        path: dir.clone(),
+        source,
+    })?;
+    match versions::materialize(store, target, version, cipher, &dir.join("checkpoint")) {
+        Ok(checkpoint) => Ok(Rebuilt { checkpoint, dir }),
+        Err(e) => {
+            staging::remove_dir(&dir, "a version that did not rebuild");
+            Err(e)
+        }
+    }
 }
 
 /// Where versions are rebuilt when no tmpfs is mounted.

@@ -17,7 +17,7 @@
 use std::{
     collections::HashMap,
     fmt,
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -120,15 +120,37 @@ impl TickerPlan {
 /// A running ticker; dropping it stops the ticker after the tick under way.
 pub struct Ticker {
     _stop: oneshot::Sender<()>,
+    ram: PathBuf,
+}
+
+/// The ticker's RAM goes with it, there and then: after a delete the shim
+/// may exit before the ticker's task runs again, and dumps left in /dev/shm
+/// would hold memory until reboot. A dump cannot be under way (it holds the
+/// lifecycle lock, as a delete does); an upload under way fails, and its
+/// version never appears.
+impl Drop for Ticker {
+    fn drop(&mut self) {
+        discard(&self.ram);
+    }
 }
 
 pub fn spawn(container: Arc<Container>, plan: TickerPlan) -> Ticker {
     let (stop, stopped) = oneshot::channel();
-    tokio::spawn(run(container, plan, stopped));
-    Ticker { _stop: stop }
+    let ram = persist::staging_root().join(format!("ticker-{}-{}", container.namespace(), container.id));
+    tokio::spawn(run(container, plan, ram.clone(), stopped));
+    Ticker { _stop: stop, ram }
 }
 
-async fn run(container: Arc<Container>, plan: TickerPlan, mut stopped: oneshot::Receiver<()>) {
+/// Removes a ticker's RAM directory and all dumps in it.
+fn discard(ram: &Path) {
+    if let Err(e) = std::fs::remove_dir_all(ram)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        warn!("cannot remove the checkpoint ticker's dumps in {}: {e}", ram.display());
+    }
+}
+
+async fn run(container: Arc<Container>, plan: TickerPlan, ram: PathBuf, mut stopped: oneshot::Receiver<()>) {
     let target = match ContainerRef::new(container.namespace(), &container.id) {
         Ok(target) => target,
         Err(e) => {
@@ -137,7 +159,7 @@ async fn run(container: Arc<Container>, plan: TickerPlan, mut stopped: oneshot::
         }
     };
     info!("{}: checkpoint ticker every {:?} into {} ({plan:?})", container.id, plan.interval, plan.store);
-    let mut tick = Tick::new(container, plan, target);
+    let mut tick = Tick::new(container, plan, target, ram);
     tick.chain = criu_parent::Chain::if_supported(&tick.container.id, &tick.ram).await;
     let mut ticks = interval_at(tokio::time::Instant::now() + tick.plan.interval, tick.plan.interval);
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -163,7 +185,7 @@ async fn run(container: Arc<Container>, plan: TickerPlan, mut stopped: oneshot::
             ),
         }
     }
-    tick.discard_ram();
+    discard(&tick.ram);
     debug!("{}: checkpoint ticker stopped", tick.container.id);
 }
 
@@ -184,20 +206,11 @@ struct Tick {
 }
 
 impl Tick {
-    fn new(container: Arc<Container>, plan: TickerPlan, target: ContainerRef) -> Tick {
-        let ram = persist::staging_root().join(format!("ticker-{}-{}", target.namespace, target.id));
+    fn new(container: Arc<Container>, plan: TickerPlan, target: ContainerRef, ram: PathBuf) -> Tick {
         let tick = Tick { container, plan, target, store: None, next_version: None, ram, chain: None };
         // Left over if a shim died mid-tick.
-        tick.discard_ram();
+        discard(&tick.ram);
         tick
-    }
-
-    fn discard_ram(&self) {
-        if let Err(e) = std::fs::remove_dir_all(&self.ram)
-            && e.kind() != std::io::ErrorKind::NotFound
-        {
-            warn!("{}: cannot remove {}: {e}", self.container.id, self.ram.display());
-        }
     }
 
     async fn once(&mut self) -> Result<TickReport, TickError> {
