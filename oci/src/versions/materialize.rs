@@ -192,8 +192,9 @@ impl Source<'_> {
         };
         let recorded = files.iter().find(|f| f.path == layout::MANIFEST_FILE).ok_or_else(in_the_way)?;
         let mut expected = Vec::with_capacity(recorded.size as usize);
-        for chunk in &recorded.chunks {
-            expected.extend_from_slice(&self.chunk(recorded, chunk)?);
+        let ids: Vec<_> = recorded.chunks.iter().map(|c| c.id).collect();
+        for (chunk, blob) in recorded.chunks.iter().zip(self.store.get_chunks(&ids)?) {
+            expected.extend_from_slice(&self.open(recorded, chunk, blob)?);
         }
         match std::fs::read(path.join(layout::MANIFEST_FILE)) {
             Ok(found) if found == expected => {}
@@ -206,8 +207,8 @@ impl Source<'_> {
         })
     }
 
-    /// The plaintext of `chunk` of `file`, checked.
-    fn chunk(&self, file: &VersionFile, chunk: &ChunkRef) -> Result<Vec<u8>> {
+    /// The plaintext of `chunk` of `file` from its blob, checked.
+    fn open(&self, file: &VersionFile, chunk: &ChunkRef, blob: Option<Vec<u8>>) -> Result<Vec<u8>> {
         let fault = |missing: bool| {
             let (container, version, path, id) =
                 (self.container.clone(), self.manifest.version, file.path.clone(), chunk.id);
@@ -217,8 +218,8 @@ impl Source<'_> {
                 VersionError::ChunkDamaged { container, version, path, id }
             }
         };
-        let blob = self.store.get_chunk(&chunk.id)?.ok_or_else(|| fault(true))?;
-        let plain = crypto::open(self.cipher, &chunk.id, blob).ok_or_else(|| fault(false))?;
+        let plain =
+            crypto::open(self.cipher, &chunk.id, blob.ok_or_else(|| fault(true))?).ok_or_else(|| fault(false))?;
         if plain.len() != chunk.size as usize {
             return Err(fault(false));
         }
@@ -278,15 +279,17 @@ impl Source<'_> {
                     return Ok(());
                 }
                 let range = batch * CHUNK_BATCH..((batch + 1) * CHUNK_BATCH).min(file.chunks.len());
-                for i in range {
-                    let written = self
-                        .chunk(file, &file.chunks[i])
-                        .and_then(|plain| out.write_all_at(&plain, offsets[i]).map_err(VersionError::io("write", &path)));
-                    if let Err(e) = written {
-                        // The other threads stop after their batch.
-                        next.store(batches, Ordering::Relaxed);
-                        return Err(e);
-                    }
+                let ids: Vec<_> = file.chunks[range.clone()].iter().map(|c| c.id).collect();
+                let written = self.store.get_chunks(&ids).and_then(|blobs| {
+                    range.zip(blobs).try_for_each(|(i, blob)| {
+                        let plain = self.open(file, &file.chunks[i], blob)?;
+                        out.write_all_at(&plain, offsets[i]).map_err(VersionError::io("write", &path))
+                    })
+                });
+                if let Err(e) = written {
+                    // The other threads stop after their batch.
+                    next.store(batches, Ordering::Relaxed);
+                    return Err(e);
                 }
             }
         };

@@ -33,6 +33,7 @@ mod manifest;
 mod materialize;
 mod registry_api;
 mod registry_artifact;
+mod registry_pack;
 mod registry_store;
 #[cfg(test)]
 mod registry_tests;
@@ -116,6 +117,12 @@ pub trait VersionStore: Send + Sync {
     /// it from under a version that is about to reference it.
     fn claim_chunk(&self, id: &ChunkId) -> Result<bool>;
     fn get_chunk(&self, id: &ChunkId) -> Result<Option<Vec<u8>>>;
+    /// The blobs of `ids`, in order, None for each the store lacks. A
+    /// restore reads chunks in batches through this; stores where a request
+    /// costs more than its bytes read a batch in few requests.
+    fn get_chunks(&self, ids: &[ChunkId]) -> Result<Vec<Option<Vec<u8>>>> {
+        ids.iter().map(|id| self.get_chunk(id)).collect()
+    }
     /// Stores a version's manifest, after making every chunk put so far
     /// durable; fails with [`VersionError::VersionExists`] rather than
     /// replacing one.

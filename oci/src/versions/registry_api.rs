@@ -6,7 +6,7 @@
 //! being done, the request, the HTTP status and the registry's own error
 //! code and message.
 
-use std::{fmt, time::Duration};
+use std::{fmt, ops::Range, time::Duration};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use sha2::Digest as _;
@@ -24,9 +24,9 @@ pub(super) const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 /// MANIFEST_UNKNOWN).
 const ACCEPT_MANIFESTS: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json";
 
-/// No blob or manifest of this store comes near it (chunks are at most
-/// 256 KiB, version manifests a few MiB per GiB of checkpoint, registries
-/// take manifests of a few MiB); it only keeps a misbehaving server from
+/// No answer this store asks for comes near it (ranges of packs are at
+/// most 16 MiB, version manifests a few MiB per GiB of checkpoint,
+/// registries take manifests of a few MiB); it only keeps a misbehaving server from
 /// filling memory.
 const MAX_ANSWER: u64 = 256 << 20;
 /// Asked for per tag-list page; registries may send fewer, and then a
@@ -36,7 +36,7 @@ const TAGS_PER_PAGE: u32 = 1000;
 /// A content digest as registries name blobs and manifests. Only sha256
 /// digests are made or accepted, which also keeps a digest read from a
 /// manifest from smuggling anything into a URL path.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub(super) struct Digest(String);
 
 impl Digest {
@@ -111,6 +111,7 @@ struct Send<'a> {
     body: Option<&'a [u8]>,
     content_type: Option<&'static str>,
     accept: Option<&'static str>,
+    range: Option<&'a str>,
 }
 
 impl Registry {
@@ -180,6 +181,40 @@ impl Registry {
         self.get_optional(&call, Send::default())
     }
 
+    /// Bytes `range` of blob `digest` (a `Range` request), or None if the
+    /// repository lacks the blob or the range is past its end. A registry
+    /// that ignores `Range` sends the whole blob, and the range is cut
+    /// from it here. Not checked: what the range holds is checked when the
+    /// chunks in it are opened.
+    pub(super) fn get_blob_range(
+        &self,
+        digest: &Digest,
+        range: Range<u64>,
+        what: fmt::Arguments<'_>,
+    ) -> Result<Option<Vec<u8>>> {
+        let call = Call { method: "GET", url: self.url(&format!("blobs/{digest}")), what };
+        let header = format!("bytes={}-{}", range.start, range.end.saturating_sub(1));
+        let mut answer = self.send(&call, Send { range: Some(&header), ..Send::default() })?;
+        let wanted = usize::try_from(range.end - range.start).unwrap_or(usize::MAX);
+        match answer.status {
+            206 if answer.body.len() == wanted => Ok(Some(answer.body)),
+            206 => Err(self.bad_answer(
+                &call,
+                format!("asked for {wanted} bytes, it sent {} (is the blob shorter?)", answer.body.len()),
+            )),
+            200 => {
+                let (start, end) = (range.start as usize, range.end as usize);
+                if answer.body.len() < end {
+                    return Ok(None);
+                }
+                answer.body.truncate(end);
+                Ok(Some(answer.body.split_off(start)))
+            }
+            404 | 416 => Ok(None),
+            _ => Err(self.refused(&call, &answer, hint(answer.status, None))),
+        }
+    }
+
     /// Uploads `bytes`, whose digest is `digest`, as one blob: a POST opens
     /// the upload, one PUT carries all of it and closes it (the registry
     /// checks the digest).
@@ -199,8 +234,10 @@ impl Registry {
         })?;
         let separator = if upload.contains('?') { '&' } else { '?' };
         let put = Call { method: "PUT", url: format!("{upload}{separator}digest={digest}"), what };
-        let answer =
-            self.send(&put, Send { body: Some(bytes), content_type: Some("application/octet-stream"), accept: None })?;
+        let answer = self.send(
+            &put,
+            Send { body: Some(bytes), content_type: Some("application/octet-stream"), ..Send::default() },
+        )?;
         if answer.status != 201 {
             return Err(self.refused(&put, &answer, hint(answer.status, None)));
         }
@@ -234,7 +271,7 @@ impl Registry {
         what: fmt::Arguments<'_>,
     ) -> Result<()> {
         let call = Call { method: "PUT", url: self.url(&format!("manifests/{tag}")), what };
-        let answer = self.send(&call, Send { body: Some(bytes), content_type: Some(media_type), accept: None })?;
+        let answer = self.send(&call, Send { body: Some(bytes), content_type: Some(media_type), ..Send::default() })?;
         match answer.status {
             201 => Ok(()),
             _ => Err(self.refused(&call, &answer, hint(answer.status, error_code(&answer).as_deref()))),
@@ -327,6 +364,9 @@ impl Registry {
         }
         if let Some(accept) = send.accept {
             request = request.header(http::header::ACCEPT, accept);
+        }
+        if let Some(range) = send.range {
+            request = request.header(http::header::RANGE, range);
         }
         let sent = match send.body {
             Some(bytes) => request.body(bytes).map(|r| self.agent.run(r)),

@@ -9,15 +9,19 @@ use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 
 use super::{
     ContainerRef, VERSION_MEDIA_TYPE,
-    crypto::ChunkId,
     registry_api::{Blob, Digest, OCI_INDEX, OCI_MANIFEST},
+    registry_pack::{PACK_INDEX_MEDIA_TYPE, PACK_MEDIA_TYPE},
 };
 
-/// A chunk blob: plaintext, or sealed as the version manifest's
-/// `encryption` says.
-pub(super) const CHUNK_MEDIA_TYPE: &str = "application/vnd.containerd-migrate.chunk.v1";
-/// On each layer: the id of the chunk it holds.
-pub(super) const CHUNK_ANNOTATION: &str = "io.containerd.migrate.chunk";
+/// A pack in the registry and the blob of its index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct PackBlobs {
+    pub pack: Blob,
+    pub index: Blob,
+}
+
+/// On each pack layer: the digest of its index, a layer of the same part.
+pub(super) const PACK_INDEX_ANNOTATION: &str = "io.containerd.migrate.pack-index";
 pub(super) const NAMESPACE_ANNOTATION: &str = "io.containerd.migrate.namespace";
 pub(super) const CONTAINER_ANNOTATION: &str = "io.containerd.migrate.container";
 pub(super) const VERSION_ANNOTATION: &str = "io.containerd.migrate.version";
@@ -25,12 +29,12 @@ pub(super) const VERSION_ANNOTATION: &str = "io.containerd.migrate.version";
 pub(super) const PART_ANNOTATION: &str = "io.containerd.migrate.part";
 pub(super) const CREATED_ANNOTATION: &str = "org.opencontainers.image.created";
 
-/// Chunk layers per part at most. A layer's descriptor takes about 270
-/// bytes, so a full part is about 2.1 MiB, half the 4 MiB that the
-/// distribution registry takes in one manifest (see the test
-/// `parts_stay_well_under_the_registry_limit`), and holds 250 MiB of
-/// checkpoint at 32 KiB chunks.
-pub(super) const PART_CHUNKS: usize = 8_000;
+/// Packs per part at most, each two layers (the pack and its index). A
+/// pair's descriptors take about 470 bytes, so a full part is about 1.8
+/// MiB, under half the 4 MiB that the distribution registry takes in one
+/// manifest (see the test `parts_stay_well_under_the_registry_limit`),
+/// and lists 31 GiB of checkpoint in 8 MiB packs.
+pub(super) const PART_PACKS: usize = 4_000;
 
 /// Hex digits of the container hash in a tag: 128 bits, so that two
 /// containers never share one.
@@ -144,24 +148,32 @@ fn version_annotations(container: &ContainerRef, version: u64, created: &str) ->
 
 impl OciManifest {
     /// Part `part` of version `version` of `container`: `config` is the
-    /// version manifest, `chunks` some of its distinct chunks with their
-    /// blobs. `pushed` is now, RFC 3339: how old a part left without its
-    /// index is.
+    /// version manifest, `packs` some of the packs holding its chunks.
+    /// `pushed` is now, RFC 3339: how old a part left without its index is.
     pub(super) fn part(
         container: &ContainerRef,
         version: u64,
         part: usize,
         pushed: &str,
         config: &Blob,
-        chunks: &[(ChunkId, Blob)],
+        packs: &[PackBlobs],
     ) -> OciManifest {
-        let layers = chunks
+        let layers = packs
             .iter()
-            .map(|(id, blob)| Descriptor {
-                media_type: CHUNK_MEDIA_TYPE.into(),
-                digest: blob.digest.clone(),
-                size: blob.size,
-                annotations: BTreeMap::from([(CHUNK_ANNOTATION.into(), id.to_string())]),
+            .flat_map(|PackBlobs { pack, index }| {
+                let index_layer = Descriptor {
+                    media_type: PACK_INDEX_MEDIA_TYPE.into(),
+                    digest: index.digest.clone(),
+                    size: index.size,
+                    annotations: BTreeMap::new(),
+                };
+                let pack_layer = Descriptor {
+                    media_type: PACK_MEDIA_TYPE.into(),
+                    digest: pack.digest.clone(),
+                    size: pack.size,
+                    annotations: BTreeMap::from([(PACK_INDEX_ANNOTATION.into(), index.digest.to_string())]),
+                };
+                [index_layer, pack_layer]
             })
             .collect();
         let mut annotations = version_annotations(container, version, pushed);
@@ -192,11 +204,20 @@ impl OciManifest {
         OffsetDateTime::parse(self.annotations.get(CREATED_ANNOTATION)?, &Rfc3339).ok()
     }
 
-    /// The chunk ids the layers' annotations name, with their blobs.
-    pub(super) fn chunk_blobs(&self) -> impl Iterator<Item = (ChunkId, Blob)> + '_ {
-        self.layers.iter().filter_map(|layer| {
-            let id = layer.annotations.get(CHUNK_ANNOTATION)?.parse().ok()?;
-            Some((id, Blob { digest: layer.digest.clone(), size: layer.size }))
+    /// The packs the layers list with their indexes; a pack layer whose
+    /// index is not a layer of this part too (which the registry's garbage
+    /// collector would not keep) is left out.
+    pub(super) fn packs(&self) -> impl Iterator<Item = PackBlobs> + '_ {
+        let blob = |layer: &Descriptor| Blob { digest: layer.digest.clone(), size: layer.size };
+        let indexes: BTreeMap<String, Blob> = self
+            .layers
+            .iter()
+            .filter(|layer| layer.media_type == PACK_INDEX_MEDIA_TYPE)
+            .map(|layer| (layer.digest.to_string(), blob(layer)))
+            .collect();
+        self.layers.iter().filter(|layer| layer.media_type == PACK_MEDIA_TYPE).filter_map(move |layer| {
+            let index = indexes.get(layer.annotations.get(PACK_INDEX_ANNOTATION)?)?.clone();
+            Some(PackBlobs { pack: blob(layer), index })
         })
     }
 }
@@ -240,7 +261,6 @@ impl OciIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::versions::crypto::chunk_id;
 
     /// The distribution spec's tag grammar.
     fn valid_tag(tag: &str) -> bool {
@@ -288,23 +308,27 @@ mod tests {
     #[test]
     fn a_version_index_and_its_parts_read_back() {
         let web = ContainerRef::new("default", "web").unwrap();
-        let id = chunk_id(None, b"chunk");
-        let chunk = Blob { digest: Digest::of(b"chunk"), size: 5 };
+        let packed = PackBlobs {
+            pack: Blob { digest: Digest::of(b"pack"), size: 4 },
+            index: Blob { digest: Digest::of(b"index"), size: 5 },
+        };
         let config = Blob { digest: Digest::of(b"{}"), size: 2 };
         let pushed = "2026-11-22T14:30:01.5Z";
-        let part = OciManifest::part(&web, 3, 1, pushed, &config, &[(id, chunk.clone())]);
+        let part = OciManifest::part(&web, 3, 1, pushed, &config, std::slice::from_ref(&packed));
         let json = serde_json::to_value(&part).unwrap();
         assert_eq!(json["mediaType"], OCI_MANIFEST);
         assert_eq!(json["artifactType"], VERSION_MEDIA_TYPE);
         assert_eq!(json["config"]["mediaType"], VERSION_MEDIA_TYPE);
-        assert_eq!(json["layers"][0]["annotations"][CHUNK_ANNOTATION], id.to_string());
+        assert_eq!(json["layers"][0]["mediaType"], PACK_INDEX_MEDIA_TYPE);
+        assert_eq!(json["layers"][1]["mediaType"], PACK_MEDIA_TYPE);
+        assert_eq!(json["layers"][1]["annotations"][PACK_INDEX_ANNOTATION], packed.index.digest.to_string());
         assert_eq!(json["annotations"][VERSION_ANNOTATION], "3");
         assert_eq!(json["annotations"][PART_ANNOTATION], "1");
         assert!(json["config"].get("annotations").is_none());
         let back: OciManifest = serde_json::from_value(json).unwrap();
         assert!(back.is_part());
         assert_eq!(back.pushed(), Some(OffsetDateTime::parse(pushed, &Rfc3339).unwrap()));
-        assert_eq!(back.chunk_blobs().collect::<Vec<_>>(), [(id, chunk)]);
+        assert_eq!(back.packs().collect::<Vec<_>>(), [packed]);
 
         let part_bytes = serde_json::to_vec(&back).unwrap();
         let part = Blob { digest: Digest::of(&part_bytes), size: part_bytes.len() as u64 };
@@ -323,33 +347,36 @@ mod tests {
         assert!(serde_json::from_slice::<OciManifest>(&serde_json::to_vec(&back).unwrap()).is_err());
         assert!(serde_json::from_slice::<OciIndex>(&part_bytes).is_err());
 
-        // An image is not a part, and its layers name no chunks.
+        // An image is not a part, and its layers are no packs.
         let image = r#"{"schemaVersion":2,"config":{"mediaType":"application/vnd.oci.image.config.v1+json",
             "digest":"sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad","size":3},
             "layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip",
             "digest":"sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad","size":3}]}"#;
         let image: OciManifest = serde_json::from_str(image).unwrap();
         assert!(!image.is_part() && image.pushed().is_none());
-        assert_eq!(image.chunk_blobs().count(), 0);
+        assert_eq!(image.packs().count(), 0);
     }
 
     /// The distribution registry refuses manifests over 4 MiB; a full part
-    /// of the largest chunks (256 KiB, sizes of six digits) at the longest
-    /// names stays near half of that.
+    /// of packs with sizes of ten digits at the longest names stays under
+    /// half of that.
     #[test]
     fn parts_stay_well_under_the_registry_limit() {
         let longest = ContainerRef::new(&"n".repeat(128), &"i".repeat(128)).unwrap();
-        let chunks: Vec<(ChunkId, Blob)> = (0..PART_CHUNKS)
+        let packs: Vec<PackBlobs> = (0..PART_PACKS)
             .map(|i| {
                 let bytes = i.to_le_bytes();
-                (chunk_id(None, &bytes), Blob { digest: Digest::of(&bytes), size: 256 << 10 })
+                PackBlobs {
+                    pack: Blob { digest: Digest::of(&bytes), size: 1 << 30 },
+                    index: Blob { digest: Digest::of(&[&bytes[..], b"index"].concat()), size: 1 << 20 },
+                }
             })
             .collect();
         let config = Blob { digest: Digest::of(b"{}"), size: 3 << 20 };
-        let part = OciManifest::part(&longest, u64::MAX, usize::MAX, "2026-11-22T14:30:00.123Z", &config, &chunks);
+        let part = OciManifest::part(&longest, u64::MAX, usize::MAX, "2026-11-22T14:30:00.123Z", &config, &packs);
         let size = serde_json::to_vec(&part).unwrap().len();
-        assert!(size < 5 << 19, "a full part takes {size} bytes");
-        let per_layer = size / PART_CHUNKS;
-        assert!((250..=290).contains(&per_layer), "{per_layer} bytes per layer: update PART_CHUNKS' doc");
+        assert!(size < 1 << 21, "a full part takes {size} bytes");
+        let per_pack = size / PART_PACKS;
+        assert!((440..=490).contains(&per_pack), "{per_pack} bytes per pack: update PART_PACKS' doc");
     }
 }

@@ -10,11 +10,13 @@
 //! <repository>:<hash>-<version>.part<P>  its parts, P = 0, 1, ...: one OCI image manifest each
 //!     artifactType  application/vnd.containerd-migrate.version.manifest.v1+json
 //!     config        the version manifest (that media type): the same blob in every part
-//!     layers        up to 8,000 of the version's distinct chunk blobs, application/vnd.containerd-migrate.chunk.v1,
-//!                   each annotated io.containerd.migrate.chunk=<chunk id>; each chunk in one part only
+//!     layers        up to 4,000 of the packs holding the version's chunks, each as two layers: its index
+//!                   (application/vnd.containerd-migrate.pack-index.v1+json), then the pack
+//!                   (application/vnd.containerd-migrate.pack.v1, annotated io.containerd.migrate.pack-index=
+//!                   <the index's digest>); each pack in one part only
 //!     annotations   the index's, io.containerd.migrate.part=<P>, and org.opencontainers.image.created = when
 //!                   the part was pushed
-//! <repository>@sha256:<sha256 of the stored blob>   chunk and config blobs, shared by digest
+//! <repository>@sha256:<sha256 of the stored blob>   packs, pack indexes and configs, shared by digest
 //! ```
 //!
 //! **Tags.** `<hash>` is the first 32 hex digits (128 bits) of
@@ -26,18 +28,17 @@
 //! annotations. Tags of any other shape are neither, so the repository may
 //! hold other artifacts too. A container is listed while it has a version.
 //!
-//! **Parts.** The distribution registry refuses manifests over 4 MiB, about
-//! 15,000 layers: 500 MiB of checkpoint at 32 KiB chunks in one manifest. A
-//! part of at most [`PART_CHUNKS`] (8,000) layers is about 2.1 MiB, and an
-//! index under 4 MiB lists some 25,000 parts, so versions of any size a
-//! host has fit (1 GiB of memory, some 27,000 chunks, is 4 parts). The
-//! version manifest is the config of every part, not only of the first:
-//! each part is then a whole artifact of the version's type (an image
-//! manifest needs a config, and an empty one would be a second kind of
-//! part), the registry checks at each part's PUT that the version manifest
-//! is there, and a reader checks that the parts of an index all name the
-//! same one, so a part of another version is never mixed in. It costs a
-//! descriptor per part; the blob is shared.
+//! **Parts.** The distribution registry refuses manifests over 4 MiB. A
+//! part of at most [`PART_PACKS`] (4,000) packs is about 1.8 MiB and
+//! lists 31 GiB of checkpoint, so most versions are one part (1 GiB of
+//! memory is about 130 packs), and an index under 4 MiB lists some 25,000
+//! parts. The version manifest is the config of every part, not only of
+//! the first: each part is then a whole artifact of the version's type (an
+//! image manifest needs a config, and an empty one would be a second kind
+//! of part), the registry checks at each part's PUT that the version
+//! manifest is there, and a reader checks that the parts of an index all
+//! name the same one, so a part of another version is never mixed in. It
+//! costs a descriptor per part; the blob is shared.
 //!
 //! Parts are tagged, not pushed by digest alone, because of the garbage
 //! collector of distribution 2.8 (Debian's `docker-registry` 2.8.2; 3.0
@@ -50,37 +51,40 @@
 //! both collectors while their version lives, and leftovers are found in
 //! the tag list. `registry_tests` checks both collectors.
 //!
-//! **Chunks.** Without a key a chunk's id is the sha256 of its blob, so its
-//! blob is `sha256:<id>` and [`VersionStore::has_chunk`] is a HEAD on it.
-//! With a key the id is an HMAC and says nothing of the blob's digest (two
-//! uploads of one chunk even differ, nonces being random), so the store
-//! keeps an index chunk id → blob for keyed chunks, filled from what it
-//! uploads, from the layers of all the parts of each version it reads, and
-//! from those of the versions it has not read yet: it reads those when a
-//! keyed chunk is about to be uploaded or a chunk is not found, at most
-//! once per version stored. So a ticker, which keeps one store for its
-//! container's life, reads each other version's parts once, plus one tag
-//! list per version. A version relies on a hint of the index only after a
-//! HEAD, and what a blob holds is checked by the chunk's id (and the
-//! cipher) when it is opened.
+//! **Chunks** are kept in packs ([`super::registry_pack`]): blobs of
+//! about 8 MiB of chunks, each with an index blob saying which chunk is
+//! where in it. The store keeps a map chunk id → (pack, offset, size),
+//! filled from the packs it uploads, from the parts (and new pack
+//! indexes) of each version it reads, and from those of the versions it
+//! has not read yet, which it reads when a chunk is not in the map, at
+//! most once per version stored. So a ticker, which keeps one store for
+//! its container's life, reads each other version's parts once, plus one
+//! tag list per version, and shares chunks with every container of the
+//! repository. A version relies on the map's word that a pack is in the
+//! registry only after a HEAD on it (once per pack), and what a chunk
+//! holds is checked by its id (and the cipher) when it is opened.
 //!
-//! **Commit.** A version is its index's tag. Storing one costs a HEAD per
-//! chunk, and a POST and a PUT (a monolithic upload) per chunk the
-//! registry lacks; then the version manifest is uploaded as the config
-//! blob, the parts are PUT, and the index last. An interrupted upload
-//! leaves blobs and parts, never a version. `put_manifest` lists a blob
-//! only once this store has seen it in the registry, since registries need
-//! not refuse a manifest whose blobs are missing (the distribution registry
-//! refuses a part whose blobs, and an index whose parts, are missing). A
-//! PUT replaces a tag, so `put_manifest` first checks that the version's
-//! tag is free (registries have no put-if-absent, and a version number has
-//! one writer, its container's ticker), then deletes the parts an earlier
-//! try at that version left, which the new parts' tags would otherwise
-//! untag.
+//! **Commit.** A version is its index's tag. Storing one costs, per chunk
+//! the store lacks, a copy into the pack being gathered, and per pack a
+//! POST and a PUT each for it and its index; `put_manifest` uploads the
+//! last pack, the version manifest as the config blob, then the parts, and
+//! the index last. An interrupted upload leaves blobs and parts, never a
+//! version. `put_manifest` lists a pack only once this store has seen it
+//! in the registry, since registries need not refuse a manifest whose
+//! blobs are missing (the distribution registry refuses a part whose
+//! blobs, and an index whose parts, are missing). A PUT replaces a tag, so
+//! `put_manifest` first checks that the version's tag is free (registries
+//! have no put-if-absent, and a version number has one writer, its
+//! container's ticker), then deletes the parts an earlier try at that
+//! version left, which the new parts' tags would otherwise untag.
 //!
 //! **Reading.** [`VersionStore::get_manifest`] reads the index and, the
-//! first time, every part (checked against its digest), then the version
-//! manifest; after that, the index and the version manifest.
+//! first time, every part (checked against its digest) and the indexes of
+//! the packs not read yet, then the version manifest; after that, the
+//! index and the version manifest. [`VersionStore::get_chunks`] reads a
+//! batch of chunks with one ranged GET per run of them in a pack (chunks
+//! less than [`RANGE_GAP`] apart are one run): a restore of 1 GiB is a few
+//! hundred requests.
 //!
 //! **Deletion and GC.** `delete_version` deletes a version's index by
 //! digest, which ends the version and drops its tag, then each of its
@@ -99,6 +103,7 @@
 use std::{
     collections::{HashMap, HashSet},
     fmt,
+    ops::Range,
     sync::{Mutex, MutexGuard},
     time::Duration,
 };
@@ -112,26 +117,39 @@ use super::{
     manifest::VersionManifest,
     registry_api::{Blob, Digest, OCI_INDEX, OCI_MANIFEST, Registry},
     registry_artifact::{
-        Descriptor, OciIndex, OciManifest, PART_CHUNKS, container_hash, parse_part_tag, parse_version_tag, part_tag,
-        version_tag,
+        Descriptor, OciIndex, OciManifest, PART_PACKS, PackBlobs, container_hash, parse_part_tag, parse_version_tag,
+        part_tag, version_tag,
     },
+    registry_pack::{PACK_BYTES, PackBuilder, PackIndex},
 };
+
+/// Chunks of one pack at most this far apart are read with one ranged GET:
+/// a request costs about as much as reading 256 KiB more.
+const RANGE_GAP: u64 = 256 << 10;
+/// The longest range read in one GET.
+const MAX_RANGE: u64 = 16 << 20;
 
 #[derive(Debug)]
 pub struct RegistryStore {
     registry: Registry,
-    /// Chunk layers per part: [`PART_CHUNKS`], fewer in tests.
-    part_chunks: usize,
+    /// Packs per part: [`PART_PACKS`], fewer in tests.
+    part_packs: usize,
+    /// Bytes a pack gathers before it is uploaded: [`PACK_BYTES`], fewer in
+    /// tests.
+    pack_bytes: usize,
     state: Mutex<State>,
 }
 
 #[derive(Debug, Default)]
 struct State {
-    /// Where the blobs of keyed chunks are: the chunks whose blob digest is
-    /// not sha256 of their id.
-    keyed: HashMap<ChunkId, Blob>,
-    /// Version tags read for `keyed`: the layers of their parts are in it
-    /// (or they had no parts that could be read).
+    /// Where each chunk in the packs this store knows is.
+    located: HashMap<ChunkId, Location>,
+    /// The packs whose indexes are in `located`.
+    packs: HashMap<Digest, KnownPack>,
+    /// The chunks put since the last pack was uploaded.
+    pending: PackBuilder,
+    /// Version tags whose parts were read into `located` (or had no parts
+    /// that could be read).
     indexed_tags: HashSet<String>,
     /// The version manifest that each version index read whole names, by
     /// the index's digest: reading that version again costs its index and
@@ -140,16 +158,27 @@ struct State {
     /// Whether the unread versions were indexed since the last version was
     /// stored.
     refreshed: bool,
-    /// Chunks this store found or uploaded: known without asking again, so
-    /// that a ticker's next version asks only about chunks it has not seen
-    /// (one HEAD per chunk is most of a version's cost). A registry drops
-    /// blobs only in its offline garbage collection; should one have run
-    /// meanwhile, it refuses the part that lists a collected blob
-    /// (MANIFEST_BLOB_UNKNOWN), the version fails, and the ticker opens the
-    /// store afresh.
-    present: HashMap<ChunkId, Blob>,
     /// The containers behind the hashes in tags.
     containers: HashMap<String, ContainerRef>,
+}
+
+#[derive(Debug, Clone)]
+struct Location {
+    pack: Digest,
+    offset: u64,
+    size: u32,
+}
+
+#[derive(Debug, Clone)]
+struct KnownPack {
+    blobs: PackBlobs,
+    /// Whether this store uploaded the pack or found it in the registry
+    /// (a HEAD): only then do versions list it. A registry drops blobs only
+    /// in its offline garbage collection; should one have run meanwhile,
+    /// it refuses the part that lists a collected pack
+    /// (MANIFEST_BLOB_UNKNOWN), the version fails, and the ticker opens
+    /// the store afresh.
+    confirmed: bool,
 }
 
 /// A version whose parts are in the registry, and the index that commits
@@ -161,6 +190,14 @@ pub(super) struct PushedParts {
     parts: Vec<Blob>,
 }
 
+/// Chunks read with one ranged GET: their place in the batch and in the
+/// pack.
+struct Run {
+    pack: Digest,
+    range: Range<u64>,
+    members: Vec<(usize, Range<u64>)>,
+}
+
 impl RegistryStore {
     /// Opens the repository at `location`, checking that a distribution API
     /// answers there, so that a wrong address fails now rather than at the
@@ -168,53 +205,67 @@ impl RegistryStore {
     pub fn open(location: &RegistryLocation) -> Result<RegistryStore> {
         let registry = Registry::new(location);
         registry.ping()?;
-        Ok(RegistryStore { registry, part_chunks: PART_CHUNKS, state: Mutex::default() })
+        Ok(RegistryStore { registry, part_packs: PART_PACKS, pack_bytes: PACK_BYTES, state: Mutex::default() })
     }
 
-    /// Cuts the versions this store writes into parts of `chunks` layers,
-    /// so that tests see many parts without storing gigabytes.
+    /// Cuts the versions this store writes into parts of `packs` packs of
+    /// about `pack_bytes` each, so that tests see many of both without
+    /// storing gigabytes.
     #[cfg(test)]
-    pub(super) fn with_part_chunks(self, chunks: usize) -> RegistryStore {
-        assert!(chunks > 0);
-        RegistryStore { part_chunks: chunks, ..self }
+    pub(super) fn with_sizes(self, packs: usize, pack_bytes: usize) -> RegistryStore {
+        assert!(packs > 0 && pack_bytes > 0);
+        RegistryStore { part_packs: packs, pack_bytes, ..self }
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Where chunk `id`'s blob should be: the index's hint for a keyed
-    /// chunk, else the digest a plain chunk's blob has.
-    fn digest_of(&self, id: &ChunkId) -> Digest {
-        self.state().keyed.get(id).map_or_else(|| plain_digest(id), |blob| blob.digest.clone())
+    /// Where chunk `id` is, if a pack this store knows holds it; reads the
+    /// versions not read yet first if none does.
+    fn locate(&self, id: &ChunkId) -> Result<Option<Location>> {
+        if let Some(found) = self.state().located.get(id) {
+            return Ok(Some(found.clone()));
+        }
+        self.refresh_index()?;
+        Ok(self.state().located.get(id).cloned())
     }
 
-    /// The blob of chunk `id`, if the registry has it (a HEAD).
-    /// Whether this store found or uploaded chunk `id` before.
-    fn known(&self, id: &ChunkId) -> bool {
-        self.state().present.contains_key(id)
-    }
-
-    fn find(&self, id: &ChunkId) -> Result<Option<Blob>> {
-        let digest = self.digest_of(id);
-        let Some(size) = self.registry.blob_size(&digest, format_args!("checking chunk {id}"))? else {
-            // If the index pointed here, the blob was collected with the
-            // versions that used it.
-            self.state().keyed.remove(id);
-            return Ok(None);
+    /// Where chunk `id` is, if it is in a pack the registry has; the first
+    /// time a pack is relied on, a HEAD checks that it is there, and a pack
+    /// that is not is forgotten with its chunks.
+    fn locate_confirmed(&self, id: &ChunkId) -> Result<Option<Location>> {
+        let Some(found) = self.locate(id)? else { return Ok(None) };
+        let pack = {
+            let state = self.state();
+            match state.packs.get(&found.pack) {
+                Some(known) if known.confirmed => return Ok(Some(found)),
+                Some(known) => known.blobs.pack.clone(),
+                None => return Ok(None),
+            }
         };
-        let blob = Blob { digest, size };
-        self.state().present.insert(*id, blob.clone());
-        Ok(Some(blob))
+        let what = format_args!("checking pack {} of chunk {id}", pack.digest);
+        let there = self.registry.blob_size(&pack.digest, what)? == Some(pack.size);
+        let mut state = self.state();
+        if there {
+            if let Some(known) = state.packs.get_mut(&pack.digest) {
+                known.confirmed = true;
+            }
+            return Ok(Some(found));
+        }
+        // Collected with the versions that used it.
+        state.packs.remove(&pack.digest);
+        state.located.retain(|_, at| at.pack != pack.digest);
+        Ok(None)
     }
 
-    /// Indexes the keyed chunks of every version tag not indexed yet, once
-    /// per version stored.
+    /// Reads the parts of every version tag not read yet, once per version
+    /// stored.
     fn refresh_index(&self) -> Result<()> {
         if self.state().refreshed {
             return Ok(());
         }
-        let what = format_args!("listing versions to find chunks stored under a key");
+        let what = format_args!("listing versions to find the chunks they store");
         let tags = self.registry.tags(what)?;
         let unread: Vec<String> = {
             let state = self.state();
@@ -242,9 +293,9 @@ impl RegistryStore {
         Ok(index.map(|index| (Digest::of(&body), index)))
     }
 
-    /// Reads every part of version index `index`, in order, indexes their
-    /// keyed chunks and returns the version manifest they all name; Err
-    /// says what is wrong with the parts.
+    /// Reads every part of version index `index`, in order, and the indexes
+    /// of their packs not read yet into `located`, and returns the version
+    /// manifest they all name; Err says what is wrong with the parts.
     fn read_parts(&self, index: &OciIndex, what: fmt::Arguments<'_>) -> Result<Result<Digest, String>> {
         let mut config: Option<Digest> = None;
         for descriptor in &index.manifests {
@@ -255,10 +306,9 @@ impl RegistryStore {
             if config.get_or_insert_with(|| part.config.digest.clone()) != &part.config.digest {
                 return Ok(Err(format!("its part {} belongs to another version manifest", descriptor.digest)));
             }
-            let mut state = self.state();
-            for (id, blob) in part.chunk_blobs() {
-                if blob.digest != plain_digest(&id) {
-                    state.keyed.insert(id, blob);
+            for blobs in part.packs() {
+                if let Err(reason) = self.read_pack_index(blobs, what)? {
+                    return Ok(Err(reason));
                 }
             }
         }
@@ -282,10 +332,60 @@ impl RegistryStore {
         })
     }
 
+    /// Reads the index of a pack into `located` unless it is there; Err says
+    /// what is wrong with it.
+    fn read_pack_index(&self, blobs: PackBlobs, what: fmt::Arguments<'_>) -> Result<Result<(), String>> {
+        if self.state().packs.contains_key(&blobs.pack.digest) {
+            return Ok(Ok(()));
+        }
+        let digest = &blobs.index.digest;
+        let Some(bytes) = self.registry.get_blob(digest, what)? else {
+            return Ok(Err(format!(
+                "the index {digest} of its pack {} is missing from the registry",
+                blobs.pack.digest
+            )));
+        };
+        if Digest::of(&bytes) != *digest {
+            return Ok(Err(format!("the index {digest} of its pack {} is damaged", blobs.pack.digest)));
+        }
+        let index = match PackIndex::parse(&bytes, &blobs.pack) {
+            Ok(index) => index,
+            Err(reason) => return Ok(Err(format!("the index {digest} of its pack {}: {reason}", blobs.pack.digest))),
+        };
+        self.learn(blobs, &index, false);
+        Ok(Ok(()))
+    }
+
+    /// Adds the chunks of a pack to `located`. A chunk already located
+    /// elsewhere stays there.
+    fn learn(&self, blobs: PackBlobs, index: &PackIndex, confirmed: bool) {
+        let mut state = self.state();
+        for chunk in &index.chunks {
+            let at = Location { pack: blobs.pack.digest.clone(), offset: chunk.offset, size: chunk.size };
+            state.located.entry(chunk.id).or_insert(at);
+        }
+        state.packs.insert(blobs.pack.digest.clone(), KnownPack { blobs, confirmed });
+    }
+
+    /// Uploads the chunks gathered so far as a pack, with its index.
+    fn upload_pending(&self) -> Result<()> {
+        let pending = std::mem::take(&mut self.state().pending);
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let pack = pending.finish();
+        let chunks = pack.index.chunks.len();
+        let what = format_args!("uploading a pack of {chunks} chunks");
+        let pack_blob = self.registry.push_blob(pack.index.pack.clone(), &pack.bytes, what)?;
+        let index_blob = self.registry.push_blob(Digest::of(&pack.index_bytes), &pack.index_bytes, what)?;
+        self.learn(PackBlobs { pack: pack_blob, index: index_blob }, &pack.index, true);
+        Ok(())
+    }
+
     /// Pushes all of version `version` of `container` but the index that
-    /// makes it a version: its version manifest `bytes` as a blob, then its
-    /// parts, tagged, once the parts an earlier try at this version left
-    /// are deleted. Its chunks must be in the registry already.
+    /// makes it a version: the chunks still gathered as a pack, its version
+    /// manifest `bytes` as a blob, then its parts, tagged, once the parts
+    /// an earlier try at this version left are deleted.
     pub(super) fn put_parts(&self, container: &ContainerRef, version: u64, bytes: &[u8]) -> Result<PushedParts> {
         let store = || self.registry.store().to_owned();
         let manifest: VersionManifest =
@@ -296,32 +396,24 @@ impl RegistryStore {
                 reason: e.to_string(),
             })?;
         let what = format_args!("storing version {version} of {container}");
-        // The version after this one refreshes the index once more.
-        let present = {
-            let mut state = self.state();
-            state.refreshed = false;
-            state.present.clone()
-        };
         if self.registry.has_manifest(&version_tag(container, version), what)? {
             return Err(VersionError::VersionExists { container: container.clone(), version });
         }
+        self.upload_pending()?;
+        // The packs, in the order the version first uses them.
         let mut listed = HashSet::new();
-        let mut chunks = Vec::new();
+        let mut packs = Vec::new();
         for id in manifest.chunk_ids() {
-            if !listed.insert(id) {
-                continue;
+            let missing =
+                || VersionError::RegistryChunkMissing { store: store(), container: container.clone(), version, id };
+            let at = self.locate_confirmed(&id)?.ok_or_else(missing)?;
+            if listed.insert(at.pack.clone()) {
+                let blobs = self.state().packs.get(&at.pack).map(|known| known.blobs.clone());
+                packs.push(blobs.ok_or_else(missing)?);
             }
-            let blob = match present.get(&id) {
-                Some(blob) => blob.clone(),
-                None => self.find(&id)?.ok_or_else(|| VersionError::RegistryChunkMissing {
-                    store: store(),
-                    container: container.clone(),
-                    version,
-                    id,
-                })?,
-            };
-            chunks.push((id, blob));
         }
+        // The version after this one refreshes the index once more.
+        self.state().refreshed = false;
         let digest = Digest::of(bytes);
         let config = match self.registry.blob_size(&digest, what)? {
             Some(size) => Blob { digest, size },
@@ -330,8 +422,8 @@ impl RegistryStore {
         self.delete_left_parts(container, version, what)?;
         let pushed = OffsetDateTime::now_utc().format(&Rfc3339).expect("now formats as RFC 3339");
         // One part even for no chunks, so that every version has a config.
-        let slices: Vec<&[(ChunkId, Blob)]> =
-            if chunks.is_empty() { vec![&[]] } else { chunks.chunks(self.part_chunks).collect() };
+        let slices: Vec<&[PackBlobs]> =
+            if packs.is_empty() { vec![&[]] } else { packs.chunks(self.part_packs).collect() };
         let mut parts = Vec::with_capacity(slices.len());
         for (number, slice) in slices.into_iter().enumerate() {
             let part = OciManifest::part(container, version, number, &pushed, &config, slice);
@@ -377,61 +469,84 @@ impl RegistryStore {
         }
         Ok(())
     }
-}
 
-/// The digest of a plain chunk's blob: its id.
-fn plain_digest(id: &ChunkId) -> Digest {
-    Digest::parse(&format!("sha256:{id}")).expect("a chunk id is 64 lowercase hex digits")
+    /// Groups the chunks of a batch into runs, each read with one GET.
+    fn runs(&self, ids: &[ChunkId]) -> Result<Vec<Run>> {
+        let mut wanted: Vec<(Location, usize)> = Vec::with_capacity(ids.len());
+        for (i, id) in ids.iter().enumerate() {
+            if let Some(at) = self.locate(id)? {
+                wanted.push((at, i));
+            }
+        }
+        wanted.sort_by(|(a, _), (b, _)| (&a.pack, a.offset).cmp(&(&b.pack, b.offset)));
+        let mut runs: Vec<Run> = Vec::new();
+        for (at, i) in wanted {
+            let chunk = at.offset..at.offset + u64::from(at.size);
+            match runs.last_mut() {
+                Some(run)
+                    if run.pack == at.pack
+                        && chunk.start <= run.range.end + RANGE_GAP
+                        && chunk.end.max(run.range.end) - run.range.start <= MAX_RANGE =>
+                {
+                    run.range.end = run.range.end.max(chunk.end);
+                    run.members.push((i, chunk));
+                }
+                _ => runs.push(Run { pack: at.pack, range: chunk.clone(), members: vec![(i, chunk)] }),
+            }
+        }
+        Ok(runs)
+    }
 }
 
 impl VersionStore for RegistryStore {
+    /// Gathers the chunk into the pack being filled, which is uploaded
+    /// once it holds [`PACK_BYTES`], or by `put_manifest`.
     fn put_chunk(&self, id: &ChunkId, blob: &[u8]) -> Result<bool> {
-        let digest = Digest::of(blob);
-        let keyed = digest != plain_digest(id);
-        if keyed {
-            // Another upload of this chunk has another digest, which only
-            // the versions that list it tell.
-            self.refresh_index()?;
-        }
-        if self.known(id) || self.find(id)?.is_some() {
+        if self.has_chunk(id)? {
             return Ok(false);
         }
-        let blob = self.registry.push_blob(digest, blob, format_args!("uploading chunk {id}"))?;
-        let mut state = self.state();
-        if keyed {
-            state.keyed.insert(*id, blob.clone());
+        let full = {
+            let mut state = self.state();
+            state.pending.push(*id, blob);
+            state.pending.len() >= self.pack_bytes
+        };
+        if full {
+            self.upload_pending()?;
         }
-        state.present.insert(*id, blob);
         Ok(true)
     }
 
     fn has_chunk(&self, id: &ChunkId) -> Result<bool> {
-        Ok(self.known(id) || self.find(id)?.is_some())
+        Ok(self.state().pending.contains(id) || self.locate_confirmed(id)?.is_some())
     }
 
     /// The same as `has_chunk`: nothing removes a registry's blobs while
     /// versions are being written (its garbage collector runs offline, and
-    /// `gc_chunks` removes only parts left without an index), so a chunk
-    /// found now is still there when the part referencing it is PUT.
-    /// Should a collector run anyway, the distribution registry refuses
-    /// that part rather than storing a broken version.
+    /// `gc_chunks` removes only parts left without an index), so a pack
+    /// found now is still there when the part listing it is PUT. Should a
+    /// collector run anyway, the distribution registry refuses that part
+    /// rather than storing a broken version.
     fn claim_chunk(&self, id: &ChunkId) -> Result<bool> {
         self.has_chunk(id)
     }
 
     fn get_chunk(&self, id: &ChunkId) -> Result<Option<Vec<u8>>> {
-        let what = format_args!("reading chunk {id}");
-        let digest = self.digest_of(id);
-        if let Some(bytes) = self.registry.get_blob(&digest, what)? {
-            return Ok(Some(bytes));
+        Ok(self.get_chunks(std::slice::from_ref(id))?.pop().flatten())
+    }
+
+    /// One ranged GET per run of the chunks in a pack; a chunk whose pack
+    /// is gone, or whose bytes are past the pack's end, is None.
+    fn get_chunks(&self, ids: &[ChunkId]) -> Result<Vec<Option<Vec<u8>>>> {
+        let mut out = vec![None; ids.len()];
+        for run in self.runs(ids)? {
+            let what = format_args!("reading {} chunks from pack {}", run.members.len(), run.pack);
+            let Some(bytes) = self.registry.get_blob_range(&run.pack, run.range.clone(), what)? else { continue };
+            for (i, chunk) in run.members {
+                let (start, end) = ((chunk.start - run.range.start) as usize, (chunk.end - run.range.start) as usize);
+                out[i] = bytes.get(start..end).map(<[u8]>::to_vec);
+            }
         }
-        // A keyed chunk that no version this store has read lists.
-        self.refresh_index()?;
-        let indexed = self.digest_of(id);
-        if indexed == digest {
-            return Ok(None);
-        }
-        self.registry.get_blob(&indexed, what)
+        Ok(out)
     }
 
     fn put_manifest(&self, container: &ContainerRef, version: u64, bytes: &[u8]) -> Result<()> {
@@ -483,8 +598,8 @@ impl VersionStore for RegistryStore {
     }
 
     /// Reads the version's index and its manifest; the first time, also
-    /// every part, which checks that they agree and indexes their keyed
-    /// chunks, so that the chunks of this version are found keyed or not.
+    /// every part, which checks that they agree, and the indexes of their
+    /// packs, so that the chunks of this version are found.
     fn get_manifest(&self, container: &ContainerRef, version: u64) -> Result<Option<Vec<u8>>> {
         let tag = version_tag(container, version);
         let what = format_args!("reading version {version} of {container}");
