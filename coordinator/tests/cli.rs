@@ -162,7 +162,13 @@ fn ls_inspect_verify_rm() {
     let out = migratectl(&["checkpoint", "ls", "--json", "--root", store]);
     let rows: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(rows[0]["valid"], false);
-    assert!(rows[0]["problem"].as_str().unwrap().contains("criu/pages-1.img: size 5"), "{rows}");
+    assert!(
+        rows[0]["problem"]
+            .as_str()
+            .unwrap()
+            .contains("criu/pages-1.img is damaged (size mismatch: expected 1048576 bytes, found 5)"),
+        "{rows}"
+    );
 
     let out = migratectl(&["checkpoint", "rm", "--root", store, "web-1", "nope"]);
     assert!(!out.status.success());
