@@ -10,8 +10,8 @@ use anyhow::{Context, Result};
 use containerd_client::services::v1::{
     CheckpointTaskRequest, Container, CreateContainerRequest, CreateImageRequest, CreateRequest as CreateLeaseRequest,
     CreateTaskRequest, DeleteContainerRequest, DeleteRequest as DeleteLeaseRequest, DeleteTaskRequest,
-    GetContainerRequest, GetImageRequest, GetRequest, Image, KillRequest, ReadContentRequest, VersionResponse,
-    WaitRequest, WaitResponse, WriteAction, WriteContentRequest,
+    GetContainerRequest, GetImageRequest, GetRequest, Image, KillRequest, PauseTaskRequest, ReadContentRequest,
+    ResumeTaskRequest, VersionResponse, WaitRequest, WaitResponse, WriteAction, WriteContentRequest,
     containers_client::ContainersClient,
     content_client::ContentClient,
     images_client::ImagesClient,
@@ -176,10 +176,11 @@ impl Containerd {
         }
     }
 
-    /// Sends containerd's Tasks.Checkpoint for container `id` as it is: no
-    /// pause first (the shim's CRIU dump freezes the container only as long
-    /// as it has to). With an image path in `options` containerd hands the
-    /// path to the shim and stores nothing in its content store.
+    /// Sends containerd's Tasks.Checkpoint for container `id` as it is (the
+    /// caller pauses first if it needs the container to stay frozen after
+    /// the dump: CRIU leaves a frozen container frozen). With an image path
+    /// in `options` containerd hands the path to the shim and stores
+    /// nothing in its content store.
     pub async fn checkpoint_task(&self, id: &str, options: Any) -> Result<()> {
         self.tasks()
             .checkpoint(self.request(CheckpointTaskRequest {
@@ -189,6 +190,22 @@ impl Containerd {
             }))
             .await
             .map_err(rpc(format!("checkpoint the task of container {id}")))?;
+        Ok(())
+    }
+
+    pub async fn pause_task(&self, id: &str) -> Result<()> {
+        self.tasks()
+            .pause(self.request(PauseTaskRequest { container_id: id.to_string() }))
+            .await
+            .map_err(rpc(format!("pause the task of container {id}")))?;
+        Ok(())
+    }
+
+    pub async fn resume_task(&self, id: &str) -> Result<()> {
+        self.tasks()
+            .resume(self.request(ResumeTaskRequest { container_id: id.to_string() }))
+            .await
+            .map_err(rpc(format!("resume the task of container {id}")))?;
         Ok(())
     }
 

@@ -38,7 +38,7 @@ mod xattr;
 pub use checkpoint::Checkpoint;
 pub use error::{Error, FileProblem, ProblemKind, Result, UnsafeEntry};
 pub use hashing::Sha256;
-pub use layer::apply_layer;
+pub use layer::{apply_layer, write_rootfs_diff};
 pub use layout::{CONFIG_FILE, ROOTFS_DIFF_FILE, validate_id};
 pub use manifest::{
     CheckpointManifest, ContainerInfo, FileEntry, HostInfo, MANIFEST_MEDIA_TYPE, MANIFEST_SCHEMA_VERSION, RootfsInfo,

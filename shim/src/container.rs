@@ -18,28 +18,27 @@ use containerd_shim::{
     },
     util::{convert_to_timestamp, mount_rootfs, read_pid_from_file, read_spec, write_options},
 };
+use log::{debug, error, warn};
 use migrate_oci::annotations;
-use log::{debug, warn};
 use nix::sys::signal::Signal;
 use tokio::task::JoinHandle;
 
 use crate::{
+    checkpoint::RestoreCriuOptions,
     error::{Error, Result},
     events::Events,
     exits::{Exits, ProcessKey},
     netns, oom,
     process::{ExecState, Exit, InitState, Lifecycle, Process},
     ready::ReadyPlan,
-    ticker::{self, Ticker, TickerPlan},
     restore_source::RestoreSource,
     rootfs::Overlay,
-    checkpoint::RestoreCriuOptions,
     runc::{self, CheckpointOptions, CreateOptions, ExecOptions, RestoreOptions, Runc},
     stdio::{IoOwner, LoggerEnv, PendingIo},
+    ticker::{self, Ticker, TickerPlan},
 };
 
 const OPTIONS_TYPE: &str = "containerd.runc.v1.Options";
-
 
 pub struct Container {
     pub id: String,
@@ -77,7 +76,8 @@ struct Plan {
 
 impl Plan {
     fn from_annotations(annotations: &HashMap<String, String>) -> Result<Plan> {
-        let restore_from = annotations.get(annotations::RESTORE_FROM).map(|v| annotations::restore_from(v)).transpose()?;
+        let restore_from =
+            annotations.get(annotations::RESTORE_FROM).map(|v| annotations::restore_from(v)).transpose()?;
         let store = annotations
             .get(annotations::READY_STORE)
             .map(|v| annotations::ready_store(v))
@@ -147,7 +147,13 @@ impl Container {
             Some(source) => {
                 let rootfs = rootfs.clone();
                 let prepared = tokio::task::spawn_blocking(move || source.prepare(rootfs.as_deref())).await;
-                Some(prepared.map_err(|e| Error::io("apply the checkpoint's root file system changes")(std::io::Error::other(e))).and_then(|r| r))
+                Some(
+                    prepared
+                        .map_err(|e| {
+                            Error::io("apply the checkpoint's root file system changes")(std::io::Error::other(e))
+                        })
+                        .and_then(|r| r),
+                )
             }
             None => None,
         };
@@ -357,6 +363,44 @@ impl Container {
         Ok(())
     }
 
+    /// Dumps the init like [`Container::checkpoint`], leaving it running,
+    /// and writes the changes in its writable layer `upper` to the new file
+    /// `diff` as of the same instant: the container is paused across both
+    /// (CRIU leaves a frozen container frozen), so that the files its
+    /// processes had open at the dump are in the diff. Taken after the
+    /// thaw, a diff missed any file the container renamed or deleted
+    /// meanwhile, and CRIU refused to restore a process that had one open.
+    /// Returns how long the container was paused; it is resumed whatever
+    /// happens, unless it was paused before.
+    pub async fn checkpoint_with_rootfs(
+        &self,
+        opts: &CheckpointOptions,
+        upper: &Path,
+        diff: &Path,
+    ) -> Result<std::time::Duration> {
+        let was_paused = matches!(self.init.state(), InitState::Paused { .. });
+        if !was_paused {
+            self.pause().await?;
+        }
+        let paused = std::time::Instant::now();
+        let result = match self.checkpoint(opts).await {
+            Ok(()) => {
+                let (upper, diff) = (upper.to_owned(), diff.to_owned());
+                match tokio::task::spawn_blocking(move || migrate_oci::write_rootfs_diff(&upper, &diff)).await {
+                    Ok(written) => written.map_err(Error::from),
+                    Err(e) => Err(Error::io("write the rootfs diff")(std::io::Error::other(e))),
+                }
+            }
+            Err(e) => Err(e),
+        };
+        let frozen = paused.elapsed();
+        if !was_paused && let Err(e) = self.resume().await {
+            error!("{}: could not resume the container after its checkpoint: {e}", self.id);
+            return Err(result.err().unwrap_or(e));
+        }
+        result.map(|()| frozen)
+    }
+
     pub fn exec(&self, exec_id: &str) -> Result<Arc<Exec>> {
         self.execs
             .lock()
@@ -409,7 +453,8 @@ impl Container {
 
         let (pending, runc_stdio) = PendingIo::prepare(&exec.process.stdio, self.owner, &self.logger_env())?;
         let starting = self.exits.begin_start();
-        let opts = ExecOptions { process: spec_file.path(), pid_file: &pid_file, console_socket: pending.console_socket() };
+        let opts =
+            ExecOptions { process: spec_file.path(), pid_file: &pid_file, console_socket: pending.console_socket() };
         if let Err(e) = self.runc.exec(&self.id, &opts, runc_stdio).await {
             pending.abort().await;
             return Err(e.into());
@@ -662,8 +707,9 @@ fn exit_event(container: &str, id: &str, state: impl Lifecycle) -> TaskExit {
 
 pub fn protobuf_time(
     at: Option<std::time::SystemTime>,
-) -> containerd_shim::protos::protobuf::MessageField<containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp>
-{
+) -> containerd_shim::protos::protobuf::MessageField<
+    containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp,
+> {
     let at = at.map(time::OffsetDateTime::from);
     containerd_shim::protos::protobuf::MessageField::some(convert_to_timestamp(at))
 }

@@ -71,22 +71,40 @@ pub async fn checkpoint_increment(
         pages: Pages::Local,
         criu: CriuOptions { shell_job: container.init.stdio.terminal, ..Default::default() },
     };
+    // A pre-dump is only memory for later dumps to build on, never
+    // restored by itself: it needs no rootfs diff, and no pause for one.
+    let upper = container.overlay.as_ref().and_then(|o| o.upper.clone()).filter(|_| *increment != Increment::PreDump);
+    let diff = upper.as_ref().map(|_| {
+        let mut name = dump.clone().into_os_string();
+        name.push(".rootfs-diff.tar");
+        PathBuf::from(name)
+    });
     let started = Instant::now();
     let dumped = {
         let _lifecycle = container.lifecycle.lock().await;
-        container.checkpoint(&opts).await
+        match (&upper, &diff) {
+            (Some(upper), Some(diff)) => container.checkpoint_with_rootfs(&opts, upper, diff).await.map(Some),
+            _ => container.checkpoint(&opts).await.map(|()| None),
+        }
     };
-    if let Err(e) = dumped {
-        let _ = std::fs::remove_dir_all(&dump);
-        return Err(e);
-    }
+    let paused = match dumped {
+        Ok(paused) => paused,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&dump);
+            if let Some(diff) = &diff {
+                let _ = std::fs::remove_file(diff);
+            }
+            return Err(e);
+        }
+    };
     let persist = Persist {
         store: store.to_owned(),
         id: id.to_string(),
         increment: increment.clone(),
         dump: dump.clone(),
         spec: container.bundle.join("config.json"),
-        upper: container.overlay.as_ref().and_then(|o| o.upper.clone()),
+        diff: diff.clone(),
+        paused_ms: paused.map(|d| d.as_secs_f64() * 1000.0),
         lowers: container.overlay.as_ref().map(|o| o.lowers.clone()),
         container: ContainerInfo {
             id: container.id.clone(),
@@ -98,6 +116,9 @@ pub async fn checkpoint_increment(
     };
     let persisted = tokio::task::spawn_blocking(move || persist.run()).await;
     let _ = std::fs::remove_dir_all(&dump);
+    if let Some(diff) = &diff {
+        let _ = std::fs::remove_file(diff);
+    }
     match persisted {
         Ok(result) => result,
         Err(e) => Err(Error::io(format!("commit checkpoint {id}"))(std::io::Error::other(e))),
@@ -124,7 +145,11 @@ struct Persist {
     increment: Increment,
     dump: PathBuf,
     spec: PathBuf,
-    upper: Option<PathBuf>,
+    /// The rootfs diff taken with the dump, in RAM.
+    diff: Option<PathBuf>,
+    /// How long the container was paused for the dump and the diff: its
+    /// frozen time, of which CRIU's own statistics see only the dump.
+    paused_ms: Option<f64>,
     lowers: Option<Vec<PathBuf>>,
     container: ContainerInfo,
     dump_ms: f64,
@@ -139,17 +164,17 @@ impl Persist {
         }
         let mut staging = store.staging(&self.id)?;
         staging.import_criu_dir(&self.dump)?;
-        // A pre-dump is only memory for later dumps to build on, never
-        // restored by itself.
         if self.increment != Increment::PreDump {
             let spec = std::fs::read(&self.spec).map_err(Error::io(format!("read {}", self.spec.display())))?;
             staging.add_file("config.json", &spec)?;
-            if let Some(upper) = &self.upper {
-                staging.add_rootfs_diff(upper)?;
+            if let Some(diff) = &self.diff {
+                let file = std::fs::File::open(diff).map_err(Error::io(format!("open {}", diff.display())))?;
+                staging.add_file_from(migrate_oci::ROOTFS_DIFF_FILE, file)?;
             }
         }
-        let frozen_ms =
-            criu_stats::read_dump_stats(&staging.criu_dir()).ok().flatten().map(|s| s.frozen_time_us as f64 / 1000.0);
+        let frozen_ms = self.paused_ms.or_else(|| {
+            criu_stats::read_dump_stats(&staging.criu_dir()).ok().flatten().map(|s| s.frozen_time_us as f64 / 1000.0)
+        });
         let checkpoint = staging.commit(CommitInfo {
             container: self.container,
             parent: match self.increment {

@@ -6,7 +6,8 @@
 //! going on, and store a checkpoint that `ls` shows as valid with its size;
 //! a tampered file must make `inspect --verify` fail naming the file; `rm`
 //! must remove it; `restore` must start clones that carry on counting from
-//! the checkpoint rather than from zero. `checkpoint export` and `import`
+//! the checkpoint rather than from zero, even when a file the container
+//! had open at the dump was renamed as it thawed. `checkpoint export` and `import`
 //! must convert to and from containerd's checkpoint image so that
 //! `ctr container restore` and `ctr container checkpoint` work with ours.
 
@@ -17,8 +18,9 @@ use std::time::Duration;
 
 use containerd_migrate_tests::ctr::{Ctr, NAMESPACE};
 use containerd_migrate_tests::fixture::{self, IMAGE, RUNC_V2};
-use containerd_migrate_tests::memtick::{tick, wait_tick_above};
+use containerd_migrate_tests::memtick::{TICK_TIMEOUT, tick, wait_tick_above};
 use containerd_migrate_tests::migratectl;
+use containerd_migrate_tests::poll;
 use containerd_migrate_tests::process::{self, Output};
 use containerd_migrate_tests::{MIGRATE_V1, Scenario};
 use serde_json::Value;
@@ -44,6 +46,14 @@ mod migrate_v1 {
         super::run(
             "restore_clones_carry_on_counting",
             super::restore_clones_carry_on_counting,
+        );
+    }
+
+    #[test]
+    fn a_file_renamed_as_the_checkpoint_thaws_is_restored() {
+        super::run(
+            "a_file_renamed_as_the_checkpoint_thaws_is_restored",
+            super::a_file_renamed_as_the_checkpoint_thaws_is_restored,
         );
     }
 
@@ -340,6 +350,48 @@ fn restore_clones_carry_on_counting(s: &Scenario) {
     for entry in restored {
         let _ = std::fs::remove_file(entry["log"].as_str().unwrap());
     }
+}
+
+/// memtick --hold renames the file it holds open the moment the checkpoint
+/// thaws it. The checkpoint's rootfs diff must be of the instant of the
+/// dump, or the restore fails: CRIU reopens the files a process had open
+/// by their paths ("Can't open file tmp/held.0 on restore").
+fn a_file_renamed_as_the_checkpoint_thaws_is_restored(s: &Scenario) {
+    let m = Migratectl::new(s);
+    let c = s.container();
+    // memtick renames the file it holds the moment it thaws, which takes
+    // it less time than a diff of 64 MiB; /big sorts before /tmp in the diff.
+    let argv = [
+        "sh",
+        "-c",
+        "dd if=/dev/zero of=/big bs=1M count=64 2>/dev/null && \
+         exec memtick --mib 32 --interval-ms 10 --out /tmp/tick --hold /tmp/held",
+    ];
+    let pid = s.run_detached(&c, &[], &argv);
+    let before = wait_tick_above(pid, 5, "memtick to count");
+    let id = format!("{}-ck", c.id);
+    m.json(&["checkpoint", "create"], &["--id", &id, "--json", &c.id]);
+    let renamed = format!("/proc/{pid}/root/tmp/held");
+    poll::until_true(
+        TICK_TIMEOUT,
+        "memtick to rename the file it held at the dump",
+        || Path::new(&renamed).exists(),
+        || format!("{renamed} is not there"),
+    );
+
+    let clone = s.container();
+    let report = m.json(
+        &["restore"],
+        &["--checkpoint", &id, "--as", &clone.id, "--detach", "--json"],
+    );
+    let pid = clone.wait_status("RUNNING").pid;
+    let first = wait_tick_above(pid, 0, "the restored memtick to count");
+    assert!(
+        first >= before,
+        "counts from {first}, not from the checkpoint's {before}"
+    );
+    wait_tick_above(pid, first + 3, "the restored memtick to go on counting");
+    let _ = std::fs::remove_file(report["containers"][0]["log"].as_str().unwrap());
 }
 
 /// An image in the scenario's containerd, removed when dropped.

@@ -194,15 +194,16 @@ async fn create(g: &Global, a: CreateArgs) -> Result<ExitCode> {
 
     let cd = Containerd::connect(&g.address, &g.namespace).await?;
     let container = cd.container(&a.container).await?;
-    match cd.task(&a.container).await? {
-        Some(p) if p.status == Status::Running as i32 || p.status == Status::Paused as i32 => {}
+    let was_paused = match cd.task(&a.container).await? {
+        Some(p) if p.status == Status::Running as i32 => false,
+        Some(p) if p.status == Status::Paused as i32 => true,
         Some(p) => bail!(
             "container {} is {}: only a running (or paused) container can be checkpointed",
             a.container,
             status_name(p.status)
         ),
         None => bail!("container {} has no task: only a running container can be checkpointed", a.container),
-    }
+    };
     let spec = containerd::container_spec(&container)?.to_vec();
     let rootfs = container_rootfs(&cd, &container).await?;
     let runtime = container.runtime.as_ref().map(|r| r.name.clone()).unwrap_or_default();
@@ -248,15 +249,50 @@ async fn create(g: &Global, a: CreateArgs) -> Result<ExitCode> {
         ..Default::default()
     };
 
+    // The rootfs diff must be of the instant of the dump: a file the
+    // container renames or deletes after it (a temporary file being
+    // written) and had open at the dump cannot be restored. Left running,
+    // the container is paused across both, as containerd's own client does
+    // (CRIU leaves a frozen container frozen); dumped with --exit, it is
+    // gone before the diff is taken.
+    let diff = match &rootfs {
+        Rootfs::Overlay { upper, .. } => Some((upper.clone(), dump.work().join(migrate_oci::ROOTFS_DIFF_FILE))),
+        Rootfs::Unsupported { .. } => None,
+    };
+    let pause = !a.exit && !was_paused && diff.is_some();
+    if pause {
+        cd.pause_task(&a.container).await?;
+    }
     let dump_started = Instant::now();
-    if let Err(e) = cd.checkpoint_task(&a.container, options.to_any()).await {
+    let dumped = cd.checkpoint_task(&a.container, options.to_any()).await;
+    let dump_time = dump_started.elapsed();
+    let diffed = match (&dumped, diff.clone()) {
+        (Ok(()), Some((upper, path))) => {
+            blocking(move || {
+                migrate_oci::write_rootfs_diff(&upper, &path)
+                    .with_context(|| format!("write the rootfs diff of {}", upper.display()))?;
+                Ok(Some(path))
+            })
+            .await
+        }
+        _ => Ok(None),
+    };
+    let paused_for = dump_started.elapsed();
+    if pause && let Err(e) = cd.resume_task(&a.container).await {
+        return Err(e.context(format!(
+            "container {} stays paused after its checkpoint: resume it with `ctr task resume {}`",
+            a.container, a.container
+        )));
+    }
+    if let Err(e) = dumped {
         let mut context = after_failed_dump(&cd, &a.container).await;
         if let Some(log) = dump.keep_log() {
             context.push_str(&format!("; CRIU's log is {}", log.display()));
         }
         return Err(e.context(context));
     }
-    let dump_time = dump_started.elapsed();
+    let diff_file = diffed.with_context(|| format!("container {} was dumped, but not its rootfs", a.container))?;
+    let frozen = pause.then_some(paused_for);
 
     let persist_started = Instant::now();
     let info_container = ContainerInfo {
@@ -267,7 +303,8 @@ async fn create(g: &Global, a: CreateArgs) -> Result<ExitCode> {
     };
     let leave_running = !a.exit;
     let checkpoint = blocking(move || {
-        persist(staging, dump, images, spec, rootfs, info_container, leave_running, dump_time, persist_started)
+        let dumped = Dumped { dir: dump, images, diff: diff_file, frozen, time: dump_time };
+        persist(staging, dumped, spec, rootfs, info_container, leave_running, persist_started)
     })
     .await
     .with_context(|| format!("container {} was dumped, but writing checkpoint {id} failed", a.container))?;
@@ -321,21 +358,31 @@ enum Images {
     Copied,
 }
 
+/// What the dump left.
+struct Dumped {
+    dir: DumpDir,
+    images: Images,
+    /// The rootfs diff taken with the dump, in the dump directory.
+    diff: Option<PathBuf>,
+    /// How long the container was paused for the dump and the diff, if it
+    /// was: its frozen time, of which CRIU's statistics see only the dump.
+    frozen: Option<std::time::Duration>,
+    time: std::time::Duration,
+}
+
 /// Brings the dump into the staging checkpoint if it is not there yet, adds
 /// the spec and the rootfs diff, and commits. The dump directory is removed
 /// whatever happens.
-#[allow(clippy::too_many_arguments)]
 fn persist(
     mut staging: migrate_oci::Staging,
-    dump: DumpDir,
-    images: Images,
+    dumped: Dumped,
     spec: Vec<u8>,
     rootfs: Rootfs,
     container: ContainerInfo,
     leave_running: bool,
-    dump_time: std::time::Duration,
     persist_started: Instant,
 ) -> Result<Checkpoint> {
+    let Dumped { dir: dump, images, diff, frozen, time: dump_time } = dumped;
     let images_dir = match images {
         Images::InPlace => staging.criu_dir(),
         Images::Copied => dump.images(),
@@ -347,9 +394,10 @@ fn persist(
         std::fs::copy(&stats, images_dir.join(STATS_FILE))
             .with_context(|| format!("copy {} into the images", stats.display()))?;
     }
-    let frozen_ms = match migrate_oci::criu_stats::read_dump_stats(&images_dir) {
-        Ok(stats) => stats.map(|s| s.frozen_time_us as f64 / 1000.0),
-        Err(e) => {
+    let frozen_ms = match (frozen, migrate_oci::criu_stats::read_dump_stats(&images_dir)) {
+        (Some(paused), _) => Some(round_ms(paused)),
+        (None, Ok(stats)) => stats.map(|s| s.frozen_time_us as f64 / 1000.0),
+        (None, Err(e)) => {
             log::warn!("CRIU's dump statistics are unreadable, the frozen time is not recorded: {e}");
             None
         }
@@ -361,15 +409,14 @@ fn persist(
             .with_context(|| format!("import the CRIU images from {}", images_dir.display()))?;
         log::debug!("imported the CRIU images in {:?}", phase.elapsed());
     }
+    if let Some(diff) = &diff {
+        let file = std::fs::File::open(diff).with_context(|| format!("open {}", diff.display()))?;
+        staging.add_file_from(migrate_oci::ROOTFS_DIFF_FILE, file).context("add the rootfs diff")?;
+    }
     drop(dump);
     staging.add_file(migrate_oci::CONFIG_FILE, &spec).context("add the container's spec")?;
     let rootfs_info = match rootfs {
-        Rootfs::Overlay { upper, lower } => {
-            let phase = Instant::now();
-            staging.add_rootfs_diff(&upper).with_context(|| format!("write the rootfs diff of {}", upper.display()))?;
-            log::debug!("wrote the rootfs diff in {:?}", phase.elapsed());
-            Some(RootfsInfo { lower_dirs: lower })
-        }
+        Rootfs::Overlay { lower, .. } => Some(RootfsInfo { lower_dirs: lower }),
         Rootfs::Unsupported { .. } => None,
     };
     // The commit's own hashing of leftovers and its fsyncs are not in

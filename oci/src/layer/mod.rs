@@ -7,6 +7,7 @@ mod write;
 
 pub use apply::apply_layer;
 pub(crate) use write::write_layer;
+pub use write::write_rootfs_diff;
 
 /// `.wh.NAME` in a layer deletes NAME from the layers below.
 const WHITEOUT_PREFIX: &str = ".wh.";

@@ -42,6 +42,20 @@ pub(crate) fn write_layer(upperdir: &Path, out: &mut impl Write) -> Result<()> {
     Ok(())
 }
 
+/// Writes the tree below `upperdir` as a layer tar into the new file
+/// `dest`, readable by root only (a container's files may be secrets), for
+/// [`crate::Staging::add_file_from`] to take later: how a rootfs diff is
+/// taken while the container is paused, into RAM, and hashed and made
+/// durable once it runs again.
+pub fn write_rootfs_diff(upperdir: &Path, dest: &Path) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file =
+        File::options().write(true).create_new(true).mode(0o600).open(dest).map_err(Error::io("create", dest))?;
+    let mut out = io::BufWriter::with_capacity(1 << 20, file);
+    write_layer(upperdir, &mut out)?;
+    out.flush().map_err(Error::io("write", dest))
+}
+
 struct LayerWriter<W: Write> {
     builder: tar::Builder<W>,
     /// (device, inode) of files with several links -> the path archived first.

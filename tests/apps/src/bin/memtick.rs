@@ -1,6 +1,6 @@
 //! memtick: a memory workload whose state can be checked after a checkpoint.
 //!
-//!   memtick --mib N [--interval-ms MS] [--dirty-percent P] [--out FILE]
+//!   memtick --mib N [--interval-ms MS] [--dirty-percent P] [--out FILE] [--hold FILE]
 //!
 //! Fills N MiB with a pattern derived from (page index, generation), prints
 //! `ready mib=N`, then ticks forever: dirties P% of the pages (a rotating
@@ -12,6 +12,12 @@
 //! (e.g. a checkpoint). A page that does not hold its expected pattern is
 //! reported as `CORRUPT page=..` on stderr, with exit status 3. SIGTERM ends it
 //! with `exiting tick=<n>` and exit status 0.
+//!
+//! With `--hold FILE`, memtick keeps `FILE.0` open, and after every tick
+//! that finds it was frozen (a gap over three intervals) renames the file it
+//! holds, `FILE.<n>`, to FILE and holds a new `FILE.<n+1>`: a file that goes
+//! the moment a checkpoint thaws the container, which its checkpoint must
+//! hold as it was at the dump for CRIU to reopen it on restore.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -133,12 +139,13 @@ struct Options {
     interval: Duration,
     dirty_percent: f64,
     out: Option<PathBuf>,
+    hold: Option<PathBuf>,
 }
 
-const USAGE: &str = "usage: memtick --mib N [--interval-ms MS] [--dirty-percent P] [--out FILE]";
+const USAGE: &str = "usage: memtick --mib N [--interval-ms MS] [--dirty-percent P] [--out FILE] [--hold FILE]";
 
 fn parse_options(args: &[String]) -> Result<Options, String> {
-    reject_unknown(args, &["--mib", "--interval-ms", "--dirty-percent", "--out"])?;
+    reject_unknown(args, &["--mib", "--interval-ms", "--dirty-percent", "--out", "--hold"])?;
     let mib = flag_value(args, "--mib")?.ok_or("--mib is required")?;
     let interval_ms: u64 = flag_value(args, "--interval-ms")?.unwrap_or(100);
     let dirty_percent: f64 = flag_value(args, "--dirty-percent")?.unwrap_or(0.0);
@@ -146,7 +153,8 @@ fn parse_options(args: &[String]) -> Result<Options, String> {
         return Err(format!("--dirty-percent must be within 0..=100, not {dirty_percent}"));
     }
     let out = flag_value::<String>(args, "--out")?.map(PathBuf::from);
-    Ok(Options { mib, interval: Duration::from_millis(interval_ms), dirty_percent, out })
+    let hold = flag_value::<String>(args, "--hold")?.map(PathBuf::from);
+    Ok(Options { mib, interval: Duration::from_millis(interval_ms), dirty_percent, out, hold })
 }
 
 /// Replaces `path` with `line` atomically, so a reader never sees half a line.
@@ -155,6 +163,34 @@ fn write_atomically(path: &Path, line: &str) -> std::io::Result<()> {
     tmp.push(".tmp");
     std::fs::write(&tmp, line)?;
     std::fs::rename(&tmp, path)
+}
+
+/// `--hold`: the file held open, `<path>.<n>`.
+struct Held {
+    path: PathBuf,
+    n: u64,
+    _file: std::fs::File,
+}
+
+impl Held {
+    fn open(path: &Path) -> std::io::Result<Held> {
+        let file = std::fs::File::create(Held::numbered(path, 0))?;
+        Ok(Held { path: path.to_owned(), n: 0, _file: file })
+    }
+
+    fn numbered(path: &Path, n: u64) -> PathBuf {
+        let mut name = path.as_os_str().to_owned();
+        name.push(format!(".{n}"));
+        PathBuf::from(name)
+    }
+
+    /// Moves the held file to its path and holds the next one.
+    fn rotate(&mut self) -> std::io::Result<()> {
+        std::fs::rename(Held::numbered(&self.path, self.n), &self.path)?;
+        self.n += 1;
+        self._file = std::fs::File::create(Held::numbered(&self.path, self.n))?;
+        Ok(())
+    }
 }
 
 fn unix_ms() -> u128 {
@@ -179,6 +215,13 @@ fn main() -> ExitCode {
         }
     };
     flag_on_termination();
+    let mut held = match opts.hold.as_deref().map(Held::open).transpose() {
+        Ok(held) => held,
+        Err(e) => {
+            eprintln!("memtick: --hold: {e}");
+            return ExitCode::from(2);
+        }
+    };
 
     let page_count = opts.mib * PAGES_PER_MIB;
     let mut memory = Memory::new(page_count);
@@ -200,6 +243,12 @@ fn main() -> ExitCode {
         last = now;
         max_gap = max_gap.max(gap);
         tick += 1;
+        if gap > opts.interval * 3
+            && let Some(held) = &mut held
+            && let Err(e) = held.rotate()
+        {
+            eprintln!("memtick: --hold: {e}");
+        }
 
         memory.dirty(dirty_count);
         if let Err(c) = memory.verify(sample) {
@@ -271,6 +320,18 @@ mod tests {
         m.verify(2).unwrap();
         m.pages[2].0[0] ^= 1;
         assert_eq!(m.verify(1).unwrap_err().page, 2);
+    }
+
+    #[test]
+    fn a_held_file_rotates_to_its_path() {
+        let dir = std::env::temp_dir().join(format!("memtick-hold-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("held");
+        let mut held = Held::open(&path).unwrap();
+        assert!(dir.join("held.0").exists() && !path.exists());
+        held.rotate().unwrap();
+        assert!(!dir.join("held.0").exists() && dir.join("held.1").exists() && path.exists());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
