@@ -692,7 +692,7 @@ full_level() {
 # ticker STORE LEVEL: TICKS versions of memtick into a fresh store, then RUNS
 # restores of the newest. Writes $WORK/res/STORE-LEVEL.json.
 ticker_level() {
-	local store=$1 x=$2 interval=$3 id=tk-$1-$2 pct url storage_dir newest last=-1 deadline stall tick_before=0 err=""
+	local store=$1 x=$2 interval=$3 id=tk-$1-$2 pct url storage_dir newest last=-1 deadline stall status tick_before=0 err=""
 	case $store in
 	file)
 		storage_dir=$WORK/store-$x
@@ -742,8 +742,9 @@ ticker_level() {
 			break
 		fi
 		# PAUSED: a tick holds it frozen across its dump and rootfs diff.
-		[[ $(task_status "$id") == RUNNING || $(task_status "$id") == PAUSED ]] || {
-			err="the container stopped (task $(task_status "$id")): $(tail -n 2 "$WORK/logs/$id.log" | tr '\n' ' ')"
+		status=$(task_status "$id")
+		[[ $status == RUNNING || $status == PAUSED ]] || {
+			err="the container stopped (task ${status:-gone}): $(tail -n 2 "$WORK/logs/$id.log" | tr '\n' ' ')"
 			break
 		}
 		sleep 0.5
