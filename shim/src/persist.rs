@@ -79,6 +79,12 @@ pub async fn checkpoint_increment(
         name.push(".rootfs-diff.tar");
         PathBuf::from(name)
     });
+    // What a shim killed in the middle of this same checkpoint left: CRIU
+    // would write beside stale images, and the diff is created new.
+    let _ = std::fs::remove_dir_all(&dump);
+    if let Some(diff) = &diff {
+        let _ = std::fs::remove_file(diff);
+    }
     let started = Instant::now();
     let dumped = {
         let _lifecycle = container.lifecycle.lock().await;
