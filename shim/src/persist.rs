@@ -73,33 +73,37 @@ pub async fn checkpoint_increment(
     };
     // A pre-dump is only memory for later dumps to build on, never
     // restored by itself: it needs no rootfs diff, and no pause for one.
-    let upper = container.overlay.as_ref().and_then(|o| o.upper.clone()).filter(|_| *increment != Increment::PreDump);
-    let diff = upper.as_ref().map(|_| {
-        let mut name = dump.clone().into_os_string();
-        name.push(".rootfs-diff.tar");
-        PathBuf::from(name)
-    });
+    // (upperdir, where its diff goes in RAM)
+    let rootfs =
+        container.overlay.as_ref().and_then(|o| o.upper.clone()).filter(|_| *increment != Increment::PreDump).map(
+            |upper| {
+                let mut diff = dump.clone().into_os_string();
+                diff.push(".rootfs-diff.tar");
+                (upper, PathBuf::from(diff))
+            },
+        );
+    let diff = rootfs.as_ref().map(|(_, diff)| diff.clone());
+    let clear = || {
+        let _ = std::fs::remove_dir_all(&dump);
+        if let Some(diff) = &diff {
+            let _ = std::fs::remove_file(diff);
+        }
+    };
     // What a shim killed in the middle of this same checkpoint left: CRIU
     // would write beside stale images, and the diff is created new.
-    let _ = std::fs::remove_dir_all(&dump);
-    if let Some(diff) = &diff {
-        let _ = std::fs::remove_file(diff);
-    }
+    clear();
     let started = Instant::now();
     let dumped = {
         let _lifecycle = container.lifecycle.lock().await;
-        match (&upper, &diff) {
-            (Some(upper), Some(diff)) => container.checkpoint_with_rootfs(&opts, upper, diff).await.map(Some),
-            _ => container.checkpoint(&opts).await.map(|()| None),
+        match &rootfs {
+            Some((upper, diff)) => container.checkpoint_with_rootfs(&opts, upper, diff).await.map(Some),
+            None => container.checkpoint(&opts).await.map(|()| None),
         }
     };
     let paused = match dumped {
         Ok(paused) => paused,
         Err(e) => {
-            let _ = std::fs::remove_dir_all(&dump);
-            if let Some(diff) = &diff {
-                let _ = std::fs::remove_file(diff);
-            }
+            clear();
             return Err(e);
         }
     };
@@ -121,10 +125,7 @@ pub async fn checkpoint_increment(
         dump_ms: started.elapsed().as_secs_f64() * 1000.0,
     };
     let persisted = tokio::task::spawn_blocking(move || persist.run()).await;
-    let _ = std::fs::remove_dir_all(&dump);
-    if let Some(diff) = &diff {
-        let _ = std::fs::remove_file(diff);
-    }
+    clear();
     match persisted {
         Ok(result) => result,
         Err(e) => Err(Error::io(format!("commit checkpoint {id}"))(std::io::Error::other(e))),
