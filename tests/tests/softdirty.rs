@@ -81,6 +81,15 @@ const WORKING_SET_MIB: u64 = 64;
 const VERSIONS: u64 = 4;
 /// memtick's tick: a full sweep of its memory check is 100 ticks.
 const INTERVAL_MS: &str = "20";
+/// The Checkpoint RPC dumps only processes: a container restored from its
+/// bare images gets a fresh writable layer, where a file memtick had open
+/// at the dump (`/tmp/tick.tmp`, mid-write) would be missing and CRIU
+/// would refuse the restore. On a tmpfs, CRIU dumps the files with the
+/// mount, so /tmp travels with the images whatever the dump's instant.
+const TMPFS_TMP: [&str; 2] = [
+    "--mount",
+    "type=tmpfs,src=tmpfs,dst=/tmp,options=nosuid:nodev",
+];
 
 /// A pre-dump copies memtick's memory while it runs on; a dump against it
 /// (`parent_path`) then holds only what changed, a small part of it; and a
@@ -98,7 +107,7 @@ fn pre_dump_then_incremental_dump(s: &Scenario) {
         "--out",
         "/tmp/tick",
     ];
-    let pid = s.run_detached(&c, &[], &argv);
+    let pid = s.run_detached(&c, &TMPFS_TMP, &argv);
     memtick::wait_tick_above(pid, 2, "memtick to tick");
 
     let dir = tempdir(&c.id);
@@ -144,7 +153,9 @@ fn pre_dump_then_incremental_dump(s: &Scenario) {
     let restored = s.container();
     let from = format!("{RESTORE_FROM}=file://{}", dump.display());
     let cold = ["sh", "-c", "echo cold > /tmp/cold; exec sleep 100000"];
-    let pid = s.run_detached(&restored, &["--annotation", &from], &cold);
+    let mut opts = vec!["--annotation", from.as_str()];
+    opts.extend_from_slice(&TMPFS_TMP);
+    let pid = s.run_detached(&restored, &opts, &cold);
     let first = wait_restored_tick(pid, &dump);
     assert!(
         first > before_dump,
