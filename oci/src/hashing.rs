@@ -85,7 +85,8 @@ pub(crate) fn copy_hashing(src: &Path, dst: &Path) -> Result<Hashed> {
     write_hashing(&mut from, len, src, dst)
 }
 
-/// Files at least this big are copied by [`copy_hashing_split`].
+/// Files at least this big are copied around the page cache
+/// (`direct_copy`), or else by [`copy_hashing_split`].
 pub(crate) const SPLIT_COPY_MIN: u64 = 32 << 20;
 
 /// Copies `src` to the new file `dst` and hashes it, on two threads: one
@@ -218,6 +219,11 @@ pub(crate) fn hash_file(path: &Path, sync: bool) -> Result<Hashed> {
         file.sync_data().map_err(Error::io("fsync", path))?;
     }
     Ok(Hashed { size, sha256: Sha256(hasher.finalize().into()) })
+}
+
+/// What `hasher`, having seen `size` bytes, says of them.
+pub(crate) fn finish(hasher: sha2::Sha256, size: u64) -> Hashed {
+    Hashed { size, sha256: Sha256(hasher.finalize().into()) }
 }
 
 pub(crate) fn hash_bytes(bytes: &[u8]) -> Hashed {

@@ -19,6 +19,7 @@ pub mod annotations;
 mod checkpoint;
 pub mod criu_stats;
 mod criu_tar;
+mod direct_copy;
 mod durable;
 mod error;
 mod hashing;
@@ -26,6 +27,7 @@ mod host;
 mod layer;
 mod layout;
 mod manifest;
+mod pages_tap;
 mod parallel;
 mod staging;
 mod store;
@@ -44,5 +46,6 @@ pub use manifest::{
     CheckpointManifest, ContainerInfo, FileEntry, HostInfo, MANIFEST_MEDIA_TYPE, MANIFEST_SCHEMA_VERSION, RootfsInfo,
     Timings,
 };
+pub use pages_tap::PagesTap;
 pub use staging::{CommitInfo, Staging};
 pub use store::{CheckpointStore, DEFAULT_STORE_ROOT};

@@ -15,7 +15,7 @@ use time::OffsetDateTime;
 
 use crate::{
     checkpoint::Checkpoint,
-    durable,
+    direct_copy, durable,
     error::{Error, Result},
     hashing::{self, Hashed, HashingWriter},
     layer,
@@ -282,14 +282,18 @@ impl Drop for Staging {
 }
 
 /// Moves `src` to the new file `dst` if they share a file system, else
-/// copies it; hashes it in the same read, except that a big file is hashed
-/// and copied side by side (two reads of RAM cost less than one read's
-/// hashing and copying one after the other).
+/// copies it; hashes it in the same read. A big file (a memory image) goes
+/// around the page cache where the store's file system allows, else is
+/// hashed and copied side by side (two reads of RAM cost less than one
+/// read's hashing and copying one after the other).
 fn import_file(src: &Path, dst: &Path, size: u64) -> Result<Hashed> {
     match durable::rename_noreplace(src, dst) {
         Ok(()) => hashing::hash_file(dst, true),
         Err(e) if e.raw_os_error() == Some(libc::EXDEV) && size >= hashing::SPLIT_COPY_MIN => {
-            hashing::copy_hashing_split(src, dst)
+            match direct_copy::copy_hashing_direct(src, dst)? {
+                Some(hashed) => Ok(hashed),
+                None => hashing::copy_hashing_split(src, dst),
+            }
         }
         Err(e) if e.raw_os_error() == Some(libc::EXDEV) => hashing::copy_hashing(src, dst),
         Err(source) => Err(Error::Rename { from: src.to_owned(), to: dst.to_owned(), source }),
