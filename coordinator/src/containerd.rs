@@ -10,8 +10,9 @@ use anyhow::{Context, Result};
 use containerd_client::services::v1::{
     CheckpointTaskRequest, Container, CreateContainerRequest, CreateImageRequest, CreateRequest as CreateLeaseRequest,
     CreateTaskRequest, DeleteContainerRequest, DeleteRequest as DeleteLeaseRequest, DeleteTaskRequest,
-    GetContainerRequest, GetImageRequest, GetRequest, Image, KillRequest, PauseTaskRequest, ReadContentRequest,
-    ResumeTaskRequest, VersionResponse, WaitRequest, WaitResponse, WriteAction, WriteContentRequest,
+    GetContainerRequest, GetImageRequest, GetRequest, Image, KillRequest, ListPidsRequest, PauseTaskRequest,
+    ReadContentRequest, ResumeTaskRequest, VersionResponse, WaitRequest, WaitResponse, WriteAction,
+    WriteContentRequest,
     containers_client::ContainersClient,
     content_client::ContentClient,
     images_client::ImagesClient,
@@ -191,6 +192,16 @@ impl Containerd {
             .await
             .map_err(rpc(format!("checkpoint the task of container {id}")))?;
         Ok(())
+    }
+
+    /// How many processes container `id`'s task has.
+    pub async fn task_process_count(&self, id: &str) -> Result<usize> {
+        let resp = self
+            .tasks()
+            .list_pids(self.request(ListPidsRequest { container_id: id.to_string() }))
+            .await
+            .map_err(rpc(format!("list the processes of container {id}")))?;
+        Ok(resp.into_inner().processes.len())
     }
 
     pub async fn pause_task(&self, id: &str) -> Result<()> {

@@ -11,7 +11,13 @@ pub const TICK_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The tick count memtick last wrote to /tmp/tick in the container of `pid`.
 pub fn tick(pid: u32) -> Result<u64, String> {
-    let path = format!("/proc/{pid}/root/tmp/tick");
+    tick_in(pid, "/tmp/tick")
+}
+
+/// The tick count a memtick run with `--out FILE` last wrote, in the
+/// container of `pid`.
+pub fn tick_in(pid: u32, file: &str) -> Result<u64, String> {
+    let path = format!("/proc/{pid}/root{file}");
     let line = std::fs::read_to_string(&path).map_err(|e| format!("{path}: {e}"))?;
     line.split_whitespace()
         .find_map(|w| w.strip_prefix("tick="))

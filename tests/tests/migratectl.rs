@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use containerd_migrate_tests::ctr::{Ctr, NAMESPACE};
 use containerd_migrate_tests::fixture::{self, IMAGE, RUNC_V2};
-use containerd_migrate_tests::memtick::{TICK_TIMEOUT, tick, wait_tick_above};
+use containerd_migrate_tests::memtick::{TICK_TIMEOUT, tick, tick_in, wait_tick_above};
 use containerd_migrate_tests::migratectl;
 use containerd_migrate_tests::poll;
 use containerd_migrate_tests::process::{self, Output};
@@ -156,6 +156,9 @@ const MEMTICK: [&str; 7] = [
     "--out",
     "/tmp/tick",
 ];
+
+/// Where a second memtick in the container counts.
+const SIDE: &str = "/tmp/side";
 
 /// The entry of checkpoint `id` in `rows`, if listed.
 fn find<'a>(rows: &'a [Value], id: &str) -> Option<&'a Value> {
@@ -301,11 +304,20 @@ fn checkpoint_create_ls_inspect_rm(s: &Scenario) {
 
 /// Two clones restored from one checkpoint run side by side, each in a
 /// cgroup of its own, and count on from where the checkpoint was taken.
+/// The container has two processes, each with memory of its own to dump
+/// and check (memtick exits on a page it does not find as it left it).
 fn restore_clones_carry_on_counting(s: &Scenario) {
     let m = Migratectl::new(s);
     let c = s.container();
-    let pid = s.run_detached(&c, &[], &MEMTICK);
+    let script = format!(
+        "memtick --mib 8 --interval-ms 20 --out {SIDE} & exec {}",
+        MEMTICK.join(" ")
+    );
+    let pid = s.run_detached(&c, &[], &["sh", "-c", &script]);
     let before = wait_tick_above(pid, 10, "memtick to count");
+    let side_before = poll::until(TICK_TIMEOUT, "the second memtick to count", || {
+        tick_in(pid, SIDE)
+    });
     let id = format!("{}-ck", c.id);
     m.json(&["checkpoint", "create"], &["--id", &id, "--json", &c.id]);
 
@@ -338,6 +350,15 @@ fn restore_clones_carry_on_counting(s: &Scenario) {
             clone.id
         );
         wait_tick_above(pid, first + 3, &format!("{} to go on counting", clone.id));
+        poll::until(
+            TICK_TIMEOUT,
+            &format!("the second memtick of {} to go on counting", clone.id),
+            || match tick_in(pid, SIDE) {
+                Ok(n) if n > side_before => Ok(n),
+                Ok(n) => Err(format!("tick={n}, at most the checkpoint's {side_before}")),
+                Err(e) => Err(e),
+            },
+        );
         let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
         assert!(
             cgroup.contains(&format!("/{}", clone.id)),

@@ -260,6 +260,16 @@ async fn create(g: &Global, a: CreateArgs) -> Result<ExitCode> {
         Rootfs::Unsupported { .. } => None,
     };
     let pause = !a.exit && !was_paused && diff.is_some();
+    // The memory images go from CRIU straight into the store while the
+    // container stays frozen (or dead) after the dump: no copy of them is
+    // ever made in RAM. Other images still go to the dump directory.
+    let tap = if images == Images::Copied && (pause || was_paused || a.exit) {
+        let processes = cd.task_process_count(&a.container).await?;
+        let count = u32::try_from(processes).unwrap_or(u32::MAX).saturating_add(TAP_SPARE);
+        Some(staging.tap_pages(&dump.images(), count).context("prepare to take the memory images")?)
+    } else {
+        None
+    };
     if pause {
         cd.pause_task(&a.container).await?;
     }
@@ -277,6 +287,19 @@ async fn create(g: &Global, a: CreateArgs) -> Result<ExitCode> {
         }
         _ => Ok(None),
     };
+    // Before the container runs again, which would change the pages that
+    // CRIU handed over but the tap has not read yet.
+    let (staging, tapped) = match tap {
+        Some(tap) => {
+            blocking(move || {
+                let mut staging = staging;
+                let tapped = tap.finish(&mut staging);
+                Ok((staging, tapped))
+            })
+            .await?
+        }
+        None => (staging, Ok(())),
+    };
     let paused_for = dump_started.elapsed();
     if pause && let Err(e) = cd.resume_task(&a.container).await {
         return Err(e.context(format!(
@@ -291,6 +314,7 @@ async fn create(g: &Global, a: CreateArgs) -> Result<ExitCode> {
         }
         return Err(e.context(context));
     }
+    tapped.with_context(|| format!("container {} was dumped, but its memory could not be stored", a.container))?;
     let diff_file = diffed.with_context(|| format!("container {} was dumped, but not its rootfs", a.container))?;
     let frozen = pause.then_some(paused_for);
 
@@ -338,6 +362,11 @@ async fn create(g: &Global, a: CreateArgs) -> Result<ExitCode> {
     }
     Ok(ExitCode::SUCCESS)
 }
+
+/// FIFOs made for memory images beyond one per process: CRIU numbers the
+/// images of shared memory segments in the same sequence. Any further
+/// image is an ordinary file in the dump directory, copied like the rest.
+const TAP_SPARE: u32 = 2;
 
 /// Where CRIU writes the images.
 ///
