@@ -5,6 +5,7 @@ use std::{
     collections::HashMap,
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
+    time::Instant,
 };
 
 use containerd_shim::{
@@ -18,7 +19,7 @@ use containerd_shim::{
     },
     util::{convert_to_timestamp, mount_rootfs, read_pid_from_file, read_spec, write_options},
 };
-use log::{debug, error, warn};
+use log::{debug, error, info, warn};
 use migrate_oci::annotations;
 use nix::sys::signal::Signal;
 use tokio::task::JoinHandle;
@@ -116,6 +117,7 @@ impl Container {
         // A checkpoint named by the request must be usable; one named by the
         // annotation is a wish, so the task starts cold when it is not.
         let requested = (!req.checkpoint.is_empty()).then(|| PathBuf::from(&req.checkpoint));
+        let checking = Instant::now();
         let source = match (&requested, &plan.restore_from) {
             (Some(path), _) => Some(check_source(path, overlay.as_ref()).await?),
             (None, Some(path)) => match check_source(path, overlay.as_ref()).await {
@@ -158,7 +160,17 @@ impl Container {
             None => None,
         };
         let restore_from = match prepared.transpose() {
-            Ok(criu) => criu,
+            Ok(criu) => {
+                if let Some(criu) = &criu {
+                    info!(
+                        "{}: {} checked and its rootfs changes applied in {:?}",
+                        req.id,
+                        criu.display(),
+                        checking.elapsed()
+                    );
+                }
+                criu
+            }
             Err(e) => {
                 if let Some(target) = &rootfs {
                     unmount(target);
@@ -321,10 +333,12 @@ impl Container {
             lazy_pages: false,
             criu,
         };
+        let restoring = Instant::now();
         if let Err(e) = self.runc.restore(&self.id, &opts, runc_stdio).await {
             pending.abort().await;
             return Err(e.into());
         }
+        info!("{}: runc restored it in {:?}", self.id, restoring.elapsed());
         self.init.set_io(pending.finish().await?);
         let pid = read_pid_from_file(&pid_file)
             .await
@@ -382,7 +396,7 @@ impl Container {
         if !was_paused {
             self.pause().await?;
         }
-        let paused = std::time::Instant::now();
+        let paused = Instant::now();
         let result = match self.checkpoint(opts).await {
             Ok(()) => {
                 let (upper, diff) = (upper.to_owned(), diff.to_owned());
