@@ -556,7 +556,7 @@ jq -n \
 	    restore_ticking: "from the restore command starting until /tmp/tick (read on the host side of the rootfs) was written after that start",
 	    order: "per size and run, a fresh container per method; the method order rotates each run and runs backwards on odd runs; sync(1) after each sample",
 	    notes: ["ctr t checkpoint: containerd'"'"'s client skips the rw-layer diff and the checkpoint image only for io.containerd.runc.v2 (isCheckpointPathExist); for migrate.v1 it also diffs the rw layer and creates an image containerd.io/checkpoint/ID:DATE while the task is still paused, so migrate-task carries that work (about 0.1 s here) in its total and frozen times. The benchmark removes those images.",
-	      "migratectl restore verifies the checkpoint (restore_detail.verifyMs) and the shim verifies it again when the container is created.",
+	      "migratectl restore checks that the checkpoint has all its files with their sizes (restore_detail.checkMs); the shim verifies every digest when the container is created.",
 	      "containerd (2.1.9) unpacks the checkpoint of `ctr c restore` into a temporary directory ctrd-checkpoint* under XDG_RUNTIME_DIR or /tmp and never removes it; this benchmark gives its containerd a private XDG_RUNTIME_DIR and empties it after each sample."],
 	    work_dir: $work, work_dir_fs: $work_fs, staging: $staging},
 	  machine: {kernel: $kernel, nproc: $nproc, cpu: $cpu, mem_total_kib: $mem_total_kib,

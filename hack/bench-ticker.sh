@@ -35,7 +35,7 @@
 #                           rate is used (dirtied_source says which; both are kept).
 #             Then RUNS restores of the newest version (TICKS-1) under new ids:
 #               migratectl restore --store URL --container ID --version V --image IMAGE --as NEW --detach --json
-#             (its JSON: verifyMs = rebuild + verify, containers[0].ms, totalMs),
+#             (its JSON: checkMs = rebuild + size check, containers[0].ms, totalMs),
 #             each checked to carry the counter on from at least memtick's last
 #             tick before that version's freeze, then killed; alternating (the
 #             order flipping each run) with as many restores of the level's
@@ -169,7 +169,7 @@ write_results() {
 		    total_ms: ($f.checkpoints | map(select(.ok)) | map(.total_ms) | stats),
 		    size_bytes: ($f.checkpoints | map(select(.ok)) | map(.size_bytes) | stats),
 		    restore_total_ms: ($r | map(select(.ok)) | map(.total_ms) | stats),
-		    restore_verify_ms: ($r | map(select(.ok)) | map(.verify_ms) | stats),
+		    restore_check_ms: ($r | map(select(.ok)) | map(.check_ms) | stats),
 		    restore_ticking_ms: ($r | map(select(.ok)) | map(.ticking_ms) | stats),
 		    continuity: ($r | map(.continuity) | if length == 0 then null else all end),
 		    failed: (($f.checkpoints + $r) | map(select(.ok | not)) | length)};
@@ -194,7 +194,7 @@ write_results() {
 		      bytes_total: ($k.versions | map(.bytes_total) | stats),
 		      stored_bytes: $k.stored_bytes, store_du_bytes: $k.store_du_bytes,
 		      restore_total_ms: ($k.restores | map(select(.ok)) | map(.total_ms) | stats),
-		      restore_verify_ms: ($k.restores | map(select(.ok)) | map(.verify_ms) | stats),
+		      restore_check_ms: ($k.restores | map(select(.ok)) | map(.check_ms) | stats),
 		      restore_ticking_ms: ($k.restores | map(select(.ok)) | map(.ticking_ms) | stats),
 		      restored_version: ($k.restores | map(.version) | unique),
 		      continuity: ($k.restores | map(.continuity) | if length == 0 then null else all end)},
@@ -227,7 +227,7 @@ write_results() {
 		    image: $image, work_dir: $work, work_dir_fs: $work_fs, staging: $staging,
 		    ticker: "ctr run --runtime io.containerd.migrate.v1 with io.containerd.migrate.checkpoint.{interval,version-group,keep-groups,store}; memtick --mib MIB --interval-ms MEMTICK_MS --dirty-percent X*MEMTICK_MS/INTERVAL",
 		    full: "migratectl checkpoint create --root DIR --json ID of the same workload without a ticker, one interval apart (dirty rate of the file interval); restore: migratectl restore --root DIR --checkpoint CP --as NEW --detach",
-		    chain_restore: "migratectl restore --store URL --container ID --version TICKS-1 --image IMAGE --as NEW --detach (verifyMs = rebuild from chunks + verify)",
+		    chain_restore: "migratectl restore --store URL --container ID --version TICKS-1 --image IMAGE --as NEW --detach (checkMs = rebuild from chunks + size check)",
 		    stores: "one per level: file:// a directory in the work dir; oci:// a docker-registry on 127.0.0.1 with its storage in the work dir (registry-LEVEL/data), removed after the level",
 		    freeze: "frozen_ms is the frozen time the checkpoint records, the pause across CRIU'"'"'s dump and the rootfs diff (shim log line / migratectl frozenMs); memtick_gap_ms is memtick'"'"'s largest tick gap around the dump and includes up to one memtick interval",
 		    dirtied: "pages memtick dirtied between two versions'"'"' freezes: memtick ticks between the ticks that ended the freezes x pages per tick, capped at MIB; else created-stamp difference x measured tick rate",
@@ -264,7 +264,7 @@ write_results() {
 		 row("  (du of the store, MiB)"; (.ticker.store_du_bytes | mib); ""; ""; ""; ""),
 		 row("restore newest / full, median ms"; (.ticker.restore_total_ms.median | f1); (.full.restore_total_ms.median | f1); (.ratios.restore | f3); "<= 2"; st(.goals.restore)),
 		 row("  paired (run by run), median"; ""; ""; (.ratios.restore_paired_median | f3); ""; ""),
-		 row("  rebuild+verify / verify, ms"; (.ticker.restore_verify_ms.median | f1); (.full.restore_verify_ms.median | f1); ""; ""; ""),
+		 row("  rebuild+check / check, ms"; (.ticker.restore_check_ms.median | f1); (.full.restore_check_ms.median | f1); ""; ""; ""),
 		 row("  until ticking, median ms"; (.ticker.restore_ticking_ms.median | f1); (.full.restore_ticking_ms.median | f1); (.ratios.restore_ticking | f3); ""; ""),
 		 row("  counter carries on"; (.ticker.continuity | tostring); (.full.continuity | tostring); ""; ""; st(.goals.continuity))),
 		""
@@ -610,7 +610,7 @@ restore_one() {
 			--argjson tick_before "$tick_before" --argjson first_tick "$first" --argjson continuity "$cont" \
 			--argjson detail "$json" '
 			{run: $run, kind: $kind, id: $id, ok: $ok, error: (if $error == "" then null else $error end),
-			 wall_ms: $wall_ms, total_ms: ($detail.totalMs // null), verify_ms: ($detail.verifyMs // null),
+			 wall_ms: $wall_ms, total_ms: ($detail.totalMs // null), check_ms: ($detail.checkMs // null),
 			 container_ms: ($detail.containers[0].ms // null), version: ($detail.version // null),
 			 skipped: ($detail.skipped // []), ticking_ms: $ticking_ms,
 			 tick_before: $tick_before, first_tick: $first_tick, continuity: $continuity}' >>"$out"

@@ -4,7 +4,7 @@
 //!
 //! `checkpoint create` must leave the container running with its counter
 //! going on, and store a checkpoint that `ls` shows as valid with its size;
-//! a tampered file must make `inspect --verify` fail naming the file; `rm`
+//! a tampered file must make `inspect --verify` and `restore` fail naming the file; `rm`
 //! must remove it; `restore` must start clones that carry on counting from
 //! the checkpoint rather than from zero, even when a file the container
 //! had open at the dump was renamed as it thawed. `checkpoint export` and `import`
@@ -192,8 +192,8 @@ fn assert_no_leftovers(m: &Migratectl, id: &str) {
 
 /// create leaves the container running, its counter going on; ls shows the
 /// checkpoint as valid with its size; inspect --verify passes, then fails
-/// naming a tampered file; rm removes the checkpoint; create --direct makes
-/// a valid checkpoint too.
+/// naming a tampered file, and restore refuses it; rm removes the
+/// checkpoint; create --direct makes a valid checkpoint too.
 fn checkpoint_create_ls_inspect_rm(s: &Scenario) {
     let m = Migratectl::new(s);
     let c = s.container();
@@ -272,6 +272,24 @@ fn checkpoint_create_ls_inspect_rm(s: &Scenario) {
     let row = find(&m.list(true), &id).cloned().unwrap();
     assert_eq!(row["valid"], false, "{row}");
     assert!(row["problem"].as_str().unwrap().contains(&pages), "{row}");
+    // A restore refuses it too: migratectl only checks sizes, the shim
+    // hashes every file before it restores, and the clone is removed again.
+    let clone = s.container();
+    let out = m
+        .run(
+            &["restore"],
+            &["--checkpoint", &id, "--as", &clone.id, "--detach"],
+        )
+        .expect_failure();
+    assert!(
+        out.stderr_str().contains(&pages) && out.stderr_str().contains("sha256 mismatch"),
+        "the restore's error does not name {pages}\n{out}"
+    );
+    assert!(
+        !s.ctr.containers().contains(&clone.id),
+        "the refused clone {} is left behind",
+        clone.id
+    );
 
     let out = m.run(&["checkpoint", "rm"], &[&id]).expect_success();
     assert_eq!(out.stdout_str().trim(), id);
