@@ -60,6 +60,18 @@ pub(crate) fn copy_hashing_direct(src: &Path, dst: &Path) -> Result<Option<Hashe
 /// `Ok(None)` when `dst`'s file system takes no direct writes: then `dst`
 /// does not exist and nothing was read.
 pub(crate) fn write_hashing_direct(from: &mut impl Read, src: &Path, dst: &Path) -> Result<Option<Hashed>> {
+    let mut hasher = sha2::Sha256::new();
+    Ok(write_direct(from, src, dst, Some(&mut hasher))?.map(|size| hashing::finish(hasher, size)))
+}
+
+/// [`write_hashing_direct`], hashing only if given a hasher; returns the
+/// bytes written.
+pub(crate) fn write_direct(
+    from: &mut impl Read,
+    src: &Path,
+    dst: &Path,
+    hasher: Option<&mut sha2::Sha256>,
+) -> Result<Option<u64>> {
     let to = File::options().write(true).create_new(true).open(dst).map_err(Error::io("create", dst))?;
     match set_direct(&to, true) {
         Ok(()) => {}
@@ -78,22 +90,22 @@ pub(crate) fn write_hashing_direct(from: &mut impl Read, src: &Path, dst: &Path)
     let (hash_tx, hash_rx) = sync_channel::<(Buffer, usize)>(BUFFERS);
     let (write_tx, write_rx) = sync_channel::<(Buffer, usize)>(BUFFERS);
     let (read, hashed, written) = thread::scope(|s| {
-        let hasher = s.spawn(move || hash_stage(hash_rx, write_tx));
+        let hashing = s.spawn(move || hash_stage(hash_rx, write_tx, hasher));
         let writer = s.spawn(|| write_stage(write_rx, free_tx, &to, dst));
         let read = read_stage(from, src, free_rx, hash_tx);
-        (read, join(hasher), join(writer))
+        (read, join(hashing), join(writer))
     });
     // A failed write stops the pipeline and so the read: its error is the cause.
     let written = written?;
     read?;
-    if hashed.size != written {
-        let lost = io::Error::other(format!("{} bytes hashed but {written} written", hashed.size));
+    if hashed != written {
+        let lost = io::Error::other(format!("{hashed} bytes passed on but {written} written"));
         return Err(Error::Io { op: "write", path: dst.to_owned(), source: lost });
     }
     // Direct writes are on the device, but the file's size and extents
     // are metadata, and the last, unaligned bytes went through the cache.
     to.sync_data().map_err(Error::io("fsync", dst))?;
-    Ok(Some(hashed))
+    Ok(Some(written))
 }
 
 /// Fills buffers from `from` and passes them on until the end of the file
@@ -113,17 +125,23 @@ fn read_stage(
     Ok(())
 }
 
-fn hash_stage(chunks: Receiver<(Buffer, usize)>, next: SyncSender<(Buffer, usize)>) -> Hashed {
-    let mut hasher = sha2::Sha256::new();
+/// Hashes each chunk, if asked, and passes it on; returns the bytes seen.
+fn hash_stage(
+    chunks: Receiver<(Buffer, usize)>,
+    next: SyncSender<(Buffer, usize)>,
+    mut hasher: Option<&mut sha2::Sha256>,
+) -> u64 {
     let mut size = 0;
     for (buf, n) in chunks {
-        hasher.update(&buf.bytes()[..n]);
+        if let Some(h) = hasher.as_mut() {
+            h.update(&buf.bytes()[..n]);
+        }
         size += n as u64;
         if next.send((buf, n)).is_err() {
             break;
         }
     }
-    hashing::finish(hasher, size)
+    size
 }
 
 /// Writes each chunk at its offset; only the last may end off the block

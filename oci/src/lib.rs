@@ -46,6 +46,6 @@ pub use manifest::{
     CheckpointManifest, ContainerInfo, FileEntry, HostInfo, MANIFEST_MEDIA_TYPE, MANIFEST_SCHEMA_VERSION, RootfsInfo,
     Timings,
 };
-pub use pages_tap::PagesTap;
+pub use pages_tap::{InPlaceTap, PagesTap};
 pub use staging::{CommitInfo, Staging};
 pub use store::{CheckpointStore, DEFAULT_STORE_ROOT};

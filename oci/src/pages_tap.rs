@@ -4,8 +4,10 @@
 //! CRIU names a dump's memory images `pages-1.img`, `pages-2.img`, ... in
 //! the order it dumps them, and moves the pages into each with splice(2).
 //! A tap puts a FIFO under each of those names in the images directory
-//! before the dump, and a thread behind each reads what CRIU sends, hashes
-//! it and writes it into the checkpoint around the page cache. The pages
+//! before the dump, and a thread behind each reads what CRIU sends and
+//! writes it around the page cache: hashed, into a staging checkpoint
+//! ([`PagesTap`]), or beside the FIFO and then over it, for callers that
+//! want CRIU's own directory ([`InPlaceTap`]). The pages
 //! are never stored twice: a 1 GiB dump allocates no memory for them at
 //! all, where a RAM staging directory allocates 1 GiB (slow on a virtual
 //! machine whose host takes freed guest memory back) and then copies it.
@@ -47,44 +49,32 @@ use crate::{
 /// unprivileged pipes (/proc/sys/fs/pipe-max-size).
 const PIPE_SIZE: libc::c_int = 1 << 20;
 
-/// The FIFOs under CRIU's memory image names and the threads draining them.
+/// A tap into a staging checkpoint: the memory images become its files,
+/// hashed as they are written.
 #[derive(Debug)]
 pub struct PagesTap {
-    fifos: Vec<PathBuf>,
-    /// Closing it tells the threads whose FIFO CRIU never opened to stop.
-    cancel: Option<OwnedFd>,
-    readers: Vec<thread::JoinHandle<Taken>>,
+    tap: Tap,
 }
 
-/// What one reader took: the image's path in the checkpoint and its hash,
-/// or nothing if CRIU never opened its FIFO.
-type Taken = Result<Option<(String, Hashed)>>;
+/// A tap into CRIU's own images directory, for a caller that wants CRIU's
+/// usual output there (`ctr task checkpoint --image-path`): each image is
+/// written beside its FIFO and renamed over it once complete. Not hashed.
+#[derive(Debug)]
+pub struct InPlaceTap {
+    tap: Tap,
+}
 
 impl Staging {
     /// Puts FIFOs named `pages-1.img` to `pages-<count>.img` into `images`,
     /// the directory CRIU will dump into, each drained into this staging
     /// checkpoint's `criu/` by a thread of its own.
     pub fn tap_pages(&self, images: &Path, count: u32) -> Result<PagesTap> {
-        let (cancel_rx, cancel_tx) = unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-            .map_err(|e| Error::io("create a pipe for", images)(e.into()))?;
-        let cancel_rx = Arc::new(cancel_rx);
-        let mut tap = PagesTap { fifos: Vec::new(), cancel: Some(cancel_tx), readers: Vec::new() };
-        for id in 1..=count {
-            let name = format!("pages-{id}.img");
-            let fifo = images.join(&name);
-            unistd::mkfifo(&fifo, Mode::S_IRUSR | Mode::S_IWUSR)
-                .map_err(|e| Error::io("create the FIFO", &fifo)(e.into()))?;
-            tap.fifos.push(fifo.clone());
-            let rel = format!("{}/{name}", layout::CRIU_DIR);
-            let dst = self.criu_dir().join(&name);
-            let cancel = Arc::clone(&cancel_rx);
-            let reader = thread::Builder::new()
-                .name(format!("tap-{name}"))
-                .spawn(move || Ok(drain(&fifo, &dst, &cancel)?.map(|hashed| (rel, hashed))))
-                .map_err(Error::io("start a thread for", images))?;
-            tap.readers.push(reader);
-        }
-        Ok(tap)
+        let criu = self.criu_dir();
+        let tap = Tap::start(images, count, |name| Sink::Staging {
+            dst: criu.join(name),
+            rel: format!("{}/{name}", layout::CRIU_DIR),
+        })?;
+        Ok(PagesTap { tap })
     }
 }
 
@@ -94,49 +84,161 @@ impl PagesTap {
     /// removes the FIFOs. Call it once the dump has returned, before the
     /// container runs again.
     pub fn finish(mut self, staging: &mut Staging) -> Result<()> {
+        let taken = self.tap.stop();
+        self.tap.remove_fifos(|_| true);
+        for took in taken {
+            if let Some(Took::Hashed { rel, hashed }) = took? {
+                staging.insert_hashed(rel, hashed);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl InPlaceTap {
+    /// Puts FIFOs named `pages-1.img` to `pages-<count>.img` into `images`,
+    /// each drained into a file beside it by a thread of its own.
+    pub fn start(images: &Path, count: u32) -> Result<InPlaceTap> {
+        let tap = Tap::start(images, count, |name| Sink::InPlace { tmp: images.join(in_place_tmp(name)) })?;
+        Ok(InPlaceTap { tap })
+    }
+
+    /// Waits until CRIU has closed every FIFO it opened and all it sent is
+    /// on disk, puts each image in its FIFO's place and removes the FIFOs
+    /// CRIU did not use. Call it once the dump has returned, before the
+    /// container runs again.
+    pub fn finish(mut self) -> Result<()> {
+        let taken = self.tap.stop();
+        let mut renamed = Vec::new();
         let mut first_error = None;
-        for taken in self.stop() {
-            match taken {
-                Ok(Some((rel, hashed))) => staging.insert_hashed(rel, hashed),
-                Ok(None) => {}
+        for took in taken {
+            match took {
+                Ok(Some(Took::Written { tmp, fifo })) => match std::fs::rename(&tmp, &fifo) {
+                    Ok(()) => renamed.push(fifo),
+                    Err(source) => {
+                        first_error.get_or_insert(Error::Rename { from: tmp, to: fifo, source });
+                    }
+                },
+                Ok(_) => {}
                 Err(e) => {
                     first_error.get_or_insert(e);
                 }
             }
         }
+        self.tap.remove_fifos(|fifo| !renamed.iter().any(|r| r == fifo));
+        self.tap.remove_tmp_files();
         match first_error {
             Some(e) => Err(e),
             None => Ok(()),
         }
     }
+}
 
-    /// Cancels the readers CRIU never reached, joins them all and removes
-    /// the FIFOs; returns what each reader took.
-    fn stop(&mut self) -> Vec<Taken> {
-        self.cancel = None;
-        let taken = self.readers.drain(..).map(|r| r.join().unwrap_or_else(|p| std::panic::resume_unwind(p))).collect();
-        for fifo in self.fifos.drain(..) {
-            if let Err(e) = std::fs::remove_file(&fifo) {
-                log::warn!("could not remove the FIFO {}: {e}", fifo.display());
-            }
-        }
-        taken
+impl Drop for InPlaceTap {
+    /// A tap given up leaves no file of its own in CRIU's directory.
+    fn drop(&mut self) {
+        self.tap.remove_tmp_files();
     }
 }
 
-impl Drop for PagesTap {
-    /// A tap given up (the dump failed) still stops its threads; what they
-    /// wrote goes with the staging directory.
+/// Where the image sent into `pages-N.img` is written until it is complete.
+fn in_place_tmp(name: &str) -> String {
+    format!(".{name}.tap")
+}
+
+/// Where a reader puts what CRIU sends.
+enum Sink {
+    Staging { dst: PathBuf, rel: String },
+    InPlace { tmp: PathBuf },
+}
+
+/// What a reader took from its FIFO.
+enum Took {
+    Hashed { rel: String, hashed: Hashed },
+    Written { tmp: PathBuf, fifo: PathBuf },
+}
+
+/// What one reader returns: nothing if CRIU never opened its FIFO.
+type Taken = Result<Option<Took>>;
+
+/// The FIFOs under CRIU's memory image names and the threads draining them.
+#[derive(Debug)]
+struct Tap {
+    images: PathBuf,
+    fifos: Vec<PathBuf>,
+    /// Closing it tells the threads whose FIFO CRIU never opened to stop.
+    cancel: Option<OwnedFd>,
+    readers: Vec<thread::JoinHandle<Taken>>,
+}
+
+impl Tap {
+    fn start(images: &Path, count: u32, sink: impl Fn(&str) -> Sink) -> Result<Tap> {
+        let (cancel_rx, cancel_tx) = unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .map_err(|e| Error::io("create a pipe for", images)(e.into()))?;
+        let cancel_rx = Arc::new(cancel_rx);
+        let mut tap =
+            Tap { images: images.to_owned(), fifos: Vec::new(), cancel: Some(cancel_tx), readers: Vec::new() };
+        for id in 1..=count {
+            let name = format!("pages-{id}.img");
+            let fifo = images.join(&name);
+            unistd::mkfifo(&fifo, Mode::S_IRUSR | Mode::S_IWUSR)
+                .map_err(|e| Error::io("create the FIFO", &fifo)(e.into()))?;
+            tap.fifos.push(fifo.clone());
+            let (sink, cancel) = (sink(&name), Arc::clone(&cancel_rx));
+            let reader = thread::Builder::new()
+                .name(format!("tap-{name}"))
+                .spawn(move || drain(&fifo, sink, &cancel))
+                .map_err(Error::io("start a thread for", images))?;
+            tap.readers.push(reader);
+        }
+        Ok(tap)
+    }
+
+    /// Cancels the readers CRIU never reached and joins them all; returns
+    /// what each took.
+    fn stop(&mut self) -> Vec<Taken> {
+        self.cancel = None;
+        self.readers.drain(..).map(|r| r.join().unwrap_or_else(|p| std::panic::resume_unwind(p))).collect()
+    }
+
+    /// Removes the FIFOs for which `remove` says so, and forgets them all.
+    fn remove_fifos(&mut self, remove: impl Fn(&Path) -> bool) {
+        for fifo in self.fifos.drain(..) {
+            if remove(&fifo)
+                && let Err(e) = std::fs::remove_file(&fifo)
+            {
+                log::warn!("could not remove the FIFO {}: {e}", fifo.display());
+            }
+        }
+    }
+
+    /// Removes what in-place readers left beside their FIFOs, if anything.
+    fn remove_tmp_files(&self) {
+        let Ok(entries) = std::fs::read_dir(&self.images) else { return };
+        for e in entries.flatten() {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with(".pages-") && name.ends_with(".img.tap") {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+}
+
+impl Drop for Tap {
+    /// A tap given up (the dump failed) still stops its threads and
+    /// removes its FIFOs.
     fn drop(&mut self) {
         if !self.readers.is_empty() {
             self.stop();
         }
+        self.remove_fifos(|_| true);
     }
 }
 
-/// Waits for CRIU to open `fifo`, then writes what it sends to the new file
-/// `dst`. `None` if `cancel` hung up first: CRIU never used this name.
-fn drain(fifo: &Path, dst: &Path, cancel: &OwnedFd) -> Result<Option<Hashed>> {
+/// Waits for CRIU to open `fifo`, then writes what it sends to `sink`.
+/// `None` if `cancel` hung up first: CRIU never used this name.
+fn drain(fifo: &Path, sink: Sink, cancel: &OwnedFd) -> Taken {
     // Non-blocking, so that the open does not wait for a writer; read
     // blocking once CRIU is there.
     let file = File::options()
@@ -154,9 +256,22 @@ fn drain(fifo: &Path, dst: &Path, cancel: &OwnedFd) -> Result<Option<Hashed>> {
     }
     set_blocking(&file).map_err(Error::io("read", fifo))?;
     let mut from = &file;
-    match direct_copy::write_hashing_direct(&mut from, fifo, dst)? {
-        Some(hashed) => Ok(Some(hashed)),
-        None => hashing::write_hashing(&mut from, u64::MAX, fifo, dst).map(Some),
+    match sink {
+        Sink::Staging { dst, rel } => {
+            let hashed = match direct_copy::write_hashing_direct(&mut from, fifo, &dst)? {
+                Some(hashed) => hashed,
+                None => hashing::write_hashing(&mut from, u64::MAX, fifo, &dst)?,
+            };
+            Ok(Some(Took::Hashed { rel, hashed }))
+        }
+        Sink::InPlace { tmp } => {
+            if direct_copy::write_direct(&mut from, fifo, &tmp, None)?.is_none() {
+                let mut to =
+                    File::options().write(true).create_new(true).open(&tmp).map_err(Error::io("create", &tmp))?;
+                io::copy(&mut from, &mut to).map_err(Error::io("write", &tmp))?;
+            }
+            Ok(Some(Took::Written { tmp, fifo: fifo.to_owned() }))
+        }
     }
 }
 
@@ -247,6 +362,29 @@ mod tests {
         assert_eq!(files, [("criu/pages-1.img", big.len() as u64), ("criu/pages-2.img", 0), ("criu/pages-5.img", 4)]);
         assert_eq!(cp.manifest().files[0].sha256, hashing::hash_bytes(&big).sha256);
         cp.verify().unwrap();
+    }
+
+    #[test]
+    fn in_place_puts_each_image_where_the_fifo_was() {
+        let images = tempfile::tempdir().unwrap();
+        let tap = InPlaceTap::start(images.path(), 3).unwrap();
+        let big: Vec<u8> = (0..(5 << 20) + 7).map(|i| (i % 241) as u8).collect();
+        let writer = {
+            let (images, big) = (images.path().to_owned(), big.clone());
+            thread::spawn(move || write_like_criu(&images.join("pages-1.img"), &big))
+        };
+        writer.join().unwrap();
+        tap.finish().unwrap();
+        let names: Vec<_> =
+            std::fs::read_dir(images.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        assert_eq!(names, ["pages-1.img"], "unused FIFOs and temporary files are gone");
+        let meta = std::fs::symlink_metadata(images.path().join("pages-1.img")).unwrap();
+        assert!(meta.is_file(), "the image is a regular file, not the FIFO");
+        assert!(std::fs::read(images.path().join("pages-1.img")).unwrap() == big);
+
+        let given_up = tempfile::tempdir().unwrap();
+        drop(InPlaceTap::start(given_up.path(), 2).unwrap());
+        assert_eq!(std::fs::read_dir(given_up.path()).unwrap().count(), 0, "a tap given up leaves nothing");
     }
 
     #[test]

@@ -34,12 +34,17 @@ use crate::{
     ready::ReadyPlan,
     restore_source::RestoreSource,
     rootfs::Overlay,
-    runc::{self, CheckpointOptions, CreateOptions, ExecOptions, RestoreOptions, Runc},
+    runc::{self, CheckpointOptions, CreateOptions, ExecOptions, Pages, RestoreOptions, Runc},
     stdio::{IoOwner, LoggerEnv, PendingIo},
     ticker::{self, Ticker, TickerPlan},
 };
 
 const OPTIONS_TYPE: &str = "containerd.runc.v1.Options";
+
+/// FIFOs for memory images beyond one per process: CRIU numbers the images
+/// of shared memory segments in the same sequence. Any further image is an
+/// ordinary file, as without a tap.
+const TAP_SPARE: u32 = 2;
 
 pub struct Container {
     pub id: String,
@@ -375,6 +380,48 @@ impl Container {
             let _ = std::fs::remove_dir_all(&opts.work_path);
         }
         Ok(())
+    }
+
+    /// [`Container::checkpoint`] for a caller's Checkpoint RPC. When the
+    /// container stays frozen after CRIU's dump (it was paused, as
+    /// containerd's client does for `ctr task checkpoint`, or it is dumped
+    /// to exit), the memory images go from CRIU through FIFOs straight to
+    /// the image path's disk, around the page cache
+    /// ([`migrate_oci::InPlaceTap`]): a dump of 1 GiB then allocates no
+    /// memory for them, which on a VM whose host takes freed memory back
+    /// costs seconds at random. CRIU's directory looks as usual afterwards.
+    pub async fn checkpoint_for_caller(&self, opts: &CheckpointOptions) -> Result<()> {
+        let frozen_after = !opts.leave_running || matches!(self.init.state(), InitState::Paused { .. });
+        // A caller that taps the images itself (`migratectl checkpoint
+        // create`) has put its FIFOs there already.
+        let tapped_by_caller = opts.image_path.join("pages-1.img").symlink_metadata().is_ok();
+        if !frozen_after || opts.pre_dump || !matches!(opts.pages, Pages::Local) || tapped_by_caller {
+            return self.checkpoint(opts).await;
+        }
+        let processes = match self.runc.ps(&self.id).await {
+            Ok(pids) => pids.len(),
+            Err(e) => {
+                warn!("{}: not tapping the memory images, runc ps failed: {e}", self.id);
+                return self.checkpoint(opts).await;
+            }
+        };
+        let count = u32::try_from(processes).unwrap_or(u32::MAX).saturating_add(TAP_SPARE);
+        std::fs::create_dir_all(&opts.image_path)
+            .map_err(Error::io(format!("create the checkpoint directory {}", opts.image_path.display())))?;
+        let tap = migrate_oci::InPlaceTap::start(&opts.image_path, count)?;
+        info!("{}: taking the memory images through {count} FIFOs", self.id);
+        let dumped = self.checkpoint(opts).await;
+        // Joining the readers blocks: off the async runtime, also when the
+        // dump failed and the tap is only given up.
+        let finished = tokio::task::spawn_blocking(move || match dumped {
+            Ok(()) => tap.finish().map_err(Error::from),
+            Err(e) => {
+                drop(tap);
+                Err(e)
+            }
+        })
+        .await;
+        finished.map_err(|e| Error::io("take the memory images")(std::io::Error::other(e)))?
     }
 
     /// Dumps the init like [`Container::checkpoint`], leaving it running,

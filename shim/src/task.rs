@@ -13,14 +13,14 @@ use containerd_shim::{
     monitor::{Subject, Topic, monitor_subscribe},
     protos::{
         api::{
-            CheckpointTaskRequest, CloseIORequest, ConnectRequest, ConnectResponse, CreateTaskRequest, CreateTaskResponse, DeleteRequest,
-            DeleteResponse, Empty, ExecProcessRequest, KillRequest, PauseRequest, PidsRequest, PidsResponse,
-            ResizePtyRequest, ResumeRequest, ShutdownRequest, StartRequest, StartResponse, StateRequest,
-            StateResponse, StatsRequest, StatsResponse, UpdateTaskRequest, WaitRequest, WaitResponse,
+            CheckpointTaskRequest, CloseIORequest, ConnectRequest, ConnectResponse, CreateTaskRequest,
+            CreateTaskResponse, DeleteRequest, DeleteResponse, Empty, ExecProcessRequest, KillRequest, PauseRequest,
+            PidsRequest, PidsResponse, ResizePtyRequest, ResumeRequest, ShutdownRequest, StartRequest, StartResponse,
+            StateRequest, StateResponse, StatsRequest, StatsResponse, UpdateTaskRequest, WaitRequest, WaitResponse,
         },
         events::task::{
-            TaskCheckpointed, TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskPaused, TaskResumed,
-            TaskStart,
+            TaskCheckpointed, TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskPaused,
+            TaskResumed, TaskStart,
         },
         protobuf::MessageField,
         shim::oci::ProcessDetails,
@@ -69,12 +69,7 @@ impl TaskService {
 
 impl Shared {
     fn container(&self, id: &str) -> Result<Arc<Container>> {
-        self.containers
-            .lock()
-            .unwrap()
-            .get(id)
-            .cloned()
-            .ok_or_else(|| Error::NotFound(format!("container {id}")))
+        self.containers.lock().unwrap().get(id).cloned().ok_or_else(|| Error::NotFound(format!("container {id}")))
     }
 
     /// Subscribes to every reaped exit before any process can start, then
@@ -228,9 +223,10 @@ impl Task for TaskService {
         let s = &self.shared;
         let container = s.container(&req.id)?;
         let _lifecycle = container.lifecycle.lock().await;
-        let opts = checkpoint::decode(req.options.as_ref(), &req.path, &container.bundle, container.init.stdio.terminal)?;
+        let opts =
+            checkpoint::decode(req.options.as_ref(), &req.path, &container.bundle, container.init.stdio.terminal)?;
         info!("checkpoint {} to {} (leave running: {})", req.id, opts.image_path.display(), opts.leave_running);
-        container.checkpoint(&opts).await?;
+        container.checkpoint_for_caller(&opts).await?;
         s.events
             .publish(TaskCheckpointed {
                 container_id: req.id.clone(),
@@ -271,7 +267,9 @@ impl Task for TaskService {
             let mut info = ProcessInfo { pid, ..Default::default() };
             if let Some(exec_id) = exec {
                 let details = ProcessDetails { exec_id, ..Default::default() };
-                info.info = MessageField::some(convert_to_any(Box::new(details)).map_err(Error::shim("encode process details"))?);
+                info.info = MessageField::some(
+                    convert_to_any(Box::new(details)).map_err(Error::shim("encode process details"))?,
+                );
             }
             processes.push(info);
         }

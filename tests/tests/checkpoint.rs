@@ -49,10 +49,20 @@ fn exec(s: &Scenario, id: &str, argv: &[&str]) -> String {
 /// Waits until task `id`'s counter reaches `at_least`; returns it.
 #[track_caller]
 fn wait_tick(s: &Scenario, id: &str, at_least: u64) -> u64 {
-    poll::until(TIMEOUT, &format!("{id}'s counter to reach {at_least}"), || {
-        let pid = s.ctr.task(id).map(|t| t.pid).ok_or("no such task")?;
-        memtick::tick(pid).and_then(|t| if t >= at_least { Ok(t) } else { Err(format!("tick {t}")) })
-    })
+    poll::until(
+        TIMEOUT,
+        &format!("{id}'s counter to reach {at_least}"),
+        || {
+            let pid = s.ctr.task(id).map(|t| t.pid).ok_or("no such task")?;
+            memtick::tick(pid).and_then(|t| {
+                if t >= at_least {
+                    Ok(t)
+                } else {
+                    Err(format!("tick {t}"))
+                }
+            })
+        },
+    )
 }
 
 /// One line through `nc` to the echo server inside task `id`.
@@ -211,9 +221,32 @@ fn task_checkpoint_to_image_path_leaves_running(s: &Scenario) {
         "no memory pages in {}",
         dir.display()
     );
+    assert_only_regular_images(&dir);
     assert_eq!(c.wait_status("RUNNING").status, "RUNNING");
     wait_tick(s, &c.id, before + 5);
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// CRIU's directory as runc leaves it: this runtime takes the memory
+/// images through FIFOs under their names, and none of those (nor a file
+/// of its own) may be left behind, whether the dump worked or failed.
+#[track_caller]
+fn assert_only_regular_images(dir: &Path) {
+    for e in std::fs::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        let name = e.file_name().to_string_lossy().into_owned();
+        let kind = e.file_type().unwrap();
+        assert!(
+            kind.is_file() || kind.is_dir(),
+            "{name} in {} is a {kind:?}, not a file",
+            dir.display()
+        );
+        assert!(
+            !name.ends_with(".tap"),
+            "{name} was left in {}",
+            dir.display()
+        );
+    }
 }
 
 fn tempdir(name: &str) -> PathBuf {
@@ -275,6 +308,7 @@ fn failed_checkpoint_leaves_container_running(s: &Scenario) {
         err.contains("dump.log"),
         "the error should name CRIU's log: {err}"
     );
+    assert_only_regular_images(&dir);
     assert_eq!(c.wait_status("RUNNING").status, "RUNNING");
     wait_tick(s, &c.id, before + 5);
     let _ = std::fs::remove_dir_all(dir);
