@@ -591,6 +591,11 @@ fn clean_delete(t: &Scenario) {
 /// `ctr t attach` to a detached task carries input in and output out, and
 /// exits with the task's exit code (ctr 2.x has no `tasks wait`; attach is
 /// its way to wait for a detached task).
+///
+/// The task exits only once its output has reached ctr: ctr returns as
+/// soon as it hears of the exit, without waiting for its copies of the
+/// output, and with runc.v2 an exit right after the output lost it now
+/// and then (stdout "", exit code 3).
 fn attach(t: &Scenario) {
     let c = t.container();
     t.run_detached(
@@ -599,12 +604,26 @@ fn attach(t: &Scenario) {
         &[
             "sh",
             "-c",
-            "read line; echo \"got $line\"; echo bye >&2; exit 3",
+            "read line; echo \"got $line\"; echo bye >&2; read rest; exit 3",
         ],
     );
     let mut attach = t.ctr.spawn_with(&["tasks", "attach", &c.id], Stdin::Pipe);
     let mut stdin = attach.take_stdin().expect("stdin pipe");
     stdin.write_all(b"hello\n").expect("writing to ctr's stdin");
+    poll::until_true(
+        EXIT_TIMEOUT,
+        "the task's output to reach ctr t attach",
+        || attach.stdout_so_far() == b"got hello\n" && attach.stderr_so_far() == b"bye\n",
+        || {
+            format!(
+                "stdout {:?}, stderr {:?}",
+                String::from_utf8_lossy(&attach.stdout_so_far()),
+                String::from_utf8_lossy(&attach.stderr_so_far())
+            )
+        },
+    );
+    // A second line lets it exit (ctr does not pass on the end of input).
+    stdin.write_all(b"bye\n").expect("writing to ctr's stdin");
     drop(stdin);
     let out = attach.wait(EXIT_TIMEOUT).expect_code(3);
     assert_bytes("stdout", &out.stdout, b"got hello\n", &out);
