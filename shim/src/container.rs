@@ -408,7 +408,13 @@ impl Container {
         let count = u32::try_from(processes).unwrap_or(u32::MAX).saturating_add(TAP_SPARE);
         std::fs::create_dir_all(&opts.image_path)
             .map_err(Error::io(format!("create the checkpoint directory {}", opts.image_path.display())))?;
-        let tap = migrate_oci::InPlaceTap::start(&opts.image_path, count)?;
+        let tap = match migrate_oci::InPlaceTap::start(&opts.image_path, count) {
+            Ok(tap) => tap,
+            Err(e) => {
+                warn!("{}: not tapping the memory images: {e}", self.id);
+                return self.checkpoint(opts).await;
+            }
+        };
         info!("{}: taking the memory images through {count} FIFOs", self.id);
         let dumped = self.checkpoint(opts).await;
         // Joining the readers blocks: off the async runtime, also when the
