@@ -126,7 +126,7 @@ impl InPlaceTap {
             }
         }
         self.tap.remove_fifos(|fifo| !renamed.iter().any(|r| r == fifo));
-        self.tap.remove_tmp_files();
+        // What a failed reader or rename left goes with Drop.
         match first_error {
             Some(e) => Err(e),
             None => Ok(()),

@@ -48,6 +48,14 @@ impl Cgroups {
         Some(Cgroups::V2(mount_point(mountinfo, "cgroup2", None)?.join(unified?)))
     }
 
+    /// How many processes the cgroup of v1 `controller` (or the unified
+    /// one) holds, from its cgroup.procs: a file read, where `runc ps`
+    /// starts a process.
+    pub fn process_count(&self, controller: &str) -> Option<usize> {
+        let procs = fs::read_to_string(self.dir(controller)?.join("cgroup.procs")).ok()?;
+        Some(procs.lines().count())
+    }
+
     /// The directory of v1 `controller`, or the unified one on v2.
     pub fn dir(&self, controller: &str) -> Option<&Path> {
         match self {
@@ -79,6 +87,16 @@ fn mount_point(mountinfo: &str, fstype: &str, controller: Option<&str>) -> Optio
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counts_the_processes_of_a_cgroup() {
+        let dir = tempfile::tempdir().unwrap();
+        let cgroups = Cgroups::V2(dir.path().to_owned());
+        assert_eq!(cgroups.process_count("memory"), None, "no cgroup.procs");
+        fs::write(dir.path().join("cgroup.procs"), "12\n34\n56\n").unwrap();
+        assert_eq!(cgroups.process_count("memory"), Some(3));
+        assert_eq!(Cgroups::V1(HashMap::new()).process_count("memory"), None, "no such controller");
+    }
 
     const MOUNTINFO: &str = "\
 25 1 0:23 / /sys/fs/cgroup rw,nosuid - tmpfs tmpfs rw,mode=755

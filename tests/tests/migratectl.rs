@@ -418,19 +418,33 @@ fn a_file_renamed_as_the_checkpoint_thaws_is_restored(s: &Scenario) {
         || format!("{renamed} is not there"),
     );
 
+    restore_and_count_on(s, &m, &id, before);
+}
+
+/// Restores checkpoint `id` with `migratectl restore --detach` as a new
+/// container and waits until it counts on from at least the checkpoint's
+/// `before`; returns the clone (its output log removed) and its pid.
+#[track_caller]
+fn restore_and_count_on(
+    s: &Scenario,
+    m: &Migratectl,
+    id: &str,
+    before: u64,
+) -> (fixture::Container, u32) {
     let clone = s.container();
     let report = m.json(
         &["restore"],
-        &["--checkpoint", &id, "--as", &clone.id, "--detach", "--json"],
+        &["--checkpoint", id, "--as", &clone.id, "--detach", "--json"],
     );
     let pid = clone.wait_status("RUNNING").pid;
-    let first = wait_tick_above(pid, 0, "the restored memtick to count");
+    let first = wait_tick_above(pid, 0, "the restored container to count");
     assert!(
         first >= before,
-        "counts from {first}, not from the checkpoint's {before}"
+        "the restored container counts from {first}, not from the checkpoint's {before}"
     );
-    wait_tick_above(pid, first + 3, "the restored memtick to go on counting");
+    wait_tick_above(pid, first + 3, "the restored container to go on counting");
     let _ = std::fs::remove_file(report["containers"][0]["log"].as_str().unwrap());
+    (clone, pid)
 }
 
 /// An image in the scenario's containerd, removed when dropped.
@@ -603,27 +617,9 @@ fn ctr_checkpoint_of_runc_v2_imports_and_restores(s: &Scenario) {
     assert_no_leftovers(&m, &id);
 
     stop_and_delete_task(s, &c);
-    let k = s.container();
-    let report = m.json(
-        &["restore"],
-        &["--checkpoint", &id, "--as", &k.id, "--detach", "--json"],
-    );
-    let restored = k.wait_status("RUNNING").pid;
-    let first = wait_tick_above(restored, 0, "the restored container to count");
-    assert!(
-        first >= before,
-        "the restored container counts from {first}, not from the checkpoint's {before}"
-    );
-    wait_tick_above(
-        restored,
-        first + 3,
-        "the restored container to go on counting",
-    );
+    let (_k, restored) = restore_and_count_on(s, &m, &id, before);
     assert!(
         Path::new(&format!("/proc/{restored}/root/mark")).exists(),
         "the rw layer was not restored"
     );
-    for entry in report["containers"].as_array().unwrap() {
-        let _ = std::fs::remove_file(entry["log"].as_str().unwrap());
-    }
 }
