@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     error::{Error, Result},
-    runc::{CgroupsMode, CheckpointOptions, CriuOptions, Pages},
+    runc::{CgroupsMode, CheckpointOptions, CriuConfig, CriuOptions, NetworkLock, Pages},
 };
 
 const RUNC_OPTIONS_TYPE: &str = "containerd.runc.v1.CheckpointOptions";
@@ -44,6 +44,8 @@ struct MigrateOptions {
     file_locks: bool,
     cgroups_mode: Option<String>,
     empty_namespaces: Vec<String>,
+    /// "iptables" or "nftables"; by default nftables where CRIU can.
+    network_lock: Option<String>,
 }
 
 /// Typed options for a dump of container `bundle`'s init to `path` (the
@@ -57,6 +59,7 @@ pub fn decode(any: Option<&Any>, path: &str, bundle: &Path, terminal: bool) -> R
         pre_dump: false,
         pages: Pages::Local,
         criu: CriuOptions { shell_job: terminal, ..Default::default() },
+        config: CriuConfig::default(),
     };
     match any.filter(|a| !a.type_url.is_empty()) {
         None => {}
@@ -78,7 +81,9 @@ pub fn decode(any: Option<&Any>, path: &str, bundle: &Path, terminal: bool) -> R
         }
         Some(any) if any.type_url.ends_with(MIGRATE_OPTIONS_TYPE) => {
             let m: MigrateOptions = serde_json::from_slice(&any.value).map_err(|e| {
-                Error::InvalidArgument(format!("the checkpoint options ({MIGRATE_OPTIONS_TYPE}, JSON) are not valid: {e}"))
+                Error::InvalidArgument(format!(
+                    "the checkpoint options ({MIGRATE_OPTIONS_TYPE}, JSON) are not valid: {e}"
+                ))
             })?;
             opts.leave_running = !m.exit;
             if let Some(p) = m.image_path {
@@ -107,6 +112,7 @@ pub fn decode(any: Option<&Any>, path: &str, bundle: &Path, terminal: bool) -> R
                 cgroups_mode: m.cgroups_mode.as_deref().map(cgroups_mode).transpose()?.flatten(),
                 empty_namespaces: m.empty_namespaces,
             };
+            opts.config.network_lock = m.network_lock.as_deref().map(network_lock).transpose()?;
         }
         Some(any) => {
             return Err(Error::InvalidArgument(format!(
@@ -135,13 +141,18 @@ fn set_path(target: &mut PathBuf, value: &str) {
     }
 }
 
+fn network_lock(s: &str) -> Result<NetworkLock> {
+    NetworkLock::parse(s)
+        .ok_or_else(|| Error::InvalidArgument(format!("network lock {s:?} is not one of iptables, nftables")))
+}
+
 fn cgroups_mode(s: &str) -> Result<Option<CgroupsMode>> {
     if s.is_empty() {
         return Ok(None);
     }
-    CgroupsMode::parse(s).map(Some).ok_or_else(|| {
-        Error::InvalidArgument(format!("cgroups mode {s:?} is not one of soft, full, strict, ignore"))
-    })
+    CgroupsMode::parse(s)
+        .map(Some)
+        .ok_or_else(|| Error::InvalidArgument(format!("cgroups mode {s:?} is not one of soft, full, strict, ignore")))
 }
 
 /// The part of [`CriuOptions`] that a restore must repeat.
@@ -244,9 +255,10 @@ mod tests {
 
     #[test]
     fn bad_options_are_explained() {
-        let e = decode(Some(&any(MIGRATE_OPTIONS_TYPE, br#"{"lazy_pages":true}"#.to_vec())), "/i", Path::new("/b"), false)
-            .unwrap_err()
-            .to_string();
+        let e =
+            decode(Some(&any(MIGRATE_OPTIONS_TYPE, br#"{"lazy_pages":true}"#.to_vec())), "/i", Path::new("/b"), false)
+                .unwrap_err()
+                .to_string();
         assert!(e.contains("lazy_pages needs page_server"), "{e}");
         let e = decode(Some(&any(MIGRATE_OPTIONS_TYPE, br#"{"leave":1}"#.to_vec())), "/i", Path::new("/b"), false)
             .unwrap_err()

@@ -35,7 +35,10 @@ use crate::{
     ready::ReadyPlan,
     restore_source::RestoreSource,
     rootfs::Overlay,
-    runc::{self, CheckpointOptions, CreateOptions, ExecOptions, Pages, RestoreOptions, Runc},
+    runc::{
+        self, CheckpointOptions, CreateOptions, CriuConfig, ExecOptions, Feature, NetworkLock, Pages, RestoreOptions,
+        Runc,
+    },
     stdio::{IoOwner, LoggerEnv, PendingIo},
     ticker::{self, Ticker, TickerPlan},
 };
@@ -338,6 +341,7 @@ impl Container {
             no_pivot: self.no_pivot,
             lazy_pages: false,
             criu,
+            config: CriuConfig::default(),
         };
         let restoring = Instant::now();
         if let Err(e) = self.runc.restore(&self.id, &opts, runc_stdio).await {
@@ -368,6 +372,13 @@ impl Container {
         fresh_dir(&opts.work_path)?;
         std::fs::create_dir_all(&opts.image_path)
             .map_err(Error::io(format!("create the checkpoint directory {}", opts.image_path.display())))?;
+        let mut opts = opts.clone();
+        if opts.config.network_lock.is_none() && *runc::nftables_lock().await == Feature::Supported {
+            // Its default, iptables, keeps the container frozen for about
+            // 60 ms more per dump, and its restores wait as long again.
+            opts.config.network_lock = Some(NetworkLock::Nftables);
+        }
+        let opts = &opts;
         self.runc.checkpoint(&self.id, opts).await?;
         RestoreCriuOptions::from(&opts.criu).write(&opts.image_path)?;
         // CRIU writes its timings (how long the container was frozen) to the

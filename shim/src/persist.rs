@@ -13,7 +13,7 @@ use migrate_oci::{CheckpointStore, CommitInfo, ContainerInfo, RootfsInfo, Timing
 use crate::{
     container::Container,
     error::{Error, Result},
-    runc::{CheckpointOptions, CriuOptions, Pages},
+    runc::{CheckpointOptions, CriuConfig, CriuOptions, Pages},
 };
 
 /// Where dumps are staged: RAM-backed. /run is a tmpfs on most hosts but
@@ -70,6 +70,7 @@ pub async fn checkpoint_increment(
         pre_dump: *increment == Increment::PreDump,
         pages: Pages::Local,
         criu: CriuOptions { shell_job: container.init.stdio.terminal, ..Default::default() },
+        config: CriuConfig::default(),
     };
     // A pre-dump is only memory for later dumps to build on, never
     // restored by itself: it needs no rootfs diff, and no pause for one.

@@ -71,6 +71,64 @@ impl CriuOptions {
     }
 }
 
+/// How CRIU keeps packets away from the container's network namespace
+/// while it dumps (`--network-lock`). A restore locks the same way as the
+/// dump did: CRIU records the method in the images.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NetworkLock {
+    /// CRIU's default: rules loaded with `iptables-restore`, a process per
+    /// change.
+    Iptables,
+    /// Rules set in-process through libnftables.
+    Nftables,
+}
+
+impl NetworkLock {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "iptables" => Some(Self::Iptables),
+            "nftables" => Some(Self::Nftables),
+            _ => None,
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Iptables => "iptables",
+            Self::Nftables => "nftables",
+        }
+    }
+}
+
+/// CRIU settings runc has no flag for. They reach CRIU in a configuration
+/// file named by `CRIU_CONFIG_FILE`, which CRIU reads in runc's swrk mode
+/// as well; an operator's `/etc/criu/runc.conf` is read after it and wins.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CriuConfig {
+    pub network_lock: Option<NetworkLock>,
+    /// A program CRIU runs at every stage, the stage's name in
+    /// `CRIU_SCRIPT_ACTION`. A failure at "post-restore" aborts a restore
+    /// before the restored processes run; at other stages CRIU only logs it.
+    pub action_script: Option<PathBuf>,
+}
+
+impl CriuConfig {
+    /// The file's text, or None when there is nothing to say.
+    pub fn render(&self) -> Result<Option<String>, String> {
+        let mut text = String::new();
+        if let Some(lock) = self.network_lock {
+            text.push_str(&format!("network-lock {}\n", lock.as_str()));
+        }
+        if let Some(script) = &self.action_script {
+            let path = script.to_str().filter(|p| !p.contains(['"', '\\', '\n'])).ok_or_else(|| {
+                format!("the action script path {} cannot be written in a CRIU configuration file", script.display())
+            })?;
+            text.push_str(&format!("action-script \"{path}\"\n"));
+        }
+        Ok((!text.is_empty()).then_some(text))
+    }
+}
+
 /// Where a dump's memory pages go.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Pages {
@@ -96,6 +154,7 @@ pub struct CheckpointOptions {
     pub pre_dump: bool,
     pub pages: Pages,
     pub criu: CriuOptions,
+    pub config: CriuConfig,
 }
 
 impl CheckpointOptions {
@@ -136,6 +195,7 @@ pub struct RestoreOptions<'a> {
     /// Fetch memory pages on demand from a lazy-pages daemon (post-copy).
     pub lazy_pages: bool,
     pub criu: CriuOptions,
+    pub config: CriuConfig,
 }
 
 impl RestoreOptions<'_> {
@@ -207,6 +267,7 @@ mod tests {
                 empty_namespaces: vec!["network".into()],
                 ..Default::default()
             },
+            config: CriuConfig::default(),
         };
         assert_eq!(
             strings(opts.args("c1")).join(" "),
@@ -227,6 +288,7 @@ mod tests {
             no_pivot: false,
             lazy_pages: false,
             criu: CriuOptions { shell_job: true, ..Default::default() },
+            config: CriuConfig::default(),
         };
         assert_eq!(
             strings(opts.args("c1")).join(" "),
@@ -240,6 +302,21 @@ mod tests {
         let errors = criu_errors(log);
         assert_eq!(errors.len(), 2);
         assert!(errors[0].contains("Can't get 1:16 opt"));
+    }
+
+    #[test]
+    fn config_file_says_only_what_is_set() {
+        assert_eq!(CriuConfig::default().render(), Ok(None));
+        let config = CriuConfig {
+            network_lock: Some(NetworkLock::Nftables),
+            action_script: Some("/run/b/criu-restore-work/gate".into()),
+        };
+        assert_eq!(
+            config.render().unwrap().unwrap(),
+            "network-lock nftables\naction-script \"/run/b/criu-restore-work/gate\"\n"
+        );
+        let unquotable = CriuConfig { action_script: Some("/a\"b".into()), ..Default::default() };
+        assert!(unquotable.render().unwrap_err().contains("/a\"b"));
     }
 
     #[test]

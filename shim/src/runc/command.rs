@@ -5,7 +5,11 @@
 //! runc's exit status from the shim's exit monitor instead, subscribing
 //! *before* the spawn so that a runc that exits at once is never missed.
 
-use std::{ffi::OsString, path::Path, process::Stdio};
+use std::{
+    ffi::OsString,
+    path::{Path, PathBuf},
+    process::Stdio,
+};
 
 use containerd_shim::monitor::{ExitEvent, Subject, Topic, monitor_subscribe, monitor_unsubscribe};
 use tokio::{io::AsyncReadExt, io::AsyncWriteExt, process::Command};
@@ -31,9 +35,11 @@ pub async fn run(
     args: Vec<OsString>,
     stdio: Stdio3,
     input: Option<&[u8]>,
+    env: &[(&str, PathBuf)],
 ) -> Result<Output, Error> {
     let mut cmd = Command::new(binary);
     cmd.args(&args);
+    cmd.envs(env.iter().map(|(k, v)| (k, v)));
     let captured = matches!(stdio, Stdio3::Captured);
     match stdio {
         Stdio3::Captured => {
@@ -45,9 +51,7 @@ pub async fn run(
         }
     }
 
-    let subscription = monitor_subscribe(Topic::Pid).await.map_err(|source| Error::Monitor {
-        source,
-    })?;
+    let subscription = monitor_subscribe(Topic::Pid).await.map_err(|source| Error::Monitor { source })?;
     let spawned = cmd.spawn();
     // The Command still holds the parent's copies of the container's pipe
     // ends; they must be closed now, or the container's stdout would never

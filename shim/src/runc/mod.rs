@@ -6,18 +6,18 @@
 
 mod checkpoint;
 mod command;
+mod features;
 mod log;
-mod mem_track;
 
 use std::{
     ffi::OsString,
     path::{Path, PathBuf},
 };
 
-pub use checkpoint::{CgroupsMode, CheckpointOptions, CriuOptions, Pages, RestoreOptions};
+pub use checkpoint::{CgroupsMode, CheckpointOptions, CriuConfig, CriuOptions, NetworkLock, Pages, RestoreOptions};
 pub use command::Stdio3;
-pub use mem_track::{MemoryTracking, memory_tracking};
 use command::run;
+pub use features::{Feature, memory_tracking, nftables_lock};
 use log::LogFile;
 
 /// Where runc keeps container state when the runtime options name no root,
@@ -43,6 +43,9 @@ pub enum Error {
     /// CRIU failed under runc; `line` is the first error CRIU logged.
     #[error("runc {command} failed: CRIU: {line} (CRIU log: {})", log.display())]
     Criu { command: &'static str, line: String, log: PathBuf },
+
+    #[error("{message}")]
+    Config { message: String },
 
     #[error("runc {command} printed output that is not valid: {source}")]
     Output { command: &'static str, #[source] source: serde_json::Error },
@@ -80,17 +83,9 @@ impl Runc {
     /// root for `namespace`. runc's log goes to `log.json` in the bundle.
     pub fn new(binary: &str, root: &str, namespace: &str, systemd_cgroup: bool, bundle: &Path) -> Self {
         let binary = if binary.is_empty() { "runc" } else { binary };
-        let root = if root.is_empty() {
-            Path::new(DEFAULT_ROOT).join(namespace)
-        } else {
-            Path::new(root).join(namespace)
-        };
-        Self {
-            binary: PathBuf::from(binary),
-            root,
-            systemd_cgroup,
-            log: bundle.join("log.json"),
-        }
+        let root =
+            if root.is_empty() { Path::new(DEFAULT_ROOT).join(namespace) } else { Path::new(root).join(namespace) };
+        Self { binary: PathBuf::from(binary), root, systemd_cgroup, log: bundle.join("log.json") }
     }
 
     pub async fn create(&self, id: &str, opts: &CreateOptions<'_>, stdio: Stdio3) -> Result<(), Error> {
@@ -111,14 +106,16 @@ impl Runc {
     /// Dumps the container with CRIU. On failure CRIU's log stays in the
     /// work path and its first error line is in the error.
     pub async fn checkpoint(&self, id: &str, opts: &CheckpointOptions) -> Result<(), Error> {
-        let result = self.exec_command("checkpoint", opts.args(id), Stdio3::Captured, None).await;
+        let env = criu_config_env(&opts.config, &opts.work_path)?;
+        let result = self.exec_command_env("checkpoint", opts.args(id), Stdio3::Captured, None, &env).await;
         result.map(drop).map_err(|e| with_criu_log(e, "checkpoint", &opts.work_path.join("dump.log")))
     }
 
     /// Restores a checkpointed container, detached, with `stdio` as the
     /// restored process's stdio where it was a pipe at dump time.
     pub async fn restore(&self, id: &str, opts: &RestoreOptions<'_>, stdio: Stdio3) -> Result<(), Error> {
-        let result = self.exec_command("restore", opts.args(id), stdio, None).await;
+        let env = criu_config_env(&opts.config, opts.work_path)?;
+        let result = self.exec_command_env("restore", opts.args(id), stdio, None, &env).await;
         result.map(drop).map_err(|e| with_criu_log(e, "restore", &opts.work_path.join("restore.log")))
     }
 
@@ -189,13 +186,25 @@ impl Runc {
         self.exec_command(command, args, Stdio3::Captured, None).await.map(drop)
     }
 
-    /// Runs runc with the global options in front of `args`; returns stdout.
     async fn exec_command(
         &self,
         command: &'static str,
         args: Vec<OsString>,
         stdio: Stdio3,
         input: Option<&[u8]>,
+    ) -> Result<Vec<u8>, Error> {
+        self.exec_command_env(command, args, stdio, input, &[]).await
+    }
+
+    /// Runs runc with the global options in front of `args` and `env` added
+    /// to its environment; returns stdout.
+    async fn exec_command_env(
+        &self,
+        command: &'static str,
+        args: Vec<OsString>,
+        stdio: Stdio3,
+        input: Option<&[u8]>,
+        env: &[(&str, PathBuf)],
     ) -> Result<Vec<u8>, Error> {
         let log = LogFile::new(&self.log);
         let mut full = vec![
@@ -212,7 +221,7 @@ impl Runc {
         full.extend(args);
 
         let mark = log.mark();
-        let out = run(&self.binary, full, stdio, input).await?;
+        let out = run(&self.binary, full, stdio, input, env).await?;
         if out.status == 0 {
             return Ok(out.stdout);
         }
@@ -223,6 +232,21 @@ impl Runc {
             .unwrap_or_else(|| "runc printed nothing".to_string());
         Err(classify(command, out.status, message))
     }
+}
+
+/// Writes `config` into `work` as CRIU's configuration file, if it says
+/// anything, and returns the environment that makes CRIU read it.
+fn criu_config_env(config: &CriuConfig, work: &Path) -> Result<Vec<(&'static str, PathBuf)>, Error> {
+    let text = match config.render() {
+        Ok(Some(text)) => text,
+        Ok(None) => return Ok(Vec::new()),
+        Err(message) => return Err(Error::Config { message }),
+    };
+    let path = work.join("criu.conf");
+    std::fs::write(&path, text).map_err(|source| Error::Config {
+        message: format!("cannot write CRIU's configuration file {}: {source}", path.display()),
+    })?;
+    Ok(vec![("CRIU_CONFIG_FILE", path)])
 }
 
 /// Replaces runc's "criu failed ... see log" with the line CRIU logged.
@@ -280,10 +304,7 @@ mod tests {
 
     #[test]
     fn gone_containers_are_not_found() {
-        assert!(matches!(
-            classify("kill", 1, "container \"x\" does not exist".into()),
-            Error::NotFound { .. }
-        ));
+        assert!(matches!(classify("kill", 1, "container \"x\" does not exist".into()), Error::NotFound { .. }));
         assert!(matches!(classify("start", 1, "permission denied".into()), Error::Failed { .. }));
     }
 

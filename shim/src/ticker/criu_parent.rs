@@ -25,7 +25,7 @@ use crate::{
     container::Container,
     error::Result,
     persist::{self, Increment},
-    runc::{self, MemoryTracking},
+    runc::{self, Feature},
 };
 
 /// The checkpoints in the ticker's RAM store that the next dump builds on:
@@ -41,11 +41,11 @@ impl Chain {
     /// None: its versions are then found by storage chunks.
     pub(super) async fn if_supported(id: &str, ram: &Path) -> Option<Chain> {
         match runc::memory_tracking().await {
-            MemoryTracking::Supported => {
+            Feature::Supported => {
                 info!("{id}: CRIU tracks memory here: versions are dumps on parents (mode criu-parent)");
                 Some(Chain { ram: ram.to_owned(), ids: Vec::new() })
             }
-            MemoryTracking::Unsupported { reason } => {
+            Feature::Unsupported { reason } => {
                 info!("{id}: CRIU cannot track memory here ({reason}): versions are full dumps (mode storage-chunks)");
                 None
             }
