@@ -97,7 +97,17 @@ impl Checkpoint {
     /// that nothing else is there, and that the parent link leads to the
     /// parent. Reports every problem found, not just the first.
     pub fn verify(&self) -> Result<()> {
-        self.check(true)
+        self.check(Hashing::All).map(drop)
+    }
+
+    /// [`Checkpoint::verify`] but for the digests of the memory images
+    /// (`criu/pages-*.img`, nearly all of a checkpoint's bytes), which are
+    /// left to the returned [`DeferredDigests`]: a restore hashes them while
+    /// CRIU restores everything else, and lets the restored processes run
+    /// only once they match. Their presence and sizes are checked now.
+    pub fn verify_deferring_memory(&self) -> Result<DeferredDigests> {
+        let files = self.check(Hashing::AllButMemory)?;
+        Ok(DeferredDigests { id: self.manifest.id.clone(), dir: self.dir.clone(), files })
     }
 
     /// [`Checkpoint::verify`] without the hashing: for a checkpoint whose
@@ -105,10 +115,11 @@ impl Checkpoint {
     /// that were each checked against their digest), the files that must
     /// be there, with their sizes and no others, for a stat each.
     pub fn check_files(&self) -> Result<()> {
-        self.check(false)
+        self.check(Hashing::None).map(drop)
     }
 
-    fn check(&self, hash: bool) -> Result<()> {
+    /// Checks as `hashing` says; returns the entries it left unhashed.
+    fn check(&self, hashing: Hashing) -> Result<Vec<FileEntry>> {
         let mut present = BTreeMap::new();
         let mut problems = Vec::new();
         for e in tree::walk(&self.dir)? {
@@ -126,6 +137,7 @@ impl Checkpoint {
         }
         // Sizes first: a stat answers what would otherwise take a full read.
         let mut to_hash: Vec<&FileEntry> = Vec::new();
+        let mut deferred = Vec::new();
         for f in &self.manifest.files {
             match present.remove(&f.path) {
                 None => problems.push(FileProblem { path: f.path.clone(), kind: ProblemKind::Missing }),
@@ -133,32 +145,20 @@ impl Checkpoint {
                     path: f.path.clone(),
                     kind: ProblemKind::SizeMismatch { expected: f.size, found },
                 }),
-                Some(_) if hash => to_hash.push(f),
-                Some(_) => {}
+                Some(_) => match hashing {
+                    Hashing::All => to_hash.push(f),
+                    Hashing::AllButMemory if !layout::is_memory_image(&f.path) => to_hash.push(f),
+                    Hashing::AllButMemory | Hashing::None => deferred.push(f.clone()),
+                },
             }
         }
         problems.extend(present.into_keys().map(|path| FileProblem { path, kind: ProblemKind::Unexpected }));
         if let Some(parent) = &self.manifest.parent {
             problems.extend(self.parent_link_problem(parent));
         }
-        // Biggest first, so that both threads finish at about the same time.
-        to_hash.sort_by_key(|f| Reverse(f.size));
-        let hashed = parallel::map(&to_hash, |f| hashing::hash_file(&self.dir.join(&f.path), false))?;
-        for (f, h) in to_hash.iter().zip(hashed) {
-            let kind = if h.size != f.size {
-                ProblemKind::SizeMismatch { expected: f.size, found: h.size }
-            } else if h.sha256 != f.sha256 {
-                ProblemKind::Sha256Mismatch { expected: f.sha256, found: h.sha256 }
-            } else {
-                continue;
-            };
-            problems.push(FileProblem { path: f.path.clone(), kind });
-        }
-        if problems.is_empty() {
-            return Ok(());
-        }
-        problems.sort_by(|a, b| a.path.cmp(&b.path));
-        Err(Error::Damaged { id: self.manifest.id.clone(), dir: self.dir.clone(), problems })
+        problems.extend(digest_problems(&self.dir, to_hash)?);
+        damaged(&self.manifest.id, &self.dir, problems)?;
+        Ok(deferred)
     }
 
     fn parent_link_problem(&self, parent: &str) -> Option<FileProblem> {
@@ -175,6 +175,64 @@ impl Checkpoint {
     fn lists(&self, rel: &str) -> bool {
         self.manifest.files.iter().any(|f| f.path == rel)
     }
+}
+
+/// How much of a checkpoint [`Checkpoint::check`] hashes.
+#[derive(Clone, Copy)]
+enum Hashing {
+    None,
+    All,
+    AllButMemory,
+}
+
+/// Digests of a checkpoint's files still to be checked; see
+/// [`Checkpoint::verify_deferring_memory`].
+#[derive(Debug)]
+pub struct DeferredDigests {
+    id: String,
+    dir: PathBuf,
+    files: Vec<FileEntry>,
+}
+
+impl DeferredDigests {
+    pub fn is_empty(&self) -> bool {
+        self.files.is_empty()
+    }
+
+    /// Hashes the files; an `Err` is [`Error::Damaged`] naming each that
+    /// changed since the commit.
+    pub fn verify(&self) -> Result<()> {
+        let problems = digest_problems(&self.dir, self.files.iter().collect())?;
+        damaged(&self.id, &self.dir, problems)
+    }
+}
+
+/// Hashes `files` of the checkpoint in `dir` (whose sizes were found
+/// right) and reports those whose digest is not the manifest's.
+fn digest_problems(dir: &Path, mut files: Vec<&FileEntry>) -> Result<Vec<FileProblem>> {
+    // Biggest first, so that both threads finish at about the same time.
+    files.sort_by_key(|f| Reverse(f.size));
+    let hashed = parallel::map(&files, |f| hashing::hash_file(&dir.join(&f.path), false))?;
+    let mut problems = Vec::new();
+    for (f, h) in files.iter().zip(hashed) {
+        let kind = if h.size != f.size {
+            ProblemKind::SizeMismatch { expected: f.size, found: h.size }
+        } else if h.sha256 != f.sha256 {
+            ProblemKind::Sha256Mismatch { expected: f.sha256, found: h.sha256 }
+        } else {
+            continue;
+        };
+        problems.push(FileProblem { path: f.path.clone(), kind });
+    }
+    Ok(problems)
+}
+
+fn damaged(id: &str, dir: &Path, mut problems: Vec<FileProblem>) -> Result<()> {
+    if problems.is_empty() {
+        return Ok(());
+    }
+    problems.sort_by(|a, b| a.path.cmp(&b.path));
+    Err(Error::Damaged { id: id.to_owned(), dir: dir.to_owned(), problems })
 }
 
 #[cfg(test)]
@@ -223,6 +281,37 @@ mod tests {
                 cp.dir().display()
             )
         );
+    }
+
+    #[test]
+    fn memory_digests_can_wait_but_nothing_else_does() {
+        let (_dir, _store, cp) = setup();
+        let deferred = cp.verify_deferring_memory().unwrap();
+        assert!(!deferred.is_empty());
+        deferred.verify().unwrap();
+
+        let pages = cp.criu_dir().join("pages-1.img");
+        let mut bytes = std::fs::read(&pages).unwrap();
+        bytes[0] ^= 1;
+        std::fs::write(&pages, &bytes).unwrap();
+        let deferred = cp.verify_deferring_memory().expect("memory is not hashed yet");
+        let err = deferred.verify().unwrap_err();
+        assert!(
+            matches!(&err, Error::Damaged { problems, .. }
+                if problems.len() == 1 && problems[0].path == "criu/pages-1.img"),
+            "{err}"
+        );
+
+        // Any other file, and a memory image's size, are checked at once.
+        let inventory = cp.criu_dir().join("inventory.img");
+        let mut bytes = std::fs::read(&inventory).unwrap();
+        bytes[0] ^= 1;
+        std::fs::write(&inventory, &bytes).unwrap();
+        let err = cp.verify_deferring_memory().unwrap_err();
+        assert!(err.to_string().contains("criu/inventory.img is damaged"), "{err}");
+        std::fs::write(&pages, b"short").unwrap();
+        let err = cp.verify_deferring_memory().unwrap_err();
+        assert!(err.to_string().contains("criu/pages-1.img"), "{err}");
     }
 
     #[test]

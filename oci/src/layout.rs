@@ -21,6 +21,15 @@ pub(crate) fn parent_link_target(parent: &str) -> PathBuf {
 
 /// Checks a checkpoint id: `[A-Za-z0-9][A-Za-z0-9_.-]{0,127}`, which is also
 /// a safe directory name (no `/`, never `.` or `..`, never hidden).
+/// Whether `rel`, a path in a checkpoint, is one of CRIU's memory images
+/// (`pages-N.img`), which hold nearly all of a checkpoint's bytes.
+pub fn is_memory_image(rel: &str) -> bool {
+    rel.strip_prefix(CRIU_DIR)
+        .and_then(|r| r.strip_prefix("/pages-"))
+        .and_then(|r| r.strip_suffix(".img"))
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
 pub fn validate_id(id: &str) -> Result<()> {
     let mut bytes = id.bytes();
     let first_ok = bytes.next().is_some_and(|b| b.is_ascii_alphanumeric());
@@ -64,6 +73,16 @@ mod tests {
             assert!(matches!(&err, Error::InvalidId { id } if id == bad), "{bad}");
         }
         assert!(validate_id("a/b").unwrap_err().to_string().contains("A-Z a-z 0-9 _ . -"));
+    }
+
+    #[test]
+    fn memory_images() {
+        for yes in ["criu/pages-1.img", "criu/pages-1234.img"] {
+            assert!(is_memory_image(yes), "{yes}");
+        }
+        for no in ["criu/pages-.img", "criu/pagemap-1.img", "pages-1.img", "criu/pages-1.img.tap", "criu/pages-x.img"] {
+            assert!(!is_memory_image(no), "{no}");
+        }
     }
 
     #[test]

@@ -16,11 +16,12 @@ use containerd_shim::{
         events::task::TaskExit,
         protobuf::{Message, well_known_types::any::Any},
         shim::oci::Options,
+        types::mount::Mount,
     },
     util::{convert_to_timestamp, mount_rootfs, read_pid_from_file, read_spec, write_options},
 };
 use log::{debug, error, info, warn};
-use migrate_oci::annotations;
+use migrate_oci::{DeferredDigests, annotations};
 use nix::sys::signal::Signal;
 use tokio::task::JoinHandle;
 
@@ -33,7 +34,8 @@ use crate::{
     netns, oom,
     process::{ExecState, Exit, InitState, Lifecycle, Process},
     ready::ReadyPlan,
-    restore_source::RestoreSource,
+    restore_gate::MemoryGate,
+    restore_source::{Prepared, RestoreSource},
     rootfs::Overlay,
     runc::{
         self, CheckpointOptions, CreateOptions, CriuConfig, ExecOptions, Feature, NetworkLock, Pages, RestoreOptions,
@@ -69,11 +71,29 @@ pub struct Container {
     oom_watch: Mutex<Option<JoinHandle<()>>>,
     rootfs: Option<PathBuf>,
     pub overlay: Option<Overlay>,
+    /// What a restore from a checkpoint still has to check.
+    pending_memory: Mutex<Option<PendingMemory>>,
     /// The ready-point checkpoint still to take, if the spec asks for one.
     ready: Mutex<Option<ReadyPlan>>,
     /// The checkpoint ticker the spec asks for, and the running one.
     ticker_plan: Option<TickerPlan>,
     ticker: Mutex<Option<Ticker>>,
+}
+
+/// The digests of the memory images a restore checks while CRIU works
+/// ([`MemoryGate`]), and, when the checkpoint was only the annotation's
+/// wish, how to start cold instead should they not match.
+struct PendingMemory {
+    digests: DeferredDigests,
+    cold: Option<ColdStart>,
+}
+
+/// What `runc create` needs after a restore that never ran: the root file
+/// system's mounts, to put it back as it was before the checkpoint's
+/// changes, and the runtime options.
+struct ColdStart {
+    mounts: Vec<Mount>,
+    options: Options,
 }
 
 /// What the spec's annotations ask of this runtime. Invalid values fail the
@@ -127,16 +147,16 @@ impl Container {
         // annotation is a wish, so the task starts cold when it is not.
         let requested = (!req.checkpoint.is_empty()).then(|| PathBuf::from(&req.checkpoint));
         let checking = Instant::now();
-        let source = match (&requested, &plan.restore_from) {
-            (Some(path), _) => Some(check_source(path, overlay.as_ref()).await?),
-            (None, Some(path)) => match check_source(path, overlay.as_ref()).await {
-                Ok(source) => Some(source),
+        let (source, wish) = match (&requested, &plan.restore_from) {
+            (Some(path), _) => (Some(check_source(path, overlay.as_ref(), false).await?), false),
+            (None, Some(path)) => match check_source(path, overlay.as_ref(), true).await {
+                Ok(source) => (Some(source), true),
                 Err(why) => {
                     warn!("{}: starting cold instead of from {}: {why}", req.id, path.display());
-                    None
+                    (None, false)
                 }
             },
-            (None, None) => None,
+            (None, None) => (None, false),
         };
         let options = runtime_options(req.options.as_ref())?;
         write_options(&bundle, &options).await.map_err(Error::shim("write the runtime options to the bundle"))?;
@@ -169,16 +189,17 @@ impl Container {
             None => None,
         };
         let restore_from = match prepared.transpose() {
-            Ok(criu) => {
-                if let Some(criu) = &criu {
+            Ok(prepared) => {
+                if let Some(p) = &prepared {
                     info!(
-                        "{}: {} checked and its rootfs changes applied in {:?}",
+                        "{}: {} checked{} and its rootfs changes applied in {:?}",
                         req.id,
-                        criu.display(),
+                        p.criu.display(),
+                        if p.memory.is_some() { " but for its memory images' digests" } else { "" },
                         checking.elapsed()
                     );
                 }
-                criu
+                prepared
             }
             Err(e) => {
                 if let Some(target) = &rootfs {
@@ -187,10 +208,17 @@ impl Container {
                 return Err(e);
             }
         };
+        let mut pending_memory = None;
         let (state, io) = match restore_from {
             // Nothing runs until start restores it: that is when runc needs
             // the stdio, so it is prepared then.
-            Some(image) => (InitState::CreatedFromCheckpoint { image: image.into() }, None),
+            Some(Prepared { criu, memory }) => {
+                pending_memory = memory.map(|digests| PendingMemory {
+                    digests,
+                    cold: wish.then(|| ColdStart { mounts: req.rootfs.clone(), options: options.clone() }),
+                });
+                (InitState::CreatedFromCheckpoint { image: criu.into() }, None)
+            }
             None => match Self::run_create(&req.id, namespace, &bundle, &runc, &options, &stdio, owner, exits).await {
                 Ok((state, io)) => (state, Some(io)),
                 Err(e) => {
@@ -217,6 +245,7 @@ impl Container {
             oom_watch: Mutex::new(None),
             rootfs,
             overlay,
+            pending_memory: Mutex::new(pending_memory),
             ready: Mutex::new(plan.ready),
             ticker_plan: plan.ticker,
             ticker: Mutex::new(None),
@@ -325,10 +354,31 @@ impl Container {
         Ok((pid, early))
     }
 
+    /// Restores the init from `image`; when the checkpoint was the
+    /// annotation's wish and its memory images turn out damaged, starts it
+    /// cold instead.
     async fn restore(&self, image: &Path) -> Result<(u32, Option<i32>)> {
+        let pending = self.pending_memory.lock().unwrap().take();
+        let (digests, cold) = match pending {
+            Some(PendingMemory { digests, cold }) => (Some(digests), cold),
+            None => (None, None),
+        };
+        match (self.restore_checked(image, digests).await, cold) {
+            (Err(Error::Checkpoint(damaged @ migrate_oci::Error::Damaged { .. })), Some(cold)) => {
+                warn!("{}: starting cold instead of from {}: {damaged}", self.id, image.display());
+                self.start_cold(cold).await
+            }
+            (result, _) => result,
+        }
+    }
+
+    /// Restores the init from `image`, checking `digests` of its memory
+    /// images while CRIU works; the restored processes run only if they match.
+    async fn restore_checked(&self, image: &Path, digests: Option<DeferredDigests>) -> Result<(u32, Option<i32>)> {
         let criu = RestoreCriuOptions::read(image)?.to_criu();
         let work = self.bundle.join("criu-restore-work");
         fresh_dir(&work)?;
+        let gate = digests.map(|d| MemoryGate::start(&work, d)).transpose()?;
         let pid_file = self.bundle.join("init.pid");
         let (pending, runc_stdio) = PendingIo::prepare(&self.init.stdio, self.owner, &self.logger_env())?;
         let starting = self.exits.begin_start();
@@ -341,10 +391,27 @@ impl Container {
             no_pivot: self.no_pivot,
             lazy_pages: false,
             criu,
-            config: CriuConfig::default(),
+            config: CriuConfig { action_script: gate.as_ref().map(|g| g.script().to_owned()), ..Default::default() },
         };
         let restoring = Instant::now();
-        if let Err(e) = self.runc.restore(&self.id, &opts, runc_stdio).await {
+        let restored = self.runc.restore(&self.id, &opts, runc_stdio).await;
+        let verdict = match gate {
+            Some(gate) => gate.verdict().await,
+            None => Ok(()),
+        };
+        if let Err(damaged) = verdict {
+            // CRIU's action script stopped the restore before anything ran;
+            // had it not, what runs now is killed.
+            if restored.is_ok() {
+                error!("{}: restored from damaged memory images; killing it", self.id);
+                if let Err(e) = self.runc.delete(&self.id, true).await {
+                    warn!("{}: {e}", self.id);
+                }
+            }
+            pending.abort().await;
+            return Err(damaged);
+        }
+        if let Err(e) = restored {
             pending.abort().await;
             return Err(e.into());
         }
@@ -358,6 +425,48 @@ impl Container {
         }
         let key = ProcessKey { container: self.id.clone(), exec: None };
         Ok((pid, self.exits.register(pid, key, &starting)))
+    }
+
+    /// Starts the init cold after a restore that never ran: the root file
+    /// system goes back to the image's (the writable layer was empty before
+    /// the checkpoint's changes went in), then `runc create` and `start`.
+    async fn start_cold(&self, cold: ColdStart) -> Result<(u32, Option<i32>)> {
+        // runc removes a container whose restore failed; this is in case not.
+        match self.runc.delete(&self.id, true).await {
+            Ok(()) | Err(runc::Error::NotFound { .. }) => {}
+            Err(e) => warn!("{}: {e}", self.id),
+        }
+        if let Some(target) = &self.rootfs {
+            unmount(target);
+            if let Some(upper) = self.overlay.as_ref().and_then(|o| o.upper.as_deref()) {
+                empty_dir(upper).map_err(Error::io(format!("empty the writable layer {}", upper.display())))?;
+            }
+            for m in &cold.mounts {
+                mount_rootfs(m, target)
+                    .await
+                    .map_err(Error::shim(format!("mount the rootfs again ({} {})", m.type_, m.source)))?;
+            }
+        }
+        let (state, io) = Self::run_create(
+            &self.id,
+            &self.namespace,
+            &self.bundle,
+            &self.runc,
+            &cold.options,
+            &self.init.stdio,
+            self.owner,
+            &self.exits,
+        )
+        .await?;
+        self.init.set_io(io);
+        match state {
+            InitState::Created { pid } => {
+                self.runc.start(&self.id).await?;
+                Ok((pid, None))
+            }
+            InitState::Stopped { pid, exit } => Ok((pid, Some(exit.status as i32))),
+            s => Err(Error::WrongState { verb: "start", state: s.name() }),
+        }
     }
 
     /// Dumps the init with CRIU. A failure leaves the container as it was,
@@ -821,11 +930,37 @@ fn ignore_gone(e: runc::Error) -> Result<()> {
 
 /// Verifies a checkpoint off the reactor: hashing a large one takes a while
 /// and other containers of this shim must not wait for it.
-async fn check_source(path: &Path, overlay: Option<&Overlay>) -> Result<RestoreSource> {
+/// Checks the checkpoint at `path`, all but its memory images' digests,
+/// which the restore checks while CRIU works. A `wish` (the annotation's
+/// checkpoint) falls back to a cold start when those do not match, which
+/// needs the root file system as it was: so its memory is checked now too
+/// if the checkpoint's changes would go where they cannot be taken back
+/// out (anything but an overlay's empty writable layer).
+async fn check_source(path: &Path, overlay: Option<&Overlay>, wish: bool) -> Result<RestoreSource> {
     let (path, overlay) = (path.to_path_buf(), overlay.cloned());
-    tokio::task::spawn_blocking(move || RestoreSource::check(&path, overlay.as_ref()))
-        .await
-        .map_err(|e| Error::io("verify the checkpoint")(std::io::Error::other(e)))?
+    tokio::task::spawn_blocking(move || {
+        let mut source = RestoreSource::check(&path, overlay.as_ref())?;
+        let undoable = overlay.as_ref().and_then(|o| o.upper.as_deref()).is_some_and(is_empty_dir);
+        if wish && source.changes_rootfs() && !undoable {
+            source.verify_memory_now()?;
+        }
+        Ok(source)
+    })
+    .await
+    .map_err(|e| Error::io("verify the checkpoint")(std::io::Error::other(e)))?
+}
+
+fn is_empty_dir(dir: &Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_none())
+}
+
+/// Removes everything in `dir`, keeping `dir`.
+fn empty_dir(dir: &Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.symlink_metadata()?.is_dir() { std::fs::remove_dir_all(&path)? } else { std::fs::remove_file(&path)? }
+    }
+    Ok(())
 }
 
 /// Empties `dir`, creating it if needed, so that no file of an earlier run

@@ -12,6 +12,7 @@ mod oom;
 mod persist;
 mod process;
 mod ready;
+mod restore_gate;
 mod restore_source;
 mod rootfs;
 mod runc;

@@ -6,10 +6,13 @@
 //! layer's changes in `rootfs-diff.tar`) or a bare CRIU image directory as
 //! containerd and runc.v2 produce it. Ours is verified before anything is
 //! used: a damaged or partial checkpoint is refused, never half-restored.
+//! All of it but the digests of the memory images, that is: those are
+//! checked while CRIU restores (see `restore_gate`), unless the caller
+//! asks for everything now.
 
 use std::path::{Path, PathBuf};
 
-use migrate_oci::Checkpoint;
+use migrate_oci::{Checkpoint, DeferredDigests};
 
 use crate::{
     error::{Error, Result},
@@ -20,6 +23,15 @@ use crate::{
 pub struct RestoreSource {
     criu: PathBuf,
     rootfs_diff: Option<PathBuf>,
+    /// The memory images' digests, still to be checked.
+    memory: Option<DeferredDigests>,
+}
+
+/// A checkpoint ready for `runc restore`.
+pub struct Prepared {
+    pub criu: PathBuf,
+    /// Digests the restore must check before the restored processes run.
+    pub memory: Option<DeferredDigests>,
 }
 
 impl RestoreSource {
@@ -28,7 +40,7 @@ impl RestoreSource {
     pub fn check(path: &Path, overlay: Option<&Overlay>) -> Result<RestoreSource> {
         if path.join("manifest.json").is_file() {
             let checkpoint = Checkpoint::open(path)?;
-            checkpoint.verify()?;
+            let memory = checkpoint.verify_deferring_memory()?;
             let manifest = checkpoint.manifest();
             if let (Some(saved), Some(ours)) = (&manifest.rootfs, overlay)
                 && saved.lower_dirs != ours.lowers
@@ -38,10 +50,14 @@ impl RestoreSource {
                     manifest.id, saved.lower_dirs, ours.lowers
                 )));
             }
-            return Ok(RestoreSource { criu: checkpoint.criu_dir(), rootfs_diff: checkpoint.rootfs_diff() });
+            return Ok(RestoreSource {
+                criu: checkpoint.criu_dir(),
+                rootfs_diff: checkpoint.rootfs_diff(),
+                memory: (!memory.is_empty()).then_some(memory),
+            });
         }
         if path.join("inventory.img").is_file() {
-            return Ok(RestoreSource { criu: path.to_path_buf(), rootfs_diff: None });
+            return Ok(RestoreSource { criu: path.to_path_buf(), rootfs_diff: None, memory: None });
         }
         Err(Error::InvalidArgument(format!(
             "{} holds no checkpoint: neither a manifest.json nor CRIU's inventory.img",
@@ -49,9 +65,22 @@ impl RestoreSource {
         )))
     }
 
+    /// Whether applying the checkpoint changes the root file system.
+    pub fn changes_rootfs(&self) -> bool {
+        self.rootfs_diff.is_some()
+    }
+
+    /// Checks the memory images' digests now rather than during the restore.
+    pub fn verify_memory_now(&mut self) -> Result<()> {
+        match self.memory.take() {
+            Some(memory) => memory.verify().map_err(Error::from),
+            None => Ok(()),
+        }
+    }
+
     /// Applies the checkpoint's writable-layer changes to the mounted root
-    /// file system, then returns the CRIU image directory.
-    pub fn prepare(self, rootfs: Option<&Path>) -> Result<PathBuf> {
+    /// file system, then returns what `runc restore` needs.
+    pub fn prepare(self, rootfs: Option<&Path>) -> Result<Prepared> {
         if let Some(diff) = &self.rootfs_diff {
             let Some(rootfs) = rootfs else {
                 return Err(Error::InvalidArgument(
@@ -60,6 +89,6 @@ impl RestoreSource {
             };
             migrate_oci::apply_layer(diff, rootfs)?;
         }
-        Ok(self.criu)
+        Ok(Prepared { criu: self.criu, memory: self.memory })
     }
 }

@@ -107,7 +107,7 @@ impl NetworkLock {
 pub struct CriuConfig {
     pub network_lock: Option<NetworkLock>,
     /// A program CRIU runs at every stage, the stage's name in
-    /// `CRIU_SCRIPT_ACTION`. A failure at "post-restore" aborts a restore
+    /// `CRTOOLS_SCRIPT_ACTION`. A failure at "post-restore" aborts a restore
     /// before the restored processes run; at other stages CRIU only logs it.
     pub action_script: Option<PathBuf>,
 }

@@ -65,6 +65,7 @@ pub async fn nftables_lock() -> &'static Feature {
 }
 
 async fn probe(feature: &str) -> Feature {
+    super::kerndat::ensure_cache().await;
     let args = vec!["check".into(), "--feature".into(), feature.into()];
     match run(Path::new("criu"), args, Stdio3::Captured, None, &[]).await {
         Ok(out) => Feature::from_check(feature, out.status, &out.stdout, &out.stderr),

@@ -7,6 +7,7 @@
 mod checkpoint;
 mod command;
 mod features;
+mod kerndat;
 mod log;
 
 use std::{
@@ -106,6 +107,7 @@ impl Runc {
     /// Dumps the container with CRIU. On failure CRIU's log stays in the
     /// work path and its first error line is in the error.
     pub async fn checkpoint(&self, id: &str, opts: &CheckpointOptions) -> Result<(), Error> {
+        kerndat::ensure_cache().await;
         let env = criu_config_env(&opts.config, &opts.work_path)?;
         let result = self.exec_command_env("checkpoint", opts.args(id), Stdio3::Captured, None, &env).await;
         result.map(drop).map_err(|e| with_criu_log(e, "checkpoint", &opts.work_path.join("dump.log")))
@@ -114,6 +116,7 @@ impl Runc {
     /// Restores a checkpointed container, detached, with `stdio` as the
     /// restored process's stdio where it was a pipe at dump time.
     pub async fn restore(&self, id: &str, opts: &RestoreOptions<'_>, stdio: Stdio3) -> Result<(), Error> {
+        kerndat::ensure_cache().await;
         let env = criu_config_env(&opts.config, opts.work_path)?;
         let result = self.exec_command_env("restore", opts.args(id), stdio, None, &env).await;
         result.map(drop).map_err(|e| with_criu_log(e, "restore", &opts.work_path.join("restore.log")))
