@@ -378,7 +378,13 @@ impl Container {
         let criu = RestoreCriuOptions::read(image)?.to_criu();
         let work = self.bundle.join("criu-restore-work");
         fresh_dir(&work)?;
-        let gate = digests.map(|d| MemoryGate::start(&work, d)).transpose()?;
+        let mut gate = digests.map(|d| MemoryGate::start(&work, d)).transpose()?;
+        if gate.is_some() && !runc::config_scripts_under_runc().await {
+            // This CRIU cannot be made to wait: the digests come first.
+            if let Some(gate) = gate.take() {
+                gate.verdict().await?;
+            }
+        }
         let pid_file = self.bundle.join("init.pid");
         let (pending, runc_stdio) = PendingIo::prepare(&self.init.stdio, self.owner, &self.logger_env())?;
         let starting = self.exits.begin_start();

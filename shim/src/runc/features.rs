@@ -13,6 +13,11 @@
 //!   with the nft-based iptables of current distributions). It needs a
 //!   CRIU built with libnftables and a kernel with set concatenations.
 //!
+//! - Action scripts from a configuration file while runc drives CRIU over
+//!   RPC: CRIU runs them from 3.19 on ("action-scripts: allow shell
+//!   scripts in rpc mode"); before, it ignores them or stops at a BUG. A
+//!   restore that checks memory digests while CRIU works needs them.
+//!
 //! CRIU's own check is the authority: it knows what its version needs of
 //! the kernel. The answers cannot change while the host runs, so each is
 //! asked once per process, of the `criu` runc runs (the first on PATH).
@@ -53,6 +58,10 @@ impl Feature {
 
 static MEMORY_TRACKING: OnceCell<Feature> = OnceCell::const_new();
 static NFTABLES_LOCK: OnceCell<Feature> = OnceCell::const_new();
+static RPC_CONFIG_SCRIPTS: OnceCell<bool> = OnceCell::const_new();
+
+/// The first CRIU that runs a configuration file's action scripts in RPC mode.
+const RPC_CONFIG_SCRIPTS_SINCE: (u32, u32) = (3, 19);
 
 /// Whether pre-dumps and incremental dumps (`--parent-path`) work here.
 pub async fn memory_tracking() -> &'static Feature {
@@ -62,6 +71,27 @@ pub async fn memory_tracking() -> &'static Feature {
 /// Whether CRIU can lock the network with nftables here.
 pub async fn nftables_lock() -> &'static Feature {
     NFTABLES_LOCK.get_or_init(|| probe("network_lock_nftables")).await
+}
+
+/// Whether CRIU runs the action scripts of its configuration file when runc
+/// drives it (see the module's comment); from `criu --version`.
+pub async fn config_scripts_under_runc() -> bool {
+    *RPC_CONFIG_SCRIPTS
+        .get_or_init(|| async {
+            let out = run(Path::new("criu"), vec!["--version".into()], Stdio3::Captured, None, &[]).await;
+            out.ok()
+                .filter(|o| o.status == 0)
+                .and_then(|o| version(&String::from_utf8_lossy(&o.stdout)))
+                .is_some_and(|v| v >= RPC_CONFIG_SCRIPTS_SINCE)
+        })
+        .await
+}
+
+/// Major and minor of CRIU's "Version: 4.2.1" line.
+fn version(text: &str) -> Option<(u32, u32)> {
+    let v = text.lines().find_map(|l| l.trim().strip_prefix("Version:"))?.trim();
+    let mut parts = v.split('.').map(|p| p.parse::<u32>().ok());
+    Some((parts.next()??, parts.next().flatten().unwrap_or(0)))
 }
 
 async fn probe(feature: &str) -> Feature {
@@ -76,6 +106,15 @@ async fn probe(feature: &str) -> Feature {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn versions() {
+        assert_eq!(version("Version: 4.2.1\n"), Some((4, 2)));
+        assert_eq!(version("Version: 3.19\nGitID: v3.19\n"), Some((3, 19)));
+        assert_eq!(version("Version: 4\n"), Some((4, 0)));
+        assert_eq!(version("criu: bogus\n"), None);
+        assert!(version("Version: 3.17.1\n").unwrap() < RPC_CONFIG_SCRIPTS_SINCE);
+    }
 
     #[test]
     fn exit_status_zero_is_support() {

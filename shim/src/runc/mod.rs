@@ -18,7 +18,7 @@ use std::{
 pub use checkpoint::{CgroupsMode, CheckpointOptions, CriuConfig, CriuOptions, NetworkLock, Pages, RestoreOptions};
 pub use command::Stdio3;
 use command::run;
-pub use features::{Feature, memory_tracking, nftables_lock};
+pub use features::{Feature, config_scripts_under_runc, memory_tracking, nftables_lock};
 use log::LogFile;
 
 /// Where runc keeps container state when the runtime options name no root,
