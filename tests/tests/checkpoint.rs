@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use containerd_migrate_tests::{Container, MIGRATE_V1, Scenario, host, memtick, poll, scenarios};
+use containerd_migrate_tests::{
+    Container, MIGRATE_V1, Scenario, footprint, host, memtick, poll, scenarios,
+};
 
 scenarios!(shared "checkpoint":
     container_checkpoint_restore_continues_counter,
@@ -378,8 +380,10 @@ fn ready_point_checkpoint_and_clones(s: &Scenario) {
     let _ = std::fs::remove_dir_all(store);
 }
 
-/// A checkpoint whose memory was altered is not restored: the container
-/// starts cold instead, running its own command.
+/// A checkpoint whose memory was altered is not restored: CRIU stops at
+/// its post-restore stage, before the restored processes run (the shim
+/// hashes the memory images while CRIU restores), and the container starts
+/// cold instead, running its own command.
 fn damaged_checkpoint_starts_cold(s: &Scenario, checkpoint: &Path) {
     let damaged = tempdir("damaged-checkpoint").join("ckpt");
     let copy = std::process::Command::new("cp")
@@ -428,6 +432,13 @@ fn damaged_checkpoint_starts_cold(s: &Scenario, checkpoint: &Path) {
             Err(out.stderr_str())
         }
     });
+    let log = footprint::bundle_dir(s.ctr.address(), &c.id).join("criu-restore-work/restore.log");
+    let log = std::fs::read_to_string(&log).unwrap_or_else(|e| panic!("{}: {e}", log.display()));
+    assert!(
+        log.contains("Aborting restore due to post-restore script"),
+        "CRIU was not stopped before the damaged processes ran:\n{}",
+        log.lines().rev().take(20).collect::<Vec<_>>().join("\n")
+    );
     let _ = std::fs::remove_dir_all(damaged.parent().unwrap());
 }
 
