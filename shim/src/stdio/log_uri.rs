@@ -78,7 +78,10 @@ impl LogTarget {
                 let (out_r, out_w) = pipe()?;
                 let (err_r, err_w) = pipe()?;
                 let copy = FileCopy::start([out_r, err_r], &file)?;
-                Ok((Stdio3::Given { stdin: ChildStdio::null(), stdout: out_w.into(), stderr: err_w.into() }, Some(copy)))
+                Ok((
+                    Stdio3::Given { stdin: ChildStdio::null(), stdout: out_w.into(), stderr: err_w.into() },
+                    Some(copy),
+                ))
             }
             LogTarget::Binary { path, args } => {
                 let (out_r, out_w) = pipe()?;
@@ -115,8 +118,8 @@ impl FileCopy {
     fn start(pipes: [OwnedFd; 2], file: &File) -> Result<FileCopy> {
         let mut copies = Vec::new();
         for pipe in pipes {
-            let mut from = tokio::net::unix::pipe::Receiver::from_owned_fd(pipe)
-                .map_err(Error::io("set up an output pipe"))?;
+            let mut from =
+                tokio::net::unix::pipe::Receiver::from_owned_fd(pipe).map_err(Error::io("set up an output pipe"))?;
             let mut to = tokio::fs::File::from_std(file.try_clone().map_err(Error::io("duplicate the log file"))?);
             copies.push(tokio::spawn(async move {
                 if let Err(e) = tokio::io::copy(&mut from, &mut to).await {
@@ -166,9 +169,15 @@ fn place_fds(fds: [RawFd; 3]) -> std::io::Result<()> {
 
 fn wait_ready(ready: OwnedFd, path: &std::path::Path) -> Result<()> {
     // Ready is a byte written or the pipe closed (end of file): either will do.
-    match File::from(ready).bytes().next() {
-        None | Some(Ok(_)) => Ok(()),
-        Some(Err(e)) => Err(Error::io(format!("wait for the logging binary {} to be ready", path.display()))(e)),
+    let mut ready = File::from(ready);
+    loop {
+        match ready.read(&mut [0; 1]) {
+            Ok(_) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                return Err(Error::io(format!("wait for the logging binary {} to be ready", path.display()))(e));
+            }
+        }
     }
 }
 
@@ -183,16 +192,14 @@ fn percent_decode(s: &str) -> String {
     while i < bytes.len() {
         let hex = |b: u8| (b as char).to_digit(16);
         match bytes[i] {
-            b'%' => {
-                match (bytes.get(i + 1).and_then(|&b| hex(b)), bytes.get(i + 2).and_then(|&b| hex(b))) {
-                    (Some(h), Some(l)) => {
-                        out.push((h * 16 + l) as u8);
-                        i += 3;
-                        continue;
-                    }
-                    _ => out.push(b'%'),
+            b'%' => match (bytes.get(i + 1).and_then(|&b| hex(b)), bytes.get(i + 2).and_then(|&b| hex(b))) {
+                (Some(h), Some(l)) => {
+                    out.push((h * 16 + l) as u8);
+                    i += 3;
+                    continue;
                 }
-            }
+                _ => out.push(b'%'),
+            },
             b'+' => out.push(b' '),
             b => out.push(b),
         }
@@ -213,7 +220,8 @@ mod tests {
 
     #[test]
     fn binary_uri_becomes_program_and_args() {
-        let t = LogTarget::parse("binary:///usr/local/bin/nerdctl?_NERDCTL_INTERNAL_LOGGING=%2Fvar%2Flib%2Fnerdctl").unwrap();
+        let t = LogTarget::parse("binary:///usr/local/bin/nerdctl?_NERDCTL_INTERNAL_LOGGING=%2Fvar%2Flib%2Fnerdctl")
+            .unwrap();
         assert_eq!(
             t,
             Some(LogTarget::Binary {
