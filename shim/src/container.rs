@@ -213,6 +213,11 @@ impl Container {
             // Nothing runs until start restores it: that is when runc needs
             // the stdio, so it is prepared then.
             Some(Prepared { criu, memory }) => {
+                if memory.is_some() {
+                    // Whether CRIU can wait for the digests is asked now, so
+                    // that the answer is in before containerd calls Start.
+                    tokio::spawn(runc::config_scripts_under_runc());
+                }
                 pending_memory = memory.map(|digests| PendingMemory {
                     digests,
                     cold: wish.then(|| ColdStart { mounts: req.rootfs.clone(), options: options.clone() }),
