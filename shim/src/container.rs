@@ -368,7 +368,20 @@ impl Container {
             Some(PendingMemory { digests, cold }) => (Some(digests), cold),
             None => (None, None),
         };
-        match (self.restore_checked(image, digests).await, cold) {
+        let mut restored = self.restore_checked(image, digests).await;
+        if let Err(e) = &restored
+            && is_vdso_misplaced(e)
+        {
+            // Nothing ran, and the memory's digests, if any were pending,
+            // matched (a mismatch is reported instead of CRIU's error).
+            warn!("{}: retrying the restore once: {e}", self.id);
+            match self.runc.delete(&self.id, true).await {
+                Ok(()) | Err(runc::Error::NotFound { .. }) => {}
+                Err(e) => warn!("{}: {e}", self.id),
+            }
+            restored = self.restore_checked(image, None).await;
+        }
+        match (restored, cold) {
             (Err(Error::Checkpoint(damaged @ migrate_oci::Error::Damaged { .. })), Some(cold)) => {
                 warn!("{}: starting cold instead of from {}: {damaged}", self.id, image.display());
                 self.start_cold(cold).await
@@ -941,6 +954,15 @@ fn ignore_gone(e: runc::Error) -> Result<()> {
 
 /// Verifies a checkpoint off the reactor: hashing a large one takes a while
 /// and other containers of this shim must not wait for it.
+/// CRIU 4.2 asks the kernel for a fresh vDSO at an address its restorer
+/// still occupies, now and then: the kernel maps it elsewhere, CRIU parses
+/// the wrong memory and fails with "vdso: Invalid ELF magic" before any
+/// restored process runs (checkpoint-restore/criu#3012, unfixed upstream).
+/// Another attempt gets another address layout.
+fn is_vdso_misplaced(e: &Error) -> bool {
+    matches!(e, Error::Runc(runc::Error::Criu { line, .. }) if line.contains("vdso: Invalid ELF magic"))
+}
+
 /// Checks the checkpoint at `path`, all but its memory images' digests,
 /// which the restore checks while CRIU works. A `wish` (the annotation's
 /// checkpoint) falls back to a cold start when those do not match, which
@@ -1008,5 +1030,17 @@ mod tests {
         let wrong = Any { type_url: "io.containerd.runhcs.v1.Options".into(), ..Default::default() };
         let err = runtime_options(Some(&wrong)).unwrap_err().to_string();
         assert!(err.contains("io.containerd.runhcs.v1.Options"), "{err}");
+    }
+
+    #[test]
+    fn only_the_misplaced_vdso_is_retried() {
+        let criu = |line: &str| {
+            Error::Runc(runc::Error::Criu { command: "restore", line: line.into(), log: "/b/restore.log".into() })
+        };
+        assert!(is_vdso_misplaced(&criu(
+            "(00.038968) pie: 6: Error (criu/pie/util-vdso.c:107): vdso: Invalid ELF magic"
+        )));
+        assert!(!is_vdso_misplaced(&criu("(00.060379) Error (criu/sk-inet.c:200): inet: Connected TCP socket")));
+        assert!(!is_vdso_misplaced(&Error::InvalidArgument("vdso: Invalid ELF magic".into())));
     }
 }
