@@ -12,7 +12,11 @@
 //! before CRIU could read it. A cache of another CRIU build CRIU discards
 //! by itself (its second magic number is the build time).
 
-use std::path::{Path, PathBuf};
+use std::{
+    io::Write,
+    os::unix::fs::OpenOptionsExt,
+    path::{Path, PathBuf},
+};
 
 use log::{info, warn};
 use nix::sys::statfs::{TMPFS_MAGIC, statfs};
@@ -92,7 +96,10 @@ fn write_renamed(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     }
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(format!(".{}.tmp", std::process::id()));
-    std::fs::write(&tmp, bytes)?;
+    // Root's only, as CRIU keeps its own cache.
+    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+    file.write_all(bytes)?;
+    drop(file);
     std::fs::rename(&tmp, path)
 }
 
@@ -116,6 +123,8 @@ async fn made_by_criu() -> Result<Vec<u8>, String> {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
     use super::*;
 
     #[test]
@@ -125,6 +134,7 @@ mod tests {
         assert!(!paths.is_current("boot-1\n"));
         paths.install("boot-1\n", b"facts").unwrap();
         assert!(paths.is_current("boot-1\n"));
+        assert_eq!(std::fs::metadata(&paths.cache).unwrap().permissions().mode() & 0o777, 0o600);
         assert!(!paths.is_current("boot-2\n"), "a cache of another boot");
         std::fs::remove_file(&paths.stamp).unwrap();
         assert!(!paths.is_current("boot-1\n"), "a cache nobody vouches for");
