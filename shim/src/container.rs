@@ -88,12 +88,13 @@ struct PendingMemory {
     cold: Option<ColdStart>,
 }
 
-/// What `runc create` needs after a restore that never ran: the root file
-/// system's mounts, to put it back as it was before the checkpoint's
-/// changes, and the runtime options.
+/// What `runc create` needs after a restore that never ran: the runtime
+/// options and, if the checkpoint's changes went into the root file system
+/// (an overlay's writable layer that was empty before), its mounts, to put
+/// it back as it was.
 struct ColdStart {
-    mounts: Vec<Mount>,
     options: Options,
+    undo_rootfs: Option<Vec<Mount>>,
 }
 
 /// What the spec's annotations ask of this runtime. Invalid values fail the
@@ -174,6 +175,7 @@ impl Container {
         let runc = Runc::new(&options.binary_name, &options.root, namespace, options.systemd_cgroup, &bundle);
         let owner = IoOwner { uid: options.io_uid, gid: options.io_gid };
         let stdio = Stdio::new(&req.stdin, &req.stdout, &req.stderr, req.terminal);
+        let changes_rootfs = source.as_ref().is_some_and(RestoreSource::changes_rootfs);
         let prepared = match source {
             Some(source) => {
                 let rootfs = rootfs.clone();
@@ -220,7 +222,10 @@ impl Container {
                 }
                 pending_memory = memory.map(|digests| PendingMemory {
                     digests,
-                    cold: wish.then(|| ColdStart { mounts: req.rootfs.clone(), options: options.clone() }),
+                    cold: wish.then(|| ColdStart {
+                        options: options.clone(),
+                        undo_rootfs: changes_rootfs.then(|| req.rootfs.clone()),
+                    }),
                 });
                 (InitState::CreatedFromCheckpoint { image: criu.into() }, None)
             }
@@ -452,20 +457,20 @@ impl Container {
     }
 
     /// Starts the init cold after a restore that never ran: the root file
-    /// system goes back to the image's (the writable layer was empty before
-    /// the checkpoint's changes went in), then `runc create` and `start`.
+    /// system goes back to the image's if the checkpoint changed it (the
+    /// writable layer was empty before), then `runc create` and `start`.
     async fn start_cold(&self, cold: ColdStart) -> Result<(u32, Option<i32>)> {
         // runc removes a container whose restore failed; this is in case not.
         match self.runc.delete(&self.id, true).await {
             Ok(()) | Err(runc::Error::NotFound { .. }) => {}
             Err(e) => warn!("{}: {e}", self.id),
         }
-        if let Some(target) = &self.rootfs {
+        if let (Some(target), Some(mounts)) = (&self.rootfs, &cold.undo_rootfs) {
             unmount(target);
             if let Some(upper) = self.overlay.as_ref().and_then(|o| o.upper.as_deref()) {
                 empty_dir(upper).map_err(Error::io(format!("empty the writable layer {}", upper.display())))?;
             }
-            for m in &cold.mounts {
+            for m in mounts {
                 mount_rootfs(m, target)
                     .await
                     .map_err(Error::shim(format!("mount the rootfs again ({} {})", m.type_, m.source)))?;
