@@ -116,7 +116,7 @@ mod tests {
     fn committed(id: &str) -> (tempfile::TempDir, migrate_oci::Checkpoint) {
         let dir = tempfile::tempdir().unwrap();
         let store = migrate_oci::CheckpointStore::open(dir.path()).unwrap();
-        let mut staging = store.staging(id).unwrap();
+        let staging = store.staging(id).unwrap();
         let criu = staging.criu_dir();
         std::fs::create_dir_all(&criu).unwrap();
         for (name, bytes) in

@@ -583,7 +583,10 @@ pub(crate) fn existing_store(dir: &Path) -> Result<Option<CheckpointStore>> {
 
 fn ls(a: LsArgs, namespace: &str) -> Result<ExitCode> {
     if let Some(location) = &a.store {
-        let container = a.container.as_deref().map(|id| ContainerRef::new(namespace, id)).transpose()?;
+        let container = match a.container.as_deref() {
+            Some(id) => Some(ContainerRef::new(namespace, id)?),
+            None => None,
+        };
         return versions::ls(location, container, a.verify, a.json);
     }
     let checkpoints = match existing_store(&a.root.root)? {

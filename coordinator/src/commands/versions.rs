@@ -76,13 +76,14 @@ impl Drop for Rebuilt {
 }
 
 /// Rebuilds version `version` and verifies it (every chunk's id, every
-/// file's sha256).
+/// file's sha256). The error is boxed: it is big, and restore keeps it to
+/// decide whether to fall back to an older version.
 pub fn rebuild(
     store: &dyn VersionStore,
     target: &ContainerRef,
     version: u64,
     cipher: Option<&ChunkCipher>,
-) -> Result<Rebuilt, VersionError> {
+) -> Result<Rebuilt, Box<VersionError>> {
     let root = staging::scratch_root(Path::new(RESTORE_SCRATCH)).map_err(|e| VersionError::Io {
         op: "create a scratch directory",
         path: RESTORE_SCRATCH.into(),
@@ -100,7 +101,7 @@ pub fn rebuild(
         Ok(checkpoint) => Ok(Rebuilt { checkpoint, dir }),
         Err(e) => {
             staging::remove_dir(&dir, "a version that did not rebuild");
-            Err(e)
+            Err(Box::new(e))
         }
     }
 }

@@ -247,14 +247,15 @@ impl Tick {
             if !keep {
                 let _ = std::fs::remove_dir_all(&dir);
             }
-            let stored = stored?;
+            let stored = stored.map_err(Box::new)?;
             let retention = Retention {
                 keep_groups: plan.keep_groups,
                 group_size: plan.group_size,
                 chunk_grace: CHUNK_GRACE_FLOOR.max(4 * started.elapsed()),
             };
             let retained = versions::apply_retention(store.as_ref(), &target, &retention);
-            Ok::<_, VersionError>((stored, retained))
+            // Boxed: a VersionError is big, and this is the rare path.
+            Ok::<_, Box<VersionError>>((stored, retained))
         })
         .await
         .map_err(|e| TickError::Panicked(e.to_string()))?;
@@ -282,10 +283,10 @@ impl Tick {
         let (store, next) = tokio::task::spawn_blocking(move || {
             let store: Arc<dyn VersionStore> = match store {
                 Some(store) => store,
-                None => Arc::from(location.open()?),
+                None => Arc::from(location.open().map_err(Box::new)?),
             };
-            let next = store.list_versions(&target)?.last().map_or(0, |v| v + 1);
-            Ok::<_, VersionError>((store, next))
+            let next = store.list_versions(&target).map_err(Box::new)?.last().map_or(0, |v| v + 1);
+            Ok::<_, Box<VersionError>>((store, next))
         })
         .await
         .map_err(|e| TickError::Panicked(e.to_string()))?
@@ -301,7 +302,7 @@ enum TickError {
     #[error("{0}")]
     Checkpoint(Error),
     #[error("{0}")]
-    Store(VersionError),
+    Store(Box<VersionError>),
     #[error("the upload thread panicked: {0}")]
     Panicked(String),
 }
