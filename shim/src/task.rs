@@ -37,7 +37,7 @@ use crate::{
     events::Events,
     exits::Exits,
     process::{InitState, Lifecycle},
-    ready, stats,
+    ready, runc, stats,
 };
 
 pub struct TaskService {
@@ -149,6 +149,10 @@ impl Task for TaskService {
             None => {
                 let restored = matches!(container.init.state(), InitState::CreatedFromCheckpoint { .. });
                 let (pid, early_exit) = container.start_init().await?;
+                // What a dump asks of CRIU is asked now, in the background:
+                // containerd's client pauses the container before it calls
+                // Checkpoint, and nothing is to be waited for in that window.
+                tokio::spawn(runc::nftables_lock());
                 if restored {
                     // Created without a process, so there was no cgroup to watch yet.
                     container.watch_oom(s.events.clone());
