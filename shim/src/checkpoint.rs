@@ -143,7 +143,7 @@ fn set_path(target: &mut PathBuf, value: &str) {
 
 fn network_lock(s: &str) -> Result<NetworkLock> {
     NetworkLock::parse(s)
-        .ok_or_else(|| Error::InvalidArgument(format!("network lock {s:?} is not one of iptables, nftables")))
+        .ok_or_else(|| Error::InvalidArgument(format!("network lock {s:?} is not one of iptables, nftables, skip")))
 }
 
 fn cgroups_mode(s: &str) -> Result<Option<CgroupsMode>> {
@@ -264,6 +264,15 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("unknown field"), "{e}");
+        let e = decode(
+            Some(&any(MIGRATE_OPTIONS_TYPE, br#"{"network_lock":"ebpf"}"#.to_vec())),
+            "/i",
+            Path::new("/b"),
+            false,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains(r#""ebpf" is not one of iptables, nftables, skip"#), "{e}");
         let e = decode(Some(&any("foo.Bar", vec![])), "/i", Path::new("/b"), false).unwrap_err().to_string();
         assert!(e.contains("foo.Bar"), "{e}");
         let e = decode(None, "relative", Path::new("/b"), false).unwrap_err().to_string();

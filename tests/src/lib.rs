@@ -16,7 +16,7 @@
 //!   [`footprint`]: what a task leaves on the host; [`shim`]: the shim's
 //!   ttrpc socket (for `Update`, which `ctr` 2.x lacks); [`migratectl`]:
 //!   the migratectl binary; [`registry`]: a distribution registry on
-//!   loopback.
+//!   loopback; [`criu_images`]: facts CRIU recorded in a dump's images.
 //!
 //! Scenarios live in `tests/tests/conformance.rs` (one shared instance per
 //! test binary, named `conformance`) and `tests/tests/restart.rs` (an
@@ -50,6 +50,7 @@
 //! read the output before they let the process exit) and may lose its
 //! `/tasks/delete` event under load (checked only when it arrives).
 
+pub mod criu_images;
 pub mod ctr;
 pub mod events;
 pub mod fixture;

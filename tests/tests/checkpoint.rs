@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use containerd_migrate_tests::{
-    Container, MIGRATE_V1, Scenario, footprint, host, memtick, poll, scenarios,
+    Container, MIGRATE_V1, Scenario, criu_images, footprint, host, memtick, poll, scenarios,
 };
 
 scenarios!(shared "checkpoint":
@@ -224,6 +224,14 @@ fn task_checkpoint_to_image_path_leaves_running(s: &Scenario) {
         dir.display()
     );
     assert_only_regular_images(&dir);
+    if s.runtime == MIGRATE_V1 {
+        // This runtime locks the network with nftables where CRIU can
+        // (hack/setup.sh builds it so), not with CRIU's default, iptables.
+        assert_eq!(
+            criu_images::network_lock_method(&dir.join("inventory.img")),
+            Ok(Some(criu_images::NETWORK_LOCK_NFTABLES))
+        );
+    }
     assert_eq!(c.wait_status("RUNNING").status, "RUNNING");
     wait_tick(s, &c.id, before + 5);
     let _ = std::fs::remove_dir_all(dir);
@@ -342,6 +350,12 @@ fn ready_point_checkpoint_and_clones(s: &Scenario) {
         }
     });
     assert!(checkpoint.join("rootfs-diff.tar").is_file());
+    // Restored only as new containers, it was dumped without a network
+    // lock; CRIU's restores follow the method the dump recorded.
+    assert_eq!(
+        criu_images::network_lock_method(&checkpoint.join("criu/inventory.img")),
+        Ok(Some(criu_images::NETWORK_LOCK_SKIP))
+    );
 
     let from = format!("{RESTORE_FROM}=file://{}", checkpoint.display());
     // A clone that started cold would run this instead, and say so.

@@ -31,12 +31,15 @@ pub async fn checkpoint_when_ready(container: Arc<Container>, plan: ReadyPlan, e
         Ok(true) => {}
         Ok(false) => return,
         Err(e) => {
-            warn!("{}: cannot watch for a listener on port {}, no ready-point checkpoint: {e}", container.id, plan.port);
+            warn!(
+                "{}: cannot watch for a listener on port {}, no ready-point checkpoint: {e}",
+                container.id, plan.port
+            );
             return;
         }
     }
     let id = format!("{}-ready", container.id);
-    match persist::checkpoint_running(&container, &plan.store, &id).await {
+    match persist::checkpoint_for_new_containers(&container, &plan.store, &id).await {
         Ok(dir) => {
             info!("{}: listening on port {}; ready-point checkpoint {}", container.id, plan.port, dir.display());
             events

@@ -81,6 +81,9 @@ pub enum NetworkLock {
     Iptables,
     /// Rules set in-process through libnftables.
     Nftables,
+    /// No lock (CRIU 3.19 and later), for dumps whose restores cannot carry
+    /// on the container's connections anyway.
+    Skip,
 }
 
 impl NetworkLock {
@@ -88,6 +91,7 @@ impl NetworkLock {
         match s {
             "iptables" => Some(Self::Iptables),
             "nftables" => Some(Self::Nftables),
+            "skip" => Some(Self::Skip),
             _ => None,
         }
     }
@@ -96,6 +100,7 @@ impl NetworkLock {
         match self {
             Self::Iptables => "iptables",
             Self::Nftables => "nftables",
+            Self::Skip => "skip",
         }
     }
 }
@@ -315,6 +320,14 @@ mod tests {
             config.render().unwrap().unwrap(),
             "network-lock nftables\naction-script \"/run/b/criu-restore-work/gate\"\n"
         );
+        for (name, lock) in
+            [("iptables", NetworkLock::Iptables), ("nftables", NetworkLock::Nftables), ("skip", NetworkLock::Skip)]
+        {
+            assert_eq!(NetworkLock::parse(name), Some(lock));
+            let config = CriuConfig { network_lock: Some(lock), ..Default::default() };
+            assert_eq!(config.render().unwrap().unwrap(), format!("network-lock {name}\n"));
+        }
+        assert_eq!(NetworkLock::parse("none"), None, "CRIU's alias is not this API's");
         let unquotable = CriuConfig { action_script: Some("/a\"b".into()), ..Default::default() };
         assert!(unquotable.render().unwrap_err().contains("/a\"b"));
     }

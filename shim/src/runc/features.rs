@@ -18,15 +18,18 @@
 //!   scripts in rpc mode"); before, it ignores them or stops at a BUG. A
 //!   restore that checks memory digests while CRIU works needs them.
 //!
+//! - Skipping the network lock: from 3.19 on. A checkpoint whose restores
+//!   cannot continue its connections anyway needs none (see
+//!   [`NetworkLock::Skip`](super::NetworkLock::Skip)).
+//!
 //! CRIU's own check is the authority: it knows what its version needs of
 //! the kernel. The answers cannot change while the host runs, so each is
-//! asked once per process, of the `criu` runc runs (the first on PATH).
-
-use std::path::Path;
+//! asked once per boot, of the `criu` runc runs (the first on PATH), and
+//! kept for every shim ([`super::replies`]).
 
 use tokio::sync::OnceCell;
 
-use super::command::{Stdio3, run};
+use super::replies;
 
 /// What `criu check --feature NAME` says about this host.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,10 +61,11 @@ impl Feature {
 
 static MEMORY_TRACKING: OnceCell<Feature> = OnceCell::const_new();
 static NFTABLES_LOCK: OnceCell<Feature> = OnceCell::const_new();
-static RPC_CONFIG_SCRIPTS: OnceCell<bool> = OnceCell::const_new();
+static VERSION: OnceCell<Option<(u32, u32)>> = OnceCell::const_new();
 
-/// The first CRIU that runs a configuration file's action scripts in RPC mode.
-const RPC_CONFIG_SCRIPTS_SINCE: (u32, u32) = (3, 19);
+/// The first CRIU that runs a configuration file's action scripts in RPC
+/// mode, and that can skip the network lock.
+const SINCE_3_19: (u32, u32) = (3, 19);
 
 /// Whether pre-dumps and incremental dumps (`--parent-path`) work here.
 pub async fn memory_tracking() -> &'static Feature {
@@ -74,15 +78,25 @@ pub async fn nftables_lock() -> &'static Feature {
 }
 
 /// Whether CRIU runs the action scripts of its configuration file when runc
-/// drives it (see the module's comment); from `criu --version`.
+/// drives it (see the module's comment).
 pub async fn config_scripts_under_runc() -> bool {
-    *RPC_CONFIG_SCRIPTS
+    criu_version().await.is_some_and(|v| v >= SINCE_3_19)
+}
+
+/// Whether CRIU can be told not to lock the network.
+pub async fn network_lock_skip() -> bool {
+    criu_version().await.is_some_and(|v| v >= SINCE_3_19)
+}
+
+/// From `criu --version`; `None` when CRIU cannot say.
+async fn criu_version() -> Option<(u32, u32)> {
+    *VERSION
         .get_or_init(|| async {
-            let out = run(Path::new("criu"), vec!["--version".into()], Stdio3::Captured, None, &[]).await;
-            out.ok()
-                .filter(|o| o.status == 0)
-                .and_then(|o| version(&String::from_utf8_lossy(&o.stdout)))
-                .is_some_and(|v| v >= RPC_CONFIG_SCRIPTS_SINCE)
+            let reply = replies::ask(&["--version"]).await.ok()?;
+            if reply.status != 0 {
+                return None;
+            }
+            version(&reply.stdout)
         })
         .await
 }
@@ -96,9 +110,8 @@ fn version(text: &str) -> Option<(u32, u32)> {
 
 async fn probe(feature: &str) -> Feature {
     super::kerndat::ensure_cache().await;
-    let args = vec!["check".into(), "--feature".into(), feature.into()];
-    match run(Path::new("criu"), args, Stdio3::Captured, None, &[]).await {
-        Ok(out) => Feature::from_check(feature, out.status, &out.stdout, &out.stderr),
+    match replies::ask(&["check", "--feature", feature]).await {
+        Ok(r) => Feature::from_check(feature, r.status, r.stdout.as_bytes(), r.stderr.as_bytes()),
         Err(e) => Feature::Unsupported { reason: format!("cannot ask CRIU: {e}") },
     }
 }
@@ -113,7 +126,7 @@ mod tests {
         assert_eq!(version("Version: 3.19\nGitID: v3.19\n"), Some((3, 19)));
         assert_eq!(version("Version: 4\n"), Some((4, 0)));
         assert_eq!(version("criu: bogus\n"), None);
-        assert!(version("Version: 3.17.1\n").unwrap() < RPC_CONFIG_SCRIPTS_SINCE);
+        assert!(version("Version: 3.17.1\n").unwrap() < SINCE_3_19);
     }
 
     #[test]

@@ -90,7 +90,7 @@ impl Paths {
     }
 }
 
-fn write_renamed(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+pub(super) fn write_renamed(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }

@@ -75,12 +75,10 @@ mod tests {
 
         let mut f = std::fs::OpenOptions::new().append(true).open(log.path()).unwrap();
         writeln!(f, "{{\"level\":\"warning\",\"msg\":\"noise\"}}").unwrap();
-        writeln!(f, "{{\"level\":\"error\",\"msg\":\"exec: \\\"nope\\\": executable file not found in $PATH\"}}").unwrap();
+        writeln!(f, "{{\"level\":\"error\",\"msg\":\"exec: \\\"nope\\\": executable file not found in $PATH\"}}")
+            .unwrap();
         writeln!(f, "not json").unwrap();
-        assert_eq!(
-            log.last_error_since(mark).as_deref(),
-            Some("exec: \"nope\": executable file not found in $PATH")
-        );
+        assert_eq!(log.last_error_since(mark).as_deref(), Some("exec: \"nope\": executable file not found in $PATH"));
     }
 
     #[test]

@@ -9,6 +9,7 @@ mod command;
 mod features;
 mod kerndat;
 mod log;
+mod replies;
 
 use std::{
     ffi::OsString,
@@ -18,7 +19,7 @@ use std::{
 pub use checkpoint::{CgroupsMode, CheckpointOptions, CriuConfig, CriuOptions, NetworkLock, Pages, RestoreOptions};
 pub use command::Stdio3;
 use command::run;
-pub use features::{Feature, config_scripts_under_runc, memory_tracking, nftables_lock};
+pub use features::{Feature, config_scripts_under_runc, memory_tracking, network_lock_skip, nftables_lock};
 use log::LogFile;
 
 /// Where runc keeps container state when the runtime options name no root,
@@ -28,10 +29,17 @@ pub const DEFAULT_ROOT: &str = "/run/containerd/runc";
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("failed to run {}: {source}", binary.display())]
-    Spawn { binary: PathBuf, #[source] source: std::io::Error },
+    Spawn {
+        binary: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 
     #[error("failed to watch for runc's exit: {source}")]
-    Monitor { #[source] source: containerd_shim::Error },
+    Monitor {
+        #[source]
+        source: containerd_shim::Error,
+    },
 
     #[error("{} (exit status {status})", failed(command, message))]
     Failed { command: &'static str, status: i32, message: String },
@@ -49,7 +57,11 @@ pub enum Error {
     Config { message: String },
 
     #[error("runc {command} printed output that is not valid: {source}")]
-    Output { command: &'static str, #[source] source: serde_json::Error },
+    Output {
+        command: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
 }
 
 /// The runtime options containerd hands to a runc-based shim
