@@ -37,7 +37,7 @@ pub(super) struct Chain {
 
 impl Chain {
     /// A chain for container `id`'s dumps in the RAM store `ram` if CRIU's
-    /// memory tracking works on this host (asked once per shim), else
+    /// memory tracking works on this host (asked once per boot), else
     /// None: its versions are then found by storage chunks.
     pub(super) async fn if_supported(id: &str, ram: &Path) -> Option<Chain> {
         match runc::memory_tracking().await {
