@@ -45,13 +45,11 @@ impl Feature {
     /// Reads CRIU's answer: it exits 0 only when the feature works, and
     /// otherwise says why (e.g. "Warn (criu/cr-check.c:824): Dirty tracking
     /// is OFF. Memory snapshot will not work.") on stderr.
-    fn from_check(feature: &str, status: i32, stdout: &[u8], stderr: &[u8]) -> Feature {
+    fn from_check(feature: &str, status: i32, stdout: &str, stderr: &str) -> Feature {
         if status == 0 {
             return Feature::Supported;
         }
-        let said = |bytes: &[u8]| {
-            String::from_utf8_lossy(bytes).lines().map(str::trim).rfind(|l| !l.is_empty()).map(str::to_string)
-        };
+        let said = |text: &str| text.lines().map(str::trim).rfind(|l| !l.is_empty()).map(str::to_string);
         let reason = said(stderr)
             .or_else(|| said(stdout))
             .unwrap_or_else(|| format!("`criu check --feature {feature}` exited with status {status}"));
@@ -111,7 +109,7 @@ fn version(text: &str) -> Option<(u32, u32)> {
 async fn probe(feature: &str) -> Feature {
     super::kerndat::ensure_cache().await;
     match replies::ask(&["check", "--feature", feature]).await {
-        Ok(r) => Feature::from_check(feature, r.status, r.stdout.as_bytes(), r.stderr.as_bytes()),
+        Ok(r) => Feature::from_check(feature, r.status, &r.stdout, &r.stderr),
         Err(e) => Feature::Unsupported { reason: format!("cannot ask CRIU: {e}") },
     }
 }
@@ -131,14 +129,14 @@ mod tests {
 
     #[test]
     fn exit_status_zero_is_support() {
-        let found = Feature::from_check("mem_dirty_track", 0, b"mem_dirty_track is supported\n", b"");
+        let found = Feature::from_check("mem_dirty_track", 0, "mem_dirty_track is supported\n", "");
         assert_eq!(found, Feature::Supported);
     }
 
     #[test]
     fn criu_says_why_not() {
-        let stderr = b"Warn  (criu/cr-check.c:824): Dirty tracking is OFF. Memory snapshot will not work.\n";
-        let found = Feature::from_check("mem_dirty_track", 1, b"", stderr);
+        let stderr = "Warn  (criu/cr-check.c:824): Dirty tracking is OFF. Memory snapshot will not work.\n";
+        let found = Feature::from_check("mem_dirty_track", 1, "", stderr);
         assert_eq!(
             found,
             Feature::Unsupported {
@@ -149,7 +147,7 @@ mod tests {
 
     #[test]
     fn silence_is_explained_too() {
-        let found = Feature::from_check("network_lock_nftables", 1, b"\n", b"");
+        let found = Feature::from_check("network_lock_nftables", 1, "\n", "");
         assert_eq!(
             found,
             Feature::Unsupported { reason: "`criu check --feature network_lock_nftables` exited with status 1".into() }
