@@ -4,14 +4,17 @@
 use std::{
     cmp::Reverse,
     collections::BTreeMap,
+    os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
+    time::{Duration, SystemTime},
 };
 
 use serde::Deserialize;
 
 use crate::{
     error::{Error, FileProblem, ProblemKind, Result},
-    hashing, layout,
+    hashing::{self, Sha256},
+    layout,
     manifest::{CheckpointManifest, FileEntry, MANIFEST_MEDIA_TYPE, MANIFEST_SCHEMA_VERSION},
     parallel, tree,
 };
@@ -110,6 +113,14 @@ impl Checkpoint {
         Ok(DeferredDigests { id: self.manifest.id.clone(), dir: self.dir.clone(), files })
     }
 
+    /// The [`FilesStamp`] of its memory images, as its commit left them: for
+    /// the writer of a checkpoint, which hashed them as it wrote them.
+    /// Waits out what is left of [`CLOCK_GRAIN`] after the last write.
+    pub fn memory_stamp(&self) -> Result<Option<FilesStamp>> {
+        let memory: Vec<&FileEntry> = self.manifest.files.iter().filter(|f| layout::is_memory_image(&f.path)).collect();
+        FilesStamp::of(&self.dir, &memory, true)
+    }
+
     /// [`Checkpoint::verify`] without the hashing: for a checkpoint whose
     /// contents were checked as they were written (rebuilt from chunks
     /// that were each checked against their digest), the files that must
@@ -204,6 +215,78 @@ impl DeferredDigests {
     pub fn verify(&self) -> Result<()> {
         let problems = digest_problems(&self.dir, self.files.iter().collect())?;
         damaged(&self.id, &self.dir, problems)
+    }
+
+    /// The files' [`FilesStamp`] as they are now; `None`, without waiting,
+    /// for files changed within [`CLOCK_GRAIN`].
+    pub fn stamp(&self) -> Result<Option<FilesStamp>> {
+        FilesStamp::of(&self.dir, &self.files.iter().collect::<Vec<_>>(), false)
+    }
+}
+
+/// Which files these are on this host and whether they were written since:
+/// a digest of each file's path, size and expected sha256 (the manifest's)
+/// with its device, inode, and modification and change times. Two equal
+/// stamps taken on one boot mean the same files, untouched in between: a
+/// write, truncation, chmod or rename moves the change time, which no
+/// system call can set back. What only hashing sees is a change below the
+/// file system (a bit flipped on the disk), so a stamp stands for a past
+/// hash on the same host and boot only, never for a checkpoint that came
+/// from elsewhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FilesStamp(Sha256);
+
+/// Longer than a tick of the coarse clock the kernel stamps files with (4 ms
+/// at HZ=250, 10 ms at HZ=100): a change within one tick of the last keeps
+/// its change time, so a stamp is taken only of files last changed longer
+/// ago than this (as git treats a file as racily clean).
+const CLOCK_GRAIN: Duration = Duration::from_millis(50);
+
+impl FilesStamp {
+    /// `None` if a file changed so recently (or, with the clock set back,
+    /// so far in the future) that a change after the stamp could go unseen.
+    /// With `wait`, waits out the grain once for files just written.
+    fn of(dir: &Path, files: &[&FileEntry], wait: bool) -> Result<Option<FilesStamp>> {
+        let mut files = files.to_vec();
+        files.sort_by(|a, b| a.path.cmp(&b.path));
+        for attempt in 0..2 {
+            let mut text = String::new();
+            let mut newest = SystemTime::UNIX_EPOCH;
+            for f in &files {
+                let path = dir.join(&f.path);
+                let m = std::fs::symlink_metadata(&path).map_err(Error::io("stat", &path))?;
+                let changed = SystemTime::UNIX_EPOCH
+                    + Duration::new(u64::try_from(m.ctime()).unwrap_or(0), u32::try_from(m.ctime_nsec()).unwrap_or(0));
+                newest = newest.max(changed);
+                text.push_str(&format!(
+                    "{:?} {} {} {} {} {} {}.{} {}.{}\n",
+                    f.path,
+                    f.size,
+                    f.sha256,
+                    m.len(),
+                    m.dev(),
+                    m.ino(),
+                    m.mtime(),
+                    m.mtime_nsec(),
+                    m.ctime(),
+                    m.ctime_nsec()
+                ));
+            }
+            match SystemTime::now().duration_since(newest) {
+                Ok(age) if age >= CLOCK_GRAIN => {
+                    return Ok(Some(FilesStamp(hashing::hash_bytes(text.as_bytes()).sha256)));
+                }
+                Ok(age) if wait && attempt == 0 => std::thread::sleep(CLOCK_GRAIN - age),
+                _ => break,
+            }
+        }
+        Ok(None)
+    }
+}
+
+impl std::fmt::Display for FilesStamp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
     }
 }
 
@@ -312,6 +395,35 @@ mod tests {
         std::fs::write(&pages, b"short").unwrap();
         let err = cp.verify_deferring_memory().unwrap_err();
         assert!(err.to_string().contains("criu/pages-1.img"), "{err}");
+    }
+
+    #[test]
+    fn a_stamp_holds_until_a_memory_image_is_written() {
+        let (_dir, _store, cp) = setup();
+        let deferred = cp.verify_deferring_memory().unwrap();
+        // Just committed: a change now could keep the change time.
+        assert_eq!(deferred.stamp().unwrap(), None, "too fresh to stamp");
+        // The writer's stamp waits until a change would show.
+        let stamp = cp.memory_stamp().unwrap().expect("settled after the grain");
+        assert_eq!(deferred.stamp().unwrap(), Some(stamp), "the writer's stamp is the restorer's");
+        let reopened = Checkpoint::open(cp.dir()).unwrap().verify_deferring_memory().unwrap();
+        assert_eq!(reopened.stamp().unwrap(), Some(stamp));
+
+        // Rewritten with the very same bytes, it is not the file hashed.
+        let pages = cp.criu_dir().join("pages-1.img");
+        let bytes = std::fs::read(&pages).unwrap();
+        std::fs::write(&pages, &bytes).unwrap();
+        let rewritten = cp.memory_stamp().unwrap().expect("settled");
+        assert_ne!(rewritten, stamp);
+        assert_eq!(deferred.stamp().unwrap(), Some(rewritten));
+        // Nor is a copy put in its place.
+        std::fs::copy(&pages, pages.with_extension("new")).unwrap();
+        std::fs::rename(pages.with_extension("new"), &pages).unwrap();
+        let copy = cp.memory_stamp().unwrap().expect("settled");
+        assert!(copy != stamp && copy != rewritten);
+        // Other files are not in it: they are hashed before every restore.
+        std::fs::write(cp.criu_dir().join("inventory.img"), b"x").unwrap();
+        assert_eq!(cp.memory_stamp().unwrap(), Some(copy));
     }
 
     #[test]

@@ -37,7 +37,7 @@ mod tree;
 pub mod versions;
 mod xattr;
 
-pub use checkpoint::{Checkpoint, DeferredDigests};
+pub use checkpoint::{Checkpoint, DeferredDigests, FilesStamp};
 pub use error::{Error, FileProblem, ProblemKind, Result, UnsafeEntry};
 pub use hashing::Sha256;
 pub use layer::{apply_layer, write_rootfs_diff};

@@ -7,6 +7,7 @@ mod container;
 mod error;
 mod events;
 mod exits;
+mod hashed;
 mod netns;
 mod oom;
 mod persist;
@@ -20,6 +21,8 @@ mod service;
 mod stats;
 mod stdio;
 mod task;
+#[cfg(test)]
+mod testing;
 mod ticker;
 
 /// The name containerd knows this runtime by; the binary's name follows from it.

@@ -8,11 +8,13 @@ use std::{
     time::Instant,
 };
 
-use migrate_oci::{CheckpointStore, CommitInfo, ContainerInfo, RootfsInfo, Timings, criu_stats};
+use log::warn;
+use migrate_oci::{Checkpoint, CheckpointStore, CommitInfo, ContainerInfo, RootfsInfo, Timings, criu_stats};
 
 use crate::{
     container::Container,
     error::{Error, Result},
+    hashed,
     runc::{self, CheckpointOptions, CriuConfig, CriuOptions, NetworkLock, Pages},
 };
 
@@ -62,7 +64,17 @@ pub async fn checkpoint_running(container: &Container, store: &Path, id: &str) -
 pub async fn checkpoint_for_new_containers(container: &Container, store: &Path, id: &str) -> Result<PathBuf> {
     let config =
         CriuConfig { network_lock: runc::network_lock_skip().await.then_some(NetworkLock::Skip), ..Default::default() };
-    checkpoint_into(container, store, id, &Increment::Full, config).await
+    let dir = checkpoint_into(container, store, id, &Increment::Full, config).await?;
+    // Its clones will be restored from it on this host, many times over:
+    // its memory images need no hashing before them, this shim hashed
+    // them as it wrote them.
+    let written = dir.clone();
+    let _ = tokio::task::spawn_blocking(move || match Checkpoint::open(&written) {
+        Ok(checkpoint) => hashed::written(&checkpoint),
+        Err(e) => warn!("{}: {e}", written.display()),
+    })
+    .await;
+    Ok(dir)
 }
 
 /// [`checkpoint_running`], as a pre-dump or a dump on a parent.

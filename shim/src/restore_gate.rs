@@ -70,7 +70,7 @@ impl MemoryGate {
         let hashing = std::thread::Builder::new()
             .name("verify-memory".into())
             .spawn(move || {
-                let result = catch_unwind(AssertUnwindSafe(|| digests.verify().map_err(Error::from)))
+                let result = catch_unwind(AssertUnwindSafe(|| crate::hashed::verify(&digests).map_err(Error::from)))
                     .unwrap_or_else(|_| Err(Error::InvalidArgument("checking the memory images panicked".into())));
                 // A line of a few bytes into a pipe nobody else writes to.
                 let _ = writeln!(writer, "{}", if result.is_ok() { OK } else { "damaged" });
@@ -111,35 +111,7 @@ mod tests {
     use std::process::Command;
 
     use super::*;
-
-    /// A committed checkpoint with two memory images and an inventory.
-    fn committed(id: &str) -> (tempfile::TempDir, migrate_oci::Checkpoint) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = migrate_oci::CheckpointStore::open(dir.path()).unwrap();
-        let staging = store.staging(id).unwrap();
-        let criu = staging.criu_dir();
-        std::fs::create_dir_all(&criu).unwrap();
-        for (name, bytes) in
-            [("inventory.img", vec![1; 64]), ("pages-1.img", vec![7; 8192]), ("pages-2.img", vec![9; 4096])]
-        {
-            std::fs::write(criu.join(name), bytes).unwrap();
-        }
-        let checkpoint = staging
-            .commit(migrate_oci::CommitInfo {
-                container: migrate_oci::ContainerInfo {
-                    id: "web".into(),
-                    namespace: "default".into(),
-                    image: None,
-                    runtime: "io.containerd.migrate.v1".into(),
-                },
-                parent: None,
-                leave_running: true,
-                rootfs: None,
-                timings: migrate_oci::Timings::default(),
-            })
-            .unwrap();
-        (dir, checkpoint)
-    }
+    use crate::testing::committed;
 
     fn run_script(gate: &MemoryGate, action: &str) -> bool {
         Command::new(gate.script()).env("CRTOOLS_SCRIPT_ACTION", action).status().unwrap().success()

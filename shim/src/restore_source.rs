@@ -16,6 +16,7 @@ use migrate_oci::{Checkpoint, DeferredDigests};
 
 use crate::{
     error::{Error, Result},
+    hashed,
     rootfs::Overlay,
 };
 
@@ -53,7 +54,9 @@ impl RestoreSource {
             return Ok(RestoreSource {
                 criu: checkpoint.criu_dir(),
                 rootfs_diff: checkpoint.rootfs_diff(),
-                memory: (!memory.is_empty()).then_some(memory),
+                // Files this host hashed before, unchanged since, are not
+                // hashed again: the clones of one ready point, above all.
+                memory: (!memory.is_empty() && !hashed::already(&memory)).then_some(memory),
             });
         }
         if path.join("inventory.img").is_file() {
@@ -73,7 +76,7 @@ impl RestoreSource {
     /// Checks the memory images' digests now rather than during the restore.
     pub fn verify_memory_now(&mut self) -> Result<()> {
         match self.memory.take() {
-            Some(memory) => memory.verify().map_err(Error::from),
+            Some(memory) => hashed::verify(&memory).map_err(Error::from),
             None => Ok(()),
         }
     }
