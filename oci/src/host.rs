@@ -1,6 +1,10 @@
 //! Facts about this machine that decide where a checkpoint can be restored.
 
-use std::{process::Command, sync::OnceLock};
+use std::{
+    io::Read,
+    process::{Command, Stdio},
+    sync::OnceLock,
+};
 
 use crate::manifest::HostInfo;
 
@@ -16,16 +20,35 @@ impl HostInfo {
 
 /// CRIU's version, asked once per process: it does not change under a
 /// running shim, and spawning CRIU for every checkpoint costs milliseconds.
+///
+/// The answer is read from CRIU's output, whatever becomes of its exit
+/// status: in a shim, a subreaper whose SIGCHLD loop reaps every child,
+/// the status is usually taken before this process can wait for it (the
+/// wait then fails with ECHILD), and `Command::output` would throw the
+/// printed version away with it.
 fn criu_version() -> Option<String> {
     static VERSION: OnceLock<Option<String>> = OnceLock::new();
     VERSION
         .get_or_init(|| {
-            let out = Command::new("criu").arg("--version").output().ok()?;
-            if !out.status.success() {
-                log::warn!("criu --version failed ({}); checkpoints record no CRIU version", out.status);
-                return None;
+            let mut child = Command::new("criu")
+                .arg("--version")
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .map_err(|e| log::warn!("cannot run criu --version ({e}); checkpoints record no CRIU version"))
+                .ok()?;
+            let mut out = String::new();
+            let read = child.stdout.take().map(|mut o| o.read_to_string(&mut out));
+            match child.wait() {
+                Ok(status) if !status.success() => {
+                    log::warn!("criu --version failed ({status}); checkpoints record no CRIU version");
+                    return None;
+                }
+                Ok(_) | Err(_) => {}
             }
-            parse_criu_version(&String::from_utf8_lossy(&out.stdout))
+            read?.ok()?;
+            parse_criu_version(&out)
         })
         .clone()
 }

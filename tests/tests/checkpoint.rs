@@ -350,6 +350,17 @@ fn ready_point_checkpoint_and_clones(s: &Scenario) {
         }
     });
     assert!(checkpoint.join("rootfs-diff.tar").is_file());
+    // The shim reaps every child it has; the CRIU version it asks for the
+    // manifest must still be there.
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(checkpoint.join("manifest.json")).unwrap()).unwrap();
+    assert!(
+        manifest["host"]["criuVersion"]
+            .as_str()
+            .is_some_and(|v| !v.is_empty()),
+        "no CRIU version in the manifest's host: {}",
+        manifest["host"]
+    );
     // Restored only as new containers, it was dumped without a network
     // lock; CRIU's restores follow the method the dump recorded.
     assert_eq!(
