@@ -957,8 +957,6 @@ fn ignore_gone(e: runc::Error) -> Result<()> {
     }
 }
 
-/// Verifies a checkpoint off the reactor: hashing a large one takes a while
-/// and other containers of this shim must not wait for it.
 /// CRIU 4.2 asks the kernel for a fresh vDSO at an address its restorer
 /// still occupies, now and then: the kernel maps it elsewhere, CRIU parses
 /// the wrong memory and fails with "vdso: Invalid ELF magic" before any
@@ -968,8 +966,10 @@ fn is_vdso_misplaced(e: &Error) -> bool {
     matches!(e, Error::Runc(runc::Error::Criu { line, .. }) if line.contains("vdso: Invalid ELF magic"))
 }
 
-/// Checks the checkpoint at `path`, all but its memory images' digests,
-/// which the restore checks while CRIU works. A `wish` (the annotation's
+/// Checks the checkpoint at `path` off the reactor (hashing a large one
+/// takes a while, and other containers of this shim must not wait for it):
+/// all but its memory images' digests, which the restore checks while CRIU
+/// works. A `wish` (the annotation's
 /// checkpoint) falls back to a cold start when those do not match, which
 /// needs the root file system as it was: so its memory is checked now too
 /// if the checkpoint's changes would go where they cannot be taken back

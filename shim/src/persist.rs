@@ -8,7 +8,6 @@ use std::{
     time::Instant,
 };
 
-use log::warn;
 use migrate_oci::{Checkpoint, CheckpointStore, CommitInfo, ContainerInfo, RootfsInfo, Timings, criu_stats};
 
 use crate::{
@@ -50,7 +49,7 @@ pub enum Increment {
 /// The dump goes to RAM first; hashing and writing to the store happen
 /// after the container is thawed.
 pub async fn checkpoint_running(container: &Container, store: &Path, id: &str) -> Result<PathBuf> {
-    checkpoint_into(container, store, id, &Increment::Full, CriuConfig::default()).await
+    checkpoint_into(container, store, id, &Increment::Full, CriuConfig::default()).await.map(dir_of)
 }
 
 /// [`checkpoint_running`] for new containers to start from: a ready point,
@@ -64,16 +63,12 @@ pub async fn checkpoint_running(container: &Container, store: &Path, id: &str) -
 pub async fn checkpoint_for_new_containers(container: &Container, store: &Path, id: &str) -> Result<PathBuf> {
     let config =
         CriuConfig { network_lock: runc::network_lock_skip().await.then_some(NetworkLock::Skip), ..Default::default() };
-    let dir = checkpoint_into(container, store, id, &Increment::Full, config).await?;
+    let checkpoint = checkpoint_into(container, store, id, &Increment::Full, config).await?;
+    let dir = checkpoint.dir().to_path_buf();
     // Its clones will be restored from it on this host, many times over:
     // its memory images need no hashing before them, this shim hashed
     // them as it wrote them.
-    let written = dir.clone();
-    let _ = tokio::task::spawn_blocking(move || match Checkpoint::open(&written) {
-        Ok(checkpoint) => hashed::written(&checkpoint),
-        Err(e) => warn!("{}: {e}", written.display()),
-    })
-    .await;
+    let _ = tokio::task::spawn_blocking(move || hashed::written(&checkpoint)).await;
     Ok(dir)
 }
 
@@ -84,7 +79,11 @@ pub async fn checkpoint_increment(
     id: &str,
     increment: &Increment,
 ) -> Result<PathBuf> {
-    checkpoint_into(container, store, id, increment, CriuConfig::default()).await
+    checkpoint_into(container, store, id, increment, CriuConfig::default()).await.map(dir_of)
+}
+
+fn dir_of(checkpoint: Checkpoint) -> PathBuf {
+    checkpoint.dir().to_path_buf()
 }
 
 async fn checkpoint_into(
@@ -93,7 +92,7 @@ async fn checkpoint_into(
     id: &str,
     increment: &Increment,
     config: CriuConfig,
-) -> Result<PathBuf> {
+) -> Result<Checkpoint> {
     let dump = staging_root().join(format!("{}-{}-{id}", container.namespace(), container.id));
     let opts = CheckpointOptions {
         image_path: dump.clone(),
@@ -200,7 +199,7 @@ struct Persist {
 }
 
 impl Persist {
-    fn run(self) -> Result<PathBuf> {
+    fn run(self) -> Result<Checkpoint> {
         let started = Instant::now();
         let store = CheckpointStore::open(&self.store)?;
         if store.get(&self.id).is_ok() {
@@ -233,6 +232,6 @@ impl Persist {
                 persist_ms: Some(started.elapsed().as_secs_f64() * 1000.0),
             },
         })?;
-        Ok(checkpoint.dir().to_path_buf())
+        Ok(checkpoint)
     }
 }
