@@ -51,7 +51,7 @@
 //! both collectors while their version lives, and leftovers are found in
 //! the tag list. `registry_tests` checks both collectors.
 //!
-//! **Chunks** are kept in packs ([`super::registry_pack`]): blobs of
+//! **Chunks** are kept in packs ([`crate::registry_pack`]): blobs of
 //! about 8 MiB of chunks, each with an index blob saying which chunk is
 //! where in it. The store keeps a map chunk id → (pack, offset, size),
 //! filled from the packs it uploads, from the parts (and new pack
@@ -110,7 +110,7 @@ use std::{
 
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 
-use super::{
+use crate::{
     ContainerRef, GcReport, RegistryLocation, VersionStore,
     crypto::ChunkId,
     error::{Result, VersionError},

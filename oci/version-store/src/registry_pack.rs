@@ -16,7 +16,7 @@ use std::collections::HashSet;
 
 use serde::{Deserialize, Serialize};
 
-use super::{
+use crate::{
     crypto::ChunkId,
     registry_api::{Blob, Digest},
 };
@@ -117,7 +117,7 @@ impl PackBuilder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::versions::crypto::chunk_id;
+    use crate::crypto::chunk_id;
 
     #[test]
     fn a_pack_holds_each_chunk_once_at_its_offset() {

@@ -1,5 +1,5 @@
 //! A version as OCI artifacts (an index and its parts), and the tags that
-//! name them (see [`super::registry_store`] for the layout).
+//! name them (see [`crate::registry_store`] for the layout).
 
 use std::collections::BTreeMap;
 
@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use sha2::Digest as _;
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 
-use super::{
+use crate::{
     ContainerRef, VERSION_MEDIA_TYPE,
     registry_api::{Blob, Digest, OCI_INDEX, OCI_MANIFEST},
     registry_pack::{PACK_INDEX_MEDIA_TYPE, PACK_MEDIA_TYPE},

@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::{
+use crate::{
     chunking::tests::{dirty_pages, memory_image},
     registry_api::{Digest, OCI_INDEX, OCI_MANIFEST, Registry},
     registry_artifact::{
@@ -23,7 +23,7 @@ use super::{
     tests::{NoManifests, PAGES, Setup, checkpoint, same_files, setup, web},
     *,
 };
-use crate::{Checkpoint, testing::commit_info};
+use migrate_oci::{Checkpoint, testing::commit_info};
 
 const BINARY: &str = "docker-registry";
 
@@ -749,7 +749,7 @@ fn images_checkpoint(s: &Setup, id: &str, images: &[Vec<u8>]) -> Checkpoint {
         std::fs::write(criu.join(format!("pagemap-{}.img", i + 1)), b"pagemap").unwrap();
         std::fs::write(criu.join(format!("pages-{}.img", i + 1)), pages).unwrap();
     }
-    staging.add_file(crate::CONFIG_FILE, br#"{"ociVersion": "1.2.0"}"#).unwrap();
+    staging.add_file(migrate_oci::CONFIG_FILE, br#"{"ociVersion": "1.2.0"}"#).unwrap();
     staging.commit(commit_info(None)).unwrap()
 }
 

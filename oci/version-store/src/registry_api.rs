@@ -12,7 +12,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use sha2::Digest as _;
 use ureq::http::{self, HeaderMap};
 
-use super::{
+use crate::{
     RegistryLocation, StoreLocation,
     error::{Result, VersionError},
 };
