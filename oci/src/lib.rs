@@ -29,6 +29,7 @@ pub mod layout;
 mod manifest;
 mod pages_tap;
 mod parallel;
+pub mod platform;
 mod staging;
 mod store;
 #[cfg(any(test, feature = "testing"))]
