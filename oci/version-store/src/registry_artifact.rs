@@ -1,15 +1,15 @@
 //! A version as OCI artifacts (an index and its parts), and the tags that
 //! name them (see [`crate::registry_store`] for the layout).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
-use serde::{Deserialize, Serialize};
+use oci_spec::image::{Descriptor, ImageIndex, ImageIndexBuilder, ImageManifest, ImageManifestBuilder, MediaType};
 use sha2::Digest as _;
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 
 use crate::{
     ContainerRef, VERSION_MEDIA_TYPE,
-    registry_api::{Blob, Digest, OCI_INDEX, OCI_MANIFEST},
+    registry_api::Blob,
     registry_pack::{PACK_INDEX_MEDIA_TYPE, PACK_MEDIA_TYPE},
 };
 
@@ -91,54 +91,12 @@ fn canonical_number<N: std::str::FromStr>(s: &str) -> Option<N> {
     s.parse().ok()
 }
 
-/// An OCI image manifest, a version's part: the fields this store writes
-/// and reads. Unknown fields of other artifacts are ignored.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub(super) struct OciManifest {
-    pub schema_version: u32,
-    #[serde(default)]
-    pub media_type: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub artifact_type: Option<String>,
-    pub config: Descriptor,
-    #[serde(default)]
-    pub layers: Vec<Descriptor>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub annotations: BTreeMap<String, String>,
-}
-
-/// An OCI image index, a version: the fields this store writes and reads.
-/// An image manifest, having no `manifests`, does not parse as one.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub(super) struct OciIndex {
-    pub schema_version: u32,
-    #[serde(default)]
-    pub media_type: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub artifact_type: Option<String>,
-    pub manifests: Vec<Descriptor>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub annotations: BTreeMap<String, String>,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub(super) struct Descriptor {
-    pub media_type: String,
-    pub digest: Digest,
-    pub size: u64,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub annotations: BTreeMap<String, String>,
-}
-
 /// What names a version's index and each of its parts. The container and
 /// the version number make every version's artifacts, and so their
 /// digests, its own: deleting one version by digest can never take
 /// another's tag with it.
-fn version_annotations(container: &ContainerRef, version: u64, created: &str) -> BTreeMap<String, String> {
-    BTreeMap::from([
+fn version_annotations(container: &ContainerRef, version: u64, created: &str) -> HashMap<String, String> {
+    HashMap::from([
         (NAMESPACE_ANNOTATION.into(), container.namespace.clone()),
         (CONTAINER_ANNOTATION.into(), container.id.clone()),
         (VERSION_ANNOTATION.into(), version.to_string()),
@@ -146,121 +104,106 @@ fn version_annotations(container: &ContainerRef, version: u64, created: &str) ->
     ])
 }
 
-impl OciManifest {
-    /// Part `part` of version `version` of `container`: `config` is the
-    /// version manifest, `packs` some of the packs holding its chunks.
-    /// `pushed` is now, RFC 3339: how old a part left without its index is.
-    pub(super) fn part(
-        container: &ContainerRef,
-        version: u64,
-        part: usize,
-        pushed: &str,
-        config: &Blob,
-        packs: &[PackBlobs],
-    ) -> OciManifest {
-        let layers = packs
-            .iter()
-            .flat_map(|PackBlobs { pack, index }| {
-                let index_layer = Descriptor {
-                    media_type: PACK_INDEX_MEDIA_TYPE.into(),
-                    digest: index.digest.clone(),
-                    size: index.size,
-                    annotations: BTreeMap::new(),
-                };
-                let pack_layer = Descriptor {
-                    media_type: PACK_MEDIA_TYPE.into(),
-                    digest: pack.digest.clone(),
-                    size: pack.size,
-                    annotations: BTreeMap::from([(PACK_INDEX_ANNOTATION.into(), index.digest.to_string())]),
-                };
-                [index_layer, pack_layer]
-            })
-            .collect();
-        let mut annotations = version_annotations(container, version, pushed);
-        annotations.insert(PART_ANNOTATION.into(), part.to_string());
-        OciManifest {
-            schema_version: 2,
-            media_type: OCI_MANIFEST.into(),
-            artifact_type: Some(VERSION_MEDIA_TYPE.into()),
-            config: Descriptor {
-                media_type: VERSION_MEDIA_TYPE.into(),
-                digest: config.digest.clone(),
-                size: config.size,
-                annotations: BTreeMap::new(),
-            },
-            layers,
-            annotations,
-        }
-    }
-
-    /// Whether this is a part of a version of this store rather than
-    /// another artifact.
-    pub(super) fn is_part(&self) -> bool {
-        self.config.media_type == VERSION_MEDIA_TYPE
-    }
-
-    /// When the part was pushed, if it says.
-    pub(super) fn pushed(&self) -> Option<OffsetDateTime> {
-        OffsetDateTime::parse(self.annotations.get(CREATED_ANNOTATION)?, &Rfc3339).ok()
-    }
-
-    /// The packs the layers list with their indexes; a pack layer whose
-    /// index is not a layer of this part too (which the registry's garbage
-    /// collector would not keep) is left out.
-    pub(super) fn packs(&self) -> impl Iterator<Item = PackBlobs> + '_ {
-        let blob = |layer: &Descriptor| Blob { digest: layer.digest.clone(), size: layer.size };
-        let indexes: BTreeMap<String, Blob> = self
-            .layers
-            .iter()
-            .filter(|layer| layer.media_type == PACK_INDEX_MEDIA_TYPE)
-            .map(|layer| (layer.digest.to_string(), blob(layer)))
-            .collect();
-        self.layers.iter().filter(|layer| layer.media_type == PACK_MEDIA_TYPE).filter_map(move |layer| {
-            let index = indexes.get(layer.annotations.get(PACK_INDEX_ANNOTATION)?)?.clone();
-            Some(PackBlobs { pack: blob(layer), index })
-        })
-    }
+fn descriptor(media_type: MediaType, blob: &Blob) -> Descriptor {
+    Descriptor::new(media_type, blob.size, blob.digest.clone())
 }
 
-impl OciIndex {
-    /// Version `version` of `container`, made of `parts` in order.
-    /// `created` is the version manifest's time, RFC 3339.
-    pub(super) fn version(container: &ContainerRef, version: u64, created: &str, parts: &[Blob]) -> OciIndex {
-        let manifests = parts
-            .iter()
-            .map(|part| Descriptor {
-                media_type: OCI_MANIFEST.into(),
-                digest: part.digest.clone(),
-                size: part.size,
-                annotations: BTreeMap::new(),
-            })
-            .collect();
-        OciIndex {
-            schema_version: 2,
-            media_type: OCI_INDEX.into(),
-            artifact_type: Some(VERSION_MEDIA_TYPE.into()),
-            manifests,
-            annotations: version_annotations(container, version, created),
-        }
-    }
+/// Part `part` of version `version` of `container`, an OCI image manifest:
+/// `config` is the version manifest, `packs` some of the packs holding its
+/// chunks. `pushed` is now, RFC 3339: how old a part left without its index
+/// is.
+pub(super) fn part_manifest(
+    container: &ContainerRef,
+    version: u64,
+    part: usize,
+    pushed: &str,
+    config: &Blob,
+    packs: &[PackBlobs],
+) -> ImageManifest {
+    let layers: Vec<Descriptor> = packs
+        .iter()
+        .flat_map(|PackBlobs { pack, index }| {
+            let index_layer = descriptor(PACK_INDEX_MEDIA_TYPE.into(), index);
+            let mut pack_layer = descriptor(PACK_MEDIA_TYPE.into(), pack);
+            pack_layer.set_annotations(Some(HashMap::from([(PACK_INDEX_ANNOTATION.into(), index.digest.to_string())])));
+            [index_layer, pack_layer]
+        })
+        .collect();
+    let mut annotations = version_annotations(container, version, pushed);
+    annotations.insert(PART_ANNOTATION.into(), part.to_string());
+    ImageManifestBuilder::default()
+        .schema_version(2u32)
+        .media_type(MediaType::ImageManifest)
+        .artifact_type(MediaType::from(VERSION_MEDIA_TYPE))
+        .config(descriptor(VERSION_MEDIA_TYPE.into(), config))
+        .layers(layers)
+        .annotations(annotations)
+        .build()
+        .expect("every required field is set")
+}
 
-    /// Whether this is a version of this store rather than another
-    /// artifact that happens to have a tag of that shape.
-    pub(super) fn is_version(&self) -> bool {
-        self.artifact_type.as_deref() == Some(VERSION_MEDIA_TYPE)
-    }
+/// Whether an image manifest is a part of a version of this store rather
+/// than another artifact.
+pub(super) fn is_part(manifest: &ImageManifest) -> bool {
+    manifest.config().media_type().as_ref() == VERSION_MEDIA_TYPE
+}
 
-    /// The container the annotations name.
-    pub(super) fn container(&self) -> Option<ContainerRef> {
-        let namespace = self.annotations.get(NAMESPACE_ANNOTATION)?;
-        let id = self.annotations.get(CONTAINER_ANNOTATION)?;
-        ContainerRef::new(namespace, id).ok()
-    }
+/// When a part was pushed, if it says.
+pub(super) fn pushed(part: &ImageManifest) -> Option<OffsetDateTime> {
+    OffsetDateTime::parse(part.annotations().as_ref()?.get(CREATED_ANNOTATION)?, &Rfc3339).ok()
+}
+
+/// The packs a part's layers list with their indexes; a pack layer whose
+/// index is not a layer of this part too (which the registry's garbage
+/// collector would not keep) is left out.
+pub(super) fn packs(part: &ImageManifest) -> impl Iterator<Item = PackBlobs> + '_ {
+    let blob = |layer: &Descriptor| Blob { digest: layer.digest().clone(), size: layer.size() };
+    let of_type = |media_type: &'static str| move |layer: &&Descriptor| layer.media_type().as_ref() == media_type;
+    let indexes: BTreeMap<String, Blob> = part
+        .layers()
+        .iter()
+        .filter(of_type(PACK_INDEX_MEDIA_TYPE))
+        .map(|layer| (layer.digest().to_string(), blob(layer)))
+        .collect();
+    part.layers().iter().filter(of_type(PACK_MEDIA_TYPE)).filter_map(move |layer| {
+        let index = indexes.get(layer.annotations().as_ref()?.get(PACK_INDEX_ANNOTATION)?)?.clone();
+        Some(PackBlobs { pack: blob(layer), index })
+    })
+}
+
+/// Version `version` of `container`, an OCI image index of `parts` in
+/// order. `created` is the version manifest's time, RFC 3339. An image
+/// manifest, having no `manifests`, does not parse as one.
+pub(super) fn version_index(container: &ContainerRef, version: u64, created: &str, parts: &[Blob]) -> ImageIndex {
+    let manifests: Vec<Descriptor> = parts.iter().map(|part| descriptor(MediaType::ImageManifest, part)).collect();
+    ImageIndexBuilder::default()
+        .schema_version(2u32)
+        .media_type(MediaType::ImageIndex)
+        .artifact_type(MediaType::from(VERSION_MEDIA_TYPE))
+        .manifests(manifests)
+        .annotations(version_annotations(container, version, created))
+        .build()
+        .expect("every required field is set")
+}
+
+/// Whether an image index is a version of this store rather than another
+/// artifact that happens to have a tag of that shape.
+pub(super) fn is_version(index: &ImageIndex) -> bool {
+    index.artifact_type().as_ref().is_some_and(|t| t.as_ref() == VERSION_MEDIA_TYPE)
+}
+
+/// The container a version's annotations name.
+pub(super) fn version_container(index: &ImageIndex) -> Option<ContainerRef> {
+    let annotations = index.annotations().as_ref()?;
+    let namespace = annotations.get(NAMESPACE_ANNOTATION)?;
+    let id = annotations.get(CONTAINER_ANNOTATION)?;
+    ContainerRef::new(namespace, id).ok()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::registry_api::sha256_of;
 
     /// The distribution spec's tag grammar.
     fn valid_tag(tag: &str) -> bool {
@@ -309,14 +252,14 @@ mod tests {
     fn a_version_index_and_its_parts_read_back() {
         let web = ContainerRef::new("default", "web").unwrap();
         let packed = PackBlobs {
-            pack: Blob { digest: Digest::of(b"pack"), size: 4 },
-            index: Blob { digest: Digest::of(b"index"), size: 5 },
+            pack: Blob { digest: sha256_of(b"pack"), size: 4 },
+            index: Blob { digest: sha256_of(b"index"), size: 5 },
         };
-        let config = Blob { digest: Digest::of(b"{}"), size: 2 };
-        let pushed = "2026-11-22T14:30:01.5Z";
-        let part = OciManifest::part(&web, 3, 1, pushed, &config, std::slice::from_ref(&packed));
+        let config = Blob { digest: sha256_of(b"{}"), size: 2 };
+        let pushed_at = "2026-11-22T14:30:01.5Z";
+        let part = part_manifest(&web, 3, 1, pushed_at, &config, std::slice::from_ref(&packed));
         let json = serde_json::to_value(&part).unwrap();
-        assert_eq!(json["mediaType"], OCI_MANIFEST);
+        assert_eq!(json["mediaType"], MediaType::ImageManifest.as_ref());
         assert_eq!(json["artifactType"], VERSION_MEDIA_TYPE);
         assert_eq!(json["config"]["mediaType"], VERSION_MEDIA_TYPE);
         assert_eq!(json["layers"][0]["mediaType"], PACK_INDEX_MEDIA_TYPE);
@@ -325,36 +268,85 @@ mod tests {
         assert_eq!(json["annotations"][VERSION_ANNOTATION], "3");
         assert_eq!(json["annotations"][PART_ANNOTATION], "1");
         assert!(json["config"].get("annotations").is_none());
-        let back: OciManifest = serde_json::from_value(json).unwrap();
-        assert!(back.is_part());
-        assert_eq!(back.pushed(), Some(OffsetDateTime::parse(pushed, &Rfc3339).unwrap()));
-        assert_eq!(back.packs().collect::<Vec<_>>(), [packed]);
+        let back: ImageManifest = serde_json::from_value(json).unwrap();
+        assert!(is_part(&back));
+        assert_eq!(pushed(&back), Some(OffsetDateTime::parse(pushed_at, &Rfc3339).unwrap()));
+        assert_eq!(packs(&back).collect::<Vec<_>>(), [packed]);
 
         let part_bytes = serde_json::to_vec(&back).unwrap();
-        let part = Blob { digest: Digest::of(&part_bytes), size: part_bytes.len() as u64 };
-        let index = OciIndex::version(&web, 3, "2026-11-22T14:30:00.123Z", std::slice::from_ref(&part));
+        let part = Blob { digest: sha256_of(&part_bytes), size: part_bytes.len() as u64 };
+        let index = version_index(&web, 3, "2026-11-22T14:30:00.123Z", std::slice::from_ref(&part));
         let json = serde_json::to_value(&index).unwrap();
-        assert_eq!(json["mediaType"], OCI_INDEX);
+        assert_eq!(json["mediaType"], MediaType::ImageIndex.as_ref());
         assert_eq!(json["artifactType"], VERSION_MEDIA_TYPE);
-        assert_eq!(json["manifests"][0]["mediaType"], OCI_MANIFEST);
+        assert_eq!(json["manifests"][0]["mediaType"], MediaType::ImageManifest.as_ref());
         assert_eq!(json["manifests"][0]["digest"], part.digest.to_string());
         assert_eq!(json["annotations"][VERSION_ANNOTATION], "3");
         assert_eq!(json["annotations"][CREATED_ANNOTATION], "2026-11-22T14:30:00.123Z");
-        let back: OciIndex = serde_json::from_value(json).unwrap();
-        assert!(back.is_version());
-        assert_eq!(back.container(), Some(web));
+        let back: ImageIndex = serde_json::from_value(json).unwrap();
+        assert!(is_version(&back));
+        assert_eq!(version_container(&back), Some(web));
         // Neither reads as the other.
-        assert!(serde_json::from_slice::<OciManifest>(&serde_json::to_vec(&back).unwrap()).is_err());
-        assert!(serde_json::from_slice::<OciIndex>(&part_bytes).is_err());
+        assert!(serde_json::from_slice::<ImageManifest>(&serde_json::to_vec(&back).unwrap()).is_err());
+        assert!(serde_json::from_slice::<ImageIndex>(&part_bytes).is_err());
 
         // An image is not a part, and its layers are no packs.
         let image = r#"{"schemaVersion":2,"config":{"mediaType":"application/vnd.oci.image.config.v1+json",
             "digest":"sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad","size":3},
             "layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip",
             "digest":"sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad","size":3}]}"#;
-        let image: OciManifest = serde_json::from_str(image).unwrap();
-        assert!(!image.is_part() && image.pushed().is_none());
-        assert_eq!(image.packs().count(), 0);
+        let image: ImageManifest = serde_json::from_str(image).unwrap();
+        assert!(!is_part(&image) && pushed(&image).is_none());
+        assert_eq!(packs(&image).count(), 0);
+    }
+
+    /// A part and an index as this store wrote them before it used
+    /// oci-spec's types (its own structs, annotations sorted): registries
+    /// hold versions in this form, which must still read.
+    #[test]
+    fn versions_written_before_read_back() {
+        let (config, index, pack) = (sha256_of(b"{}"), sha256_of(b"index"), sha256_of(b"pack"));
+        let part = format!(
+            concat!(
+                r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","#,
+                r#""artifactType":"{version}","config":{{"mediaType":"{version}","digest":"{config}","size":2}},"#,
+                r#""layers":[{{"mediaType":"{index_type}","digest":"{index}","size":5}},"#,
+                r#"{{"mediaType":"{pack_type}","digest":"{pack}","size":4,"annotations":{{"{pack_index}":"{index}"}}}}],"#,
+                r#""annotations":{{"io.containerd.migrate.container":"web","io.containerd.migrate.namespace":"default","#,
+                r#""io.containerd.migrate.part":"0","io.containerd.migrate.version":"3","#,
+                r#""org.opencontainers.image.created":"2026-11-22T14:30:01.5Z"}}}}"#
+            ),
+            version = VERSION_MEDIA_TYPE,
+            index_type = PACK_INDEX_MEDIA_TYPE,
+            pack_type = PACK_MEDIA_TYPE,
+            pack_index = PACK_INDEX_ANNOTATION,
+            config = config,
+            index = index,
+            pack = pack,
+        );
+        let part: ImageManifest = serde_json::from_str(&part).unwrap();
+        assert!(is_part(&part));
+        assert_eq!(pushed(&part), Some(OffsetDateTime::parse("2026-11-22T14:30:01.5Z", &Rfc3339).unwrap()));
+        let expected =
+            PackBlobs { pack: Blob { digest: pack, size: 4 }, index: Blob { digest: index.clone(), size: 5 } };
+        assert_eq!(packs(&part).collect::<Vec<_>>(), [expected]);
+        assert_eq!(*part.config().digest(), config);
+
+        let version = format!(
+            concat!(
+                r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","#,
+                r#""artifactType":"{version}","manifests":[{{"mediaType":"application/vnd.oci.image.manifest.v1+json","#,
+                r#""digest":"{index}","size":800}}],"annotations":{{"io.containerd.migrate.container":"web","#,
+                r#""io.containerd.migrate.namespace":"default","io.containerd.migrate.version":"3","#,
+                r#""org.opencontainers.image.created":"2026-11-22T14:30:00.123Z"}}}}"#
+            ),
+            version = VERSION_MEDIA_TYPE,
+            index = index,
+        );
+        let version: ImageIndex = serde_json::from_str(&version).unwrap();
+        assert!(is_version(&version));
+        assert_eq!(version_container(&version), Some(ContainerRef::new("default", "web").unwrap()));
+        assert_eq!(version.manifests()[0].size(), 800);
     }
 
     /// The distribution registry refuses manifests over 4 MiB; a full part
@@ -367,13 +359,13 @@ mod tests {
             .map(|i| {
                 let bytes = i.to_le_bytes();
                 PackBlobs {
-                    pack: Blob { digest: Digest::of(&bytes), size: 1 << 30 },
-                    index: Blob { digest: Digest::of(&[&bytes[..], b"index"].concat()), size: 1 << 20 },
+                    pack: Blob { digest: sha256_of(&bytes), size: 1 << 30 },
+                    index: Blob { digest: sha256_of(&[&bytes[..], b"index"].concat()), size: 1 << 20 },
                 }
             })
             .collect();
-        let config = Blob { digest: Digest::of(b"{}"), size: 3 << 20 };
-        let part = OciManifest::part(&longest, u64::MAX, usize::MAX, "2026-11-22T14:30:00.123Z", &config, &packs);
+        let config = Blob { digest: sha256_of(b"{}"), size: 3 << 20 };
+        let part = part_manifest(&longest, u64::MAX, usize::MAX, "2026-11-22T14:30:00.123Z", &config, &packs);
         let size = serde_json::to_vec(&part).unwrap().len();
         assert!(size < 1 << 21, "a full part takes {size} bytes");
         let per_pack = size / PART_PACKS;
