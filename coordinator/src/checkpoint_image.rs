@@ -23,9 +23,10 @@
 use std::collections::{BTreeMap, HashMap};
 
 use anyhow::{Context, Result, bail};
+use oci_spec::image::{Descriptor, Digest, ImageIndex, ImageIndexBuilder, MediaType, Platform};
 use prost::Message;
 use prost_types::Any;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::containerd::SPEC_TYPE_URL;
 use crate::runc_options::{CHECKPOINT_OPTIONS_TYPE_URL, CheckpointOptions};
@@ -57,73 +58,27 @@ pub const ANNOTATION_IMAGE_NAME: &str = "image.name";
 /// The label containerd puts on checkpoint images.
 pub const LABEL_CHECKPOINT: &str = "containerd.io/checkpoint";
 
-/// `ocispec.Index`, fields in Go's order, empty ones left out as Go does.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Index {
-    pub schema_version: i32,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub media_type: Option<String>,
-    pub manifests: Vec<Descriptor>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub annotations: BTreeMap<String, String>,
+/// A blob of this machine's platform, as containerd describes the parts it
+/// makes; `digest` and `size` as the content store reports them.
+pub fn blob(media_type: &str, digest: &str, size: i64) -> Result<Descriptor> {
+    let mut d = descriptor(media_type, digest, size)?;
+    d.set_platform(Some(migrate_oci::platform::platform()));
+    Ok(d)
 }
 
-/// `ocispec.Descriptor` (the fields a checkpoint uses).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Descriptor {
-    pub media_type: String,
-    pub digest: String,
-    pub size: i64,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub annotations: BTreeMap<String, String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub platform: Option<Platform>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Platform {
-    pub architecture: String,
-    pub os: String,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub variant: String,
-}
-
-impl Platform {
-    /// This machine, as Go's `runtime.GOOS`/`GOARCH` name it.
-    pub fn host() -> Platform {
-        Platform {
-            architecture: crate::image::host_architecture().to_string(),
-            os: "linux".into(),
-            variant: String::new(),
-        }
+/// The descriptor of an image as containerd's image store holds it.
+pub fn from_containerd(d: &containerd_client::types::Descriptor) -> Result<Descriptor> {
+    let mut out = descriptor(&d.media_type, &d.digest, d.size)?;
+    if !d.annotations.is_empty() {
+        out.set_annotations(Some(d.annotations.clone()));
     }
+    Ok(out)
 }
 
-impl Descriptor {
-    /// A blob of this machine's platform, as containerd describes the parts
-    /// it makes.
-    pub fn blob(media_type: &str, digest: String, size: i64) -> Descriptor {
-        Descriptor {
-            media_type: media_type.to_string(),
-            digest,
-            size,
-            annotations: BTreeMap::new(),
-            platform: Some(Platform::host()),
-        }
-    }
-
-    /// The descriptor of an image as containerd's image store holds it.
-    pub fn from_containerd(d: &containerd_client::types::Descriptor) -> Descriptor {
-        Descriptor {
-            media_type: d.media_type.clone(),
-            digest: d.digest.clone(),
-            size: d.size,
-            annotations: d.annotations.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-            platform: None,
-        }
-    }
+fn descriptor(media_type: &str, digest: &str, size: i64) -> Result<Descriptor> {
+    let digest: Digest = digest.parse().with_context(|| format!("{digest:?} is not a digest"))?;
+    let size = u64::try_from(size).with_context(|| format!("blob {digest} has a negative size {size}"))?;
+    Ok(Descriptor::new(MediaType::from(media_type), size, digest))
 }
 
 /// The parts of a checkpoint image, written to the content store already.
@@ -142,34 +97,109 @@ pub struct Parts {
 /// The index `ctr container checkpoint --image --rw --task` would write for
 /// these parts, in its order: image, rw layer, then what the task
 /// checkpoint adds (images, spec, options).
-pub fn build_index(parts: &Parts) -> Index {
+pub fn build_index(parts: &Parts) -> ImageIndex {
     let (image_name, image_target) = &parts.image;
     let mut manifests = vec![image_target.clone()];
     manifests.extend(parts.rw.clone());
     manifests.extend([parts.criu.clone(), parts.config.clone(), parts.options.clone()]);
-    let annotations = BTreeMap::from([
+    let annotations = HashMap::from([
         (ANNOTATION_REF_NAME.to_string(), image_name.clone()),
         (ANNOTATION_IMAGE_NAME.to_string(), image_name.clone()),
         (ANNOTATION_RUNTIME.to_string(), parts.runtime.clone()),
         (ANNOTATION_SNAPSHOTTER.to_string(), parts.snapshotter.clone()),
     ]);
-    Index { schema_version: 2, media_type: None, manifests, annotations }
+    ImageIndexBuilder::default()
+        .schema_version(2u32)
+        .manifests(manifests)
+        .annotations(annotations)
+        .build()
+        .expect("schema version and manifests are set")
 }
 
 /// The index as `encoding/json` writes it (no indentation, `<>&` escaped).
-pub fn index_json(index: &Index) -> Vec<u8> {
-    let json = serde_json::to_string(index).expect("an index always serialises");
+pub fn index_json(index: &ImageIndex) -> Vec<u8> {
+    let json = serde_json::to_string(&GoIndex::of(index)).expect("an index always serialises");
     json.replace('<', "\\u003c").replace('>', "\\u003e").replace('&', "\\u0026").into_bytes()
+}
+
+/// `ocispec.Index` as Go's `encoding/json` writes it: fields in the Go
+/// structs' order, map keys sorted, empty fields left out. oci-spec's
+/// types hold annotations in a `HashMap`, whose order would change the
+/// index's bytes, and so its digest, from one export to the next.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct GoIndex<'a> {
+    schema_version: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    media_type: Option<&'a MediaType>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    artifact_type: Option<&'a MediaType>,
+    manifests: Vec<GoDescriptor<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    subject: Option<GoDescriptor<'a>>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    annotations: BTreeMap<&'a str, &'a str>,
+}
+
+/// `ocispec.Descriptor`, as [`GoIndex`].
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct GoDescriptor<'a> {
+    media_type: &'a MediaType,
+    digest: &'a Digest,
+    size: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    urls: Option<&'a Vec<String>>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    annotations: BTreeMap<&'a str, &'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<&'a String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    platform: Option<&'a Platform>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    artifact_type: Option<&'a MediaType>,
+}
+
+fn sorted(map: &Option<HashMap<String, String>>) -> BTreeMap<&str, &str> {
+    map.iter().flatten().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+}
+
+impl<'a> GoIndex<'a> {
+    fn of(index: &'a ImageIndex) -> GoIndex<'a> {
+        GoIndex {
+            schema_version: index.schema_version(),
+            media_type: index.media_type().as_ref(),
+            artifact_type: index.artifact_type().as_ref(),
+            manifests: index.manifests().iter().map(GoDescriptor::of).collect(),
+            subject: index.subject().as_ref().map(GoDescriptor::of),
+            annotations: sorted(index.annotations()),
+        }
+    }
+}
+
+impl<'a> GoDescriptor<'a> {
+    fn of(d: &'a Descriptor) -> GoDescriptor<'a> {
+        GoDescriptor {
+            media_type: d.media_type(),
+            digest: d.digest(),
+            size: d.size(),
+            urls: d.urls().as_ref(),
+            annotations: sorted(d.annotations()),
+            data: d.data().as_ref(),
+            platform: d.platform().as_ref(),
+            artifact_type: d.artifact_type().as_ref(),
+        }
+    }
 }
 
 /// The labels `writeIndex` gives the index blob, so that containerd's
 /// garbage collector keeps every part as long as the index.
-pub fn gc_labels(index: &Index) -> HashMap<String, String> {
+pub fn gc_labels(index: &ImageIndex) -> HashMap<String, String> {
     index
-        .manifests
+        .manifests()
         .iter()
         .enumerate()
-        .map(|(i, m)| (format!("containerd.io/gc.ref.content.{i}"), m.digest.clone()))
+        .map(|(i, m)| (format!("containerd.io/gc.ref.content.{i}"), m.digest().to_string()))
         .collect()
 }
 
@@ -217,7 +247,7 @@ pub struct Found {
 impl Found {
     /// Whether the rw part must be gunzipped.
     pub fn rw_is_gzip(&self) -> bool {
-        self.rw.as_ref().is_some_and(|d| d.media_type.ends_with("gzip"))
+        self.rw.as_ref().is_some_and(|d| d.media_type().as_ref().ends_with("gzip"))
     }
 }
 
@@ -225,21 +255,23 @@ impl Found {
 /// checkpoint taken without `--task` has none, nothing to restore a process
 /// from).
 pub fn find_parts(index_blob: &[u8]) -> Result<Found> {
-    let index: Index = serde_json::from_slice(index_blob).context("the checkpoint's index does not parse")?;
-    let find = |types: &[&str]| index.manifests.iter().find(|m| types.contains(&m.media_type.as_str())).cloned();
+    let index: ImageIndex = serde_json::from_slice(index_blob).context("the checkpoint's index does not parse")?;
+    let find = |types: &[&str]| index.manifests().iter().find(|m| types.contains(&m.media_type().as_ref())).cloned();
     let criu = find(&[MEDIA_TYPE_CRIU]).with_context(|| {
         format!(
             "the checkpoint holds no CRIU images ({MEDIA_TYPE_CRIU}): it was taken without the task \
              (ctr container checkpoint --task)"
         )
     })?;
-    if let Some(zstd) =
-        index.manifests.iter().find(|m| m.media_type.starts_with("application/vnd.oci.image.layer.v1.tar+"))
-        && !LAYER_TYPES.contains(&zstd.media_type.as_str())
+    if let Some(zstd) = index
+        .manifests()
+        .iter()
+        .find(|m| m.media_type().as_ref().starts_with("application/vnd.oci.image.layer.v1.tar+"))
+        && !LAYER_TYPES.contains(&zstd.media_type().as_ref())
     {
-        bail!("the checkpoint's rw layer is a {}, which migratectl cannot decompress", zstd.media_type);
+        bail!("the checkpoint's rw layer is a {}, which migratectl cannot decompress", zstd.media_type());
     }
-    let annotation = |k: &str| index.annotations.get(k).filter(|v| !v.is_empty()).cloned();
+    let annotation = |k: &str| index.annotations().as_ref()?.get(k).filter(|v| !v.is_empty()).cloned();
     Ok(Found {
         criu,
         rw: find(&LAYER_TYPES),
@@ -268,24 +300,18 @@ mod tests {
     const D2: &str = "sha256:2222222222222222222222222222222222222222222222222222222222222222";
 
     fn parts(rw: bool) -> Parts {
-        let layer = Descriptor::blob(MEDIA_TYPE_LAYER_GZIP, D2.into(), 20);
+        let layer = blob(MEDIA_TYPE_LAYER_GZIP, D2, 20).unwrap();
         Parts {
             image: (
                 "localhost/testbox:latest".into(),
-                Descriptor {
-                    media_type: "application/vnd.oci.image.manifest.v1+json".into(),
-                    digest: D1.into(),
-                    size: 500,
-                    annotations: BTreeMap::new(),
-                    platform: None,
-                },
+                Descriptor::new(MediaType::ImageManifest, 500, D1.parse::<Digest>().unwrap()),
             ),
             runtime: "io.containerd.migrate.v1".into(),
             snapshotter: "overlayfs".into(),
             rw: rw.then_some(layer),
-            criu: Descriptor::blob(MEDIA_TYPE_CRIU, D1.into(), 1024),
-            config: Descriptor::blob(MEDIA_TYPE_CONFIG, D2.into(), 30),
-            options: Descriptor::blob(MEDIA_TYPE_OPTIONS, D1.into(), 40),
+            criu: blob(MEDIA_TYPE_CRIU, D1, 1024).unwrap(),
+            config: blob(MEDIA_TYPE_CONFIG, D2, 30).unwrap(),
+            options: blob(MEDIA_TYPE_OPTIONS, D1, 40).unwrap(),
         }
     }
 
@@ -293,7 +319,7 @@ mod tests {
     /// (field order of the structs, map keys sorted, empty fields omitted).
     #[test]
     fn index_json_is_what_go_writes() {
-        let arch = crate::image::host_architecture();
+        let arch = migrate_oci::platform::arch();
         let json = String::from_utf8(index_json(&build_index(&parts(false)))).unwrap();
         let expected = format!(
             concat!(
@@ -311,14 +337,16 @@ mod tests {
         );
         assert_eq!(json, expected);
         let mut odd = build_index(&parts(false));
-        odd.annotations.insert("k".into(), "<a&b>".into());
+        let mut annotations = odd.annotations().clone().unwrap_or_default();
+        annotations.insert("k".into(), "<a&b>".into());
+        odd.set_annotations(Some(annotations));
         assert!(String::from_utf8(index_json(&odd)).unwrap().contains(r#""k":"\u003ca\u0026b\u003e""#));
     }
 
     #[test]
     fn rw_layer_comes_after_the_image_and_gc_labels_count_every_part() {
         let index = build_index(&parts(true));
-        let types: Vec<&str> = index.manifests.iter().map(|m| m.media_type.as_str()).collect();
+        let types: Vec<&str> = index.manifests().iter().map(|m| m.media_type().as_ref()).collect();
         assert_eq!(
             types,
             [
@@ -338,11 +366,11 @@ mod tests {
     #[test]
     fn the_parts_are_found_again() {
         let found = find_parts(&index_json(&build_index(&parts(true)))).unwrap();
-        assert_eq!(found.criu.size, 1024);
-        assert_eq!(found.rw.as_ref().unwrap().digest, D2);
+        assert_eq!(found.criu.size(), 1024);
+        assert_eq!(found.rw.as_ref().unwrap().digest().as_ref(), D2);
         assert!(found.rw_is_gzip());
-        assert_eq!(found.config.unwrap().size, 30);
-        assert_eq!(found.options.unwrap().size, 40);
+        assert_eq!(found.config.unwrap().size(), 30);
+        assert_eq!(found.options.unwrap().size(), 40);
         assert_eq!(found.image.as_deref(), Some("localhost/testbox:latest"));
         assert_eq!(found.runtime.as_deref(), Some("io.containerd.migrate.v1"));
     }
@@ -364,10 +392,10 @@ mod tests {
             r#""io.containerd.checkpoint.snapshotter":"overlayfs","org.opencontainers.image.ref.name":"localhost/containerd-migrate/testbox:latest"}}"#
         );
         let found = find_parts(index.as_bytes()).unwrap();
-        assert_eq!(found.criu.size, 8532992);
-        assert_eq!(found.rw.as_ref().unwrap().size, 168);
+        assert_eq!(found.criu.size(), 8532992);
+        assert_eq!(found.rw.as_ref().unwrap().size(), 168);
         assert!(found.rw_is_gzip());
-        assert_eq!(found.options.unwrap().size, 42);
+        assert_eq!(found.options.unwrap().size(), 42);
         assert_eq!(found.runtime.as_deref(), Some("io.containerd.runc.v2"));
         assert_eq!(found.image.as_deref(), Some("localhost/containerd-migrate/testbox:latest"));
         // Its options blob: file_locks, ctr's default.
@@ -375,7 +403,7 @@ mod tests {
         let options = decode_options(&options).unwrap();
         assert!(options.file_locks && !options.exit);
         // Re-serialised, it is the same bytes: the Go form round-trips.
-        let parsed: Index = serde_json::from_str(index).unwrap();
+        let parsed: ImageIndex = serde_json::from_str(index).unwrap();
         assert_eq!(String::from_utf8(index_json(&parsed)).unwrap(), index);
     }
 

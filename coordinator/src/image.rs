@@ -2,6 +2,7 @@
 //! chain ID of its layers, read from the image config in the content store.
 
 use anyhow::{Context, Result, bail};
+use oci_spec::image::{ImageIndex, ImageManifest, Platform};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
@@ -33,31 +34,6 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 #[derive(Debug, Deserialize)]
-struct Descriptor {
-    digest: String,
-    #[serde(default)]
-    platform: Option<Platform>,
-}
-
-#[derive(Debug, Deserialize)]
-struct Platform {
-    #[serde(default)]
-    os: String,
-    #[serde(default)]
-    architecture: String,
-}
-
-#[derive(Debug, Deserialize)]
-struct Index {
-    manifests: Vec<Descriptor>,
-}
-
-#[derive(Debug, Deserialize)]
-struct Manifest {
-    config: Descriptor,
-}
-
-#[derive(Debug, Deserialize)]
 struct ImageConfig {
     rootfs: ConfigRootfs,
 }
@@ -67,31 +43,22 @@ struct ConfigRootfs {
     diff_ids: Vec<String>,
 }
 
-/// This machine's architecture as OCI names it.
-pub fn host_architecture() -> &'static str {
-    match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        "powerpc64" => "ppc64le",
-        other => other,
-    }
-}
-
-/// The manifest of an index that fits linux on this machine's architecture.
-fn pick_manifest(index: &[u8], arch: &str) -> Result<String> {
-    let index: Index = serde_json::from_slice(index).context("the image index does not parse")?;
+/// The manifest of an index that fits `platform` (its OS and architecture).
+fn pick_manifest(index: &[u8], platform: &Platform) -> Result<String> {
+    let index: ImageIndex = serde_json::from_slice(index).context("the image index does not parse")?;
+    let fits = |p: &Platform| p.os() == platform.os() && p.architecture() == platform.architecture();
     index
-        .manifests
+        .manifests()
         .iter()
-        .find(|m| m.platform.as_ref().is_some_and(|p| p.os == "linux" && p.architecture == arch))
-        .or_else(|| index.manifests.iter().find(|m| m.platform.is_none()))
-        .map(|m| m.digest.clone())
-        .with_context(|| format!("the image index has no manifest for linux/{arch}"))
+        .find(|m| m.platform().as_ref().is_some_and(fits))
+        .or_else(|| index.manifests().iter().find(|m| m.platform().is_none()))
+        .map(|m| m.digest().to_string())
+        .with_context(|| format!("the image index has no manifest for {}/{}", platform.os(), platform.architecture()))
 }
 
 fn config_digest(manifest: &[u8]) -> Result<String> {
-    let manifest: Manifest = serde_json::from_slice(manifest).context("the image manifest does not parse")?;
-    Ok(manifest.config.digest)
+    let manifest: ImageManifest = serde_json::from_slice(manifest).context("the image manifest does not parse")?;
+    Ok(manifest.config().digest().to_string())
 }
 
 fn diff_ids(config: &[u8]) -> Result<Vec<String>> {
@@ -108,7 +75,7 @@ pub async fn rootfs_chain_id(cd: &Containerd, name: &str) -> Result<String> {
     let mut media_type = target.media_type;
     let mut blob = cd.read_blob(&digest).await?;
     if INDEX_TYPES.contains(&media_type.as_str()) {
-        digest = pick_manifest(&blob, host_architecture()).with_context(|| format!("image {name}"))?;
+        digest = pick_manifest(&blob, &migrate_oci::platform::platform()).with_context(|| format!("image {name}"))?;
         blob = cd.read_blob(&digest).await?;
         media_type = MANIFEST_TYPES[0].to_string();
     }
@@ -152,20 +119,28 @@ mod tests {
         );
     }
 
+    fn linux(arch: &str) -> Platform {
+        oci_spec::image::PlatformBuilder::default().os("linux").architecture(arch).build().unwrap()
+    }
+
     #[test]
     fn index_picks_linux_on_this_arch() {
-        let index = br#"{"manifests":[
-            {"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:arm","platform":{"os":"linux","architecture":"arm64"}},
-            {"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:amd","platform":{"os":"linux","architecture":"amd64"}}]}"#;
-        assert_eq!(pick_manifest(index, "amd64").unwrap(), "sha256:amd");
-        assert_eq!(pick_manifest(index, "arm64").unwrap(), "sha256:arm");
-        assert!(pick_manifest(index, "s390x").unwrap_err().to_string().contains("linux/s390x"));
+        let index = format!(
+            r#"{{"schemaVersion":2,"manifests":[
+            {{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{A}","size":1,"platform":{{"os":"linux","architecture":"arm64"}}}},
+            {{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{B}","size":1,"platform":{{"os":"linux","architecture":"amd64"}}}}]}}"#
+        );
+        assert_eq!(pick_manifest(index.as_bytes(), &linux("amd64")).unwrap(), B);
+        assert_eq!(pick_manifest(index.as_bytes(), &linux("arm64")).unwrap(), A);
+        assert!(pick_manifest(index.as_bytes(), &linux("s390x")).unwrap_err().to_string().contains("linux/s390x"));
     }
 
     #[test]
     fn manifest_and_config_fields() {
-        let m = br#"{"schemaVersion":2,"config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:cfg","size":1},"layers":[]}"#;
-        assert_eq!(config_digest(m).unwrap(), "sha256:cfg");
+        let m = format!(
+            r#"{{"schemaVersion":2,"config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{A}","size":1}},"layers":[]}}"#
+        );
+        assert_eq!(config_digest(m.as_bytes()).unwrap(), A);
         let c = format!(r#"{{"architecture":"amd64","rootfs":{{"type":"layers","diff_ids":["{A}","{B}"]}}}}"#);
         assert_eq!(diff_ids(c.as_bytes()).unwrap(), [A, B]);
         assert!(diff_ids(b"{}").is_err());

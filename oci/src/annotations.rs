@@ -7,10 +7,7 @@ use std::{
     time::Duration,
 };
 
-use crate::{
-    error::{Error, Result},
-    versions::StoreLocation,
-};
+use crate::error::{Error, Result};
 
 /// Checkpoint once the container accepts TCP connections: "tcp:PORT".
 pub const CHECKPOINT_WHEN_READY: &str = "io.containerd.migrate.checkpoint-when-ready";
@@ -109,10 +106,6 @@ pub fn count(name: &'static str, value: &str) -> Result<u64> {
         .ok_or_else(|| bad(name, value, "a whole number of at least 1"))
 }
 
-pub fn version_store(value: &str) -> Result<StoreLocation> {
-    value.parse().map_err(|_| bad(CHECKPOINT_STORE, value, crate::versions::LOCATION_FORMS))
-}
-
 pub fn key_file(value: &str) -> Result<PathBuf> {
     let path = Path::new(value);
     if !path.is_absolute() || path.components().any(|c| matches!(c, Component::ParentDir | Component::CurDir)) {
@@ -196,9 +189,6 @@ mod tests {
                 "{err}"
             );
         }
-        assert!(version_store("oci://127.0.0.1:5000/checkpoints").is_ok());
-        let err = version_store("s3://x").unwrap_err().to_string();
-        assert!(err.contains("file:///ABSOLUTE/PATH or oci://HOST:PORT/REPOSITORY"), "{err}");
         assert_eq!(key_file("/etc/migrate/key").unwrap(), PathBuf::from("/etc/migrate/key"));
         for bad in ["key", "./key", "/etc/../key", ""] {
             assert!(key_file(bad).is_err(), "{bad}");

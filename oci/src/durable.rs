@@ -24,7 +24,7 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
 /// A suffix no other staging or removal in this store uses: the pid tells
 /// which process owns the directory (see the store's clean-up), the clock
 /// and a counter tell apart the directories of one process.
-pub(crate) fn unique_suffix() -> String {
+pub fn unique_suffix() -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
@@ -41,7 +41,7 @@ pub(crate) fn owner_pid(name: &str) -> Option<u32> {
 /// rename(2) that fails with `AlreadyExists` instead of replacing `to`: a
 /// plain rename would silently replace an empty directory, and two commits
 /// of one id must not both succeed.
-pub(crate) fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
+pub fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
     match renameat2(AT_FDCWD, from, AT_FDCWD, to, RenameFlags::RENAME_NOREPLACE) {
         Ok(()) => Ok(()),
         // File systems without RENAME_NOREPLACE: a plain rename still fails

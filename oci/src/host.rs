@@ -14,7 +14,7 @@ impl HostInfo {
     pub fn current() -> HostInfo {
         let hostname = nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
         let kernel = nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default();
-        HostInfo { hostname, kernel, criu_version: criu_version(), arch: goarch(std::env::consts::ARCH).to_owned() }
+        HostInfo { hostname, kernel, criu_version: criu_version(), arch: crate::platform::arch().to_string() }
     }
 }
 
@@ -63,19 +63,6 @@ fn parse_criu_version(output: &str) -> Option<String> {
         .filter(|v| !v.is_empty())
 }
 
-/// Rust's name for an architecture, spelled as Go and OCI image platforms
-/// spell it.
-fn goarch(rust_arch: &str) -> &str {
-    match rust_arch {
-        "x86_64" => "amd64",
-        "x86" => "386",
-        "aarch64" => "arm64",
-        "powerpc64" if cfg!(target_endian = "little") => "ppc64le",
-        "loongarch64" => "loong64",
-        other => other,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -86,13 +73,6 @@ mod tests {
         assert_eq!(parse_criu_version("Version: 3.19\nGitID: v3.19-12-gabc\n"), Some("3.19".into()));
         assert_eq!(parse_criu_version("criu: command not found\n"), None);
         assert_eq!(parse_criu_version("Version:\n"), None);
-    }
-
-    #[test]
-    fn arch_names() {
-        assert_eq!(goarch("x86_64"), "amd64");
-        assert_eq!(goarch("aarch64"), "arm64");
-        assert_eq!(goarch("s390x"), "s390x");
     }
 
     #[test]

@@ -13,9 +13,9 @@ pub const ROOTFS_DIFF_FILE: &str = "rootfs-diff.tar";
 /// CRIU reaches the images of a dump's parent (pre-dump, incremental dump)
 /// through a symlink of this name in the images directory. The commit makes
 /// it from the manifest's `parent`, relative, so that a store can be moved.
-pub(crate) const PARENT_LINK: &str = "criu/parent";
+pub const PARENT_LINK: &str = "criu/parent";
 
-pub(crate) fn parent_link_target(parent: &str) -> PathBuf {
+pub fn parent_link_target(parent: &str) -> PathBuf {
     ["..", "..", parent, CRIU_DIR].iter().collect()
 }
 
@@ -43,7 +43,7 @@ pub fn validate_id(id: &str) -> Result<()> {
 /// Why `rel` cannot name a file that a caller adds to a checkpoint or that a
 /// manifest lists, if it cannot: such a path must stay inside the checkpoint
 /// and must not be one of the names the commit itself writes.
-pub(crate) fn check_rel(rel: &str) -> Result<(), &'static str> {
+pub fn check_rel(rel: &str) -> Result<(), &'static str> {
     if rel.is_empty() {
         return Err("it is empty");
     }
@@ -80,7 +80,14 @@ mod tests {
         for yes in ["criu/pages-1.img", "criu/pages-1234.img"] {
             assert!(is_memory_image(yes), "{yes}");
         }
-        for no in ["criu/pages-.img", "criu/pagemap-1.img", "pages-1.img", "criu/pages-1.img.tap", "criu/pages-x.img"] {
+        for no in [
+            "criu/pages-.img",
+            "criu/pagemap-1.img",
+            "pages-1.img",
+            "criu/pages-1.img.tap",
+            "criu/pages-x.img",
+            "criu/x/pages-1.img",
+        ] {
             assert!(!is_memory_image(no), "{no}");
         }
     }

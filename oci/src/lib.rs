@@ -20,21 +20,21 @@ mod checkpoint;
 pub mod criu_stats;
 mod criu_tar;
 mod direct_copy;
-mod durable;
+pub mod durable;
 mod error;
 mod hashing;
 mod host;
 mod layer;
-mod layout;
+pub mod layout;
 mod manifest;
 mod pages_tap;
 mod parallel;
+pub mod platform;
 mod staging;
 mod store;
-#[cfg(test)]
-mod testing;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 mod tree;
-pub mod versions;
 mod xattr;
 
 pub use checkpoint::{Checkpoint, DeferredDigests, FilesStamp};

@@ -90,12 +90,6 @@ fn relative_path<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     Ok(path)
 }
 
-/// Whether a file is one of CRIU's memory images, whose sizes make up
-/// [`CheckpointManifest::memory_bytes`].
-pub(crate) fn is_memory_image(path: &str) -> bool {
-    path.strip_prefix("criu/pages-").is_some_and(|rest| rest.ends_with(".img") && !rest.contains('/'))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -155,14 +149,5 @@ mod tests {
         json["files"][0]["path"] = "../../etc/shadow".into();
         let err = serde_json::from_value::<CheckpointManifest>(json).unwrap_err();
         assert!(err.to_string().contains("../../etc/shadow"), "{err}");
-    }
-
-    #[test]
-    fn memory_images() {
-        assert!(is_memory_image("criu/pages-1.img"));
-        assert!(is_memory_image("criu/pages-12.img"));
-        assert!(!is_memory_image("criu/pagemap-1.img"));
-        assert!(!is_memory_image("pages-1.img"));
-        assert!(!is_memory_image("criu/x/pages-1.img"));
     }
 }

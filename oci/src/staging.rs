@@ -19,10 +19,10 @@ use crate::{
     error::{Error, Result},
     hashing::{self, Hashed, HashingWriter},
     layer,
-    layout::{self, validate_id},
+    layout::{self, is_memory_image, validate_id},
     manifest::{
         CheckpointManifest, ContainerInfo, FileEntry, HostInfo, MANIFEST_MEDIA_TYPE, MANIFEST_SCHEMA_VERSION,
-        RootfsInfo, Timings, is_memory_image,
+        RootfsInfo, Timings,
     },
     parallel, tree,
 };

@@ -1,11 +1,12 @@
-//! Helpers shared by the unit tests.
+//! Helpers shared by the unit tests, this crate's and (with the `testing`
+//! feature) those of crates built on it.
 
 use std::path::Path;
 
 use crate::{Checkpoint, CheckpointStore, CommitInfo, ContainerInfo, Timings};
 
 /// A small CRIU-like image set: the names runc's dumps have, made-up bytes.
-pub(crate) const IMAGES: &[(&str, &[u8])] = &[
+pub const IMAGES: &[(&str, &[u8])] = &[
     ("inventory.img", b"inventory"),
     ("pages-1.img", &[7; 8192]),
     ("pages-2.img", &[9; 4096]),
@@ -13,14 +14,14 @@ pub(crate) const IMAGES: &[(&str, &[u8])] = &[
     ("descriptors.json", b"[\"/dev/null\"]"),
 ];
 
-pub(crate) fn write_images(dir: &Path) {
+pub fn write_images(dir: &Path) {
     std::fs::create_dir_all(dir).unwrap();
     for (name, bytes) in IMAGES {
         std::fs::write(dir.join(name), bytes).unwrap();
     }
 }
 
-pub(crate) fn commit_info(parent: Option<&str>) -> CommitInfo {
+pub fn commit_info(parent: Option<&str>) -> CommitInfo {
     CommitInfo {
         container: ContainerInfo {
             id: "web".into(),
@@ -36,7 +37,7 @@ pub(crate) fn commit_info(parent: Option<&str>) -> CommitInfo {
 }
 
 /// Commits checkpoint `id` holding [`IMAGES`] and a config.json.
-pub(crate) fn committed(store: &CheckpointStore, id: &str) -> Checkpoint {
+pub fn committed(store: &CheckpointStore, id: &str) -> Checkpoint {
     let src = tempfile::tempdir_in(store.root()).unwrap();
     write_images(src.path());
     let mut staging = store.staging(id).unwrap();
@@ -48,7 +49,7 @@ pub(crate) fn committed(store: &CheckpointStore, id: &str) -> Checkpoint {
 /// Whether the test may do what only root can (mknod, trusted.* xattrs,
 /// chown). Elsewhere it is skipped with a message, except in CI, which must
 /// run everything.
-pub(crate) fn root_or_skip(test: &str) -> bool {
+pub fn root_or_skip(test: &str) -> bool {
     if nix::unistd::geteuid().is_root() {
         return true;
     }

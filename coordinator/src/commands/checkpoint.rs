@@ -13,8 +13,8 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use containerd_client::types::v1::Status;
-use migrate_oci::versions::{ContainerRef, StoreLocation};
 use migrate_oci::{Checkpoint, CheckpointStore, CommitInfo, ContainerInfo, RootfsInfo, Timings};
+use migrate_version_store::{ContainerRef, StoreLocation};
 use serde::Serialize;
 
 use crate::Global;

@@ -16,13 +16,14 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use containerd_client::tonic::Code;
 use migrate_oci::Checkpoint;
+use oci_spec::image::Descriptor;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::Global;
 use crate::checkpoint_image::{
-    self as image, Descriptor, LABEL_CHECKPOINT, MEDIA_TYPE_CONFIG, MEDIA_TYPE_CRIU, MEDIA_TYPE_INDEX,
-    MEDIA_TYPE_LAYER_GZIP, MEDIA_TYPE_OPTIONS, Parts,
+    self as image, LABEL_CHECKPOINT, MEDIA_TYPE_CONFIG, MEDIA_TYPE_CRIU, MEDIA_TYPE_INDEX, MEDIA_TYPE_LAYER_GZIP,
+    MEDIA_TYPE_OPTIONS, Parts,
 };
 use crate::commands::checkpoint::{RootArg, blocking, existing_store};
 use crate::containerd::{self, Containerd, CutShort};
@@ -100,15 +101,9 @@ pub async fn export(g: &Global, a: ExportArgs) -> Result<ExitCode> {
         .target
         .with_context(|| format!("image {image_name} has no target"))?;
     let (leased, lease) = cd.with_lease("export").await?;
-    let written = write_parts(
-        &leased,
-        &checkpoint,
-        &a,
-        spec,
-        (image_name, Descriptor::from_containerd(&target)),
-        runtime.clone(),
-    )
-    .await;
+    let written =
+        write_parts(&leased, &checkpoint, &a, spec, (image_name, image::from_containerd(&target)?), runtime.clone())
+            .await;
     if let Err(e) = lease.release().await {
         log::warn!("{e:#} (it expires by itself within an hour)");
     }
@@ -166,7 +161,7 @@ async fn write_parts(
             let layer = write_part(cd, &reference("rw"), HashMap::new(), move |w| gzip_rootfs_diff(&cp, w))
                 .await
                 .with_context(|| format!("write the rootfs diff of checkpoint {id} to containerd"))?;
-            Some(Descriptor::blob(MEDIA_TYPE_LAYER_GZIP, layer.0, layer.1))
+            Some(image::blob(MEDIA_TYPE_LAYER_GZIP, &layer.0, layer.1)?)
         }
     };
 
@@ -179,9 +174,9 @@ async fn write_parts(
         runtime,
         snapshotter: a.snapshotter.clone(),
         rw,
-        criu: Descriptor::blob(MEDIA_TYPE_CRIU, criu.0, criu.1),
-        config: Descriptor::blob(MEDIA_TYPE_CONFIG, config.0, config.1),
-        options: Descriptor::blob(MEDIA_TYPE_OPTIONS, options.0, options.1),
+        criu: image::blob(MEDIA_TYPE_CRIU, &criu.0, criu.1)?,
+        config: image::blob(MEDIA_TYPE_CONFIG, &config.0, config.1)?,
+        options: image::blob(MEDIA_TYPE_OPTIONS, &options.0, options.1)?,
     };
     let index = image::build_index(&parts);
     let json = image::index_json(&index);
@@ -206,8 +201,8 @@ async fn write_parts(
         }
         return Err(e);
     }
-    let parts_size: i64 = index.manifests[1..].iter().map(|d| d.size).sum();
-    Ok((digest, (parts_size + size) as u64))
+    let parts_size: u64 = index.manifests()[1..].iter().map(|d| d.size()).sum();
+    Ok((digest, parts_size + size as u64))
 }
 
 /// Streams what `produce` writes (on a blocking thread) into the content

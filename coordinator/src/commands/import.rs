@@ -15,10 +15,11 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use migrate_oci::{CheckpointStore, CommitInfo, ContainerInfo, Staging, Timings};
+use oci_spec::image::Descriptor;
 use serde::Serialize;
 
 use crate::Global;
-use crate::checkpoint_image::{self as image, Descriptor, MEDIA_TYPE_INDEX};
+use crate::checkpoint_image::{self as image, MEDIA_TYPE_INDEX};
 use crate::commands::checkpoint::{RootArg, blocking};
 use crate::containerd::Containerd;
 use crate::ids;
@@ -70,11 +71,11 @@ pub async fn import(g: &Global, a: ImportArgs) -> Result<ExitCode> {
     let index = cd.read_blob(&target.digest).await?;
     let found = image::find_parts(&index).with_context(|| format!("image {}", a.image_ref))?;
     let spec = match &found.config {
-        Some(d) => Some(image::decode_spec(&cd.read_blob(&d.digest).await?)?),
+        Some(d) => Some(image::decode_spec(&cd.read_blob(d.digest().as_ref()).await?)?),
         None => None,
     };
     let options = match &found.options {
-        Some(d) => image::decode_options(&cd.read_blob(&d.digest).await?)?,
+        Some(d) => image::decode_options(&cd.read_blob(d.digest().as_ref()).await?)?,
         None => Default::default(),
     };
     let container = a
@@ -179,7 +180,7 @@ async fn stream_into(
         let mut staging = staging;
         consume(&mut staging, reader).map(|()| staging)
     });
-    let read = cd.read_blob_to(&d.digest, tx).await;
+    let read = cd.read_blob_to(d.digest().as_ref(), tx).await;
     let consumed = consumer.await.context("a worker thread panicked")?;
     // A failed read fails the consumer too; the read's error is the cause.
     read?;

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use containerd_client::services::v1::{Container, CreateTaskRequest, container::Runtime};
 use containerd_client::tonic::Code;
-use migrate_oci::versions::{ChunkCipher, ContainerRef, StoreLocation, VersionStore};
+use migrate_version_store::{ChunkCipher, ContainerRef, StoreLocation, VersionStore};
 use prost_types::Any;
 use serde::Serialize;
 use serde_json::Value;

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use std::str::FromStr;
 
 use anyhow::{Context, Result, bail};
-use migrate_oci::versions::{self, ChunkCipher, ContainerRef, StoreLocation, VersionError, VersionStore};
+use migrate_version_store::{ChunkCipher, ContainerRef, StoreLocation, VersionError, VersionStore};
 use serde::Serialize;
 
 use crate::output::{self, Table, human_bytes};
@@ -97,7 +97,7 @@ pub fn rebuild(
         path: dir.clone(),
         source,
     })?;
-    match versions::materialize(store, target, version, cipher, &dir.join("checkpoint")) {
+    match migrate_version_store::materialize(store, target, version, cipher, &dir.join("checkpoint")) {
         Ok(checkpoint) => Ok(Rebuilt { checkpoint, dir }),
         Err(e) => {
             staging::remove_dir(&dir, "a version that did not rebuild");
@@ -130,7 +130,7 @@ struct Summary {
     group: u64,
     base: u64,
     created: String,
-    mode: versions::IncrementalMode,
+    mode: migrate_version_store::IncrementalMode,
     key_id: Option<String>,
     bytes_total: u64,
     bytes_new: u64,
@@ -178,7 +178,7 @@ fn listed(store: &dyn VersionStore, target: &ContainerRef, version: u64, verify:
         valid: false,
         problem: None,
     };
-    let manifest = match versions::read_manifest(store, target, version) {
+    let manifest = match migrate_version_store::read_manifest(store, target, version) {
         Ok(m) => m,
         Err(e) => {
             row.problem = Some(e.to_string());

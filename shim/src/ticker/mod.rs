@@ -4,7 +4,7 @@
 //! store, followed by retention of the newest groups.
 //!
 //! Versions are incremental at the storage layer (only chunks the store
-//! lacks are uploaded: see `migrate_oci::versions`), which needs nothing
+//! lacks are uploaded: see `migrate_version_store`), which needs nothing
 //! from the kernel; where CRIU can track memory, each is also a dump of only
 //! what changed since the previous one (`criu_parent`). Ticks start an
 //! interval apart and never overlap: a tick that overruns (a slow store)
@@ -23,12 +23,10 @@ use std::{
 };
 
 use log::{debug, info, warn};
-use migrate_oci::{
-    annotations,
-    versions::{
-        self, ChunkCipher, ContainerRef, Retention, RetentionReport, StoreLocation, VersionError, VersionReport,
-        VersionStore,
-    },
+use migrate_oci::annotations;
+use migrate_version_store::{
+    self as versions, ChunkCipher, ContainerRef, Retention, RetentionReport, StoreLocation, VersionError,
+    VersionReport, VersionStore,
 };
 use tokio::{
     sync::oneshot,
@@ -101,7 +99,7 @@ impl TickerPlan {
         };
         let group_size = count(annotations::VERSION_GROUP, versions::DEFAULT_GROUP_SIZE)?;
         let keep_groups = count(annotations::KEEP_GROUPS, versions::DEFAULT_KEEP_GROUPS)?;
-        let store = annotations::version_store(
+        let store = version_store(
             a.get(annotations::CHECKPOINT_STORE).map_or(annotations::DEFAULT_VERSION_STORE, String::as_str),
         )?;
         let cipher = match a.get(annotations::KEY_FILE) {
@@ -115,6 +113,19 @@ impl TickerPlan {
         };
         Ok(Some(TickerPlan { interval, group_size, keep_groups, store, cipher }))
     }
+}
+
+/// The version store [`annotations::CHECKPOINT_STORE`] names. Parsed here,
+/// not with the other annotations, because the version store is a crate
+/// built on the checkpoint format's.
+fn version_store(value: &str) -> Result<StoreLocation> {
+    value.parse().map_err(|_| {
+        Error::from(migrate_oci::Error::BadAnnotation {
+            name: annotations::CHECKPOINT_STORE,
+            value: value.to_owned(),
+            expected: versions::LOCATION_FORMS,
+        })
+    })
 }
 
 /// A running ticker; dropping it stops the ticker after the tick under way.
@@ -343,5 +354,18 @@ impl fmt::Display for TickReport {
             ),
             Err(e) => write!(f, "; retention failed, retried next tick: {e}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_annotation() {
+        assert!(version_store("oci://127.0.0.1:5000/checkpoints").is_ok());
+        let err = version_store("s3://x").unwrap_err().to_string();
+        assert!(err.contains(annotations::CHECKPOINT_STORE), "{err}");
+        assert!(err.contains("file:///ABSOLUTE/PATH or oci://HOST:PORT/REPOSITORY"), "{err}");
     }
 }

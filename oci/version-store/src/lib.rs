@@ -1,5 +1,5 @@
-//! Versioned, incremental checkpoints in a remote store: the storage under
-//! the checkpoint ticker.
+//! Versioned, incremental checkpoints (of [`migrate_oci`]'s format) in a
+//! remote store: the storage under the checkpoint ticker.
 //!
 //! The ticker takes a leave-running checkpoint every interval and stores it
 //! as version V of its container with [`store_version`]. Each file is cut
@@ -72,7 +72,7 @@ pub struct ContainerRef {
 impl ContainerRef {
     pub fn new(namespace: &str, id: &str) -> Result<ContainerRef> {
         for (what, name) in [("namespace", namespace), ("container id", id)] {
-            crate::validate_id(name).map_err(|_| VersionError::InvalidName { what, name: name.to_owned() })?;
+            migrate_oci::validate_id(name).map_err(|_| VersionError::InvalidName { what, name: name.to_owned() })?;
         }
         Ok(ContainerRef { namespace: namespace.to_owned(), id: id.to_owned() })
     }

@@ -6,8 +6,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::{chunking::tests::*, *};
-use crate::{Checkpoint, CheckpointStore, testing::commit_info};
+use crate::{chunking::tests::*, *};
+use migrate_oci::{Checkpoint, CheckpointStore, testing::commit_info};
 
 pub(super) const PAGES: usize = 4096; // 16 MiB
 
@@ -39,7 +39,7 @@ pub(super) fn checkpoint(s: &Setup, id: &str, pages: &[u8]) -> Checkpoint {
     std::fs::write(criu.join("inventory.img"), b"inventory").unwrap();
     std::fs::write(criu.join("pagemap-1.img"), b"pagemap").unwrap();
     std::fs::write(criu.join("pages-1.img"), pages).unwrap();
-    staging.add_file(crate::CONFIG_FILE, br#"{"ociVersion": "1.2.0"}"#).unwrap();
+    staging.add_file(migrate_oci::CONFIG_FILE, br#"{"ociVersion": "1.2.0"}"#).unwrap();
     staging.commit(commit_info(None)).unwrap()
 }
 
@@ -249,9 +249,9 @@ fn a_checkpoint_damaged_before_upload_is_refused() {
 
     // An incremental dump whose parent is gone cannot restore: see
     // materialize's tests for versions in mode criu-parent.
-    let parent = crate::testing::committed(&s.checkpoints, "parent");
+    let parent = migrate_oci::testing::committed(&s.checkpoints, "parent");
     let child = s.checkpoints.staging("child").unwrap();
-    crate::testing::write_images(&child.criu_dir());
+    migrate_oci::testing::write_images(&child.criu_dir());
     let child = child.commit(commit_info(Some("parent"))).unwrap();
     std::fs::remove_dir_all(parent.dir()).unwrap();
     let err = store_version(&s.store, child.dir(), &web(), 0, 5, None).unwrap_err();

@@ -12,18 +12,19 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::{
+use crate::{
     chunking::tests::{dirty_pages, memory_image},
-    registry_api::{Digest, OCI_INDEX, OCI_MANIFEST, Registry},
+    registry_api::{Registry, sha256_of},
     registry_artifact::{
-        CONTAINER_ANNOTATION, Descriptor, NAMESPACE_ANNOTATION, OciIndex, OciManifest, PACK_INDEX_ANNOTATION,
-        PART_ANNOTATION, PackBlobs, VERSION_ANNOTATION, parse_part_tag, parse_version_tag, part_tag, version_tag,
+        CONTAINER_ANNOTATION, NAMESPACE_ANNOTATION, PACK_INDEX_ANNOTATION, PART_ANNOTATION, PackBlobs,
+        VERSION_ANNOTATION, packs, parse_part_tag, parse_version_tag, part_tag, version_tag,
     },
     registry_pack::{PACK_INDEX_MEDIA_TYPE, PACK_MEDIA_TYPE, PackIndex},
     tests::{NoManifests, PAGES, Setup, checkpoint, same_files, setup, web},
     *,
 };
-use crate::{Checkpoint, testing::commit_info};
+use migrate_oci::{Checkpoint, testing::commit_info};
+use oci_spec::image::{Descriptor, Digest, ImageIndex, ImageManifest, MediaType};
 
 const BINARY: &str = "docker-registry";
 
@@ -137,15 +138,15 @@ impl TestRegistry {
     }
 
     /// The index of a version, as the registry holds it.
-    fn index(&self, container: &ContainerRef, version: u64) -> OciIndex {
+    fn index(&self, container: &ContainerRef, version: u64) -> ImageIndex {
         serde_json::from_slice(&self.manifest(&version_tag(container, version)).unwrap()).unwrap()
     }
 
     /// The parts of a version, in its index's order.
-    fn parts(&self, container: &ContainerRef, version: u64) -> Vec<OciManifest> {
+    fn parts(&self, container: &ContainerRef, version: u64) -> Vec<ImageManifest> {
         let index = self.index(container, version);
-        let part = |d: &Descriptor| self.manifest(&d.digest.to_string()).unwrap();
-        index.manifests.iter().map(|d| serde_json::from_slice(&part(d)).unwrap()).collect()
+        let part = |d: &Descriptor| self.manifest(d.digest().as_ref()).unwrap();
+        index.manifests().iter().map(|d| serde_json::from_slice(&part(d)).unwrap()).collect()
     }
 
     fn pack_index(&self, blobs: &PackBlobs) -> PackIndex {
@@ -153,8 +154,8 @@ impl TestRegistry {
     }
 
     /// The chunks in the packs of `part`, pack by pack.
-    fn packed_chunks(&self, part: &OciManifest) -> Vec<ChunkId> {
-        part.packs().flat_map(|p| self.pack_index(&p).chunks.into_iter().map(|c| c.id)).collect()
+    fn packed_chunks(&self, part: &ImageManifest) -> Vec<ChunkId> {
+        packs(part).flat_map(|p| self.pack_index(&p).chunks.into_iter().map(|c| c.id)).collect()
     }
 
     fn tags(&self) -> Vec<String> {
@@ -169,13 +170,13 @@ impl TestRegistry {
         let mut digests = Vec::new();
         for tag in self.tags().iter().filter(|t| parse_version_tag(t).is_some()) {
             let index = self.manifest(tag).unwrap();
-            digests.push(Digest::of(&index));
-            for part in serde_json::from_slice::<OciIndex>(&index).unwrap().manifests {
-                let body: OciManifest =
-                    serde_json::from_slice(&self.manifest(&part.digest.to_string()).unwrap()).unwrap();
-                digests.push(part.digest);
-                digests.push(body.config.digest);
-                digests.extend(body.layers.into_iter().map(|l| l.digest));
+            digests.push(sha256_of(&index));
+            for part in serde_json::from_slice::<ImageIndex>(&index).unwrap().manifests() {
+                let body: ImageManifest =
+                    serde_json::from_slice(&self.manifest(part.digest().as_ref()).unwrap()).unwrap();
+                digests.push(part.digest().clone());
+                digests.push(body.config().digest().clone());
+                digests.extend(body.layers().iter().map(|l| l.digest().clone()));
             }
         }
         digests.iter().map(|d| self.blob_file(d)).collect()
@@ -305,23 +306,26 @@ fn versions_round_trip_through_a_registry_plain_and_encrypted() {
     // manifest and whose layers are a pack index and its pack (the version
     // is under 8 MiB) holding each distinct chunk once.
     let index = registry.index(&web(), 0);
-    assert_eq!(index.media_type, OCI_INDEX);
-    assert_eq!(index.artifact_type.as_deref(), Some(VERSION_MEDIA_TYPE));
-    assert_eq!(index.annotations[NAMESPACE_ANNOTATION], "default");
-    assert_eq!(index.annotations[CONTAINER_ANNOTATION], "web");
-    assert_eq!(index.annotations[VERSION_ANNOTATION], "0");
+    assert_eq!(index.media_type(), &Some(MediaType::ImageIndex));
+    assert_eq!(index.artifact_type(), &Some(MediaType::from(VERSION_MEDIA_TYPE)));
+    let annotations = index.annotations().as_ref().unwrap();
+    assert_eq!(annotations[NAMESPACE_ANNOTATION], "default");
+    assert_eq!(annotations[CONTAINER_ANNOTATION], "web");
+    assert_eq!(annotations[VERSION_ANNOTATION], "0");
     let [part] = &registry.parts(&web(), 0)[..] else { panic!("{index:?} has more than one part") };
-    assert_eq!(part.media_type, OCI_MANIFEST);
-    assert_eq!(part.artifact_type.as_deref(), Some(VERSION_MEDIA_TYPE));
+    assert_eq!(part.media_type(), &Some(MediaType::ImageManifest));
+    assert_eq!(part.artifact_type(), &Some(MediaType::from(VERSION_MEDIA_TYPE)));
     let config = store.get_manifest(&web(), 0).unwrap().unwrap();
-    assert_eq!(part.config.digest, Digest::of(&config));
+    assert_eq!(*part.config().digest(), sha256_of(&config));
     let m = read_manifest(&store, &web(), 0).unwrap();
-    let media_types: Vec<&str> = part.layers.iter().map(|l| l.media_type.as_str()).collect();
+    let media_types: Vec<&str> = part.layers().iter().map(|l| l.media_type().as_ref()).collect();
     assert_eq!(media_types, [PACK_INDEX_MEDIA_TYPE, PACK_MEDIA_TYPE]);
-    assert_eq!(part.layers[1].annotations[PACK_INDEX_ANNOTATION], part.layers[0].digest.to_string());
+    let pack_annotations = part.layers()[1].annotations().as_ref().unwrap();
+    assert_eq!(pack_annotations[PACK_INDEX_ANNOTATION], part.layers()[0].digest().to_string());
     assert_eq!(registry.packed_chunks(part), distinct_chunks(&m));
-    assert_eq!(part.annotations[VERSION_ANNOTATION], "0");
-    assert_eq!(part.annotations[PART_ANNOTATION], "0");
+    let annotations = part.annotations().as_ref().unwrap();
+    assert_eq!(annotations[VERSION_ANNOTATION], "0");
+    assert_eq!(annotations[PART_ANNOTATION], "0");
     assert_eq!(registry.tags(), [version_tag(&web(), 0), part_tag(&web(), 0, 0)]);
 
     // Encrypted, and read back by a store that has seen nothing of it.
@@ -332,10 +336,10 @@ fn versions_round_trip_through_a_registry_plain_and_encrypted() {
     let dest = s.out.join("v1");
     materialize(&registry.store(), &web(), 1, Some(&cipher), &dest).unwrap().verify().unwrap();
     same_files(cp.dir(), &dest);
-    for layer in registry.parts(&web(), 1).iter().flat_map(|p| &p.layers) {
-        let blob = std::fs::read(registry.blob_file(&layer.digest)).unwrap();
-        assert!(!blob.windows(64).any(|w| w == &pages[4096..4160]), "{} holds plaintext", layer.digest);
-        assert!(!blob.windows(9).any(|w| w == b"inventory"), "{} holds plaintext", layer.digest);
+    for layer in registry.parts(&web(), 1).iter().flat_map(|p| p.layers()) {
+        let blob = std::fs::read(registry.blob_file(layer.digest())).unwrap();
+        assert!(!blob.windows(64).any(|w| w == &pages[4096..4160]), "{} holds plaintext", layer.digest());
+        assert!(!blob.windows(9).any(|w| w == b"inventory"), "{} holds plaintext", layer.digest());
     }
 }
 
@@ -387,18 +391,19 @@ fn a_version_of_many_parts_round_trips_plain_and_encrypted() {
     let config = fresh.get_manifest(&web(), 0).unwrap().unwrap();
     let distinct = distinct_chunks(&read_manifest(&fresh, &web(), 0).unwrap());
     let parts = registry.parts(&web(), 0);
-    let packs = parts.iter().flat_map(OciManifest::packs).count();
-    assert!(parts.len() >= 4, "{packs} packs in {} parts", parts.len());
-    assert_eq!(parts.len(), packs.div_ceil(2));
+    let pack_count = parts.iter().flat_map(packs).count();
+    assert!(parts.len() >= 4, "{pack_count} packs in {} parts", parts.len());
+    assert_eq!(parts.len(), pack_count.div_ceil(2));
     // Each distinct chunk in one pack, in the manifest's order; every part
     // names the version manifest and its own place.
     let packed: Vec<ChunkId> = parts.iter().flat_map(|p| registry.packed_chunks(p)).collect();
     assert_eq!(packed, distinct);
     for (number, part) in parts.iter().enumerate() {
-        assert!(part.layers.len() <= 4);
-        assert_eq!(part.config.digest, Digest::of(&config));
-        assert_eq!(part.annotations[PART_ANNOTATION], number.to_string());
-        assert_eq!(part.annotations[VERSION_ANNOTATION], "0");
+        assert!(part.layers().len() <= 4);
+        assert_eq!(*part.config().digest(), sha256_of(&config));
+        let annotations = part.annotations().as_ref().unwrap();
+        assert_eq!(annotations[PART_ANNOTATION], number.to_string());
+        assert_eq!(annotations[VERSION_ANNOTATION], "0");
     }
     let mut tags: Vec<String> = (0..parts.len()).map(|p| part_tag(&web(), 0, p)).collect();
     tags.push(version_tag(&web(), 0));
@@ -423,9 +428,11 @@ fn a_version_of_many_parts_round_trips_plain_and_encrypted() {
 
     // An index whose parts belong to two versions is refused.
     let mut mixed = registry.index(&web(), 1);
-    mixed.manifests[1] = registry.index(&web(), 2).manifests.remove(1);
+    let mut manifests = mixed.manifests().clone();
+    manifests[1] = registry.index(&web(), 2).manifests()[1].clone();
+    mixed.set_manifests(manifests);
     let mixed = serde_json::to_vec(&mixed).unwrap();
-    registry.api().put_manifest(&version_tag(&web(), 9), OCI_INDEX, &mixed, format_args!("test")).unwrap();
+    registry.api().put_manifest(&version_tag(&web(), 9), &MediaType::ImageIndex, &mixed, format_args!("test")).unwrap();
     let err = read_manifest(&registry.store(), &web(), 9).unwrap_err();
     assert!(matches!(err, VersionError::BadVersionManifest { version: 9, .. }), "{err}");
     assert!(err.to_string().contains("belongs to another version manifest"), "{err}");
@@ -465,14 +472,14 @@ fn an_interrupted_upload_is_never_listed_and_its_parts_are_collected() {
     // left: the version's part tags are exactly its index's parts. (A store
     // opened afresh would upload new packs: packs no version lists are
     // found by none, and the registry's garbage collector takes them.)
-    let left: Vec<Digest> = left.iter().map(|t| Digest::of(&registry.manifest(t).unwrap())).collect();
+    let left: Vec<Digest> = left.iter().map(|t| sha256_of(&registry.manifest(t).unwrap())).collect();
     let report = push(&dying, &cp, 1, None);
     assert_eq!(report.chunks_new, 0, "{report:?}");
     materialize(&store, &web(), 1, None, &s.out.join("v1")).unwrap();
-    let tagged: Vec<Digest> = parts_of(1).iter().map(|t| Digest::of(&registry.manifest(t).unwrap())).collect();
-    let indexed: Vec<Digest> = registry.index(&web(), 1).manifests.into_iter().map(|d| d.digest).collect();
+    let tagged: Vec<Digest> = parts_of(1).iter().map(|t| sha256_of(&registry.manifest(t).unwrap())).collect();
+    let indexed: Vec<Digest> = registry.index(&web(), 1).manifests().iter().map(|d| d.digest().clone()).collect();
     assert_eq!(tagged.iter().collect::<HashSet<_>>(), indexed.iter().collect::<HashSet<_>>());
-    assert!(left.iter().all(|d| registry.manifest(&d.to_string()).is_none()), "an old part is still there");
+    assert!(left.iter().all(|d| registry.manifest(d.as_ref()).is_none()), "an old part is still there");
 
     // Parts of no version are deleted once older than the grace period,
     // and the registry's garbage collector then takes their chunks.
@@ -618,7 +625,7 @@ fn containers_are_listed_by_their_names_beside_other_artifacts() {
     }
     // An image tagged latest, and one under a tag shaped like a version.
     let api = registry.api();
-    let config = api.push_blob(Digest::of(b"{}"), b"{}", format_args!("test")).unwrap();
+    let config = api.push_blob(sha256_of(b"{}"), b"{}", format_args!("test")).unwrap();
     let image = serde_json::json!({
         "schemaVersion": 2,
         "mediaType": "application/vnd.oci.image.manifest.v1+json",
@@ -628,7 +635,7 @@ fn containers_are_listed_by_their_names_beside_other_artifacts() {
     let image = serde_json::to_vec(&image).unwrap();
     let impostor = ContainerRef::new("default", "impostor").unwrap();
     for tag in ["latest".to_owned(), version_tag(&impostor, 0)] {
-        api.put_manifest(&tag, OCI_MANIFEST, &image, format_args!("test")).unwrap();
+        api.put_manifest(&tag, &MediaType::ImageManifest, &image, format_args!("test")).unwrap();
     }
 
     // A fresh store learns the names from the annotations.
@@ -666,30 +673,35 @@ fn wrong_keys_and_damaged_blobs_are_detected() {
     let m = read_manifest(&store, &web(), 0).unwrap();
     let pages = &m.files.iter().find(|f| f.path == "criu/pages-1.img").unwrap().chunks;
     let (victim, donor) = (pages[1].id, pages[2].id);
-    let [mut part] = <[OciManifest; 1]>::try_from(registry.parts(&web(), 0)).unwrap();
-    let [blobs] = <[PackBlobs; 1]>::try_from(part.packs().collect::<Vec<_>>()).unwrap();
+    let [mut part] = <[ImageManifest; 1]>::try_from(registry.parts(&web(), 0)).unwrap();
+    let [blobs] = <[PackBlobs; 1]>::try_from(packs(&part).collect::<Vec<_>>()).unwrap();
     let mut forged = registry.pack_index(&blobs);
     let donor_at = *forged.chunks.iter().find(|c| c.id == donor).unwrap();
     let at = forged.chunks.iter_mut().find(|c| c.id == victim).unwrap();
     (at.offset, at.size) = (donor_at.offset, donor_at.size);
     let forged = serde_json::to_vec(&forged).unwrap();
     let api = registry.api();
-    let forged = api.push_blob(Digest::of(&forged), &forged, format_args!("test")).unwrap();
-    for layer in &mut part.layers {
-        if layer.digest == blobs.index.digest {
-            (layer.digest, layer.size) = (forged.digest.clone(), forged.size);
+    let forged = api.push_blob(sha256_of(&forged), &forged, format_args!("test")).unwrap();
+    for layer in part.layers_mut() {
+        if *layer.digest() == blobs.index.digest {
+            layer.set_digest(forged.digest.clone());
+            layer.set_size(forged.size);
         }
-        if let Some(index) = layer.annotations.get_mut(PACK_INDEX_ANNOTATION) {
+        let mut annotations = layer.annotations().clone().unwrap_or_default();
+        if let Some(index) = annotations.get_mut(PACK_INDEX_ANNOTATION) {
             *index = forged.digest.to_string();
+            layer.set_annotations(Some(annotations));
         }
     }
     let swapped = serde_json::to_vec(&part).unwrap();
-    api.put_manifest(&part_tag(&web(), 0, 0), OCI_MANIFEST, &swapped, format_args!("test")).unwrap();
+    api.put_manifest(&part_tag(&web(), 0, 0), &MediaType::ImageManifest, &swapped, format_args!("test")).unwrap();
     let mut index = registry.index(&web(), 0);
-    index.manifests[0].digest = Digest::of(&swapped);
-    index.manifests[0].size = swapped.len() as u64;
+    let mut manifests = index.manifests().clone();
+    manifests[0].set_digest(sha256_of(&swapped));
+    manifests[0].set_size(swapped.len() as u64);
+    index.set_manifests(manifests);
     let index = serde_json::to_vec(&index).unwrap();
-    api.put_manifest(&version_tag(&web(), 0), OCI_INDEX, &index, format_args!("test")).unwrap();
+    api.put_manifest(&version_tag(&web(), 0), &MediaType::ImageIndex, &index, format_args!("test")).unwrap();
     let err = materialize(&registry.store(), &web(), 0, Some(&cipher), &s.out.join("a")).unwrap_err();
     assert!(matches!(&err, VersionError::ChunkDamaged { id, .. } if *id == victim), "{err}");
 
@@ -701,7 +713,7 @@ fn wrong_keys_and_damaged_blobs_are_detected() {
     let (pack, at) = registry
         .parts(&web(), 1)
         .iter()
-        .flat_map(OciManifest::packs)
+        .flat_map(packs)
         .find_map(|p| Some((p.pack.digest.clone(), *registry.pack_index(&p).chunks.iter().find(|c| c.id == victim)?)))
         .unwrap();
     let path = registry.blob_file(&pack);
@@ -749,7 +761,7 @@ fn images_checkpoint(s: &Setup, id: &str, images: &[Vec<u8>]) -> Checkpoint {
         std::fs::write(criu.join(format!("pagemap-{}.img", i + 1)), b"pagemap").unwrap();
         std::fs::write(criu.join(format!("pages-{}.img", i + 1)), pages).unwrap();
     }
-    staging.add_file(crate::CONFIG_FILE, br#"{"ociVersion": "1.2.0"}"#).unwrap();
+    staging.add_file(migrate_oci::CONFIG_FILE, br#"{"ociVersion": "1.2.0"}"#).unwrap();
     staging.commit(commit_info(None)).unwrap()
 }
 
@@ -770,15 +782,15 @@ fn a_gibibyte_version() {
     let first = push(&store, &cp, 0, None);
     let full = t.elapsed().as_secs_f64();
     let index = registry.index(&web(), 0);
-    let largest = index.manifests.iter().map(|d| d.size).max().unwrap();
+    let largest = index.manifests().iter().map(|d| d.size()).max().unwrap();
     let distinct = distinct_chunks(&read_manifest(&store, &web(), 0).unwrap()).len();
-    let packs = registry.parts(&web(), 0).iter().flat_map(OciManifest::packs).count();
+    let pack_count = registry.parts(&web(), 0).iter().flat_map(packs).count();
     println!(
-        "version 0: {:.0} MiB, {} chunks ({distinct} distinct) in {packs} packs, {} parts (largest {:.2} MiB), \
+        "version 0: {:.0} MiB, {} chunks ({distinct} distinct) in {pack_count} packs, {} parts (largest {:.2} MiB), \
          stored in {full:.1} s ({:.0} MiB/s)",
         first.bytes_total as f64 / MIB,
         first.chunks_total,
-        index.manifests.len(),
+        index.manifests().len(),
         largest as f64 / MIB,
         first.bytes_total as f64 / MIB / full,
     );

@@ -28,12 +28,12 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use super::{
+use crate::{
     ContainerRef, GcReport, VersionStore,
     crypto::ChunkId,
     error::{Result, VersionError},
 };
-use crate::durable::{rename_noreplace, unique_suffix};
+use migrate_oci::durable::{rename_noreplace, unique_suffix};
 
 const CHUNKS_DIR: &str = "chunks";
 const CONTAINERS_DIR: &str = "containers";
@@ -336,7 +336,7 @@ impl VersionStore for DirStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::versions::crypto::chunk_id;
+    use crate::crypto::chunk_id;
 
     fn web() -> ContainerRef {
         ContainerRef::new("default", "web").unwrap()
@@ -346,7 +346,7 @@ mod tests {
     fn opening_creates_the_layout() {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("file://{}", dir.path().join("s").display());
-        url.parse::<super::super::StoreLocation>().unwrap().open().unwrap();
+        url.parse::<crate::StoreLocation>().unwrap().open().unwrap();
         assert!(dir.path().join("s/chunks").is_dir() && dir.path().join("s/containers").is_dir());
     }
 

@@ -6,8 +6,8 @@
 
 use std::{io, path::PathBuf};
 
-use super::{ContainerRef, crypto::ChunkId};
-use crate::hashing::Sha256;
+use crate::{ContainerRef, crypto::ChunkId};
+use migrate_oci::Sha256;
 
 pub type Result<T, E = VersionError> = std::result::Result<T, E>;
 
@@ -37,7 +37,7 @@ pub enum VersionError {
     Checkpoint {
         dir: PathBuf,
         #[source]
-        source: Box<crate::Error>,
+        source: Box<migrate_oci::Error>,
     },
 
     #[error(
@@ -50,7 +50,7 @@ pub enum VersionError {
         dir: PathBuf,
         parent: String,
         #[source]
-        source: Box<crate::Error>,
+        source: Box<migrate_oci::Error>,
     },
 
     #[error("{}: its chain of parents comes back to checkpoint {parent}; CRIU's parent images cannot form a loop", dir.display())]
@@ -131,7 +131,7 @@ pub enum VersionError {
         container: ContainerRef,
         version: u64,
         #[source]
-        source: Box<crate::Error>,
+        source: Box<migrate_oci::Error>,
     },
 
     #[error("{} already exists: materialize into a new directory", path.display())]

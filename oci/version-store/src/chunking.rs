@@ -33,7 +33,7 @@ use std::io::{self, Read};
 
 use serde::{Deserialize, Serialize};
 
-use crate::manifest::is_memory_image;
+use migrate_oci::layout::is_memory_image;
 
 /// A way of cutting a file, recorded per file in the version manifest
 /// (a fixed grid, measured above, is not one).

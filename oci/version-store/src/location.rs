@@ -5,7 +5,7 @@
 
 use std::{fmt, path::PathBuf, str::FromStr};
 
-use super::{
+use crate::{
     DirStore, RegistryStore, VersionStore,
     error::{Result, VersionError},
 };

@@ -8,17 +8,16 @@
 
 use std::{fmt, ops::Range, time::Duration};
 
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use oci_spec::image::{Digest, MediaType, Sha256Digest};
+use serde::Deserialize;
 use sha2::Digest as _;
 use ureq::http::{self, HeaderMap};
 
-use super::{
+use crate::{
     RegistryLocation, StoreLocation,
     error::{Result, VersionError},
 };
 
-pub(super) const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-pub(super) const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 /// What manifest reads accept: both, since a registry not asked for an
 /// index answers as if there were none (distribution 2.8: 404
 /// MANIFEST_UNKNOWN).
@@ -33,41 +32,15 @@ const MAX_ANSWER: u64 = 256 << 20;
 /// `Link` header to the next page.
 const TAGS_PER_PAGE: u32 = 1000;
 
-/// A content digest as registries name blobs and manifests. Only sha256
-/// digests are made or accepted, which also keeps a digest read from a
-/// manifest from smuggling anything into a URL path.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub(super) struct Digest(String);
-
-impl Digest {
-    pub(super) fn of(bytes: &[u8]) -> Digest {
-        Digest(format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes))))
-    }
-
-    pub(super) fn parse(s: &str) -> Option<Digest> {
-        let hex = s.strip_prefix("sha256:")?;
-        let ok = hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-        ok.then(|| Digest(s.to_owned()))
-    }
-}
-
-impl fmt::Display for Digest {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl Serialize for Digest {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.0)
-    }
-}
-
-impl<'de> Deserialize<'de> for Digest {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        Digest::parse(&s).ok_or_else(|| serde::de::Error::custom(format!("{s:?} is not a sha256 digest")))
-    }
+/// The sha256 digest of `bytes`, as registries name blobs and manifests.
+/// Only these are made, and what is read is checked against them: a digest
+/// of another algorithm in a manifest (which oci-spec's `Digest` parses)
+/// never matches, so its blob counts as damaged. A `Digest` holds only
+/// `[a-z0-9+._-]:[a-zA-Z0-9=_-]`, so one read from a manifest cannot
+/// smuggle anything into a URL path.
+pub(super) fn sha256_of(bytes: &[u8]) -> Digest {
+    let hex = hex::encode(sha2::Sha256::digest(bytes));
+    hex.parse::<Sha256Digest>().expect("64 lowercase hex digits are a sha256 digest").into()
 }
 
 /// A blob in the registry.
@@ -109,7 +82,7 @@ struct Call<'a> {
 #[derive(Default)]
 struct Send<'a> {
     body: Option<&'a [u8]>,
-    content_type: Option<&'static str>,
+    content_type: Option<&'a str>,
     accept: Option<&'static str>,
     range: Option<&'a str>,
 }
@@ -266,12 +239,13 @@ impl Registry {
     pub(super) fn put_manifest(
         &self,
         tag: &str,
-        media_type: &'static str,
+        media_type: &MediaType,
         bytes: &[u8],
         what: fmt::Arguments<'_>,
     ) -> Result<()> {
         let call = Call { method: "PUT", url: self.url(&format!("manifests/{tag}")), what };
-        let answer = self.send(&call, Send { body: Some(bytes), content_type: Some(media_type), ..Send::default() })?;
+        let send = Send { body: Some(bytes), content_type: Some(media_type.as_ref()), ..Send::default() };
+        let answer = self.send(&call, send)?;
         match answer.status {
             201 => Ok(()),
             _ => Err(self.refused(&call, &answer, hint(answer.status, error_code(&answer).as_deref()))),
@@ -511,14 +485,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn digests_are_sha256_only() {
-        let d = Digest::of(b"abc");
+    fn digests_are_sha256_and_url_safe() {
+        let d = sha256_of(b"abc");
         assert_eq!(d.to_string(), "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
-        assert_eq!(Digest::parse(&d.to_string()), Some(d.clone()));
+        assert_eq!(d.to_string().parse::<Digest>().unwrap(), d);
         for bad in ["sha512:ab", "sha256:../../x", &d.to_string().to_uppercase(), &d.to_string()[..70]] {
-            assert_eq!(Digest::parse(bad), None, "{bad}");
+            assert!(bad.parse::<Digest>().is_err(), "{bad}");
         }
         assert!(serde_json::from_str::<Digest>("\"sha256:x/../y\"").is_err());
+        // Another algorithm parses, but never matches what is read.
+        let sha512 = format!("sha512:{}", "a".repeat(128)).parse::<Digest>().unwrap();
+        assert_ne!(sha512, d);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use std::{collections::HashSet, time::Duration};
 
-use super::{
+use crate::{
     ContainerRef, DEFAULT_GROUP_SIZE, DEFAULT_KEEP_GROUPS, GcReport, VersionStore,
     error::{Result, VersionError},
     materialize::read_manifest,

@@ -8,8 +8,8 @@
 use serde::{Deserialize, Deserializer, Serialize};
 use time::OffsetDateTime;
 
-use super::{chunking::Chunking, crypto::ChunkId};
-use crate::layout;
+use crate::{chunking::Chunking, crypto::ChunkId};
+use migrate_oci::layout;
 
 pub const VERSION_SCHEMA_VERSION: u32 = 1;
 pub const VERSION_MEDIA_TYPE: &str = "application/vnd.containerd-migrate.version.manifest.v1+json";
@@ -84,7 +84,7 @@ pub struct ParentCheckpoint {
 pub struct Encryption {
     /// "xchacha20poly1305", chunk ids "hmac-sha256".
     pub algorithm: String,
-    /// Names the key (see [`super::ChunkCipher::key_id`]), so that a wrong
+    /// Names the key (see [`crate::ChunkCipher::key_id`]), so that a wrong
     /// key is told apart from a damaged chunk.
     pub key_id: String,
 }
@@ -119,7 +119,7 @@ impl VersionManifest {
 /// A parent's id becomes a directory name when the version is rebuilt.
 fn checkpoint_id<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     let id = String::deserialize(d)?;
-    crate::validate_id(&id).map_err(|e| serde::de::Error::custom(format!("parent {e}")))?;
+    migrate_oci::validate_id(&id).map_err(|e| serde::de::Error::custom(format!("parent {e}")))?;
     Ok(id)
 }
 
@@ -136,10 +136,10 @@ fn file_path<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::versions::chunking::MEMORY_CHUNKING;
+    use crate::chunking::MEMORY_CHUNKING;
 
     fn sample() -> VersionManifest {
-        let id = crate::versions::crypto::chunk_id(None, b"x");
+        let id = crate::crypto::chunk_id(None, b"x");
         VersionManifest {
             schema_version: VERSION_SCHEMA_VERSION,
             media_type: VERSION_MEDIA_TYPE.into(),
@@ -185,7 +185,7 @@ mod tests {
 
         let mut m = sample();
         m.mode = IncrementalMode::CriuParent;
-        let id = crate::versions::crypto::chunk_id(None, b"y");
+        let id = crate::crypto::chunk_id(None, b"y");
         m.parents.push(ParentCheckpoint {
             id: "web-pre-0".into(),
             files: vec![VersionFile {

@@ -14,11 +14,12 @@
 
 use std::collections::HashSet;
 
+use oci_spec::image::Digest;
 use serde::{Deserialize, Serialize};
 
-use super::{
+use crate::{
     crypto::ChunkId,
-    registry_api::{Blob, Digest},
+    registry_api::{Blob, sha256_of},
 };
 
 pub(super) const PACK_MEDIA_TYPE: &str = "application/vnd.containerd-migrate.pack.v1";
@@ -108,7 +109,7 @@ impl PackBuilder {
 
     pub(super) fn finish(self) -> FinishedPack {
         let index =
-            PackIndex { media_type: PACK_INDEX_MEDIA_TYPE.into(), pack: Digest::of(&self.bytes), chunks: self.chunks };
+            PackIndex { media_type: PACK_INDEX_MEDIA_TYPE.into(), pack: sha256_of(&self.bytes), chunks: self.chunks };
         let index_bytes = serde_json::to_vec(&index).expect("a pack index serializes");
         FinishedPack { bytes: self.bytes, index, index_bytes }
     }
@@ -117,7 +118,7 @@ impl PackBuilder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::versions::crypto::chunk_id;
+    use crate::crypto::chunk_id;
 
     #[test]
     fn a_pack_holds_each_chunk_once_at_its_offset() {
@@ -129,7 +130,7 @@ mod tests {
         assert!(builder.contains(&a) && builder.len() == 5);
         let pack = builder.finish();
         assert_eq!(pack.bytes, b"aaabb");
-        let blob = Blob { digest: Digest::of(&pack.bytes), size: 5 };
+        let blob = Blob { digest: sha256_of(&pack.bytes), size: 5 };
         let index = PackIndex::parse(&pack.index_bytes, &blob).unwrap();
         assert_eq!(index, pack.index);
         assert_eq!(
@@ -143,7 +144,7 @@ mod tests {
         let mut builder = PackBuilder::default();
         builder.push(chunk_id(None, b"aaa"), b"aaa");
         let pack = builder.finish();
-        let other = Blob { digest: Digest::of(b"other"), size: 3 };
+        let other = Blob { digest: sha256_of(b"other"), size: 3 };
         assert!(PackIndex::parse(&pack.index_bytes, &other).unwrap_err().contains("describes pack"));
         let short = Blob { digest: pack.index.pack.clone(), size: 2 };
         assert!(PackIndex::parse(&pack.index_bytes, &short).unwrap_err().contains("past the pack's 2 bytes"));

@@ -51,7 +51,7 @@
 //! both collectors while their version lives, and leftovers are found in
 //! the tag list. `registry_tests` checks both collectors.
 //!
-//! **Chunks** are kept in packs ([`super::registry_pack`]): blobs of
+//! **Chunks** are kept in packs ([`crate::registry_pack`]): blobs of
 //! about 8 MiB of chunks, each with an index blob saying which chunk is
 //! where in it. The store keeps a map chunk id → (pack, offset, size),
 //! filled from the packs it uploads, from the parts (and new pack
@@ -108,17 +108,18 @@ use std::{
     time::Duration,
 };
 
+use oci_spec::image::{Descriptor, Digest, ImageIndex, ImageManifest, MediaType};
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 
-use super::{
+use crate::{
     ContainerRef, GcReport, RegistryLocation, VersionStore,
     crypto::ChunkId,
     error::{Result, VersionError},
     manifest::VersionManifest,
-    registry_api::{Blob, Digest, OCI_INDEX, OCI_MANIFEST, Registry},
+    registry_api::{Blob, Registry, sha256_of},
     registry_artifact::{
-        Descriptor, OciIndex, OciManifest, PART_PACKS, PackBlobs, container_hash, parse_part_tag, parse_version_tag,
-        part_tag, version_tag,
+        PART_PACKS, PackBlobs, container_hash, is_part, is_version, packs, parse_part_tag, parse_version_tag,
+        part_manifest, part_tag, pushed, version_container, version_index, version_tag,
     },
     registry_pack::{PACK_BYTES, PackBuilder, PackIndex},
 };
@@ -287,26 +288,26 @@ impl RegistryStore {
 
     /// The version index tagged `tag` and its digest, or None if there is
     /// none or it is not a version.
-    fn read_index(&self, tag: &str, what: fmt::Arguments<'_>) -> Result<Option<(Digest, OciIndex)>> {
+    fn read_index(&self, tag: &str, what: fmt::Arguments<'_>) -> Result<Option<(Digest, ImageIndex)>> {
         let Some(body) = self.registry.get_manifest(tag, what)? else { return Ok(None) };
-        let index = serde_json::from_slice::<OciIndex>(&body).ok().filter(OciIndex::is_version);
-        Ok(index.map(|index| (Digest::of(&body), index)))
+        let index = serde_json::from_slice::<ImageIndex>(&body).ok().filter(is_version);
+        Ok(index.map(|index| (sha256_of(&body), index)))
     }
 
     /// Reads every part of version index `index`, in order, and the indexes
     /// of their packs not read yet into `located`, and returns the version
     /// manifest they all name; Err says what is wrong with the parts.
-    fn read_parts(&self, index: &OciIndex, what: fmt::Arguments<'_>) -> Result<Result<Digest, String>> {
+    fn read_parts(&self, index: &ImageIndex, what: fmt::Arguments<'_>) -> Result<Result<Digest, String>> {
         let mut config: Option<Digest> = None;
-        for descriptor in &index.manifests {
+        for descriptor in index.manifests() {
             let part = match self.read_part(descriptor, what)? {
                 Ok(part) => part,
                 Err(reason) => return Ok(Err(reason)),
             };
-            if config.get_or_insert_with(|| part.config.digest.clone()) != &part.config.digest {
-                return Ok(Err(format!("its part {} belongs to another version manifest", descriptor.digest)));
+            if config.get_or_insert_with(|| part.config().digest().clone()) != part.config().digest() {
+                return Ok(Err(format!("its part {} belongs to another version manifest", descriptor.digest())));
             }
-            for blobs in part.packs() {
+            for blobs in packs(&part) {
                 if let Err(reason) = self.read_pack_index(blobs, what)? {
                     return Ok(Err(reason));
                 }
@@ -317,17 +318,19 @@ impl RegistryStore {
 
     /// The part `descriptor` names, checked against its digest; Err says
     /// why it is not a part.
-    fn read_part(&self, descriptor: &Descriptor, what: fmt::Arguments<'_>) -> Result<Result<OciManifest, String>> {
-        let digest = &descriptor.digest;
-        let Some(body) = self.registry.get_manifest(&digest.to_string(), what)? else {
+    fn read_part(&self, descriptor: &Descriptor, what: fmt::Arguments<'_>) -> Result<Result<ImageManifest, String>> {
+        let digest = descriptor.digest();
+        let Some(body) = self.registry.get_manifest(digest.as_ref(), what)? else {
             return Ok(Err(format!("its part {digest} is missing from the registry")));
         };
-        if Digest::of(&body) != *digest {
+        if sha256_of(&body) != *digest {
             return Ok(Err(format!("its part {digest} is damaged")));
         }
-        Ok(match serde_json::from_slice::<OciManifest>(&body) {
-            Ok(part) if part.is_part() => Ok(part),
-            Ok(other) => Err(format!("its part {digest} holds a {}, not a version's chunks", other.config.media_type)),
+        Ok(match serde_json::from_slice::<ImageManifest>(&body) {
+            Ok(part) if is_part(&part) => Ok(part),
+            Ok(other) => {
+                Err(format!("its part {digest} holds a {}, not a version's chunks", other.config().media_type()))
+            }
             Err(e) => Err(format!("its part {digest} is not an OCI image manifest: {e}")),
         })
     }
@@ -345,7 +348,7 @@ impl RegistryStore {
                 blobs.pack.digest
             )));
         };
-        if Digest::of(&bytes) != *digest {
+        if sha256_of(&bytes) != *digest {
             return Ok(Err(format!("the index {digest} of its pack {} is damaged", blobs.pack.digest)));
         }
         let index = match PackIndex::parse(&bytes, &blobs.pack) {
@@ -377,7 +380,7 @@ impl RegistryStore {
         let chunks = pack.index.chunks.len();
         let what = format_args!("uploading a pack of {chunks} chunks");
         let pack_blob = self.registry.push_blob(pack.index.pack.clone(), &pack.bytes, what)?;
-        let index_blob = self.registry.push_blob(Digest::of(&pack.index_bytes), &pack.index_bytes, what)?;
+        let index_blob = self.registry.push_blob(sha256_of(&pack.index_bytes), &pack.index_bytes, what)?;
         self.learn(PackBlobs { pack: pack_blob, index: index_blob }, &pack.index, true);
         Ok(())
     }
@@ -414,7 +417,7 @@ impl RegistryStore {
         }
         // The version after this one refreshes the index once more.
         self.state().refreshed = false;
-        let digest = Digest::of(bytes);
+        let digest = sha256_of(bytes);
         let config = match self.registry.blob_size(&digest, what)? {
             Some(size) => Blob { digest, size },
             None => self.registry.push_blob(digest, bytes, what)?,
@@ -426,10 +429,15 @@ impl RegistryStore {
             if packs.is_empty() { vec![&[]] } else { packs.chunks(self.part_packs).collect() };
         let mut parts = Vec::with_capacity(slices.len());
         for (number, slice) in slices.into_iter().enumerate() {
-            let part = OciManifest::part(container, version, number, &pushed, &config, slice);
+            let part = part_manifest(container, version, number, &pushed, &config, slice);
             let body = serde_json::to_vec(&part).expect("an OCI manifest serializes");
-            self.registry.put_manifest(&part_tag(container, version, number), OCI_MANIFEST, &body, what)?;
-            parts.push(Blob { digest: Digest::of(&body), size: body.len() as u64 });
+            self.registry.put_manifest(
+                &part_tag(container, version, number),
+                &MediaType::ImageManifest,
+                &body,
+                what,
+            )?;
+            parts.push(Blob { digest: sha256_of(&body), size: body.len() as u64 });
         }
         let created = manifest.created.format(&Rfc3339).expect("a version's time formats as RFC 3339");
         Ok(PushedParts { created, config: config.digest, parts })
@@ -440,12 +448,12 @@ impl RegistryStore {
     fn put_index(&self, container: &ContainerRef, version: u64, parts: PushedParts) -> Result<()> {
         let what = format_args!("storing version {version} of {container}");
         let tag = version_tag(container, version);
-        let index = OciIndex::version(container, version, &parts.created, &parts.parts);
+        let index = version_index(container, version, &parts.created, &parts.parts);
         let body = serde_json::to_vec(&index).expect("an OCI index serializes");
-        self.registry.put_manifest(&tag, OCI_INDEX, &body, what)?;
+        self.registry.put_manifest(&tag, &MediaType::ImageIndex, &body, what)?;
         let mut state = self.state();
         state.indexed_tags.insert(tag);
-        state.configs.insert(Digest::of(&body), parts.config);
+        state.configs.insert(sha256_of(&body), parts.config);
         state.containers.insert(container_hash(container), container.clone());
         Ok(())
     }
@@ -459,7 +467,7 @@ impl RegistryStore {
         let tags = self.registry.tags(what)?;
         for tag in tags.iter().filter(|tag| parse_part_tag(tag).is_some_and(|(version_tag, _)| version_tag == ours)) {
             let Some(body) = self.registry.get_manifest(tag, what)? else { continue };
-            match self.registry.delete_manifest(&Digest::of(&body), what) {
+            match self.registry.delete_manifest(&sha256_of(&body), what) {
                 Ok(_) => {}
                 // Then the old part only loses its tag. Failing instead
                 // would keep this version from ever being stored.
@@ -478,7 +486,7 @@ impl RegistryStore {
                 wanted.push((at, i));
             }
         }
-        wanted.sort_by(|(a, _), (b, _)| (&a.pack, a.offset).cmp(&(&b.pack, b.offset)));
+        wanted.sort_by(|(a, _), (b, _)| (a.pack.as_ref(), a.offset).cmp(&(b.pack.as_ref(), b.offset)));
         let mut runs: Vec<Run> = Vec::new();
         for (at, i) in wanted {
             let chunk = at.offset..at.offset + u64::from(at.size);
@@ -572,7 +580,8 @@ impl VersionStore for RegistryStore {
             // the least likely to be deleted by a retention meanwhile.
             numbers.sort_unstable();
             for version in numbers.iter().rev() {
-                let named = self.read_index(&format!("{hash}-{version}"), what)?.and_then(|(_, i)| i.container());
+                let named =
+                    self.read_index(&format!("{hash}-{version}"), what)?.and_then(|(_, i)| version_container(&i));
                 if let Some(container) = named.filter(|c| container_hash(c) == hash) {
                     self.state().containers.insert(hash, container.clone());
                     out.push(container);
@@ -605,13 +614,13 @@ impl VersionStore for RegistryStore {
         let what = format_args!("reading version {version} of {container}");
         let Some(body) = self.registry.get_manifest(&tag, what)? else { return Ok(None) };
         let bad = |reason: String| VersionError::BadVersionManifest { container: container.clone(), version, reason };
-        let index: OciIndex = serde_json::from_slice(&body)
+        let index: ImageIndex = serde_json::from_slice(&body)
             .map_err(|e| bad(format!("tag {tag} holds no OCI image index ({e}), so no version")))?;
-        if !index.is_version() {
-            let kind = index.artifact_type.as_deref().unwrap_or("no artifact type");
+        if !is_version(&index) {
+            let kind = index.artifact_type().as_ref().map_or("no artifact type", |t| t.as_ref());
             return Err(bad(format!("tag {tag} holds an index of {kind}, not a version")));
         }
-        let digest = Digest::of(&body);
+        let digest = sha256_of(&body);
         let known = self.state().configs.get(&digest).cloned();
         let config = match known {
             Some(config) => config,
@@ -627,7 +636,7 @@ impl VersionStore for RegistryStore {
             .registry
             .get_blob(&config, what)?
             .ok_or_else(|| bad(format!("its config blob {config} is missing from the registry")))?;
-        if Digest::of(&bytes) != config {
+        if sha256_of(&bytes) != config {
             return Err(bad(format!("its config blob {config} is damaged")));
         }
         Ok(Some(bytes))
@@ -642,7 +651,7 @@ impl VersionStore for RegistryStore {
         // Registries delete manifests by digest only; the digest of the
         // bytes is the manifest's, whatever headers a registry sends.
         let Some(body) = self.registry.get_manifest(&tag, what)? else { return Ok(false) };
-        let digest = Digest::of(&body);
+        let digest = sha256_of(&body);
         let deleted = self.registry.delete_manifest(&digest, what)?;
         {
             let mut state = self.state();
@@ -651,9 +660,9 @@ impl VersionStore for RegistryStore {
         }
         // Interrupted here, the parts are left tagged without an index, as
         // by an interrupted upload, and gc_chunks deletes them.
-        let parts = serde_json::from_slice::<OciIndex>(&body).ok().filter(OciIndex::is_version);
-        for part in parts.iter().flat_map(|index| &index.manifests) {
-            self.registry.delete_manifest(&part.digest, what)?;
+        let parts = serde_json::from_slice::<ImageIndex>(&body).ok().filter(is_version);
+        for part in parts.iter().flat_map(|index| index.manifests()) {
+            self.registry.delete_manifest(part.digest(), what)?;
         }
         Ok(deleted)
     }
@@ -681,13 +690,13 @@ impl VersionStore for RegistryStore {
                 continue;
             }
             let Some(body) = self.registry.get_manifest(tag, what)? else { continue };
-            let Ok(part) = serde_json::from_slice::<OciManifest>(&body) else { continue };
+            let Ok(part) = serde_json::from_slice::<ImageManifest>(&body) else { continue };
             // Another artifact's, or maybe the next version's, about to be
             // committed by its index.
-            if !part.is_part() || part.pushed().is_none_or(|pushed| now - pushed < grace) {
+            if !is_part(&part) || pushed(&part).is_none_or(|pushed| now - pushed < grace) {
                 continue;
             }
-            if self.registry.delete_manifest(&Digest::of(&body), what)? {
+            if self.registry.delete_manifest(&sha256_of(&body), what)? {
                 report.temp_files_removed += 1;
             }
         }

@@ -5,7 +5,7 @@ use std::{collections::HashSet, fs::File, path::Path};
 use sha2::Digest;
 use time::OffsetDateTime;
 
-use super::{
+use crate::{
     ContainerRef, VersionStore,
     chunking::{self, chunking_for},
     crypto::{self, ChunkCipher},
@@ -16,7 +16,7 @@ use super::{
         VERSION_SCHEMA_VERSION, VersionFile, VersionManifest,
     },
 };
-use crate::{Checkpoint, hashing::Sha256, layout};
+use migrate_oci::{Checkpoint, Sha256, layout};
 
 /// What storing one version cost.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,13 +115,13 @@ fn parent_chain(checkpoint: &Checkpoint) -> Result<Vec<Checkpoint>> {
             parent: parent.clone(),
             source: Box::new(source),
         };
-        crate::validate_id(parent).map_err(unavailable)?;
+        migrate_oci::validate_id(parent).map_err(unavailable)?;
         let dir = child.dir().parent().unwrap_or(Path::new(".")).join(parent);
         let opened = Checkpoint::open(&dir).map_err(unavailable)?;
         // Rebuilt under this id, it must be the name its child links to.
         if opened.manifest().id != *parent {
             let manifest_id = opened.manifest().id.clone();
-            return Err(unavailable(crate::Error::IdMismatch { dir, manifest_id }));
+            return Err(unavailable(migrate_oci::Error::IdMismatch { dir, manifest_id }));
         }
         chain.push(opened);
         child = chain.last().expect("just pushed");

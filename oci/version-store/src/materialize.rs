@@ -7,13 +7,13 @@ use std::{
     sync::atomic::{AtomicUsize, Ordering},
 };
 
-use super::{
+use crate::{
     ContainerRef, VersionStore,
     crypto::{self, ChunkCipher},
     error::{Result, VersionError},
     manifest::{ChunkRef, VERSION_MEDIA_TYPE, VERSION_SCHEMA_VERSION, VersionFile, VersionManifest},
 };
-use crate::{
+use migrate_oci::{
     Checkpoint,
     durable::{rename_noreplace, unique_suffix},
     layout,
@@ -69,7 +69,7 @@ pub fn read_manifest(store: &dyn VersionStore, container: &ContainerRef, version
 /// simplest is to give each call a directory of its own (`DIR/checkpoint`)
 /// and remove `DIR` when done, parents and all.
 ///
-/// [`IncrementalMode::CriuParent`]: super::IncrementalMode::CriuParent
+/// [`IncrementalMode::CriuParent`]: crate::IncrementalMode::CriuParent
 pub fn materialize(
     store: &dyn VersionStore,
     container: &ContainerRef,
@@ -323,13 +323,9 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::{
-        CheckpointStore,
-        testing::commit_info,
-        versions::{
-            DirStore, IncrementalMode, Retention, apply_retention, chunking::tests::memory_image, store_version,
-        },
-    };
+    use migrate_oci::{CheckpointStore, testing::commit_info};
+
+    use crate::{DirStore, IncrementalMode, Retention, apply_retention, chunking::tests::memory_image, store_version};
 
     struct Setup {
         _tmp: tempfile::TempDir,
@@ -362,7 +358,7 @@ mod tests {
         if full {
             std::fs::write(criu.join("inventory.img"), b"inventory").unwrap();
             std::fs::write(criu.join("core-1.img"), format!("registers of {id}")).unwrap();
-            staging.add_file(crate::CONFIG_FILE, br#"{"ociVersion": "1.2.0"}"#).unwrap();
+            staging.add_file(migrate_oci::CONFIG_FILE, br#"{"ociVersion": "1.2.0"}"#).unwrap();
         }
         if let Some(parent) = parent {
             // What CRIU leaves; the commit replaces it with a link in the store.
@@ -435,7 +431,7 @@ mod tests {
         let [_, v0, _] = group(&s);
         store_version(&s.store, v0.dir(), &web(), 0, 5, None).unwrap();
         let other = CheckpointStore::open(s.out.join("other")).unwrap();
-        crate::testing::committed(&other, "pre-0");
+        migrate_oci::testing::committed(&other, "pre-0");
         let before = std::fs::read(other.root().join("pre-0/manifest.json")).unwrap();
 
         let err = materialize(&s.store, &web(), 0, None, &other.root().join("v0")).unwrap_err();

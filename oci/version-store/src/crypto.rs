@@ -24,7 +24,7 @@ use hmac::{Hmac, Mac};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use sha2::{Digest, Sha256};
 
-use super::error::{Result, VersionError};
+use crate::error::{Result, VersionError};
 
 pub const KEY_LEN: usize = 32;
 const NONCE_LEN: usize = 24;
