@@ -16,7 +16,8 @@ pub mod session;
 pub mod shim;
 pub mod startup;
 pub mod stats;
-// TEMP pub mod ticker;
+pub mod ticker;
+pub mod ticker_log;
 
 use std::path::PathBuf;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};

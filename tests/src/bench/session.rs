@@ -119,6 +119,11 @@ impl Session {
         })
     }
 
+    /// Leave the work dir in place at the end (its path is printed).
+    pub fn keep_work(&mut self) {
+        self.keep_work = true;
+    }
+
     /// containerd's XDG_RUNTIME_DIR when [`Needs::private_runtime_dir`] asked for one.
     pub fn runtime_dir(&self) -> PathBuf {
         self.work.join("containerd-tmp")

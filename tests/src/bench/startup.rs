@@ -60,6 +60,15 @@ pub enum Poll {
     Exec,
 }
 
+impl Poll {
+    fn as_str(self) -> &'static str {
+        match self {
+            Poll::Nsenter => "nsenter",
+            Poll::Exec => "exec",
+        }
+    }
+}
+
 #[derive(Args, Debug)]
 pub struct Options {
     /// Cold and restored starts each (interleaved).
@@ -278,7 +287,7 @@ impl Bench<'_> {
 
         // ------------------------------------------ cold against restored
         let mut samples: Vec<Sample> = Vec::new();
-        say(format!("cold and restored starts: {} each, interleaved (polling: {:?})", opts.runs, self.poll));
+        say(format!("cold and restored starts: {} each, interleaved (polling: {})", opts.runs, self.poll.as_str()));
         for i in 0..opts.runs {
             let order = if i % 2 == 0 { ["cold", "restored"] } else { ["restored", "cold"] };
             for kind in order {

@@ -29,6 +29,8 @@ enum Benchmark {
     Startup(bench::startup::Options),
     /// `ctr run --rm` latency and resident memory per shim, migrate.v1 against runc.v2.
     Shim(bench::shim::Options),
+    /// Checkpoint ticker versions against full checkpoints, per dirty rate and store.
+    Ticker(bench::ticker::Options),
 }
 
 fn main() -> ExitCode {
@@ -36,6 +38,7 @@ fn main() -> ExitCode {
         Benchmark::Checkpoint(o) => bench::checkpoint::run(o),
         Benchmark::Startup(o) => bench::startup::run(o),
         Benchmark::Shim(o) => bench::shim::run(o),
+        Benchmark::Ticker(o) => bench::ticker::run(o),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
