@@ -521,7 +521,9 @@ impl Bench<'_> {
         }
 
         let points = |kind: &'static str| -> Vec<(f64, f64)> {
-            ok(kind).filter_map(|s| Some((s.i as f64, s.first_response_ms?))).collect()
+            // Runs count from 0, clones from 1: both plotted from 1.
+            let from_one = u64::from(kind == "cold" || kind == "restored");
+            ok(kind).filter_map(|s| Some(((s.i + from_one) as f64, s.first_response_ms?))).collect()
         };
         plot::lines(
             &session.plot_path("first-response"),

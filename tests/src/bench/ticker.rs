@@ -70,6 +70,15 @@ pub enum Store {
     Oci,
 }
 
+impl Store {
+    fn as_str(self) -> &'static str {
+        match self {
+            Store::File => "file",
+            Store::Oci => "oci",
+        }
+    }
+}
+
 #[derive(Args, Debug)]
 pub struct Options {
     /// Per cent of the pages dirtied per ticker interval, one level each.
@@ -319,7 +328,9 @@ impl Bench<'_> {
         );
         say(format!(
             "dirty {:?} % per tick, stores {:?}, {} ticks of {} MiB (intervals: file {:?} s, oci {:?} s), {} full checkpoints and restores",
-            opts.dirty, opts.stores, opts.ticks, opts.mib, opts.intervals(Store::File), opts.intervals(Store::Oci), opts.runs
+            opts.dirty,
+            opts.stores.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
+            opts.ticks, opts.mib, opts.intervals(Store::File), opts.intervals(Store::Oci), opts.runs
         ));
         say(format!("work dir {} ({}); {staging}", session.work.display(), machine::fs_type(&session.work)));
         let mut fulls = Vec::new();
@@ -463,10 +474,7 @@ impl Bench<'_> {
     /// the newest, alternating with restores of the level's full checkpoint.
     fn ticker_level(&self, store: Store, x: f64, interval: u64, full: &FullLevel) -> Result<TickerLevel> {
         let (opts, session) = (self.opts, self.session);
-        let id = format!("tk-{}-{x}", match store {
-            Store::File => "file",
-            Store::Oci => "oci",
-        });
+        let id = format!("tk-{}-{x}", store.as_str());
         let registry;
         let (url, storage_dir) = match store {
             Store::File => {
@@ -483,7 +491,8 @@ impl Bench<'_> {
         };
         let pct = opts.per_tick_percent(x, interval);
         say(format!(
-            "ticker into {store:?} ({url}), {x} % per {interval} s: memtick --dirty-percent {}, {} versions",
+            "ticker into {} ({url}), {x} % per {interval} s: memtick --dirty-percent {}, {} versions",
+            store.as_str(),
             percent_arg(pct),
             opts.ticks
         ));
@@ -586,7 +595,11 @@ impl Bench<'_> {
             tick_before = t.saturating_sub(1);
         }
 
-        say(format!("restores of version {last:?} of {id}, alternating with the full checkpoint {:?}", full.kept_for_restores));
+        say(format!(
+            "restores of version {} of {id}, alternating with the full checkpoint {}",
+            last.map_or("(none)".to_string(), |v| v.to_string()),
+            full.kept_for_restores.as_ref().map_or("(none)", |(cp, _)| cp.as_str())
+        ));
         let full_root = self.full_dir.display().to_string();
         let mut restores = Vec::new();
         let mut full_restores = Vec::new();
@@ -1015,8 +1028,8 @@ impl Bench<'_> {
             let word = |c: Option<bool>| c.map_or("null".to_string(), |c| c.to_string());
             row("  counter carries on", word(all_continue(&k.restores)), word(fs.continuity), None, String::new(), Some(goal("continuity")));
             out.push_str(&format!(
-                "{:?} store, {} % dirtied per {} s tick, {} versions{}\n",
-                k.store,
+                "{} store, {} % dirtied per {} s tick, {} versions{}\n",
+                k.store.as_str(),
                 k.dirty_percent,
                 k.interval_s,
                 k.versions.len(),
@@ -1068,7 +1081,7 @@ impl Bench<'_> {
             tickers
                 .iter()
                 .map(|k| Series {
-                    name: format!("{:?} {} %", k.store, k.dirty_percent),
+                    name: format!("{} {} %", k.store.as_str(), k.dirty_percent),
                     points: k.versions.iter().filter_map(|v| Some((v.version as f64, f(v)?))).collect(),
                 })
                 .collect()
