@@ -89,8 +89,13 @@ enum Method {
 }
 
 /// The rotation order of the methods.
-const METHODS: [Method; 5] =
-    [Method::Migratectl, Method::MigrateTask, Method::RuncTask, Method::RuncContainer, Method::MigrateContainer];
+const METHODS: [Method; 5] = [
+    Method::Migratectl,
+    Method::MigrateTask,
+    Method::RuncTask,
+    Method::RuncContainer,
+    Method::MigrateContainer,
+];
 
 impl Method {
     fn name(self) -> &'static str {
@@ -111,7 +116,10 @@ impl Method {
     }
 
     fn restores(self) -> bool {
-        matches!(self, Method::Migratectl | Method::RuncContainer | Method::MigrateContainer)
+        matches!(
+            self,
+            Method::Migratectl | Method::RuncContainer | Method::MigrateContainer
+        )
     }
 }
 
@@ -159,7 +167,14 @@ pub fn run(opts: Options) -> Result<()> {
     // a temporary directory under $XDG_RUNTIME_DIR (else /tmp) and never
     // removes it (containerd 2.1.9, any runtime): a private one keeps those
     // copies out of /tmp, and each sample's clean-up empties it.
-    let session = Session::start(&opts.common, Needs { name: "checkpoint", migratectl: true, private_runtime_dir: true })?;
+    let session = Session::start(
+        &opts.common,
+        Needs {
+            name: "checkpoint",
+            migratectl: true,
+            private_runtime_dir: true,
+        },
+    )?;
     let ctrd_tmp = session.runtime_dir();
     measure_all(&opts, &session, &ctrd_tmp)
 }
@@ -190,7 +205,11 @@ fn measure_all(opts: &Options, session: &Session, ctrd_tmp: &Path) -> Result<()>
         opts.runs,
         METHODS.map(Method::name)
     ));
-    say(format!("work dir {} ({}); {staging}", session.work.display(), machine::fs_type(&session.work)));
+    say(format!(
+        "work dir {} ({}); {staging}",
+        session.work.display(),
+        machine::fs_type(&session.work)
+    ));
 
     let mut samples = Vec::new();
     let n = METHODS.len() as u64;
@@ -199,7 +218,11 @@ fn measure_all(opts: &Options, session: &Session, ctrd_tmp: &Path) -> Result<()>
             for k in 0..n {
                 // Rotated each run, and backwards on odd runs, so that no
                 // method always follows the same other one.
-                let j = if run % 2 == 0 { (k + run) % n } else { (n - 1 - k + run) % n };
+                let j = if run % 2 == 0 {
+                    (k + run) % n
+                } else {
+                    (n - 1 - k + run) % n
+                };
                 let method = METHODS[j as usize];
                 memtick::wait_for_memory(3 * mib + 1024);
                 let mut s = Sample {
@@ -223,7 +246,10 @@ fn measure_all(opts: &Options, session: &Session, ctrd_tmp: &Path) -> Result<()>
                         );
                     }
                     Err(e) => {
-                        eprintln!("    {mib:>5} MiB run {run} {:<18} FAILED: {e}", method.name());
+                        eprintln!(
+                            "    {mib:>5} MiB run {run} {:<18} FAILED: {e}",
+                            method.name()
+                        );
                         s.error = Some(e);
                     }
                 }
@@ -271,27 +297,59 @@ fn measure_all(opts: &Options, session: &Session, ctrd_tmp: &Path) -> Result<()>
         opts.runs
     );
     let g = &results.goals;
-    let paired = results.ratios.get(&GOAL_MIB).and_then(|r| r.migrate_task_over_runc_task_total_paired_median);
-    let value = |g: &Goal| if g.value.is_null() { "not measured".to_string() } else { g.value.to_string() };
+    let paired = results
+        .ratios
+        .get(&GOAL_MIB)
+        .and_then(|r| r.migrate_task_over_runc_task_total_paired_median);
+    let value = |g: &Goal| {
+        if g.value.is_null() {
+            "not measured".to_string()
+        } else {
+            g.value.to_string()
+        }
+    };
     let line = |label: &str, g: &Goal, extra: &str| {
-        println!("  {label:<45} {} (goal {}{extra})  {}", value(g), g.goal, g.verdict());
+        println!(
+            "  {label:<45} {} (goal {}{extra})  {}",
+            value(g),
+            g.goal,
+            g.verdict()
+        );
     };
     println!("goals at {GOAL_MIB} MiB:");
     line("migratectl frozen ms", &g.migratectl_frozen_ms, "");
-    line("runc.v2 ctr c checkpoint / migratectl create", &g.migratectl_speedup_over_runc_container_checkpoint, "");
+    line(
+        "runc.v2 ctr c checkpoint / migratectl create",
+        &g.migratectl_speedup_over_runc_container_checkpoint,
+        "",
+    );
     line(
         "ctr t checkpoint migrate.v1 / runc.v2",
         &g.task_checkpoint_migrate_over_runc,
-        &format!("; paired median {}; run-to-run noise here is often 10-30 %", report::num(paired, 3)),
+        &format!(
+            "; paired median {}; run-to-run noise here is often 10-30 %",
+            report::num(paired, 3)
+        ),
     );
     let s = &g.state_continuity;
-    println!("  {:<45} {}  {}", "state continuity after every restore", value(s), s.verdict());
+    println!(
+        "  {:<45} {}  {}",
+        "state continuity after every restore",
+        value(s),
+        s.verdict()
+    );
 
     let failed: Vec<&Sample> = samples.iter().filter(|s| !s.ok).collect();
     if !failed.is_empty() {
         say(format!("{} sample(s) failed:", failed.len()));
         for s in failed {
-            eprintln!("    {} MiB run {} {}: {}", s.mib, s.run, s.method, s.error.as_deref().unwrap_or(""));
+            eprintln!(
+                "    {} MiB run {} {}: {}",
+                s.mib,
+                s.run,
+                s.method,
+                s.error.as_deref().unwrap_or("")
+            );
         }
     }
     plot_frozen(session, &results.summary)?;
@@ -329,25 +387,60 @@ impl Bench<'_> {
         let (img_s, work_s) = (img.display().to_string(), work.display().to_string());
         let out = match method {
             Method::Migratectl => session.migratectl(
-                &["checkpoint", "create", "--root", &store, "--id", &cp_id, "--json", &id],
+                &[
+                    "checkpoint",
+                    "create",
+                    "--root",
+                    &store,
+                    "--id",
+                    &cp_id,
+                    "--json",
+                    &id,
+                ],
                 self.timeout,
             ),
-            Method::MigrateTask | Method::RuncTask => session.ctr(
-                &["tasks", "checkpoint", "--image-path", &img_s, "--work-path", &work_s, &id],
+            Method::MigrateTask | Method::RuncTask => session.run_ctr(
+                &[
+                    "tasks",
+                    "checkpoint",
+                    "--image-path",
+                    &img_s,
+                    "--work-path",
+                    &work_s,
+                    &id,
+                ],
                 self.timeout,
             ),
-            Method::RuncContainer | Method::MigrateContainer => {
-                session.ctr(&["containers", "checkpoint", "--task", "--rw", &id, &reference], self.timeout)
-            }
+            Method::RuncContainer | Method::MigrateContainer => session.run_ctr(
+                &[
+                    "containers",
+                    "checkpoint",
+                    "--task",
+                    "--rw",
+                    &id,
+                    &reference,
+                ],
+                self.timeout,
+            ),
         }?;
         s.total_ms = Some(ms_since(t0));
         if !out.success() {
-            return Err(format!("checkpoint failed: {}", last_lines(&out.stderr_str(), 3)));
+            return Err(format!(
+                "checkpoint failed: {}",
+                last_lines(&out.stderr_str(), 3)
+            ));
         }
         let t1_ms = unix_ms();
 
         // A few ticks past the end of the command, then the counter again.
-        if memtick::wait_tick_after(session, &id, t1_ms + 3 * INTERVAL_MS, Duration::from_secs(30)).is_none() {
+        if memtick::wait_tick_after(
+            session,
+            &id,
+            t1_ms + 3 * INTERVAL_MS,
+            Duration::from_secs(30),
+        )
+        .is_none()
+        {
             return Err(format!(
                 "memtick did not tick on after the checkpoint (task {})",
                 session.status_word(&id)
@@ -390,29 +483,58 @@ impl Bench<'_> {
         Ok(())
     }
 
-    fn restore(&self, method: Method, id: &str, cp_id: &str, reference: &str, s: &mut Sample) -> Result<(), String> {
+    fn restore(
+        &self,
+        method: Method,
+        id: &str,
+        cp_id: &str,
+        reference: &str,
+        s: &mut Sample,
+    ) -> Result<(), String> {
         let session = self.session;
         session.remove(&[id]);
         let rt0_ms = unix_ms();
         let rt0 = Instant::now();
-        let restored_id = if method == Method::Migratectl { format!("{id}-r") } else { id.to_string() };
+        let restored_id = if method == Method::Migratectl {
+            format!("{id}-r")
+        } else {
+            id.to_string()
+        };
         let store = self.store.display().to_string();
         let out = if method == Method::Migratectl {
             session.migratectl(
-                &["restore", "--root", &store, "--checkpoint", cp_id, "--as", &restored_id, "-d", "--json"],
+                &[
+                    "restore",
+                    "--root",
+                    &store,
+                    "--checkpoint",
+                    cp_id,
+                    "--as",
+                    &restored_id,
+                    "-d",
+                    "--json",
+                ],
                 self.timeout,
             )
         } else {
             // ctr hands the restored task its own stdio; memtick ignores the
             // broken pipe once ctr is gone.
-            session.ctr(&["containers", "restore", "--live", "--rw", id, reference], self.timeout)
+            session.run_ctr(
+                &["containers", "restore", "--live", "--rw", id, reference],
+                self.timeout,
+            )
         }?;
         let returned = ms_since(rt0);
         if !out.success() {
-            return Err(format!("restore failed: {}", last_lines(&out.stderr_str(), 3)));
+            return Err(format!(
+                "restore failed: {}",
+                last_lines(&out.stderr_str(), 3)
+            ));
         }
         s.restore_return_ms = Some(returned);
-        let Some(first) = memtick::wait_tick_after(session, &restored_id, rt0_ms, Duration::from_secs(60)) else {
+        let Some(first) =
+            memtick::wait_tick_after(session, &restored_id, rt0_ms, Duration::from_secs(60))
+        else {
             return Err(format!(
                 "the restored counter did not tick within 60 s (task {})",
                 session.status_word(&restored_id)
@@ -432,7 +554,8 @@ impl Bench<'_> {
             || session.task_status(&restored_id).as_deref() != Some("RUNNING")
         {
             s.continuity = Some(false);
-            let log = std::fs::read_to_string(memtick::log_path(session, &restored_id)).unwrap_or_default();
+            let log = std::fs::read_to_string(memtick::log_path(session, &restored_id))
+                .unwrap_or_default();
             let corrupt = log.lines().find(|l| l.contains("CORRUPT")).unwrap_or("");
             return Err(format!(
                 "the restored counter stopped (task {}): {corrupt}",
@@ -445,17 +568,27 @@ impl Bench<'_> {
     /// Bytes of the content behind image `reference`: the checkpoint and
     /// layer blobs its index points to.
     fn image_bytes(&self, reference: &str) -> Option<f64> {
-        let ls = self.session.ctr(&["images", "ls"], Duration::from_secs(30)).ok()?;
+        let ls = self
+            .session
+            .run_ctr(&["images", "ls"], Duration::from_secs(30))
+            .ok()?;
         let digest = ls.stdout_str().lines().find_map(|l| {
             let cols: Vec<&str> = l.split_whitespace().collect();
             (cols.first() == Some(&reference)).then(|| cols.get(2).map(|d| d.to_string()))?
         })?;
-        let content = self.session.ctr(&["content", "get", &digest], Duration::from_secs(30)).ok()?;
+        let content = self
+            .session
+            .run_ctr(&["content", "get", &digest], Duration::from_secs(30))
+            .ok()?;
         let index: Value = serde_json::from_slice(&content.stdout).ok()?;
         let sizes: Vec<f64> = index["manifests"]
             .as_array()?
             .iter()
-            .filter(|m| m["mediaType"].as_str().is_some_and(|t| t.contains("checkpoint") || t.contains("layer")))
+            .filter(|m| {
+                m["mediaType"]
+                    .as_str()
+                    .is_some_and(|t| t.contains("checkpoint") || t.contains("layer"))
+            })
             .filter_map(|m| m["size"].as_f64())
             .collect();
         (!sizes.is_empty()).then(|| sizes.iter().sum())
@@ -468,30 +601,39 @@ impl Bench<'_> {
         session.remove(&[&id, &format!("{id}-r")]);
         let cp_id = format!("{id}-cp");
         let store = self.store.display().to_string();
-        let _ = session.migratectl(&["checkpoint", "rm", "--root", &store, &cp_id], Duration::from_secs(60));
+        let _ = session.migratectl(
+            &["checkpoint", "rm", "--root", &store, &cp_id],
+            Duration::from_secs(60),
+        );
         let _ = std::fs::remove_dir_all(self.store.join(&cp_id));
         let _ = std::fs::remove_dir_all(session.work.join("img").join(&id));
         let _ = std::fs::remove_dir_all(session.work.join("work").join(&id));
         if let Ok(entries) = std::fs::read_dir(&self.ctrd_tmp) {
             for e in entries.flatten() {
-                if e.file_name().to_string_lossy().starts_with("ctrd-checkpoint") {
+                if e.file_name()
+                    .to_string_lossy()
+                    .starts_with("ctrd-checkpoint")
+                {
                     let _ = std::fs::remove_dir_all(e.path());
                 }
             }
         }
         // `ctr t checkpoint` with a runtime other than runc.v2 also makes an
         // image (containerd's client skips that only for runc.v2); remove those too.
-        if let Ok(out) = session.ctr(&["images", "ls", "-q"], Duration::from_secs(30)) {
+        if let Ok(out) = session.run_ctr(&["images", "ls", "-q"], Duration::from_secs(30)) {
             let refs: Vec<String> = out
                 .stdout_str()
                 .lines()
-                .filter(|r| r.starts_with("localhost/bench-checkpoint/") || r.starts_with("containerd.io/checkpoint/"))
+                .filter(|r| {
+                    r.starts_with("localhost/bench-checkpoint/")
+                        || r.starts_with("containerd.io/checkpoint/")
+                })
                 .map(String::from)
                 .collect();
             if !refs.is_empty() {
                 let mut args = vec!["images", "rm", "--sync"];
                 args.extend(refs.iter().map(String::as_str));
-                let _ = session.ctr(&args, Duration::from_secs(60));
+                let _ = session.run_ctr(&args, Duration::from_secs(60));
             }
         }
         // `ctr t checkpoint` leaves its images as dirty pages (nothing fsyncs
@@ -504,12 +646,19 @@ impl Bench<'_> {
 /// successfully" in its dump.log.
 fn criu_dump_seconds(dump_log: &Path) -> Option<f64> {
     let text = std::fs::read_to_string(dump_log).ok()?;
-    text.lines().filter(|l| l.contains("Dumping finished successfully")).find_map(criu_log_seconds)
+    text.lines()
+        .filter(|l| l.contains("Dumping finished successfully"))
+        .find_map(criu_log_seconds)
 }
 
 /// The `(seconds)` stamp CRIU puts at the start of each log line.
 pub fn criu_log_seconds(line: &str) -> Option<f64> {
-    line.strip_prefix('(')?.split_once(')')?.0.trim().parse().ok()
+    line.strip_prefix('(')?
+        .split_once(')')?
+        .0
+        .trim()
+        .parse()
+        .ok()
 }
 
 fn last_lines(text: &str, n: usize) -> String {
@@ -557,7 +706,11 @@ struct Results {
 }
 
 fn summarize(opts: &Options, samples: &[Sample]) -> Results {
-    let ok = |m: Method, mib: u64| samples.iter().filter(move |s| s.method == m.name() && s.mib == mib && s.ok);
+    let ok = |m: Method, mib: u64| {
+        samples
+            .iter()
+            .filter(move |s| s.method == m.name() && s.mib == mib && s.ok)
+    };
     let stat = |m: Method, mib: u64, f: fn(&Sample) -> Option<f64>| Stats::of(ok(m, mib).map(f));
     let med = |m: Method, mib: u64, f: fn(&Sample) -> Option<f64>| median(&stat(m, mib, f));
     let total = |s: &Sample| s.total_ms;
@@ -566,7 +719,16 @@ fn summarize(opts: &Options, samples: &[Sample]) -> Results {
     let mut summary = BTreeMap::new();
     let mut ratios = BTreeMap::new();
     let mut table = Table::new(&[
-        "MiB", "method", "runtime", "n", "total ms", "frozen ms", "restore ret", "restore tick", "size", "continuity",
+        "MiB",
+        "method",
+        "runtime",
+        "n",
+        "total ms",
+        "frozen ms",
+        "restore ret",
+        "restore tick",
+        "size",
+        "continuity",
     ])
     .left(4);
     let mut sizes: Vec<u64> = samples.iter().map(|s| s.mib).collect();
@@ -575,7 +737,10 @@ fn summarize(opts: &Options, samples: &[Sample]) -> Results {
     for &mib in &sizes {
         let mut per_method = BTreeMap::new();
         for m in METHODS {
-            let all = samples.iter().filter(|s| s.method == m.name() && s.mib == mib).count();
+            let all = samples
+                .iter()
+                .filter(|s| s.method == m.name() && s.mib == mib)
+                .count();
             if all == 0 {
                 continue;
             }
@@ -611,7 +776,10 @@ fn summarize(opts: &Options, samples: &[Sample]) -> Results {
         }
         summary.insert(mib, per_method);
         let run_total = |m: Method, r: u64| {
-            samples.iter().find(|s| s.mib == mib && s.run == r && s.ok && s.method == m.name()).and_then(|s| s.total_ms)
+            samples
+                .iter()
+                .find(|s| s.mib == mib && s.run == r && s.ok && s.method == m.name())
+                .and_then(|s| s.total_ms)
         };
         ratios.insert(
             mib,
@@ -625,7 +793,12 @@ fn summarize(opts: &Options, samples: &[Sample]) -> Results {
                     med(Method::RuncTask, mib, total),
                 ),
                 migrate_task_over_runc_task_total_paired_median: stats::paired_median(
-                    (0..opts.runs).map(|r| (run_total(Method::MigrateTask, r), run_total(Method::RuncTask, r))),
+                    (0..opts.runs).map(|r| {
+                        (
+                            run_total(Method::MigrateTask, r),
+                            run_total(Method::RuncTask, r),
+                        )
+                    }),
                 ),
                 migrate_container_over_runc_container_total: ratio(
                     med(Method::MigrateContainer, mib, total),
@@ -642,43 +815,69 @@ fn summarize(opts: &Options, samples: &[Sample]) -> Results {
     let continuity: Vec<bool> = samples.iter().filter_map(|s| s.continuity).collect();
     let goals = Goals {
         size_mib: GOAL_MIB,
-        migratectl_frozen_ms: Goal::number(med(Method::Migratectl, GOAL_MIB, frozen), format!("<= {GOAL_FROZEN_MS}"), |v| {
-            v <= GOAL_FROZEN_MS
-        }),
+        migratectl_frozen_ms: Goal::number(
+            med(Method::Migratectl, GOAL_MIB, frozen),
+            format!("<= {GOAL_FROZEN_MS}"),
+            |v| v <= GOAL_FROZEN_MS,
+        ),
         migratectl_speedup_over_runc_container_checkpoint: Goal::number(
-            ratio(med(Method::RuncContainer, GOAL_MIB, total), med(Method::Migratectl, GOAL_MIB, total)),
+            ratio(
+                med(Method::RuncContainer, GOAL_MIB, total),
+                med(Method::Migratectl, GOAL_MIB, total),
+            ),
             format!(">= {GOAL_SPEEDUP}"),
             |v| v >= GOAL_SPEEDUP,
         ),
         task_checkpoint_migrate_over_runc: Goal::number(
-            ratio(med(Method::MigrateTask, GOAL_MIB, total), med(Method::RuncTask, GOAL_MIB, total)),
+            ratio(
+                med(Method::MigrateTask, GOAL_MIB, total),
+                med(Method::RuncTask, GOAL_MIB, total),
+            ),
             format!("<= {GOAL_TASK_RATIO}"),
             |v| v <= GOAL_TASK_RATIO,
         ),
         state_continuity: Goal {
-            value: if continuity.is_empty() { Value::Null } else { Value::from(continuity.iter().all(|c| *c)) },
+            value: if continuity.is_empty() {
+                Value::Null
+            } else {
+                Value::from(continuity.iter().all(|c| *c))
+            },
             goal: "every restored counter carries on".into(),
             met: !continuity.is_empty() && continuity.iter().all(|c| *c),
         },
     };
-    Results { summary, ratios, goals, table }
+    Results {
+        summary,
+        ratios,
+        goals,
+        table,
+    }
 }
 
 /// Frozen time per size, one line per method (medians).
-fn plot_frozen(session: &Session, summary: &BTreeMap<u64, BTreeMap<&'static str, MethodSummary>>) -> Result<()> {
+fn plot_frozen(
+    session: &Session,
+    summary: &BTreeMap<u64, BTreeMap<&'static str, MethodSummary>>,
+) -> Result<()> {
     let series: Vec<Series> = METHODS
         .iter()
         .map(|m| Series {
             name: m.name().to_string(),
             points: summary
                 .iter()
-                .filter_map(|(mib, per)| Some((*mib as f64, median(&per.get(m.name())?.frozen_ms)?)))
+                .filter_map(|(mib, per)| {
+                    Some((*mib as f64, median(&per.get(m.name())?.frozen_ms)?))
+                })
                 .collect(),
         })
         .collect();
     plot::lines(
         &session.plot_path("frozen"),
-        &Labels { title: "Frozen time of a checkpoint (median)", x: "memory (MiB)", y: "frozen (ms)" },
+        &Labels {
+            title: "Frozen time of a checkpoint (median)",
+            x: "memory (MiB)",
+            y: "frozen (ms)",
+        },
         &series,
     )
 }
@@ -689,7 +888,10 @@ mod tests {
 
     #[test]
     fn criu_stamps() {
-        assert_eq!(criu_log_seconds("(00.512345) Dumping finished successfully"), Some(0.512345));
+        assert_eq!(
+            criu_log_seconds("(00.512345) Dumping finished successfully"),
+            Some(0.512345)
+        );
         assert_eq!(criu_log_seconds("Dumping finished"), None);
     }
 }

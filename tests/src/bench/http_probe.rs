@@ -11,11 +11,15 @@ use std::time::{Duration, Instant};
 /// Polls `GET /` on 127.0.0.1:`port` in the network namespace of `pid`
 /// until it answers 200; returns the body. Gives up after `timeout`.
 pub fn get_in_netns(pid: u32, port: u16, timeout: Duration) -> Result<String, String> {
-    let ns = std::fs::File::open(format!("/proc/{pid}/ns/net")).map_err(|e| format!("/proc/{pid}/ns/net: {e}"))?;
+    let ns = std::fs::File::open(format!("/proc/{pid}/ns/net"))
+        .map_err(|e| format!("/proc/{pid}/ns/net: {e}"))?;
     std::thread::spawn(move || {
         // The thread ends after this request, so its namespace dies with it.
         if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            return Err(format!("setns into the network namespace of {pid}: {}", std::io::Error::last_os_error()));
+            return Err(format!(
+                "setns into the network namespace of {pid}: {}",
+                std::io::Error::last_os_error()
+            ));
         }
         get(port, timeout)
     })
@@ -29,15 +33,23 @@ fn get(port: u16, timeout: Duration) -> Result<String, String> {
     let mut conn = loop {
         match TcpStream::connect(addr) {
             Ok(c) => break c,
-            Err(e) if Instant::now() >= deadline => return Err(format!("no answer on port {port}: {e}")),
+            Err(e) if Instant::now() >= deadline => {
+                return Err(format!("no answer on port {port}: {e}"));
+            }
             Err(_) => std::thread::sleep(Duration::from_millis(2)),
         }
     };
-    conn.set_read_timeout(Some(deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1))))
+    conn.set_read_timeout(Some(
+        deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(1)),
+    ))
+    .map_err(|e| e.to_string())?;
+    conn.write_all(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n")
         .map_err(|e| e.to_string())?;
-    conn.write_all(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n").map_err(|e| e.to_string())?;
     let mut raw = Vec::new();
-    conn.read_to_end(&mut raw).map_err(|e| format!("reading the answer: {e}"))?;
+    conn.read_to_end(&mut raw)
+        .map_err(|e| format!("reading the answer: {e}"))?;
     body_of_ok(&String::from_utf8_lossy(&raw))
 }
 
@@ -59,7 +71,10 @@ mod tests {
 
     #[test]
     fn bodies() {
-        assert_eq!(body_of_ok("HTTP/1.1 200 OK\r\nA: b\r\n\r\nx=1\nrequests=1\n").unwrap(), "x=1\nrequests=1\n");
+        assert_eq!(
+            body_of_ok("HTTP/1.1 200 OK\r\nA: b\r\n\r\nx=1\nrequests=1\n").unwrap(),
+            "x=1\nrequests=1\n"
+        );
         assert!(body_of_ok("HTTP/1.1 500 Oops\r\n\r\n").is_err());
         assert!(body_of_ok("").is_err());
     }

@@ -16,14 +16,23 @@ pub fn describe(git_paths: &[&str]) -> Value {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let cpu = cpuinfo
         .lines()
-        .find_map(|l| l.strip_prefix("model name")?.split_once(':').map(|(_, v)| v.trim().to_string()))
+        .find_map(|l| {
+            l.strip_prefix("model name")?
+                .split_once(':')
+                .map(|(_, v)| v.trim().to_string())
+        })
         .unwrap_or_else(|| "unknown".into());
     let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
     let root = repo_root().display().to_string();
     let mut status = command(&["git", "-C", &root, "status", "--porcelain", "--"]);
     status.args(git_paths);
     let dirty: Vec<String> = first_line_of(status, usize::MAX)
-        .map(|s| s.lines().filter(|l| !l.is_empty()).map(String::from).collect())
+        .map(|s| {
+            s.lines()
+                .filter(|l| !l.is_empty())
+                .map(String::from)
+                .collect()
+        })
         .unwrap_or_default();
     json!({
         "kernel": output(&["uname", "-r"]),
@@ -60,7 +69,10 @@ pub fn meminfo_kib(meminfo: &str, field: &str) -> Option<u64> {
 
 /// MemAvailable in KiB.
 pub fn mem_available_kib() -> Option<u64> {
-    meminfo_kib(&std::fs::read_to_string("/proc/meminfo").ok()?, "MemAvailable")
+    meminfo_kib(
+        &std::fs::read_to_string("/proc/meminfo").ok()?,
+        "MemAvailable",
+    )
 }
 
 /// The file system type of `path` (tmpfs, ext2/ext3, xfs, ...), as
@@ -91,8 +103,11 @@ fn first_line_of(mut cmd: Command, lines: usize) -> Option<String> {
 
 /// The current time in UTC, RFC 3339 to the second (the scripts' `date -u +%FT%TZ`).
 pub fn now_utc() -> String {
-    let now = time::OffsetDateTime::now_utc().replace_nanosecond(0).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-    now.format(&time::format_description::well_known::Rfc3339).unwrap_or_else(|_| "unknown".into())
+    let now = time::OffsetDateTime::now_utc()
+        .replace_nanosecond(0)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    now.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| "unknown".into())
 }
 
 #[cfg(test)]

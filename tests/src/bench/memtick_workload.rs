@@ -41,14 +41,25 @@ pub fn start(session: &Session, id: &str, w: &Workload, warm: u64) -> Result<(),
     let interval = w.interval_ms.to_string();
     let mut args: Vec<&str> = vec!["run", "-d", "--runtime", w.runtime, "--log-uri", &log_uri];
     args.extend(w.run_opts.iter().map(String::as_str));
-    args.extend([IMAGE, id, "/usr/local/bin/memtick", "--mib", &mib, "--interval-ms", &interval]);
+    args.extend([
+        IMAGE,
+        id,
+        "/usr/local/bin/memtick",
+        "--mib",
+        &mib,
+        "--interval-ms",
+        &interval,
+    ]);
     if let Some(p) = &w.dirty_percent {
         args.extend(["--dirty-percent", p]);
     }
     args.extend(["--out", TICK_FILE]);
-    let out = session.ctr(&args, Duration::from_secs(180))?;
+    let out = session.run_ctr(&args, Duration::from_secs(180))?;
     if !out.success() {
-        return Err(format!("memtick did not start: {}", out.stderr_str().trim()));
+        return Err(format!(
+            "memtick did not start: {}",
+            out.stderr_str().trim()
+        ));
     }
     let deadline = Instant::now() + Duration::from_secs(120);
     while Instant::now() < deadline {
@@ -57,7 +68,10 @@ pub fn start(session: &Session, id: &str, w: &Workload, warm: u64) -> Result<(),
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    Err(format!("memtick did not tick {warm} times within 120 s: {}", tail(&log, 3)))
+    Err(format!(
+        "memtick did not tick {warm} times within 120 s: {}",
+        tail(&log, 3)
+    ))
 }
 
 /// The counter line, read from the host through the container's rootfs.
@@ -69,13 +83,22 @@ pub fn host_tick(session: &Session, id: &str) -> Result<TickLine, String> {
 pub fn exec_tick(session: &Session, id: &str) -> Result<TickLine, String> {
     static EXECS: AtomicUsize = AtomicUsize::new(0);
     let exec_id = format!("peek-{}", EXECS.fetch_add(1, Ordering::Relaxed));
-    let out = session.ctr(&["tasks", "exec", "--exec-id", &exec_id, id, "cat", TICK_FILE], Duration::from_secs(60))?;
-    TickLine::parse(&out.stdout_str()).ok_or_else(|| format!("could not read {TICK_FILE} with ctr t exec: {out}"))
+    let out = session.run_ctr(
+        &["tasks", "exec", "--exec-id", &exec_id, id, "cat", TICK_FILE],
+        Duration::from_secs(60),
+    )?;
+    TickLine::parse(&out.stdout_str())
+        .ok_or_else(|| format!("could not read {TICK_FILE} with ctr t exec: {out}"))
 }
 
 /// Polls until container `id`'s counter shows a tick written at or after
 /// wall-clock `since_ms`, or `limit` passes.
-pub fn wait_tick_after(session: &Session, id: &str, since_ms: u64, limit: Duration) -> Option<TickLine> {
+pub fn wait_tick_after(
+    session: &Session,
+    id: &str,
+    since_ms: u64,
+    limit: Duration,
+) -> Option<TickLine> {
     let deadline = Instant::now() + limit;
     while Instant::now() < deadline {
         if let Ok(t) = host_tick(session, id)
@@ -90,12 +113,19 @@ pub fn wait_tick_after(session: &Session, id: &str, since_ms: u64, limit: Durati
 
 /// Every tick line memtick printed to its output so far.
 pub fn logged_ticks(log: &Path) -> Vec<TickLine> {
-    std::fs::read_to_string(log).map(|t| t.lines().filter_map(TickLine::parse).collect()).unwrap_or_default()
+    std::fs::read_to_string(log)
+        .map(|t| t.lines().filter_map(TickLine::parse).collect())
+        .unwrap_or_default()
 }
 
 /// The largest gap of a tick stamped within [from_ms, to_ms], or 0.
 pub fn window_gap(ticks: &[TickLine], from_ms: u64, to_ms: u64) -> u64 {
-    ticks.iter().filter(|t| t.unix_ms >= from_ms && t.unix_ms <= to_ms).map(|t| t.gap_ms).max().unwrap_or(0)
+    ticks
+        .iter()
+        .filter(|t| t.unix_ms >= from_ms && t.unix_ms <= to_ms)
+        .map(|t| t.gap_ms)
+        .max()
+        .unwrap_or(0)
 }
 
 /// The last `n` lines of a file, joined, for error messages.
@@ -115,7 +145,9 @@ pub fn wait_for_memory(need_mib: u64) {
             return;
         }
         if Instant::now() >= deadline {
-            super::say(format!("WARNING: only {avail} MiB available, {need_mib} MiB wanted; measuring anyway"));
+            super::say(format!(
+                "WARNING: only {avail} MiB available, {need_mib} MiB wanted; measuring anyway"
+            ));
             return;
         }
         std::thread::sleep(Duration::from_secs(2));
@@ -128,7 +160,12 @@ mod tests {
 
     #[test]
     fn gap_in_window() {
-        let t = |unix_ms, gap_ms| TickLine { tick: 0, gap_ms, max_gap_ms: 0, unix_ms };
+        let t = |unix_ms, gap_ms| TickLine {
+            tick: 0,
+            gap_ms,
+            max_gap_ms: 0,
+            unix_ms,
+        };
         let ticks = [t(100, 10), t(200, 300), t(300, 50), t(400, 900)];
         assert_eq!(window_gap(&ticks, 150, 350), 300);
         assert_eq!(window_gap(&ticks, 500, 600), 0);

@@ -50,7 +50,10 @@ pub fn ms_since(t0: Instant) -> f64 {
 
 /// Wall clock milliseconds since the epoch (memtick stamps its ticks so).
 pub fn unix_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// Progress for the person watching, on stderr (stdout has the tables).

@@ -43,7 +43,11 @@ pub fn lines(path: &Path, labels: &Labels, series: &[Series]) -> Result<()> {
     };
     let x_max = all().map(|p| p.0).max_by(f64::total_cmp).unwrap_or(x_min);
     let y_max = all().map(|p| p.1).max_by(f64::total_cmp).unwrap_or(0.0);
-    let (x_lo, x_hi) = if x_max > x_min { (x_min, x_max) } else { (x_min - 1.0, x_max + 1.0) };
+    let (x_lo, x_hi) = if x_max > x_min {
+        (x_min, x_max)
+    } else {
+        (x_min - 1.0, x_max + 1.0)
+    };
     let y_hi = if y_max > 0.0 { y_max * 1.1 } else { 1.0 };
     fonts();
     let draw = || -> Result<(), Box<dyn std::error::Error>> {
@@ -64,9 +68,14 @@ pub fn lines(path: &Path, labels: &Labels, series: &[Series]) -> Result<()> {
         for (i, s) in drawn.iter().enumerate() {
             let color = Palette99::pick(i).to_rgba();
             chart
-                .draw_series(LineSeries::new(s.points.iter().copied(), color.stroke_width(2)))?
+                .draw_series(LineSeries::new(
+                    s.points.iter().copied(),
+                    color.stroke_width(2),
+                ))?
                 .label(s.name.as_str())
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+                });
             chart.draw_series(s.points.iter().map(|&p| Circle::new(p, 3, color.filled())))?;
         }
         chart
@@ -94,10 +103,25 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("chart.png");
         let series = [
-            Series { name: "a".into(), points: vec![(64.0, 10.0), (256.0, 30.0)] },
-            Series { name: "empty".into(), points: vec![] },
+            Series {
+                name: "a".into(),
+                points: vec![(64.0, 10.0), (256.0, 30.0)],
+            },
+            Series {
+                name: "empty".into(),
+                points: vec![],
+            },
         ];
-        lines(&path, &Labels { title: "t", x: "MiB", y: "ms" }, &series).unwrap();
+        lines(
+            &path,
+            &Labels {
+                title: "t",
+                x: "MiB",
+                y: "ms",
+            },
+            &series,
+        )
+        .unwrap();
         let png = std::fs::read(&path).unwrap();
         assert_eq!(&png[1..4], b"PNG");
         std::fs::remove_dir_all(&dir).unwrap();

@@ -65,7 +65,14 @@ impl Table {
     pub fn render(&self) -> String {
         let columns = self.rows.iter().map(Vec::len).max().unwrap_or(0);
         let widths: Vec<usize> = (0..columns)
-            .map(|c| self.rows.iter().filter_map(|r| r.get(c)).map(|s| s.chars().count()).max().unwrap_or(0))
+            .map(|c| {
+                self.rows
+                    .iter()
+                    .filter_map(|r| r.get(c))
+                    .map(|s| s.chars().count())
+                    .max()
+                    .unwrap_or(0)
+            })
             .collect();
         let mut out = String::new();
         for row in &self.rows {
@@ -98,7 +105,9 @@ pub fn mib(bytes: Option<f64>) -> String {
 /// Where a benchmark's JSON goes unless `--out` says otherwise:
 /// `<repo>/target/bench/<name>.json`.
 pub fn default_out(name: &str) -> PathBuf {
-    containerd_migrate_tests::fixture::repo_root().join("target/bench").join(format!("{name}.json"))
+    containerd_migrate_tests::fixture::repo_root()
+        .join("target/bench")
+        .join(format!("{name}.json"))
 }
 
 /// Writes `value` as pretty JSON to `path`, creating its directory.

@@ -63,11 +63,18 @@ impl Session {
             }
         }
         let repo = fixture::repo_root();
-        let build_note = if common.skip_build { None } else { build(needs.migratectl) };
+        let build_note = if common.skip_build {
+            None
+        } else {
+            build(needs.migratectl)
+        };
         std::fs::create_dir_all(&common.work_base)
             .with_context(|| format!("creating {}", common.work_base.display()))?;
-        let work = common.work_base.join(format!("bench-{}.{}", needs.name, std::process::id()));
-        std::fs::create_dir_all(work.join("bin")).with_context(|| format!("creating {}", work.display()))?;
+        let work = common
+            .work_base
+            .join(format!("bench-{}.{}", needs.name, std::process::id()));
+        std::fs::create_dir_all(work.join("bin"))
+            .with_context(|| format!("creating {}", work.display()))?;
         let mut session_work = WorkDir(Some(work.clone()));
 
         let shim_built_as = repo.join("target/release").join(MIGRATE_SHIM_BINARY);
@@ -93,12 +100,19 @@ impl Session {
 
         if !repo.join("target/images/testbox.tar").is_file() {
             say("building the test image");
-            let out = process::run(hack("images.sh", &["build"]), None, Duration::from_secs(600));
+            let out = process::run(
+                hack("images.sh", &["build"]),
+                None,
+                Duration::from_secs(600),
+            );
             if !out.success() {
                 bail!("building the test image failed\n{out}");
             }
         }
-        let name = common.instance.clone().unwrap_or_else(|| format!("bench-{}", needs.name));
+        let name = common
+            .instance
+            .clone()
+            .unwrap_or_else(|| format!("bench-{}", needs.name));
         let runtime_dir = work.join("containerd-tmp");
         let mut env: Vec<(&str, &Path)> = vec![("SHIM_DIR", bins.dir.as_path())];
         if needs.private_runtime_dir {
@@ -114,7 +128,10 @@ impl Session {
             ctr,
             work,
             bins,
-            out: common.out.clone().unwrap_or_else(|| super::report::default_out(needs.name)),
+            out: common
+                .out
+                .clone()
+                .unwrap_or_else(|| super::report::default_out(needs.name)),
             keep_work: false,
         })
     }
@@ -130,13 +147,17 @@ impl Session {
     }
 
     /// `ctr ARGS` with a deadline; a timeout is an error.
-    pub fn ctr(&self, args: &[&str], timeout: Duration) -> Result<Output, String> {
+    pub fn run_ctr(&self, args: &[&str], timeout: Duration) -> Result<Output, String> {
         self.ctr.run_within(args, timeout)
     }
 
     /// `migratectl --address ADDR ARGS` with a deadline.
     pub fn migratectl(&self, args: &[&str], timeout: Duration) -> Result<Output, String> {
-        let bin = self.bins.migratectl.as_ref().ok_or("this benchmark has no migratectl")?;
+        let bin = self
+            .bins
+            .migratectl
+            .as_ref()
+            .ok_or("this benchmark has no migratectl")?;
         let mut cmd = Command::new(bin);
         cmd.arg("--address").arg(self.ctr.address()).args(args);
         process::run_within(cmd, timeout)
@@ -144,7 +165,9 @@ impl Session {
 
     /// The status column of `ctr tasks ls` for `id` (RUNNING, PAUSED, ...).
     pub fn task_status(&self, id: &str) -> Option<String> {
-        let out = self.ctr(&["tasks", "ls"], Duration::from_secs(10)).ok()?;
+        let out = self
+            .run_ctr(&["tasks", "ls"], Duration::from_secs(10))
+            .ok()?;
         ctr::parse_task_list(&out.stdout_str())
             .ok()?
             .into_iter()
@@ -168,7 +191,10 @@ impl Session {
         for id in ids {
             let deadline = Instant::now() + Duration::from_secs(15);
             while Instant::now() < deadline
-                && matches!(self.task_status(id).as_deref(), Some("RUNNING" | "PAUSED" | "CREATED"))
+                && matches!(
+                    self.task_status(id).as_deref(),
+                    Some("RUNNING" | "PAUSED" | "CREATED")
+                )
             {
                 std::thread::sleep(Duration::from_millis(50));
             }
@@ -181,7 +207,11 @@ impl Session {
     /// A file in container `id`'s rootfs, seen from the host (no process in
     /// the container, so it can be polled every few ms).
     pub fn rootfs_file(&self, id: &str, path: &str) -> PathBuf {
-        self.instance.task_state_dir().join(id).join("rootfs").join(path.trim_start_matches('/'))
+        self.instance
+            .task_state_dir()
+            .join(id)
+            .join("rootfs")
+            .join(path.trim_start_matches('/'))
     }
 
     /// The host pid of container `id`'s init process, from its bundle.
@@ -197,7 +227,12 @@ impl Session {
 
     /// The machine description plus what this session ran and the load
     /// before and after.
-    pub fn machine(&self, git_paths: &[&str], load_before: &str, load_after: &str) -> serde_json::Value {
+    pub fn machine(
+        &self,
+        git_paths: &[&str],
+        load_before: &str,
+        load_after: &str,
+    ) -> serde_json::Value {
         let mut m = super::machine::describe(git_paths);
         m["loadavg_before"] = load_before.into();
         m["loadavg_after"] = load_after.into();
@@ -242,8 +277,13 @@ impl Drop for WorkDir {
 fn build(migratectl: bool) -> Option<String> {
     say("building the shim and migratectl (cargo build --release)");
     let mut cmd = Command::new("cargo");
-    cmd.current_dir(fixture::repo_root())
-        .args(["build", "--quiet", "--release", "-p", "containerd-shim-migrate-v1"]);
+    cmd.current_dir(fixture::repo_root()).args([
+        "build",
+        "--quiet",
+        "--release",
+        "-p",
+        "containerd-shim-migrate-v1",
+    ]);
     if migratectl {
         cmd.args(["-p", "containerd-migrate-coordinator"]);
     }
@@ -258,10 +298,14 @@ fn build(migratectl: bool) -> Option<String> {
 
 fn copy_binary(from: &Path, dir: &Path) -> Result<PathBuf> {
     if !host::is_executable(from) {
-        bail!("{} missing (cargo build --release --workspace)", from.display());
+        bail!(
+            "{} missing (cargo build --release --workspace)",
+            from.display()
+        );
     }
     let to = dir.join(from.file_name().context("a binary has a file name")?);
-    std::fs::copy(from, &to).with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
+    std::fs::copy(from, &to)
+        .with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
     Ok(to)
 }
 
@@ -277,7 +321,8 @@ pub fn sha256(path: &Path) -> String {
 /// `bash <repo>/hack/SCRIPT ARGS`.
 pub fn hack(script: &str, args: &[&str]) -> Command {
     let mut cmd = Command::new("bash");
-    cmd.arg(fixture::repo_root().join("hack").join(script)).args(args);
+    cmd.arg(fixture::repo_root().join("hack").join(script))
+        .args(args);
     cmd
 }
 

@@ -74,37 +74,63 @@ struct Memory {
 }
 
 fn short(runtime: &str) -> String {
-    runtime.trim_start_matches("io.containerd.").replace('.', "-")
+    runtime
+        .trim_start_matches("io.containerd.")
+        .replace('.', "-")
 }
 
 pub fn run(opts: Options) -> Result<()> {
     if opts.runs < 20 {
-        say(format!("note: --runs {}; the issue asks for at least 20 runs per runtime", opts.runs));
+        say(format!(
+            "note: --runs {}; the issue asks for at least 20 runs per runtime",
+            opts.runs
+        ));
     }
-    let session = Session::start(&opts.common, Needs { name: "shim", migratectl: false, private_runtime_dir: false })?;
+    let session = Session::start(
+        &opts.common,
+        Needs {
+            name: "shim",
+            migratectl: false,
+            private_runtime_dir: false,
+        },
+    )?;
     let load_before = machine::loadavg();
     let started = machine::now_utc();
 
-    say(format!("latency: {} warm-up + {} timed runs per runtime, interleaved", opts.warmup, opts.runs));
+    say(format!(
+        "latency: {} warm-up + {} timed runs per runtime, interleaved",
+        opts.warmup, opts.runs
+    ));
     let mut latency = Vec::new();
     for i in 0..opts.warmup + opts.runs {
         for runtime in RUNTIMES {
             let id = format!("bench-{}-{i}", short(runtime));
             let t0 = Instant::now();
             let out = session
-                .ctr(&["run", "--rm", "--runtime", runtime, IMAGE, &id, "/bin/true"], Duration::from_secs(120))
+                .run_ctr(
+                    &["run", "--rm", "--runtime", runtime, IMAGE, &id, "/bin/true"],
+                    Duration::from_secs(120),
+                )
                 .map_err(anyhow::Error::msg)?;
             let ms = ms_since(t0);
             if !out.success() {
                 bail!("ctr run --runtime {runtime} {id} failed\n{out}");
             }
-            latency.push(Latency { runtime, i, warmup: i < opts.warmup, ms });
+            latency.push(Latency {
+                runtime,
+                i,
+                warmup: i < opts.warmup,
+                ms,
+            });
         }
         eprint!("\r    {}/{}", i + 1, opts.warmup + opts.runs);
     }
     eprintln!();
 
-    say(format!("memory: {} long-running containers per runtime", opts.shims));
+    say(format!(
+        "memory: {} long-running containers per runtime",
+        opts.shims
+    ));
     let mut long_ids = Vec::new();
     let result = (|| -> Result<Vec<Memory>> {
         for i in 0..opts.shims {
@@ -112,7 +138,19 @@ pub fn run(opts: Options) -> Result<()> {
                 let id = format!("bench-sleep-{}-{i}", short(runtime));
                 long_ids.push(id.clone());
                 let out = session
-                    .ctr(&["run", "-d", "--runtime", runtime, IMAGE, &id, "sleep", "100000"], Duration::from_secs(120))
+                    .run_ctr(
+                        &[
+                            "run",
+                            "-d",
+                            "--runtime",
+                            runtime,
+                            IMAGE,
+                            &id,
+                            "sleep",
+                            "100000",
+                        ],
+                        Duration::from_secs(120),
+                    )
                     .map_err(anyhow::Error::msg)?;
                 if !out.success() {
                     bail!("ctr run -d --runtime {runtime} {id} failed\n{out}");
@@ -139,31 +177,67 @@ pub fn run(opts: Options) -> Result<()> {
     pids.sort_unstable();
     pids.dedup();
     if pids.len() as u64 != 2 * opts.shims {
-        bail!("expected {} distinct shims, found {}", 2 * opts.shims, pids.len());
+        bail!(
+            "expected {} distinct shims, found {}",
+            2 * opts.shims,
+            pids.len()
+        );
     }
-    let shim_copy = session.bins.dir.join(containerd_migrate_tests::fixture::MIGRATE_SHIM_BINARY);
-    if let Some(m) = memory.iter().find(|m| m.runtime == MIGRATE_V1 && m.exe != shim_copy.display().to_string()) {
-        bail!("the migrate shims do not run {}: {}", shim_copy.display(), m.exe);
+    let shim_copy = session
+        .bins
+        .dir
+        .join(containerd_migrate_tests::fixture::MIGRATE_SHIM_BINARY);
+    if let Some(m) = memory
+        .iter()
+        .find(|m| m.runtime == MIGRATE_V1 && m.exe != shim_copy.display().to_string())
+    {
+        bail!(
+            "the migrate shims do not run {}: {}",
+            shim_copy.display(),
+            m.exe
+        );
     }
 
     // ------------------------------------------------------------ results
-    let lat = |rt: &str| Stats::of(latency.iter().filter(|l| l.runtime == rt && !l.warmup).map(|l| Some(l.ms)));
+    let lat = |rt: &str| {
+        Stats::of(
+            latency
+                .iter()
+                .filter(|l| l.runtime == rt && !l.warmup)
+                .map(|l| Some(l.ms)),
+        )
+    };
     let mem = |rt: &str, f: fn(&Memory) -> Option<f64>| {
-        Stats::of(memory.iter().filter(|m| m.runtime == rt).map(|m| f(m).map(|k| k / 1024.0)))
+        Stats::of(
+            memory
+                .iter()
+                .filter(|m| m.runtime == rt)
+                .map(|m| f(m).map(|k| k / 1024.0)),
+        )
     };
     let (lat_runc, lat_migrate) = (lat(RUNC_V2), lat(MIGRATE_V1));
-    let (rss_runc, rss_migrate) = (mem(RUNC_V2, |m| m.vmrss_kib), mem(MIGRATE_V1, |m| m.vmrss_kib));
+    let (rss_runc, rss_migrate) = (
+        mem(RUNC_V2, |m| m.vmrss_kib),
+        mem(MIGRATE_V1, |m| m.vmrss_kib),
+    );
     let (pss_runc, pss_migrate) = (mem(RUNC_V2, |m| m.pss_kib), mem(MIGRATE_V1, |m| m.pss_kib));
     let mean = |s: &Option<Stats>| s.as_ref().map(|s| s.mean);
     // Median of migrate/runc within each interleaved pair: robust to slow
     // drift in machine load.
     let paired = stats::paired_median((opts.warmup..opts.warmup + opts.runs).map(|i| {
-        let at = |rt: &str| latency.iter().find(|l| l.i == i && l.runtime == rt).map(|l| l.ms);
+        let at = |rt: &str| {
+            latency
+                .iter()
+                .find(|l| l.i == i && l.runtime == rt)
+                .map(|l| l.ms)
+        };
         (at(MIGRATE_V1), at(RUNC_V2))
     }));
     let latency_p50 = ratio(median(&lat_migrate), median(&lat_runc));
     let rss_p50 = ratio(median(&rss_migrate), median(&rss_runc));
-    let latency_goal = Goal::number(latency_p50, format!("<= {LATENCY_GOAL}"), |v| v <= LATENCY_GOAL);
+    let latency_goal = Goal::number(latency_p50, format!("<= {LATENCY_GOAL}"), |v| {
+        v <= LATENCY_GOAL
+    });
     let rss_goal = Goal::number(rss_p50, format!("<= {RSS_GOAL}"), |v| v <= RSS_GOAL);
     let summary = json!({
         "latency_ms": { RUNC_V2: lat_runc, MIGRATE_V1: lat_migrate },
@@ -182,7 +256,11 @@ pub fn run(opts: Options) -> Result<()> {
             "latency_met": latency_goal.met, "rss_met": rss_goal.met,
         },
     });
-    let mut machine_json = session.machine(&["shim", "Cargo.toml", "Cargo.lock"], &load_before, &load_after);
+    let mut machine_json = session.machine(
+        &["shim", "Cargo.toml", "Cargo.lock"],
+        &load_before,
+        &load_after,
+    );
     machine_json["runc_v2_shim"] = containerd_migrate_tests::host::which("containerd-shim-runc-v2")
         .map(|p| p.display().to_string())
         .into();
@@ -211,12 +289,48 @@ pub fn run(opts: Options) -> Result<()> {
         ]);
     };
     let pick = |s: &Option<Stats>, f: fn(&Stats) -> f64| s.as_ref().map(f);
-    row(&mut t, "ctr run --rm /bin/true p50 ms".into(), median(&lat_runc), median(&lat_migrate), Some(&latency_goal));
-    row(&mut t, "ctr run --rm /bin/true p10 ms".into(), pick(&lat_runc, |s| s.p10), pick(&lat_migrate, |s| s.p10), None);
-    row(&mut t, "ctr run --rm /bin/true p90 ms".into(), pick(&lat_runc, |s| s.p90), pick(&lat_migrate, |s| s.p90), None);
-    row(&mut t, "ctr run --rm /bin/true mean ms".into(), mean(&lat_runc), mean(&lat_migrate), None);
-    row(&mut t, format!("shim RSS MiB (median of {})", opts.shims), median(&rss_runc), median(&rss_migrate), Some(&rss_goal));
-    row(&mut t, format!("shim Pss MiB (median of {})", opts.shims), median(&pss_runc), median(&pss_migrate), None);
+    row(
+        &mut t,
+        "ctr run --rm /bin/true p50 ms".into(),
+        median(&lat_runc),
+        median(&lat_migrate),
+        Some(&latency_goal),
+    );
+    row(
+        &mut t,
+        "ctr run --rm /bin/true p10 ms".into(),
+        pick(&lat_runc, |s| s.p10),
+        pick(&lat_migrate, |s| s.p10),
+        None,
+    );
+    row(
+        &mut t,
+        "ctr run --rm /bin/true p90 ms".into(),
+        pick(&lat_runc, |s| s.p90),
+        pick(&lat_migrate, |s| s.p90),
+        None,
+    );
+    row(
+        &mut t,
+        "ctr run --rm /bin/true mean ms".into(),
+        mean(&lat_runc),
+        mean(&lat_migrate),
+        None,
+    );
+    row(
+        &mut t,
+        format!("shim RSS MiB (median of {})", opts.shims),
+        median(&rss_runc),
+        median(&rss_migrate),
+        Some(&rss_goal),
+    );
+    row(
+        &mut t,
+        format!("shim Pss MiB (median of {})", opts.shims),
+        median(&pss_runc),
+        median(&pss_migrate),
+        None,
+    );
     print!("{}", t.render());
     println!(
         "({} timed + {} warm-up runs per runtime, interleaved; paired p50 ratio {}; load {load_before} -> {load_after})",
@@ -243,10 +357,16 @@ fn shim_pid(session: &Session, id: &str) -> Result<u32> {
         .find(|t| t.id == id && t.status == "RUNNING")
         .ok_or_else(|| anyhow::anyhow!("container {id} has no running task"))?;
     let status = std::fs::read_to_string(format!("/proc/{}/status", task.pid))?;
-    let ppid: u32 = proc_field(&status, "PPid").ok_or_else(|| anyhow::anyhow!("no PPid for task {}", task.pid))? as u32;
+    let ppid: u32 = proc_field(&status, "PPid")
+        .ok_or_else(|| anyhow::anyhow!("no PPid for task {}", task.pid))?
+        as u32;
     let args = containerd_migrate_tests::host::cmdline(ppid).unwrap_or_default();
     if !args.windows(2).any(|w| w[0] == "-id" && w[1] == id) {
-        bail!("parent {ppid} of task {} ({id}) is not its shim: {}", task.pid, args.join(" "));
+        bail!(
+            "parent {ppid} of task {} ({id}) is not its shim: {}",
+            task.pid,
+            args.join(" ")
+        );
     }
     Ok(ppid)
 }
@@ -254,7 +374,9 @@ fn shim_pid(session: &Session, id: &str) -> Result<u32> {
 fn memory_of(runtime: &'static str, id: &str, pid: u32) -> Result<Memory> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))?;
-    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).map(|p| p.display().to_string()).unwrap_or_default();
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
     Ok(Memory {
         runtime,
         id: id.to_string(),
@@ -286,6 +408,9 @@ mod tests {
         let status = "Name:\tshim\nVmRSS:\t   5120 kB\nThreads:\t4\n";
         assert_eq!(proc_field(status, "VmRSS"), Some(5120.0));
         assert_eq!(proc_field(status, "Threads"), Some(4.0));
-        assert_eq!(proc_field("Pss_Anon:  12 kB\nPss:  30 kB\n", "Pss"), Some(30.0));
+        assert_eq!(
+            proc_field("Pss_Anon:  12 kB\nPss:  30 kB\n", "Pss"),
+            Some(30.0)
+        );
     }
 }

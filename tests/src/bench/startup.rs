@@ -125,19 +125,42 @@ struct Bench<'a> {
 }
 
 pub fn run(opts: Options) -> Result<()> {
-    let session = Session::start(&opts.common, Needs { name: "startup", migratectl: false, private_runtime_dir: false })?;
+    let session = Session::start(
+        &opts.common,
+        Needs {
+            name: "startup",
+            migratectl: false,
+            private_runtime_dir: false,
+        },
+    )?;
     let image_script = |args: &[&str]| -> Result<String> {
-        let out = process::run(hack("bench/startup-image.sh", args), None, Duration::from_secs(900));
+        let out = process::run(
+            hack("bench/startup-image.sh", args),
+            None,
+            Duration::from_secs(900),
+        );
         if !out.success() {
-            bail!("hack/bench/startup-image.sh {} failed\n{out}", args.join(" "));
+            bail!(
+                "hack/bench/startup-image.sh {} failed\n{out}",
+                args.join(" ")
+            );
         }
         Ok(out.stdout_str())
     };
     image_script(&["build"]).context("building the SlowStart image")?;
     let image = image_script(&["name"])?.trim().to_string();
-    let command: Vec<String> = image_script(&["command"])?.lines().map(String::from).collect();
+    let command: Vec<String> = image_script(&["command"])?
+        .lines()
+        .map(String::from)
+        .collect();
     image_script(&["import", session.ctr.address()])?;
-    let bench = Bench { session: &session, image, command, poll: opts.poll, timeout: Duration::from_secs(opts.start_timeout) };
+    let bench = Bench {
+        session: &session,
+        image,
+        command,
+        poll: opts.poll,
+        timeout: Duration::from_secs(opts.start_timeout),
+    };
     bench.measure_all(&opts)
 }
 
@@ -153,24 +176,48 @@ impl Bench<'_> {
         args.extend(opts.iter().map(String::as_str));
         args.extend([self.image.as_str(), id]);
         args.extend(self.command.iter().map(String::as_str));
-        let out = self.session.ctr(&args, self.timeout)?;
-        if out.success() { Ok(()) } else { Err(format!("ctr run failed: {}", out.stderr_str().trim())) }
+        let out = self.session.run_ctr(&args, self.timeout)?;
+        if out.success() {
+            Ok(())
+        } else {
+            Err(format!("ctr run failed: {}", out.stderr_str().trim()))
+        }
     }
 
     /// Polls container `id` until its service answers GET /; the body.
     fn poll_http(&self, id: &str) -> Result<String, String> {
         match self.poll {
             Poll::Nsenter => {
-                let pid = self.session.init_pid(id).ok_or_else(|| format!("{id} has no init.pid"))?;
+                let pid = self
+                    .session
+                    .init_pid(id)
+                    .ok_or_else(|| format!("{id} has no init.pid"))?;
                 http_probe::get_in_netns(pid, PORT, self.timeout)
             }
             Poll::Exec => {
                 static EXECS: AtomicUsize = AtomicUsize::new(0);
                 let exec_id = format!("poll-{}-{id}", EXECS.fetch_add(1, Ordering::Relaxed));
-                let script =
-                    format!("until wget -q -O- http://127.0.0.1:{PORT}/ 2>/dev/null; do usleep 10000; done");
-                let out = self.session.ctr(&["tasks", "exec", "--exec-id", &exec_id, id, "sh", "-c", &script], self.timeout)?;
-                if out.success() { Ok(out.stdout_str()) } else { Err(format!("polling failed: {out}")) }
+                let script = format!(
+                    "until wget -q -O- http://127.0.0.1:{PORT}/ 2>/dev/null; do usleep 10000; done"
+                );
+                let out = self.session.run_ctr(
+                    &[
+                        "tasks",
+                        "exec",
+                        "--exec-id",
+                        &exec_id,
+                        id,
+                        "sh",
+                        "-c",
+                        &script,
+                    ],
+                    self.timeout,
+                )?;
+                if out.success() {
+                    Ok(out.stdout_str())
+                } else {
+                    Err(format!("polling failed: {out}"))
+                }
             }
         }
     }
@@ -178,12 +225,26 @@ impl Bench<'_> {
     /// Whether the app started from scratch: its "initialising" line is in
     /// the container's output (a restored process never prints it).
     fn started_cold(&self, id: &str) -> bool {
-        std::fs::read_to_string(self.log(id)).is_ok_and(|t| t.lines().any(|l| l.starts_with("slowstart: initialising")))
+        std::fs::read_to_string(self.log(id))
+            .is_ok_and(|t| t.lines().any(|l| l.starts_with("slowstart: initialising")))
     }
 
     /// One timed start of kind `kind`, measured from just before `ctr run`.
-    fn timed_start(&self, kind: &'static str, i: u64, id: &str, opts: &[String], reference: &str) -> Sample {
-        let mut s = Sample { kind, i, id: id.to_string(), loadavg_1m: machine::loadavg_1m(), ..Sample::default() };
+    fn timed_start(
+        &self,
+        kind: &'static str,
+        i: u64,
+        id: &str,
+        opts: &[String],
+        reference: &str,
+    ) -> Sample {
+        let mut s = Sample {
+            kind,
+            i,
+            id: id.to_string(),
+            loadavg_1m: machine::loadavg_1m(),
+            ..Sample::default()
+        };
         let t0 = Instant::now();
         let result = self.start(id, opts).and_then(|()| {
             s.run_returned_ms = Some(ms_since(t0));
@@ -208,7 +269,9 @@ impl Bench<'_> {
         s.body_matches = s.body == reference;
         s.error = match result {
             Err(e) => Some(e),
-            Ok(()) if !s.body_matches => Some(format!("the body differs from the reference: {}", s.body)),
+            Ok(()) if !s.body_matches => {
+                Some(format!("the body differs from the reference: {}", s.body))
+            }
             Ok(()) => None,
         };
         s.ok = s.error.is_none();
@@ -226,7 +289,10 @@ impl Bench<'_> {
         // ------------------------------------------------------ ready point
         let ready_id = "ss-ready";
         let cp = store.join(format!("{ready_id}-ready"));
-        say(format!("ready point: {ready_id} checkpoints itself into {} when it listens on {PORT}", cp.display()));
+        say(format!(
+            "ready point: {ready_id} checkpoints itself into {} when it listens on {PORT}",
+            cp.display()
+        ));
         let t0 = Instant::now();
         self.start(
             ready_id,
@@ -234,7 +300,10 @@ impl Bench<'_> {
                 "--annotation".into(),
                 format!("{ANNOTATION}.checkpoint-when-ready=tcp:{PORT}"),
                 "--annotation".into(),
-                format!("{ANNOTATION}.checkpoint-when-ready.store=file://{}", store.display()),
+                format!(
+                    "{ANNOTATION}.checkpoint-when-ready.store=file://{}",
+                    store.display()
+                ),
             ],
         )
         .map_err(anyhow::Error::msg)
@@ -249,9 +318,13 @@ impl Bench<'_> {
                 session.task_status(ready_id).as_deref() == Some("STOPPED")
             };
             if stopped || t0.elapsed() >= self.timeout {
-                let log = std::fs::read_to_string(session.instance.containerd_log()).unwrap_or_default();
+                let log =
+                    std::fs::read_to_string(session.instance.containerd_log()).unwrap_or_default();
                 let lines: Vec<&str> = log.lines().filter(|l| l.contains(ready_id)).collect();
-                eprintln!("containerd log (shim lines):\n{}", lines[lines.len().saturating_sub(10)..].join("\n"));
+                eprintln!(
+                    "containerd log (shim lines):\n{}",
+                    lines[lines.len().saturating_sub(10)..].join("\n")
+                );
                 bail!(
                     "no ready-point checkpoint in {} after {:.0} s (task {})",
                     cp.display(),
@@ -269,9 +342,9 @@ impl Bench<'_> {
         // is the reference body every start must give (the checkpoint was
         // taken before any request, so a restored clone's first answer says
         // requests=1 too).
-        let reference = self
-            .poll_http(ready_id)
-            .map_err(|e| anyhow::anyhow!("the ready-point container does not answer after its checkpoint: {e}"))?;
+        let reference = self.poll_http(ready_id).map_err(|e| {
+            anyhow::anyhow!("the ready-point container does not answer after its checkpoint: {e}")
+        })?;
         let ready_app = app_report(&self.log(ready_id));
         let t = &manifest["timings"];
         say(format!(
@@ -281,24 +354,45 @@ impl Bench<'_> {
             t["dumpMs"].as_f64().unwrap_or(f64::NAN),
             t["persistMs"].as_f64().unwrap_or(f64::NAN)
         ));
-        say(format!("reference body: {}", reference.lines().next().unwrap_or("")));
+        say(format!(
+            "reference body: {}",
+            reference.lines().next().unwrap_or("")
+        ));
         session.remove(&[ready_id]);
-        let restore_from = vec!["--annotation".to_string(), format!("{ANNOTATION}.restore-from=file://{}", cp.display())];
+        let restore_from = vec![
+            "--annotation".to_string(),
+            format!("{ANNOTATION}.restore-from=file://{}", cp.display()),
+        ];
 
         // ------------------------------------------ cold against restored
         let mut samples: Vec<Sample> = Vec::new();
-        say(format!("cold and restored starts: {} each, interleaved (polling: {})", opts.runs, self.poll.as_str()));
+        say(format!(
+            "cold and restored starts: {} each, interleaved (polling: {})",
+            opts.runs,
+            self.poll.as_str()
+        ));
         for i in 0..opts.runs {
-            let order = if i % 2 == 0 { ["cold", "restored"] } else { ["restored", "cold"] };
+            let order = if i % 2 == 0 {
+                ["cold", "restored"]
+            } else {
+                ["restored", "cold"]
+            };
             for kind in order {
                 let id = format!("ss-{kind}-{i}");
                 let mut s = if kind == "cold" {
                     let mut s = self.timed_start("cold", i, &id, &[], &reference);
-                    s.extra = app_report(&self.log(&id)).as_object().cloned().unwrap_or_default();
+                    s.extra = app_report(&self.log(&id))
+                        .as_object()
+                        .cloned()
+                        .unwrap_or_default();
                     s
                 } else {
                     let mut s = self.timed_start("restored", i, &id, &restore_from, &reference);
-                    let restore_log = session.instance.task_state_dir().join(&id).join("criu-restore-work/restore.log");
+                    let restore_log = session
+                        .instance
+                        .task_state_dir()
+                        .join(&id)
+                        .join("criu-restore-work/restore.log");
                     if let Some(secs) = last_criu_stamp(&restore_log) {
                         s.extra.insert("criu_restore_s".into(), secs.into());
                     }
@@ -353,8 +447,9 @@ impl Bench<'_> {
                         };
                         let result = self.start(id, restore_from).and_then(|()| {
                             s.run_returned_ms = Some(ms_since(t_all));
-                            self.poll_http(id)
-                                .map_err(|e| format!("no HTTP answer within {}s: {e}", self.timeout.as_secs()))
+                            self.poll_http(id).map_err(|e| {
+                                format!("no HTTP answer within {}s: {e}", self.timeout.as_secs())
+                            })
                         });
                         if let Ok(body) = &result {
                             s.first_response_ms = Some(ms_since(t_all));
@@ -365,7 +460,10 @@ impl Bench<'_> {
                     })
                 })
                 .collect();
-            handles.into_iter().map(|h| h.join().expect("a clone thread panicked")).collect()
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("a clone thread panicked"))
+                .collect()
         });
         let par_total = ms_since(t_all);
         samples.extend(parallel);
@@ -380,11 +478,20 @@ impl Bench<'_> {
         let (cold, restored) = (first("cold"), first("restored"));
         let speedup = stats::ratio(median(&cold), median(&restored)).map(|r| stats::round(r, 2));
         let paired = stats::paired_median((0..opts.runs).map(|i| {
-            let at = |kind: &'static str| ok(kind).find(|s| s.i == i).and_then(|s| s.first_response_ms);
+            let at = |kind: &'static str| {
+                ok(kind)
+                    .find(|s| s.i == i)
+                    .and_then(|s| s.first_response_ms)
+            };
             (at("cold"), at("restored"))
         }))
         .map(|r| stats::round(r, 2));
-        let independent = |kind: &str| seconds.iter().filter(|s| s.kind == format!("{kind}-second-request") && s.ok).count();
+        let independent = |kind: &str| {
+            seconds
+                .iter()
+                .filter(|s| s.kind == format!("{kind}-second-request") && s.ok)
+                .count()
+        };
         let clones_summary = |kind: &'static str, total: f64| {
             json!({
                 "per_clone_first_response_ms": first(kind),
@@ -421,14 +528,23 @@ impl Bench<'_> {
                     && independent("clone-sequential") == n && independent("clone-parallel") == n,
             },
         });
-        let java_home = std::env::var("JAVA_HOME").unwrap_or_else(|_| "/usr/lib/jvm/java-17-openjdk-amd64".into());
+        let java_home = std::env::var("JAVA_HOME")
+            .unwrap_or_else(|_| "/usr/lib/jvm/java-17-openjdk-amd64".into());
         let java = java_version(&java_home);
-        let mut machine_json = session.machine(&["shim", "oci", "Cargo.toml", "Cargo.lock", "hack/bench"], &load_before, &load_after);
+        let mut machine_json = session.machine(
+            &["shim", "oci", "Cargo.toml", "Cargo.lock", "hack/bench"],
+            &load_before,
+            &load_after,
+        );
         machine_json["java"] = java.into();
         let all_samples: Vec<Value> = samples
             .iter()
             .map(|s| serde_json::to_value(s).unwrap_or(Value::Null))
-            .chain(seconds.iter().map(|s| serde_json::to_value(s).unwrap_or(Value::Null)))
+            .chain(
+                seconds
+                    .iter()
+                    .map(|s| serde_json::to_value(s).unwrap_or(Value::Null)),
+            )
             .collect();
         let doc = json!({
             "summary": summary,
@@ -467,7 +583,13 @@ impl Bench<'_> {
         }
         print!("{}", t.render());
         let s = &doc["summary"];
-        let fmt = |v: &Value| if v.is_null() { "-".to_string() } else { format!("{v}") };
+        let fmt = |v: &Value| {
+            if v.is_null() {
+                "-".to_string()
+            } else {
+                format!("{v}")
+            }
+        };
         let med = |v: &Value| fmt(&v["median"]);
         println!(
             "({} cold and {} restored starts, interleaved; failed: cold {}, restored {})",
@@ -481,7 +603,10 @@ impl Bench<'_> {
             med(&s["cold_app_listening_after_ms"])
         );
         let m = &s["ready_point"]["manifest"];
-        let mb = |v: &Value| v.as_f64().map_or("-".into(), |b| format!("{:.1}", b / 1_048_576.0));
+        let mb = |v: &Value| {
+            v.as_f64()
+                .map_or("-".into(), |b| format!("{:.1}", b / 1_048_576.0))
+        };
         let floor = |v: &Value| v.as_f64().map_or("-".into(), |x| format!("{}", x.floor()));
         println!(
             "ready-point checkpoint: {} MiB (memory {} MiB), frozen {} ms, dump {} ms, persist {} ms; taken {ready_ms} ms after ctr run (the app reported listening after {} ms; its shim had used {} s of CPU)",
@@ -496,7 +621,14 @@ impl Bench<'_> {
         let (cs, cp_) = (&s["clones_sequential"], &s["clones_parallel"]);
         println!(
             "clones: sequential {}/{} answered in {} ms total, {} answered a 2nd request on their own; all at once {}/{} in {} ms total, {} independent\n",
-            cs["answered"], cs["of"], cs["total_ms"], cs["independent"], cp_["answered"], cp_["of"], cp_["total_ms"], cp_["independent"]
+            cs["answered"],
+            cs["of"],
+            cs["total_ms"],
+            cs["independent"],
+            cp_["answered"],
+            cp_["of"],
+            cp_["total_ms"],
+            cp_["independent"]
         );
         let g = &doc["goals"];
         println!(
@@ -513,7 +645,13 @@ impl Bench<'_> {
         if !failed.is_empty() {
             say(format!("{} sample(s) failed:", failed.len()));
             for s in failed {
-                eprintln!("    {} {} {}: {}", s.kind, s.i, s.id, s.error.as_deref().unwrap_or(""));
+                eprintln!(
+                    "    {} {} {}: {}",
+                    s.kind,
+                    s.i,
+                    s.id,
+                    s.error.as_deref().unwrap_or("")
+                );
             }
         }
         for s in seconds.iter().filter(|s| !s.ok) {
@@ -523,16 +661,34 @@ impl Bench<'_> {
         let points = |kind: &'static str| -> Vec<(f64, f64)> {
             // Runs count from 0, clones from 1: both plotted from 1.
             let from_one = u64::from(kind == "cold" || kind == "restored");
-            ok(kind).filter_map(|s| Some(((s.i + from_one) as f64, s.first_response_ms?))).collect()
+            ok(kind)
+                .filter_map(|s| Some(((s.i + from_one) as f64, s.first_response_ms?)))
+                .collect()
         };
         plot::lines(
             &session.plot_path("first-response"),
-            &Labels { title: "Start-up: ctr run to first HTTP answer", x: "run / clone", y: "first answer (ms)" },
+            &Labels {
+                title: "Start-up: ctr run to first HTTP answer",
+                x: "run / clone",
+                y: "first answer (ms)",
+            },
             &[
-                Series { name: "cold".into(), points: points("cold") },
-                Series { name: "restored from ready point".into(), points: points("restored") },
-                Series { name: "clone, sequential".into(), points: points("clone-sequential") },
-                Series { name: "clone, all at once".into(), points: points("clone-parallel") },
+                Series {
+                    name: "cold".into(),
+                    points: points("cold"),
+                },
+                Series {
+                    name: "restored from ready point".into(),
+                    points: points("restored"),
+                },
+                Series {
+                    name: "clone, sequential".into(),
+                    points: points("clone-sequential"),
+                },
+                Series {
+                    name: "clone, all at once".into(),
+                    points: points("clone-parallel"),
+                },
             ],
         )?;
         Ok(())
@@ -553,7 +709,12 @@ impl Bench<'_> {
             .map(|id| {
                 let body = self.poll_http(id).unwrap_or_default();
                 let ok = body.trim_end_matches('\n').lines().last() == Some("requests=2");
-                SecondRequest { kind: format!("{kind}-second-request"), id: id.clone(), ok, body }
+                SecondRequest {
+                    kind: format!("{kind}-second-request"),
+                    id: id.clone(),
+                    ok,
+                    body,
+                }
             })
             .collect()
     }
@@ -565,7 +726,12 @@ fn java_version(java_home: &str) -> String {
         .arg("-version")
         .output()
         .ok()
-        .and_then(|o| String::from_utf8_lossy(&o.stderr).lines().nth(1).map(String::from))
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stderr)
+                .lines()
+                .nth(1)
+                .map(String::from)
+        })
         .unwrap_or_else(|| "unknown".into())
 }
 
@@ -575,9 +741,12 @@ fn shim_cpu_seconds(id: &str, address: &str) -> Option<f64> {
     use containerd_migrate_tests::host;
     let pid = host::all_pids().into_iter().find(|p| {
         host::cmdline(*p).is_some_and(|args| {
-            args.first().is_some_and(|a| a.ends_with("containerd-shim-migrate-v1"))
+            args.first()
+                .is_some_and(|a| a.ends_with("containerd-shim-migrate-v1"))
                 && args.windows(2).any(|w| w[0] == "-id" && w[1] == id)
-                && args.windows(2).any(|w| w[0] == "-address" && w[1] == address)
+                && args
+                    .windows(2)
+                    .any(|w| w[0] == "-address" && w[1] == address)
         })
     })?;
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -591,8 +760,10 @@ fn shim_cpu_seconds(id: &str, address: &str) -> Option<f64> {
 /// The ready-point checkpoint's manifest, summarized as the script did:
 /// {id, memoryBytes, files (count), bytes (sum), timings, created, host}.
 fn manifest_summary(path: &Path) -> Result<Value> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let m: Value = serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let m: Value =
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
     let files = m["files"].as_array().map(Vec::as_slice).unwrap_or_default();
     Ok(json!({
         "id": m["id"], "memoryBytes": m["memoryBytes"], "files": files.len(),
@@ -603,7 +774,11 @@ fn manifest_summary(path: &Path) -> Result<Value> {
 
 /// The time stamp of the last line of a CRIU log, in seconds.
 fn last_criu_stamp(log: &Path) -> Option<f64> {
-    std::fs::read_to_string(log).ok()?.lines().rev().find_map(criu_log_seconds)
+    std::fs::read_to_string(log)
+        .ok()?
+        .lines()
+        .rev()
+        .find_map(criu_log_seconds)
 }
 
 /// The app's own start-up report, from its output line
@@ -634,7 +809,10 @@ mod tests {
 
     #[test]
     fn app_line() {
-        let v = parse_app_line("slowstart: listening on 8080 after 5123 ms (index 3000 ms, digest+warm-up 2100 ms)").unwrap();
+        let v = parse_app_line(
+            "slowstart: listening on 8080 after 5123 ms (index 3000 ms, digest+warm-up 2100 ms)",
+        )
+        .unwrap();
         assert_eq!(v["app_listening_after_ms"], 5123);
         assert_eq!(v["app_index_ms"], 3000);
         assert_eq!(v["app_warmup_ms"], 2100);

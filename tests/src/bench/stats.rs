@@ -19,7 +19,11 @@ pub struct Stats {
 impl Stats {
     /// The summary of the values that are there; `None` when none is.
     pub fn of(values: impl IntoIterator<Item = Option<f64>>) -> Option<Stats> {
-        let mut v: Vec<f64> = values.into_iter().flatten().filter(|x| x.is_finite()).collect();
+        let mut v: Vec<f64> = values
+            .into_iter()
+            .flatten()
+            .filter(|x| x.is_finite())
+            .collect();
         if v.is_empty() {
             return None;
         }
@@ -52,7 +56,11 @@ fn percentile_sorted(v: &[f64], q: f64) -> f64 {
 
 /// Percentile `q` of the values that are there.
 pub fn percentile(values: impl IntoIterator<Item = Option<f64>>, q: f64) -> Option<f64> {
-    let mut v: Vec<f64> = values.into_iter().flatten().filter(|x| x.is_finite()).collect();
+    let mut v: Vec<f64> = values
+        .into_iter()
+        .flatten()
+        .filter(|x| x.is_finite())
+        .collect();
     if v.is_empty() {
         return None;
     }
@@ -107,7 +115,12 @@ mod tests {
         assert_eq!(ratio(Some(1.0), Some(3.0)), Some(0.333));
         assert_eq!(ratio(Some(1.0), Some(0.0)), None);
         assert_eq!(ratio(None, Some(1.0)), None);
-        let pairs = [(Some(2.0), Some(1.0)), (Some(3.0), Some(1.0)), (None, Some(1.0)), (Some(1.0), Some(1.0))];
+        let pairs = [
+            (Some(2.0), Some(1.0)),
+            (Some(3.0), Some(1.0)),
+            (None, Some(1.0)),
+            (Some(1.0), Some(1.0)),
+        ];
         assert_eq!(paired_median(pairs), Some(2.0));
     }
 }

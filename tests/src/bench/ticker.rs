@@ -131,18 +131,24 @@ impl Options {
         // take about twice as long as at 1 %, so the default levels get
         // their own intervals.
         let default_levels = self.dirty == DEFAULT_DIRTY;
-        given.clone().unwrap_or_else(|| match (store, default_levels) {
-            (Store::File, true) => vec![15, 15, 30],
-            (Store::File, false) => vec![15],
-            (Store::Oci, true) => vec![20, 20, 30],
-            (Store::Oci, false) => vec![20],
-        })
+        given
+            .clone()
+            .unwrap_or_else(|| match (store, default_levels) {
+                (Store::File, true) => vec![15, 15, 30],
+                (Store::File, false) => vec![15],
+                (Store::Oci, true) => vec![20, 20, 30],
+                (Store::Oci, false) => vec![20],
+            })
     }
 
     /// The ticker interval of `store` at level index `level`.
     fn interval_of(&self, store: Store, level: usize) -> u64 {
         let list = self.intervals(store);
-        if list.len() == 1 { list[0] } else { list[level] }
+        if list.len() == 1 {
+            list[0]
+        } else {
+            list[level]
+        }
     }
 
     fn pages(&self) -> u64 {
@@ -283,18 +289,34 @@ pub fn run(opts: Options) -> Result<()> {
         }
     }
     if opts.stores.contains(&Store::Oci) && host::which(registry::BINARY).is_none() {
-        bail!("{} not found (hack/setup.sh installs it), or run with --stores file", registry::BINARY);
+        bail!(
+            "{} not found (hack/setup.sh installs it), or run with --stores file",
+            registry::BINARY
+        );
     }
     // Room: the ticker's store holds a base plus TICKS-1 increments; a full
     // checkpoint and a rebuilt version need MIB each, the container MIB more.
     let max_dirty = opts.dirty.iter().copied().fold(0.0, f64::max);
-    let need_mib = (opts.mib as f64 * (1.0 + max_dirty / 100.0 * (opts.ticks - 1) as f64) * 1.15) as u64 + 2 * opts.mib + 1024;
+    let need_mib = (opts.mib as f64 * (1.0 + max_dirty / 100.0 * (opts.ticks - 1) as f64) * 1.15)
+        as u64
+        + 2 * opts.mib
+        + 1024;
     std::fs::create_dir_all(&opts.common.work_base)?;
     let have_mib = free_mib(&opts.common.work_base).unwrap_or(u64::MAX);
     if have_mib < need_mib {
-        bail!("{} has {have_mib} MiB free, the benchmark needs about {need_mib} MiB", opts.common.work_base.display());
+        bail!(
+            "{} has {have_mib} MiB free, the benchmark needs about {need_mib} MiB",
+            opts.common.work_base.display()
+        );
     }
-    let mut session = Session::start(&opts.common, Needs { name: "ticker", migratectl: true, private_runtime_dir: false })?;
+    let mut session = Session::start(
+        &opts.common,
+        Needs {
+            name: "ticker",
+            migratectl: true,
+            private_runtime_dir: false,
+        },
+    )?;
     if opts.keep_work {
         session.keep_work();
     }
@@ -302,7 +324,12 @@ pub fn run(opts: Options) -> Result<()> {
     for d in ["full", "out", "logs"] {
         std::fs::create_dir_all(session.work.join(d))?;
     }
-    let bench = Bench { opts: &opts, session: &session, timeout: Duration::from_secs(opts.timeout), full_dir };
+    let bench = Bench {
+        opts: &opts,
+        session: &session,
+        timeout: Duration::from_secs(opts.timeout),
+        full_dir,
+    };
     bench.measure_all()
 }
 
@@ -330,9 +357,17 @@ impl Bench<'_> {
             "dirty {:?} % per tick, stores {:?}, {} ticks of {} MiB (intervals: file {:?} s, oci {:?} s), {} full checkpoints and restores",
             opts.dirty,
             opts.stores.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
-            opts.ticks, opts.mib, opts.intervals(Store::File), opts.intervals(Store::Oci), opts.runs
+            opts.ticks,
+            opts.mib,
+            opts.intervals(Store::File),
+            opts.intervals(Store::Oci),
+            opts.runs
         ));
-        say(format!("work dir {} ({}); {staging}", session.work.display(), machine::fs_type(&session.work)));
+        say(format!(
+            "work dir {} ({}); {staging}",
+            session.work.display(),
+            machine::fs_type(&session.work)
+        ));
         let mut fulls = Vec::new();
         let mut tickers = Vec::new();
         for (level, &x) in opts.dirty.iter().enumerate() {
@@ -347,7 +382,14 @@ impl Bench<'_> {
             fulls.push(full);
         }
         let load_after = machine::loadavg();
-        self.report(&fulls, &tickers, &started, &load_before, &load_after, &staging)
+        self.report(
+            &fulls,
+            &tickers,
+            &started,
+            &load_before,
+            &load_after,
+            &staging,
+        )
     }
 
     fn workload(&self, pct: f64, run_opts: Vec<String>) -> Workload<'static> {
@@ -366,7 +408,10 @@ impl Bench<'_> {
         let (opts, session) = (self.opts, self.session);
         let id = format!("full-{x}");
         let pct = opts.per_tick_percent(x, interval);
-        say(format!("full checkpoints, {x} % per {interval} s: memtick --dirty-percent {}", percent_arg(pct)));
+        say(format!(
+            "full checkpoints, {x} % per {interval} s: memtick --dirty-percent {}",
+            percent_arg(pct)
+        ));
         memtick::wait_for_memory(3 * opts.mib + 1024);
         memtick::start(session, &id, &self.workload(pct, Vec::new()), 10)
             .map_err(|e| anyhow::anyhow!("memtick {id} did not start: {e}"))?;
@@ -379,10 +424,24 @@ impl Bench<'_> {
         for run in 0..opts.runs {
             let cp_id = format!("{id}-cp{run}");
             let start = Instant::now();
-            let tick_before = memtick::host_tick(session, &id).map(|t| t.tick).unwrap_or(0);
+            let tick_before = memtick::host_tick(session, &id)
+                .map(|t| t.tick)
+                .unwrap_or(0);
             let t0_ms = unix_ms();
             let t0 = Instant::now();
-            let out = session.migratectl(&["checkpoint", "create", "--root", &full_dir, "--id", &cp_id, "--json", &id], self.timeout);
+            let out = session.migratectl(
+                &[
+                    "checkpoint",
+                    "create",
+                    "--root",
+                    &full_dir,
+                    "--id",
+                    &cp_id,
+                    "--json",
+                    &id,
+                ],
+                self.timeout,
+            );
             let wall_ms = ms_since(t0);
             let cp = match out {
                 Ok(out) if out.success() => {
@@ -466,13 +525,20 @@ impl Bench<'_> {
 
     /// The ticker's versions of container `id` logged so far.
     fn logged_versions(&self, id: &str) -> Vec<TickerVersion> {
-        let log = std::fs::read_to_string(self.session.instance.containerd_log()).unwrap_or_default();
+        let log =
+            std::fs::read_to_string(self.session.instance.containerd_log()).unwrap_or_default();
         ticker_log::versions_of(&log, id)
     }
 
     /// TICKS versions of memtick into a fresh store, then `--runs` restores of
     /// the newest, alternating with restores of the level's full checkpoint.
-    fn ticker_level(&self, store: Store, x: f64, interval: u64, full: &FullLevel) -> Result<TickerLevel> {
+    fn ticker_level(
+        &self,
+        store: Store,
+        x: f64,
+        interval: u64,
+        full: &FullLevel,
+    ) -> Result<TickerLevel> {
         let (opts, session) = (self.opts, self.session);
         let id = format!("tk-{}-{x}", store.as_str());
         let registry;
@@ -504,7 +570,10 @@ impl Bench<'_> {
             format!("{ANNOTATION}.keep-groups={}", opts.keep_groups),
             format!("{ANNOTATION}.store={url}"),
         ];
-        let run_opts = annotations.iter().flat_map(|a| ["--annotation".to_string(), a.clone()]).collect();
+        let run_opts = annotations
+            .iter()
+            .flat_map(|a| ["--annotation".to_string(), a.clone()])
+            .collect();
         memtick::start(session, &id, &self.workload(pct, run_opts), 10)
             .map_err(|e| anyhow::anyhow!("memtick {id} did not start: {e}"))?;
         // Until version TICKS-1 is stored; a stall (no new version for a long
@@ -572,12 +641,24 @@ impl Bench<'_> {
         // Everything the versions are measured with, before the restores
         // (whose containers carry the ticker annotations too, and would tick
         // after an interval).
-        let listing: Vec<Value> = match session
-            .migratectl(&["checkpoint", "ls", "--store", &url, "--container", &id, "--json"], self.timeout)
-        {
+        let listing: Vec<Value> = match session.migratectl(
+            &[
+                "checkpoint",
+                "ls",
+                "--store",
+                &url,
+                "--container",
+                &id,
+                "--json",
+            ],
+            self.timeout,
+        ) {
             Ok(out) if out.success() => serde_json::from_slice(&out.stdout).unwrap_or_default(),
             Ok(out) => {
-                say(format!("WARNING: checkpoint ls --store failed: {}", out.stderr_str().trim()));
+                say(format!(
+                    "WARNING: checkpoint ls --store failed: {}",
+                    out.stderr_str().trim()
+                ));
                 Vec::new()
             }
             Err(e) => {
@@ -591,14 +672,20 @@ impl Bench<'_> {
         let versions = join_versions(opts, pct, &lines, &listing, &ticks);
         // The counter before the newest version's dump, more exactly: the
         // tick before the one that ended its freeze.
-        if let Some(t) = versions.iter().find(|v| Some(v.version) == last).and_then(|v| v.freeze_tick) {
+        if let Some(t) = versions
+            .iter()
+            .find(|v| Some(v.version) == last)
+            .and_then(|v| v.freeze_tick)
+        {
             tick_before = t.saturating_sub(1);
         }
 
         say(format!(
             "restores of version {} of {id}, alternating with the full checkpoint {}",
             last.map_or("(none)".to_string(), |v| v.to_string()),
-            full.kept_for_restores.as_ref().map_or("(none)", |(cp, _)| cp.as_str())
+            full.kept_for_restores
+                .as_ref()
+                .map_or("(none)", |(cp, _)| cp.as_str())
         ));
         let full_root = self.full_dir.display().to_string();
         let mut restores = Vec::new();
@@ -625,7 +712,17 @@ impl Bench<'_> {
                     &format!("{id}-r{run}"),
                     run,
                     "chain",
-                    &["restore", "--store", &url, "--container", &id, "--version", &v, "--image", IMAGE],
+                    &[
+                        "restore",
+                        "--store",
+                        &url,
+                        "--container",
+                        &id,
+                        "--version",
+                        &v,
+                        "--image",
+                        IMAGE,
+                    ],
                 ));
             }
             if run % 2 == 0 {
@@ -657,7 +754,14 @@ impl Bench<'_> {
 
     /// One `migratectl ARGS --as NEW_ID --detach --json`, checked to tick on
     /// from at least `tick_before`, then removed.
-    fn restore_one(&self, tick_before: u64, new_id: &str, run: u64, kind: &'static str, args: &[&str]) -> Restore {
+    fn restore_one(
+        &self,
+        tick_before: u64,
+        new_id: &str,
+        run: u64,
+        kind: &'static str,
+        args: &[&str],
+    ) -> Restore {
         let session = self.session;
         memtick::wait_for_memory(3 * self.opts.mib + 1024);
         unsafe { libc::sync() };
@@ -667,7 +771,11 @@ impl Bench<'_> {
         let t0 = Instant::now();
         let out = session.migratectl(&args, self.timeout);
         let wall_ms = ms_since(t0);
-        let detail: Value = out.as_ref().ok().and_then(|o| serde_json::from_slice(&o.stdout).ok()).unwrap_or(Value::Null);
+        let detail: Value = out
+            .as_ref()
+            .ok()
+            .and_then(|o| serde_json::from_slice(&o.stdout).ok())
+            .unwrap_or(Value::Null);
         let mut r = Restore {
             run,
             kind,
@@ -687,22 +795,33 @@ impl Bench<'_> {
         };
         let failure = match &out {
             Err(e) => Some(e.clone()),
-            Ok(o) if !o.success() => Some(format!("migratectl restore failed: {}", o.stderr_str().trim())),
+            Ok(o) if !o.success() => Some(format!(
+                "migratectl restore failed: {}",
+                o.stderr_str().trim()
+            )),
             Ok(_) => None,
         };
         if let Some(e) = failure {
             r.ok = false;
             r.error = Some(e);
-        } else if let Some(first) = memtick::wait_tick_after(session, new_id, t0_ms, Duration::from_secs(60)) {
+        } else if let Some(first) =
+            memtick::wait_tick_after(session, new_id, t0_ms, Duration::from_secs(60))
+        {
             r.ticking_ms = Some(ms_since(t0));
             r.first_tick = Some(first.tick);
             r.continuity = Some(first.tick >= tick_before);
             // And it keeps running (memtick exits 3 on a corrupt page).
             let later = unix_ms() + 10 * self.opts.memtick_ms;
             if memtick::wait_tick_after(session, new_id, later, Duration::from_secs(15)).is_none()
-                || !matches!(session.task_status(new_id).as_deref(), Some("RUNNING" | "PAUSED"))
+                || !matches!(
+                    session.task_status(new_id).as_deref(),
+                    Some("RUNNING" | "PAUSED")
+                )
             {
-                let log = std::fs::read_to_string(Path::new(RESTORE_LOG_DIR).join(format!("{new_id}.log"))).unwrap_or_default();
+                let log = std::fs::read_to_string(
+                    Path::new(RESTORE_LOG_DIR).join(format!("{new_id}.log")),
+                )
+                .unwrap_or_default();
                 r.ok = false;
                 r.continuity = Some(false);
                 r.error = Some(format!(
@@ -713,7 +832,10 @@ impl Bench<'_> {
             }
         } else {
             r.ok = false;
-            r.error = Some(format!("the restored counter did not tick within 60 s (task {})", session.status_word(new_id)));
+            r.error = Some(format!(
+                "the restored counter did not tick within 60 s (task {})",
+                session.status_word(new_id)
+            ));
         }
         match &r.error {
             None => eprintln!(
@@ -733,13 +855,20 @@ impl Bench<'_> {
 /// memtick's measured ms per tick over the whole run.
 fn memtick_period(ticks: &[TickLine]) -> Option<f64> {
     let (first, last) = (ticks.first()?, ticks.last()?);
-    (last.tick > first.tick).then(|| (last.unix_ms - first.unix_ms) as f64 / (last.tick - first.tick) as f64)
+    (last.tick > first.tick)
+        .then(|| (last.unix_ms - first.unix_ms) as f64 / (last.tick - first.tick) as f64)
 }
 
 /// Per version: the ticker's line joined with the listing, the memtick tick
 /// that ended its freeze (the largest gap in the dump window) and the pages
 /// dirtied since the version before.
-fn join_versions(opts: &Options, pct: f64, lines: &[TickerVersion], listing: &[Value], ticks: &[TickLine]) -> Vec<Version> {
+fn join_versions(
+    opts: &Options,
+    pct: f64,
+    lines: &[TickerVersion],
+    listing: &[Value],
+    ticks: &[TickLine],
+) -> Vec<Version> {
     let pages_per_tick = opts.pages_per_tick(pct);
     let pages = opts.pages();
     let period = memtick_period(ticks);
@@ -748,13 +877,21 @@ fn join_versions(opts: &Options, pct: f64, lines: &[TickerVersion], listing: &[V
     lines.dedup_by_key(|l| l.version);
     let mut out: Vec<Version> = Vec::new();
     for l in lines {
-        let listed = listing.iter().find(|v| v["version"].as_u64() == Some(l.version)).cloned().unwrap_or(Value::Null);
+        let listed = listing
+            .iter()
+            .find(|v| v["version"].as_u64() == Some(l.version))
+            .cloned()
+            .unwrap_or(Value::Null);
         let began = l.log_ms.saturating_sub(l.total_ms as u64);
         let window_end = began + l.dump_ms as u64 + 2 * opts.memtick_ms + 300;
-        let freeze = ticks.iter().filter(|t| t.unix_ms >= began && t.unix_ms <= window_end).max_by_key(|t| t.gap_ms);
+        let freeze = ticks
+            .iter()
+            .filter(|t| t.unix_ms >= began && t.unix_ms <= window_end)
+            .max_by_key(|t| t.gap_ms);
         let created = listed.get("created").cloned().unwrap_or(Value::Null);
         let created_ms = created.as_str().and_then(|c| {
-            let t = time::OffsetDateTime::parse(c, &time::format_description::well_known::Rfc3339).ok()?;
+            let t = time::OffsetDateTime::parse(c, &time::format_description::well_known::Rfc3339)
+                .ok()?;
             u64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok()
         });
         let mut v = Version {
@@ -770,8 +907,14 @@ fn join_versions(opts: &Options, pct: f64, lines: &[TickerVersion], listing: &[V
             retained: l.retained,
             created,
             created_ms,
-            bytes_new: listed.get("bytesNew").and_then(Value::as_f64).or(Some(l.bytes_new as f64)),
-            bytes_total: listed.get("bytesTotal").and_then(Value::as_f64).or(Some(l.bytes_total as f64)),
+            bytes_new: listed
+                .get("bytesNew")
+                .and_then(Value::as_f64)
+                .or(Some(l.bytes_new as f64)),
+            bytes_total: listed
+                .get("bytesTotal")
+                .and_then(Value::as_f64)
+                .or(Some(l.bytes_total as f64)),
             listed_chunks_new: listed.get("chunksNew").cloned().unwrap_or(Value::Null),
             mode: listed.get("mode").cloned().unwrap_or(Value::Null),
             valid: listed.get("valid").cloned().unwrap_or(Value::Null),
@@ -788,7 +931,8 @@ fn join_versions(opts: &Options, pct: f64, lines: &[TickerVersion], listing: &[V
         if let Some(p) = out.last() {
             let by_time = match (v.created_ms, p.created_ms, period) {
                 (Some(c), Some(pc), Some(period)) if period > 0.0 => {
-                    let n = ((c.saturating_sub(pc)) as f64 / period * pages_per_tick as f64).floor() as u64;
+                    let n = ((c.saturating_sub(pc)) as f64 / period * pages_per_tick as f64).floor()
+                        as u64;
                     Some((n.min(pages) * PAGE) as f64)
                 }
                 _ => None,
@@ -850,7 +994,9 @@ fn restore_stats(restores: &[Restore], f: fn(&Restore) -> Option<f64>) -> Option
 }
 
 fn full_summary(full: Option<&FullLevel>, restores: &[Restore]) -> FullSummary {
-    let cps: Vec<&FullCheckpoint> = full.map(|f| f.checkpoints.iter().filter(|c| c.ok).collect()).unwrap_or_default();
+    let cps: Vec<&FullCheckpoint> = full
+        .map(|f| f.checkpoints.iter().filter(|c| c.ok).collect())
+        .unwrap_or_default();
     let st = |f: fn(&FullCheckpoint) -> Option<f64>| Stats::of(cps.iter().map(|c| f(c)));
     FullSummary {
         frozen_ms: st(|c| c.frozen_ms),
@@ -891,7 +1037,8 @@ impl Bench<'_> {
             let page_bytes = (opts.pages() * PAGE) as f64;
             let over: Vec<f64> = inc.iter().filter_map(|v| v.bytes_over_bound).collect();
             let over_max = over.iter().copied().reduce(f64::max);
-            let over_median = stats::percentile(over.iter().map(|v| Some(*v)), 0.5).map(|m| stats::round(m, 3));
+            let over_median =
+                stats::percentile(over.iter().map(|v| Some(*v)), 0.5).map(|m| stats::round(m, 3));
             let ticker = json!({
                 "frozen_ms": all(|v| v.frozen_ms),
                 "memtick_gap_ms": all(|v| v.memtick_gap_ms),
@@ -920,7 +1067,11 @@ impl Bench<'_> {
             let ticking = median(&restore_stats(&k.restores, |r| r.ticking_ms));
             let full_times_versions = median(&fs.size_bytes).map(|s| s * k.versions.len() as f64);
             let paired = stats::paired_median((0..opts.runs).map(|i| {
-                let at = |rs: &[Restore]| rs.iter().find(|r| r.run == i && r.ok).and_then(|r| r.total_ms);
+                let at = |rs: &[Restore]| {
+                    rs.iter()
+                        .find(|r| r.run == i && r.ok)
+                        .and_then(|r| r.total_ms)
+                };
                 (at(&k.restores), at(&k.full_restores))
             }));
             let ratios = json!({
@@ -931,21 +1082,29 @@ impl Bench<'_> {
                 "restore_paired_median": paired,
                 "restore_ticking": ratio(ticking, median(&fs.restore_ticking_ms)),
             });
-            let continuity: Vec<bool> = [all_continue(&k.restores), fs.continuity].into_iter().flatten().collect();
+            let continuity: Vec<bool> = [all_continue(&k.restores), fs.continuity]
+                .into_iter()
+                .flatten()
+                .collect();
             let goals = [
                 (
                     "bytes_per_version",
                     Goal {
                         value: over_max.map_or(Value::Null, Value::from),
-                        goal: format!("every incremental version: bytes new <= {GOAL_BYTES_FACTOR} x dirtied + 1 MiB (value: the largest bytes/bound)"),
-                        met: over_max.is_some_and(|v| v <= 1.0) && inc.len() as u64 >= opts.ticks - 1,
+                        goal: format!(
+                            "every incremental version: bytes new <= {GOAL_BYTES_FACTOR} x dirtied + 1 MiB (value: the largest bytes/bound)"
+                        ),
+                        met: over_max.is_some_and(|v| v <= 1.0)
+                            && inc.len() as u64 >= opts.ticks - 1,
                     },
                 ),
                 (
                     "freeze",
                     Goal::number(
                         ratio(frozen, median(&fs.frozen_ms)),
-                        format!("median ticker freeze / median full checkpoint freeze (CRIU frozen) <= {GOAL_FREEZE_RATIO}"),
+                        format!(
+                            "median ticker freeze / median full checkpoint freeze (CRIU frozen) <= {GOAL_FREEZE_RATIO}"
+                        ),
                         |v| v <= GOAL_FREEZE_RATIO,
                     ),
                 ),
@@ -963,14 +1122,24 @@ impl Bench<'_> {
                 (
                     "continuity",
                     Goal {
-                        value: if continuity.is_empty() { Value::Null } else { continuity.iter().all(|c| *c).into() },
+                        value: if continuity.is_empty() {
+                            Value::Null
+                        } else {
+                            continuity.iter().all(|c| *c).into()
+                        },
                         goal: "every restored counter carries on".into(),
                         met: !continuity.is_empty() && continuity.iter().all(|c| *c),
                     },
                 ),
             ];
             missed += goals.iter().filter(|(_, g)| !g.met).count();
-            let goal = |name: &str| &goals.iter().find(|(n, _)| *n == name).expect("named goal").1;
+            let goal = |name: &str| {
+                &goals
+                    .iter()
+                    .find(|(n, _)| *n == name)
+                    .expect("named goal")
+                    .1
+            };
             // The table of this store and level.
             let r = &ratios;
             let f1 = |v: Option<f64>| report::num(v, 1);
@@ -978,24 +1147,81 @@ impl Bench<'_> {
             let s1 = |v: Option<f64>| report::num(v.map(|ms| ms / 1000.0), 1);
             let t_med = |key: &str| ticker[key]["median"].as_f64();
             let mut t = Table::new(&["metric", "ticker", "full ckpt", "ratio", "goal", ""]);
-            let mut row = |a: &str, b: String, c: String, d: Option<f64>, e: String, g: Option<&Goal>| {
-                t.row(vec![
-                    format!("  {a}"),
-                    b,
-                    c,
-                    d.map_or(String::new(), |d| format!("{d:.3}")),
-                    e,
-                    g.map_or(String::new(), |g| g.verdict().to_string()),
-                ]);
-            };
-            row("freeze per tick, median ms", f1(frozen), f1(median(&fs.frozen_ms)), r["freeze"].as_f64(), format!("<= {GOAL_FREEZE_RATIO}"), Some(goal("freeze")));
-            row("freeze per tick, p90 ms", f1(ticker["frozen_ms"]["p90"].as_f64()), f1(fs.frozen_ms.as_ref().map(|s| s.p90)), None, String::new(), None);
-            row("memtick gap per tick, median ms", f1(gap), f1(median(&fs.memtick_gap_ms)), r["memtick_gap"].as_f64(), String::new(), None);
-            row("dump, median ms", f1(t_med("dump_ms")), String::new(), None, String::new(), None);
-            row("tick to tick, median s", s1(t_med("since_previous_ms")), String::new(), None, format!("interval {} s", k.interval_s), None);
-            row("write after the dump, median ms", f1(t_med("incremental_upload_ms")), f1(median(&fs.persist_ms)), None, "upload / persist".into(), None);
-            row("upload of version 0 (base), ms", f1(base.map(|v| v.upload_ms)), String::new(), None, String::new(), None);
-            row("new per incr. version, median MiB", mb(t_med("bytes_new")), mb(median(&fs.size_bytes)), None, String::new(), None);
+            let mut row =
+                |a: &str, b: String, c: String, d: Option<f64>, e: String, g: Option<&Goal>| {
+                    t.row(vec![
+                        format!("  {a}"),
+                        b,
+                        c,
+                        d.map_or(String::new(), |d| format!("{d:.3}")),
+                        e,
+                        g.map_or(String::new(), |g| g.verdict().to_string()),
+                    ]);
+                };
+            row(
+                "freeze per tick, median ms",
+                f1(frozen),
+                f1(median(&fs.frozen_ms)),
+                r["freeze"].as_f64(),
+                format!("<= {GOAL_FREEZE_RATIO}"),
+                Some(goal("freeze")),
+            );
+            row(
+                "freeze per tick, p90 ms",
+                f1(ticker["frozen_ms"]["p90"].as_f64()),
+                f1(fs.frozen_ms.as_ref().map(|s| s.p90)),
+                None,
+                String::new(),
+                None,
+            );
+            row(
+                "memtick gap per tick, median ms",
+                f1(gap),
+                f1(median(&fs.memtick_gap_ms)),
+                r["memtick_gap"].as_f64(),
+                String::new(),
+                None,
+            );
+            row(
+                "dump, median ms",
+                f1(t_med("dump_ms")),
+                String::new(),
+                None,
+                String::new(),
+                None,
+            );
+            row(
+                "tick to tick, median s",
+                s1(t_med("since_previous_ms")),
+                String::new(),
+                None,
+                format!("interval {} s", k.interval_s),
+                None,
+            );
+            row(
+                "write after the dump, median ms",
+                f1(t_med("incremental_upload_ms")),
+                f1(median(&fs.persist_ms)),
+                None,
+                "upload / persist".into(),
+                None,
+            );
+            row(
+                "upload of version 0 (base), ms",
+                f1(base.map(|v| v.upload_ms)),
+                String::new(),
+                None,
+                String::new(),
+                None,
+            );
+            row(
+                "new per incr. version, median MiB",
+                mb(t_med("bytes_new")),
+                mb(median(&fs.size_bytes)),
+                None,
+                String::new(),
+                None,
+            );
             row(
                 "dirtied per version, median MiB",
                 mb(t_med("dirtied_bytes")),
@@ -1020,13 +1246,55 @@ impl Bench<'_> {
                 String::new(),
                 None,
             );
-            row("  (du of the store, MiB)", mb(k.store_du_bytes.map(|b| b as f64)), String::new(), None, String::new(), None);
-            row("restore newest / full, median ms", f1(restore), f1(median(&fs.restore_total_ms)), r["restore"].as_f64(), format!("<= {GOAL_RESTORE_RATIO}"), Some(goal("restore")));
-            row("  paired (run by run), median", String::new(), String::new(), paired, String::new(), None);
-            row("  rebuild+check / check, ms", f1(t_med("restore_check_ms")), f1(median(&fs.restore_check_ms)), None, String::new(), None);
-            row("  until ticking, median ms", f1(ticking), f1(median(&fs.restore_ticking_ms)), r["restore_ticking"].as_f64(), String::new(), None);
+            row(
+                "  (du of the store, MiB)",
+                mb(k.store_du_bytes.map(|b| b as f64)),
+                String::new(),
+                None,
+                String::new(),
+                None,
+            );
+            row(
+                "restore newest / full, median ms",
+                f1(restore),
+                f1(median(&fs.restore_total_ms)),
+                r["restore"].as_f64(),
+                format!("<= {GOAL_RESTORE_RATIO}"),
+                Some(goal("restore")),
+            );
+            row(
+                "  paired (run by run), median",
+                String::new(),
+                String::new(),
+                paired,
+                String::new(),
+                None,
+            );
+            row(
+                "  rebuild+check / check, ms",
+                f1(t_med("restore_check_ms")),
+                f1(median(&fs.restore_check_ms)),
+                None,
+                String::new(),
+                None,
+            );
+            row(
+                "  until ticking, median ms",
+                f1(ticking),
+                f1(median(&fs.restore_ticking_ms)),
+                r["restore_ticking"].as_f64(),
+                String::new(),
+                None,
+            );
             let word = |c: Option<bool>| c.map_or("null".to_string(), |c| c.to_string());
-            row("  counter carries on", word(all_continue(&k.restores)), word(fs.continuity), None, String::new(), Some(goal("continuity")));
+            row(
+                "  counter carries on",
+                word(all_continue(&k.restores)),
+                word(fs.continuity),
+                None,
+                String::new(),
+                Some(goal("continuity")),
+            );
             out.push_str(&format!(
                 "{} store, {} % dirtied per {} s tick, {} versions{}\n",
                 k.store.as_str(),
@@ -1037,8 +1305,15 @@ impl Bench<'_> {
             ));
             out.push_str(&t.render());
             out.push('\n');
-            let goals_json: serde_json::Map<String, Value> =
-                goals.iter().map(|(n, g)| (n.to_string(), serde_json::to_value(g).unwrap_or(Value::Null))).collect();
+            let goals_json: serde_json::Map<String, Value> = goals
+                .iter()
+                .map(|(n, g)| {
+                    (
+                        n.to_string(),
+                        serde_json::to_value(g).unwrap_or(Value::Null),
+                    )
+                })
+                .collect();
             summaries.push(json!({
                 "store": k.store, "dirty_percent": k.dirty_percent, "interval_s": k.interval_s,
                 "versions": k.versions.len(), "error": k.error,
@@ -1082,18 +1357,30 @@ impl Bench<'_> {
                 .iter()
                 .map(|k| Series {
                     name: format!("{} {} %", k.store.as_str(), k.dirty_percent),
-                    points: k.versions.iter().filter_map(|v| Some((v.version as f64, f(v)?))).collect(),
+                    points: k
+                        .versions
+                        .iter()
+                        .filter_map(|v| Some((v.version as f64, f(v)?)))
+                        .collect(),
                 })
                 .collect()
         };
         plot::lines(
             &session.plot_path("frozen"),
-            &Labels { title: "Checkpoint ticker: frozen time per version", x: "version", y: "frozen (ms)" },
+            &Labels {
+                title: "Checkpoint ticker: frozen time per version",
+                x: "version",
+                y: "frozen (ms)",
+            },
             &series(|v| v.frozen_ms),
         )?;
         plot::lines(
             &session.plot_path("bytes"),
-            &Labels { title: "Checkpoint ticker: new bytes stored per version", x: "version", y: "new (MiB)" },
+            &Labels {
+                title: "Checkpoint ticker: new bytes stored per version",
+                x: "version",
+                y: "new (MiB)",
+            },
             &series(|v| v.bytes_new.map(|b| b / MIB)),
         )?;
         Ok(())

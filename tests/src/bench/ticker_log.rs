@@ -66,12 +66,18 @@ pub fn parse(line: &str) -> Option<TickerVersion> {
 
 /// Every version container `id`'s ticker logged, in log order.
 pub fn versions_of(log: &str, id: &str) -> Vec<TickerVersion> {
-    log.lines().filter_map(parse).filter(|v| v.container == id).collect()
+    log.lines()
+        .filter_map(parse)
+        .filter(|v| v.container == id)
+        .collect()
 }
 
 /// The value of `key="..."` in a logfmt line, with `\"` and `\\` unescaped.
 fn quoted_field(line: &str, key: &str) -> Option<String> {
-    let start = line.match_indices(&format!("{key}=\"")).find(|(i, _)| *i == 0 || line.as_bytes()[i - 1] == b' ')?.0;
+    let start = line
+        .match_indices(&format!("{key}=\""))
+        .find(|(i, _)| *i == 0 || line.as_bytes()[i - 1] == b' ')?
+        .0;
     let mut chars = line[start + key.len() + 2..].chars();
     let mut value = String::new();
     while let Some(c) = chars.next() {
@@ -100,13 +106,18 @@ mod tests {
         assert_eq!(v.frozen_ms, Some(812.4));
         assert_eq!((v.dump_ms, v.total_ms), (790.1, 4012.5));
         assert_eq!((v.bytes_new, v.bytes_total), (110_100_480, 1_181_116_006));
-        assert_eq!((v.chunks_new, v.chunks_total, v.retained), (210, 2253, Some(1)));
+        assert_eq!(
+            (v.chunks_new, v.chunks_total, v.retained),
+            (210, 2253, Some(1))
+        );
         assert_eq!(v.log_ms, 1_796_617_801_250);
     }
 
     #[test]
     fn unknown_values_and_other_lines() {
-        let line = LINE.replace("frozen_ms=812.4", "frozen_ms=-").replace("retained=1", "retained=-");
+        let line = LINE
+            .replace("frozen_ms=812.4", "frozen_ms=-")
+            .replace("retained=1", "retained=-");
         let v = parse(&line).unwrap();
         assert_eq!((v.frozen_ms, v.retained), (None, None));
         // The human line beside it, and a line with a field missing.
@@ -118,7 +129,10 @@ mod tests {
 
     #[test]
     fn quoted_values_unescape() {
-        assert_eq!(quoted_field(r#"a="x" msg="say \"hi\"" b=1"#, "msg").as_deref(), Some("say \"hi\""));
+        assert_eq!(
+            quoted_field(r#"a="x" msg="say \"hi\"" b=1"#, "msg").as_deref(),
+            Some("say \"hi\"")
+        );
         assert_eq!(quoted_field(r#"xmsg="no""#, "msg"), None);
     }
 }
