@@ -1,7 +1,7 @@
 //! Checkpoint benchmark: how long a running container is frozen by a
 //! checkpoint, how long the checkpoint command takes and how long a restore
 //! takes, for io.containerd.migrate.v1 against io.containerd.runc.v2, in one
-//! run (the port of hack/bench-checkpoint.sh).
+//! run.
 //!
 //! The workload is `memtick --mib S --interval-ms 10 --out /tmp/tick`. For
 //! each size, `--runs` times, with a fresh container per measurement and the

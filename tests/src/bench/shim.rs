@@ -1,6 +1,6 @@
 //! Shim benchmark: io.containerd.migrate.v1 against io.containerd.runc.v2,
 //! `ctr run --rm /bin/true` latency (interleaved runs) and the resident
-//! memory of one shim per running container (the port of hack/bench-shim.sh).
+//! memory of one shim per running container.
 //!
 //! 1. latency: `--warmup` discarded runs, then `--runs` timed runs per
 //!    runtime, in the order runc, migrate, runc, migrate, ... so machine

@@ -1,6 +1,6 @@
 //! Start-up benchmark: a JVM service that takes seconds to initialise,
 //! started cold against started from a ready-point checkpoint, under
-//! io.containerd.migrate.v1, in one run (the port of hack/bench-startup.sh).
+//! io.containerd.migrate.v1, in one run.
 //!
 //! The service is hack/bench/startup/SlowStart.java (builds an in-memory
 //! index and warms up for seconds, then listens on 8080; GET / answers with

@@ -1,4 +1,4 @@
-//! Checkpoint ticker benchmark (issue 4; the port of hack/bench-ticker.sh):
+//! Checkpoint ticker benchmark (issue 4):
 //! a container with `--mib` (1 GiB) of touched memory that dirties 1 %, 10 %
 //! and 50 % of its pages per ticker interval, `--ticks` (10) versions each,
 //! into the file:// and the oci:// version store, against a full
