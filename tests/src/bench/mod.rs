@@ -8,6 +8,7 @@
 
 pub mod checkpoint;
 pub mod http_probe;
+pub mod interrupt;
 pub mod machine;
 pub mod memtick_workload;
 pub mod plot;

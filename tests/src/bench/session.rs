@@ -119,7 +119,11 @@ impl Session {
             std::fs::create_dir_all(&runtime_dir)?;
             env.push(("XDG_RUNTIME_DIR", runtime_dir.as_path()));
         }
-        let instance = Instance::start_with_env(&name, &env).map_err(anyhow::Error::msg)?;
+        super::interrupt::guard(&name, work.clone());
+        let instance = Instance::start_with_env(&name, &env).map_err(|e| {
+            super::interrupt::release();
+            anyhow::Error::msg(e)
+        })?;
         let ctr = instance.ctr().clone();
         session_work.0 = None;
         Ok(Session {
@@ -252,6 +256,7 @@ impl Session {
 impl Drop for Session {
     fn drop(&mut self) {
         self.instance.destroy();
+        super::interrupt::release();
         if self.keep_work {
             say(format!("kept {}", self.work.display()));
         } else {

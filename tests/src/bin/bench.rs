@@ -34,6 +34,7 @@ enum Benchmark {
 }
 
 fn main() -> ExitCode {
+    bench::interrupt::install();
     let result = match Cli::parse().benchmark {
         Benchmark::Checkpoint(o) => bench::checkpoint::run(o),
         Benchmark::Startup(o) => bench::startup::run(o),
