@@ -23,6 +23,18 @@ pub struct Labels<'a> {
     pub y: &'a str,
 }
 
+/// Line colours that stay apart on white (matplotlib's "tab10").
+const COLORS: [RGBColor; 8] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
+];
+
 fn fonts() {
     static FONTS: Once = Once::new();
     FONTS.call_once(|| {
@@ -66,7 +78,7 @@ pub fn lines(path: &Path, labels: &Labels, series: &[Series]) -> Result<()> {
             .label_style(("sans-serif", 14))
             .draw()?;
         for (i, s) in drawn.iter().enumerate() {
-            let color = Palette99::pick(i).to_rgba();
+            let color = COLORS[i % COLORS.len()];
             chart
                 .draw_series(LineSeries::new(
                     s.points.iter().copied(),
