@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds and imports the image of hack/bench-startup.sh: SlowStart (a Java
+# Builds and imports the image of `bench startup` (tests/src/bench/): SlowStart (a Java
 # HTTP service that initialises for seconds, hack/bench/startup/SlowStart.java)
 # on a Java runtime made from the host's OpenJDK 17 with jlink (java.base and
 # jdk.httpserver, the only modules it uses), the shared libraries that runtime

@@ -57,6 +57,12 @@ impl Ctr {
         process::run(self.command(args), None, CALL_TIMEOUT)
     }
 
+    /// Runs `ctr ARGS` with a deadline of `timeout`; a timeout is an error,
+    /// not a panic.
+    pub fn run_within(&self, args: &[&str], timeout: Duration) -> Result<Output, String> {
+        process::run_within(self.command(args), timeout)
+    }
+
     /// Runs `ctr ARGS` and panics with the full record unless it exits 0.
     #[track_caller]
     pub fn ok(&self, args: &[&str]) -> Output {

@@ -21,6 +21,9 @@ pub const MIGRATE_SHIM_BINARY: &str = "containerd-shim-migrate-v1";
 /// The test image hack/images.sh imports: busybox plus memtick and echo-server.
 pub const IMAGE: &str = "localhost/containerd-migrate/testbox:latest";
 
+/// Where hack/containerd.sh keeps the instances' sockets, state and logs.
+const RUN_BASE: &str = "/run/containerd-migrate";
+
 /// Deadline for starting or stopping a containerd instance (includes the
 /// image import on first start).
 const INSTANCE_TIMEOUT: Duration = Duration::from_secs(180);
@@ -127,9 +130,19 @@ impl Instance {
     /// Starts instance `name` (replacing what a killed earlier run may have
     /// left under that name) and imports the test image.
     pub fn start(name: &str) -> Result<Instance, String> {
+        Instance::start_with_env(name, &[])
+    }
+
+    /// Like [`Instance::start`], with extra environment for containerd (and
+    /// so for the shims it starts), e.g. `SHIM_DIR` or `XDG_RUNTIME_DIR`.
+    pub fn start_with_env(name: &str, env: &[(&str, &Path)]) -> Result<Instance, String> {
         // A previous run that was killed never got to destroy its instance.
         let _ = process::run_quietly(hack("containerd.sh", &["destroy", name]), INSTANCE_TIMEOUT);
-        let address = start_containerd(name)?;
+        let mut start = hack("containerd.sh", &["start", name]);
+        for (key, value) in env {
+            start.env(key, value);
+        }
+        let address = containerd_address(name, start)?;
         let import = process::run(
             hack("images.sh", &["import", &address]),
             None,
@@ -150,6 +163,20 @@ impl Instance {
 
     pub fn ctr(&self) -> &Ctr {
         &self.ctr
+    }
+
+    /// The bundles of the instance's tasks in the default namespace
+    /// (hack/containerd.sh's layout): `<dir>/<id>/rootfs`, `<id>/init.pid`.
+    pub fn task_state_dir(&self) -> PathBuf {
+        Path::new(RUN_BASE)
+            .join(&self.name)
+            .join("state/io.containerd.runtime.v2.task")
+            .join(crate::ctr::NAMESPACE)
+    }
+
+    /// containerd's log, where the shims' log lines end up too.
+    pub fn containerd_log(&self) -> PathBuf {
+        Path::new(RUN_BASE).join(&self.name).join("containerd.log")
     }
 
     /// Stops containerd only; shims and containers keep running.
@@ -197,11 +224,13 @@ impl Instance {
 }
 
 fn start_containerd(name: &str) -> Result<String, String> {
-    let out = process::run(
-        hack("containerd.sh", &["start", name]),
-        None,
-        INSTANCE_TIMEOUT,
-    );
+    containerd_address(name, hack("containerd.sh", &["start", name]))
+}
+
+/// Runs `hack/containerd.sh start NAME` as given and returns the socket path
+/// it prints.
+fn containerd_address(name: &str, start: Command) -> Result<String, String> {
+    let out = process::run(start, None, INSTANCE_TIMEOUT);
     if !out.success() {
         return Err(format!("starting containerd instance {name} failed\n{out}"));
     }

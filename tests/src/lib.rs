@@ -18,6 +18,10 @@
 //!   the migratectl binary; [`registry`]: a distribution registry on
 //!   loopback; [`criu_images`]: facts CRIU recorded in a dump's images.
 //!
+//! The benchmark program (`src/bin/bench.rs`, its modules in `src/bench/`)
+//! runs on these fixtures too: `cargo run --release -p
+//! containerd-migrate-tests --bin bench -- checkpoint|startup|ticker|shim`.
+//!
 //! Scenarios live in `tests/tests/conformance.rs` (one shared instance per
 //! test binary, named `conformance`) and `tests/tests/restart.rs` (an
 //! instance per test, since it restarts containerd). [`scenarios!`] turns

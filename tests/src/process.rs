@@ -328,6 +328,25 @@ pub fn run(cmd: Command, stdin: Option<Vec<u8>>, timeout: Duration) -> Output {
     Background::spawn(cmd, stdin).wait(timeout)
 }
 
+/// Like [`run`], but a command that outlives `timeout` is killed and
+/// reported as an error instead of a panic (for the benchmark program,
+/// which records a failed sample and goes on).
+pub fn run_within(cmd: Command, timeout: Duration) -> Result<Output, String> {
+    let mut child = Background::spawn(cmd, None);
+    match child.wait_inner(timeout) {
+        Some(out) => Ok(out),
+        None => {
+            child.kill();
+            let out = child.wait_inner(Duration::from_secs(10));
+            Err(format!(
+                "`{}` did not finish within {timeout:?}; killed it\n{}",
+                child.cmdline,
+                out.map(|o| o.to_string()).unwrap_or_default()
+            ))
+        }
+    }
+}
+
 /// Like [`run`] but never panics: for clean-up code that runs in `Drop`.
 pub fn run_quietly(cmd: Command, timeout: Duration) -> Option<Output> {
     let line = cmdline(&cmd);

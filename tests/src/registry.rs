@@ -3,13 +3,14 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::{host, poll};
+use crate::host;
 
-const BINARY: &str = "docker-registry";
+/// Debian's name for the CNCF distribution registry.
+pub const BINARY: &str = "docker-registry";
 
 pub struct Registry {
     child: Child,
@@ -29,35 +30,50 @@ impl Registry {
             eprintln!("skipping: {reason}");
             return None;
         };
+        let dir = std::env::temp_dir().join(format!("registry-e2e-{}", std::process::id()));
+        Some(Registry::start_in(&binary, &dir).unwrap_or_else(|e| panic!("{e}")))
+    }
+
+    /// Starts `binary` serving on a free loopback port with its storage
+    /// under `dir/<port>/data` (removed with the registry when dropped).
+    pub fn start_in(binary: &Path, dir: &Path) -> Result<Registry, String> {
         let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
+            .and_then(|l| l.local_addr())
+            .map_err(|e| format!("finding a free port: {e}"))?
             .port();
-        let dir = std::env::temp_dir().join(format!("registry-e2e-{}-{port}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = dir.join(port.to_string());
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let config = format!(
-            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  \
-             delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
+            "version: 0.1\nlog:\n  accesslog:\n    disabled: true\n  level: warn\nstorage:\n  filesystem:\n    \
+             rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
             dir.join("data").display()
         );
-        std::fs::write(dir.join("config.yml"), config).unwrap();
-        let log = std::fs::File::create(dir.join("registry.log")).unwrap();
+        std::fs::write(dir.join("config.yml"), config).map_err(|e| e.to_string())?;
+        let log = std::fs::File::create(dir.join("registry.log")).map_err(|e| e.to_string())?;
         let child = Command::new(binary)
             .arg("serve")
             .arg(dir.join("config.yml"))
             .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
+            .stdout(log.try_clone().map_err(|e| e.to_string())?)
             .stderr(log)
             .spawn()
-            .unwrap();
+            .map_err(|e| format!("starting {}: {e}", binary.display()))?;
         let registry = Registry { child, dir, port };
-        poll::until(
-            Duration::from_secs(30),
-            "the registry to answer /v2/",
-            || registry.answers(),
-        );
-        Some(registry)
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            match registry.answers() {
+                Ok(()) => return Ok(registry),
+                Err(e) if std::time::Instant::now() >= deadline => {
+                    return Err(format!("the registry did not answer /v2/ within 30 s: {e}"));
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
+    }
+
+    /// Where the registry keeps its blobs and manifests.
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.join("data")
     }
 
     /// `oci://127.0.0.1:PORT/REPOSITORY`.
@@ -86,5 +102,9 @@ impl Drop for Registry {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
+        // The per-process parent of `start`, once no registry is left in it.
+        if let Some(parent) = self.dir.parent() {
+            let _ = std::fs::remove_dir(parent);
+        }
     }
 }

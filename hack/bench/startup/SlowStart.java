@@ -1,5 +1,5 @@
 // SlowStart: an HTTP service that, like many JVM applications, spends seconds
-// initialising before it accepts connections. Used by hack/bench-startup.sh to
+// initialising before it accepts connections. Used by `bench startup` (tests/) to
 // compare a cold start with a start restored from a ready-point checkpoint.
 //
 //   java [JVM flags] -cp DIR SlowStart [--docs N] [--queries N] [--port P]

@@ -1,0 +1,63 @@
+//! The benchmark program's parts: a session (private containerd, private
+//! copies of the binaries, a work dir), statistics, reports and plots, the
+//! machine description, and one module per benchmark.
+//!
+//! Figures come from structured data only: checkpoint manifests' timings,
+//! `migratectl ... --json`, memtick's `key=value` lines, /proc, and the
+//! shim's `ticker-version key=value ...` log line.
+
+pub mod checkpoint;
+pub mod http_probe;
+pub mod interrupt;
+pub mod machine;
+pub mod memtick_workload;
+pub mod plot;
+pub mod report;
+pub mod session;
+pub mod shim;
+pub mod startup;
+pub mod stats;
+pub mod ticker;
+pub mod ticker_log;
+
+use std::path::PathBuf;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use clap::Args;
+
+/// Options every benchmark takes.
+#[derive(Args, Clone, Debug)]
+pub struct Common {
+    /// Where the JSON results go [default: <repo>/target/bench/<benchmark>.json];
+    /// the PNG plots go beside it.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Name of the private containerd (hack/containerd.sh), destroyed at the end
+    /// [default: bench-<benchmark>].
+    #[arg(long)]
+    pub instance: Option<String>,
+    /// Where the work dir (image directories, checkpoint stores) goes: disk, not tmpfs.
+    #[arg(long, default_value = "/var/tmp")]
+    pub work_base: PathBuf,
+    /// Use target/release's shim and migratectl as they are (no cargo build).
+    #[arg(long)]
+    pub skip_build: bool,
+}
+
+/// Milliseconds since `t0`, to the microsecond.
+pub fn ms_since(t0: Instant) -> f64 {
+    stats::round(t0.elapsed().as_secs_f64() * 1000.0, 3)
+}
+
+/// Wall clock milliseconds since the epoch (memtick stamps its ticks so).
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Progress for the person watching, on stderr (stdout has the tables).
+pub fn say(msg: impl std::fmt::Display) {
+    eprintln!("==> {msg}");
+}

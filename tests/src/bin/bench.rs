@@ -1,0 +1,51 @@
+//! The benchmark program: `bench checkpoint|startup|ticker|shim [options]`.
+//! Each prints its tables (goals as ok / MISSED) on stdout, writes
+//! target/bench/<name>.json with every sample, and draws PNG plots beside it.
+//! Run as root, after hack/setup.sh:
+//!
+//! ```text
+//! cargo run --release -p containerd-migrate-tests --bin bench -- checkpoint --runs 1 --sizes 64
+//! ```
+
+#[path = "../bench/mod.rs"]
+mod bench;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "Benchmarks of io.containerd.migrate.v1 against io.containerd.runc.v2")]
+struct Cli {
+    #[command(subcommand)]
+    benchmark: Benchmark,
+}
+
+#[derive(Subcommand)]
+enum Benchmark {
+    /// Frozen time, checkpoint and restore time per memory size and method.
+    Checkpoint(bench::checkpoint::Options),
+    /// A slow-starting service started cold against restored from a ready point.
+    Startup(bench::startup::Options),
+    /// `ctr run --rm` latency and resident memory per shim, migrate.v1 against runc.v2.
+    Shim(bench::shim::Options),
+    /// Checkpoint ticker versions against full checkpoints, per dirty rate and store.
+    Ticker(bench::ticker::Options),
+}
+
+fn main() -> ExitCode {
+    bench::interrupt::install();
+    let result = match Cli::parse().benchmark {
+        Benchmark::Checkpoint(o) => bench::checkpoint::run(o),
+        Benchmark::Startup(o) => bench::startup::run(o),
+        Benchmark::Shim(o) => bench::shim::run(o),
+        Benchmark::Ticker(o) => bench::ticker::run(o),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bench: ERROR: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
