@@ -21,12 +21,13 @@ use containerd_shim::{
     util::{convert_to_timestamp, mount_rootfs, read_pid_from_file, read_spec, write_options},
 };
 use log::{debug, error, info, warn};
-use migrate_oci::{DeferredDigests, annotations};
+use migrate_oci::DeferredDigests;
 use nix::sys::signal::Signal;
 use tokio::task::JoinHandle;
 
 use crate::{
-    cgroups::Cgroups,
+    annotations,
+    capture::fresh_dir,
     checkpoint::RestoreCriuOptions,
     error::{Error, Result},
     events::Events,
@@ -37,20 +38,12 @@ use crate::{
     restore_gate::MemoryGate,
     restore_source::{Prepared, RestoreSource},
     rootfs::Overlay,
-    runc::{
-        self, CheckpointOptions, CreateOptions, CriuConfig, ExecOptions, Feature, NetworkLock, Pages, RestoreOptions,
-        Runc,
-    },
+    runc::{self, CreateOptions, CriuConfig, ExecOptions, RestoreOptions, Runc},
     stdio::{IoOwner, LoggerEnv, PendingIo},
     ticker::{self, Ticker, TickerPlan},
 };
 
 const OPTIONS_TYPE: &str = "containerd.runc.v1.Options";
-
-/// FIFOs for memory images beyond one per process: CRIU numbers the images
-/// of shared memory segments in the same sequence. Any further image is an
-/// ordinary file, as without a tap.
-const TAP_SPARE: u32 = 2;
 
 pub struct Container {
     pub id: String,
@@ -264,6 +257,10 @@ impl Container {
 
     pub fn namespace(&self) -> &str {
         &self.namespace
+    }
+
+    pub(crate) fn runc(&self) -> &Runc {
+        &self.runc
     }
 
     fn logger_env(&self) -> LoggerEnv<'_> {
@@ -496,122 +493,6 @@ impl Container {
             InitState::Stopped { pid, exit } => Ok((pid, Some(exit.status as i32))),
             s => Err(Error::WrongState { verb: "start", state: s.name() }),
         }
-    }
-
-    /// Dumps the init with CRIU. A failure leaves the container as it was,
-    /// running, with CRIU's log kept in the work path named by the error.
-    pub async fn checkpoint(&self, opts: &CheckpointOptions) -> Result<()> {
-        match self.init.state() {
-            InitState::Running { .. } | InitState::Paused { .. } => {}
-            s @ (InitState::Created { .. } | InitState::CreatedFromCheckpoint { .. } | InitState::Stopped { .. }) => {
-                return Err(Error::WrongState { verb: "checkpoint", state: s.name() });
-            }
-        }
-        fresh_dir(&opts.work_path)?;
-        std::fs::create_dir_all(&opts.image_path)
-            .map_err(Error::io(format!("create the checkpoint directory {}", opts.image_path.display())))?;
-        let mut opts = opts.clone();
-        if opts.config.network_lock.is_none() && *runc::nftables_lock().await == Feature::Supported {
-            // Its default, iptables, keeps the container frozen for about
-            // 60 ms more per dump, and its restores wait as long again.
-            opts.config.network_lock = Some(NetworkLock::Nftables);
-        }
-        let opts = &opts;
-        self.runc.checkpoint(&self.id, opts).await?;
-        RestoreCriuOptions::from(&opts.criu).write(&opts.image_path)?;
-        // CRIU writes its timings (how long the container was frozen) to the
-        // work path; they belong with the images they describe.
-        let stats = opts.work_path.join("stats-dump");
-        if stats.is_file() && opts.work_path != opts.image_path {
-            let _ = std::fs::rename(&stats, opts.image_path.join("stats-dump"))
-                .or_else(|_| std::fs::copy(&stats, opts.image_path.join("stats-dump")).map(drop));
-        }
-        if opts.work_path.starts_with(&self.bundle) {
-            let _ = std::fs::remove_dir_all(&opts.work_path);
-        }
-        Ok(())
-    }
-
-    /// [`Container::checkpoint`] for a caller's Checkpoint RPC. When the
-    /// container stays frozen after CRIU's dump (it was paused, as
-    /// containerd's client does for `ctr task checkpoint`, or it is dumped
-    /// to exit), the memory images go from CRIU through FIFOs straight to
-    /// the image path's disk, around the page cache
-    /// ([`migrate_oci::InPlaceTap`]): a dump of 1 GiB then allocates no
-    /// memory for them, which on a VM whose host takes freed memory back
-    /// costs seconds at random. CRIU's directory looks as usual afterwards.
-    pub async fn checkpoint_for_caller(&self, opts: &CheckpointOptions) -> Result<()> {
-        let frozen_after = !opts.leave_running || matches!(self.init.state(), InitState::Paused { .. });
-        // A caller that taps the images itself (`migratectl checkpoint
-        // create`) has put its FIFOs there already.
-        let tapped_by_caller = opts.image_path.join("pages-1.img").symlink_metadata().is_ok();
-        if !frozen_after || opts.pre_dump || !matches!(opts.pages, Pages::Local) || tapped_by_caller {
-            return self.checkpoint(opts).await;
-        }
-        // The container is frozen already: its cgroup is read, not asked of
-        // runc. Only a hint: images beyond the FIFOs are ordinary files.
-        let processes = Cgroups::of(self.init.state().pid()).and_then(|c| c.process_count("memory")).unwrap_or(1);
-        let count = u32::try_from(processes).unwrap_or(u32::MAX).saturating_add(TAP_SPARE);
-        std::fs::create_dir_all(&opts.image_path)
-            .map_err(Error::io(format!("create the checkpoint directory {}", opts.image_path.display())))?;
-        let tap = match migrate_oci::InPlaceTap::start(&opts.image_path, count) {
-            Ok(tap) => tap,
-            Err(e) => {
-                warn!("{}: not tapping the memory images: {e}", self.id);
-                return self.checkpoint(opts).await;
-            }
-        };
-        info!("{}: taking the memory images through {count} FIFOs", self.id);
-        let dumped = self.checkpoint(opts).await;
-        // Joining the readers blocks: off the async runtime, also when the
-        // dump failed and the tap is only given up.
-        let finished = tokio::task::spawn_blocking(move || match dumped {
-            Ok(()) => tap.finish().map_err(Error::from),
-            Err(e) => {
-                drop(tap);
-                Err(e)
-            }
-        })
-        .await;
-        finished.map_err(|e| Error::io("take the memory images")(std::io::Error::other(e)))?
-    }
-
-    /// Dumps the init like [`Container::checkpoint`], leaving it running,
-    /// and writes the changes in its writable layer `upper` to the new file
-    /// `diff` as of the same instant: the container is paused across both
-    /// (CRIU leaves a frozen container frozen), so that the files its
-    /// processes had open at the dump are in the diff. Taken after the
-    /// thaw, a diff missed any file the container renamed or deleted
-    /// meanwhile, and CRIU refused to restore a process that had one open.
-    /// Returns how long the container was paused; it is resumed whatever
-    /// happens, unless it was paused before.
-    pub async fn checkpoint_with_rootfs(
-        &self,
-        opts: &CheckpointOptions,
-        upper: &Path,
-        diff: &Path,
-    ) -> Result<std::time::Duration> {
-        let was_paused = matches!(self.init.state(), InitState::Paused { .. });
-        if !was_paused {
-            self.pause().await?;
-        }
-        let paused = Instant::now();
-        let result = match self.checkpoint(opts).await {
-            Ok(()) => {
-                let (upper, diff) = (upper.to_owned(), diff.to_owned());
-                match tokio::task::spawn_blocking(move || migrate_oci::write_rootfs_diff(&upper, &diff)).await {
-                    Ok(written) => written.map_err(Error::from),
-                    Err(e) => Err(Error::io("write the rootfs diff")(std::io::Error::other(e))),
-                }
-            }
-            Err(e) => Err(e),
-        };
-        let frozen = paused.elapsed();
-        if !was_paused && let Err(e) = self.resume().await {
-            error!("{}: could not resume the container after its checkpoint: {e}", self.id);
-            return Err(result.err().unwrap_or(e));
-        }
-        result.map(|()| frozen)
     }
 
     pub fn exec(&self, exec_id: &str) -> Result<Arc<Exec>> {
@@ -999,17 +880,6 @@ fn empty_dir(dir: &Path) -> std::io::Result<()> {
         if path.symlink_metadata()?.is_dir() { std::fs::remove_dir_all(&path)? } else { std::fs::remove_file(&path)? }
     }
     Ok(())
-}
-
-/// Empties `dir`, creating it if needed, so that no file of an earlier run
-/// (say a stale CRIU log) is mistaken for one of this run.
-fn fresh_dir(dir: &Path) -> Result<()> {
-    match std::fs::remove_dir_all(dir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(Error::io(format!("clear {}", dir.display()))(e)),
-    }
-    std::fs::create_dir_all(dir).map_err(Error::io(format!("create {}", dir.display())))
 }
 
 fn unmount(target: &Path) {

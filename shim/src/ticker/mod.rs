@@ -24,7 +24,6 @@ use std::{
 
 use log::{debug, info, warn};
 use migrate_oci::{
-    annotations,
     versions::{
         self, ChunkCipher, ContainerRef, Retention, RetentionReport, StoreLocation, VersionError, VersionReport,
         VersionStore,
@@ -38,9 +37,10 @@ use tokio::{
 mod criu_parent;
 
 use crate::{
+    annotations,
+    capture::{self, Increment},
     container::Container,
     error::{Error, Result},
-    persist,
     process::{InitState, Lifecycle},
 };
 
@@ -136,7 +136,7 @@ impl Drop for Ticker {
 
 pub fn spawn(container: Arc<Container>, plan: TickerPlan) -> Ticker {
     let (stop, stopped) = oneshot::channel();
-    let ram = persist::staging_root().join(format!("ticker-{}-{}", container.namespace(), container.id));
+    let ram = capture::ram_root().join(format!("ticker-{}-{}", container.namespace(), container.id));
     tokio::spawn(run(container, plan, ram.clone(), stopped));
     Ticker { _stop: stop, ram }
 }
@@ -178,7 +178,11 @@ async fn run(container: Arc<Container>, plan: TickerPlan, ram: PathBuf, mut stop
         }
         // Not raced against `stopped`: a dump is never abandoned halfway.
         match tick.once().await {
-            Ok(report) => info!("{}: {report}", tick.container.id),
+            Ok(report) => {
+                info!("{}: {report}", tick.container.id);
+                // For programs (the benchmarks): key=value pairs, never prose.
+                info!("ticker-version container={} {}", tick.container.id, report.fields());
+            }
             Err(e) => warn!(
                 "{}: checkpoint tick failed, the container runs on; next try in {:?}: {e}",
                 tick.container.id, tick.plan.interval
@@ -187,6 +191,13 @@ async fn run(container: Arc<Container>, plan: TickerPlan, ram: PathBuf, mut stop
     }
     discard(&tick.ram);
     debug!("{}: checkpoint ticker stopped", tick.container.id);
+}
+
+/// Checkpoints `container`, leaving it running, as checkpoint `id` of the
+/// ticker's RAM store `ram`; returns its directory.
+async fn dump(container: &Container, ram: &Path, id: &str, increment: Increment) -> Result<PathBuf> {
+    let (request, target) = capture::own(container, ram, id, increment);
+    capture::into_store(container, &request, &target).await.map(|checkpoint| checkpoint.dir().to_path_buf())
 }
 
 /// The ticker's state between ticks.
@@ -224,7 +235,7 @@ impl Tick {
         };
         let dir = match &mut self.chain {
             Some(chain) => chain.dump(&self.container, version, version % self.plan.group_size == 0).await,
-            None => persist::checkpoint_running(&self.container, &self.ram, &format!("v{version}")).await,
+            None => dump(&self.container, &self.ram, &format!("v{version}"), Increment::Full).await,
         };
         let dir = dir.map_err(TickError::Checkpoint)?;
         // In criu-parent mode the next dump builds on this one.
@@ -313,6 +324,29 @@ struct TickReport {
     dumped: Duration,
     total: Duration,
     retained: versions::Result<RetentionReport>,
+}
+
+impl TickReport {
+    /// The report as `key=value` pairs (after `container=`), `-` for what is
+    /// unknown.
+    fn fields(&self) -> String {
+        let s = &self.stored;
+        let ms = |d: Duration| format!("{:.1}", d.as_secs_f64() * 1000.0);
+        format!(
+            "version={} group={} frozen_ms={} dump_ms={} total_ms={} bytes_new={} bytes_total={} chunks_new={} \
+             chunks_total={} retained={}",
+            s.version,
+            s.group,
+            self.frozen_ms.map_or("-".to_string(), |f| format!("{f:.1}")),
+            ms(self.dumped),
+            ms(self.total),
+            s.bytes_new,
+            s.bytes_total,
+            s.chunks_new,
+            s.chunks_total,
+            self.retained.as_ref().map_or("-".to_string(), |r| r.kept_groups.len().to_string()),
+        )
+    }
 }
 
 impl fmt::Display for TickReport {
