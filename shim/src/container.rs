@@ -33,7 +33,7 @@ use crate::{
     events::Events,
     exits::{Exits, ProcessKey},
     netns, oom,
-    process::{ExecState, Exit, InitState, Lifecycle, Process},
+    process::{ExecState, Exit, InitState, Launch, Lifecycle, Process},
     ready::ReadyPlan,
     restore_gate::MemoryGate,
     restore_source::{Prepared, RestoreSource},
@@ -332,10 +332,7 @@ impl Container {
     }
 
     pub fn watch_oom(&self, events: Events) {
-        let pid = match self.init.state() {
-            InitState::Created { pid } | InitState::Running { pid } | InitState::Paused { pid } => pid,
-            InitState::CreatedFromCheckpoint { .. } | InitState::Stopped { .. } => return,
-        };
+        let Some(pid) = self.init.state().live_pid() else { return };
         if let Some(handle) = oom::watch(pid, &self.id, events) {
             *self.oom_watch.lock().unwrap() = Some(handle);
         }
@@ -344,20 +341,14 @@ impl Container {
     /// Starts the init, or restores it if it was created from a checkpoint;
     /// returns its pid and, if it already exited, its status.
     pub async fn start_init(&self) -> Result<(u32, Option<i32>)> {
-        let (pid, early) = match self.init.state() {
-            InitState::Created { pid } => {
+        let (pid, early) = match self.init.state().launch()? {
+            Launch::Start { pid } => {
                 self.runc.start(&self.id).await?;
                 (pid, None)
             }
-            InitState::CreatedFromCheckpoint { image } => self.restore(&image).await?,
-            s @ (InitState::Running { .. } | InitState::Paused { .. } | InitState::Stopped { .. }) => {
-                return Err(Error::WrongState { verb: "start", state: s.name() });
-            }
+            Launch::Restore { image } => self.restore(&image).await?,
         };
-        self.init.transition("start", |s| match s {
-            InitState::Created { .. } | InitState::CreatedFromCheckpoint { .. } => Some(InitState::Running { pid }),
-            InitState::Running { .. } | InitState::Paused { .. } | InitState::Stopped { .. } => None,
-        })?;
+        self.init.transition(|s| s.start(pid))?;
         Ok((pid, early))
     }
 
@@ -491,7 +482,9 @@ impl Container {
                 Ok((pid, None))
             }
             InitState::Stopped { pid, exit } => Ok((pid, Some(exit.status as i32))),
-            s => Err(Error::WrongState { verb: "start", state: s.name() }),
+            s @ (InitState::CreatedFromCheckpoint { .. } | InitState::Running { .. } | InitState::Paused { .. }) => {
+                Err(Error::WrongState { verb: "start", state: s.name() })
+            }
         }
     }
 
@@ -511,12 +504,7 @@ impl Container {
         if let Err(e) = serde_json::from_slice::<oci_spec::runtime::Process>(&spec.value) {
             return Err(Error::InvalidArgument(format!("exec {exec_id}: the process spec is not valid: {e}")));
         }
-        match self.init.state() {
-            InitState::Created { .. } | InitState::Running { .. } | InitState::Paused { .. } => {}
-            s @ (InitState::CreatedFromCheckpoint { .. } | InitState::Stopped { .. }) => {
-                return Err(Error::WrongState { verb: "exec in", state: s.name() });
-            }
-        }
+        self.init.state().live("exec in")?;
         let mut execs = self.execs.lock().unwrap();
         if execs.contains_key(exec_id) {
             return Err(Error::AlreadyExists(format!("exec {exec_id} in container {}", self.id)));
@@ -530,12 +518,7 @@ impl Container {
     /// which the caller reports after the start.
     pub async fn start_exec(&self, exec_id: &str) -> Result<(u32, Option<i32>)> {
         let exec = self.exec(exec_id)?;
-        match exec.process.state() {
-            ExecState::Added => {}
-            s @ (ExecState::Running { .. } | ExecState::Stopped { .. }) => {
-                return Err(Error::WrongState { verb: "start", state: s.name() });
-            }
-        }
+        exec.process.state().startable()?;
         let spec_file = tempfile::Builder::new()
             .prefix(".exec-")
             .suffix(".json")
@@ -561,10 +544,7 @@ impl Container {
         exec.process.set_io(io);
         let key = ProcessKey { container: self.id.clone(), exec: Some(exec_id.to_string()) };
         let early = self.exits.register(pid, key, &starting);
-        exec.process.transition("start", |s| match s {
-            ExecState::Added => Some(ExecState::Running { pid }),
-            ExecState::Running { .. } | ExecState::Stopped { .. } => None,
-        })?;
+        exec.process.transition(|s| s.start(pid))?;
         Ok((pid, early))
     }
 
@@ -574,10 +554,7 @@ impl Container {
         match exec_id {
             Some(exec_id) => {
                 let Ok(exec) = self.exec(exec_id) else { return events };
-                let exited = exec.process.transition("exit", |s| match s {
-                    ExecState::Running { pid } => Some(ExecState::Stopped { pid, exit: Exit::now(status) }),
-                    ExecState::Added | ExecState::Stopped { .. } => None,
-                });
+                let exited = exec.process.transition(|s| s.exited(status));
                 if let Ok(state) = exited {
                     events.push(exit_event(&self.id, exec_id, state));
                 }
@@ -606,27 +583,13 @@ impl Container {
     }
 
     fn init_exited(&self, status: i32) -> Option<TaskExit> {
-        let state = self
-            .init
-            .transition("exit", |s| match s {
-                InitState::Created { pid } | InitState::Running { pid } | InitState::Paused { pid } => {
-                    Some(InitState::Stopped { pid, exit: Exit::now(status) })
-                }
-                InitState::CreatedFromCheckpoint { .. } | InitState::Stopped { .. } => None,
-            })
-            .ok()?;
+        let state = self.init.transition(|s| s.exited(status)).ok()?;
         Some(exit_event(&self.id, &self.id, state))
     }
 
     fn running_exec_pids(&self) -> Vec<u32> {
         let execs = self.execs.lock().unwrap();
-        execs
-            .values()
-            .filter_map(|e| match e.process.state() {
-                ExecState::Running { pid } => Some(pid),
-                ExecState::Added | ExecState::Stopped { .. } => None,
-            })
-            .collect()
+        execs.values().filter_map(|e| e.process.state().running_pid()).collect()
     }
 
     pub async fn kill(&self, exec_id: Option<&str>, signal: u32, all: bool) -> Result<()> {
@@ -711,47 +674,15 @@ impl Container {
     }
 
     pub async fn pause(&self) -> Result<()> {
-        match self.init.state() {
-            InitState::Running { .. } => {}
-            s @ (InitState::Created { .. }
-            | InitState::CreatedFromCheckpoint { .. }
-            | InitState::Paused { .. }
-            | InitState::Stopped { .. }) => {
-                return Err(Error::WrongState { verb: "pause", state: s.name() });
-            }
-        }
+        self.init.state().pause()?;
         self.runc.pause(&self.id).await?;
-        self.init
-            .transition("pause", |s| match s {
-                InitState::Running { pid } => Some(InitState::Paused { pid }),
-                InitState::Created { .. }
-                | InitState::CreatedFromCheckpoint { .. }
-                | InitState::Paused { .. }
-                | InitState::Stopped { .. } => None,
-            })
-            .map(drop)
+        self.init.transition(InitState::pause).map(drop)
     }
 
     pub async fn resume(&self) -> Result<()> {
-        match self.init.state() {
-            InitState::Paused { .. } => {}
-            s @ (InitState::Created { .. }
-            | InitState::CreatedFromCheckpoint { .. }
-            | InitState::Running { .. }
-            | InitState::Stopped { .. }) => {
-                return Err(Error::WrongState { verb: "resume", state: s.name() });
-            }
-        }
+        self.init.state().resume()?;
         self.runc.resume(&self.id).await?;
-        self.init
-            .transition("resume", |s| match s {
-                InitState::Paused { pid } => Some(InitState::Running { pid }),
-                InitState::Created { .. }
-                | InitState::CreatedFromCheckpoint { .. }
-                | InitState::Running { .. }
-                | InitState::Stopped { .. } => None,
-            })
-            .map(drop)
+        self.init.transition(InitState::resume).map(drop)
     }
 
     pub async fn update(&self, resources: Option<&Any>) -> Result<()> {
@@ -761,12 +692,7 @@ impl Container {
         if let Err(e) = serde_json::from_slice::<oci_spec::runtime::LinuxResources>(&resources.value) {
             return Err(Error::InvalidArgument(format!("the resources are not valid: {e}")));
         }
-        match self.init.state() {
-            InitState::Created { .. } | InitState::Running { .. } | InitState::Paused { .. } => {}
-            s @ (InitState::CreatedFromCheckpoint { .. } | InitState::Stopped { .. }) => {
-                return Err(Error::WrongState { verb: "update", state: s.name() });
-            }
-        }
+        self.init.state().live("update")?;
         Ok(self.runc.update(&self.id, &resources.value).await?)
     }
 
@@ -778,10 +704,7 @@ impl Container {
             .lock()
             .unwrap()
             .iter()
-            .filter_map(|(id, e)| match e.process.state() {
-                ExecState::Running { pid } => Some((pid, id.clone())),
-                ExecState::Added | ExecState::Stopped { .. } => None,
-            })
+            .filter_map(|(id, e)| e.process.state().running_pid().map(|pid| (pid, id.clone())))
             .collect();
         Ok(pids.into_iter().map(|pid| (pid, execs.get(&pid).cloned())).collect())
     }

@@ -123,12 +123,7 @@ pub(super) async fn to_directory(
 /// Dumps the init with CRIU. A failure leaves the container as it was,
 /// running, with CRIU's log kept in the work path named by the error.
 pub(super) async fn run(container: &Container, opts: &CheckpointOptions) -> Result<()> {
-    match container.init.state() {
-        InitState::Running { .. } | InitState::Paused { .. } => {}
-        s @ (InitState::Created { .. } | InitState::CreatedFromCheckpoint { .. } | InitState::Stopped { .. }) => {
-            return Err(Error::WrongState { verb: "checkpoint", state: s.name() });
-        }
-    }
+    container.init.state().checkpointable()?;
     fresh_dir(&opts.work_path)?;
     std::fs::create_dir_all(&opts.image_path)
         .map_err(Error::io(format!("create the checkpoint directory {}", opts.image_path.display())))?;
