@@ -1,57 +1,65 @@
-//! One container: its init process, its execs, and the verbs containerd
-//! applies to them, turned into runc commands and state transitions.
+//! One container: its process table (the init and its execs), the lock
+//! that orders lifecycle verbs with exits, the exit ordering containerd
+//! expects, and the verbs containerd applies, turned into runc commands and
+//! state transitions (`process/`). What the spec's annotations ask is
+//! `plan.rs`; starting from a checkpoint is `restore.rs`; what runc calls
+//! need is `runc_context.rs`; dumps are the capture pipeline's
+//! (`capture/`).
 
 use std::{
     collections::HashMap,
-    path::{Path, PathBuf},
+    path::PathBuf,
     sync::{Arc, Mutex},
     time::Instant,
 };
 
 use containerd_shim::{
     asynchronous::io::Stdio,
-    mount::umount_recursive,
     protos::{
         api::CreateTaskRequest,
         events::task::TaskExit,
         protobuf::{Message, well_known_types::any::Any},
         shim::oci::Options,
-        types::mount::Mount,
     },
-    util::{convert_to_timestamp, mount_rootfs, read_pid_from_file, read_spec, write_options},
+    util::{convert_to_timestamp, read_pid_from_file, read_spec, write_options},
 };
-use log::{debug, error, info, warn};
-use migrate_oci::DeferredDigests;
+use log::{debug, info, warn};
 use nix::sys::signal::Signal;
 use tokio::task::JoinHandle;
 
+mod plan;
+mod restore;
+mod runc_context;
+
+use self::{
+    plan::Plan,
+    restore::{ColdStart, PendingMemory, check_source},
+    runc_context::RuncContext,
+};
 use crate::{
-    annotations,
-    capture::fresh_dir,
-    checkpoint::RestoreCriuOptions,
     error::{Error, Result},
     events::Events,
     exits::{Exits, ProcessKey},
-    netns, oom,
+    oom,
     process::{ExecState, Exit, InitState, Launch, Lifecycle, Process},
     ready::ReadyPlan,
-    restore_gate::MemoryGate,
     restore_source::{Prepared, RestoreSource},
-    rootfs::Overlay,
-    runc::{self, CreateOptions, CriuConfig, ExecOptions, RestoreOptions, Runc},
-    stdio::{IoOwner, LoggerEnv, PendingIo},
+    rootfs::{MountedRootfs, Overlay},
+    runc::{self, ExecOptions, Runc},
+    stdio::{IoOwner, PendingIo},
     ticker::{self, Ticker, TickerPlan},
 };
 
 const OPTIONS_TYPE: &str = "containerd.runc.v1.Options";
 
+/// A container: its process table (the init and its execs), the lock that
+/// orders lifecycle verbs with exits, and the exit ordering containerd
+/// expects.
 pub struct Container {
     pub id: String,
-    namespace: String,
     pub bundle: PathBuf,
-    runc: Runc,
-    exits: Arc<Exits>,
-    owner: IoOwner,
+    /// What every runc call for its processes needs.
+    ctx: RuncContext,
     no_pivot: bool,
     pub init: Process<InitState>,
     execs: Mutex<HashMap<String, Arc<Exec>>>,
@@ -62,7 +70,8 @@ pub struct Container {
     /// expects the container's exit event last.
     held_init_exit: Mutex<Option<i32>>,
     oom_watch: Mutex<Option<JoinHandle<()>>>,
-    rootfs: Option<PathBuf>,
+    /// Unmounted when taken (at delete) or when the container goes.
+    rootfs: Mutex<Option<MountedRootfs>>,
     pub overlay: Option<Overlay>,
     /// What a restore from a checkpoint still has to check.
     pending_memory: Mutex<Option<PendingMemory>>,
@@ -73,49 +82,6 @@ pub struct Container {
     ticker: Mutex<Option<Ticker>>,
 }
 
-/// The digests of the memory images a restore checks while CRIU works
-/// ([`MemoryGate`]), and, when the checkpoint was only the annotation's
-/// wish, how to start cold instead should they not match.
-struct PendingMemory {
-    digests: DeferredDigests,
-    cold: Option<ColdStart>,
-}
-
-/// What `runc create` needs after a restore that never ran: the runtime
-/// options and, if the checkpoint's changes went into the root file system
-/// (an overlay's writable layer that was empty before), its mounts, to put
-/// it back as it was.
-struct ColdStart {
-    options: Options,
-    undo_rootfs: Option<Vec<Mount>>,
-}
-
-/// What the spec's annotations ask of this runtime. Invalid values fail the
-/// creation with an error naming the annotation and the accepted form.
-struct Plan {
-    restore_from: Option<PathBuf>,
-    ready: Option<ReadyPlan>,
-    ticker: Option<TickerPlan>,
-}
-
-impl Plan {
-    fn from_annotations(annotations: &HashMap<String, String>) -> Result<Plan> {
-        let restore_from =
-            annotations.get(annotations::RESTORE_FROM).map(|v| annotations::restore_from(v)).transpose()?;
-        let store = annotations
-            .get(annotations::READY_STORE)
-            .map(|v| annotations::ready_store(v))
-            .transpose()?
-            .unwrap_or_else(|| PathBuf::from(migrate_oci::DEFAULT_STORE_ROOT));
-        let ready = match annotations.get(annotations::CHECKPOINT_WHEN_READY).map(|v| annotations::ready_probe(v)) {
-            None => None,
-            Some(Ok(annotations::ReadyProbe::Tcp(port))) => Some(ReadyPlan { port, store }),
-            Some(Err(e)) => return Err(e.into()),
-        };
-        let ticker = TickerPlan::from_annotations(annotations)?;
-        Ok(Plan { restore_from, ready, ticker })
-    }
-}
 
 pub struct Exec {
     pub process: Process<ExecState>,
@@ -155,23 +121,25 @@ impl Container {
         let options = runtime_options(req.options.as_ref())?;
         write_options(&bundle, &options).await.map_err(Error::shim("write the runtime options to the bundle"))?;
 
-        let rootfs = if req.rootfs.is_empty() { None } else { Some(bundle.join("rootfs")) };
-        if let Some(target) = &rootfs {
-            for m in &req.rootfs {
-                if let Err(e) = mount_rootfs(m, target).await {
-                    unmount(target);
-                    return Err(Error::shim(format!("mount the rootfs ({} {})", m.type_, m.source))(e));
-                }
-            }
-        }
-
-        let runc = Runc::new(&options.binary_name, &options.root, namespace, options.systemd_cgroup, &bundle);
-        let owner = IoOwner { uid: options.io_uid, gid: options.io_gid };
+        // Unmounted again by the guard on every way out of here but success.
+        let rootfs = if req.rootfs.is_empty() {
+            None
+        } else {
+            Some(MountedRootfs::mount(&req.rootfs, &bundle.join("rootfs")).await?)
+        };
+        let ctx = RuncContext {
+            id: req.id.clone(),
+            namespace: namespace.to_string(),
+            bundle: bundle.clone(),
+            runc: Runc::new(&options.binary_name, &options.root, namespace, options.systemd_cgroup, &bundle),
+            owner: IoOwner { uid: options.io_uid, gid: options.io_gid },
+            exits: exits.clone(),
+        };
         let stdio = Stdio::new(&req.stdin, &req.stdout, &req.stderr, req.terminal);
         let changes_rootfs = source.as_ref().is_some_and(RestoreSource::changes_rootfs);
         let prepared = match source {
             Some(source) => {
-                let rootfs = rootfs.clone();
+                let rootfs = rootfs.as_ref().map(|r| r.path().to_owned());
                 let prepared = tokio::task::spawn_blocking(move || source.prepare(rootfs.as_deref())).await;
                 Some(
                     prepared
@@ -183,26 +151,16 @@ impl Container {
             }
             None => None,
         };
-        let restore_from = match prepared.transpose() {
-            Ok(prepared) => {
-                if let Some(p) = &prepared {
-                    info!(
-                        "{}: {} checked{} and its rootfs changes applied in {:?}",
-                        req.id,
-                        p.criu.display(),
-                        if p.memory.is_some() { " but for its memory images' digests" } else { "" },
-                        checking.elapsed()
-                    );
-                }
-                prepared
-            }
-            Err(e) => {
-                if let Some(target) = &rootfs {
-                    unmount(target);
-                }
-                return Err(e);
-            }
-        };
+        let restore_from = prepared.transpose()?;
+        if let Some(p) = &restore_from {
+            info!(
+                "{}: {} checked{} and its rootfs changes applied in {:?}",
+                req.id,
+                p.criu.display(),
+                if p.memory.is_some() { " but for its memory images' digests" } else { "" },
+                checking.elapsed()
+            );
+        }
         let mut pending_memory = None;
         let (state, io) = match restore_from {
             // Nothing runs until start restores it: that is when runc needs
@@ -222,31 +180,23 @@ impl Container {
                 });
                 (InitState::CreatedFromCheckpoint { image: criu.into() }, None)
             }
-            None => match Self::run_create(&req.id, namespace, &bundle, &runc, &options, &stdio, owner, exits).await {
-                Ok((state, io)) => (state, Some(io)),
-                Err(e) => {
-                    if let Some(target) = &rootfs {
-                        unmount(target);
-                    }
-                    return Err(e);
-                }
-            },
+            None => {
+                let (state, io) = ctx.create_init(&options, &stdio).await?;
+                (state, Some(io))
+            }
         };
 
         Ok(Container {
             id: req.id.clone(),
-            namespace: namespace.to_string(),
             bundle,
-            runc,
-            exits: exits.clone(),
-            owner,
+            ctx,
             no_pivot: options.no_pivot_root,
             init: Process::new(state, stdio, io),
             execs: Mutex::default(),
             lifecycle: tokio::sync::Mutex::new(()),
             held_init_exit: Mutex::new(None),
             oom_watch: Mutex::new(None),
-            rootfs,
+            rootfs: Mutex::new(rootfs),
             overlay,
             pending_memory: Mutex::new(pending_memory),
             ready: Mutex::new(plan.ready),
@@ -256,66 +206,11 @@ impl Container {
     }
 
     pub fn namespace(&self) -> &str {
-        &self.namespace
+        &self.ctx.namespace
     }
 
     pub(crate) fn runc(&self) -> &Runc {
-        &self.runc
-    }
-
-    fn logger_env(&self) -> LoggerEnv<'_> {
-        LoggerEnv { container_id: &self.id, namespace: &self.namespace }
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    async fn run_create(
-        id: &str,
-        namespace: &str,
-        bundle: &Path,
-        runc: &Runc,
-        options: &Options,
-        stdio: &Stdio,
-        owner: IoOwner,
-        exits: &Arc<Exits>,
-    ) -> Result<(InitState, crate::stdio::ProcessIo)> {
-        let logger = LoggerEnv { container_id: id, namespace };
-        let (pending, runc_stdio) = PendingIo::prepare(stdio, owner, &logger)?;
-        let pid_file = bundle.join("init.pid");
-        let starting = exits.begin_start();
-        let opts = CreateOptions {
-            bundle,
-            pid_file: &pid_file,
-            console_socket: pending.console_socket(),
-            no_pivot: options.no_pivot_root,
-            no_new_keyring: options.no_new_keyring,
-        };
-        if let Err(e) = runc.create(id, &opts, runc_stdio).await {
-            pending.abort().await;
-            return Err(e.into());
-        }
-        let finished = async {
-            let io = pending.finish().await?;
-            let pid = read_pid_from_file(&pid_file)
-                .await
-                .map_err(Error::shim(format!("read the pid file {}", pid_file.display())))?;
-            Ok::<_, Error>((io, pid as u32))
-        };
-        let (io, pid) = match finished.await {
-            Ok(done) => done,
-            Err(e) => {
-                // runc created a container the shim cannot serve: remove it.
-                if let Err(d) = runc.delete(id, true).await {
-                    warn!("failed to delete half-created container {id}: {d}");
-                }
-                return Err(e);
-            }
-        };
-        let key = ProcessKey { container: id.to_string(), exec: None };
-        let state = match exits.register(pid, key, &starting) {
-            None => InitState::Created { pid },
-            Some(status) => InitState::Stopped { pid, exit: Exit::now(status) },
-        };
-        Ok((state, io))
+        &self.ctx.runc
     }
 
     /// Starts the checkpoint ticker if the spec asks for one; it runs until
@@ -343,149 +238,13 @@ impl Container {
     pub async fn start_init(&self) -> Result<(u32, Option<i32>)> {
         let (pid, early) = match self.init.state().launch()? {
             Launch::Start { pid } => {
-                self.runc.start(&self.id).await?;
+                self.ctx.runc.start(&self.id).await?;
                 (pid, None)
             }
             Launch::Restore { image } => self.restore(&image).await?,
         };
         self.init.transition(|s| s.start(pid))?;
         Ok((pid, early))
-    }
-
-    /// Restores the init from `image`; when the checkpoint was the
-    /// annotation's wish and its memory images turn out damaged, starts it
-    /// cold instead.
-    async fn restore(&self, image: &Path) -> Result<(u32, Option<i32>)> {
-        let pending = self.pending_memory.lock().unwrap().take();
-        let (digests, cold) = match pending {
-            Some(PendingMemory { digests, cold }) => (Some(digests), cold),
-            None => (None, None),
-        };
-        let mut restored = self.restore_checked(image, digests).await;
-        if let Err(e) = &restored
-            && is_vdso_misplaced(e)
-        {
-            // Nothing ran, and the memory's digests, if any were pending,
-            // matched (a mismatch is reported instead of CRIU's error).
-            warn!("{}: retrying the restore once: {e}", self.id);
-            match self.runc.delete(&self.id, true).await {
-                Ok(()) | Err(runc::Error::NotFound { .. }) => {}
-                Err(e) => warn!("{}: {e}", self.id),
-            }
-            restored = self.restore_checked(image, None).await;
-        }
-        match (restored, cold) {
-            (Err(Error::Checkpoint(damaged @ migrate_oci::Error::Damaged { .. })), Some(cold)) => {
-                warn!("{}: starting cold instead of from {}: {damaged}", self.id, image.display());
-                self.start_cold(cold).await
-            }
-            (result, _) => result,
-        }
-    }
-
-    /// Restores the init from `image`, checking `digests` of its memory
-    /// images while CRIU works; the restored processes run only if they match.
-    async fn restore_checked(&self, image: &Path, digests: Option<DeferredDigests>) -> Result<(u32, Option<i32>)> {
-        let criu = RestoreCriuOptions::read(image)?.to_criu();
-        let work = self.bundle.join("criu-restore-work");
-        fresh_dir(&work)?;
-        let mut gate = digests.map(|d| MemoryGate::start(&work, d)).transpose()?;
-        if gate.is_some() && !runc::config_scripts_under_runc().await {
-            // This CRIU cannot be made to wait: the digests come first.
-            if let Some(gate) = gate.take() {
-                gate.verdict().await?;
-            }
-        }
-        let pid_file = self.bundle.join("init.pid");
-        let (pending, runc_stdio) = PendingIo::prepare(&self.init.stdio, self.owner, &self.logger_env())?;
-        let starting = self.exits.begin_start();
-        let opts = RestoreOptions {
-            bundle: &self.bundle,
-            image_path: image,
-            work_path: &work,
-            pid_file: &pid_file,
-            console_socket: pending.console_socket(),
-            no_pivot: self.no_pivot,
-            lazy_pages: false,
-            criu,
-            config: CriuConfig { action_script: gate.as_ref().map(|g| g.script().to_owned()), ..Default::default() },
-        };
-        let restoring = Instant::now();
-        let restored = self.runc.restore(&self.id, &opts, runc_stdio).await;
-        let verdict = match gate {
-            Some(gate) => gate.verdict().await,
-            None => Ok(()),
-        };
-        if let Err(damaged) = verdict {
-            // CRIU's action script stopped the restore before anything ran;
-            // had it not, what runs now is killed.
-            if restored.is_ok() {
-                error!("{}: restored from damaged memory images; killing it", self.id);
-                if let Err(e) = self.runc.delete(&self.id, true).await {
-                    warn!("{}: {e}", self.id);
-                }
-            }
-            pending.abort().await;
-            return Err(damaged);
-        }
-        if let Err(e) = restored {
-            pending.abort().await;
-            return Err(e.into());
-        }
-        info!("{}: runc restored it in {:?}", self.id, restoring.elapsed());
-        self.init.set_io(pending.finish().await?);
-        let pid = read_pid_from_file(&pid_file)
-            .await
-            .map_err(Error::shim(format!("read the pid file {}", pid_file.display())))? as u32;
-        if let Err(e) = netns::loopback_up(pid) {
-            warn!("{}: restored, but loopback stays down: {e}", self.id);
-        }
-        let key = ProcessKey { container: self.id.clone(), exec: None };
-        Ok((pid, self.exits.register(pid, key, &starting)))
-    }
-
-    /// Starts the init cold after a restore that never ran: the root file
-    /// system goes back to the image's if the checkpoint changed it (the
-    /// writable layer was empty before), then `runc create` and `start`.
-    async fn start_cold(&self, cold: ColdStart) -> Result<(u32, Option<i32>)> {
-        // runc removes a container whose restore failed; this is in case not.
-        match self.runc.delete(&self.id, true).await {
-            Ok(()) | Err(runc::Error::NotFound { .. }) => {}
-            Err(e) => warn!("{}: {e}", self.id),
-        }
-        if let (Some(target), Some(mounts)) = (&self.rootfs, &cold.undo_rootfs) {
-            unmount(target);
-            if let Some(upper) = self.overlay.as_ref().and_then(|o| o.upper.as_deref()) {
-                empty_dir(upper).map_err(Error::io(format!("empty the writable layer {}", upper.display())))?;
-            }
-            for m in mounts {
-                mount_rootfs(m, target)
-                    .await
-                    .map_err(Error::shim(format!("mount the rootfs again ({} {})", m.type_, m.source)))?;
-            }
-        }
-        let (state, io) = Self::run_create(
-            &self.id,
-            &self.namespace,
-            &self.bundle,
-            &self.runc,
-            &cold.options,
-            &self.init.stdio,
-            self.owner,
-            &self.exits,
-        )
-        .await?;
-        self.init.set_io(io);
-        match state {
-            InitState::Created { pid } => {
-                self.runc.start(&self.id).await?;
-                Ok((pid, None))
-            }
-            InitState::Stopped { pid, exit } => Ok((pid, Some(exit.status as i32))),
-            s @ (InitState::CreatedFromCheckpoint { .. } | InitState::Running { .. } | InitState::Paused { .. }) => {
-                Err(Error::WrongState { verb: "start", state: s.name() })
-            }
-        }
     }
 
     pub fn exec(&self, exec_id: &str) -> Result<Arc<Exec>> {
@@ -528,11 +287,11 @@ impl Container {
             .map_err(Error::io(format!("write {}", spec_file.path().display())))?;
         let pid_file = self.bundle.join(format!("{exec_id}.pid"));
 
-        let (pending, runc_stdio) = PendingIo::prepare(&exec.process.stdio, self.owner, &self.logger_env())?;
-        let starting = self.exits.begin_start();
+        let (pending, runc_stdio) = PendingIo::prepare(&exec.process.stdio, self.ctx.owner, &self.ctx.logger_env())?;
+        let starting = self.ctx.exits.begin_start();
         let opts =
             ExecOptions { process: spec_file.path(), pid_file: &pid_file, console_socket: pending.console_socket() };
-        if let Err(e) = self.runc.exec(&self.id, &opts, runc_stdio).await {
+        if let Err(e) = self.ctx.runc.exec(&self.id, &opts, runc_stdio).await {
             pending.abort().await;
             return Err(e.into());
         }
@@ -543,7 +302,7 @@ impl Container {
         let _ = std::fs::remove_file(&pid_file);
         exec.process.set_io(io);
         let key = ProcessKey { container: self.id.clone(), exec: Some(exec_id.to_string()) };
-        let early = self.exits.register(pid, key, &starting);
+        let early = self.ctx.exits.register(pid, key, &starting);
         exec.process.transition(|s| s.start(pid))?;
         Ok((pid, early))
     }
@@ -596,7 +355,7 @@ impl Container {
         let Some(exec_id) = exec_id else {
             return match self.init.state() {
                 InitState::Created { .. } | InitState::Running { .. } | InitState::Paused { .. } => {
-                    self.runc.kill(&self.id, signal, all).await.map_err(gone)
+                    self.ctx.runc.kill(&self.id, signal, all).await.map_err(gone)
                 }
                 InitState::CreatedFromCheckpoint { .. } => Err(Error::WrongState { verb: "kill", state: "created" }),
                 InitState::Stopped { .. } => Err(Error::NotFound("process already finished".into())),
@@ -627,15 +386,15 @@ impl Container {
                 return Err(Error::WrongState { verb: "delete", state: s.name() });
             }
             InitState::Created { pid } => {
-                self.runc.delete(&self.id, true).await.or_else(ignore_gone)?;
+                self.ctx.runc.delete(&self.id, true).await.or_else(ignore_gone)?;
                 // runc killed the waiting init; its exit reaches nobody now.
-                self.exits.forget(pid);
+                self.ctx.exits.forget(pid);
                 (pid, Exit::now(128 + Signal::SIGKILL as i32))
             }
             // Never restored, so runc knows nothing of it.
             InitState::CreatedFromCheckpoint { .. } => (0, Exit::now(0)),
             InitState::Stopped { pid, exit } => {
-                self.runc.delete(&self.id, false).await.or_else(ignore_gone)?;
+                self.ctx.runc.delete(&self.id, false).await.or_else(ignore_gone)?;
                 (pid, exit)
             }
         };
@@ -652,9 +411,7 @@ impl Container {
         if let Some(io) = self.init.take_io() {
             io.shutdown().await;
         }
-        if let Some(rootfs) = &self.rootfs {
-            unmount(rootfs);
-        }
+        drop(self.rootfs.lock().unwrap().take());
         Ok((pid, exit))
     }
 
@@ -675,13 +432,13 @@ impl Container {
 
     pub async fn pause(&self) -> Result<()> {
         self.init.state().pause()?;
-        self.runc.pause(&self.id).await?;
+        self.ctx.runc.pause(&self.id).await?;
         self.init.transition(InitState::pause).map(drop)
     }
 
     pub async fn resume(&self) -> Result<()> {
         self.init.state().resume()?;
-        self.runc.resume(&self.id).await?;
+        self.ctx.runc.resume(&self.id).await?;
         self.init.transition(InitState::resume).map(drop)
     }
 
@@ -693,12 +450,12 @@ impl Container {
             return Err(Error::InvalidArgument(format!("the resources are not valid: {e}")));
         }
         self.init.state().live("update")?;
-        Ok(self.runc.update(&self.id, &resources.value).await?)
+        Ok(self.ctx.runc.update(&self.id, &resources.value).await?)
     }
 
     /// Every pid in the container, with the exec id of those that are execs.
     pub async fn pids(&self) -> Result<Vec<(u32, Option<String>)>> {
-        let pids = self.runc.ps(&self.id).await?;
+        let pids = self.ctx.runc.ps(&self.id).await?;
         let execs: HashMap<u32, String> = self
             .execs
             .lock()
@@ -761,55 +518,6 @@ fn ignore_gone(e: runc::Error) -> Result<()> {
     }
 }
 
-/// CRIU 4.2 asks the kernel for a fresh vDSO at an address its restorer
-/// still occupies, now and then: the kernel maps it elsewhere, CRIU parses
-/// the wrong memory and fails with "vdso: Invalid ELF magic" before any
-/// restored process runs (checkpoint-restore/criu#3012, unfixed upstream).
-/// Another attempt gets another address layout.
-fn is_vdso_misplaced(e: &Error) -> bool {
-    matches!(e, Error::Runc(runc::Error::Criu { line, .. }) if line.contains("vdso: Invalid ELF magic"))
-}
-
-/// Checks the checkpoint at `path` off the reactor (hashing a large one
-/// takes a while, and other containers of this shim must not wait for it):
-/// all but its memory images' digests, which the restore checks while CRIU
-/// works. A `wish` (the annotation's
-/// checkpoint) falls back to a cold start when those do not match, which
-/// needs the root file system as it was: so its memory is checked now too
-/// if the checkpoint's changes would go where they cannot be taken back
-/// out (anything but an overlay's empty writable layer).
-async fn check_source(path: &Path, overlay: Option<&Overlay>, wish: bool) -> Result<RestoreSource> {
-    let (path, overlay) = (path.to_path_buf(), overlay.cloned());
-    tokio::task::spawn_blocking(move || {
-        let mut source = RestoreSource::check(&path, overlay.as_ref())?;
-        let undoable = overlay.as_ref().and_then(|o| o.upper.as_deref()).is_some_and(is_empty_dir);
-        if wish && source.changes_rootfs() && !undoable {
-            source.verify_memory_now()?;
-        }
-        Ok(source)
-    })
-    .await
-    .map_err(|e| Error::io("verify the checkpoint")(std::io::Error::other(e)))?
-}
-
-fn is_empty_dir(dir: &Path) -> bool {
-    std::fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_none())
-}
-
-/// Removes everything in `dir`, keeping `dir`.
-fn empty_dir(dir: &Path) -> std::io::Result<()> {
-    for entry in std::fs::read_dir(dir)? {
-        let path = entry?.path();
-        if path.symlink_metadata()?.is_dir() { std::fs::remove_dir_all(&path)? } else { std::fs::remove_file(&path)? }
-    }
-    Ok(())
-}
-
-fn unmount(target: &Path) {
-    if let Err(e) = umount_recursive(target.to_str(), libc::MNT_DETACH) {
-        warn!("failed to unmount {}: {e}", target.display());
-    }
-}
 
 #[cfg(test)]
 mod tests {
@@ -828,17 +536,5 @@ mod tests {
         let wrong = Any { type_url: "io.containerd.runhcs.v1.Options".into(), ..Default::default() };
         let err = runtime_options(Some(&wrong)).unwrap_err().to_string();
         assert!(err.contains("io.containerd.runhcs.v1.Options"), "{err}");
-    }
-
-    #[test]
-    fn only_the_misplaced_vdso_is_retried() {
-        let criu = |line: &str| {
-            Error::Runc(runc::Error::Criu { command: "restore", line: line.into(), log: "/b/restore.log".into() })
-        };
-        assert!(is_vdso_misplaced(&criu(
-            "(00.038968) pie: 6: Error (criu/pie/util-vdso.c:107): vdso: Invalid ELF magic"
-        )));
-        assert!(!is_vdso_misplaced(&criu("(00.060379) Error (criu/sk-inet.c:200): inet: Connected TCP socket")));
-        assert!(!is_vdso_misplaced(&Error::InvalidArgument("vdso: Invalid ELF magic".into())));
     }
 }
