@@ -379,3 +379,43 @@ impl fmt::Display for TickReport {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The benchmarks read this line: every key once, in order, values
+    /// without spaces.
+    #[test]
+    fn the_structured_line_is_key_value_pairs() {
+        let stored = VersionReport {
+            version: 7,
+            group: 1,
+            base: 5,
+            bytes_total: 64 << 20,
+            bytes_new: 1 << 20,
+            chunks_total: 40,
+            chunks_new: 2,
+        };
+        let mut report = TickReport {
+            stored,
+            frozen_ms: None,
+            dumped: Duration::from_millis(250),
+            total: Duration::from_millis(900),
+            retained: Ok(RetentionReport { kept_groups: vec![0, 1], ..Default::default() }),
+        };
+        assert_eq!(
+            report.fields(),
+            "version=7 group=1 frozen_ms=- dump_ms=250.0 total_ms=900.0 bytes_new=1048576 bytes_total=67108864 \
+             chunks_new=2 chunks_total=40 retained=2"
+        );
+        report.frozen_ms = Some(31.25);
+        report.retained = Err(VersionError::Io {
+            op: "list",
+            path: "/var/lib/versions".into(),
+            source: std::io::Error::other("gone"),
+        });
+        assert!(report.fields().contains(" frozen_ms=31.2 "), "{}", report.fields());
+        assert!(report.fields().ends_with(" retained=-"), "{}", report.fields());
+    }
+}
