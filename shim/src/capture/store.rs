@@ -3,6 +3,7 @@
 //! hashed and committed while it runs on.
 
 use std::{
+    os::unix::fs::DirBuilderExt,
     path::{Path, PathBuf},
     time::Instant,
 };
@@ -66,7 +67,6 @@ pub(super) async fn capture(container: &Container, request: &Capture, target: &S
     // only while it stays frozen until the tap is drained.
     let tap = match &staging {
         Some(staging) if tapped(target) && !pre_dump && (pause || frozen_after(container, request.after)) => {
-            private_dir(&opts.image_path)?;
             let count = tap_count(container);
             info!("{}: taking the memory images into the store through {count} FIFOs", container.id);
             Some(PagesTap::start(staging, &opts.image_path, count)?)
@@ -212,19 +212,30 @@ impl Scratch {
         };
         let mut diff = images.clone().into_os_string();
         diff.push(".rootfs-diff.tar");
-        let scratch = Scratch { images, diff: PathBuf::from(diff) };
-        // What a shim killed in the middle of this same checkpoint left:
-        // CRIU would write beside stale images, and the diff is created new.
-        scratch.clear();
-        let parent = scratch.images.parent().expect("a scratch directory has a parent");
+        let diff = PathBuf::from(diff);
+        if target.existing == Existing::Replace {
+            // What a shim killed in the middle of this same checkpoint
+            // left: CRIU would write beside stale images.
+            Scratch::remove(&images, &diff);
+        }
+        let parent = images.parent().expect("a scratch directory has a parent");
         private_dir(parent)?;
-        Ok(scratch)
+        // Created here, never taken over: one of the same name may be
+        // another capture's, under way (removed only if it is this one's).
+        match std::fs::DirBuilder::new().mode(0o700).create(&images) {
+            Ok(()) => Ok(Scratch { images, diff }),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(Error::AlreadyExists(format!(
+                "the dump directory {} (a checkpoint with id {} is under way, or one was interrupted: remove the \
+                 directory if so)",
+                images.display(),
+                target.id
+            ))),
+            Err(e) => Err(Error::io(format!("create {}", images.display()))(e)),
+        }
     }
 
-    fn clear(&self) {
-        for (result, path) in
-            [(std::fs::remove_dir_all(&self.images), &self.images), (std::fs::remove_file(&self.diff), &self.diff)]
-        {
+    fn remove(images: &Path, diff: &Path) {
+        for (result, path) in [(std::fs::remove_dir_all(images), images), (std::fs::remove_file(diff), diff)] {
             if let Err(e) = result
                 && e.kind() != std::io::ErrorKind::NotFound
             {
@@ -236,12 +247,11 @@ impl Scratch {
 
 impl Drop for Scratch {
     fn drop(&mut self) {
-        self.clear();
+        Scratch::remove(&self.images, &self.diff);
     }
 }
 
 fn private_dir(dir: &Path) -> Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
