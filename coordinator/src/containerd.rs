@@ -8,23 +8,21 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use containerd_client::services::v1::{
-    CheckpointTaskRequest, Container, CreateContainerRequest, CreateImageRequest, CreateRequest as CreateLeaseRequest,
+    Container, CreateContainerRequest, CreateImageRequest, CreateRequest as CreateLeaseRequest,
     CreateTaskRequest, DeleteContainerRequest, DeleteRequest as DeleteLeaseRequest, DeleteTaskRequest,
-    GetContainerRequest, GetImageRequest, GetRequest, Image, KillRequest, ListPidsRequest, PauseTaskRequest,
-    ReadContentRequest, ResumeTaskRequest, VersionResponse, WaitRequest, WaitResponse, WriteAction,
+    GetContainerRequest, GetImageRequest, GetRequest, Image, KillRequest, ReadContentRequest, VersionResponse, WaitRequest, WaitResponse, WriteAction,
     WriteContentRequest,
     containers_client::ContainersClient,
     content_client::ContentClient,
     images_client::ImagesClient,
     leases_client::LeasesClient,
-    snapshots::{MountsRequest, PrepareSnapshotRequest, RemoveSnapshotRequest, snapshots_client::SnapshotsClient},
+    snapshots::{PrepareSnapshotRequest, RemoveSnapshotRequest, snapshots_client::SnapshotsClient},
     tasks_client::TasksClient,
     version_client::VersionClient,
 };
 use containerd_client::tonic::{Code, Request, Status, metadata::MetadataValue, transport::Channel};
 use containerd_client::types::v1::Process;
 use containerd_client::types::{Descriptor, Mount};
-use prost_types::Any;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -177,49 +175,6 @@ impl Containerd {
         }
     }
 
-    /// Sends containerd's Tasks.Checkpoint for container `id` as it is (the
-    /// caller pauses first if it needs the container to stay frozen after
-    /// the dump: CRIU leaves a frozen container frozen). With an image path
-    /// in `options` containerd hands the path to the shim and stores
-    /// nothing in its content store.
-    pub async fn checkpoint_task(&self, id: &str, options: Any) -> Result<()> {
-        self.tasks()
-            .checkpoint(self.request(CheckpointTaskRequest {
-                container_id: id.to_string(),
-                parent_checkpoint: String::new(),
-                options: Some(options),
-            }))
-            .await
-            .map_err(rpc(format!("checkpoint the task of container {id}")))?;
-        Ok(())
-    }
-
-    /// How many processes container `id`'s task has.
-    pub async fn task_process_count(&self, id: &str) -> Result<usize> {
-        let resp = self
-            .tasks()
-            .list_pids(self.request(ListPidsRequest { container_id: id.to_string() }))
-            .await
-            .map_err(rpc(format!("list the processes of container {id}")))?;
-        Ok(resp.into_inner().processes.len())
-    }
-
-    pub async fn pause_task(&self, id: &str) -> Result<()> {
-        self.tasks()
-            .pause(self.request(PauseTaskRequest { container_id: id.to_string() }))
-            .await
-            .map_err(rpc(format!("pause the task of container {id}")))?;
-        Ok(())
-    }
-
-    pub async fn resume_task(&self, id: &str) -> Result<()> {
-        self.tasks()
-            .resume(self.request(ResumeTaskRequest { container_id: id.to_string() }))
-            .await
-            .map_err(rpc(format!("resume the task of container {id}")))?;
-        Ok(())
-    }
-
     /// Creates the task of container `id`; returns its pid.
     pub async fn create_task(&self, req: CreateTaskRequest) -> Result<u32> {
         let id = req.container_id.clone();
@@ -254,17 +209,6 @@ impl Containerd {
         Ok(())
     }
 
-    /// The mounts that make up snapshot `key` of `snapshotter`.
-    pub async fn snapshot_mounts(&self, snapshotter: &str, key: &str) -> Result<Vec<Mount>> {
-        let resp = self
-            .snapshots()
-            .mounts(self.request(MountsRequest { snapshotter: snapshotter.to_string(), key: key.to_string() }))
-            .await
-            .map_err(rpc(format!("get the mounts of snapshot {key} ({snapshotter})")))?;
-        Ok(resp.into_inner().mounts)
-    }
-
-    /// Prepares the active snapshot `key` on top of `parent`; returns its mounts.
     pub async fn prepare_snapshot(&self, snapshotter: &str, key: &str, parent: &str) -> Result<Vec<Mount>> {
         let resp = self
             .snapshots()
@@ -464,12 +408,6 @@ impl Lease {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// The spec of `container` as JSON bytes, as containerd stores it.
-pub fn container_spec(container: &Container) -> Result<&[u8]> {
-    let spec = container.spec.as_ref().with_context(|| format!("container {} has no OCI spec", container.id))?;
-    Ok(&spec.value)
 }
 
 /// A stdio URI for a log file, as the shim (and containerd's) accept it.

@@ -13,9 +13,9 @@ mod ids;
 mod image;
 mod output;
 mod pipe;
-mod rootfs;
 mod runc_options;
-mod staging;
+mod scratch;
+mod shim;
 
 use std::process::ExitCode;
 

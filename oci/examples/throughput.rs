@@ -93,5 +93,6 @@ fn info() -> CommitInfo {
         leave_running: true,
         rootfs: None,
         timings: Timings::default(),
+        host: migrate_oci::HostInfo::this_machine(None),
     }
 }

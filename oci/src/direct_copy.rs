@@ -108,6 +108,18 @@ pub(crate) fn write_direct(
     Ok(Some(written))
 }
 
+/// Writes all that `from` (read from `src`, for errors) yields to the new
+/// file `dst`, around the page cache where `dst`'s file system allows
+/// (else through it, as a plain copy), not hashed. For images that stay
+/// where CRIU put them (`ctr task checkpoint --image-path`).
+pub fn write_around_page_cache(from: &mut impl Read, src: &Path, dst: &Path) -> Result<()> {
+    if write_direct(from, src, dst, None)?.is_none() {
+        let mut to = File::options().write(true).create_new(true).open(dst).map_err(Error::io("create", dst))?;
+        io::copy(from, &mut to).map_err(Error::io("write", dst))?;
+    }
+    Ok(())
+}
+
 /// Fills buffers from `from` and passes them on until the end of the file
 /// or until a later stage stops taking them.
 fn read_stage(

@@ -143,9 +143,6 @@ pub enum Error {
         #[source]
         source: StatsFormatError,
     },
-
-    #[error("{name}={value:?} is not valid: expected {expected}")]
-    BadAnnotation { name: &'static str, value: String, expected: &'static str },
 }
 
 impl Error {

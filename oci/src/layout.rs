@@ -9,6 +9,10 @@ pub const CRIU_DIR: &str = "criu";
 /// The container's OCI runtime spec, added with [`crate::Staging::add_file`].
 pub const CONFIG_FILE: &str = "config.json";
 pub const ROOTFS_DIFF_FILE: &str = "rootfs-diff.tar";
+/// The OCI annotation that starts a container from a checkpoint directory
+/// ("file:///abs/path/to/checkpoint-dir"): the shim reads it, and
+/// `migratectl restore` drops it from a clone's spec.
+pub const RESTORE_FROM_ANNOTATION: &str = "io.containerd.migrate.restore-from";
 
 /// CRIU reaches the images of a dump's parent (pre-dump, incremental dump)
 /// through a symlink of this name in the images directory. The commit makes

@@ -15,7 +15,6 @@
 //! manifest records every file's size and sha256, which
 //! [`Checkpoint::verify`] checks before a restore.
 
-pub mod annotations;
 mod checkpoint;
 pub mod criu_stats;
 mod criu_tar;
@@ -27,9 +26,9 @@ mod host;
 mod layer;
 pub mod layout;
 mod manifest;
-mod pages_tap;
 mod parallel;
 pub mod platform;
+pub mod ram;
 mod staging;
 mod store;
 #[cfg(any(test, feature = "testing"))]
@@ -41,11 +40,11 @@ pub use checkpoint::{Checkpoint, DeferredDigests, FilesStamp};
 pub use error::{Error, FileProblem, ProblemKind, Result, UnsafeEntry};
 pub use hashing::Sha256;
 pub use layer::{apply_layer, write_rootfs_diff};
-pub use layout::{CONFIG_FILE, ROOTFS_DIFF_FILE, validate_id};
+pub use layout::{CONFIG_FILE, RESTORE_FROM_ANNOTATION, ROOTFS_DIFF_FILE, validate_id};
 pub use manifest::{
     CheckpointManifest, ContainerInfo, FileEntry, HostInfo, MANIFEST_MEDIA_TYPE, MANIFEST_SCHEMA_VERSION, RootfsInfo,
     Timings,
 };
-pub use pages_tap::{InPlaceTap, PagesTap};
-pub use staging::{CommitInfo, Staging};
+pub use direct_copy::write_around_page_cache;
+pub use staging::{CommitInfo, PendingFile, Staging, WrittenFile};
 pub use store::{CheckpointStore, DEFAULT_STORE_ROOT};

@@ -40,6 +40,8 @@ pub struct CommitInfo {
     pub leave_running: bool,
     pub rootfs: Option<RootfsInfo>,
     pub timings: Timings,
+    /// The machine that made the images.
+    pub host: HostInfo,
 }
 
 /// A checkpoint under construction. Dropping it without [`Staging::commit`]
@@ -145,6 +147,25 @@ impl Staging {
         self.hashed.insert(rel, hashed);
     }
 
+    /// A file `rel` of this checkpoint for another thread to write (CRIU's
+    /// memory images, taken from FIFOs as CRIU writes them): it is written
+    /// with [`PendingFile::write_from`] and recorded with
+    /// [`Staging::add_written`].
+    pub fn pending_file(&self, rel: &str) -> Result<PendingFile> {
+        layout::check_rel(rel).map_err(|reason| Error::InvalidPath { path: rel.to_owned(), reason })?;
+        let path = self.dir.join(rel);
+        if let Some(parent) = path.parent() {
+            self.create_dir(parent)?;
+        }
+        Ok(PendingFile { rel: rel.to_owned(), path })
+    }
+
+    /// Records a file written with [`PendingFile::write_from`], with the
+    /// digest taken as it was written.
+    pub fn add_written(&mut self, written: WrittenFile) {
+        self.hashed.insert(written.rel, written.hashed);
+    }
+
     /// Writes the changes in overlay `upperdir` as `rootfs-diff.tar`, an OCI
     /// layer (overlay whiteouts become `.wh.` entries), hashing as it writes.
     pub fn add_rootfs_diff(&mut self, upperdir: &Path) -> Result<()> {
@@ -215,7 +236,7 @@ impl Staging {
             id: self.id.clone(),
             container: info.container,
             created: now_millis(),
-            host: HostInfo::current(),
+            host: info.host,
             memory_bytes: files.iter().filter(|f| is_memory_image(&f.path)).map(|f| f.size).sum(),
             parent: info.parent,
             leave_running: info.leave_running,
@@ -265,6 +286,33 @@ impl Staging {
         let mut file = File::options().write(true).create_new(true).open(&path).map_err(Error::io("create", &path))?;
         file.write_all(&json).map_err(Error::io("write", &path))?;
         file.sync_all().map_err(Error::io("fsync", &path))
+    }
+}
+
+/// A file of a staging checkpoint to be written, maybe on another thread.
+#[derive(Debug)]
+pub struct PendingFile {
+    rel: String,
+    path: PathBuf,
+}
+
+/// A file written into a staging checkpoint, with its digest.
+#[derive(Debug)]
+pub struct WrittenFile {
+    rel: String,
+    hashed: Hashed,
+}
+
+impl PendingFile {
+    /// Writes all that `from` (read from `src`, for errors) yields, around
+    /// the page cache where the store's file system allows, hashing it, and
+    /// makes it durable.
+    pub fn write_from(self, from: &mut impl Read, src: &Path) -> Result<WrittenFile> {
+        let hashed = match direct_copy::write_hashing_direct(from, src, &self.path)? {
+            Some(hashed) => hashed,
+            None => hashing::write_hashing(from, u64::MAX, src, &self.path)?,
+        };
+        Ok(WrittenFile { rel: self.rel, hashed })
     }
 }
 

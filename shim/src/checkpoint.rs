@@ -16,8 +16,9 @@ use containerd_shim::protos::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    capture::{After, Capture, Existing, Increment, Memory, Parent, Route, StoreTarget},
     error::{Error, Result},
-    runc::{CgroupsMode, CheckpointOptions, CriuConfig, CriuOptions, NetworkLock, Pages},
+    runc::{CgroupsMode, CriuOptions, NetworkLock},
 };
 
 const RUNC_OPTIONS_TYPE: &str = "containerd.runc.v1.CheckpointOptions";
@@ -46,20 +47,30 @@ struct MigrateOptions {
     empty_namespaces: Vec<String>,
     /// "iptables" or "nftables"; by default nftables where CRIU can.
     network_lock: Option<String>,
+    /// Commit the checkpoint into the checkpoint store at this directory
+    /// (`migratectl checkpoint create`): the call returns once it is there.
+    store: Option<PathBuf>,
+    /// With `store`: the checkpoint's id, which must not be taken.
+    id: Option<String>,
+    /// With `store`: the container's image, recorded in the manifest.
+    image: Option<String>,
+    /// With `store`: where CRIU dumps what is not memory (RAM by default).
+    staging: Option<PathBuf>,
+    /// With `store`: CRIU dumps straight into the store.
+    direct: bool,
 }
 
-/// Typed options for a dump of container `bundle`'s init to `path` (the
-/// request's path, unless the options name an image path).
-pub fn decode(any: Option<&Any>, path: &str, bundle: &Path, terminal: bool) -> Result<CheckpointOptions> {
-    let mut opts = CheckpointOptions {
-        image_path: PathBuf::from(path),
-        work_path: bundle.join("criu-work"),
-        parent_path: None,
-        leave_running: true,
-        pre_dump: false,
-        pages: Pages::Local,
+/// The capture a Checkpoint RPC asks for, of container `bundle`'s init,
+/// into `path` (the request's path, unless the options name an image path
+/// or a store).
+pub fn decode(any: Option<&Any>, path: &str, bundle: &Path, terminal: bool) -> Result<(Capture, Memory)> {
+    let mut memory = Memory::Directory(PathBuf::from(path));
+    let mut capture = Capture {
+        after: After::LeaveRunning,
+        increment: Increment::Full,
         criu: CriuOptions { shell_job: terminal, ..Default::default() },
-        config: CriuConfig::default(),
+        network_lock: None,
+        work_path: bundle.join("criu-work"),
     };
     match any.filter(|a| !a.type_url.is_empty()) {
         None => {}
@@ -67,10 +78,12 @@ pub fn decode(any: Option<&Any>, path: &str, bundle: &Path, terminal: bool) -> R
             let runc = RuncCheckpointOptions::parse_from_bytes(&any.value).map_err(|e| {
                 Error::InvalidArgument(format!("the checkpoint options ({RUNC_OPTIONS_TYPE}) do not decode: {e}"))
             })?;
-            opts.leave_running = !runc.exit;
-            set_path(&mut opts.image_path, &runc.image_path);
-            set_path(&mut opts.work_path, &runc.work_path);
-            opts.criu = CriuOptions {
+            capture.after = after(runc.exit);
+            if !runc.image_path.is_empty() {
+                memory = Memory::Directory(PathBuf::from(&runc.image_path));
+            }
+            set_path(&mut capture.work_path, &runc.work_path);
+            capture.criu = CriuOptions {
                 tcp_established: runc.open_tcp,
                 external_unix_sockets: runc.external_unix_sockets,
                 shell_job: runc.terminal || terminal,
@@ -85,34 +98,42 @@ pub fn decode(any: Option<&Any>, path: &str, bundle: &Path, terminal: bool) -> R
                     "the checkpoint options ({MIGRATE_OPTIONS_TYPE}, JSON) are not valid: {e}"
                 ))
             })?;
-            opts.leave_running = !m.exit;
-            if let Some(p) = m.image_path {
-                opts.image_path = p;
+            capture.after = after(m.exit);
+            if let Some(p) = &m.work_path {
+                capture.work_path = p.clone();
             }
-            if let Some(p) = m.work_path {
-                opts.work_path = p;
-            }
-            opts.parent_path = m.parent_path;
-            opts.pre_dump = m.pre_dump;
-            opts.pages = match (m.page_server, m.lazy_pages) {
-                (None, false) => Pages::Local,
-                (Some(address), false) => Pages::PageServer(address),
-                (Some(page_server), true) => Pages::Lazy { page_server },
-                (None, true) => {
-                    return Err(Error::InvalidArgument(
-                        "lazy_pages needs page_server: the ADDRESS:PORT the restoring side pulls pages from".into(),
-                    ));
-                }
-            };
-            opts.criu = CriuOptions {
+            capture.criu = CriuOptions {
                 tcp_established: m.tcp_established,
                 external_unix_sockets: m.external_unix_sockets,
                 shell_job: terminal,
                 file_locks: m.file_locks,
                 cgroups_mode: m.cgroups_mode.as_deref().map(cgroups_mode).transpose()?.flatten(),
-                empty_namespaces: m.empty_namespaces,
+                empty_namespaces: m.empty_namespaces.clone(),
             };
-            opts.config.network_lock = m.network_lock.as_deref().map(network_lock).transpose()?;
+            capture.network_lock = m.network_lock.as_deref().map(network_lock).transpose()?;
+            let parent = m.parent_path.clone().map(Parent::Images);
+            capture.increment = match (m.pre_dump, parent) {
+                (false, None) => Increment::Full,
+                (true, parent) => Increment::PreDump(parent),
+                (false, Some(parent)) => Increment::OnParent(parent),
+            };
+            memory = match m.store.clone() {
+                Some(store) => store_target(m, store)?,
+                None => {
+                    let images = m.image_path.unwrap_or_else(|| PathBuf::from(path));
+                    match (m.page_server, m.lazy_pages) {
+                        (None, false) => Memory::Directory(images),
+                        (Some(address), false) => Memory::PageServer { images, address },
+                        (Some(page_server), true) => Memory::Lazy { images, page_server },
+                        (None, true) => {
+                            return Err(Error::InvalidArgument(
+                                "lazy_pages needs page_server: the ADDRESS:PORT the restoring side pulls pages from"
+                                    .into(),
+                            ));
+                        }
+                    }
+                }
+            };
         }
         Some(any) => {
             return Err(Error::InvalidArgument(format!(
@@ -122,17 +143,68 @@ pub fn decode(any: Option<&Any>, path: &str, bundle: &Path, terminal: bool) -> R
             )));
         }
     }
-    if opts.image_path.as_os_str().is_empty() {
+    let target = match &memory {
+        Memory::Directory(images) | Memory::PageServer { images, .. } | Memory::Lazy { images, .. } => images,
+        Memory::Store(target) => &target.store,
+    };
+    if target.as_os_str().is_empty() {
         return Err(Error::InvalidArgument("the checkpoint has no image path to write to".into()));
     }
-    if !opts.image_path.is_absolute() || !opts.work_path.is_absolute() {
+    if !target.is_absolute() || !capture.work_path.is_absolute() {
         return Err(Error::InvalidArgument(format!(
-            "checkpoint paths must be absolute (image path {}, work path {})",
-            opts.image_path.display(),
-            opts.work_path.display()
+            "checkpoint paths must be absolute (image path or store {}, work path {})",
+            target.display(),
+            capture.work_path.display()
         )));
     }
-    Ok(opts)
+    Ok((capture, memory))
+}
+
+fn after(exit: bool) -> After {
+    if exit { After::Exit } else { After::LeaveRunning }
+}
+
+/// A committed checkpoint `m.id` in `store`, as `migratectl checkpoint
+/// create` asks for it: with the rootfs diff, never replacing one.
+fn store_target(m: MigrateOptions, store: PathBuf) -> Result<Memory> {
+    let not_with_store = [
+        ("image_path", m.image_path.is_some()),
+        ("parent_path", m.parent_path.is_some()),
+        ("pre_dump", m.pre_dump),
+        ("page_server", m.page_server.is_some()),
+        ("lazy_pages", m.lazy_pages),
+    ];
+    if let Some((name, _)) = not_with_store.iter().find(|(_, set)| *set) {
+        return Err(Error::Unsupported(format!("{name} together with store")));
+    }
+    let id = m.id.ok_or_else(|| Error::InvalidArgument("store needs id: the checkpoint's id in the store".into()))?;
+    let route = match (m.direct, m.staging) {
+        (true, Some(_)) => {
+            return Err(Error::InvalidArgument("direct and staging exclude each other".into()));
+        }
+        (true, None) => Route::Direct,
+        (false, Some(root)) => {
+            if !migrate_oci::ram::is_ram_backed(&root).unwrap_or(true) {
+                log::warn!(
+                    "{} is not on a RAM-backed file system (tmpfs, ramfs): the container stays frozen while CRIU \
+                     writes there",
+                    root.display()
+                );
+            }
+            Route::Tapped { root }
+        }
+        (false, None) => match migrate_oci::ram::staging_root() {
+            Some(root) => Route::Tapped { root },
+            None => {
+                log::warn!(
+                    "no RAM-backed staging directory (tmpfs, ramfs): CRIU dumps straight into the store, and the \
+                     container stays frozen while it writes there"
+                );
+                Route::Direct
+            }
+        },
+    };
+    Ok(Memory::Store(StoreTarget { store, id, image: m.image, route, rootfs_diff: true, existing: Existing::Refuse }))
 }
 
 fn set_path(target: &mut PathBuf, value: &str) {
@@ -219,11 +291,10 @@ mod tests {
 
     #[test]
     fn no_options_means_leave_running_into_the_request_path() {
-        let o = decode(None, "/tmp/ckpt", Path::new("/b"), false).unwrap();
-        assert!(o.leave_running);
-        assert_eq!(o.image_path, Path::new("/tmp/ckpt"));
+        let (o, memory) = decode(None, "/tmp/ckpt", Path::new("/b"), false).unwrap();
+        assert_eq!(o.after, After::LeaveRunning);
+        assert_eq!(memory, Memory::Directory("/tmp/ckpt".into()));
         assert_eq!(o.work_path, Path::new("/b/criu-work"));
-        assert_eq!(o.pages, Pages::Local);
     }
 
     #[test]
@@ -237,9 +308,9 @@ mod tests {
             ..Default::default()
         };
         let a = any(&format!("type.googleapis.com/{RUNC_OPTIONS_TYPE}"), runc.write_to_bytes().unwrap());
-        let o = decode(Some(&a), "/tmp/ignored", Path::new("/b"), true).unwrap();
-        assert!(!o.leave_running);
-        assert_eq!(o.image_path, Path::new("/img"));
+        let (o, memory) = decode(Some(&a), "/tmp/ignored", Path::new("/b"), true).unwrap();
+        assert_eq!(o.after, After::Exit);
+        assert_eq!(memory, Memory::Directory("/img".into()));
         assert!(o.criu.tcp_established && o.criu.shell_job);
         assert_eq!(o.criu.cgroups_mode, Some(CgroupsMode::Soft));
         assert_eq!(o.criu.empty_namespaces, vec!["network".to_string()]);
@@ -248,9 +319,43 @@ mod tests {
     #[test]
     fn migrate_options_reach_lazy_pages() {
         let json = br#"{"page_server":"10.1.0.2:27000","lazy_pages":true,"parent_path":"../v1"}"#;
-        let o = decode(Some(&any(MIGRATE_OPTIONS_TYPE, json.to_vec())), "/img", Path::new("/b"), false).unwrap();
-        assert_eq!(o.pages, Pages::Lazy { page_server: "10.1.0.2:27000".into() });
-        assert_eq!(o.parent_path.as_deref(), Some(Path::new("../v1")));
+        let (o, memory) = decode(Some(&any(MIGRATE_OPTIONS_TYPE, json.to_vec())), "/img", Path::new("/b"), false).unwrap();
+        assert_eq!(memory, Memory::Lazy { images: "/img".into(), page_server: "10.1.0.2:27000".into() });
+        assert_eq!(o.increment, Increment::OnParent(Parent::Images("../v1".into())));
+    }
+
+    #[test]
+    fn migrate_options_ask_for_a_committed_checkpoint() {
+        let json = br#"{"store":"/var/lib/cp","id":"web-1","image":"docker.io/library/redis:7","exit":true,
+            "tcp_established":true,"file_locks":true,"direct":true}"#;
+        let (o, memory) = decode(Some(&any(MIGRATE_OPTIONS_TYPE, json.to_vec())), "", Path::new("/b"), false).unwrap();
+        assert_eq!(o.after, After::Exit);
+        assert!(o.criu.tcp_established && o.criu.file_locks);
+        assert_eq!(
+            memory,
+            Memory::Store(StoreTarget {
+                store: "/var/lib/cp".into(),
+                id: "web-1".into(),
+                image: Some("docker.io/library/redis:7".into()),
+                route: Route::Direct,
+                rootfs_diff: true,
+                existing: Existing::Refuse,
+            })
+        );
+        let staged = br#"{"store":"/var/lib/cp","id":"web-1","staging":"/dev/shm/s"}"#;
+        let (_, memory) = decode(Some(&any(MIGRATE_OPTIONS_TYPE, staged.to_vec())), "", Path::new("/b"), false).unwrap();
+        assert!(matches!(memory, Memory::Store(StoreTarget { route: Route::Tapped { root }, .. }) if root == Path::new("/dev/shm/s")));
+        for (json, expected) in [
+            (&br#"{"store":"/var/lib/cp"}"#[..], "store needs id"),
+            (br#"{"store":"/var/lib/cp","id":"x","pre_dump":true}"#, "pre_dump together with store"),
+            (br#"{"store":"/var/lib/cp","id":"x","direct":true,"staging":"/s"}"#, "exclude each other"),
+            (br#"{"store":"cp","id":"x"}"#, "absolute"),
+        ] {
+            let e = decode(Some(&any(MIGRATE_OPTIONS_TYPE, json.to_vec())), "", Path::new("/b"), false)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(expected), "{e}");
+        }
     }
 
     #[test]

@@ -34,6 +34,12 @@ pub enum Error {
     #[error(transparent)]
     Checkpoint(#[from] migrate_oci::Error),
 
+    #[error(transparent)]
+    BadAnnotation(#[from] crate::annotations::BadAnnotation),
+
+    #[error(transparent)]
+    Tap(#[from] crate::capture::pages_tap::TapError),
+
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -64,13 +70,13 @@ impl Error {
         match self {
             Error::NotFound(_) => Code::NOT_FOUND,
             Error::AlreadyExists(_) => Code::ALREADY_EXISTS,
-            Error::InvalidArgument(_) => Code::INVALID_ARGUMENT,
+            Error::InvalidArgument(_) | Error::BadAnnotation(_) => Code::INVALID_ARGUMENT,
             Error::WrongState { .. } => Code::FAILED_PRECONDITION,
             Error::Unsupported(_) => Code::UNIMPLEMENTED,
             Error::Runc(runc::Error::NotFound { .. }) => Code::NOT_FOUND,
             // A damaged or mismatching checkpoint is the caller's to replace.
             Error::Checkpoint(_) => Code::FAILED_PRECONDITION,
-            Error::Runc(_) | Error::Io { .. } | Error::Shim { .. } => Code::UNKNOWN,
+            Error::Runc(_) | Error::Tap(_) | Error::Io { .. } | Error::Shim { .. } => Code::UNKNOWN,
         }
     }
 }

@@ -1,5 +1,7 @@
 //! containerd-shim-migrate-v1: the runtime `io.containerd.migrate.v1`.
 
+mod annotations;
+mod capture;
 mod cgroups;
 mod checkpoint;
 mod console;
@@ -10,7 +12,6 @@ mod exits;
 mod hashed;
 mod netns;
 mod oom;
-mod persist;
 mod process;
 mod ready;
 mod restore_gate;

@@ -1,11 +1,48 @@
-//! What the shim knows of a container's root file system from the mounts
-//! containerd hands it: for overlay, the writable upper directory (whose
+//! A container's root file system: mounted from the mounts containerd hands
+//! the shim, behind a guard that unmounts it ([`MountedRootfs`]), and what
+//! those mounts say of it: for overlay, the writable upper directory (whose
 //! contents are the container's changes) and the lower directories (the
 //! image's layers, which identify the image on this host).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use containerd_shim::protos::types::mount::Mount;
+use containerd_shim::{mount::umount_recursive, protos::types::mount::Mount, util::mount_rootfs};
+use log::warn;
+
+use crate::error::{Error, Result};
+
+/// The container's root file system mounted at `target`, unmounted when
+/// dropped: on every error path after the mount, and when the container is
+/// deleted.
+#[derive(Debug)]
+pub struct MountedRootfs {
+    target: PathBuf,
+}
+
+impl MountedRootfs {
+    /// Mounts `mounts` at `target`, one on top of the other.
+    pub async fn mount(mounts: &[Mount], target: &Path) -> Result<MountedRootfs> {
+        let mounted = MountedRootfs { target: target.to_owned() };
+        for m in mounts {
+            mount_rootfs(m, target)
+                .await
+                .map_err(Error::shim(format!("mount the rootfs ({} {})", m.type_, m.source)))?;
+        }
+        Ok(mounted)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.target
+    }
+}
+
+impl Drop for MountedRootfs {
+    fn drop(&mut self) {
+        if let Err(e) = umount_recursive(self.target.to_str(), libc::MNT_DETACH) {
+            warn!("failed to unmount {}: {e}", self.target.display());
+        }
+    }
+}
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Overlay {

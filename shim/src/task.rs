@@ -31,7 +31,7 @@ use containerd_shim::{
 use log::{debug, info, warn};
 
 use crate::{
-    checkpoint,
+    capture, checkpoint,
     container::{Container, protobuf_time},
     error::{Error, Result},
     events::Events,
@@ -226,15 +226,16 @@ impl Task for TaskService {
     async fn checkpoint(&self, _ctx: &TtrpcContext, req: CheckpointTaskRequest) -> TtrpcResult<Empty> {
         let s = &self.shared;
         let container = s.container(&req.id)?;
-        let _lifecycle = container.lifecycle.lock().await;
-        let opts =
+        let (request, memory) =
             checkpoint::decode(req.options.as_ref(), &req.path, &container.bundle, container.init.stdio.terminal)?;
-        info!("checkpoint {} to {} (leave running: {})", req.id, opts.image_path.display(), opts.leave_running);
-        container.checkpoint_for_caller(&opts).await?;
+        info!("checkpoint {} into {memory:?} ({:?})", req.id, request.after);
+        // The capture holds the lifecycle lock while it dumps, not while it
+        // commits into a store.
+        let captured = capture::capture(&container, &request, &memory).await?;
         s.events
             .publish(TaskCheckpointed {
                 container_id: req.id.clone(),
-                checkpoint: opts.image_path.display().to_string(),
+                checkpoint: captured.display().to_string(),
                 ..Default::default()
             })
             .await;

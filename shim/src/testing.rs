@@ -13,18 +13,24 @@ pub fn committed(id: &str) -> (tempfile::TempDir, migrate_oci::Checkpoint) {
         std::fs::write(criu.join(name), bytes).unwrap();
     }
     let checkpoint = staging
-        .commit(migrate_oci::CommitInfo {
-            container: migrate_oci::ContainerInfo {
-                id: "web".into(),
-                namespace: "default".into(),
-                image: None,
-                runtime: crate::RUNTIME_ID.into(),
-            },
-            parent: None,
-            leave_running: true,
-            rootfs: None,
-            timings: migrate_oci::Timings::default(),
-        })
+        .commit(commit_info())
         .unwrap();
     (dir, checkpoint)
+}
+
+/// What a shim knows when it commits a checkpoint of container `web`.
+pub fn commit_info() -> migrate_oci::CommitInfo {
+    migrate_oci::CommitInfo {
+        container: migrate_oci::ContainerInfo {
+            id: "web".into(),
+            namespace: "default".into(),
+            image: None,
+            runtime: crate::RUNTIME_ID.into(),
+        },
+        parent: None,
+        leave_running: true,
+        rootfs: None,
+        timings: migrate_oci::Timings::default(),
+        host: migrate_oci::HostInfo::this_machine(None),
+    }
 }

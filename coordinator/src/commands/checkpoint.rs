@@ -1,11 +1,9 @@
 //! `migratectl checkpoint create|ls|inspect|rm`.
 //!
-//! `create` is built for a short freeze and no copy: CRIU dumps through
-//! containerd and the shim into a directory in RAM, except for the memory
-//! images, which go through FIFOs straight into the store while the
-//! container stays paused; once it runs again the small images are hashed
-//! and written to the store too (`--direct`: CRIU dumps straight into the
-//! store, and the images are hashed and made durable in place).
+//! `create` asks the container's shim for a checkpoint committed into the
+//! store (the shim's capture pipeline: a short freeze and no copy of the
+//! memory images, which go through FIFOs straight into the store while the
+//! container stays paused) and reports it from its manifest.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -13,22 +11,20 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use containerd_client::types::v1::Status;
-use migrate_oci::{Checkpoint, CheckpointStore, CommitInfo, ContainerInfo, RootfsInfo, Timings};
+use migrate_oci::{Checkpoint, CheckpointStore};
 use migrate_version_store::{ContainerRef, StoreLocation};
 use serde::Serialize;
 
 use crate::Global;
 use crate::commands::{export, import, versions};
-use crate::containerd::{self, Containerd};
+use crate::containerd::Containerd;
 use crate::ids;
 use crate::output::{self, Table, human_bytes, human_ms, round_ms};
-use crate::rootfs::Rootfs;
-use crate::runc_options::CheckpointOptions;
-use crate::staging::DumpDir;
+use crate::shim::{Shim, StoreCheckpoint};
 
 pub const DEFAULT_ROOT: &str = migrate_oci::DEFAULT_STORE_ROOT;
-/// CRIU's statistics file, written to its work directory.
-const STATS_FILE: &str = "stats-dump";
+/// The runtime whose shim takes checkpoints into a store.
+const MIGRATE_RUNTIME: &str = "io.containerd.migrate.v1";
 
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
@@ -73,9 +69,9 @@ pub struct CreateArgs {
     /// Dump file locks
     #[arg(long)]
     file_locks: bool,
-    /// Where CRIU dumps before the images are copied to the store; should be
-    /// tmpfs [default: /run/containerd-migrate/staging, or
-    /// /dev/shm/containerd-migrate-staging if /run is not tmpfs]
+    /// Where CRIU dumps what is not memory before it is copied to the store;
+    /// should be tmpfs or ramfs [default: /run/containerd-migrate/staging,
+    /// or /dev/shm/containerd-migrate-staging if /run is not in RAM]
     #[arg(long, value_name = "DIR")]
     staging: Option<PathBuf>,
     /// Dump straight into the store: nothing is copied afterwards, but the
@@ -132,13 +128,7 @@ pub struct RmArgs {
 
 pub async fn run(g: &Global, cmd: Command) -> Result<ExitCode> {
     match cmd {
-        // Interrupted, the dump and staging directories are dropped (and so
-        // removed) instead of being left in RAM; a dump under way fails when
-        // its directory goes, and the shim leaves the container running.
-        Command::Create(a) => tokio::select! {
-            r = create(g, a) => r,
-            sig = interrupted() => bail!("interrupted by {sig}; nothing was stored"),
-        },
+        Command::Create(a) => create(g, a).await,
         Command::Ls(a) => {
             let namespace = g.namespace.clone();
             blocking(move || ls(a, &namespace)).await
@@ -196,9 +186,16 @@ async fn create(g: &Global, a: CreateArgs) -> Result<ExitCode> {
 
     let cd = Containerd::connect(&g.address, &g.namespace).await?;
     let container = cd.container(&a.container).await?;
-    let was_paused = match cd.task(&a.container).await? {
-        Some(p) if p.status == Status::Running as i32 => false,
-        Some(p) if p.status == Status::Paused as i32 => true,
+    let runtime = container.runtime.as_ref().map(|r| r.name.as_str()).unwrap_or_default();
+    if runtime != MIGRATE_RUNTIME {
+        bail!(
+            "container {} runs under {runtime:?}: checkpoint create needs the runtime {MIGRATE_RUNTIME}, whose shim \
+             takes the checkpoint",
+            a.container
+        );
+    }
+    let pid = match cd.task(&a.container).await? {
+        Some(p) if p.status == Status::Running as i32 || p.status == Status::Paused as i32 => p.pid,
         Some(p) => bail!(
             "container {} is {}: only a running (or paused) container can be checkpointed",
             a.container,
@@ -206,136 +203,57 @@ async fn create(g: &Global, a: CreateArgs) -> Result<ExitCode> {
         ),
         None => bail!("container {} has no task: only a running container can be checkpointed", a.container),
     };
-    let spec = containerd::container_spec(&container)?.to_vec();
-    let rootfs = container_rootfs(&cd, &container).await?;
-    let runtime = container.runtime.as_ref().map(|r| r.name.clone()).unwrap_or_default();
+    let shim = Shim::of_task(pid, cd.namespace())
+        .with_context(|| format!("find the shim of container {}", a.container))?;
+    let request = StoreCheckpoint {
+        store: absolute(&a.root.root)?,
+        id: id.clone(),
+        image: Some(container.image.clone()).filter(|i| !i.is_empty()),
+        exit: a.exit,
+        tcp_established: a.tcp_established,
+        file_locks: a.file_locks,
+        staging: a.staging.as_deref().map(absolute).transpose()?,
+        direct: a.direct,
+    };
 
-    // Everything that can fail without touching the container fails here,
-    // before the freeze: a taken id, an unwritable store or staging dir.
-    let store_root = a.root.root.clone();
-    let (store, staging) = blocking({
-        let id = id.clone();
-        move || {
-            let store = CheckpointStore::open(&store_root)
-                .with_context(|| format!("open the checkpoint store {}", store_root.display()))?;
-            let staging = store.staging(&id)?;
-            Ok((store, staging))
+    // The shim dumps, diffs and commits; an interrupt cannot stop it
+    // halfway (the container must not stay frozen), so once it has begun
+    // migratectl waits for it and removes what it stored.
+    let name = a.container.clone();
+    let call = blocking(move || shim.checkpoint_into_store(&name, &request));
+    tokio::pin!(call);
+    let signal = tokio::select! {
+        done = &mut call => {
+            if let Err(e) = done {
+                return Err(e.context(after_failed_dump(&cd, &a.container).await));
+            }
+            None
         }
+        sig = interrupted() => Some(sig),
+    };
+    let store_root = a.root.root.clone();
+    if let Some(sig) = signal {
+        eprintln!("migratectl: {sig}: waiting for the shim to finish the dump, then removing its checkpoint");
+        let _ = call.await;
+        let id = id.clone();
+        blocking(move || {
+            if let Some(store) = existing_store(&store_root)?
+                && store.get(&id).is_ok()
+            {
+                store.remove(&id)?;
+            }
+            Ok(())
+        })
+        .await?;
+        bail!("interrupted by {sig}; nothing was stored");
+    }
+
+    let checkpoint = blocking(move || {
+        let store = CheckpointStore::open(&store_root)
+            .with_context(|| format!("open the checkpoint store {}", store_root.display()))?;
+        Ok(store.get(&id)?)
     })
     .await?;
-    // CRIU's log and statistics go to the dump directory in either case.
-    let dump = DumpDir::create(a.staging.as_deref(), store.root(), &id)?;
-    let images = if a.direct {
-        Images::InPlace
-    } else if a.staging.is_none() && !dump.in_ram() {
-        log::warn!(
-            "neither {} nor /dev/shm is on tmpfs: CRIU dumps straight into the store, and the container stays \
-             frozen while it writes there",
-            crate::staging::DEFAULT_STAGING_ROOT
-        );
-        Images::InPlace
-    } else {
-        Images::Copied
-    };
-    let options = CheckpointOptions {
-        exit: a.exit,
-        open_tcp: a.tcp_established,
-        file_locks: a.file_locks,
-        image_path: utf8(&match images {
-            Images::Copied => dump.images(),
-            Images::InPlace => staging.criu_dir(),
-        })?,
-        // Our own work path, not the shim's default in its bundle: CRIU
-        // writes its statistics (the frozen time) there.
-        work_path: utf8(&dump.work())?,
-        ..Default::default()
-    };
-
-    // The rootfs diff must be of the instant of the dump: a file the
-    // container renames or deletes after it (a temporary file being
-    // written) and had open at the dump cannot be restored. Left running,
-    // the container is paused across both, as containerd's own client does
-    // (CRIU leaves a frozen container frozen); dumped with --exit, it is
-    // gone before the diff is taken.
-    let diff = match &rootfs {
-        Rootfs::Overlay { upper, .. } => Some((upper.clone(), dump.work().join(migrate_oci::ROOTFS_DIFF_FILE))),
-        Rootfs::Unsupported { .. } => None,
-    };
-    let pause = !a.exit && !was_paused && diff.is_some();
-    // The memory images go from CRIU straight into the store while the
-    // container stays frozen (or dead) after the dump: no copy of them is
-    // ever made in RAM. Other images still go to the dump directory.
-    let tap = if images == Images::Copied && (pause || was_paused || a.exit) {
-        let processes = cd.task_process_count(&a.container).await?;
-        let count = u32::try_from(processes).unwrap_or(u32::MAX).saturating_add(TAP_SPARE);
-        Some(staging.tap_pages(&dump.images(), count).context("prepare to take the memory images")?)
-    } else {
-        None
-    };
-    if pause {
-        cd.pause_task(&a.container).await?;
-    }
-    let dump_started = Instant::now();
-    let dumped = cd.checkpoint_task(&a.container, options.to_any()).await;
-    let dump_time = dump_started.elapsed();
-    let diffed = match (&dumped, diff.clone()) {
-        (Ok(()), Some((upper, path))) => {
-            blocking(move || {
-                migrate_oci::write_rootfs_diff(&upper, &path)
-                    .with_context(|| format!("write the rootfs diff of {}", upper.display()))?;
-                Ok(Some(path))
-            })
-            .await
-        }
-        _ => Ok(None),
-    };
-    // Before the container runs again, which would change the pages that
-    // CRIU handed over but the tap has not read yet.
-    let (staging, tapped) = match tap {
-        Some(tap) => {
-            blocking(move || {
-                let mut staging = staging;
-                let tapped = tap.finish(&mut staging);
-                Ok((staging, tapped))
-            })
-            .await?
-        }
-        None => (staging, Ok(())),
-    };
-    let paused_for = dump_started.elapsed();
-    if pause && let Err(e) = cd.resume_task(&a.container).await {
-        return Err(e.context(format!(
-            "container {} stays paused after its checkpoint: resume it with `ctr task resume {}`",
-            a.container, a.container
-        )));
-    }
-    if let Err(e) = dumped {
-        let mut context = after_failed_dump(&cd, &a.container).await;
-        if let Some(log) = dump.keep_log() {
-            context.push_str(&format!("; CRIU's log is {}", log.display()));
-        }
-        return Err(e.context(context));
-    }
-    tapped.with_context(|| format!("container {} was dumped, but its memory could not be stored", a.container))?;
-    let diff_file = diffed.with_context(|| format!("container {} was dumped, but not its rootfs", a.container))?;
-    let frozen = pause.then_some(paused_for);
-
-    let persist_started = Instant::now();
-    let info_container = ContainerInfo {
-        id: a.container.clone(),
-        namespace: cd.namespace().to_string(),
-        image: Some(container.image.clone()).filter(|i| !i.is_empty()),
-        runtime,
-    };
-    let leave_running = !a.exit;
-    let checkpoint = blocking(move || {
-        let dumped = Dumped { dir: dump, images, diff: diff_file, frozen, time: dump_time };
-        persist(staging, dumped, spec, rootfs, info_container, leave_running, persist_started)
-    })
-    .await
-    .with_context(|| format!("container {} was dumped, but writing checkpoint {id} failed", a.container))?;
-    let persist_time = persist_started.elapsed();
-
     let m = checkpoint.manifest();
     let created = Created {
         id: m.id.clone(),
@@ -345,8 +263,8 @@ async fn create(g: &Global, a: CreateArgs) -> Result<ExitCode> {
         memory_bytes: m.memory_bytes,
         leave_running: m.leave_running,
         frozen_ms: m.timings.frozen_ms,
-        dump_ms: round_ms(dump_time),
-        persist_ms: round_ms(persist_time),
+        dump_ms: m.timings.dump_ms.unwrap_or_default(),
+        persist_ms: m.timings.persist_ms.unwrap_or_default(),
         total_ms: round_ms(started.elapsed()),
     };
     if a.json {
@@ -365,131 +283,9 @@ async fn create(g: &Global, a: CreateArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// FIFOs made for memory images beyond one per process: CRIU numbers the
-/// images of shared memory segments in the same sequence. Any further
-/// image is an ordinary file in the dump directory, copied like the rest.
-const TAP_SPARE: u32 = 2;
-
-/// Where CRIU writes the images.
-///
-/// Measured at 1 GiB on ext4 (2 shared cores, medians of 5): dumping into
-/// tmpfs froze the container for 1.0 s and the copy into the store took
-/// 1.7 s; dumping into the store froze it for 2.7 s (1.4 to 3.6 s across
-/// runs: CRIU's writes into ext4's page cache were the slower part) for a
-/// persist of 1.3 s. So RAM is the default for the small images, and the
-/// memory images are tapped into the store (see `TAP_SPARE`), which froze
-/// it for 0.84 to 1.0 s with nothing left to copy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Images {
-    /// Straight into the staging checkpoint, on the store's file system
-    /// (`--direct`, or no tmpfs): the commit only hashes them and makes
-    /// them durable where they are.
-    InPlace,
-    /// Into the dump directory in RAM, to be copied into the store once the
-    /// container runs again.
-    Copied,
-}
-
-/// What the dump left.
-struct Dumped {
-    dir: DumpDir,
-    images: Images,
-    /// The rootfs diff taken with the dump, in the dump directory.
-    diff: Option<PathBuf>,
-    /// How long the container was paused for the dump and the diff, if it
-    /// was: its frozen time, of which CRIU's statistics see only the dump.
-    frozen: Option<std::time::Duration>,
-    time: std::time::Duration,
-}
-
-/// Brings the dump into the staging checkpoint if it is not there yet, adds
-/// the spec and the rootfs diff, and commits. The dump directory is removed
-/// whatever happens.
-fn persist(
-    mut staging: migrate_oci::Staging,
-    dumped: Dumped,
-    spec: Vec<u8>,
-    rootfs: Rootfs,
-    container: ContainerInfo,
-    leave_running: bool,
-    persist_started: Instant,
-) -> Result<Checkpoint> {
-    let Dumped { dir: dump, images, diff, frozen, time: dump_time } = dumped;
-    let images_dir = match images {
-        Images::InPlace => staging.criu_dir(),
-        Images::Copied => dump.images(),
-    };
-    // The shim moves stats-dump from the work path to the images; an older
-    // one left it in the work path.
-    let stats = dump.work().join(STATS_FILE);
-    if stats.exists() {
-        std::fs::copy(&stats, images_dir.join(STATS_FILE))
-            .with_context(|| format!("copy {} into the images", stats.display()))?;
-    }
-    let frozen_ms = match (frozen, migrate_oci::criu_stats::read_dump_stats(&images_dir)) {
-        (Some(paused), _) => Some(round_ms(paused)),
-        (None, Ok(stats)) => stats.map(|s| s.frozen_time_us as f64 / 1000.0),
-        (None, Err(e)) => {
-            log::warn!("CRIU's dump statistics are unreadable, the frozen time is not recorded: {e}");
-            None
-        }
-    };
-    if images == Images::Copied {
-        let phase = Instant::now();
-        staging
-            .import_criu_dir(&images_dir)
-            .with_context(|| format!("import the CRIU images from {}", images_dir.display()))?;
-        log::debug!("imported the CRIU images in {:?}", phase.elapsed());
-    }
-    if let Some(diff) = &diff {
-        let file = std::fs::File::open(diff).with_context(|| format!("open {}", diff.display()))?;
-        staging.add_file_from(migrate_oci::ROOTFS_DIFF_FILE, file).context("add the rootfs diff")?;
-    }
-    drop(dump);
-    staging.add_file(migrate_oci::CONFIG_FILE, &spec).context("add the container's spec")?;
-    let rootfs_info = match rootfs {
-        Rootfs::Overlay { lower, .. } => Some(RootfsInfo { lower_dirs: lower }),
-        Rootfs::Unsupported { .. } => None,
-    };
-    // The commit's own hashing of leftovers and its fsyncs are not in
-    // persistMs: the manifest is written inside the commit.
-    let timings = Timings {
-        frozen_ms,
-        dump_ms: Some(round_ms(dump_time)),
-        persist_ms: Some(round_ms(persist_started.elapsed())),
-    };
-    let info = CommitInfo { container, parent: None, leave_running, rootfs: rootfs_info, timings };
-    let phase = Instant::now();
-    let checkpoint = staging.commit(info)?;
-    log::debug!("committed in {:?}", phase.elapsed());
-    Ok(checkpoint)
-}
-
-fn utf8(path: &Path) -> Result<String> {
-    path.to_str().map(str::to_string).with_context(|| format!("the path {} is not UTF-8", path.display()))
-}
-
-/// The container's writable layer and image layers, from its snapshot's
-/// mounts; only overlayfs (and plain directories) can be diffed.
-async fn container_rootfs(cd: &Containerd, container: &containerd_client::services::v1::Container) -> Result<Rootfs> {
-    if container.snapshotter.is_empty() || container.snapshot_key.is_empty() {
-        log::warn!("container {} has no snapshot: the checkpoint will hold no rootfs diff", container.id);
-        return Ok(Rootfs::Unsupported { reason: "no snapshot".into() });
-    }
-    let mounts = cd
-        .snapshot_mounts(&container.snapshotter, &container.snapshot_key)
-        .await
-        .with_context(|| format!("find the root file system of container {}", container.id))?;
-    let rootfs = Rootfs::from_mounts(&mounts);
-    if let Rootfs::Unsupported { reason } = &rootfs {
-        log::warn!(
-            "container {} uses snapshotter {} ({reason}); only overlayfs changes can be saved, so the \
-             checkpoint will hold no rootfs diff and a restore starts from the image's files",
-            container.id,
-            container.snapshotter
-        );
-    }
-    Ok(rootfs)
+/// `path` made absolute: the shim runs elsewhere.
+fn absolute(path: &Path) -> Result<PathBuf> {
+    std::path::absolute(path).with_context(|| format!("the path {} cannot be made absolute", path.display()))
 }
 
 /// What to add to a failed dump's error: the state the container is in now

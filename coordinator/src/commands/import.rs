@@ -14,7 +14,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use migrate_oci::{CheckpointStore, CommitInfo, ContainerInfo, Staging, Timings};
+use migrate_oci::{CheckpointStore, CommitInfo, ContainerInfo, HostInfo, Staging, Timings};
 use oci_spec::image::Descriptor;
 use serde::Serialize;
 
@@ -130,6 +130,9 @@ pub async fn import(g: &Global, a: ImportArgs) -> Result<ExitCode> {
         // rw layer, if any, is still applied: it is in the file list).
         rootfs: None,
         timings: Timings::default(),
+        // The images were made by whichever CRIU runc.v2 ran, which the
+        // image does not say: none is recorded rather than this host's.
+        host: HostInfo::this_machine(None),
     };
     let checkpoint = blocking(move || {
         let mut staging = staging;

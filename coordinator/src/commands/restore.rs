@@ -451,7 +451,7 @@ pub fn clone_spec(spec: &Value, old_id: &str, new_id: &str, namespace: &str) -> 
     let mut spec = spec.clone();
     let obj = spec.as_object_mut().context("the checkpoint's config.json is not a JSON object")?;
     if let Some(Value::Object(annotations)) = obj.get_mut("annotations") {
-        annotations.remove(migrate_oci::annotations::RESTORE_FROM);
+        annotations.remove(migrate_oci::RESTORE_FROM_ANNOTATION);
     }
     if let Some(Value::String(path)) = obj.get_mut("linux").and_then(|l| l.get_mut("cgroupsPath")) {
         *path = clone_cgroups_path(path, old_id, new_id, namespace);

@@ -12,7 +12,7 @@ use migrate_version_store::{ChunkCipher, ContainerRef, StoreLocation, VersionErr
 use serde::Serialize;
 
 use crate::output::{self, Table, human_bytes};
-use crate::staging;
+use crate::scratch;
 
 /// For clap: a store location, with the parser's own message.
 pub fn parse_location(s: &str) -> Result<StoreLocation, String> {
@@ -71,7 +71,7 @@ pub struct Rebuilt {
 
 impl Drop for Rebuilt {
     fn drop(&mut self) {
-        staging::remove_dir(&self.dir, "the rebuilt version");
+        scratch::remove_dir(&self.dir, "the rebuilt version");
     }
 }
 
@@ -84,7 +84,7 @@ pub fn rebuild(
     version: u64,
     cipher: Option<&ChunkCipher>,
 ) -> Result<Rebuilt, Box<VersionError>> {
-    let root = staging::scratch_root(Path::new(RESTORE_SCRATCH)).map_err(|e| VersionError::Io {
+    let root = scratch::scratch_root(Path::new(RESTORE_SCRATCH)).map_err(|e| VersionError::Io {
         op: "create a scratch directory",
         path: RESTORE_SCRATCH.into(),
         source: std::io::Error::other(format!("{e:#}")),
@@ -100,7 +100,7 @@ pub fn rebuild(
     match migrate_version_store::materialize(store, target, version, cipher, &dir.join("checkpoint")) {
         Ok(checkpoint) => Ok(Rebuilt { checkpoint, dir }),
         Err(e) => {
-            staging::remove_dir(&dir, "a version that did not rebuild");
+            scratch::remove_dir(&dir, "a version that did not rebuild");
             Err(Box::new(e))
         }
     }

@@ -59,7 +59,7 @@ impl Feature {
 
 static MEMORY_TRACKING: OnceCell<Feature> = OnceCell::const_new();
 static NFTABLES_LOCK: OnceCell<Feature> = OnceCell::const_new();
-static VERSION: OnceCell<Option<(u32, u32)>> = OnceCell::const_new();
+static VERSION: OnceCell<Option<String>> = OnceCell::const_new();
 
 /// The first CRIU that runs a configuration file's action scripts in RPC
 /// mode, and that can skip the network lock.
@@ -86,9 +86,15 @@ pub async fn network_lock_skip() -> bool {
     criu_version().await.is_some_and(|v| v >= SINCE_3_19)
 }
 
-/// From `criu --version`; `None` when CRIU cannot say.
+/// Major and minor of CRIU's version; `None` when CRIU cannot say.
 async fn criu_version() -> Option<(u32, u32)> {
-    *VERSION
+    criu_version_text().await.as_deref().and_then(major_minor)
+}
+
+/// CRIU's version as it prints it ("4.2.1"), asked once per boot (see
+/// `replies`); `None` when CRIU cannot say. Checkpoints record it.
+pub async fn criu_version_text() -> Option<String> {
+    VERSION
         .get_or_init(|| async {
             let reply = replies::ask(&["--version"]).await.ok()?;
             if reply.status != 0 {
@@ -97,12 +103,21 @@ async fn criu_version() -> Option<(u32, u32)> {
             version(&reply.stdout)
         })
         .await
+        .clone()
 }
 
-/// Major and minor of CRIU's "Version: 4.2.1" line.
-fn version(text: &str) -> Option<(u32, u32)> {
-    let v = text.lines().find_map(|l| l.trim().strip_prefix("Version:"))?.trim();
-    let mut parts = v.split('.').map(|p| p.parse::<u32>().ok());
+/// The version of `criu --version`'s "Version: 4.2.1" line ("GitID: ..."
+/// follows for builds from git).
+fn version(text: &str) -> Option<String> {
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix("Version:"))
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty())
+}
+
+/// Major and minor of a version such as "4.2.1".
+fn major_minor(version: &str) -> Option<(u32, u32)> {
+    let mut parts = version.split('.').map(|p| p.parse::<u32>().ok());
     Some((parts.next()??, parts.next().flatten().unwrap_or(0)))
 }
 
@@ -120,11 +135,15 @@ mod tests {
 
     #[test]
     fn versions() {
-        assert_eq!(version("Version: 4.2.1\n"), Some((4, 2)));
-        assert_eq!(version("Version: 3.19\nGitID: v3.19\n"), Some((3, 19)));
-        assert_eq!(version("Version: 4\n"), Some((4, 0)));
-        assert_eq!(version("criu: bogus\n"), None);
-        assert!(version("Version: 3.17.1\n").unwrap() < SINCE_3_19);
+        assert_eq!(version("Version: 4.2.1\n").as_deref(), Some("4.2.1"));
+        assert_eq!(version("Version: 3.19\nGitID: v3.19-12-gabc\n").as_deref(), Some("3.19"));
+        assert_eq!(version("criu: command not found\n"), None);
+        assert_eq!(version("Version:\n"), None);
+        assert_eq!(major_minor("4.2.1"), Some((4, 2)));
+        assert_eq!(major_minor("3.19"), Some((3, 19)));
+        assert_eq!(major_minor("4"), Some((4, 0)));
+        assert_eq!(major_minor("bogus"), None);
+        assert!(major_minor("3.17.1").unwrap() < SINCE_3_19);
     }
 
     #[test]

@@ -19,7 +19,9 @@ use std::{
 pub use checkpoint::{CgroupsMode, CheckpointOptions, CriuConfig, CriuOptions, NetworkLock, Pages, RestoreOptions};
 pub use command::Stdio3;
 use command::run;
-pub use features::{Feature, config_scripts_under_runc, memory_tracking, network_lock_skip, nftables_lock};
+pub use features::{
+    Feature, config_scripts_under_runc, criu_version_text, memory_tracking, network_lock_skip, nftables_lock,
+};
 use log::LogFile;
 
 /// Where runc keeps container state when the runtime options name no root,

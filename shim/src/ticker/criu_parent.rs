@@ -22,9 +22,9 @@ use std::path::{Path, PathBuf};
 use log::{info, warn};
 
 use crate::{
+    capture::{Increment, Parent},
     container::Container,
     error::Result,
-    persist::{self, Increment},
     runc::{self, Feature},
 };
 
@@ -59,12 +59,12 @@ impl Chain {
         if group_base || self.ids.is_empty() {
             self.discard();
             let id = self.fresh_id(&format!("v{version}-pre"));
-            let pre = persist::checkpoint_increment(container, &self.ram, &id, &Increment::PreDump).await;
+            let pre = super::dump(container, &self.ram, &id, Increment::PreDump(None)).await;
             self.grow(id, pre)?;
         }
         let parent = self.ids.last().expect("a chain has its pre-dump").clone();
         let id = self.fresh_id(&format!("v{version}"));
-        let dumped = persist::checkpoint_increment(container, &self.ram, &id, &Increment::OnParent(parent)).await;
+        let dumped = super::dump(container, &self.ram, &id, Increment::OnParent(Parent::Checkpoint(parent))).await;
         self.grow(id, dumped)
     }
 

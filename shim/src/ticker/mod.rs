@@ -23,7 +23,6 @@ use std::{
 };
 
 use log::{debug, info, warn};
-use migrate_oci::annotations;
 use migrate_version_store::{
     self as versions, ChunkCipher, ContainerRef, Retention, RetentionReport, StoreLocation, VersionError,
     VersionReport, VersionStore,
@@ -36,9 +35,10 @@ use tokio::{
 mod criu_parent;
 
 use crate::{
+    annotations,
+    capture::{self, Increment},
     container::Container,
     error::{Error, Result},
-    persist,
     process::{InitState, Lifecycle},
 };
 
@@ -99,7 +99,7 @@ impl TickerPlan {
         };
         let group_size = count(annotations::VERSION_GROUP, versions::DEFAULT_GROUP_SIZE)?;
         let keep_groups = count(annotations::KEEP_GROUPS, versions::DEFAULT_KEEP_GROUPS)?;
-        let store = version_store(
+        let store = annotations::version_store(
             a.get(annotations::CHECKPOINT_STORE).map_or(annotations::DEFAULT_VERSION_STORE, String::as_str),
         )?;
         let cipher = match a.get(annotations::KEY_FILE) {
@@ -113,19 +113,6 @@ impl TickerPlan {
         };
         Ok(Some(TickerPlan { interval, group_size, keep_groups, store, cipher }))
     }
-}
-
-/// The version store [`annotations::CHECKPOINT_STORE`] names. Parsed here,
-/// not with the other annotations, because the version store is a crate
-/// built on the checkpoint format's.
-fn version_store(value: &str) -> Result<StoreLocation> {
-    value.parse().map_err(|_| {
-        Error::from(migrate_oci::Error::BadAnnotation {
-            name: annotations::CHECKPOINT_STORE,
-            value: value.to_owned(),
-            expected: versions::LOCATION_FORMS,
-        })
-    })
 }
 
 /// A running ticker; dropping it stops the ticker after the tick under way.
@@ -147,7 +134,7 @@ impl Drop for Ticker {
 
 pub fn spawn(container: Arc<Container>, plan: TickerPlan) -> Ticker {
     let (stop, stopped) = oneshot::channel();
-    let ram = persist::staging_root().join(format!("ticker-{}-{}", container.namespace(), container.id));
+    let ram = capture::ram_root().join(format!("ticker-{}-{}", container.namespace(), container.id));
     tokio::spawn(run(container, plan, ram.clone(), stopped));
     Ticker { _stop: stop, ram }
 }
@@ -189,7 +176,11 @@ async fn run(container: Arc<Container>, plan: TickerPlan, ram: PathBuf, mut stop
         }
         // Not raced against `stopped`: a dump is never abandoned halfway.
         match tick.once().await {
-            Ok(report) => info!("{}: {report}", tick.container.id),
+            Ok(report) => {
+                info!("{}: {report}", tick.container.id);
+                // For programs (the benchmarks): key=value pairs, never prose.
+                info!("ticker-version container={} {}", tick.container.id, report.fields());
+            }
             Err(e) => warn!(
                 "{}: checkpoint tick failed, the container runs on; next try in {:?}: {e}",
                 tick.container.id, tick.plan.interval
@@ -198,6 +189,13 @@ async fn run(container: Arc<Container>, plan: TickerPlan, ram: PathBuf, mut stop
     }
     discard(&tick.ram);
     debug!("{}: checkpoint ticker stopped", tick.container.id);
+}
+
+/// Checkpoints `container`, leaving it running, as checkpoint `id` of the
+/// ticker's RAM store `ram`; returns its directory.
+async fn dump(container: &Container, ram: &Path, id: &str, increment: Increment) -> Result<PathBuf> {
+    let (request, target) = capture::own(container, ram, id, increment);
+    capture::into_store(container, &request, &target).await.map(|checkpoint| checkpoint.dir().to_path_buf())
 }
 
 /// The ticker's state between ticks.
@@ -235,7 +233,7 @@ impl Tick {
         };
         let dir = match &mut self.chain {
             Some(chain) => chain.dump(&self.container, version, version % self.plan.group_size == 0).await,
-            None => persist::checkpoint_running(&self.container, &self.ram, &format!("v{version}")).await,
+            None => dump(&self.container, &self.ram, &format!("v{version}"), Increment::Full).await,
         };
         let dir = dir.map_err(TickError::Checkpoint)?;
         // In criu-parent mode the next dump builds on this one.
@@ -326,6 +324,29 @@ struct TickReport {
     retained: versions::Result<RetentionReport>,
 }
 
+impl TickReport {
+    /// The report as `key=value` pairs (after `container=`), `-` for what is
+    /// unknown.
+    fn fields(&self) -> String {
+        let s = &self.stored;
+        let ms = |d: Duration| format!("{:.1}", d.as_secs_f64() * 1000.0);
+        format!(
+            "version={} group={} frozen_ms={} dump_ms={} total_ms={} bytes_new={} bytes_total={} chunks_new={} \
+             chunks_total={} retained={}",
+            s.version,
+            s.group,
+            self.frozen_ms.map_or("-".to_string(), |f| format!("{f:.1}")),
+            ms(self.dumped),
+            ms(self.total),
+            s.bytes_new,
+            s.bytes_total,
+            s.chunks_new,
+            s.chunks_total,
+            self.retained.as_ref().map_or("-".to_string(), |r| r.kept_groups.len().to_string()),
+        )
+    }
+}
+
 impl fmt::Display for TickReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let s = &self.stored;
@@ -361,11 +382,38 @@ impl fmt::Display for TickReport {
 mod tests {
     use super::*;
 
+    /// The benchmarks read this line: every key once, in order, values
+    /// without spaces.
     #[test]
-    fn store_annotation() {
-        assert!(version_store("oci://127.0.0.1:5000/checkpoints").is_ok());
-        let err = version_store("s3://x").unwrap_err().to_string();
-        assert!(err.contains(annotations::CHECKPOINT_STORE), "{err}");
-        assert!(err.contains("file:///ABSOLUTE/PATH or oci://HOST:PORT/REPOSITORY"), "{err}");
+    fn the_structured_line_is_key_value_pairs() {
+        let stored = VersionReport {
+            version: 7,
+            group: 1,
+            base: 5,
+            bytes_total: 64 << 20,
+            bytes_new: 1 << 20,
+            chunks_total: 40,
+            chunks_new: 2,
+        };
+        let mut report = TickReport {
+            stored,
+            frozen_ms: None,
+            dumped: Duration::from_millis(250),
+            total: Duration::from_millis(900),
+            retained: Ok(RetentionReport { kept_groups: vec![0, 1], ..Default::default() }),
+        };
+        assert_eq!(
+            report.fields(),
+            "version=7 group=1 frozen_ms=- dump_ms=250.0 total_ms=900.0 bytes_new=1048576 bytes_total=67108864 \
+             chunks_new=2 chunks_total=40 retained=2"
+        );
+        report.frozen_ms = Some(31.25);
+        report.retained = Err(VersionError::Io {
+            op: "list",
+            path: "/var/lib/versions".into(),
+            source: std::io::Error::other("gone"),
+        });
+        assert!(report.fields().contains(" frozen_ms=31.2 "), "{}", report.fields());
+        assert!(report.fields().ends_with(" retained=-"), "{}", report.fields());
     }
 }

@@ -7,12 +7,23 @@ use std::{
     time::Duration,
 };
 
-use crate::error::{Error, Result};
+use migrate_version_store::{self as versions, StoreLocation};
+
+pub type Result<T, E = BadAnnotation> = std::result::Result<T, E>;
+
+/// A value this runtime cannot use, with the form it takes.
+#[derive(Debug, thiserror::Error)]
+#[error("{name}={value:?} is not valid: expected {expected}")]
+pub struct BadAnnotation {
+    pub name: &'static str,
+    pub value: String,
+    pub expected: &'static str,
+}
 
 /// Checkpoint once the container accepts TCP connections: "tcp:PORT".
 pub const CHECKPOINT_WHEN_READY: &str = "io.containerd.migrate.checkpoint-when-ready";
 /// Start the container by restoring this checkpoint: "file:///abs/path/to/checkpoint-dir".
-pub const RESTORE_FROM: &str = "io.containerd.migrate.restore-from";
+pub use migrate_oci::RESTORE_FROM_ANNOTATION as RESTORE_FROM;
 /// The checkpoint store the ready-point checkpoint goes to:
 /// "file:///abs/path"; the default store otherwise.
 pub const READY_STORE: &str = "io.containerd.migrate.checkpoint-when-ready.store";
@@ -106,6 +117,10 @@ pub fn count(name: &'static str, value: &str) -> Result<u64> {
         .ok_or_else(|| bad(name, value, "a whole number of at least 1"))
 }
 
+pub fn version_store(value: &str) -> Result<StoreLocation> {
+    value.parse().map_err(|_| bad(CHECKPOINT_STORE, value, versions::LOCATION_FORMS))
+}
+
 pub fn key_file(value: &str) -> Result<PathBuf> {
     let path = Path::new(value);
     if !path.is_absolute() || path.components().any(|c| matches!(c, Component::ParentDir | Component::CurDir)) {
@@ -126,13 +141,21 @@ fn file_url(name: &'static str, value: &str, expected: &'static str) -> Result<P
     path.map(Path::to_path_buf).ok_or_else(|| bad(name, value, expected))
 }
 
-fn bad(name: &'static str, value: &str, expected: &'static str) -> Error {
-    Error::BadAnnotation { name, value: value.to_owned(), expected }
+fn bad(name: &'static str, value: &str, expected: &'static str) -> BadAnnotation {
+    BadAnnotation { name, value: value.to_owned(), expected }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn store_annotation() {
+        assert!(version_store("oci://127.0.0.1:5000/checkpoints").is_ok());
+        let err = version_store("s3://x").unwrap_err().to_string();
+        assert!(err.contains(CHECKPOINT_STORE), "{err}");
+        assert!(err.contains("file:///ABSOLUTE/PATH or oci://HOST:PORT/REPOSITORY"), "{err}");
+    }
 
     #[test]
     fn ready_probes() {
@@ -155,7 +178,7 @@ mod tests {
             ["/var/lib/cp", "file://host/x", "file://relative", "file:///", "file:///a/../b", "file:///a%20b", ""]
         {
             let err = restore_from(bad).unwrap_err();
-            assert!(matches!(&err, Error::BadAnnotation { name: RESTORE_FROM, .. }), "{bad}: {err}");
+            assert_eq!(err.name, RESTORE_FROM, "{bad}: {err}");
         }
         let msg = ready_store("s3://bucket").unwrap_err().to_string();
         assert!(

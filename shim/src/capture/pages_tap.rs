@@ -35,15 +35,29 @@ use std::{
     thread,
 };
 
+use migrate_oci::{PendingFile, Staging, WrittenFile};
 use nix::{sys::stat::Mode, unistd};
 
-use crate::{
-    direct_copy,
-    error::{Error, Result},
-    hashing::{self, Hashed},
-    layout,
-    staging::Staging,
-};
+/// What went wrong taking the memory images.
+#[derive(Debug, thiserror::Error)]
+pub enum TapError {
+    #[error("{op} {}: {source}", path.display())]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(transparent)]
+    Checkpoint(#[from] migrate_oci::Error),
+}
+
+type Result<T, E = TapError> = std::result::Result<T, E>;
+
+fn io_error(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> TapError {
+    let path = path.to_owned();
+    move |source| TapError::Io { op, path, source }
+}
 
 /// The capacity asked for each FIFO: Linux's default maximum for
 /// unprivileged pipes (/proc/sys/fs/pipe-max-size).
@@ -64,34 +78,33 @@ pub struct InPlaceTap {
     tap: Tap,
 }
 
-impl Staging {
+impl PagesTap {
     /// Puts FIFOs named `pages-1.img` to `pages-<count>.img` into `images`,
-    /// the directory CRIU will dump into, each drained into this staging
-    /// checkpoint's `criu/` by a thread of its own.
-    pub fn tap_pages(&self, images: &Path, count: u32) -> Result<PagesTap> {
-        let criu = self.criu_dir();
-        let tap = Tap::start(images, count, |name| Sink::Staging {
-            dst: criu.join(name),
-            rel: format!("{}/{name}", layout::CRIU_DIR),
-        })?;
+    /// the directory CRIU will dump into, each drained into `staging`'s
+    /// `criu/` by a thread of its own.
+    pub fn start(staging: &Staging, images: &Path, count: u32) -> Result<PagesTap> {
+        let files = (1..=count)
+            .map(|id| staging.pending_file(&format!("criu/pages-{id}.img")))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut files = files.into_iter();
+        let tap = Tap::start(images, count, |_| Sink::Staging(files.next().expect("one file per FIFO")))?;
         Ok(PagesTap { tap })
     }
-}
 
-impl PagesTap {
     /// Waits until CRIU has closed every FIFO it opened and all it sent is
-    /// durable in the checkpoint, records those files in `staging`, and
-    /// removes the FIFOs. Call it once the dump has returned, before the
-    /// container runs again.
-    pub fn finish(mut self, staging: &mut Staging) -> Result<()> {
+    /// durable in the checkpoint, and removes the FIFOs; returns the files
+    /// written, for [`Staging::add_written`]. Call it once the dump has
+    /// returned, before the container runs again.
+    pub fn finish(mut self) -> Result<Vec<WrittenFile>> {
         let taken = self.tap.stop();
         self.tap.remove_fifos(|_| true);
+        let mut written = Vec::new();
         for took in taken {
-            if let Some(Took::Hashed { rel, hashed }) = took? {
-                staging.insert_hashed(rel, hashed);
+            if let Some(Took::Hashed(file)) = took? {
+                written.push(file);
             }
         }
-        Ok(())
+        Ok(written)
     }
 }
 
@@ -116,7 +129,7 @@ impl InPlaceTap {
                 Ok(Some(Took::Written { tmp, fifo })) => match std::fs::rename(&tmp, &fifo) {
                     Ok(()) => renamed.push(fifo),
                     Err(source) => {
-                        first_error.get_or_insert(Error::Rename { from: tmp, to: fifo, source });
+                        first_error.get_or_insert(TapError::Io { op: "rename over", path: fifo, source });
                     }
                 },
                 Ok(_) => {}
@@ -148,13 +161,13 @@ fn in_place_tmp(name: &str) -> String {
 
 /// Where a reader puts what CRIU sends.
 enum Sink {
-    Staging { dst: PathBuf, rel: String },
+    Staging(PendingFile),
     InPlace { tmp: PathBuf },
 }
 
 /// What a reader took from its FIFO.
 enum Took {
-    Hashed { rel: String, hashed: Hashed },
+    Hashed(WrittenFile),
     Written { tmp: PathBuf, fifo: PathBuf },
 }
 
@@ -172,9 +185,9 @@ struct Tap {
 }
 
 impl Tap {
-    fn start(images: &Path, count: u32, sink: impl Fn(&str) -> Sink) -> Result<Tap> {
-        let (cancel_rx, cancel_tx) = unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-            .map_err(|e| Error::io("create a pipe for", images)(e.into()))?;
+    fn start(images: &Path, count: u32, mut sink: impl FnMut(&str) -> Sink) -> Result<Tap> {
+        let (cancel_rx, cancel_tx) =
+            unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| io_error("create a pipe for", images)(e.into()))?;
         let cancel_rx = Arc::new(cancel_rx);
         let mut tap =
             Tap { images: images.to_owned(), fifos: Vec::new(), cancel: Some(cancel_tx), readers: Vec::new() };
@@ -182,13 +195,13 @@ impl Tap {
             let name = format!("pages-{id}.img");
             let fifo = images.join(&name);
             unistd::mkfifo(&fifo, Mode::S_IRUSR | Mode::S_IWUSR)
-                .map_err(|e| Error::io("create the FIFO", &fifo)(e.into()))?;
+                .map_err(|e| io_error("create the FIFO", &fifo)(e.into()))?;
             tap.fifos.push(fifo.clone());
             let (sink, cancel) = (sink(&name), Arc::clone(&cancel_rx));
             let reader = thread::Builder::new()
                 .name(format!("tap-{name}"))
                 .spawn(move || drain(&fifo, sink, &cancel))
-                .map_err(Error::io("start a thread for", images))?;
+                .map_err(io_error("start a thread for", images))?;
             tap.readers.push(reader);
         }
         Ok(tap)
@@ -245,31 +258,21 @@ fn drain(fifo: &Path, sink: Sink, cancel: &OwnedFd) -> Taken {
         .read(true)
         .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
         .open(fifo)
-        .map_err(Error::io("open", fifo))?;
+        .map_err(io_error("open", fifo))?;
     // A bigger pipe than the default 64 KiB: fewer switches between CRIU
     // and this thread. It holds references to CRIU's pages, not copies.
     // Best effort: an unprivileged limit only makes it slower.
     // SAFETY: a plain fcntl(2) on a descriptor that `file` keeps open.
     unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_SIZE) };
-    if !wait_for_writer(&file, cancel).map_err(Error::io("poll", fifo))? {
+    if !wait_for_writer(&file, cancel).map_err(io_error("poll", fifo))? {
         return Ok(None);
     }
-    set_blocking(&file).map_err(Error::io("read", fifo))?;
+    set_blocking(&file).map_err(io_error("read", fifo))?;
     let mut from = &file;
     match sink {
-        Sink::Staging { dst, rel } => {
-            let hashed = match direct_copy::write_hashing_direct(&mut from, fifo, &dst)? {
-                Some(hashed) => hashed,
-                None => hashing::write_hashing(&mut from, u64::MAX, fifo, &dst)?,
-            };
-            Ok(Some(Took::Hashed { rel, hashed }))
-        }
+        Sink::Staging(pending) => Ok(Some(Took::Hashed(pending.write_from(&mut from, fifo)?))),
         Sink::InPlace { tmp } => {
-            if direct_copy::write_direct(&mut from, fifo, &tmp, None)?.is_none() {
-                let mut to =
-                    File::options().write(true).create_new(true).open(&tmp).map_err(Error::io("create", &tmp))?;
-                io::copy(&mut from, &mut to).map_err(Error::io("write", &tmp))?;
-            }
+            migrate_oci::write_around_page_cache(&mut from, fifo, &tmp)?;
             Ok(Some(Took::Written { tmp, fifo: fifo.to_owned() }))
         }
     }
@@ -318,8 +321,9 @@ fn set_blocking(file: &File) -> io::Result<()> {
 mod tests {
     use std::io::Write;
 
+    use migrate_oci::CheckpointStore;
+
     use super::*;
-    use crate::store::CheckpointStore;
 
     /// What CRIU does to a memory image: open it for writing, write, close.
     fn write_like_criu(path: &Path, bytes: &[u8]) {
@@ -333,7 +337,7 @@ mod tests {
         let images = tempfile::tempdir().unwrap();
         let store = CheckpointStore::open(store_dir.path()).unwrap();
         let mut staging = store.staging("tapped").unwrap();
-        let tap = staging.tap_pages(images.path(), 4).unwrap();
+        let tap = PagesTap::start(&staging, images.path(), 4).unwrap();
 
         let big: Vec<u8> = (0..(9 << 20) + 123).map(|i| (i % 253) as u8).collect();
         let writer = {
@@ -346,7 +350,9 @@ mod tests {
             })
         };
         writer.join().unwrap();
-        tap.finish(&mut staging).unwrap();
+        for written in tap.finish().unwrap() {
+            staging.add_written(written);
+        }
 
         let names: Vec<_> =
             std::fs::read_dir(images.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
@@ -357,10 +363,9 @@ mod tests {
         assert!(!criu.join("pages-3.img").exists(), "an unused name leaves no file");
 
         staging.import_criu_dir(images.path()).unwrap();
-        let cp = staging.commit(crate::testing::commit_info(None)).unwrap();
+        let cp = staging.commit(crate::testing::commit_info()).unwrap();
         let files: Vec<_> = cp.manifest().files.iter().map(|f| (f.path.as_str(), f.size)).collect();
         assert_eq!(files, [("criu/pages-1.img", big.len() as u64), ("criu/pages-2.img", 0), ("criu/pages-5.img", 4)]);
-        assert_eq!(cp.manifest().files[0].sha256, hashing::hash_bytes(&big).sha256);
         cp.verify().unwrap();
     }
 
@@ -393,7 +398,7 @@ mod tests {
         let images = tempfile::tempdir().unwrap();
         let store = CheckpointStore::open(store_dir.path()).unwrap();
         let staging = store.staging("given-up").unwrap();
-        let tap = staging.tap_pages(images.path(), 3).unwrap();
+        let tap = PagesTap::start(&staging, images.path(), 3).unwrap();
         drop(tap);
         assert_eq!(std::fs::read_dir(images.path()).unwrap().count(), 0, "no FIFO is left behind");
     }

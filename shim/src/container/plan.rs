@@ -1,0 +1,32 @@
+//! What the spec's annotations ask of this runtime.
+
+use std::{collections::HashMap, path::PathBuf};
+
+use crate::{annotations, error::Result, ready::ReadyPlan, ticker::TickerPlan};
+
+/// What the spec's annotations ask of this runtime. Invalid values fail the
+/// creation with an error naming the annotation and the accepted form.
+pub(super) struct Plan {
+    pub restore_from: Option<PathBuf>,
+    pub ready: Option<ReadyPlan>,
+    pub ticker: Option<TickerPlan>,
+}
+
+impl Plan {
+    pub fn from_annotations(annotations: &HashMap<String, String>) -> Result<Plan> {
+        let restore_from =
+            annotations.get(annotations::RESTORE_FROM).map(|v| annotations::restore_from(v)).transpose()?;
+        let store = annotations
+            .get(annotations::READY_STORE)
+            .map(|v| annotations::ready_store(v))
+            .transpose()?
+            .unwrap_or_else(|| PathBuf::from(migrate_oci::DEFAULT_STORE_ROOT));
+        let ready = match annotations.get(annotations::CHECKPOINT_WHEN_READY).map(|v| annotations::ready_probe(v)) {
+            None => None,
+            Some(Ok(annotations::ReadyProbe::Tcp(port))) => Some(ReadyPlan { port, store }),
+            Some(Err(e)) => return Err(e.into()),
+        };
+        let ticker = TickerPlan::from_annotations(annotations)?;
+        Ok(Plan { restore_from, ready, ticker })
+    }
+}
