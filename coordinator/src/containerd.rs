@@ -8,10 +8,10 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use containerd_client::services::v1::{
-    Container, CreateContainerRequest, CreateImageRequest, CreateRequest as CreateLeaseRequest,
-    CreateTaskRequest, DeleteContainerRequest, DeleteRequest as DeleteLeaseRequest, DeleteTaskRequest,
-    GetContainerRequest, GetImageRequest, GetRequest, Image, KillRequest, ReadContentRequest, VersionResponse, WaitRequest, WaitResponse, WriteAction,
-    WriteContentRequest,
+    Container, CreateContainerRequest, CreateImageRequest, CreateRequest as CreateLeaseRequest, CreateTaskRequest,
+    DeleteContainerRequest, DeleteRequest as DeleteLeaseRequest, DeleteTaskRequest, GetContainerRequest,
+    GetImageRequest, GetRequest, Image, KillRequest, ReadContentRequest, VersionResponse, WaitRequest, WaitResponse,
+    WriteAction, WriteContentRequest,
     containers_client::ContainersClient,
     content_client::ContentClient,
     images_client::ImagesClient,

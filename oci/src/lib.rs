@@ -37,6 +37,7 @@ mod tree;
 mod xattr;
 
 pub use checkpoint::{Checkpoint, DeferredDigests, FilesStamp};
+pub use direct_copy::write_around_page_cache;
 pub use error::{Error, FileProblem, ProblemKind, Result, UnsafeEntry};
 pub use hashing::Sha256;
 pub use layer::{apply_layer, write_rootfs_diff};
@@ -45,6 +46,5 @@ pub use manifest::{
     CheckpointManifest, ContainerInfo, FileEntry, HostInfo, MANIFEST_MEDIA_TYPE, MANIFEST_SCHEMA_VERSION, RootfsInfo,
     Timings,
 };
-pub use direct_copy::write_around_page_cache;
 pub use staging::{CommitInfo, PendingFile, Staging, WrittenFile};
 pub use store::{CheckpointStore, DEFAULT_STORE_ROOT};

@@ -15,8 +15,7 @@ pub const SHM_STAGING_ROOT: &str = "/dev/shm/containerd-migrate-staging";
 /// Staging roots, each with the file system it lives on: /run is a tmpfs
 /// on most hosts but not on all (not on this project's test machines);
 /// /dev/shm is one almost everywhere.
-const CANDIDATES: [(&str, &str); 2] =
-    [("/run/containerd-migrate/staging", "/run"), (SHM_STAGING_ROOT, "/dev/shm")];
+const CANDIDATES: [(&str, &str); 2] = [("/run/containerd-migrate/staging", "/run"), (SHM_STAGING_ROOT, "/dev/shm")];
 
 /// The first staging root on a RAM-backed file system, not created; None
 /// if neither is in RAM.

@@ -319,7 +319,8 @@ mod tests {
     #[test]
     fn migrate_options_reach_lazy_pages() {
         let json = br#"{"page_server":"10.1.0.2:27000","lazy_pages":true,"parent_path":"../v1"}"#;
-        let (o, memory) = decode(Some(&any(MIGRATE_OPTIONS_TYPE, json.to_vec())), "/img", Path::new("/b"), false).unwrap();
+        let (o, memory) =
+            decode(Some(&any(MIGRATE_OPTIONS_TYPE, json.to_vec())), "/img", Path::new("/b"), false).unwrap();
         assert_eq!(memory, Memory::Lazy { images: "/img".into(), page_server: "10.1.0.2:27000".into() });
         assert_eq!(o.increment, Increment::OnParent(Parent::Images("../v1".into())));
     }
@@ -343,8 +344,11 @@ mod tests {
             })
         );
         let staged = br#"{"store":"/var/lib/cp","id":"web-1","staging":"/dev/shm/s"}"#;
-        let (_, memory) = decode(Some(&any(MIGRATE_OPTIONS_TYPE, staged.to_vec())), "", Path::new("/b"), false).unwrap();
-        assert!(matches!(memory, Memory::Store(StoreTarget { route: Route::Tapped { root }, .. }) if root == Path::new("/dev/shm/s")));
+        let (_, memory) =
+            decode(Some(&any(MIGRATE_OPTIONS_TYPE, staged.to_vec())), "", Path::new("/b"), false).unwrap();
+        assert!(
+            matches!(memory, Memory::Store(StoreTarget { route: Route::Tapped { root }, .. }) if root == Path::new("/dev/shm/s"))
+        );
         for (json, expected) in [
             (&br#"{"store":"/var/lib/cp"}"#[..], "store needs id"),
             (br#"{"store":"/var/lib/cp","id":"x","pre_dump":true}"#, "pre_dump together with store"),

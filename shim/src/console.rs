@@ -32,8 +32,8 @@ impl ConsoleSocket {
             .tempdir()
             .map_err(Error::io("create a directory for the console socket"))?;
         let path = dir.path().join("pty.sock");
-        let listener = UnixListener::bind(&path)
-            .map_err(Error::io(format!("listen on console socket {}", path.display())))?;
+        let listener =
+            UnixListener::bind(&path).map_err(Error::io(format!("listen on console socket {}", path.display())))?;
         Ok(Self { _dir: dir, path, listener })
     }
 
@@ -44,11 +44,7 @@ impl ConsoleSocket {
     /// The terminal master runc sent.
     pub async fn receive(self) -> Result<File> {
         let receive = async {
-            let (stream, _) = self
-                .listener
-                .accept()
-                .await
-                .map_err(Error::io("accept runc on the console socket"))?;
+            let (stream, _) = self.listener.accept().await.map_err(Error::io("accept runc on the console socket"))?;
             loop {
                 stream.readable().await.map_err(Error::io("wait for the terminal from runc"))?;
                 match stream.try_io(Interest::READABLE, || recv_fd(stream.as_raw_fd())) {

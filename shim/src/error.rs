@@ -99,9 +99,7 @@ impl From<Error> for ttrpc::Error {
     }
 }
 
-fn cause_of<'a>(
-    e: Option<&'a (dyn std::error::Error + 'static)>,
-) -> Option<&'a (dyn std::error::Error + 'static)> {
+fn cause_of<'a>(e: Option<&'a (dyn std::error::Error + 'static)>) -> Option<&'a (dyn std::error::Error + 'static)> {
     e.and_then(std::error::Error::source)
 }
 
@@ -129,10 +127,7 @@ mod tests {
 
     #[test]
     fn message_keeps_the_io_cause() {
-        let e = Error::Io {
-            context: "open /x".into(),
-            source: std::io::Error::from_raw_os_error(libc::ENOENT),
-        };
+        let e = Error::Io { context: "open /x".into(), source: std::io::Error::from_raw_os_error(libc::ENOENT) };
         let (_, msg) = status(e);
         assert!(msg.starts_with("open /x: No such file or directory"), "{msg}");
     }

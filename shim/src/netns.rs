@@ -14,8 +14,8 @@ use crate::error::{Error, Result};
 
 /// Brings loopback up in the network namespace of `pid` if it is down.
 pub fn loopback_up(pid: u32) -> Result<()> {
-    let ns = File::open(format!("/proc/{pid}/ns/net"))
-        .map_err(Error::io(format!("open the network namespace of {pid}")))?;
+    let ns =
+        File::open(format!("/proc/{pid}/ns/net")).map_err(Error::io(format!("open the network namespace of {pid}")))?;
     // setns changes only the calling thread; a thread of its own keeps the
     // shim's runtime threads in the shim's namespace.
     std::thread::spawn(move || -> Result<()> {

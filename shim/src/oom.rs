@@ -33,10 +33,7 @@ pub fn watch(pid: u32, container_id: &str, events: Events) -> Option<JoinHandle<
 fn v1(dir: PathBuf, id: String, events: Events) -> std::io::Result<JoinHandle<()>> {
     let control = fs::File::open(dir.join("memory.oom_control"))?;
     let efd = EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)?;
-    fs::write(
-        dir.join("cgroup.event_control"),
-        format!("{} {}", efd.as_fd().as_raw_fd(), control.as_raw_fd()),
-    )?;
+    fs::write(dir.join("cgroup.event_control"), format!("{} {}", efd.as_fd().as_raw_fd(), control.as_raw_fd()))?;
     let efd = reactor(efd)?;
     Ok(tokio::spawn(async move {
         let _control = control;

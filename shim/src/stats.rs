@@ -6,7 +6,8 @@ use std::{collections::HashMap, fs, path::Path};
 
 use containerd_shim::protos::{
     cgroups::metrics::{
-        BlkIOEntry, BlkIOStat, CPUStat, CPUUsage, MemoryEntry, MemoryOomControl, MemoryStat, Metrics, PidsStat, Throttle,
+        BlkIOEntry, BlkIOStat, CPUStat, CPUUsage, MemoryEntry, MemoryOomControl, MemoryStat, Metrics, PidsStat,
+        Throttle,
     },
     cgroups_v2::metrics::{
         CPUStat as CpuV2, MemoryEvents, MemoryStat as MemoryV2, Metrics as MetricsV2, PidsStat as PidsV2,
@@ -33,7 +34,11 @@ fn v1(cgroups: &Cgroups) -> Metrics {
     let dir = |controller| cgroups.dir(controller);
     let mut m = Metrics::new();
     if let Some(d) = dir("pids") {
-        m.pids = MessageField::some(PidsStat { current: num(d, "pids.current"), limit: num(d, "pids.max"), ..Default::default() });
+        m.pids = MessageField::some(PidsStat {
+            current: num(d, "pids.current"),
+            limit: num(d, "pids.max"),
+            ..Default::default()
+        });
     }
     if let Some(d) = dir("cpuacct") {
         let stat = keyed(d, "cpuacct.stat");
@@ -133,7 +138,11 @@ fn v2(d: &Path) -> MetricsV2 {
     let mem = keyed(d, "memory.stat");
     let events = keyed(d, "memory.events");
     MetricsV2 {
-        pids: MessageField::some(PidsV2 { current: num(d, "pids.current"), limit: num(d, "pids.max"), ..Default::default() }),
+        pids: MessageField::some(PidsV2 {
+            current: num(d, "pids.current"),
+            limit: num(d, "pids.max"),
+            ..Default::default()
+        }),
         cpu: MessageField::some(CpuV2 {
             usage_usec: get(&cpu, "usage_usec"),
             user_usec: get(&cpu, "user_usec"),
@@ -202,10 +211,7 @@ fn keyed(dir: &Path, file: &str) -> HashMap<String, u64> {
 }
 
 fn parse_keyed(text: &str) -> HashMap<String, u64> {
-    text.lines()
-        .filter_map(|l| l.split_once(' '))
-        .map(|(k, v)| (k.to_string(), parse_num(v.trim())))
-        .collect()
+    text.lines().filter_map(|l| l.split_once(' ')).map(|(k, v)| (k.to_string(), parse_num(v.trim()))).collect()
 }
 
 fn get(map: &HashMap<String, u64>, key: &str) -> u64 {

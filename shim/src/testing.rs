@@ -12,9 +12,7 @@ pub fn committed(id: &str) -> (tempfile::TempDir, migrate_oci::Checkpoint) {
     {
         std::fs::write(criu.join(name), bytes).unwrap();
     }
-    let checkpoint = staging
-        .commit(commit_info())
-        .unwrap();
+    let checkpoint = staging.commit(commit_info()).unwrap();
     (dir, checkpoint)
 }
 

@@ -203,8 +203,8 @@ async fn create(g: &Global, a: CreateArgs) -> Result<ExitCode> {
         ),
         None => bail!("container {} has no task: only a running container can be checkpointed", a.container),
     };
-    let shim = Shim::of_task(pid, cd.namespace())
-        .with_context(|| format!("find the shim of container {}", a.container))?;
+    let shim =
+        Shim::of_task(pid, cd.namespace()).with_context(|| format!("find the shim of container {}", a.container))?;
     let request = StoreCheckpoint {
         store: absolute(&a.root.root)?,
         id: id.clone(),

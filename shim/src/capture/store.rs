@@ -41,8 +41,7 @@ pub(super) async fn capture(container: &Container, request: &Capture, target: &S
     let pre_dump = request.increment.is_pre_dump();
     // A pre-dump is only memory for later dumps to build on, never
     // restored by itself: it needs no rootfs diff, and no pause for one.
-    let upper =
-        container.overlay.as_ref().and_then(|o| o.upper.clone()).filter(|_| target.rootfs_diff && !pre_dump);
+    let upper = container.overlay.as_ref().and_then(|o| o.upper.clone()).filter(|_| target.rootfs_diff && !pre_dump);
 
     // Everything that can fail without touching the container fails here,
     // before the freeze: an unusable store, a taken id.
@@ -77,7 +76,9 @@ pub(super) async fn capture(container: &Container, request: &Capture, target: &S
     let frozen = {
         let _lifecycle = container.lifecycle.lock().await;
         let work = frozen_part(container, &opts, diff.clone(), tap);
-        if pause { while_paused(container, work).await.map(|(tapped, paused)| (tapped, Some(paused))) } else {
+        if pause {
+            while_paused(container, work).await.map(|(tapped, paused)| (tapped, Some(paused)))
+        } else {
             work.await.map(|tapped| (tapped, None))
         }
     };
@@ -96,7 +97,11 @@ pub(super) async fn capture(container: &Container, request: &Capture, target: &S
         parent,
         leave_running: request.after == After::LeaveRunning,
         rootfs: container.overlay.as_ref().map(|o| RootfsInfo { lower_dirs: o.lowers.clone() }),
-        timings: Timings { frozen_ms: paused.map(|d| d.as_secs_f64() * 1000.0), dump_ms: Some(dump_ms), persist_ms: None },
+        timings: Timings {
+            frozen_ms: paused.map(|d| d.as_secs_f64() * 1000.0),
+            dump_ms: Some(dump_ms),
+            persist_ms: None,
+        },
         host,
     };
     let persist = Persist {
@@ -167,7 +172,7 @@ async fn frozen_part(
     };
     dumped?;
     diffed?;
-    tapped.map_err(|e| dumped_but(container, "its memory could not be stored", e))
+    tapped.map_err(|e| dumped_but(container, "its memory", e))
 }
 
 fn dumped_but(container: &Container, what: &str, e: Error) -> Error {

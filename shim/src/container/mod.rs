@@ -82,7 +82,6 @@ pub struct Container {
     ticker: Mutex<Option<Ticker>>,
 }
 
-
 pub struct Exec {
     pub process: Process<ExecState>,
     /// The OCI process spec (JSON) given to `runc exec`.
@@ -517,7 +516,6 @@ fn ignore_gone(e: runc::Error) -> Result<()> {
         other => Err(other.into()),
     }
 }
-
 
 #[cfg(test)]
 mod tests {

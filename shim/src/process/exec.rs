@@ -10,8 +10,13 @@ use crate::error::{Error, Result};
 pub enum ExecState {
     /// Known to the shim, not started, so without a pid.
     Added,
-    Running { pid: u32 },
-    Stopped { pid: u32, exit: Exit },
+    Running {
+        pid: u32,
+    },
+    Stopped {
+        pid: u32,
+        exit: Exit,
+    },
 }
 
 impl Lifecycle for ExecState {
@@ -45,7 +50,6 @@ impl Lifecycle for ExecState {
         }
     }
 }
-
 
 impl ExecState {
     /// Whether `runc exec` may start it.

@@ -12,13 +12,24 @@ use crate::error::{Error, Result};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum InitState {
     /// `runc create` ran: the process waits in runc init for `runc start`.
-    Created { pid: u32 },
+    Created {
+        pid: u32,
+    },
     /// To be restored from the CRIU images in `image` when started; there is
     /// no process, and so no pid, until then.
-    CreatedFromCheckpoint { image: Arc<Path> },
-    Running { pid: u32 },
-    Paused { pid: u32 },
-    Stopped { pid: u32, exit: Exit },
+    CreatedFromCheckpoint {
+        image: Arc<Path>,
+    },
+    Running {
+        pid: u32,
+    },
+    Paused {
+        pid: u32,
+    },
+    Stopped {
+        pid: u32,
+        exit: Exit,
+    },
 }
 
 impl Lifecycle for InitState {
@@ -60,7 +71,6 @@ impl Lifecycle for InitState {
         }
     }
 }
-
 
 /// How a created init is started.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -33,7 +33,6 @@ impl Exit {
     }
 }
 
-
 /// What every process state tells containerd.
 pub trait Lifecycle: Clone {
     fn pid(&self) -> u32;

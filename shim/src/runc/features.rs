@@ -109,10 +109,7 @@ pub async fn criu_version_text() -> Option<String> {
 /// The version of `criu --version`'s "Version: 4.2.1" line ("GitID: ..."
 /// follows for builds from git).
 fn version(text: &str) -> Option<String> {
-    text.lines()
-        .find_map(|l| l.trim().strip_prefix("Version:"))
-        .map(|v| v.trim().to_owned())
-        .filter(|v| !v.is_empty())
+    text.lines().find_map(|l| l.trim().strip_prefix("Version:")).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty())
 }
 
 /// Major and minor of a version such as "4.2.1".

@@ -45,7 +45,10 @@ pub enum PendingIo {
     Pipes(IoTasks, Vec<File>),
     /// Output to a `file://` or `binary://` log URI.
     Logged(Option<log_uri::FileCopy>),
-    Console { socket: ConsoleSocket, stdio: Stdio },
+    Console {
+        socket: ConsoleSocket,
+        stdio: Stdio,
+    },
 }
 
 /// What a logging binary (`binary://` stdout) is told about its container.
