@@ -19,15 +19,7 @@ pub struct Stats {
 impl Stats {
     /// The summary of the values that are there; `None` when none is.
     pub fn of(values: impl IntoIterator<Item = Option<f64>>) -> Option<Stats> {
-        let mut v: Vec<f64> = values
-            .into_iter()
-            .flatten()
-            .filter(|x| x.is_finite())
-            .collect();
-        if v.is_empty() {
-            return None;
-        }
-        v.sort_by(f64::total_cmp);
+        let v = finite_sorted(values)?;
         let n = v.len();
         Some(Stats {
             n,
@@ -56,16 +48,18 @@ fn percentile_sorted(v: &[f64], q: f64) -> f64 {
 
 /// Percentile `q` of the values that are there.
 pub fn percentile(values: impl IntoIterator<Item = Option<f64>>, q: f64) -> Option<f64> {
+    finite_sorted(values).map(|v| percentile_sorted(&v, q))
+}
+
+/// The finite values that are there, sorted; `None` when there are none.
+fn finite_sorted(values: impl IntoIterator<Item = Option<f64>>) -> Option<Vec<f64>> {
     let mut v: Vec<f64> = values
         .into_iter()
         .flatten()
         .filter(|x| x.is_finite())
         .collect();
-    if v.is_empty() {
-        return None;
-    }
     v.sort_by(f64::total_cmp);
-    Some(percentile_sorted(&v, q))
+    (!v.is_empty()).then_some(v)
 }
 
 /// `a / b` to 3 decimals; `None` if either is missing or `b` is 0.
