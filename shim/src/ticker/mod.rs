@@ -181,10 +181,13 @@ async fn run(container: Arc<Container>, plan: TickerPlan, ram: PathBuf, mut stop
                 // For programs (the benchmarks): key=value pairs, never prose.
                 info!("ticker-version container={} {}", tick.container.id, report.fields());
             }
-            Err(e) => warn!(
-                "{}: checkpoint tick failed, the container runs on; next try in {:?}: {e}",
-                tick.container.id, tick.plan.interval
-            ),
+            Err(e) => {
+                warn!(
+                    "{}: checkpoint tick failed, the container runs on; next try in {:?}: {e}",
+                    tick.container.id, tick.plan.interval
+                );
+                warn!("ticker-failed container={}", tick.container.id);
+            }
         }
     }
     discard(&tick.ram);

@@ -264,6 +264,8 @@ struct TickerLevel {
     versions: Vec<Version>,
     stored_bytes: Option<f64>,
     store_du_bytes: Option<u64>,
+    /// Ticks that stored nothing (the shim's `ticker-failed` lines).
+    failed_ticks: usize,
     restores: Vec<Restore>,
     full_restores: Vec<Restore>,
 }
@@ -530,6 +532,13 @@ impl Bench<'_> {
         ticker_log::versions_of(&log, id)
     }
 
+    /// How many ticks of container `id` failed so far.
+    fn logged_failures(&self, id: &str) -> usize {
+        let log =
+            std::fs::read_to_string(self.session.instance.containerd_log()).unwrap_or_default();
+        ticker_log::failures_of(&log, id)
+    }
+
     /// TICKS versions of memtick into a fresh store, then `--runs` restores of
     /// the newest, alternating with restores of the level's full checkpoint.
     fn ticker_level(
@@ -612,6 +621,15 @@ impl Bench<'_> {
             if last >= Some(opts.ticks - 1) {
                 break;
             }
+            // A ticker that keeps failing would otherwise run into the stall.
+            let failed = self.logged_failures(&id);
+            if failed as u64 > opts.ticks {
+                error = Some(format!(
+                    "{failed} ticks failed (the shim's warnings in {} say why)",
+                    session.instance.containerd_log().display()
+                ));
+                break;
+            }
             if Instant::now() >= deadline {
                 error = Some(format!(
                     "no new version for {} s (newest {last:?}, task {})",
@@ -667,6 +685,7 @@ impl Bench<'_> {
             }
         };
         let store_du_bytes = du_bytes(&storage_dir);
+        let failed_ticks = self.logged_failures(&id);
         let lines = self.logged_versions(&id);
         let ticks = memtick::logged_ticks(&memtick::log_path(session, &id));
         let versions = join_versions(opts, pct, &lines, &listing, &ticks);
@@ -747,6 +766,7 @@ impl Bench<'_> {
             versions,
             stored_bytes: (!stored.is_empty()).then(|| stored.iter().sum()),
             store_du_bytes,
+            failed_ticks,
             restores,
             full_restores,
         })
@@ -1055,6 +1075,7 @@ impl Bench<'_> {
                 "base_bytes": base.and_then(|v| v.bytes_new),
                 "bytes_total": all(|v| v.bytes_total),
                 "stored_bytes": k.stored_bytes, "store_du_bytes": k.store_du_bytes,
+                "failed_ticks": k.failed_ticks,
                 "restore_total_ms": restore_stats(&k.restores, |r| r.total_ms),
                 "restore_check_ms": restore_stats(&k.restores, |r| r.check_ms),
                 "restore_ticking_ms": restore_stats(&k.restores, |r| r.ticking_ms),

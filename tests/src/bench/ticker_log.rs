@@ -10,6 +10,8 @@ use time::format_description::well_known::Rfc3339;
 
 /// The message's first word.
 const MARK: &str = "ticker-version";
+/// The first word of the message logged for a tick that failed.
+const FAILED_MARK: &str = "ticker-failed";
 
 /// One stored version, as the ticker reported it.
 #[derive(Clone, Debug, PartialEq)]
@@ -64,6 +66,20 @@ pub fn parse(line: &str) -> Option<TickerVersion> {
     })
 }
 
+/// How many ticks of container `id` stored nothing: the shim logs
+/// `ticker-failed container=ID` beside its warning for each.
+pub fn failures_of(log: &str, id: &str) -> usize {
+    let container = format!("container={id}");
+    log.lines()
+        .filter_map(|line| quoted_field(line, "msg"))
+        .filter(|msg| {
+            msg.strip_prefix(FAILED_MARK)
+                .and_then(|rest| rest.strip_prefix(' '))
+                .is_some_and(|rest| rest.split(' ').any(|kv| kv == container))
+        })
+        .count()
+}
+
 /// Every version container `id`'s ticker logged, in log order.
 pub fn versions_of(log: &str, id: &str) -> Vec<TickerVersion> {
     log.lines()
@@ -111,6 +127,17 @@ mod tests {
             (210, 2253, Some(1))
         );
         assert_eq!(v.log_ms, 1_796_617_801_250);
+    }
+
+    #[test]
+    fn failed_ticks_are_counted_per_container() {
+        let log = "time=\"2026-12-07T04:30:01Z\" level=warning msg=\"tk-1: checkpoint tick failed, the container runs on\"\n\
+            time=\"2026-12-07T04:30:01Z\" level=warning msg=\"ticker-failed container=tk-1\"\n\
+            time=\"2026-12-07T04:30:06Z\" level=warning msg=\"ticker-failed container=tk-10\"\n\
+            time=\"2026-12-07T04:30:11Z\" level=warning msg=\"ticker-failed container=tk-1\"\n";
+        assert_eq!(failures_of(log, "tk-1"), 2);
+        assert_eq!(failures_of(log, "tk-10"), 1);
+        assert_eq!(failures_of(LINE, "tk-file-10"), 0);
     }
 
     #[test]
