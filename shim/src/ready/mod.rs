@@ -2,9 +2,10 @@
 //! sockets and, the moment the application listens on the configured port,
 //! checkpoints it, leaving it running. Nothing is asked of the application.
 //!
-//! No event exists for "a socket started listening", so the watcher reads
-//! the container's /proc/PID/net/tcp{,6} at a short interval; it costs a
-//! small file read per interval and ends with the container.
+//! No event exists for "a socket started listening", so the watcher asks
+//! the kernel (sock_diag, in the container's network namespace: see
+//! `listen_probe`) at a short interval; it costs one small netlink dump per
+//! interval and ends with the container.
 
 use std::{sync::Arc, time::Duration};
 
