@@ -50,6 +50,14 @@ mod migrate_v1 {
     }
 
     #[test]
+    fn a_restored_clone_is_checkpointed_and_restored_again() {
+        super::run(
+            "a_restored_clone_is_checkpointed_and_restored_again",
+            super::a_restored_clone_is_checkpointed_and_restored_again,
+        );
+    }
+
+    #[test]
     fn a_file_renamed_as_the_checkpoint_thaws_is_restored() {
         super::run(
             "a_file_renamed_as_the_checkpoint_thaws_is_restored",
@@ -388,6 +396,49 @@ fn restore_clones_carry_on_counting(s: &Scenario) {
     assert_eq!(c.wait_status("RUNNING").pid, pid);
     for entry in restored {
         let _ = std::fs::remove_file(entry["log"].as_str().unwrap());
+    }
+}
+
+/// A container moved once must be movable again: a clone that `restore
+/// --detach` started (no stdin, output to a log file) is checkpointed in
+/// turn, and its own clone counts on from it. Its stdin was once the
+/// shim's /dev/null, a file of the host's /dev that CRIU could not dump.
+fn a_restored_clone_is_checkpointed_and_restored_again(s: &Scenario) {
+    let m = Migratectl::new(s);
+    let c = s.container();
+    let pid = s.run_detached(&c, &[], &MEMTICK);
+    wait_tick_above(pid, 10, "memtick to count");
+    let first = format!("{}-ck", c.id);
+    m.json(&["checkpoint", "create"], &["--id", &first, "--json", &c.id]);
+
+    let clone = s.container();
+    let report = m.json(
+        &["restore"],
+        &["--checkpoint", &first, "--as", &clone.id, "--detach", "--json"],
+    );
+    let clone_pid = clone.wait_status("RUNNING").pid;
+    let counted = wait_tick_above(clone_pid, 0, "the clone to count");
+    let again = format!("{}-ck", clone.id);
+    m.json(&["checkpoint", "create"], &["--id", &again, "--json", &clone.id]);
+    // The clone was left running.
+    let at_checkpoint = wait_tick_above(clone_pid, counted, "the checkpointed clone to go on counting");
+
+    let second = s.container();
+    let report2 = m.json(
+        &["restore"],
+        &["--checkpoint", &again, "--as", &second.id, "--detach", "--json"],
+    );
+    let second_pid = second.wait_status("RUNNING").pid;
+    let resumed = wait_tick_above(second_pid, 0, "the clone's clone to count");
+    assert!(
+        resumed >= counted,
+        "the clone's clone counts from {resumed}, not from its checkpoint's {counted} (or later, {at_checkpoint})"
+    );
+    wait_tick_above(second_pid, resumed + 3, "the clone's clone to go on counting");
+    for r in [&report, &report2] {
+        for entry in r["containers"].as_array().unwrap() {
+            let _ = std::fs::remove_file(entry["log"].as_str().unwrap());
+        }
     }
 }
 

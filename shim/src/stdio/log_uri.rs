@@ -58,9 +58,9 @@ impl LogTarget {
         }
     }
 
-    /// Opens the target and returns the stdio to give runc (output only)
-    /// and, for a file, the copies that fill it.
-    pub fn open(&self, container_id: &str, namespace: &str) -> Result<(Stdio3, Option<FileCopy>)> {
+    /// Opens the target and returns the stdio to give runc (`stdin`, and
+    /// the output) and, for a file, the copies that fill it.
+    pub fn open(&self, container_id: &str, namespace: &str, stdin: ChildStdio) -> Result<(Stdio3, Option<FileCopy>)> {
         match self {
             LogTarget::File(path) => {
                 if let Some(dir) = path.parent() {
@@ -78,10 +78,7 @@ impl LogTarget {
                 let (out_r, out_w) = pipe()?;
                 let (err_r, err_w) = pipe()?;
                 let copy = FileCopy::start([out_r, err_r], &file)?;
-                Ok((
-                    Stdio3::Given { stdin: ChildStdio::null(), stdout: out_w.into(), stderr: err_w.into() },
-                    Some(copy),
-                ))
+                Ok((Stdio3::Given { stdin, stdout: out_w.into(), stderr: err_w.into() }, Some(copy)))
             }
             LogTarget::Binary { path, args } => {
                 let (out_r, out_w) = pipe()?;
@@ -102,7 +99,7 @@ impl LogTarget {
                 cmd.spawn().map_err(Error::io(format!("start the logging binary {}", path.display())))?;
                 drop((out_r, err_r, ready_w));
                 wait_ready(ready_r, path)?;
-                Ok((Stdio3::Given { stdin: ChildStdio::null(), stdout: out_w.into(), stderr: err_w.into() }, None))
+                Ok((Stdio3::Given { stdin, stdout: out_w.into(), stderr: err_w.into() }, None))
             }
         }
     }

@@ -68,7 +68,7 @@ impl PendingIo {
     /// Prepares `stdio` and returns what to give runc.
     pub fn prepare(stdio: &Stdio, owner: IoOwner, logger: &LoggerEnv<'_>) -> Result<(Self, Stdio3)> {
         if let Some(target) = log_uri::LogTarget::parse(&stdio.stdout)? {
-            let (runc, copy) = target.open(logger.container_id, logger.namespace)?;
+            let (runc, copy) = target.open(logger.container_id, logger.namespace, closed_stdin(owner)?)?;
             return Ok((PendingIo::Logged(copy), runc));
         }
         if stdio.terminal {
@@ -93,7 +93,7 @@ impl PendingIo {
 
     fn pipes(stdio: &Stdio, owner: IoOwner, tasks: &IoTasks, holds: &mut Vec<File>) -> Result<Stdio3> {
         let stdin = if stdio.stdin.is_empty() {
-            ChildStdio::null()
+            closed_stdin(owner)?
         } else {
             let (child, ours) = pipe_pair(owner)?;
             let writer = pipe::Sender::from_owned_fd(ours).map_err(Error::io("set up the stdin pipe"))?;
@@ -193,6 +193,17 @@ fn output(path: &str, owner: IoOwner, tasks: &IoTasks, holds: &mut Vec<File>) ->
         .map_err(Error::io(format!("hold {path} open")))?;
     holds.push(hold);
     Ok(child.into())
+}
+
+/// What a process without stdin reads: a pipe whose write end is closed,
+/// so a read ends at once, as on /dev/null. Not /dev/null itself: the
+/// shim's /dev/null is a file of the host's /dev, a mount CRIU cannot find
+/// in the container's mount namespace ("Can't lookup mount"), so a process
+/// holding it could never be dumped. A container restored without stdin
+/// (`migratectl restore -d`) then could not be checkpointed again.
+fn closed_stdin(owner: IoOwner) -> Result<ChildStdio> {
+    let (read, _write) = pipe_pair(owner)?;
+    Ok(read.into())
 }
 
 /// A pipe as (read end, write end); both ends are given to `owner` so a
