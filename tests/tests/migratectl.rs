@@ -409,24 +409,48 @@ fn a_restored_clone_is_checkpointed_and_restored_again(s: &Scenario) {
     let pid = s.run_detached(&c, &[], &MEMTICK);
     wait_tick_above(pid, 10, "memtick to count");
     let first = format!("{}-ck", c.id);
-    m.json(&["checkpoint", "create"], &["--id", &first, "--json", &c.id]);
+    m.json(
+        &["checkpoint", "create"],
+        &["--id", &first, "--json", &c.id],
+    );
 
     let clone = s.container();
     let report = m.json(
         &["restore"],
-        &["--checkpoint", &first, "--as", &clone.id, "--detach", "--json"],
+        &[
+            "--checkpoint",
+            &first,
+            "--as",
+            &clone.id,
+            "--detach",
+            "--json",
+        ],
     );
     let clone_pid = clone.wait_status("RUNNING").pid;
     let counted = wait_tick_above(clone_pid, 0, "the clone to count");
     let again = format!("{}-ck", clone.id);
-    m.json(&["checkpoint", "create"], &["--id", &again, "--json", &clone.id]);
+    m.json(
+        &["checkpoint", "create"],
+        &["--id", &again, "--json", &clone.id],
+    );
     // The clone was left running.
-    let at_checkpoint = wait_tick_above(clone_pid, counted, "the checkpointed clone to go on counting");
+    let at_checkpoint = wait_tick_above(
+        clone_pid,
+        counted,
+        "the checkpointed clone to go on counting",
+    );
 
     let second = s.container();
     let report2 = m.json(
         &["restore"],
-        &["--checkpoint", &again, "--as", &second.id, "--detach", "--json"],
+        &[
+            "--checkpoint",
+            &again,
+            "--as",
+            &second.id,
+            "--detach",
+            "--json",
+        ],
     );
     let second_pid = second.wait_status("RUNNING").pid;
     let resumed = wait_tick_above(second_pid, 0, "the clone's clone to count");
@@ -434,7 +458,11 @@ fn a_restored_clone_is_checkpointed_and_restored_again(s: &Scenario) {
         resumed >= counted,
         "the clone's clone counts from {resumed}, not from its checkpoint's {counted} (or later, {at_checkpoint})"
     );
-    wait_tick_above(second_pid, resumed + 3, "the clone's clone to go on counting");
+    wait_tick_above(
+        second_pid,
+        resumed + 3,
+        "the clone's clone to go on counting",
+    );
     for r in [&report, &report2] {
         for entry in r["containers"].as_array().unwrap() {
             let _ = std::fs::remove_file(entry["log"].as_str().unwrap());
