@@ -20,13 +20,25 @@ pub struct BadAnnotation {
     pub expected: &'static str,
 }
 
-/// Checkpoint once the container accepts TCP connections: "tcp:PORT".
+/// Checkpoint once the container is ready: "tcp:PORT" (it listens on
+/// PORT) or "http:PORT/PATH" (a GET of PATH answers 2xx or 3xx).
 pub const CHECKPOINT_WHEN_READY: &str = "io.containerd.migrate.checkpoint-when-ready";
 /// Start the container by restoring this checkpoint: "file:///abs/path/to/checkpoint-dir".
 pub use migrate_oci::RESTORE_FROM_ANNOTATION as RESTORE_FROM;
 /// The checkpoint store the ready-point checkpoint goes to:
 /// "file:///abs/path"; the default store otherwise.
 pub const READY_STORE: &str = "io.containerd.migrate.checkpoint-when-ready.store";
+/// The ready probe's settings, named and meant as in a Kubernetes probe:
+/// the time between attempts, ...
+pub const READY_PERIOD: &str = "io.containerd.migrate.checkpoint-when-ready.period";
+/// ... before the first attempt, ...
+pub const READY_INITIAL_DELAY: &str = "io.containerd.migrate.checkpoint-when-ready.initial-delay";
+/// ... an attempt's limit, ...
+pub const READY_TIMEOUT: &str = "io.containerd.migrate.checkpoint-when-ready.timeout";
+/// ... the consecutive successes that make the app ready, ...
+pub const READY_SUCCESS_THRESHOLD: &str = "io.containerd.migrate.checkpoint-when-ready.success-threshold";
+/// ... and how long after the start the probe gives up (no ready point).
+pub const READY_GIVE_UP: &str = "io.containerd.migrate.checkpoint-when-ready.give-up";
 
 /// The checkpoint ticker: a leave-running checkpoint every interval ("30s",
 /// "2m", "1h30m"), stored as a version.
@@ -49,22 +61,49 @@ pub const DEFAULT_VERSION_STORE: &str = "file:///var/lib/containerd-migrate/vers
 const MIN_INTERVAL: Duration = Duration::from_secs(1);
 
 /// How to tell that a container is ready to be checkpointed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReadyProbe {
-    /// A TCP connect to this port in the container's network namespace succeeds.
-    Tcp(u16),
+    /// Something in the container's network namespace listens on this port.
+    Tcp { port: u16 },
+    /// A GET of `path` on 127.0.0.1:`port`, in the container's network
+    /// namespace, answers 2xx or 3xx (kubelet's httpGet).
+    Http { port: u16, path: String },
 }
 
 pub fn ready_probe(value: &str) -> Result<ReadyProbe> {
-    const EXPECTED: &str = "tcp:PORT with PORT in 1-65535";
-    value
-        .strip_prefix("tcp:")
-        // u16 parsing alone would accept "+80"; a port is plain digits.
+    const EXPECTED: &str = "tcp:PORT or http:PORT/PATH with PORT in 1-65535 and PATH (optional, default /) of printable ASCII without spaces";
+    let err = || bad(CHECKPOINT_WHEN_READY, value, EXPECTED);
+    if let Some(port) = value.strip_prefix("tcp:") {
+        return Ok(ReadyProbe::Tcp { port: port_number(port).ok_or_else(err)? });
+    }
+    let rest = value.strip_prefix("http:").ok_or_else(err)?;
+    let (port, path) = rest.find('/').map_or((rest, "/"), |i| rest.split_at(i));
+    // The path goes into the request line as it is: a space or a control
+    // character would break the request, so it is refused here.
+    if !path.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(err());
+    }
+    Ok(ReadyProbe::Http { port: port_number(port).ok_or_else(err)?, path: path.to_owned() })
+}
+
+/// A port in 1-65535 as plain digits (u16 parsing alone would accept "+80").
+fn port_number(value: &str) -> Option<u16> {
+    Some(value)
         .filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
         .and_then(|p| p.parse::<u16>().ok())
         .filter(|&p| p != 0)
-        .map(ReadyProbe::Tcp)
-        .ok_or_else(|| bad(CHECKPOINT_WHEN_READY, value, EXPECTED))
+}
+
+/// A ready probe's duration setting; zero only where `zero_allowed`
+/// (an initial delay of none; a period, timeout or give-up of zero means
+/// nothing sensible).
+pub fn probe_duration(name: &'static str, value: &str, zero_allowed: bool) -> Result<Duration> {
+    let expected = if zero_allowed {
+        "a duration such as 0s, 500ms, 2s or 1m30s (units h, m, s, ms)"
+    } else {
+        "a duration above zero such as 50ms, 2s or 5m (units h, m, s, ms)"
+    };
+    duration(value).filter(|d| zero_allowed || !d.is_zero()).ok_or_else(|| bad(name, value, expected))
 }
 
 pub fn restore_from(value: &str) -> Result<PathBuf> {
@@ -80,15 +119,19 @@ pub fn ready_store(value: &str) -> Result<PathBuf> {
 /// at least one second.
 pub fn interval(value: &str) -> Result<Duration> {
     const EXPECTED: &str = "a duration of at least 1s such as 30s, 2m or 1h30m (units h, m, s, ms)";
-    let err = || bad(CHECKPOINT_INTERVAL, value, EXPECTED);
+    duration(value).filter(|&d| d >= MIN_INTERVAL).ok_or_else(|| bad(CHECKPOINT_INTERVAL, value, EXPECTED))
+}
+
+/// Go's duration notation, restricted to whole numbers of h, m, s and ms.
+fn duration(value: &str) -> Option<Duration> {
     let mut total = Duration::ZERO;
     let mut rest = value;
     if rest.is_empty() {
-        return Err(err());
+        return None;
     }
     while !rest.is_empty() {
         let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
-        let number: u64 = rest[..digits].parse().map_err(|_| err())?;
+        let number: u64 = rest[..digits].parse().ok()?;
         rest = &rest[digits..];
         let unit_len = rest.bytes().take_while(u8::is_ascii_alphabetic).count();
         let unit = match &rest[..unit_len] {
@@ -96,19 +139,17 @@ pub fn interval(value: &str) -> Result<Duration> {
             "m" => Duration::from_secs(60),
             "s" => Duration::from_secs(1),
             "ms" => Duration::from_millis(1),
-            _ => return Err(err()),
+            _ => return None,
         };
         rest = &rest[unit_len..];
-        let part = u32::try_from(number).ok().and_then(|n| unit.checked_mul(n)).ok_or_else(err)?;
-        total = total.checked_add(part).ok_or_else(err)?;
+        let part = u32::try_from(number).ok().and_then(|n| unit.checked_mul(n))?;
+        total = total.checked_add(part)?;
     }
-    if total < MIN_INTERVAL {
-        return Err(err());
-    }
-    Ok(total)
+    Some(total)
 }
 
-/// A count of at least one, for [`VERSION_GROUP`] and [`KEEP_GROUPS`].
+/// A count of at least one, for [`VERSION_GROUP`], [`KEEP_GROUPS`] and
+/// [`READY_SUCCESS_THRESHOLD`].
 pub fn count(name: &'static str, value: &str) -> Result<u64> {
     value
         .parse::<u64>()
@@ -159,14 +200,54 @@ mod tests {
 
     #[test]
     fn ready_probes() {
-        assert_eq!(ready_probe("tcp:8080").unwrap(), ReadyProbe::Tcp(8080));
-        assert_eq!(ready_probe("tcp:65535").unwrap(), ReadyProbe::Tcp(65535));
-        for bad in ["tcp:abc", "tcp:0", "tcp:65536", "tcp:", "tcp:+80", "http:80", "8080", ""] {
+        assert_eq!(ready_probe("tcp:8080").unwrap(), ReadyProbe::Tcp { port: 8080 });
+        assert_eq!(ready_probe("tcp:65535").unwrap(), ReadyProbe::Tcp { port: 65535 });
+        let http = |port, path: &str| ReadyProbe::Http { port, path: path.to_owned() };
+        assert_eq!(ready_probe("http:8080/healthz").unwrap(), http(8080, "/healthz"));
+        assert_eq!(ready_probe("http:80").unwrap(), http(80, "/"));
+        assert_eq!(ready_probe("http:80/").unwrap(), http(80, "/"));
+        assert_eq!(ready_probe("http:80/a/b?x=1").unwrap(), http(80, "/a/b?x=1"));
+        for bad in [
+            "tcp:abc",
+            "tcp:0",
+            "tcp:65536",
+            "tcp:",
+            "tcp:+80",
+            "8080",
+            "",
+            "http:",
+            "http:/x",
+            "http:0/x",
+            "http:+80/x",
+            "http:80/a b",
+            "http:80/a\r\n",
+            "https:443/",
+            "tcp:80/x",
+        ] {
             assert!(ready_probe(bad).is_err(), "{bad}");
         }
         assert_eq!(
-            ready_probe("tcp:abc").unwrap_err().to_string(),
-            r#"io.containerd.migrate.checkpoint-when-ready="tcp:abc" is not valid: expected tcp:PORT with PORT in 1-65535"#
+            ready_probe("http:abc/x").unwrap_err().to_string(),
+            r#"io.containerd.migrate.checkpoint-when-ready="http:abc/x" is not valid: expected tcp:PORT or http:PORT/PATH with PORT in 1-65535 and PATH (optional, default /) of printable ASCII without spaces"#
+        );
+    }
+
+    #[test]
+    fn probe_durations() {
+        assert_eq!(probe_duration(READY_PERIOD, "50ms", false).unwrap(), Duration::from_millis(50));
+        assert_eq!(probe_duration(READY_GIVE_UP, "1m30s", false).unwrap(), Duration::from_secs(90));
+        assert_eq!(probe_duration(READY_INITIAL_DELAY, "0s", true).unwrap(), Duration::ZERO);
+        assert!(probe_duration(READY_TIMEOUT, "0ms", false).is_err());
+        for bad in ["", "50", "1.5s", "-1s", "5 s", "ms"] {
+            assert!(probe_duration(READY_INITIAL_DELAY, bad, true).is_err(), "{bad}");
+        }
+        assert_eq!(
+            probe_duration(READY_PERIOD, "0s", false).unwrap_err().to_string(),
+            r#"io.containerd.migrate.checkpoint-when-ready.period="0s" is not valid: expected a duration above zero such as 50ms, 2s or 5m (units h, m, s, ms)"#
+        );
+        assert_eq!(
+            probe_duration(READY_INITIAL_DELAY, "soon", true).unwrap_err().to_string(),
+            r#"io.containerd.migrate.checkpoint-when-ready.initial-delay="soon" is not valid: expected a duration such as 0s, 500ms, 2s or 1m30s (units h, m, s, ms)"#
         );
     }
 

@@ -2,7 +2,12 @@
 
 use std::{collections::HashMap, path::PathBuf};
 
-use crate::{annotations, error::Result, ready::ReadyPlan, ticker::TickerPlan};
+use crate::{
+    annotations,
+    error::Result,
+    ready::{ProbeSettings, ReadyPlan},
+    ticker::TickerPlan,
+};
 
 /// What the spec's annotations ask of this runtime. Invalid values fail the
 /// creation with an error naming the annotation and the accepted form.
@@ -21,10 +26,15 @@ impl Plan {
             .map(|v| annotations::ready_store(v))
             .transpose()?
             .unwrap_or_else(|| PathBuf::from(migrate_oci::DEFAULT_STORE_ROOT));
+        // The probe's settings are read only with a probe, whose kind
+        // sets their defaults.
         let ready = match annotations.get(annotations::CHECKPOINT_WHEN_READY).map(|v| annotations::ready_probe(v)) {
             None => None,
-            Some(Ok(annotations::ReadyProbe::Tcp(port))) => Some(ReadyPlan { port, store }),
-            Some(Err(e)) => return Err(e.into()),
+            Some(probe) => {
+                let probe = probe?;
+                let settings = ProbeSettings::from_annotations(annotations, &probe)?;
+                Some(ReadyPlan { probe, settings, store })
+            }
         };
         let ticker = TickerPlan::from_annotations(annotations)?;
         Ok(Plan { restore_from, ready, ticker })

@@ -4,17 +4,10 @@
 //! Reading /proc/PID/net/tcp instead scans every socket of the host's TCP
 //! hash table, milliseconds per read; a sock_diag dump limited to the
 //! LISTEN state walks only the listening sockets of the container's own
-//! network namespace. The probe runs on a thread of its own because it must
-//! enter that namespace (setns changes only the calling thread) and so that
-//! the shim's runtime never waits on it.
+//! network namespace. The probe runs on the watch's thread, inside that
+//! namespace (see `watch`).
 
-use std::{
-    fs::File,
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
-    time::Duration,
-};
-
-use nix::sched::{CloneFlags, setns};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
 const NLMSG_DONE: u16 = 3;
@@ -25,31 +18,26 @@ const NLMSG_HDR: usize = 16;
 /// struct inet_diag_req_v2: family, protocol, ext, pad, states, sockid (48).
 const REQ_LEN: usize = 56;
 
-/// Polls every `interval` until the container whose init is `pid` listens
-/// on `port` (true) or that process is gone (false).
-pub async fn wait(pid: u32, port: u16, interval: Duration) -> std::io::Result<bool> {
-    let ns = File::open(format!("/proc/{pid}/ns/net"))?;
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new().name("listen-probe".into()).spawn(move || {
-        let _ = tx.send(probe(ns, pid, port, interval));
-    })?;
-    rx.await.unwrap_or_else(|_| Err(std::io::Error::other("the probe thread panicked")))
+/// One listen check at a time on a netlink socket opened in the calling
+/// thread's network namespace (so opened after its setns).
+pub struct ListenProbe {
+    socket: OwnedFd,
+    port: u16,
 }
 
-fn probe(ns: File, pid: u32, port: u16, interval: Duration) -> std::io::Result<bool> {
-    setns(&ns, CloneFlags::CLONE_NEWNET)?;
-    let socket = diag_socket()?;
-    loop {
-        // The init being gone ends the container, and the watch with it.
-        if nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None).is_err() {
-            return Ok(false);
-        }
+impl ListenProbe {
+    pub fn new(port: u16) -> std::io::Result<ListenProbe> {
+        Ok(ListenProbe { socket: diag_socket()?, port })
+    }
+
+    /// Whether anything listens on the port, over IPv4 or IPv6.
+    pub fn listening(&self) -> std::io::Result<bool> {
         for family in [libc::AF_INET, libc::AF_INET6] {
-            if listens(&socket, family as u8, port)? {
+            if listens(&self.socket, family as u8, self.port)? {
                 return Ok(true);
             }
         }
-        std::thread::sleep(interval);
+        Ok(false)
     }
 }
 
