@@ -17,7 +17,7 @@ OUT_DIR=$REPO/target/images
 ARCHIVE=$OUT_DIR/testbox.tar
 TARGET=x86_64-unknown-linux-gnu
 APPS_DIR=$REPO/target/$TARGET/release
-APPS=(memtick echo-server)
+APPS=(memtick echo-server late-ready-server)
 BUSYBOX=/bin/busybox
 # 2026-01-01T00:00:00Z, the mtime of everything in the image.
 EPOCH=1767225600

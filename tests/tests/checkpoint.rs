@@ -289,6 +289,8 @@ migrate_only!(
     restored_server_answers_with_its_count,
     failed_checkpoint_leaves_container_running,
     ready_point_checkpoint_and_clones,
+    ready_point_waits_for_http_readiness,
+    ready_probe_gives_up,
     invalid_annotation_fails_creation,
 );
 
@@ -417,6 +419,140 @@ fn ready_point_checkpoint_and_clones(s: &Scenario) {
     let _ = std::fs::remove_dir_all(store);
 }
 
+/// The late-ready test server's port and how long it takes, in its own
+/// running time, to become ready after it listens.
+const LATE_PORT: &str = "7001";
+const LATE_READY_MS: &str = "3000";
+
+/// One HTTP GET of /healthz through `nc` to the late-ready server inside
+/// task `id`: its status code and its body (`<n> ready|not-ready`).
+fn get_healthz(s: &Scenario, id: &str) -> (String, String) {
+    let request = format!(
+        "printf 'GET /healthz HTTP/1.1\\r\\nHost: t\\r\\nConnection: close\\r\\n\\r\\n' | nc 127.0.0.1 {LATE_PORT}"
+    );
+    let answer = exec(s, id, &["sh", "-c", &request]);
+    let status = answer.split(' ').nth(1).unwrap_or_default().to_string();
+    let body = answer
+        .rsplit("\r\n\r\n")
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    (status, body)
+}
+
+/// Starts the late-ready server with `probe` and waits for its ready point,
+/// which is returned.
+fn late_ready_point(s: &Scenario, store: &Path, probe: &str) -> PathBuf {
+    let origin = s.container();
+    let ready = format!("{READY}={probe}");
+    let store_annotation = format!("{STORE}=file://{}", store.display());
+    s.run_detached(
+        &origin,
+        &["--annotation", &ready, "--annotation", &store_annotation],
+        &[
+            "late-ready-server",
+            "--port",
+            LATE_PORT,
+            "--ready-after-ms",
+            LATE_READY_MS,
+        ],
+    );
+    let checkpoint = store.join(format!("{}-ready", origin.id));
+    poll::until(TIMEOUT, "the ready-point checkpoint", || {
+        if checkpoint.join("manifest.json").is_file() {
+            Ok(())
+        } else {
+            Err(format!("nothing in {}", store.display()))
+        }
+    });
+    checkpoint
+}
+
+fn clone_of(s: &Scenario, checkpoint: &Path) -> Container {
+    let from = format!("{RESTORE_FROM}=file://{}", checkpoint.display());
+    let clone = s.container();
+    s.run_detached(
+        &clone,
+        &["--annotation", &from],
+        &["sh", "-c", "exec sleep 100000"],
+    );
+    clone
+}
+
+/// Issue 13: a server that binds its port seconds before it is ready. A
+/// `tcp:` ready point is taken at the bind, so its clone still has the
+/// initialisation ahead; an `http:` one only once the server answers 2xx,
+/// so its clones answer ready at once. Each clone counts its requests on
+/// from the checkpoint's count, which includes the probe's own requests
+/// (every attempt is a request the server served); the probe's connection
+/// is closed before the dump, or CRIU would have refused to dump it.
+fn ready_point_waits_for_http_readiness(s: &Scenario) {
+    let store = tempdir("late-ready-store");
+    let tcp = late_ready_point(s, &store, &format!("tcp:{LATE_PORT}"));
+    let clone = clone_of(s, &tcp);
+    assert_eq!(
+        get_healthz(s, &clone.id),
+        ("503".into(), "1 not-ready".into())
+    );
+
+    let http = late_ready_point(s, &store, &format!("http:{LATE_PORT}/healthz"));
+    let clones = [clone_of(s, &http), clone_of(s, &http)];
+    let (status, body) = get_healthz(s, &clones[0].id);
+    assert_eq!(status, "200", "{body}");
+    let (n, state) = body.split_once(' ').expect("<n> ready");
+    assert_eq!(state, "ready");
+    let n: u64 = n.parse().unwrap();
+    // The probe made at least one request (its successful one) before the dump.
+    assert!(n >= 2, "{body}");
+    assert_eq!(
+        get_healthz(s, &clones[0].id),
+        ("200".into(), format!("{} ready", n + 1))
+    );
+    assert_eq!(
+        get_healthz(s, &clones[1].id),
+        ("200".into(), format!("{n} ready"))
+    );
+    let _ = std::fs::remove_dir_all(store);
+}
+
+/// A probe that never succeeds gives up after its give-up time: no ready
+/// point, and the container runs on.
+fn ready_probe_gives_up(s: &Scenario) {
+    let store = tempdir("give-up-store");
+    let c = s.container();
+    let ready = format!("{READY}=http:7002/never");
+    let give_up = format!("{READY}.give-up=300ms");
+    let store_annotation = format!("{STORE}=file://{}", store.display());
+    s.run_detached(
+        &c,
+        &[
+            "--annotation",
+            &ready,
+            "--annotation",
+            &give_up,
+            "--annotation",
+            &store_annotation,
+        ],
+        &[
+            "late-ready-server",
+            "--port",
+            LATE_PORT,
+            "--ready-after-ms",
+            "0",
+        ],
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        std::fs::read_dir(&store).unwrap().count(),
+        0,
+        "a ready point was taken"
+    );
+    assert_eq!(c.wait_status("RUNNING").status, "RUNNING");
+    assert_eq!(get_healthz(s, &c.id), ("200".into(), "1 ready".into()));
+    let _ = std::fs::remove_dir_all(store);
+}
+
 /// A checkpoint whose memory was altered is not restored: CRIU stops at
 /// its post-restore stage, before the restored processes run (the shim
 /// hashes the memory images while CRIU restores), and the container starts
@@ -478,5 +614,23 @@ fn invalid_annotation_fails_creation(s: &Scenario) {
     let out = s.run(&c, &["--annotation", &bad], &["true"]);
     assert!(!out.success(), "creation should fail: {out}");
     let err = out.stderr_str();
-    assert!(err.contains(READY) && err.contains("tcp:PORT"), "{err}");
+    assert!(
+        err.contains(READY) && err.contains("tcp:PORT or http:PORT/PATH"),
+        "{err}"
+    );
+
+    let c = s.container();
+    let probe = format!("{READY}=http:7001/healthz");
+    let bad = format!("{READY}.period=0s");
+    let out = s.run(
+        &c,
+        &["--annotation", &probe, "--annotation", &bad],
+        &["true"],
+    );
+    assert!(!out.success(), "creation should fail: {out}");
+    let err = out.stderr_str();
+    assert!(
+        err.contains(&format!("{READY}.period")) && err.contains("a duration above zero"),
+        "{err}"
+    );
 }
