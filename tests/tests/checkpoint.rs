@@ -633,4 +633,15 @@ fn invalid_annotation_fails_creation(s: &Scenario) {
         err.contains(&format!("{READY}.period")) && err.contains("a duration above zero"),
         "{err}"
     );
+
+    // A setting without a probe would do nothing.
+    let c = s.container();
+    let orphan = format!("{READY}.give-up=1m");
+    let out = s.run(&c, &["--annotation", &orphan], &["true"]);
+    assert!(!out.success(), "creation should fail: {out}");
+    let err = out.stderr_str();
+    assert!(
+        err.contains(&format!("{READY}.give-up is set but {READY} is not")),
+        "{err}"
+    );
 }

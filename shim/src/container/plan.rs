@@ -26,10 +26,12 @@ impl Plan {
             .map(|v| annotations::ready_store(v))
             .transpose()?
             .unwrap_or_else(|| PathBuf::from(migrate_oci::DEFAULT_STORE_ROOT));
-        // The probe's settings are read only with a probe, whose kind
-        // sets their defaults.
+        // The probe's kind sets its settings' defaults.
         let ready = match annotations.get(annotations::CHECKPOINT_WHEN_READY).map(|v| annotations::ready_probe(v)) {
-            None => None,
+            None => {
+                ProbeSettings::refuse_without_probe(annotations)?;
+                None
+            }
             Some(probe) => {
                 let probe = probe?;
                 let settings = ProbeSettings::from_annotations(annotations, &probe)?;

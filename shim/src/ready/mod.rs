@@ -23,7 +23,7 @@ use crate::{
     annotations::{self, ReadyProbe},
     capture::{self, Increment},
     container::Container,
-    error::Result,
+    error::{Error, Result},
     events::Events,
     hashed,
     process::InitState,
@@ -139,7 +139,29 @@ pub struct ProbeSettings {
     pub give_up: Duration,
 }
 
+/// The probe settings' annotations, all of which need a probe.
+const SETTINGS: [&str; 5] = [
+    annotations::READY_PERIOD,
+    annotations::READY_INITIAL_DELAY,
+    annotations::READY_TIMEOUT,
+    annotations::READY_SUCCESS_THRESHOLD,
+    annotations::READY_GIVE_UP,
+];
+
 impl ProbeSettings {
+    /// Refuses probe settings without a probe: they would silently do
+    /// nothing, and whoever set them expects a ready point.
+    pub fn refuse_without_probe(annotations: &HashMap<String, String>) -> Result<()> {
+        match SETTINGS.into_iter().find(|name| annotations.contains_key(*name)) {
+            None => Ok(()),
+            Some(name) => Err(Error::InvalidArgument(format!(
+                "{name} is set but {} is not: set the probe (e.g. http:8080/healthz) to take a ready point, \
+                 or remove {name}",
+                annotations::CHECKPOINT_WHEN_READY
+            ))),
+        }
+    }
+
     /// The `…checkpoint-when-ready.*` settings, with defaults for `probe`.
     pub fn from_annotations(
         annotations: &HashMap<String, String>,
@@ -187,6 +209,21 @@ mod tests {
         );
         let http = ReadyProbe::Http { port: 80, path: "/".into() };
         assert_eq!(ProbeSettings::from_annotations(&HashMap::new(), &http).unwrap().period, HTTP_PERIOD);
+    }
+
+    #[test]
+    fn settings_need_a_probe() {
+        assert!(ProbeSettings::refuse_without_probe(&HashMap::new()).is_ok());
+        let err = ProbeSettings::refuse_without_probe(&annotations(&[(annotations::READY_GIVE_UP, "1m")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(
+                "io.containerd.migrate.checkpoint-when-ready.give-up is set but \
+                 io.containerd.migrate.checkpoint-when-ready is not"
+            ),
+            "{err}"
+        );
     }
 
     #[test]
