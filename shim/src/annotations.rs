@@ -70,6 +70,16 @@ pub enum ReadyProbe {
     Http { port: u16, path: String },
 }
 
+/// As the annotation writes it, for the log.
+impl std::fmt::Display for ReadyProbe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReadyProbe::Tcp { port } => write!(f, "tcp:{port}"),
+            ReadyProbe::Http { port, path } => write!(f, "http:{port}{path}"),
+        }
+    }
+}
+
 pub fn ready_probe(value: &str) -> Result<ReadyProbe> {
     const EXPECTED: &str = "tcp:PORT or http:PORT/PATH with PORT in 1-65535 and PATH (optional, default /) of printable ASCII without spaces";
     let err = || bad(CHECKPOINT_WHEN_READY, value, EXPECTED);
@@ -207,6 +217,9 @@ mod tests {
         assert_eq!(ready_probe("http:80").unwrap(), http(80, "/"));
         assert_eq!(ready_probe("http:80/").unwrap(), http(80, "/"));
         assert_eq!(ready_probe("http:80/a/b?x=1").unwrap(), http(80, "/a/b?x=1"));
+        for written in ["tcp:8080", "http:80/", "http:8080/healthz"] {
+            assert_eq!(ready_probe(written).unwrap().to_string(), written);
+        }
         for bad in [
             "tcp:abc",
             "tcp:0",

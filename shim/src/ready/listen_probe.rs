@@ -22,7 +22,7 @@ const REQ_LEN: usize = 56;
 /// thread's network namespace (so opened after its setns).
 pub struct ListenProbe {
     socket: OwnedFd,
-    port: u16,
+    pub port: u16,
 }
 
 impl ListenProbe {

@@ -53,7 +53,7 @@ pub async fn checkpoint_when_ready(container: Arc<Container>, plan: ReadyPlan, e
         InitState::Running { pid } | InitState::Paused { pid } => pid,
         InitState::Created { .. } | InitState::CreatedFromCheckpoint { .. } | InitState::Stopped { .. } => return,
     };
-    let probe = describe(&plan.probe);
+    let probe = plan.probe.to_string();
     match watch::wait(pid, plan.probe.clone(), plan.settings.clone()).await {
         Ok(watch::Outcome::Ready) => {}
         Ok(watch::Outcome::Stopped) => return,
@@ -108,14 +108,6 @@ async fn checkpoint_for_new_containers(
     // them as it wrote them.
     let _ = tokio::task::spawn_blocking(move || hashed::written(&checkpoint)).await;
     Ok(dir)
-}
-
-/// The probe as the annotation writes it, for the log.
-fn describe(probe: &ReadyProbe) -> String {
-    match probe {
-        ReadyProbe::Tcp { port } => format!("tcp:{port}"),
-        ReadyProbe::Http { port, path } => format!("http:{port}{path}"),
-    }
 }
 
 /// A ready-point checkpoint to take: when `probe` succeeds as `settings`

@@ -38,16 +38,16 @@ fn run(ns: File, pid: u32, probe: &ReadyProbe, settings: &ProbeSettings) -> std:
     setns(&ns, CloneFlags::CLONE_NEWNET)?;
     // Opened in the container's namespace, so after the setns.
     let check = match probe {
-        ReadyProbe::Tcp { port } => Check::Listen { probe: ListenProbe::new(*port)?, port: *port },
+        ReadyProbe::Tcp { port } => Check::Listen(ListenProbe::new(*port)?),
         ReadyProbe::Http { port, path } => Check::Http { port: *port, path },
     };
     let attempt = || -> std::io::Result<Result<(), String>> {
         Ok(match &check {
-            Check::Listen { probe, port } => {
+            Check::Listen(probe) => {
                 if probe.listening()? {
                     Ok(())
                 } else {
-                    Err(format!("nothing listens on port {port}"))
+                    Err(format!("nothing listens on port {}", probe.port))
                 }
             }
             Check::Http { port, path } => http_probe::get(*port, path, settings.timeout),
@@ -58,7 +58,7 @@ fn run(ns: File, pid: u32, probe: &ReadyProbe, settings: &ProbeSettings) -> std:
 
 /// A probe ready to attempt, inside the container's namespace.
 enum Check<'a> {
-    Listen { probe: ListenProbe, port: u16 },
+    Listen(ListenProbe),
     Http { port: u16, path: &'a str },
 }
 
