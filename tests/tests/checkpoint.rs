@@ -542,7 +542,16 @@ fn ready_probe_gives_up(s: &Scenario) {
             "0",
         ],
     );
-    std::thread::sleep(Duration::from_secs(1));
+    // The shim says why, naming the probe and its last failure.
+    let warning = format!("{}: probe http:7002/never did not succeed within", c.id);
+    poll::until(TIMEOUT, "the probe's give-up warning", || {
+        let log = std::fs::read_to_string(s.instance.containerd_log()).unwrap_or_default();
+        match log.lines().find(|l| l.contains(&warning)) {
+            Some(line) if line.contains("connect to 127.0.0.1:7002") => Ok(()),
+            Some(line) => Err(format!("no last failure in: {line}")),
+            None => Err(format!("no {warning:?} in containerd's log")),
+        }
+    });
     assert_eq!(
         std::fs::read_dir(&store).unwrap().count(),
         0,
