@@ -30,14 +30,14 @@ use crate::{
     runc::{self, NetworkLock},
 };
 
-/// A sock_diag dump of the listening sockets costs microseconds: short
+/// A tcp attempt is one small netlink dump, asked of the kernel: short
 /// enough that the checkpoint is taken right when the app listens, long
 /// enough that the watch costs nothing measurable.
 const TCP_PERIOD: Duration = Duration::from_millis(5);
-/// An HTTP attempt costs a connection and a request the app serves, on a
-/// server that is still starting: ten times the tcp period keeps that
-/// below a few percent of a core while adding at most 50 ms to the
-/// ready point.
+/// An HTTP attempt is a connection and a request the app itself must
+/// serve while it is still starting: ten times the tcp period keeps that
+/// to 20 requests a second, at the price of at most 50 ms between the app
+/// becoming ready and its ready point.
 const HTTP_PERIOD: Duration = Duration::from_millis(50);
 /// Kubernetes' default timeout of one attempt.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
