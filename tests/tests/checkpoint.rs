@@ -259,6 +259,19 @@ fn assert_only_regular_images(dir: &Path) {
     }
 }
 
+/// Waits for the shim to commit container `id`'s ready point into `store`.
+fn wait_ready_point(store: &Path, id: &str) -> PathBuf {
+    let checkpoint = store.join(format!("{id}-ready"));
+    poll::until(TIMEOUT, "the ready-point checkpoint", || {
+        if checkpoint.join("manifest.json").is_file() {
+            Ok(())
+        } else {
+            Err(format!("nothing in {}", store.display()))
+        }
+    });
+    checkpoint
+}
+
 fn tempdir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("migrate-test-{name}"));
     let _ = std::fs::remove_dir_all(&dir);
@@ -343,14 +356,7 @@ fn ready_point_checkpoint_and_clones(s: &Scenario) {
         &["--annotation", &ready, "--annotation", &store_annotation],
         &["sh", "-c", app],
     );
-    let checkpoint = store.join(format!("{}-ready", origin.id));
-    poll::until(TIMEOUT, "the ready-point checkpoint", || {
-        if checkpoint.join("manifest.json").is_file() {
-            Ok(())
-        } else {
-            Err(format!("nothing in {}", store.display()))
-        }
-    });
+    let checkpoint = wait_ready_point(&store, &origin.id);
     assert!(checkpoint.join("rootfs-diff.tar").is_file());
     // The shim reaps every child it has; the CRIU version it asks for the
     // manifest must still be there.
@@ -458,15 +464,7 @@ fn late_ready_point(s: &Scenario, store: &Path, probe: &str) -> PathBuf {
             LATE_READY_MS,
         ],
     );
-    let checkpoint = store.join(format!("{}-ready", origin.id));
-    poll::until(TIMEOUT, "the ready-point checkpoint", || {
-        if checkpoint.join("manifest.json").is_file() {
-            Ok(())
-        } else {
-            Err(format!("nothing in {}", store.display()))
-        }
-    });
-    checkpoint
+    wait_ready_point(store, &origin.id)
 }
 
 fn clone_of(s: &Scenario, checkpoint: &Path) -> Container {
