@@ -49,6 +49,7 @@ fn make_checkpoint(store: &Path, id: &str) {
             rootfs: None,
             timings: Timings { frozen_ms: Some(12.5), dump_ms: Some(20.0), persist_ms: Some(5.0) },
             host: migrate_oci::HostInfo::this_machine(None),
+            ready: None,
         })
         .unwrap();
 }

@@ -94,5 +94,6 @@ fn info() -> CommitInfo {
         rootfs: None,
         timings: Timings::default(),
         host: migrate_oci::HostInfo::this_machine(None),
+        ready: None,
     }
 }

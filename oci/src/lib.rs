@@ -43,8 +43,8 @@ pub use hashing::Sha256;
 pub use layer::{apply_layer, write_rootfs_diff};
 pub use layout::{CONFIG_FILE, RESTORE_FROM_ANNOTATION, ROOTFS_DIFF_FILE, validate_id};
 pub use manifest::{
-    CheckpointManifest, ContainerInfo, FileEntry, HostInfo, MANIFEST_MEDIA_TYPE, MANIFEST_SCHEMA_VERSION, RootfsInfo,
-    Timings,
+    CheckpointManifest, ContainerInfo, FileEntry, HostInfo, MANIFEST_MEDIA_TYPE, MANIFEST_SCHEMA_VERSION, ReadyInfo,
+    RootfsInfo, Timings, WarmUpInfo,
 };
 pub use staging::{CommitInfo, PendingFile, Staging, WrittenFile};
 pub use store::{CheckpointStore, DEFAULT_STORE_ROOT};

@@ -30,6 +30,10 @@ pub struct CheckpointManifest {
     pub leave_running: bool,
     pub rootfs: Option<RootfsInfo>,
     pub timings: Timings,
+    /// Why a ready point was taken when it was; absent in other checkpoints
+    /// (and in those of versions before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready: Option<ReadyInfo>,
     /// Every file but manifest.json, sorted by path.
     pub files: Vec<FileEntry>,
 }
@@ -71,6 +75,34 @@ pub struct Timings {
     pub frozen_ms: Option<f64>,
     pub dump_ms: Option<f64>,
     pub persist_ms: Option<f64>,
+}
+
+/// What made a ready point (a checkpoint taken when the app became ready)
+/// be taken, so that whoever restores it can tell what state it holds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReadyInfo {
+    /// The condition that fired, as its annotation writes it:
+    /// "http:8080/healthz", "tcp:5432", "exec:pg_isready", "notify".
+    pub condition: String,
+    /// From the container's start to the condition's firing.
+    pub after_ms: f64,
+    /// Probe attempts made, the successful ones among them; none for
+    /// "notify", where the app said so itself.
+    pub attempts: u64,
+    /// The last failed attempt's reason, if any attempt failed.
+    pub last_failure: Option<String>,
+    /// The requests made once ready and before the dump, if any.
+    pub warm_up: Option<WarmUpInfo>,
+}
+
+/// Requests of the probe's path made once the app was ready, so that the
+/// code serving them ran before the checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WarmUpInfo {
+    pub requests: u64,
+    pub ms: f64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -118,6 +150,7 @@ mod tests {
             leave_running: true,
             rootfs: Some(RootfsInfo { lower_dirs: vec!["/s/12/fs".into()] }),
             timings: Timings { frozen_ms: Some(812.5), dump_ms: None, persist_ms: None },
+            ready: None,
             files: vec![FileEntry {
                 path: "criu/pages-1.img".into(),
                 size: 4096,
@@ -140,6 +173,25 @@ mod tests {
         assert_eq!(json["memoryBytes"], 4096);
         assert_eq!(json["leaveRunning"], true);
         assert_eq!(json["files"][0]["sha256"].as_str().unwrap().len(), 64);
+        assert!(json.get("ready").is_none(), "only ready points record a condition");
+        assert_eq!(serde_json::from_value::<CheckpointManifest>(json).unwrap(), m);
+    }
+
+    #[test]
+    fn a_ready_point_records_what_fired() {
+        let mut m = sample();
+        m.ready = Some(ReadyInfo {
+            condition: "http:8080/healthz".into(),
+            after_ms: 2150.5,
+            attempts: 43,
+            last_failure: Some("GET /healthz answered 503".into()),
+            warm_up: Some(WarmUpInfo { requests: 20, ms: 310.0 }),
+        });
+        let json = serde_json::to_value(&m).unwrap();
+        assert_eq!(json["ready"]["condition"], "http:8080/healthz");
+        assert_eq!(json["ready"]["afterMs"], 2150.5);
+        assert_eq!(json["ready"]["lastFailure"], "GET /healthz answered 503");
+        assert_eq!(json["ready"]["warmUp"]["requests"], 20);
         assert_eq!(serde_json::from_value::<CheckpointManifest>(json).unwrap(), m);
     }
 

@@ -22,7 +22,7 @@ use crate::{
     layout::{self, is_memory_image, validate_id},
     manifest::{
         CheckpointManifest, ContainerInfo, FileEntry, HostInfo, MANIFEST_MEDIA_TYPE, MANIFEST_SCHEMA_VERSION,
-        RootfsInfo, Timings,
+        ReadyInfo, RootfsInfo, Timings,
     },
     parallel, tree,
 };
@@ -42,6 +42,8 @@ pub struct CommitInfo {
     pub timings: Timings,
     /// The machine that made the images.
     pub host: HostInfo,
+    /// For a ready point, what made it be taken.
+    pub ready: Option<ReadyInfo>,
 }
 
 /// A checkpoint under construction. Dropping it without [`Staging::commit`]
@@ -242,6 +244,7 @@ impl Staging {
             leave_running: info.leave_running,
             rootfs: info.rootfs,
             timings: info.timings,
+            ready: info.ready,
             files,
         };
         self.write_manifest(&manifest)?;

@@ -34,6 +34,7 @@ pub fn commit_info(parent: Option<&str>) -> CommitInfo {
         rootfs: None,
         timings: Timings { frozen_ms: Some(12.5), dump_ms: Some(40.0), persist_ms: None },
         host: crate::HostInfo::this_machine(Some("4.2.1".into())),
+        ready: None,
     }
 }
 

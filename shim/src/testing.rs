@@ -30,5 +30,6 @@ pub fn commit_info() -> migrate_oci::CommitInfo {
         rootfs: None,
         timings: migrate_oci::Timings::default(),
         host: migrate_oci::HostInfo::this_machine(None),
+        ready: None,
     }
 }

@@ -497,6 +497,9 @@ fn describe(cp: &Checkpoint, validity: &Validity) -> String {
             (None, None) => "not saved".into(),
         },
     );
+    if let Some(ready) = &m.ready {
+        line("Ready point", ready_point(ready));
+    }
     let verdict = match (&validity.problem, validity.checked) {
         (None, "sha256") => "yes (every file's size and sha256 match)".to_string(),
         (None, _) => "yes (every file present with its size; --verify checks sha256)".to_string(),
@@ -510,6 +513,25 @@ fn describe(cp: &Checkpoint, validity: &Validity) -> String {
     }
     out.push_str(&t.render());
     out
+}
+
+/// What made a ready point be taken, on one line: "http:8080/healthz
+/// after 2.15 s, 43 attempts (last failure: GET /healthz answered 503),
+/// warm-up 20 requests in 310 ms".
+fn ready_point(r: &migrate_oci::ReadyInfo) -> String {
+    let mut s = format!("{} after {}", r.condition, human_ms(Some(r.after_ms)));
+    match r.attempts {
+        0 => s.push_str(", signalled by the app"),
+        1 => s.push_str(", 1 attempt"),
+        n => s.push_str(&format!(", {n} attempts")),
+    }
+    if let Some(failure) = &r.last_failure {
+        s.push_str(&format!(" (last failure: {failure})"));
+    }
+    if let Some(w) = &r.warm_up {
+        s.push_str(&format!(", warm-up {} requests in {}", w.requests, human_ms(Some(w.ms))));
+    }
+    s
 }
 
 fn layers(n: usize) -> String {

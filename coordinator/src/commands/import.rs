@@ -133,6 +133,9 @@ pub async fn import(g: &Global, a: ImportArgs) -> Result<ExitCode> {
         // The images were made by whichever CRIU runc.v2 ran, which the
         // image does not say: none is recorded rather than this host's.
         host: HostInfo::this_machine(None),
+        // A checkpoint of runc.v2 or Podman was taken on request, never at
+        // a ready point of this runtime's.
+        ready: None,
     };
     let checkpoint = blocking(move || {
         let mut staging = staging;
