@@ -21,7 +21,9 @@ pub struct BadAnnotation {
 }
 
 /// Checkpoint once the container is ready: "tcp:PORT" (it listens on
-/// PORT) or "http:PORT/PATH" (a GET of PATH answers 2xx or 3xx).
+/// PORT), "http:PORT/PATH" (a GET of PATH answers 2xx or 3xx),
+/// "exec:COMMAND" (COMMAND run in the container exits 0) or "notify" (the
+/// app sends READY=1 to $NOTIFY_SOCKET, systemd's notify protocol).
 pub const CHECKPOINT_WHEN_READY: &str = "io.containerd.migrate.checkpoint-when-ready";
 /// Start the container by restoring this checkpoint: "file:///abs/path/to/checkpoint-dir".
 pub use migrate_oci::RESTORE_FROM_ANNOTATION as RESTORE_FROM;
@@ -39,6 +41,10 @@ pub const READY_TIMEOUT: &str = "io.containerd.migrate.checkpoint-when-ready.tim
 pub const READY_SUCCESS_THRESHOLD: &str = "io.containerd.migrate.checkpoint-when-ready.success-threshold";
 /// ... and how long after the start the probe gives up (no ready point).
 pub const READY_GIVE_UP: &str = "io.containerd.migrate.checkpoint-when-ready.give-up";
+/// With an http: probe, the requests of the probe's path made once the
+/// app is ready and before the dump, so that its clones answer their
+/// first request as fast as their second.
+pub const READY_WARM_UP: &str = "io.containerd.migrate.checkpoint-when-ready.warm-up";
 
 /// The checkpoint ticker: a leave-running checkpoint every interval ("30s",
 /// "2m", "1h30m"), stored as a version.
@@ -68,21 +74,49 @@ pub enum ReadyProbe {
     /// A GET of `path` on 127.0.0.1:`port`, in the container's network
     /// namespace, answers 2xx or 3xx (kubelet's httpGet).
     Http { port: u16, path: String },
+    /// This command, run in the container as `ctr task exec` runs one
+    /// (the spec's user, environment and working directory), exits 0
+    /// (kubelet's exec). Never empty.
+    Exec { argv: Vec<String> },
+    /// The app says so itself: READY=1 on the socket named by the
+    /// NOTIFY_SOCKET variable the shim gives it (sd_notify(3)).
+    Notify,
 }
 
-/// As the annotation writes it, for the log.
+/// As the annotation writes it, for the log and the manifest.
 impl std::fmt::Display for ReadyProbe {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ReadyProbe::Tcp { port } => write!(f, "tcp:{port}"),
             ReadyProbe::Http { port, path } => write!(f, "http:{port}{path}"),
+            ReadyProbe::Exec { argv } if argv.iter().any(|a| a.is_empty() || a.contains(char::is_whitespace)) => {
+                write!(f, "exec:{}", serde_json::to_string(argv).map_err(|_| std::fmt::Error)?)
+            }
+            ReadyProbe::Exec { argv } => write!(f, "exec:{}", argv.join(" ")),
+            ReadyProbe::Notify => f.write_str("notify"),
         }
     }
 }
 
 pub fn ready_probe(value: &str) -> Result<ReadyProbe> {
-    const EXPECTED: &str = "tcp:PORT or http:PORT/PATH with PORT in 1-65535 and PATH (optional, default /) of printable ASCII without spaces";
+    const EXPECTED: &str = "tcp:PORT, http:PORT/PATH (PORT in 1-65535, PATH optional, default /, printable ASCII \
+                            without spaces), exec:COMMAND ARGS (split at spaces; a JSON array of strings for \
+                            arguments with spaces) or notify";
     let err = || bad(CHECKPOINT_WHEN_READY, value, EXPECTED);
+    if value == "notify" {
+        return Ok(ReadyProbe::Notify);
+    }
+    if let Some(command) = value.strip_prefix("exec:") {
+        let argv: Vec<String> = if command.trim_start().starts_with('[') {
+            serde_json::from_str(command).map_err(|_| err())?
+        } else {
+            command.split_whitespace().map(str::to_owned).collect()
+        };
+        if argv.first().is_none_or(String::is_empty) {
+            return Err(err());
+        }
+        return Ok(ReadyProbe::Exec { argv });
+    }
     if let Some(port) = value.strip_prefix("tcp:") {
         return Ok(ReadyProbe::Tcp { port: port_number(port).ok_or_else(err)? });
     }
@@ -158,6 +192,15 @@ fn duration(value: &str) -> Option<Duration> {
     Some(total)
 }
 
+/// A count of zero or more, for [`READY_WARM_UP`].
+pub fn count_or_zero(name: &'static str, value: &str) -> Result<u64> {
+    value
+        .parse::<u64>()
+        .ok()
+        .filter(|_| value.bytes().all(|b| b.is_ascii_digit()))
+        .ok_or_else(|| bad(name, value, "a whole number such as 0, 5 or 100"))
+}
+
 /// A count of at least one, for [`VERSION_GROUP`], [`KEEP_GROUPS`] and
 /// [`READY_SUCCESS_THRESHOLD`].
 pub fn count(name: &'static str, value: &str) -> Result<u64> {
@@ -217,9 +260,19 @@ mod tests {
         assert_eq!(ready_probe("http:80").unwrap(), http(80, "/"));
         assert_eq!(ready_probe("http:80/").unwrap(), http(80, "/"));
         assert_eq!(ready_probe("http:80/a/b?x=1").unwrap(), http(80, "/a/b?x=1"));
-        for written in ["tcp:8080", "http:80/", "http:8080/healthz"] {
+        let exec = |argv: &[&str]| ReadyProbe::Exec { argv: argv.iter().map(|a| a.to_string()).collect() };
+        assert_eq!(ready_probe("exec:cat /tmp/ready").unwrap(), exec(&["cat", "/tmp/ready"]));
+        assert_eq!(ready_probe("exec:  redis-cli   ping ").unwrap(), exec(&["redis-cli", "ping"]));
+        assert_eq!(
+            ready_probe(r#"exec:["sh", "-c", "test -f /ready"]"#).unwrap(),
+            exec(&["sh", "-c", "test -f /ready"])
+        );
+        assert_eq!(ready_probe("notify").unwrap(), ReadyProbe::Notify);
+        for written in ["tcp:8080", "http:80/", "http:8080/healthz", "exec:cat /tmp/ready", "notify"] {
             assert_eq!(ready_probe(written).unwrap().to_string(), written);
         }
+        let written = r#"exec:["sh","-c","test -f /ready"]"#;
+        assert_eq!(ready_probe(written).unwrap().to_string(), written);
         for bad in [
             "tcp:abc",
             "tcp:0",
@@ -236,12 +289,20 @@ mod tests {
             "http:80/a\r\n",
             "https:443/",
             "tcp:80/x",
+            "exec:",
+            "exec:   ",
+            "exec:[]",
+            r#"exec:[""]"#,
+            "exec:[1, 2]",
+            r#"exec:["sh", "-c""#,
+            "notify:1",
+            "NOTIFY",
         ] {
             assert!(ready_probe(bad).is_err(), "{bad}");
         }
         assert_eq!(
             ready_probe("http:abc/x").unwrap_err().to_string(),
-            r#"io.containerd.migrate.checkpoint-when-ready="http:abc/x" is not valid: expected tcp:PORT or http:PORT/PATH with PORT in 1-65535 and PATH (optional, default /) of printable ASCII without spaces"#
+            r#"io.containerd.migrate.checkpoint-when-ready="http:abc/x" is not valid: expected tcp:PORT, http:PORT/PATH (PORT in 1-65535, PATH optional, default /, printable ASCII without spaces), exec:COMMAND ARGS (split at spaces; a JSON array of strings for arguments with spaces) or notify"#
         );
     }
 

@@ -204,7 +204,15 @@ fn store_target(m: MigrateOptions, store: PathBuf) -> Result<Memory> {
             }
         },
     };
-    Ok(Memory::Store(StoreTarget { store, id, image: m.image, route, rootfs_diff: true, existing: Existing::Refuse }))
+    Ok(Memory::Store(StoreTarget {
+        store,
+        id,
+        image: m.image,
+        route,
+        rootfs_diff: true,
+        existing: Existing::Refuse,
+        ready: None,
+    }))
 }
 
 fn set_path(target: &mut PathBuf, value: &str) {
@@ -341,6 +349,7 @@ mod tests {
                 route: Route::Direct,
                 rootfs_diff: true,
                 existing: Existing::Refuse,
+                ready: None,
             })
         );
         let staged = br#"{"store":"/var/lib/cp","id":"web-1","staging":"/dev/shm/s"}"#;

@@ -162,14 +162,14 @@ impl Task for TaskService {
                     s.publish_exits(container.process_exited(None, status)).await;
                 }
                 container.start_ticker();
-                if let Some(plan) = container.take_ready_plan() {
+                if let Some(armed) = container.take_ready_plan() {
                     if restored {
                         // A clone of a ready-point checkpoint inherits its
                         // annotation; it is ready already and must not
                         // replace the checkpoint it came from.
                         info!("{}: restored, so no ready-point checkpoint is taken", req.id);
                     } else {
-                        tokio::spawn(ready::checkpoint_when_ready(container.clone(), plan, s.events.clone()));
+                        tokio::spawn(ready::checkpoint_when_ready(container.clone(), armed, s.events.clone()));
                     }
                 }
                 pid

@@ -39,7 +39,7 @@ pub struct Capture {
 }
 
 /// Where the images, the memory images above all, go.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Memory {
     /// CRIU's usual image directory, the caller's (`ctr task checkpoint
     /// --image-path`). On disk, while the container stays frozen after the
@@ -57,7 +57,7 @@ pub enum Memory {
 }
 
 /// A checkpoint of a store to write, and how its images get there.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct StoreTarget {
     pub store: PathBuf,
     pub id: String,
@@ -70,6 +70,8 @@ pub struct StoreTarget {
     /// pre-dump, only memory for later dumps to build on, never does.
     pub rootfs_diff: bool,
     pub existing: Existing,
+    /// For a ready point, what made the shim take it, recorded in the manifest.
+    pub ready: Option<migrate_oci::ReadyInfo>,
 }
 
 /// How the images reach the store.
@@ -196,6 +198,7 @@ pub fn own(container: &Container, store: &Path, id: &str, increment: Increment) 
         route: Route::Ram { root: ram_root() },
         rootfs_diff: true,
         existing: Existing::Replace,
+        ready: None,
     };
     (request, target)
 }

@@ -103,6 +103,7 @@ pub(super) async fn capture(container: &Container, request: &Capture, target: &S
             persist_ms: None,
         },
         host,
+        ready: target.ready.clone(),
     };
     let persist = Persist {
         store,

@@ -8,7 +8,7 @@
 
 use std::{
     collections::HashMap,
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::{Arc, Mutex},
     time::Instant,
 };
@@ -42,7 +42,7 @@ use crate::{
     exits::{Exits, ProcessKey},
     oom,
     process::{ExecState, Exit, InitState, Launch, Lifecycle, Process},
-    ready::ReadyPlan,
+    ready,
     restore_source::{Prepared, RestoreSource},
     rootfs::{MountedRootfs, Overlay},
     runc::{self, ExecOptions, Runc},
@@ -76,7 +76,7 @@ pub struct Container {
     /// What a restore from a checkpoint still has to check.
     pending_memory: Mutex<Option<PendingMemory>>,
     /// The ready-point checkpoint still to take, if the spec asks for one.
-    ready: Mutex<Option<ReadyPlan>>,
+    ready: Mutex<Option<ready::Armed>>,
     /// The checkpoint ticker the spec asks for, and the running one.
     ticker_plan: Option<TickerPlan>,
     ticker: Mutex<Option<Ticker>>,
@@ -94,12 +94,9 @@ impl Container {
             return Err(Error::InvalidArgument("a task needs an id".into()));
         }
         let bundle = PathBuf::from(&req.bundle);
-        let annotations = read_spec(&bundle)
-            .await
-            .map_err(Error::shim(format!("read the OCI spec in {}", bundle.display())))?
-            .annotations()
-            .clone()
-            .unwrap_or_default();
+        let spec =
+            read_spec(&bundle).await.map_err(Error::shim(format!("read the OCI spec in {}", bundle.display())))?;
+        let annotations = spec.annotations().clone().unwrap_or_default();
         let plan = Plan::from_annotations(&annotations)?;
         let overlay = Overlay::of(&req.rootfs);
         // A checkpoint named by the request must be usable; one named by the
@@ -160,6 +157,16 @@ impl Container {
                 checking.elapsed()
             );
         }
+        let ready = match plan.ready {
+            Some(plan) => {
+                let root = match &rootfs {
+                    Some(mounted) => mounted.path().to_owned(),
+                    None => bundle.join(spec.root().as_ref().map_or(Path::new("rootfs"), |r| r.path().as_path())),
+                };
+                Some(ready::arm(plan, &bundle, &root, restore_from.is_some()).await?)
+            }
+            None => None,
+        };
         let mut pending_memory = None;
         let (state, io) = match restore_from {
             // Nothing runs until start restores it: that is when runc needs
@@ -198,7 +205,7 @@ impl Container {
             rootfs: Mutex::new(rootfs),
             overlay,
             pending_memory: Mutex::new(pending_memory),
-            ready: Mutex::new(plan.ready),
+            ready: Mutex::new(ready),
             ticker_plan: plan.ticker,
             ticker: Mutex::new(None),
         })
@@ -221,7 +228,7 @@ impl Container {
     }
 
     /// The ready-point checkpoint to take, handed out once.
-    pub fn take_ready_plan(&self) -> Option<ReadyPlan> {
+    pub fn take_ready_plan(&self) -> Option<ready::Armed> {
         self.ready.lock().unwrap().take()
     }
 

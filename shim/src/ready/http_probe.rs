@@ -2,9 +2,11 @@
 //! 127.0.0.1, ready at a 2xx or 3xx status. Made from the watch's thread,
 //! inside the container's network namespace (see `watch`).
 //!
-//! Only the status line is read, and the request says `Connection: close`;
-//! the stream is dropped before the check returns, so no connection of the
-//! probe's is open when the checkpoint is dumped and no clone inherits one.
+//! The request says `Connection: close` and the answer is read to its end
+//! (as far as [`MAX_ANSWER`]), so the app serves all of it, which is what a
+//! warm-up is for, and closes its end of the connection; the probe's end is
+//! closed before the check returns. The watch then waits for the app's end
+//! to go too, so that no clone inherits a connection of the probe's.
 
 use std::{
     io::{BufRead, BufReader, Read, Write},
@@ -14,6 +16,9 @@ use std::{
 
 /// A status line longer than this is no HTTP server's.
 const MAX_STATUS_LINE: u64 = 1024;
+/// Read of an answer, its status line and headers included; the rest, if
+/// any, is left unread (the connection is then reset rather than closed).
+const MAX_ANSWER: u64 = 1 << 20;
 
 /// GETs `path` on 127.0.0.1:`port` within `timeout` (for the connect and
 /// for each read and write). Ok(()) at 2xx or 3xx; otherwise what went
@@ -29,11 +34,17 @@ pub fn get(port: u16, path: &str, timeout: Duration) -> Result<(), String> {
         "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUser-Agent: containerd-migrate-ready-probe\r\nAccept: */*\r\nConnection: close\r\n\r\n"
     );
     stream.write_all(request.as_bytes()).map_err(|e| format!("send the request: {e}"))?;
+    let mut reader = BufReader::new((&stream).take(MAX_ANSWER));
     let mut line = String::new();
-    BufReader::new((&stream).take(MAX_STATUS_LINE))
-        .read_line(&mut line)
-        .map_err(|e| format!("read the status line: {e}"))?;
-    match status(&line) {
+    (&mut reader).take(MAX_STATUS_LINE).read_line(&mut line).map_err(|e| format!("read the status line: {e}"))?;
+    let status = status(&line);
+    if status.is_some() {
+        // The status decides, as for kubelet; an app that keeps the
+        // connection open after its answer, despite `Connection: close`,
+        // ends this read at the timeout.
+        let _ = std::io::copy(&mut reader, &mut std::io::sink());
+    }
+    match status {
         Some(200..=399) => Ok(()),
         Some(code) => Err(format!("GET {path} answered {code}")),
         None => Err(format!("GET {path} answered no HTTP status line: {:?}", line.trim_end())),

@@ -1,22 +1,31 @@
 //! Ready-point checkpoints (seed 003, issue 13): the shim probes the
-//! container as a Kubernetes readiness probe would and, the moment it is
-//! ready, checkpoints it, leaving it running. Nothing is asked of the
-//! application.
+//! container as a Kubernetes readiness probe would, or hears from the app
+//! itself, and the moment it is ready checkpoints it, leaving it running.
 //!
 //! A `tcp:` probe asks the kernel whether the app listens (sock_diag, in
-//! the container's network namespace: see `listen_probe`); no event exists
+//! the container's network namespace: see `tcp_diag`); no event exists
 //! for "a socket started listening", so it asks at a short period. An
 //! `http:` probe GETs a path (`http_probe`), for servers that bind their
-//! port before they are ready. `watch` runs either until it succeeds, the
-//! container stops, or it gives up.
+//! port before they are ready, and can warm the path up before the dump.
+//! An `exec:` probe runs a command in the container (`exec_probe`).
+//! `watch` runs any of them until it succeeds, the container stops, or it
+//! gives up. `notify` needs no probe: the app sends READY=1 (`notify`).
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use containerd_shim::protos::events::task::TaskCheckpointed;
 use log::{info, warn};
+use migrate_oci::{ReadyInfo, WarmUpInfo};
 
+mod exec_probe;
 mod http_probe;
-mod listen_probe;
+mod notify;
+mod tcp_diag;
 mod watch;
 
 use crate::{
@@ -29,6 +38,8 @@ use crate::{
     process::InitState,
     runc::{self, NetworkLock},
 };
+use notify::NotifySocket;
+use watch::{Fired, Outcome};
 
 /// A tcp attempt is one small netlink dump, asked of the kernel: short
 /// enough that the checkpoint is taken right when the app listens, long
@@ -39,25 +50,87 @@ const TCP_PERIOD: Duration = Duration::from_millis(5);
 /// to 20 requests a second, at the price of at most 50 ms between the app
 /// becoming ready and its ready point.
 const HTTP_PERIOD: Duration = Duration::from_millis(50);
+/// A `runc exec` costs tens of milliseconds of both cores here (runc's
+/// start, joining the namespaces, the command itself): at 100 ms the
+/// probe would take a share of the start it waits for. Four a second keeps
+/// that small, at the price of at most 250 ms after the app is ready.
+const EXEC_PERIOD: Duration = Duration::from_millis(250);
 /// Kubernetes' default timeout of one attempt.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
 /// An app not ready after five minutes is stuck, not slow.
 const DEFAULT_GIVE_UP: Duration = Duration::from_secs(300);
 
-/// Waits until the container is ready as the plan's probe says, then
-/// checkpoints it into the store as `<container id>-ready`, replacing an
-/// older one. Ends quietly if the container stops first, and with a
-/// warning if the probe gives up.
-pub async fn checkpoint_when_ready(container: Arc<Container>, plan: ReadyPlan, events: Events) {
+/// A ready plan with what its container's creation prepared for it.
+#[derive(Debug)]
+pub struct Armed {
+    plan: ReadyPlan,
+    /// The socket a `notify` app sends READY=1 to.
+    notify: Option<NotifySocket>,
+}
+
+/// Prepares `plan` for the container being created in `bundle`: for
+/// `notify`, binds the socket in `rootfs` (the container's root as the
+/// shim sees it) and names it in the spec's environment, before runc reads
+/// the spec. A container restored from a checkpoint takes no ready point,
+/// so nothing is prepared for it.
+pub async fn arm(plan: ReadyPlan, bundle: &Path, rootfs: &Path, restoring: bool) -> Result<Armed> {
+    let notify =
+        match plan.probe {
+            ReadyProbe::Notify if !restoring => {
+                let (bundle, rootfs) = (bundle.to_owned(), rootfs.to_owned());
+                let bound = tokio::task::spawn_blocking(move || -> std::io::Result<NotifySocket> {
+                    let socket = NotifySocket::bind(&rootfs)?;
+                    notify::name_in_spec(&bundle)?;
+                    Ok(socket)
+                })
+                .await
+                .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+                Some(bound.map_err(Error::io(
+                    "bind the notify socket in the container's root and name it in NOTIFY_SOCKET",
+                ))?)
+            }
+            _ => None,
+        };
+    Ok(Armed { plan, notify })
+}
+
+/// Waits until the container is ready as the plan says, then checkpoints
+/// it into the store as `<container id>-ready`, replacing an older one.
+/// Ends quietly if the container stops first, and with a warning if the
+/// probe gives up.
+pub async fn checkpoint_when_ready(container: Arc<Container>, armed: Armed, events: Events) {
+    let start = Instant::now();
+    let Armed { plan, notify } = armed;
     let pid = match container.init.state() {
         InitState::Running { pid } | InitState::Paused { pid } => pid,
         InitState::Created { .. } | InitState::CreatedFromCheckpoint { .. } | InitState::Stopped { .. } => return,
     };
     let probe = plan.probe.to_string();
-    match watch::wait(pid, plan.probe.clone(), plan.settings.clone()).await {
-        Ok(watch::Outcome::Ready) => {}
-        Ok(watch::Outcome::Stopped) => return,
-        Ok(watch::Outcome::GaveUp { last_failure }) => {
+    let outcome = match notify {
+        Some(socket) => {
+            let give_up = plan.settings.give_up;
+            // The socket's file goes with it, before the dump.
+            tokio::task::spawn_blocking(move || socket.wait(pid, start, give_up))
+                .await
+                .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+        }
+        None => {
+            let exec = match &plan.probe {
+                ReadyProbe::Exec { argv } => Some(exec_probe::ExecProbe {
+                    runc: container.runc().clone(),
+                    id: container.id.clone(),
+                    argv: argv.clone(),
+                    pid_file: container.bundle.join("ready-probe.pid"),
+                }),
+                _ => None,
+            };
+            watch::wait(pid, start, plan.probe.clone(), plan.settings.clone(), exec).await
+        }
+    };
+    let fired = match outcome {
+        Ok(Outcome::Ready(fired)) => fired,
+        Ok(Outcome::Stopped) => return,
+        Ok(Outcome::GaveUp { last_failure }) => {
             warn!(
                 "{}: probe {probe} did not succeed within {:?}, no ready-point checkpoint, the container runs on; \
                  last failure: {last_failure}",
@@ -69,9 +142,10 @@ pub async fn checkpoint_when_ready(container: Arc<Container>, plan: ReadyPlan, e
             warn!("{}: cannot run probe {probe}, no ready-point checkpoint: {e}", container.id);
             return;
         }
-    }
+    };
     let id = format!("{}-ready", container.id);
-    match checkpoint_for_new_containers(&container, &plan.store, &id).await {
+    let record = record(&probe, fired);
+    match checkpoint_for_new_containers(&container, &plan.store, &id, record).await {
         Ok(dir) => {
             info!("{}: probe {probe} succeeded; ready-point checkpoint {}", container.id, dir.display());
             events
@@ -86,8 +160,20 @@ pub async fn checkpoint_when_ready(container: Arc<Container>, plan: ReadyPlan, e
     }
 }
 
+/// What the manifest says of the condition that fired.
+fn record(condition: &str, fired: Fired) -> ReadyInfo {
+    let ms = |d: Duration| (d.as_secs_f64() * 1e6).round() / 1e3;
+    ReadyInfo {
+        condition: condition.to_owned(),
+        after_ms: ms(fired.after),
+        attempts: fired.attempts,
+        last_failure: fired.last_failure,
+        warm_up: fired.warm_up.map(|(requests, took)| WarmUpInfo { requests, ms: ms(took) }),
+    }
+}
+
 /// A leave-running checkpoint for new containers to start from, taken the
-/// moment the app listens, before it has served anyone, and restored as
+/// moment the app is ready, before it has served anyone, and restored as
 /// containers with network identities of their own. Nothing connected to
 /// the source could carry on with a restored copy (and CRIU refuses to
 /// dump established connections unless told to keep them), so the network
@@ -96,11 +182,13 @@ pub async fn checkpoint_when_ready(container: Arc<Container>, plan: ReadyPlan, e
 /// costs about 20 ms here, on the path of each start.
 async fn checkpoint_for_new_containers(
     container: &Container,
-    store: &std::path::Path,
+    store: &Path,
     id: &str,
-) -> Result<std::path::PathBuf> {
-    let (mut request, target) = capture::own(container, store, id, Increment::Full);
+    ready: ReadyInfo,
+) -> Result<PathBuf> {
+    let (mut request, mut target) = capture::own(container, store, id, Increment::Full);
     request.network_lock = runc::network_lock_skip().await.then_some(NetworkLock::Skip);
+    target.ready = Some(ready);
     let checkpoint = capture::into_store(container, &request, &target).await?;
     let dir = checkpoint.dir().to_path_buf();
     // Its clones will be restored from it on this host, many times over:
@@ -129,15 +217,27 @@ pub struct ProbeSettings {
     pub success_threshold: u64,
     /// From the container's start; no ready point after it.
     pub give_up: Duration,
+    /// Requests of an http: probe's path once it succeeded, before the dump.
+    pub warm_up: u64,
 }
 
 /// The probe settings' annotations, all of which need a probe.
-const SETTINGS: [&str; 5] = [
+const SETTINGS: [&str; 6] = [
     annotations::READY_PERIOD,
     annotations::READY_INITIAL_DELAY,
     annotations::READY_TIMEOUT,
     annotations::READY_SUCCESS_THRESHOLD,
     annotations::READY_GIVE_UP,
+    annotations::READY_WARM_UP,
+];
+
+/// The settings of attempts, which the app's own signal makes none of.
+const ATTEMPT_SETTINGS: [&str; 5] = [
+    annotations::READY_PERIOD,
+    annotations::READY_INITIAL_DELAY,
+    annotations::READY_TIMEOUT,
+    annotations::READY_SUCCESS_THRESHOLD,
+    annotations::READY_WARM_UP,
 ];
 
 impl ProbeSettings {
@@ -155,16 +255,29 @@ impl ProbeSettings {
     }
 
     /// The `…checkpoint-when-ready.*` settings, with defaults for `probe`.
-    pub fn from_annotations(
-        annotations: &HashMap<String, String>,
-        probe: &ReadyProbe,
-    ) -> annotations::Result<ProbeSettings> {
+    /// Settings the probe has no use for are refused, not ignored.
+    pub fn from_annotations(annotations: &HashMap<String, String>, probe: &ReadyProbe) -> Result<ProbeSettings> {
+        let unused = |names: &[&'static str], why: &str| match names.iter().find(|n| annotations.contains_key(**n)) {
+            None => Ok(()),
+            Some(name) => Err(Error::InvalidArgument(format!(
+                "{name} is set but the probe {probe} {why}: remove {name}{}",
+                if *name == annotations::READY_WARM_UP { " or use an http: probe" } else { "" }
+            ))),
+        };
+        match probe {
+            ReadyProbe::Notify => unused(&ATTEMPT_SETTINGS, "makes no attempts, the app says when it is ready")?,
+            ReadyProbe::Tcp { .. } | ReadyProbe::Exec { .. } => {
+                unused(&[annotations::READY_WARM_UP], "has no request to warm up with")?
+            }
+            ReadyProbe::Http { .. } => {}
+        }
         let duration = |name, zero_allowed, default| {
             annotations.get(name).map_or(Ok(default), |v| annotations::probe_duration(name, v, zero_allowed))
         };
         let default_period = match probe {
-            ReadyProbe::Tcp { .. } => TCP_PERIOD,
+            ReadyProbe::Tcp { .. } | ReadyProbe::Notify => TCP_PERIOD,
             ReadyProbe::Http { .. } => HTTP_PERIOD,
+            ReadyProbe::Exec { .. } => EXEC_PERIOD,
         };
         Ok(ProbeSettings {
             period: duration(annotations::READY_PERIOD, false, default_period)?,
@@ -174,6 +287,9 @@ impl ProbeSettings {
                 .get(annotations::READY_SUCCESS_THRESHOLD)
                 .map_or(Ok(1), |v| annotations::count(annotations::READY_SUCCESS_THRESHOLD, v))?,
             give_up: duration(annotations::READY_GIVE_UP, false, DEFAULT_GIVE_UP)?,
+            warm_up: annotations
+                .get(annotations::READY_WARM_UP)
+                .map_or(Ok(0), |v| annotations::count_or_zero(annotations::READY_WARM_UP, v))?,
         })
     }
 }
@@ -197,10 +313,41 @@ mod tests {
                 timeout: Duration::from_secs(1),
                 success_threshold: 1,
                 give_up: Duration::from_secs(300),
+                warm_up: 0,
             }
         );
         let http = ReadyProbe::Http { port: 80, path: "/".into() };
         assert_eq!(ProbeSettings::from_annotations(&HashMap::new(), &http).unwrap().period, HTTP_PERIOD);
+        let exec = ReadyProbe::Exec { argv: vec!["true".into()] };
+        assert_eq!(ProbeSettings::from_annotations(&HashMap::new(), &exec).unwrap().period, EXEC_PERIOD);
+    }
+
+    #[test]
+    fn settings_the_probe_has_no_use_for_are_refused() {
+        let warm = annotations(&[(annotations::READY_WARM_UP, "10")]);
+        let http = ReadyProbe::Http { port: 80, path: "/".into() };
+        assert_eq!(ProbeSettings::from_annotations(&warm, &http).unwrap().warm_up, 10);
+        let err = ProbeSettings::from_annotations(&warm, &ReadyProbe::Tcp { port: 80 }).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "invalid argument: io.containerd.migrate.checkpoint-when-ready.warm-up is set but the probe tcp:80 has \
+             no request to warm up with: remove io.containerd.migrate.checkpoint-when-ready.warm-up or use an http: probe"
+        );
+        let period = annotations(&[(annotations::READY_PERIOD, "1s")]);
+        let err = ProbeSettings::from_annotations(&period, &ReadyProbe::Notify).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "invalid argument: io.containerd.migrate.checkpoint-when-ready.period is set but the probe notify makes no \
+             attempts, the app says when it is ready: remove io.containerd.migrate.checkpoint-when-ready.period"
+        );
+        let give_up = annotations(&[(annotations::READY_GIVE_UP, "1m")]);
+        assert_eq!(
+            ProbeSettings::from_annotations(&give_up, &ReadyProbe::Notify).unwrap().give_up,
+            Duration::from_secs(60)
+        );
+        let bad = annotations(&[(annotations::READY_WARM_UP, "-1")]);
+        let err = ProbeSettings::from_annotations(&bad, &http).unwrap_err().to_string();
+        assert!(err.contains(r#"warm-up="-1" is not valid: expected a whole number"#), "{err}");
     }
 
     #[test]
@@ -236,6 +383,7 @@ mod tests {
                 timeout: Duration::from_millis(250),
                 success_threshold: 3,
                 give_up: Duration::from_secs(60),
+                warm_up: 0,
             }
         );
         let bad = annotations(&[(annotations::READY_SUCCESS_THRESHOLD, "0")]);

@@ -1,39 +1,57 @@
-//! Whether anything in a container listens on a TCP port, asked of the
-//! kernel with sock_diag (NETLINK_SOCK_DIAG).
+//! A container's TCP sockets on a port, asked of the kernel with
+//! sock_diag (NETLINK_SOCK_DIAG): whether anything listens (the tcp:
+//! probe), and whether the app still holds a connection (the probe's own,
+//! which must be closed before the dump).
 //!
 //! Reading /proc/PID/net/tcp instead scans every socket of the host's TCP
-//! hash table, milliseconds per read; a sock_diag dump limited to the
-//! LISTEN state walks only the listening sockets of the container's own
-//! network namespace. The probe runs on the watch's thread, inside that
-//! namespace (see `watch`).
+//! hash table, milliseconds per read; a sock_diag dump limited to a few
+//! states walks only those sockets of the container's own network
+//! namespace. It runs on the watch's thread, inside that namespace (see
+//! `watch`).
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
 const NLMSG_DONE: u16 = 3;
 const NLMSG_ERROR: u16 = 2;
+const TCP_ESTABLISHED: u32 = 1;
+const TCP_SYN_RECV: u32 = 3;
+const TCP_CLOSE_WAIT: u32 = 8;
 const TCP_LISTEN: u32 = 10;
+/// The states of a server's end of a connection while the server still has
+/// it: not yet accepted, open, or closed by the client only. Once the
+/// server closes it too, what is left belongs to the kernel alone, and
+/// CRIU, which dumps what the processes hold, never sees it.
+const HELD: u32 = (1 << TCP_SYN_RECV) | (1 << TCP_ESTABLISHED) | (1 << TCP_CLOSE_WAIT);
 /// struct nlmsghdr.
 const NLMSG_HDR: usize = 16;
 /// struct inet_diag_req_v2: family, protocol, ext, pad, states, sockid (48).
 const REQ_LEN: usize = 56;
 
-/// One listen check at a time on a netlink socket opened in the calling
+/// One question at a time on a netlink socket opened in the calling
 /// thread's network namespace (so opened after its setns).
-pub struct ListenProbe {
+pub struct TcpDiag {
     socket: OwnedFd,
-    pub port: u16,
 }
 
-impl ListenProbe {
-    pub fn new(port: u16) -> std::io::Result<ListenProbe> {
-        Ok(ListenProbe { socket: diag_socket()?, port })
+impl TcpDiag {
+    pub fn new() -> std::io::Result<TcpDiag> {
+        Ok(TcpDiag { socket: diag_socket()? })
     }
 
-    /// Whether anything listens on the port, over IPv4 or IPv6.
-    pub fn listening(&self) -> std::io::Result<bool> {
+    /// Whether anything listens on `port`, over IPv4 or IPv6.
+    pub fn listening(&self, port: u16) -> std::io::Result<bool> {
+        self.any(1 << TCP_LISTEN, port)
+    }
+
+    /// Whether a connection to `port` is still held by whoever serves it.
+    pub fn connection_held(&self, port: u16) -> std::io::Result<bool> {
+        self.any(HELD, port)
+    }
+
+    fn any(&self, states: u32, port: u16) -> std::io::Result<bool> {
         for family in [libc::AF_INET, libc::AF_INET6] {
-            if listens(&self.socket, family as u8, self.port)? {
+            if found(&self.socket, family as u8, states, port)? {
                 return Ok(true);
             }
         }
@@ -51,9 +69,10 @@ fn diag_socket() -> std::io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// Dumps the TCP sockets of `family` in LISTEN state and looks for `port`.
-fn listens(socket: &OwnedFd, family: u8, port: u16) -> std::io::Result<bool> {
-    let request = request(family);
+/// Dumps the TCP sockets of `family` in `states` (a bit per state) and
+/// looks for local port `port`.
+fn found(socket: &OwnedFd, family: u8, states: u32, port: u16) -> std::io::Result<bool> {
+    let request = request(family, states);
     // SAFETY: send(2) of a buffer we own, to the kernel (no address needed).
     if unsafe { libc::send(socket.as_raw_fd(), request.as_ptr().cast(), request.len(), 0) } < 0 {
         return Err(std::io::Error::last_os_error());
@@ -74,7 +93,7 @@ fn listens(socket: &OwnedFd, family: u8, port: u16) -> std::io::Result<bool> {
     }
 }
 
-fn request(family: u8) -> [u8; NLMSG_HDR + REQ_LEN] {
+fn request(family: u8, states: u32) -> [u8; NLMSG_HDR + REQ_LEN] {
     let mut m = [0u8; NLMSG_HDR + REQ_LEN];
     m[0..4].copy_from_slice(&((NLMSG_HDR + REQ_LEN) as u32).to_ne_bytes());
     m[4..6].copy_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
@@ -83,7 +102,7 @@ fn request(family: u8) -> [u8; NLMSG_HDR + REQ_LEN] {
     // inet_diag_req_v2 after the header; the socket id stays zero: all ports.
     m[16] = family;
     m[17] = libc::IPPROTO_TCP as u8;
-    m[20..24].copy_from_slice(&(1u32 << TCP_LISTEN).to_ne_bytes());
+    m[20..24].copy_from_slice(&states.to_ne_bytes());
     m
 }
 
@@ -133,12 +152,30 @@ mod tests {
     fn finds_a_real_listener_in_this_namespace() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
-        let socket = diag_socket().unwrap();
-        assert!(listens(&socket, libc::AF_INET as u8, port).unwrap());
+        let diag = TcpDiag::new().unwrap();
+        assert!(diag.listening(port).unwrap());
         // A connected socket on another port is no listener.
         let _client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
         drop(listener);
-        assert!(!listens(&socket, libc::AF_INET as u8, port).unwrap());
+        assert!(!diag.listening(port).unwrap());
+    }
+
+    #[test]
+    fn a_connection_is_held_until_the_server_closes_it() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let diag = TcpDiag::new().unwrap();
+        assert!(!diag.connection_held(port).unwrap());
+        // Not yet accepted, then accepted.
+        let client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        assert!(diag.connection_held(port).unwrap());
+        let (served, _) = listener.accept().unwrap();
+        assert!(diag.connection_held(port).unwrap());
+        // Closed by the client only: the server still holds it.
+        drop(client);
+        assert!(diag.connection_held(port).unwrap());
+        drop(served);
+        assert!(!diag.connection_held(port).unwrap());
     }
 
     #[test]

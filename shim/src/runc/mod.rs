@@ -156,6 +156,16 @@ impl Runc {
         self.exec_command("exec", args, stdio, None).await.map(drop)
     }
 
+    /// Runs `argv` in the container as `ctr task exec` would (the spec's
+    /// user, environment and working directory; no terminal) and waits for
+    /// it to exit: runc exits with its status, and fails with its output.
+    /// Its pid goes to `pid_file`, for whoever must kill it sooner.
+    pub async fn exec_wait(&self, id: &str, argv: &[String], pid_file: &Path) -> Result<(), Error> {
+        let mut args = vec![os("exec"), os("--pid-file"), pid_file.into(), id.into()];
+        args.extend(argv.iter().map(OsString::from));
+        self.exec_command("exec", args, Stdio3::Captured, None).await.map(drop)
+    }
+
     pub async fn kill(&self, id: &str, signal: u32, all: bool) -> Result<(), Error> {
         let mut args = vec![os("kill")];
         if all {
