@@ -303,6 +303,9 @@ migrate_only!(
     failed_checkpoint_leaves_container_running,
     ready_point_checkpoint_and_clones,
     ready_point_waits_for_http_readiness,
+    ready_point_waits_for_exec,
+    ready_point_warms_up,
+    ready_point_on_notify,
     ready_probe_gives_up,
     invalid_annotation_fails_creation,
 );
@@ -450,21 +453,54 @@ fn get_healthz(s: &Scenario, id: &str) -> (String, String) {
 /// Starts the late-ready server with `probe` and waits for its ready point,
 /// which is returned.
 fn late_ready_point(s: &Scenario, store: &Path, probe: &str) -> PathBuf {
+    late_ready_point_with(s, store, &[format!("{READY}={probe}")], LATE_READY_MS, &[])
+}
+
+/// Starts the late-ready server, ready `ready_after_ms` after it listens,
+/// with `server_args` and the ready point's `annotations`, and waits for
+/// its ready point, which is returned.
+fn late_ready_point_with(
+    s: &Scenario,
+    store: &Path,
+    annotations: &[String],
+    ready_after_ms: &str,
+    server_args: &[&str],
+) -> PathBuf {
     let origin = s.container();
-    let ready = format!("{READY}={probe}");
-    let store_annotation = format!("{STORE}=file://{}", store.display());
-    s.run_detached(
-        &origin,
-        &["--annotation", &ready, "--annotation", &store_annotation],
-        &[
-            "late-ready-server",
-            "--port",
-            LATE_PORT,
-            "--ready-after-ms",
-            LATE_READY_MS,
-        ],
-    );
+    let mut opts = vec![
+        "--annotation".to_string(),
+        format!("{STORE}=file://{}", store.display()),
+    ];
+    for a in annotations {
+        opts.extend(["--annotation".to_string(), a.clone()]);
+    }
+    let opts: Vec<&str> = opts.iter().map(String::as_str).collect();
+    let mut command = vec![
+        "late-ready-server",
+        "--port",
+        LATE_PORT,
+        "--ready-after-ms",
+        ready_after_ms,
+    ];
+    command.extend(server_args);
+    s.run_detached(&origin, &opts, &command);
     wait_ready_point(store, &origin.id)
+}
+
+/// What the ready point's manifest says made it be taken.
+fn ready_record(checkpoint: &Path) -> serde_json::Value {
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(checkpoint.join("manifest.json")).unwrap()).unwrap();
+    manifest["ready"].clone()
+}
+
+/// The request count `<n>` of a late-ready server's `200` answer `<n> ready`.
+fn ready_count(answer: (String, String)) -> u64 {
+    let (status, body) = answer;
+    assert_eq!(status, "200", "{body}");
+    let (n, state) = body.split_once(' ').expect("<n> ready");
+    assert_eq!(state, "ready");
+    n.parse().unwrap()
 }
 
 fn clone_of(s: &Scenario, checkpoint: &Path) -> Container {
@@ -496,13 +532,9 @@ fn ready_point_waits_for_http_readiness(s: &Scenario) {
 
     let http = late_ready_point(s, &store, &format!("http:{LATE_PORT}/healthz"));
     let clones = [clone_of(s, &http), clone_of(s, &http)];
-    let (status, body) = get_healthz(s, &clones[0].id);
-    assert_eq!(status, "200", "{body}");
-    let (n, state) = body.split_once(' ').expect("<n> ready");
-    assert_eq!(state, "ready");
-    let n: u64 = n.parse().unwrap();
+    let n = ready_count(get_healthz(s, &clones[0].id));
     // The probe made at least one request (its successful one) before the dump.
-    assert!(n >= 2, "{body}");
+    assert!(n >= 2, "{n}");
     assert_eq!(
         get_healthz(s, &clones[0].id),
         ("200".into(), format!("{} ready", n + 1))
@@ -510,6 +542,99 @@ fn ready_point_waits_for_http_readiness(s: &Scenario) {
     assert_eq!(
         get_healthz(s, &clones[1].id),
         ("200".into(), format!("{n} ready"))
+    );
+    let _ = std::fs::remove_dir_all(store);
+}
+
+/// How long the late-ready server initialises in the scenarios of the
+/// exec: and notify probes and of the warm-up.
+const SHORT_READY_MS: &str = "1500";
+
+/// An `exec:` probe runs its command in the container until it exits 0.
+/// Here the command asks the server itself (its answer's status), so the
+/// ready point is taken once it answers 200, not at the bind; the manifest
+/// says what fired, when and after how many attempts.
+fn ready_point_waits_for_exec(s: &Scenario) {
+    let store = tempdir("exec-ready-store");
+    let probe = format!(
+        r#"{READY}=exec:["sh","-c","printf 'GET /healthz HTTP/1.0\\r\\n\\r\\n' | nc 127.0.0.1 {LATE_PORT} | grep -q '^HTTP/1.1 200'"]"#
+    );
+    let checkpoint = late_ready_point_with(s, &store, &[probe], SHORT_READY_MS, &[]);
+    let record = ready_record(&checkpoint);
+    assert!(
+        record["condition"].as_str().unwrap().starts_with(r#"exec:["sh","-c","printf"#),
+        "{record}"
+    );
+    assert!(record["afterMs"].as_f64().unwrap() >= 1500.0, "{record}");
+    assert!(record["attempts"].as_u64().unwrap() >= 2, "{record}");
+    assert!(
+        record["lastFailure"]
+            .as_str()
+            .unwrap()
+            .starts_with("sh exited with status 1"),
+        "{record}"
+    );
+    let clone = clone_of(s, &checkpoint);
+    // Every failed attempt and the successful one were requests it served.
+    let n = ready_count(get_healthz(s, &clone.id));
+    assert!(n >= 3, "{n}");
+    let _ = std::fs::remove_dir_all(store);
+}
+
+/// With `warm-up=N`, the http: probe makes N more requests of its path once
+/// the server is ready, before the dump: a clone's first answer counts
+/// them all (the server counts every request it served).
+fn ready_point_warms_up(s: &Scenario) {
+    let store = tempdir("warm-up-store");
+    let annotations = [
+        format!("{READY}=http:{LATE_PORT}/healthz"),
+        format!("{READY}.warm-up=5"),
+    ];
+    let checkpoint = late_ready_point_with(s, &store, &annotations, SHORT_READY_MS, &[]);
+    let record = ready_record(&checkpoint);
+    assert_eq!(record["warmUp"]["requests"], 5, "{record}");
+    assert_eq!(record["lastFailure"], "GET /healthz answered 503", "{record}");
+    let attempts = record["attempts"].as_u64().unwrap();
+    let clone = clone_of(s, &checkpoint);
+    let served_before = ready_count(get_healthz(s, &clone.id)) - 1;
+    // The successful attempt and the five warm-up requests at least; at
+    // most every attempt (one may have come before the bind) and those five.
+    assert!(
+        (6..=attempts + 5).contains(&served_before),
+        "{served_before} requests before the dump, {attempts} attempts"
+    );
+    let _ = std::fs::remove_dir_all(store);
+}
+
+/// `notify`: the app says it is ready (READY=1 to $NOTIFY_SOCKET, systemd's
+/// protocol) and no probe asks it anything: a clone's first request is the
+/// first its server ever served. The socket's file is gone from the clone.
+fn ready_point_on_notify(s: &Scenario) {
+    let store = tempdir("notify-store");
+    let checkpoint = late_ready_point_with(
+        s,
+        &store,
+        &[format!("{READY}=notify")],
+        SHORT_READY_MS,
+        &["--notify"],
+    );
+    let record = ready_record(&checkpoint);
+    assert_eq!(record["condition"], "notify", "{record}");
+    assert_eq!(record["attempts"], 0, "{record}");
+    assert!(record["afterMs"].as_f64().unwrap() >= 1500.0, "{record}");
+    let clone = clone_of(s, &checkpoint);
+    assert_eq!(
+        get_healthz(s, &clone.id),
+        ("200".into(), "1 ready".into())
+    );
+    assert_eq!(
+        exec(
+            s,
+            &clone.id,
+            &["sh", "-c", "test -e /containerd-migrate-notify.sock && echo there || echo gone"]
+        )
+        .trim(),
+        "gone"
     );
     let _ = std::fs::remove_dir_all(store);
 }
@@ -622,7 +747,7 @@ fn invalid_annotation_fails_creation(s: &Scenario) {
     assert!(!out.success(), "creation should fail: {out}");
     let err = out.stderr_str();
     assert!(
-        err.contains(READY) && err.contains("tcp:PORT or http:PORT/PATH"),
+        err.contains(READY) && err.contains("tcp:PORT, http:PORT/PATH"),
         "{err}"
     );
 
@@ -639,6 +764,22 @@ fn invalid_annotation_fails_creation(s: &Scenario) {
     assert!(
         err.contains(&format!("{READY}.period")) && err.contains("a duration above zero"),
         "{err}"
+    );
+
+    // Nor can a probe take a setting it has no use for.
+    let c = s.container();
+    let probe = format!("{READY}=tcp:7001");
+    let warm_up = format!("{READY}.warm-up=3");
+    let out = s.run(
+        &c,
+        &["--annotation", &probe, "--annotation", &warm_up],
+        &["true"],
+    );
+    assert!(!out.success(), "creation should fail: {out}");
+    assert!(
+        out.stderr_str()
+            .contains(&format!("{READY}.warm-up is set but the probe tcp:7001 has no request")),
+        "{out}"
     );
 
     // A setting without a probe would do nothing.

@@ -53,6 +53,9 @@ impl ExecProbe {
             }
         };
         result.map_err(|e| match e {
+            runc::Error::Failed { status, message, .. } if message == runc::PRINTED_NOTHING => {
+                format!("{} exited with status {status}", self.argv[0])
+            }
             runc::Error::Failed { status, message, .. } => {
                 format!("{} exited with status {status}: {}", self.argv[0], shortened(&message))
             }

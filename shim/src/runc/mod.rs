@@ -24,6 +24,9 @@ pub use features::{
 };
 use log::LogFile;
 
+/// A failure's message when runc (or what it ran) said nothing.
+pub const PRINTED_NOTHING: &str = "runc printed nothing";
+
 /// Where runc keeps container state when the runtime options name no root,
 /// per namespace, as containerd's own runc shim does.
 pub const DEFAULT_ROOT: &str = "/run/containerd/runc";
@@ -256,7 +259,7 @@ impl Runc {
             .last_error_since(mark)
             .or_else(|| non_empty(&out.stderr))
             .or_else(|| non_empty(&out.stdout))
-            .unwrap_or_else(|| "runc printed nothing".to_string());
+            .unwrap_or_else(|| PRINTED_NOTHING.to_string());
         Err(classify(command, out.status, message))
     }
 }

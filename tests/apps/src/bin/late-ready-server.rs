@@ -1,7 +1,7 @@
 //! late-ready-server: an HTTP server that listens at once and becomes
 //! ready later, as servlet containers do (issue 13).
 //!
-//!   late-ready-server --port P --ready-after-ms N
+//!   late-ready-server --port P --ready-after-ms N [--notify]
 //!
 //! Listens on 0.0.0.0:P at once and prints `listening port=P`. Its
 //! "initialisation" then runs for N ms of its own running time: sleeps of
@@ -11,6 +11,8 @@
 //! whatever its path, is answered and its connection closed: `503` with
 //! body `<n> not-ready` before, `200` with body `<n> ready` after, where n
 //! counts the requests served by this process (the first gets 1).
+//! With `--notify`, it also says so the moment it is ready, as systemd's
+//! notify protocol has it: `READY=1` in a datagram to $NOTIFY_SOCKET.
 //! SIGTERM ends it with exit status 0.
 
 use std::io::{BufRead, BufReader, Write};
@@ -24,7 +26,7 @@ use migrate_testapps::{exit_zero_on_termination, flag_value, reject_unknown};
 static READY: AtomicBool = AtomicBool::new(false);
 static REQUESTS_SERVED: AtomicU64 = AtomicU64::new(0);
 
-const USAGE: &str = "usage: late-ready-server --port P --ready-after-ms N";
+const USAGE: &str = "usage: late-ready-server --port P --ready-after-ms N [--notify]";
 const STEP: Duration = Duration::from_millis(10);
 
 /// Reads one request's head and answers it.
@@ -55,15 +57,32 @@ fn answer() -> String {
     )
 }
 
-fn initialise(ready_after: Duration) {
+fn initialise(ready_after: Duration, notify: bool) {
     for _ in 0..ready_after.as_millis().div_ceil(STEP.as_millis()) {
         std::thread::sleep(STEP);
     }
     READY.store(true, Ordering::SeqCst);
+    if notify {
+        if let Err(e) = notify_ready() {
+            eprintln!("late-ready-server: READY=1 to $NOTIFY_SOCKET: {e}");
+        }
+    }
+}
+
+/// sd_notify(0, "READY=1"), without libsystemd.
+fn notify_ready() -> std::io::Result<()> {
+    let path = std::env::var_os("NOTIFY_SOCKET")
+        .ok_or_else(|| std::io::Error::other("NOTIFY_SOCKET is not set"))?;
+    std::os::unix::net::UnixDatagram::unbound()?
+        .send_to(b"READY=1\nSTATUS=serving\n", path)
+        .map(drop)
 }
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    // The one flag without a value; the others come in pairs.
+    let notify = args.iter().any(|a| a == "--notify");
+    let args: Vec<String> = args.into_iter().filter(|a| a != "--notify").collect();
     let parsed = reject_unknown(&args, &["--port", "--ready-after-ms"])
         .and_then(|()| flag_value::<u16>(&args, "--port"))
         .and_then(|p| p.ok_or_else(|| "--port is required".to_string()))
@@ -91,7 +110,7 @@ fn main() -> ExitCode {
     };
     let port = listener.local_addr().map(|a| a.port()).unwrap_or(port);
     println!("listening port={port}");
-    std::thread::spawn(move || initialise(ready_after));
+    std::thread::spawn(move || initialise(ready_after, notify));
     for stream in listener.incoming() {
         match stream {
             // One request at a time is all a test asks of it.
@@ -129,7 +148,7 @@ mod tests {
         let first = get();
         assert!(first.starts_with("HTTP/1.1 503 "), "{first}");
         assert!(first.ends_with("\r\n\r\n1 not-ready\n"), "{first}");
-        initialise(Duration::from_millis(20));
+        initialise(Duration::from_millis(20), false);
         let second = get();
         assert!(second.starts_with("HTTP/1.1 200 OK\r\n"), "{second}");
         assert!(second.ends_with("\r\n\r\n2 ready\n"), "{second}");
