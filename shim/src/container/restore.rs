@@ -218,7 +218,12 @@ mod tests {
     #[test]
     fn only_the_misplaced_vdso_is_retried() {
         let criu = |line: &str| {
-            Error::Runc(runc::Error::Criu { command: "restore", line: line.into(), log: "/b/restore.log".into() })
+            Error::Runc(runc::Error::Criu {
+                command: "restore",
+                line: line.into(),
+                hint: None,
+                log: "/b/restore.log".into(),
+            })
         };
         assert!(is_vdso_misplaced(&criu(
             "(00.038968) pie: 6: Error (criu/pie/util-vdso.c:107): vdso: Invalid ELF magic"

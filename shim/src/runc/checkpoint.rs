@@ -249,9 +249,29 @@ pub fn criu_errors(log: &str) -> Vec<String> {
         .collect()
 }
 
+/// What to do about CRIU's error `line` where its cause lies outside CRIU
+/// and is known; `sys_resource` is whether the shim has CAP_SYS_RESOURCE.
+pub fn hint(line: &str, sys_resource: bool) -> Option<&'static str> {
+    // prlimit(2) of another process needs the same uids or
+    // CAP_SYS_RESOURCE, which some sandboxes withhold from root.
+    (line.contains("Can't get rlimit") && !sys_resource).then_some(
+        "CRIU reads the resource limits of every process it dumps, which for a process of another user than \
+         root needs CAP_SYS_RESOURCE, and the shim runs without it: give containerd, whose capabilities its \
+         shims inherit, CAP_SYS_RESOURCE, or run the container's processes as root",
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_missing_capability_is_named() {
+        let line = "(00.017455) Error (criu/cr-dump.c:389): Can't get rlimit 0: Operation not permitted";
+        assert!(hint(line, false).unwrap().contains("give containerd"));
+        assert_eq!(hint(line, true), None);
+        assert_eq!(hint("(00.1) Error (criu/files.c:1): something else", false), None);
+    }
 
     fn strings(args: Vec<OsString>) -> Vec<String> {
         args.into_iter().map(|a| a.into_string().unwrap()).collect()

@@ -54,9 +54,11 @@ pub enum Error {
     #[error("runc {command}: {message}")]
     NotFound { command: &'static str, message: String },
 
-    /// CRIU failed under runc; `line` is the first error CRIU logged.
-    #[error("runc {command} failed: CRIU: {line} (CRIU log: {})", log.display())]
-    Criu { command: &'static str, line: String, log: PathBuf },
+    /// CRIU failed under runc; `line` is the first error CRIU logged, and
+    /// `hint` what to do about it where the cause is known to lie outside
+    /// CRIU.
+    #[error("runc {command} failed: CRIU: {line} ({}CRIU log: {})", hint.map(|h| format!("{h}; ")).unwrap_or_default(), log.display())]
+    Criu { command: &'static str, line: String, hint: Option<&'static str>, log: PathBuf },
 
     #[error("{message}")]
     Config { message: String },
@@ -284,7 +286,11 @@ fn with_criu_log(e: Error, command: &'static str, log: &Path) -> Error {
     let Error::Failed { .. } = e else { return e };
     let Ok(text) = std::fs::read_to_string(log) else { return e };
     match checkpoint::criu_errors(&text).into_iter().next() {
-        Some(line) => Error::Criu { command, line, log: log.to_path_buf() },
+        Some(line) => {
+            let sys_resource = caps::has_cap(None, caps::CapSet::Effective, caps::Capability::CAP_SYS_RESOURCE);
+            let hint = checkpoint::hint(&line, sys_resource.unwrap_or(true));
+            Error::Criu { command, line, hint, log: log.to_path_buf() }
+        }
         None => e,
     }
 }
