@@ -562,7 +562,10 @@ fn ready_point_waits_for_exec(s: &Scenario) {
     let checkpoint = late_ready_point_with(s, &store, &[probe], SHORT_READY_MS, &[]);
     let record = ready_record(&checkpoint);
     assert!(
-        record["condition"].as_str().unwrap().starts_with(r#"exec:["sh","-c","printf"#),
+        record["condition"]
+            .as_str()
+            .unwrap()
+            .starts_with(r#"exec:["sh","-c","printf"#),
         "{record}"
     );
     assert!(record["afterMs"].as_f64().unwrap() >= 1500.0, "{record}");
@@ -593,7 +596,10 @@ fn ready_point_warms_up(s: &Scenario) {
     let checkpoint = late_ready_point_with(s, &store, &annotations, SHORT_READY_MS, &[]);
     let record = ready_record(&checkpoint);
     assert_eq!(record["warmUp"]["requests"], 5, "{record}");
-    assert_eq!(record["lastFailure"], "GET /healthz answered 503", "{record}");
+    assert_eq!(
+        record["lastFailure"], "GET /healthz answered 503",
+        "{record}"
+    );
     let attempts = record["attempts"].as_u64().unwrap();
     let clone = clone_of(s, &checkpoint);
     let served_before = ready_count(get_healthz(s, &clone.id)) - 1;
@@ -623,15 +629,16 @@ fn ready_point_on_notify(s: &Scenario) {
     assert_eq!(record["attempts"], 0, "{record}");
     assert!(record["afterMs"].as_f64().unwrap() >= 1500.0, "{record}");
     let clone = clone_of(s, &checkpoint);
-    assert_eq!(
-        get_healthz(s, &clone.id),
-        ("200".into(), "1 ready".into())
-    );
+    assert_eq!(get_healthz(s, &clone.id), ("200".into(), "1 ready".into()));
     assert_eq!(
         exec(
             s,
             &clone.id,
-            &["sh", "-c", "test -e /containerd-migrate-notify.sock && echo there || echo gone"]
+            &[
+                "sh",
+                "-c",
+                "test -e /containerd-migrate-notify.sock && echo there || echo gone"
+            ]
         )
         .trim(),
         "gone"
@@ -777,8 +784,9 @@ fn invalid_annotation_fails_creation(s: &Scenario) {
     );
     assert!(!out.success(), "creation should fail: {out}");
     assert!(
-        out.stderr_str()
-            .contains(&format!("{READY}.warm-up is set but the probe tcp:7001 has no request")),
+        out.stderr_str().contains(&format!(
+            "{READY}.warm-up is set but the probe tcp:7001 has no request"
+        )),
         "{out}"
     );
 
