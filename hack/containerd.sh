@@ -18,7 +18,10 @@
 # so the freshly built containerd-shim-migrate-v1 is the one it finds.
 #
 # Environment: SHIM_DIR, START_TIMEOUT (s, default 30), STOP_TIMEOUT (s,
-# default 10), CONTAINERD_LOG_LEVEL (default info).
+# default 10), CONTAINERD_LOG_LEVEL (default info), INSTANCE_SOCKET (the
+# socket path instead of the one above; hack/cluster.sh puts it where the
+# machine can reach it while the rest of the instance stays private to its
+# host; give it to every command for that instance).
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -52,7 +55,10 @@ instance() {
 	ROOT=$ROOT_BASE/$NAME
 	RUN=$RUN_BASE/$NAME
 	STATE=$RUN/state
-	SOCK=$RUN/containerd.sock
+	SOCK=${INSTANCE_SOCKET:-$RUN/containerd.sock}
+	# containerd also listens on $SOCK.ttrpc; an AF_UNIX path has at most
+	# 107 bytes.
+	((${#SOCK} + 6 <= 107)) || die "socket path $SOCK is too long (at most 101 bytes)"
 	CONFIG=$RUN/config.toml
 	LOG=$RUN/containerd.log
 	PIDFILE=$RUN/containerd.pid

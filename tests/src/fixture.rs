@@ -98,8 +98,10 @@ pub fn prerequisites_met(runtime: &str, test: &str) -> bool {
     false
 }
 
+/// Fails the test with `reason` under `CI=true`, else prints why it is
+/// skipped; for suites with prerequisites of their own (the cluster).
 #[track_caller]
-fn unavailable(reason: &str) {
+pub fn unavailable(reason: &str) {
     if in_ci() {
         panic!(
             "{reason}; run hack/setup.sh (as root) to install and build everything the suite needs"

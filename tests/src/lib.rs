@@ -16,7 +16,8 @@
 //!   [`footprint`]: what a task leaves on the host; [`shim`]: the shim's
 //!   ttrpc socket (for `Update`, which `ctr` 2.x lacks); [`migratectl`]:
 //!   the migratectl binary; [`registry`]: a distribution registry on
-//!   loopback; [`criu_images`]: facts CRIU recorded in a dump's images.
+//!   loopback; [`criu_images`]: facts CRIU recorded in a dump's images;
+//!   [`cluster`]: the local cluster of `hack/cluster.sh`.
 //!
 //! The benchmark program (`src/bin/bench.rs`, its modules in `src/bench/`)
 //! runs on these fixtures too: `cargo run --release -p
@@ -54,6 +55,7 @@
 //! read the output before they let the process exit) and may lose its
 //! `/tasks/delete` event under load (checked only when it arrives).
 
+pub mod cluster;
 pub mod criu_images;
 pub mod ctr;
 pub mod events;

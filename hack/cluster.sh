@@ -1,0 +1,687 @@
+#!/usr/bin/env bash
+# A local cluster for tests and the demo (issue 14): hosts h1..hN on this
+# machine, each with its own network, file system, cgroup and containerd,
+# linked by a bridge. Data crosses between hosts only over that network.
+#
+#   hack/cluster.sh up [N]              hosts h1..hN (default 2); prints a summary
+#   hack/cluster.sh status              the summary again
+#   hack/cluster.sh exec HOST -- CMD... CMD on HOST, ctr pointed at its containerd
+#   hack/cluster.sh fail HOST           HOST loses power: links cut, every process
+#                                       SIGKILLed, nothing cleaned up
+#   hack/cluster.sh down                remove everything the cluster made
+#
+# As root, after hack/setup.sh. `up` keeps the hosts that are up and builds
+# the missing ones; `down` also clears what a failed host or a crashed run
+# left. Both can be run again.
+#
+# Environment:
+#   CLUSTER_NAME    the cluster (default "local"; a letter, then up to 7 of
+#                   a-z 0-9), so tests and the demo can have one each
+#   CLUSTER_SUBNET  its network, a /24 such as 10.88.7.0/24 (default: the first
+#                   /24 of 10.88.0.0/16 that no interface of the machine uses)
+#   SHIM_DIR        where the hosts' containerd finds the shim (hack/containerd.sh)
+#   FAIL_TIMEOUT    seconds a killed host's processes may take to go (default 10)
+#
+# What a host is
+#
+# Namespaces. A network namespace (`ip netns` cm-CLUSTER-HOST), a mount
+# namespace and a cgroup namespace, kept by bind mounts of their files
+# (/run/netns/, and /run/containerd-migrate-cluster/CLUSTER/ns/HOST.{mnt,cgroup}),
+# so that no process has to hold them and a crashed run leaves files that
+# `down` finds. `exec` and the host's daemons enter all three with nsenter.
+#
+# Files. Inside, the machine's file system is read-only, and a host writes
+# only to its own directories: /run, /tmp, /var/tmp and
+# /var/lib/containerd-migrate are bind mounts of its "disk",
+# /var/lib/containerd-migrate-cluster/CLUSTER/HOST/<the same path>. /dev/shm is
+# a tmpfs of its own, and an empty tmpfs hides every host's disk. So
+# containerd's root and state, runc's root (/run/containerd/runc), the shims'
+# sockets, CRIU's files and checkpoints are the host's own at their usual
+# paths, and a write anywhere else fails (EROFS) instead of reaching another
+# host. The one directory a host shares with the machine is
+# /run/containerd-migrate-cluster/CLUSTER/HOST, bound at the same path inside:
+# its containerd socket, so that tests and tools on the machine reach it, and
+# its host.env. Other hosts' directories are not there. (`ctr --address
+# SOCKET` on the machine works but for attached I/O, `ctr run` without -d or
+# `ctr task exec`: their FIFOs would be in the machine's /run, out of the
+# host's reach; run those with `exec`.) /sys is a sysfs of the host's network
+# namespace, with the cgroup file systems mounted anew (below). Of the
+# machine's other mounts the disk file systems, /proc and /dev stay; the rest
+# (other containers' root file systems, tmpfs, namespace files) would only be
+# kept alive by the copy, and goes.
+#
+# cgroups. A host has a cgroup, containerd-migrate-cluster/CLUSTER/HOST, in
+# every hierarchy, and its cgroup namespace is rooted there; the cgroup file
+# systems mounted inside show that root. So a container's cgroup path
+# (/default/ID from ctr) lands under its host's cgroup, and the same id on two
+# hosts never collides. The host's own processes (daemons, exec) run in the
+# leaf HOST/system, so that HOST itself holds none and cgroup v2 controllers
+# can be enabled under it. Every process of a host is in HOST's subtree, and
+# HOST's cgroup.kill kills them all at once, forks included; so the machine
+# needs a cgroup2 hierarchy (cgroup v2, or the unified one of a hybrid setup).
+#
+# Network. A bridge cm-CLUSTER in the machine's network namespace with .1 of
+# the cluster's /24; host hN has eth0 with .(10+N), a veth whose other end is
+# on the bridge. The machine reaches every host and the hosts reach each
+# other and the machine. No default route, no NAT: nothing else. The rest of
+# the /24 is left for a container network.
+#
+# Daemons. Started in the order of HOST_DAEMONS (below), each by
+# start_daemon_NAME, inside its host, with the host's env file
+# /run/containerd-migrate-cluster/CLUSTER/HOST/host.env in its environment
+# (and its path as CLUSTER_HOST_ENV). They need no stop: `fail` and `down`
+# kill the host's cgroup. containerd is hack/containerd.sh's instance
+# cluster-CLUSTER-HOST, run inside the host; a daemon it must know of (a
+# proxy snapshotter) goes before it, its plugin into the configuration that
+# hack/containerd.sh writes.
+#
+# Failure. `fail HOST` deletes the host's veth first, so that no FIN or RST of
+# the dying processes' sockets gets out (a power loss sends none), then kills
+# its cgroup and waits until it is empty. Its namespaces and disk stay as they
+# were, and `exec` refuses it. A real power loss would also clear /run; here
+# it stays, to be looked at.
+set -euo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+SELF=$REPO/hack/cluster.sh
+CLUSTER_NAME=${CLUSTER_NAME:-local}
+FAIL_TIMEOUT=${FAIL_TIMEOUT:-10}
+RUN_BASE=/run/containerd-migrate-cluster
+DISK_BASE=/var/lib/containerd-migrate-cluster
+CGROUP_TOP=containerd-migrate-cluster
+MAX_HOSTS=50
+SYSTEM_PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+# The containerd namespace `exec` points ctr at.
+CONTAINERD_NS=default
+# What a host may write to, each a bind mount of the same path under its
+# disk. A daemon that writes elsewhere needs its directory added here.
+PRIVATE_DIRS=(/run /tmp /var/tmp /var/lib/containerd-migrate)
+# A host's daemons, started in this order by start_daemon_NAME.
+HOST_DAEMONS=(containerd)
+
+log() { printf 'cluster.sh: %s\n' "$*" >&2; }
+die() {
+	log "ERROR: $*"
+	exit 1
+}
+
+usage() {
+	die "usage: hack/cluster.sh up [N] | status | exec HOST -- CMD... | fail HOST | down"
+}
+
+now_ms() { echo $(($(date +%s%N) / 1000000)); }
+
+# ------------------------------------------------------------------- names
+
+cluster_names() {
+	# Interface names have at most 15 bytes: cm-CLUSTER-hNN.
+	[[ $CLUSTER_NAME =~ ^[a-z][a-z0-9]{0,7}$ ]] ||
+		die "bad CLUSTER_NAME '$CLUSTER_NAME': a letter, then up to 7 of a-z 0-9"
+	CDIR=$RUN_BASE/$CLUSTER_NAME
+	CDISK=$DISK_BASE/$CLUSTER_NAME
+	NSDIR=$CDIR/ns
+	BRIDGE=cm-$CLUSTER_NAME
+	SUBNET_FILE=$CDIR/subnet
+}
+
+# Sets the names and paths of host $1.
+host_names() {
+	H=$1
+	if ! [[ $H =~ ^h([1-9][0-9]?)$ ]] || ((BASH_REMATCH[1] > MAX_HOSTS)); then
+		die "bad host '$H': h1 to h$MAX_HOSTS"
+	fi
+	HNUM=${BASH_REMATCH[1]}
+	PUB=$CDIR/$H
+	DISK=$CDISK/$H
+	NETNS=cm-$CLUSTER_NAME-$H
+	VETH=$NETNS
+	MNT_NS=$NSDIR/$H.mnt
+	CGROUP_NS=$NSDIR/$H.cgroup
+	SOCK=$PUB/containerd.sock
+	ENV_FILE=$PUB/host.env
+	STATE_FILE=$PUB/state
+	INSTANCE=cluster-$CLUSTER_NAME-$H
+}
+
+# The first three octets of the cluster's /24, as recorded by `up`.
+subnet_prefix() {
+	[[ -f $SUBNET_FILE ]] || die "cluster $CLUSTER_NAME has no network (hack/cluster.sh up)"
+	cat "$SUBNET_FILE"
+}
+
+host_ip() { echo "$(subnet_prefix).$((10 + HNUM))"; }
+
+# The hosts that anything of is left: directories, namespaces, links, cgroups.
+known_hosts() {
+	{
+		find "$CDIR" "$CDISK" -mindepth 1 -maxdepth 1 -name 'h*' -printf '%f\n' 2>/dev/null || true
+		ip netns list 2>/dev/null | awk -v p="cm-$CLUSTER_NAME-" 'index($1, p) == 1 { print substr($1, length(p) + 1) }'
+		ip -o link show 2>/dev/null | awk -F': ' -v p="cm-$CLUSTER_NAME-" 'index($2, p) == 1 { sub(/@.*/, "", $2); print substr($2, length(p) + 1) }'
+		local mp
+		for mp in $(cgroup_mounts); do
+			find "$mp/$CGROUP_TOP/$CLUSTER_NAME" -mindepth 1 -maxdepth 1 -type d -printf '%f\n' 2>/dev/null || true
+		done
+	} | grep -E '^h[1-9][0-9]?$' | sort -u -V
+}
+
+# ----------------------------------------------------------------- cgroups
+
+# Mount points of the machine's cgroup hierarchies, v1 and v2.
+cgroup_mounts() {
+	awk '{ for (i = 7; $i != "-"; i++); if ($(i + 1) == "cgroup" || $(i + 1) == "cgroup2") print $5 }' \
+		/proc/self/mountinfo
+}
+
+# The cgroup2 hierarchy, whose cgroup.kill ends a host.
+unified_mount() {
+	awk '{ for (i = 7; $i != "-"; i++); if ($(i + 1) == "cgroup2") { print $5; exit } }' /proc/self/mountinfo
+}
+
+# Creates cgroup $1 and its missing parents. A new cgroup v1 cpuset has no
+# cpus and mems, and takes no process, until given its parent's.
+make_cgroup() {
+	local dir=$1 f
+	[[ -d $dir ]] && return 0
+	make_cgroup "${dir%/*}"
+	mkdir "$dir"
+	[[ -f $dir/cgroup.controllers ]] && return 0 # cgroup v2 inherits them
+	for f in cpuset.cpus cpuset.mems; do
+		if [[ -f $dir/$f && -z $(<"$dir/$f") ]]; then
+			cat "${dir%/*}/$f" >"$dir/$f"
+		fi
+	done
+}
+
+create_host_cgroups() {
+	local mp
+	for mp in $(cgroup_mounts); do
+		make_cgroup "$mp/$CGROUP_TOP/$CLUSTER_NAME/$H/system"
+	done
+}
+
+# Moves the calling (sub)shell into host $H's cgroup $1 (relative to the
+# host's; "" is the host's own) in every hierarchy.
+join_host_cgroup() {
+	local mp
+	for mp in $(cgroup_mounts); do
+		echo "$BASHPID" >"$mp/$CGROUP_TOP/$CLUSTER_NAME/$H${1:+/$1}/cgroup.procs"
+	done
+}
+
+# Removes host $H's cgroups (empty by then), deepest first.
+remove_host_cgroups() {
+	local mp dir
+	for mp in $(cgroup_mounts); do
+		dir=$mp/$CGROUP_TOP/$CLUSTER_NAME/$H
+		[[ -d $dir ]] || continue
+		find "$dir" -depth -type d -exec rmdir {} + 2>/dev/null ||
+			log "could not remove cgroup $dir: $(find "$dir" -name cgroup.procs -exec cat {} + | wc -l) processes in it"
+	done
+}
+
+# v1 freezer: a frozen task dies of SIGKILL only once thawed.
+thaw_host() {
+	local mp f
+	for mp in $(cgroup_mounts); do
+		[[ -d $mp/$CGROUP_TOP/$CLUSTER_NAME/$H ]] || continue
+		while IFS= read -r f; do
+			[[ $(<"$f") == THAWED ]] || echo THAWED >"$f" 2>/dev/null || true
+		done < <(find "$mp/$CGROUP_TOP/$CLUSTER_NAME/$H" -name freezer.state)
+	done
+}
+
+# Polls until cgroup $1 (v2) and its subtree hold no process.
+wait_cgroup_empty() {
+	local dir=$1 deadline=$((SECONDS + FAIL_TIMEOUT))
+	until grep -qx 'populated 0' "$dir/cgroup.events"; do
+		if ((SECONDS >= deadline)); then
+			die "processes of $H still alive ${FAIL_TIMEOUT}s after SIGKILL: $(find "$dir" -name cgroup.procs -exec cat {} + | tr '\n' ' ')"
+		fi
+		sleep 0.02
+	done
+}
+
+# ------------------------------------------------------------ a host's end
+
+# Cuts host $H's link at once: its end of the veth goes with it.
+cut_link() {
+	ip link del "$VETH" 2>/dev/null || true
+}
+
+# Prints the inode of namespace file $1 if it is a live namespace (a bind
+# mount of one), so processes in it can be found by their /proc/PID/ns/*.
+namespace_inode() {
+	mountpoint -q "$1" 2>/dev/null && stat -L -c %i "$1"
+	return 0
+}
+
+# SIGKILLs every process of host $H: its cgroup subtree at once, then any
+# that got into its namespaces some other way than `exec` (a bare nsenter).
+kill_host() {
+	local uni
+	uni=$(unified_mount)/$CGROUP_TOP/$CLUSTER_NAME/$H
+	if [[ -d $uni ]]; then
+		echo 1 >"$uni/cgroup.kill"
+		thaw_host
+		wait_cgroup_empty "$uni"
+	fi
+	local ns inode p
+	for ns in mnt:"$MNT_NS" net:"/run/netns/$NETNS"; do
+		inode=$(namespace_inode "${ns#*:}")
+		[[ -n $inode ]] || continue
+		for p in $(stat -L -c '%i %n' /proc/[0-9]*/ns/"${ns%%:*}" 2>/dev/null | awk -v i="$inode" '$1 == i { split($2, f, "/"); print f[3] }'); do
+			log "killing $p ($(tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null)): in $H's namespaces but not its cgroup"
+			kill -KILL "$p" 2>/dev/null || true
+		done
+	done
+}
+
+# Unmounts everything at or below the given paths on the machine, deepest first.
+unmount_under() {
+	local prefix mp
+	for prefix in "$@"; do
+		awk -v p="$prefix" '$5 == p || index($5, p "/") == 1 { print $5 }' /proc/self/mountinfo |
+			sort -r | while read -r mp; do
+			umount "$mp" 2>/dev/null || umount -l "$mp" 2>/dev/null || log "could not unmount $mp"
+		done
+	done
+}
+
+# Removes all of host $H, whatever state it is in.
+remove_host() {
+	cut_link
+	kill_host
+	# The mount namespace goes with its last reference, and with it the
+	# container root file systems mounted inside.
+	unmount_under "$MNT_NS" "$CGROUP_NS"
+	if [[ -e /run/netns/$NETNS ]]; then
+		ip netns del "$NETNS" 2>/dev/null || log "could not delete network namespace $NETNS"
+	fi
+	remove_host_cgroups
+	unmount_under "$PUB" "$DISK"
+	rm -rf "$PUB" "$DISK" "$MNT_NS" "$CGROUP_NS"
+}
+
+# ---------------------------------------------------------- a host's start
+
+# Makes host $H's directories: what it shares with the machine, and its disk.
+make_host_dirs() {
+	local d
+	mkdir -p "$PUB"
+	for d in "${PRIVATE_DIRS[@]}"; do
+		mkdir -p "$d" "$DISK$d" # the machine's is the mount point
+		chmod --reference="$d" "$DISK$d"
+	done
+	# Where the shared directory is bound inside the host's /run.
+	mkdir -p "$DISK$PUB"
+}
+
+make_host_network() {
+	local ip
+	ip=$(host_ip)
+	ip netns add "$NETNS"
+	ip -n "$NETNS" link set lo up
+	ip link add "$VETH" type veth peer name eth0 netns "$NETNS"
+	ip link set "$VETH" master "$BRIDGE" up
+	ip -n "$NETNS" addr add "$ip/24" dev eth0
+	ip -n "$NETNS" link set eth0 up
+}
+
+# The mount and cgroup namespaces: unshare in the host's cgroup (the cgroup
+# namespace is rooted where it is made) and network namespace (the new
+# sysfs shows the network namespace it is mounted in), which runs
+# `cluster.sh _mount-host` inside to lay out the host's file system.
+make_host_namespaces() {
+	touch "$MNT_NS" "$CGROUP_NS"
+	(
+		join_host_cgroup ""
+		exec nsenter --net="/run/netns/$NETNS" -- \
+			unshare --mount="$MNT_NS" --cgroup="$CGROUP_NS" --propagation private -- \
+			bash "$SELF" _mount-host "$H"
+	) || die "could not make $H's mount and cgroup namespaces"
+}
+
+# Whether the copy of the machine's mount at $1 (type $2, from $3) stays in
+# a new host. Disk file systems, /proc and /dev stay; /sys, /dev/shm and the
+# private directories are replaced; the rest goes: other containers' root
+# file systems, tmpfs and proc mounts (a copy would keep them alive after
+# their owner unmounts them), namespace files (they would keep the
+# namespaces alive).
+wanted_in_host() {
+	local mp=$1 fstype=$2 source=$3 d
+	for d in "${PRIVATE_DIRS[@]}" /sys /dev/shm "$DISK_BASE"; do
+		[[ $mp == "$d" || $mp == "$d"/* ]] && return 1
+	done
+	[[ $mp == / || $mp == /proc || $mp == /proc/* || $mp == /dev || $mp == /dev/* ]] && return 0
+	[[ $source == /dev/* && $fstype != overlay ]]
+}
+
+# Runs `cluster.sh _mount-host HOST` inside its new namespaces (see the
+# header, "Files").
+cmd_mount_host() {
+	local fields mp fstype opts d
+	# The machine's cgroup file systems, to mount again under the new sysfs.
+	local cgroup_fs=()
+	mapfile -t cgroup_fs < <(awk '{ for (i = 7; $i != "-"; i++);
+		if ($5 == "/sys/fs/cgroup" || index($5, "/sys/fs/cgroup/") == 1) print $5, $(i + 1), $6 "," $(i + 3) }' \
+		/proc/self/mountinfo)
+	local drop=()
+	local source
+	while read -r mp fstype source; do
+		# mountinfo escapes blanks as \040; printf %b reads octal as \0040.
+		mp=$(printf '%b' "${mp//\\/\\0}")
+		wanted_in_host "$mp" "$fstype" "$source" || drop+=("$mp")
+	done < <(awk '{ for (i = 7; $i != "-"; i++); print $5, $(i + 1), $(i + 2) }' /proc/self/mountinfo)
+	# Deepest first; lazily, as nothing in here uses them.
+	if [[ ${#drop[@]} -gt 0 ]]; then
+		printf '%s\n' "${drop[@]}" | sort -r | while read -r mp; do
+			umount -l "$mp" 2>/dev/null || true
+		done
+	fi
+
+	mount --bind "$PUB" "$DISK$PUB"
+	for d in "${PRIVATE_DIRS[@]}"; do
+		mount --rbind "$DISK$d" "$d"
+	done
+	umount "$DISK$PUB" # /run has its copy
+	# Every host's disk out of sight, this one's too: its directories are
+	# at their usual paths now.
+	mount -t tmpfs -o ro,mode=0755,size=4k tmpfs "$DISK_BASE"
+	mount -t tmpfs -o nosuid,nodev,mode=1777 shm /dev/shm
+	mount -t sysfs -o nosuid,nodev,noexec sysfs /sys
+	for fields in "${cgroup_fs[@]}"; do
+		read -r mp fstype opts <<<"$fields"
+		mkdir -p "$mp"
+		mount -t "$fstype" -o "$opts" "$fstype" "$mp"
+	done
+	# This mount only: the host's own directories are mounts of their own
+	# and stay writable.
+	mount -o remount,bind,ro /
+}
+
+# ------------------------------------------------------- a host's daemons
+
+# Runs CMD... in host $H: in its cgroup (the leaf system) and namespaces.
+enter() {
+	join_host_cgroup system
+	exec 9>&- # the lock of `up` stays with `up`
+	exec nsenter --net="/run/netns/$NETNS" --mount="$MNT_NS" --cgroup="$CGROUP_NS" -- "$@"
+}
+
+# The environment `exec` and the host's daemons get: host.env and PATH,
+# with the shim and migratectl first.
+host_env() {
+	local shim_dir=${SHIM_DIR:-$REPO/target/release}
+	grep -E '^[A-Z][A-Z0-9_]*=' "$ENV_FILE"
+	echo "CLUSTER_HOST_ENV=$ENV_FILE"
+	echo "PATH=$shim_dir:$SYSTEM_PATH"
+	echo "SHIM_DIR=$shim_dir"
+}
+
+# Starts daemon $1 of host $H through start_daemon_$1, inside the host.
+start_daemon() {
+	local env=()
+	mapfile -t env < <(host_env)
+	("start_daemon_$1" "${env[@]}") || die "could not start $1 on $H"
+}
+
+# containerd: hack/containerd.sh's instance, its socket in the directory the
+# machine shares; returns once containerd answers.
+start_daemon_containerd() {
+	enter env "$@" INSTANCE_SOCKET="$SOCK" bash "$REPO/hack/containerd.sh" start "$INSTANCE" >/dev/null
+}
+
+# What host $H's daemons and `exec` get in their environment, and may read
+# again from the file. KEY=VALUE lines, no quoting, so that a shell
+# (set -a; .) and any parser read it alike.
+write_host_env() {
+	local hosts=() h all
+	for h in $(known_hosts); do
+		hosts+=("$h=$(subnet_prefix).$((10 + ${h#h}))")
+	done
+	all=$(
+		IFS=,
+		echo "${hosts[*]}"
+	)
+	cat >"$ENV_FILE.tmp" <<-EOF
+		# Written by hack/cluster.sh: host $H of cluster $CLUSTER_NAME.
+		CLUSTER_NAME=$CLUSTER_NAME
+		CLUSTER_HOST=$H
+		CLUSTER_HOST_IP=$(host_ip)
+		CLUSTER_SUBNET=$(subnet_prefix).0/24
+		CLUSTER_HOSTS=$all
+		CONTAINERD_ADDRESS=$SOCK
+		CONTAINERD_NAMESPACE=$CONTAINERD_NS
+	EOF
+	mv "$ENV_FILE.tmp" "$ENV_FILE"
+}
+
+# Builds host $H from nothing.
+make_host() {
+	make_host_dirs
+	echo building >"$STATE_FILE"
+	create_host_cgroups
+	make_host_network
+	make_host_namespaces
+	write_host_env
+	local d
+	for d in "${HOST_DAEMONS[@]}"; do
+		start_daemon "$d"
+	done
+	echo up >"$STATE_FILE"
+}
+
+host_state() {
+	cat "$STATE_FILE" 2>/dev/null || echo missing
+}
+
+# ---------------------------------------------------------------- commands
+
+need_root() {
+	[[ $(id -u) -eq 0 ]] || die "run as root"
+}
+
+need_tools() {
+	local t
+	for t in ip nsenter unshare mountpoint flock iptables containerd ctr runc; do
+		command -v "$t" >/dev/null || die "$t is not installed (hack/setup.sh)"
+	done
+	[[ -n $(unified_mount) ]] ||
+		die "no cgroup2 hierarchy mounted: a host's processes are killed with cgroup.kill (cgroup v2 or hybrid)"
+}
+
+# One command that changes clusters at a time, on the whole machine: the
+# subnets of clusters are chosen against each other.
+lock() {
+	mkdir -p "$RUN_BASE"
+	exec 9>"$RUN_BASE/.lock"
+	flock -w 120 9 || die "another hack/cluster.sh holds $RUN_BASE/.lock"
+}
+
+subnet_in_use() {
+	ip -4 -o addr show | awk '{ print $4 }' | grep -q "^${1//./\\.}\." ||
+		ip -4 route show | grep -q "^${1//./\\.}\."
+}
+
+# Records the cluster's /24 (its first three octets) in $SUBNET_FILE.
+choose_subnet() {
+	local prefix x
+	if [[ -n ${CLUSTER_SUBNET:-} ]]; then
+		[[ $CLUSTER_SUBNET =~ ^([0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3})\.0/24$ ]] ||
+			die "CLUSTER_SUBNET '$CLUSTER_SUBNET' is not a /24 such as 10.88.7.0/24"
+		prefix=${BASH_REMATCH[1]}
+		subnet_in_use "$prefix" && die "CLUSTER_SUBNET $CLUSTER_SUBNET is in use on this machine (ip -4 addr, ip -4 route)"
+	else
+		for x in $(seq 0 255); do
+			subnet_in_use "10.88.$x" || {
+				prefix=10.88.$x
+				break
+			}
+		done
+		[[ -n ${prefix:-} ]] || die "every /24 of 10.88.0.0/16 is in use; set CLUSTER_SUBNET"
+	fi
+	echo "$prefix" >"$SUBNET_FILE"
+}
+
+# The bridge, and the namespace files' directory: a private mount, as a
+# bind of a mount namespace file must not propagate into that namespace.
+make_cluster() {
+	mkdir -p "$CDIR" "$CDISK" "$NSDIR"
+	[[ -f $SUBNET_FILE ]] || choose_subnet
+	if [[ -n ${CLUSTER_SUBNET:-} && $CLUSTER_SUBNET != "$(subnet_prefix).0/24" ]]; then
+		die "cluster $CLUSTER_NAME runs on $(subnet_prefix).0/24, not CLUSTER_SUBNET $CLUSTER_SUBNET: hack/cluster.sh down first"
+	fi
+	if ! mountpoint -q "$NSDIR"; then
+		mount --bind "$NSDIR" "$NSDIR"
+		mount --make-private "$NSDIR"
+	fi
+	ip link show "$BRIDGE" >/dev/null 2>&1 || ip link add "$BRIDGE" type bridge
+	ip addr replace "$(subnet_prefix).1/24" dev "$BRIDGE"
+	ip link set "$BRIDGE" up
+	# With br_netfilter, bridged frames pass the FORWARD chain, which Docker
+	# sets to DROP.
+	iptables -C FORWARD -i "$BRIDGE" -o "$BRIDGE" -j ACCEPT 2>/dev/null ||
+		iptables -I FORWARD -i "$BRIDGE" -o "$BRIDGE" -j ACCEPT
+}
+
+cmd_up() {
+	local n=${1:-2} start h
+	if ! [[ $n =~ ^[1-9][0-9]*$ ]] || ((n > MAX_HOSTS)); then
+		die "bad host count '$n': 1 to $MAX_HOSTS"
+	fi
+	need_root
+	need_tools
+	lock
+	start=$(now_ms)
+	# What a crashed run left of a cluster that has no directory any more.
+	[[ -d $CDIR ]] || remove_cluster
+	for h in $(known_hosts); do
+		((${h#h} <= n)) || die "cluster $CLUSTER_NAME has host $h, beyond h$n: hack/cluster.sh down first"
+	done
+	make_cluster
+	for h in $(seq -f 'h%g' 1 "$n"); do
+		host_names "$h"
+		case $(host_state) in
+		up)
+			timeout 5 ctr --address "$SOCK" version >/dev/null 2>&1 ||
+				die "$H is up but its containerd does not answer on $SOCK: hack/cluster.sh down, then up"
+			;;
+		failed) die "$H has failed (hack/cluster.sh fail); hack/cluster.sh down, then up" ;;
+		*)
+			remove_host
+			make_host
+			;;
+		esac
+	done
+	for h in $(known_hosts); do
+		host_names "$h"
+		write_host_env
+	done
+	summary
+	log "cluster $CLUSTER_NAME up in $(($(now_ms) - start)) ms"
+}
+
+summary() {
+	local h
+	printf 'cluster %s: bridge %s %s.1/24\n' "$CLUSTER_NAME" "$BRIDGE" "$(subnet_prefix)"
+	printf '%-5s %-8s %-15s %s\n' HOST STATE IP "CONTAINERD SOCKET"
+	for h in $(known_hosts); do
+		host_names "$h"
+		printf '%-5s %-8s %-15s %s\n' "$H" "$(host_state)" "$(host_ip)" "$SOCK"
+	done
+	printf 'on a host: hack/cluster.sh exec HOST -- ctr ...  (CLUSTER_NAME=%s)\n' "$CLUSTER_NAME"
+}
+
+cmd_status() {
+	[[ -d $CDIR ]] || die "no cluster $CLUSTER_NAME (hack/cluster.sh up)"
+	summary
+}
+
+# The host must be up to run anything: a failed one has no processes left.
+need_host_up() {
+	local state
+	state=$(host_state)
+	case $state in
+	up) ;;
+	failed) die "$H has failed (hack/cluster.sh fail $H): nothing runs there any more" ;;
+	missing) die "no host $H in cluster $CLUSTER_NAME (hack/cluster.sh up)" ;;
+	*) die "$H is not up but $state (hack/cluster.sh up builds it again)" ;;
+	esac
+}
+
+cmd_exec() {
+	[[ $# -ge 1 ]] || usage
+	host_names "$1"
+	shift
+	[[ ${1:-} == -- ]] && shift
+	[[ $# -ge 1 ]] || usage
+	need_root
+	need_host_up
+	local env=()
+	mapfile -t env < <(host_env)
+	# In the working directory if the host has it (the machine's files are
+	# there, read-only; its private directories are not), else in /.
+	# shellcheck disable=SC2016 # the inner shell expands them
+	enter env "${env[@]}" sh -c 'cd "$1" 2>/dev/null || cd /; shift; exec "$@"' sh "$PWD" "$@"
+}
+
+cmd_fail() {
+	[[ $# -eq 1 ]] || usage
+	host_names "$1"
+	need_root
+	lock
+	need_host_up
+	local start
+	start=$(now_ms)
+	cut_link
+	kill_host
+	echo failed >"$STATE_FILE"
+	log "$H failed: link cut, every process killed, in $(($(now_ms) - start)) ms; its disk stays at $DISK"
+}
+
+remove_cluster() {
+	local h mp
+	for h in $(known_hosts); do
+		host_names "$h"
+		remove_host
+	done
+	ip link del "$BRIDGE" 2>/dev/null || true
+	while iptables -D FORWARD -i "$BRIDGE" -o "$BRIDGE" -j ACCEPT 2>/dev/null; do :; done
+	unmount_under "$CDIR" "$CDISK"
+	rm -rf "$CDIR" "$CDISK"
+	for mp in $(cgroup_mounts); do
+		rmdir "$mp/$CGROUP_TOP/$CLUSTER_NAME" "$mp/$CGROUP_TOP" 2>/dev/null || true
+	done
+	rmdir "$DISK_BASE" 2>/dev/null || true
+}
+
+cmd_down() {
+	[[ $# -eq 0 ]] || usage
+	need_root
+	lock
+	local start
+	start=$(now_ms)
+	remove_cluster
+	log "cluster $CLUSTER_NAME down in $(($(now_ms) - start)) ms"
+}
+
+main() {
+	[[ $# -ge 1 ]] || usage
+	local cmd=$1
+	shift
+	cluster_names
+	case $cmd in
+	up) cmd_up "$@" ;;
+	status) cmd_status "$@" ;;
+	exec) cmd_exec "$@" ;;
+	fail) cmd_fail "$@" ;;
+	down) cmd_down "$@" ;;
+	_mount-host) # run by make_host_namespaces, inside the new namespaces
+		host_names "$1"
+		cmd_mount_host
+		;;
+	*) usage ;;
+	esac
+}
+
+main "$@"

@@ -1,0 +1,303 @@
+//! The local cluster of hack/cluster.sh: hosts h1..hN as namespaces on this
+//! machine, each with its own containerd, linked by a bridge. [`Cluster::up`]
+//! brings one up under a name of its own; dropping it takes it down.
+//!
+//! The paths here are the layout the script's header promises; the tests
+//! check that it holds.
+
+use std::cell::Cell;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use crate::ctr::Ctr;
+use crate::fixture::{self, MIGRATE_V1};
+use crate::host;
+use crate::process::{self, Output};
+
+/// What the machine shares with each host: RUN_BASE/CLUSTER/HOST holds its
+/// containerd socket and host.env.
+pub const RUN_BASE: &str = "/run/containerd-migrate-cluster";
+/// The hosts' disks: DISK_BASE/CLUSTER/HOST/<a path inside the host>.
+pub const DISK_BASE: &str = "/var/lib/containerd-migrate-cluster";
+/// Each host's cgroup, in every hierarchy: CGROUP_TOP/CLUSTER/HOST.
+pub const CGROUP_TOP: &str = "containerd-migrate-cluster";
+
+/// Deadline for `up` (a containerd per host), `fail` and `down`.
+const SCRIPT_TIMEOUT: Duration = Duration::from_secs(120);
+/// Deadline for one command run on a host.
+pub const EXEC_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What this machine lacks to bring up a cluster, if anything.
+pub fn missing_prerequisites() -> Vec<String> {
+    let mut missing = fixture::missing_prerequisites(MIGRATE_V1);
+    for tool in ["ip", "nsenter", "unshare", "iptables", "busybox"] {
+        if host::which(tool).is_none() {
+            missing.push(format!("`{tool}` on PATH"));
+        }
+    }
+    if !fixture::repo_root().join("hack/cluster.sh").is_file() {
+        missing.push("hack/cluster.sh in the repository".to_string());
+    }
+    if unified_cgroup_mount().is_none() {
+        missing.push(
+            "a cgroup2 hierarchy (cgroup v2, or the unified one of a hybrid setup)".to_string(),
+        );
+    }
+    missing
+}
+
+/// Whether `test` may go on; skips or fails it (with `CI=true`) otherwise.
+#[track_caller]
+pub fn prerequisites_met(test: &str) -> bool {
+    let missing = missing_prerequisites();
+    if missing.is_empty() {
+        return true;
+    }
+    fixture::unavailable(&format!("{test} needs {}", missing.join(", ")));
+    false
+}
+
+/// The machine's cgroup file systems: (mount point, whether cgroup2).
+pub fn cgroup_mounts() -> Vec<(PathBuf, bool)> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    info.lines()
+        .filter_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let mount_point = left.split(' ').nth(4)?;
+            match right.split(' ').next()? {
+                "cgroup" => Some((PathBuf::from(mount_point), false)),
+                "cgroup2" => Some((PathBuf::from(mount_point), true)),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+/// The cgroup2 hierarchy, whose cgroup.kill ends a host.
+pub fn unified_cgroup_mount() -> Option<PathBuf> {
+    cgroup_mounts()
+        .into_iter()
+        .find(|(_, v2)| *v2)
+        .map(|(mp, _)| mp)
+}
+
+/// `pid`'s cgroup in the cgroup2 hierarchy, as /proc/PID/cgroup gives it.
+pub fn unified_cgroup_of(pid: u32) -> Result<String, String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .map_err(|e| format!("/proc/{pid}/cgroup: {e}"))?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .map(str::to_string)
+        .ok_or_else(|| format!("no cgroup2 line in /proc/{pid}/cgroup:\n{text}"))
+}
+
+/// Processes whose mount namespace is the one with inode `ns`.
+pub fn processes_in_mount_namespace(ns: u64) -> Vec<u32> {
+    host::all_pids()
+        .into_iter()
+        .filter(|pid| {
+            std::fs::metadata(format!("/proc/{pid}/ns/mnt")).is_ok_and(|m| m.ino() == ns)
+                && host::pid_alive(*pid)
+        })
+        .collect()
+}
+
+/// `bash hack/cluster.sh ARGS` for cluster `name`, with this checkout's shim.
+fn script(name: &str, args: &[&str]) -> Command {
+    let mut cmd = Command::new("bash");
+    cmd.arg(fixture::repo_root().join("hack/cluster.sh"))
+        .args(args)
+        .env("CLUSTER_NAME", name)
+        .env("SHIM_DIR", fixture::shim_dir());
+    cmd
+}
+
+/// A cluster brought up by hack/cluster.sh, taken down when dropped.
+pub struct Cluster {
+    name: String,
+    hosts: Vec<Host>,
+    summary: String,
+    down: Cell<bool>,
+}
+
+impl Cluster {
+    /// Brings up cluster `name` with hosts h1..h`n`, after clearing what a
+    /// killed earlier run left under that name.
+    pub fn up(name: &str, n: usize) -> Result<Cluster, String> {
+        let _ = process::run_quietly(script(name, &["down"]), SCRIPT_TIMEOUT);
+        let out = process::run(script(name, &["up", &n.to_string()]), None, SCRIPT_TIMEOUT);
+        let mut cluster = Cluster {
+            name: name.to_string(),
+            hosts: Vec::new(),
+            summary: out.stdout_str(),
+            down: Cell::new(false),
+        };
+        if !out.success() {
+            return Err(format!("bringing up cluster {name} failed\n{out}"));
+        }
+        for i in 1..=n {
+            cluster.hosts.push(Host::read(name, &format!("h{i}"))?);
+        }
+        Ok(cluster)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// What `up` printed: host, state, IP, containerd socket.
+    pub fn summary(&self) -> &str {
+        &self.summary
+    }
+
+    #[track_caller]
+    pub fn host(&self, name: &str) -> &Host {
+        self.hosts
+            .iter()
+            .find(|h| h.name == name)
+            .unwrap_or_else(|| panic!("cluster {} has no host {name}", self.name))
+    }
+
+    /// `hack/cluster.sh fail HOST`.
+    #[track_caller]
+    pub fn fail(&self, host: &str) -> Output {
+        process::run(script(&self.name, &["fail", host]), None, SCRIPT_TIMEOUT)
+    }
+
+    /// `hack/cluster.sh down`; the drop then leaves it at that.
+    #[track_caller]
+    pub fn down(&self) -> Output {
+        self.down.set(true);
+        process::run(script(&self.name, &["down"]), None, SCRIPT_TIMEOUT)
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if self.down.get() {
+            return;
+        }
+        if std::env::var_os("CONTAINERD_MIGRATE_KEEP_INSTANCE").is_some() {
+            eprintln!(
+                "keeping cluster {} (CLUSTER_NAME={0} hack/cluster.sh down)",
+                self.name
+            );
+            return;
+        }
+        match process::run_quietly(script(&self.name, &["down"]), SCRIPT_TIMEOUT) {
+            Some(out) if out.success() => {}
+            Some(out) => eprintln!("taking cluster {} down failed\n{out}", self.name),
+            None => eprintln!("taking cluster {} down failed", self.name),
+        }
+    }
+}
+
+/// One host of a cluster, as its host.env describes it.
+pub struct Host {
+    pub name: String,
+    pub ip: String,
+    cluster: String,
+    ctr: Ctr,
+}
+
+impl Host {
+    fn read(cluster: &str, name: &str) -> Result<Host, String> {
+        let path = Path::new(RUN_BASE)
+            .join(cluster)
+            .join(name)
+            .join("host.env");
+        let text =
+            std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let value = |key: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+                .map(str::to_string)
+                .ok_or_else(|| format!("{} has no {key}:\n{text}", path.display()))
+        };
+        Ok(Host {
+            name: name.to_string(),
+            ip: value("CLUSTER_HOST_IP")?,
+            cluster: cluster.to_string(),
+            ctr: Ctr::new(value("CONTAINERD_ADDRESS")?),
+        })
+    }
+
+    /// `ctr` on the machine, through the host's socket. Enough for anything
+    /// without attached I/O, whose FIFOs would be in the machine's /run,
+    /// where the host's shims cannot open them: use [`Host::run`] for that.
+    pub fn ctr(&self) -> &Ctr {
+        &self.ctr
+    }
+
+    /// `hack/cluster.sh exec HOST -- ARGV`, not yet started.
+    pub fn command(&self, argv: &[&str]) -> Command {
+        let mut args = vec!["exec", self.name.as_str(), "--"];
+        args.extend_from_slice(argv);
+        script(&self.cluster, &args)
+    }
+
+    /// Runs ARGV on the host and returns whatever it did.
+    #[track_caller]
+    pub fn run(&self, argv: &[&str]) -> Output {
+        process::run(self.command(argv), None, EXEC_TIMEOUT)
+    }
+
+    /// The directory the machine shares with the host.
+    pub fn shared_dir(&self) -> PathBuf {
+        Path::new(RUN_BASE).join(&self.cluster).join(&self.name)
+    }
+
+    /// The host's disk, as the machine sees it.
+    pub fn disk(&self) -> PathBuf {
+        Path::new(DISK_BASE).join(&self.cluster).join(&self.name)
+    }
+
+    /// Where the file the host sees at `path` is on the machine (for the
+    /// host's private directories: /run, /tmp, /var/tmp,
+    /// /var/lib/containerd-migrate).
+    pub fn on_disk(&self, path: &str) -> PathBuf {
+        self.disk().join(path.trim_start_matches('/'))
+    }
+
+    /// The host's cgroup in the hierarchy mounted at `mount`.
+    pub fn cgroup(&self, mount: &Path) -> PathBuf {
+        mount.join(CGROUP_TOP).join(&self.cluster).join(&self.name)
+    }
+
+    /// Every process of the host: its cgroup subtree in the cgroup2
+    /// hierarchy.
+    pub fn pids(&self) -> Vec<u32> {
+        let Some(unified) = unified_cgroup_mount() else {
+            return Vec::new();
+        };
+        let mut pids = Vec::new();
+        let mut dirs = vec![self.cgroup(&unified)];
+        while let Some(dir) = dirs.pop() {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    dirs.push(entry.path());
+                }
+            }
+            let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+            pids.extend(procs.lines().filter_map(|l| l.trim().parse::<u32>().ok()));
+        }
+        pids.sort_unstable();
+        pids
+    }
+
+    /// The inode of the host's mount namespace (its namespace file).
+    pub fn mount_namespace(&self) -> Result<u64, String> {
+        let file = Path::new(RUN_BASE)
+            .join(&self.cluster)
+            .join("ns")
+            .join(format!("{}.mnt", self.name));
+        std::fs::metadata(&file)
+            .map(|m| m.ino())
+            .map_err(|e| format!("{}: {e}", file.display()))
+    }
+}
