@@ -1,10 +1,10 @@
 //! An image's root file system as containerd's snapshotters know it: the
 //! chain ID of its layers, read from the image config in the content store.
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
+use migrate_oci::ChainId;
 use oci_spec::image::{ImageIndex, ImageManifest, Platform};
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 
 use crate::containerd::Containerd;
 
@@ -12,26 +12,6 @@ const INDEX_TYPES: [&str; 2] =
     ["application/vnd.oci.image.index.v1+json", "application/vnd.docker.distribution.manifest.list.v2+json"];
 const MANIFEST_TYPES: [&str; 2] =
     ["application/vnd.oci.image.manifest.v1+json", "application/vnd.docker.distribution.manifest.v2+json"];
-
-/// The OCI chain ID of a layer stack: `ChainID(L0) = DiffID(L0)`,
-/// `ChainID(L0..Ln) = sha256(ChainID(L0..Ln-1) + " " + DiffID(Ln))`. It is
-/// the key under which containerd's unpacker commits each layer's snapshot.
-pub fn chain_id<S: AsRef<str>>(diff_ids: &[S]) -> Option<String> {
-    let (first, rest) = diff_ids.split_first()?;
-    let mut chain = first.as_ref().to_string();
-    for diff in rest {
-        let mut h = Sha256::new();
-        h.update(chain.as_bytes());
-        h.update(b" ");
-        h.update(diff.as_ref().as_bytes());
-        chain = format!("sha256:{}", hex(&h.finalize()));
-    }
-    Some(chain)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
 
 #[derive(Debug, Deserialize)]
 struct ImageConfig {
@@ -68,7 +48,7 @@ fn diff_ids(config: &[u8]) -> Result<Vec<String>> {
 
 /// The chain ID of image `name`'s layers, the parent to prepare a
 /// container's snapshot on.
-pub async fn rootfs_chain_id(cd: &Containerd, name: &str) -> Result<String> {
+pub async fn rootfs_chain_id(cd: &Containerd, name: &str) -> Result<ChainId> {
     let image = cd.image(name).await?;
     let target = image.target.with_context(|| format!("image {name} has no target"))?;
     let mut digest = target.digest;
@@ -84,7 +64,7 @@ pub async fn rootfs_chain_id(cd: &Containerd, name: &str) -> Result<String> {
     }
     let config = config_digest(&blob).with_context(|| format!("image {name}, manifest {digest}"))?;
     let ids = diff_ids(&cd.read_blob(&config).await?).with_context(|| format!("image {name}, config {config}"))?;
-    chain_id(&ids).with_context(|| format!("image {name} has no layers"))
+    ChainId::of_layers(&ids).map_err(|e| anyhow!("image {name}, config {config}: {e}"))
 }
 
 #[cfg(test)]
@@ -93,31 +73,6 @@ mod tests {
 
     const A: &str = "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
     const B: &str = "sha256:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
-
-    #[test]
-    fn chain_id_of_one_layer_is_its_diff_id() {
-        assert_eq!(chain_id(&[A]).unwrap(), A);
-        assert_eq!(chain_id::<&str>(&[]), None);
-    }
-
-    #[test]
-    fn chain_id_hashes_parent_space_diff() {
-        let two = chain_id(&[A, B]).unwrap();
-        let expected = format!("sha256:{}", hex(&Sha256::digest(format!("{A} {B}").as_bytes())));
-        assert_eq!(two, expected);
-        let three = chain_id(&[A, B, A]).unwrap();
-        let expected = format!("sha256:{}", hex(&Sha256::digest(format!("{two} {A}").as_bytes())));
-        assert_eq!(three, expected);
-    }
-
-    /// A value computed outside this code: `printf '%s %s' $A $B | sha256sum`.
-    #[test]
-    fn chain_id_known_value() {
-        assert_eq!(
-            chain_id(&[A, B]).unwrap(),
-            "sha256:ccd722928bd92476ba1745586fed6e45a102504185ad88cd89e01ff116fd146c"
-        );
-    }
 
     fn linux(arch: &str) -> Platform {
         oci_spec::image::PlatformBuilder::default().os("linux").architecture(arch).build().unwrap()

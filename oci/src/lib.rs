@@ -15,6 +15,7 @@
 //! manifest records every file's size and sha256, which
 //! [`Checkpoint::verify`] checks before a restore.
 
+mod chain_id;
 mod checkpoint;
 pub mod criu_stats;
 mod criu_tar;
@@ -36,6 +37,7 @@ pub mod testing;
 mod tree;
 mod xattr;
 
+pub use chain_id::ChainId;
 pub use checkpoint::{Checkpoint, DeferredDigests, FilesStamp};
 pub use direct_copy::write_around_page_cache;
 pub use error::{Error, FileProblem, ProblemKind, Result, UnsafeEntry};

@@ -120,7 +120,7 @@ struct Source {
     dir: PathBuf,
     old_id: String,
     image: String,
-    chain_id: String,
+    chain_id: migrate_oci::ChainId,
     spec: Value,
 }
 
@@ -330,7 +330,7 @@ async fn restore_one(cd: &Containerd, source: &Source, id: &str, snapshotter: &s
     // the container that refers to it exists.
     let (leased, lease) = cd.with_lease("restore").await?;
     let undo = Undo { cd: cd.clone(), id: id.to_string(), snapshotter: snapshotter.to_string() };
-    let mounts = match leased.prepare_snapshot(snapshotter, id, &source.chain_id).await {
+    let mounts = match leased.prepare_snapshot(snapshotter, id, &source.chain_id.to_string()).await {
         Ok(m) => m,
         Err(e) => {
             release(lease).await;
