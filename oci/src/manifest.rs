@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Deserializer, Serialize};
 use time::OffsetDateTime;
 
-use crate::{hashing::Sha256, layout};
+use crate::{chain_id::ChainId, hashing::Sha256, layout};
 
 pub const MANIFEST_SCHEMA_VERSION: u32 = 1;
 pub const MANIFEST_MEDIA_TYPE: &str = "application/vnd.containerd-migrate.checkpoint.manifest.v1+json";
@@ -61,11 +61,32 @@ pub struct HostInfo {
     pub arch: String,
 }
 
-/// Which image layers the rootfs diff applies to.
+/// Which image layers the rootfs diff applies to, and the restored
+/// container's root file system must be made of.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RootfsInfo {
+    /// The layers by content, the same on every host: the parent of the
+    /// container's snapshot, where that is an unpacked image's. None where
+    /// the taker could not learn it (no snapshot, or one on something else:
+    /// a snapshot committed by hand, a user-namespace remapped copy), and
+    /// in checkpoints taken before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chain_id: Option<ChainId>,
+    /// The overlay's lower directories on the host that took it: numbered
+    /// by that host's snapshotter, so they tell images apart only there.
+    /// Compared where either side lacks a chain ID; empty where the root
+    /// file system is no overlay. Always written, since readers from before
+    /// the chain ID need the field.
     pub lower_dirs: Vec<PathBuf>,
+}
+
+impl RootfsInfo {
+    /// What a root file system with these layers records; None where
+    /// neither is known, as nothing could be compared.
+    pub fn of(chain_id: Option<ChainId>, lower_dirs: Vec<PathBuf>) -> Option<RootfsInfo> {
+        (chain_id.is_some() || !lower_dirs.is_empty()).then_some(RootfsInfo { chain_id, lower_dirs })
+    }
 }
 
 /// Milliseconds spent in each phase, where the taker measured it.
@@ -126,6 +147,8 @@ fn relative_path<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
 mod tests {
     use super::*;
 
+    const CHAIN: &str = "sha256:824d5223ba17a05b1c8ca452f0eeaa2d6696c445514fb38bdb89560ca77bb289";
+
     fn sample() -> CheckpointManifest {
         CheckpointManifest {
             schema_version: MANIFEST_SCHEMA_VERSION,
@@ -148,7 +171,7 @@ mod tests {
             memory_bytes: 4096,
             parent: None,
             leave_running: true,
-            rootfs: Some(RootfsInfo { lower_dirs: vec!["/s/12/fs".into()] }),
+            rootfs: RootfsInfo::of(Some(CHAIN.parse().unwrap()), vec!["/s/12/fs".into()]),
             timings: Timings { frozen_ms: Some(812.5), dump_ms: None, persist_ms: None },
             ready: None,
             files: vec![FileEntry {
@@ -167,6 +190,7 @@ mod tests {
         assert_eq!(json["created"], "2026-11-22T14:30:00.123Z");
         assert_eq!(json["host"]["criuVersion"], "4.2.1");
         assert_eq!(json["container"]["image"], serde_json::Value::Null);
+        assert_eq!(json["rootfs"]["chainId"], CHAIN);
         assert_eq!(json["rootfs"]["lowerDirs"][0], "/s/12/fs");
         assert_eq!(json["timings"]["frozenMs"], 812.5);
         assert_eq!(json["timings"]["dumpMs"], serde_json::Value::Null);
@@ -175,6 +199,37 @@ mod tests {
         assert_eq!(json["files"][0]["sha256"].as_str().unwrap().len(), 64);
         assert!(json.get("ready").is_none(), "only ready points record a condition");
         assert_eq!(serde_json::from_value::<CheckpointManifest>(json).unwrap(), m);
+    }
+
+    #[test]
+    fn a_manifest_from_before_the_chain_id_still_reads() {
+        let mut json = serde_json::to_value(sample()).unwrap();
+        json["rootfs"].as_object_mut().unwrap().remove("chainId");
+        let m = serde_json::from_value::<CheckpointManifest>(json).unwrap();
+        let rootfs = m.rootfs.unwrap();
+        assert_eq!(rootfs.chain_id, None);
+        assert_eq!(rootfs.lower_dirs, vec![PathBuf::from("/s/12/fs")]);
+    }
+
+    #[test]
+    fn rootfs_without_a_chain_id_or_an_overlay_is_written_as_before() {
+        let mut m = sample();
+        m.rootfs = RootfsInfo::of(None, vec!["/s/12/fs".into()]);
+        let json = serde_json::to_value(&m).unwrap();
+        assert_eq!(json["rootfs"], serde_json::json!({"lowerDirs": ["/s/12/fs"]}));
+        // Readers from before the chain ID need lowerDirs, even empty.
+        m.rootfs = RootfsInfo::of(Some(CHAIN.parse().unwrap()), Vec::new());
+        let json = serde_json::to_value(&m).unwrap();
+        assert_eq!(json["rootfs"], serde_json::json!({"chainId": CHAIN, "lowerDirs": []}));
+        assert_eq!(RootfsInfo::of(None, Vec::new()), None, "nothing known, nothing recorded");
+    }
+
+    #[test]
+    fn a_chain_id_that_is_no_digest_is_refused() {
+        let mut json = serde_json::to_value(sample()).unwrap();
+        json["rootfs"]["chainId"] = "sha256:0-1000".into();
+        let err = serde_json::from_value::<CheckpointManifest>(json).unwrap_err();
+        assert!(err.to_string().contains("chain ID"), "{err}");
     }
 
     #[test]

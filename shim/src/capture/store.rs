@@ -96,7 +96,7 @@ pub(super) async fn capture(container: &Container, request: &Capture, target: &S
         },
         parent,
         leave_running: request.after == After::LeaveRunning,
-        rootfs: container.overlay.as_ref().map(|o| RootfsInfo { lower_dirs: o.lowers.clone() }),
+        rootfs: container.overlay.as_ref().and_then(|o| RootfsInfo::of(None, o.lowers.clone())),
         timings: Timings {
             frozen_ms: paused.map(|d| d.as_secs_f64() * 1000.0),
             dump_ms: Some(dump_ms),
