@@ -28,7 +28,6 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(3600);
 pub struct StoreCheckpoint {
     pub store: PathBuf,
     pub id: String,
-    pub image: Option<String>,
     pub exit: bool,
     pub tcp_established: bool,
     pub file_locks: bool,
@@ -131,7 +130,6 @@ mod tests {
         let request = StoreCheckpoint {
             store: "/var/lib/cp".into(),
             id: "web-1".into(),
-            image: Some("docker.io/library/redis:7".into()),
             exit: false,
             tcp_established: true,
             file_locks: false,
@@ -141,7 +139,7 @@ mod tests {
         let json = serde_json::to_value(&request).unwrap();
         assert_eq!(
             json,
-            serde_json::json!({"store": "/var/lib/cp", "id": "web-1", "image": "docker.io/library/redis:7",
+            serde_json::json!({"store": "/var/lib/cp", "id": "web-1",
                 "exit": false, "tcp_established": true, "file_locks": false, "direct": false})
         );
     }

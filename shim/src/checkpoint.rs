@@ -52,8 +52,6 @@ struct MigrateOptions {
     store: Option<PathBuf>,
     /// With `store`: the checkpoint's id, which must not be taken.
     id: Option<String>,
-    /// With `store`: the container's image, recorded in the manifest.
-    image: Option<String>,
     /// With `store`: where CRIU dumps what is not memory (RAM by default).
     staging: Option<PathBuf>,
     /// With `store`: CRIU dumps straight into the store.
@@ -204,15 +202,7 @@ fn store_target(m: MigrateOptions, store: PathBuf) -> Result<Memory> {
             }
         },
     };
-    Ok(Memory::Store(StoreTarget {
-        store,
-        id,
-        image: m.image,
-        route,
-        rootfs_diff: true,
-        existing: Existing::Refuse,
-        ready: None,
-    }))
+    Ok(Memory::Store(StoreTarget { store, id, route, rootfs_diff: true, existing: Existing::Refuse, ready: None }))
 }
 
 fn set_path(target: &mut PathBuf, value: &str) {
@@ -335,8 +325,8 @@ mod tests {
 
     #[test]
     fn migrate_options_ask_for_a_committed_checkpoint() {
-        let json = br#"{"store":"/var/lib/cp","id":"web-1","image":"docker.io/library/redis:7","exit":true,
-            "tcp_established":true,"file_locks":true,"direct":true}"#;
+        let json = br#"{"store":"/var/lib/cp","id":"web-1","exit":true,"tcp_established":true,"file_locks":true,
+            "direct":true}"#;
         let (o, memory) = decode(Some(&any(MIGRATE_OPTIONS_TYPE, json.to_vec())), "", Path::new("/b"), false).unwrap();
         assert_eq!(o.after, After::Exit);
         assert!(o.criu.tcp_established && o.criu.file_locks);
@@ -345,7 +335,6 @@ mod tests {
             Memory::Store(StoreTarget {
                 store: "/var/lib/cp".into(),
                 id: "web-1".into(),
-                image: Some("docker.io/library/redis:7".into()),
                 route: Route::Direct,
                 rootfs_diff: true,
                 existing: Existing::Refuse,

@@ -21,6 +21,9 @@ const SANDBOX_ANNOTATION: &str = "io.kubernetes.cri.sandbox-id";
 pub struct Service {
     namespace: String,
     id: String,
+    /// containerd's gRPC socket, which the shim asks what image a
+    /// container runs (`image_origin`).
+    containerd: String,
     exit: Arc<ExitSignal>,
 }
 
@@ -29,7 +32,12 @@ impl Shim for Service {
     type T = TaskService;
 
     async fn new(_runtime_id: &str, args: &Flags, _config: &mut Config) -> Self {
-        Service { namespace: args.namespace.clone(), id: args.id.clone(), exit: Arc::default() }
+        Service {
+            namespace: args.namespace.clone(),
+            id: args.id.clone(),
+            containerd: args.address.clone(),
+            exit: Arc::default(),
+        }
     }
 
     async fn start_shim(&mut self, opts: StartOpts) -> containerd_shim::Result<String> {
@@ -76,6 +84,6 @@ impl Shim for Service {
         // Only its address is used: see events.rs for why the shim publishes itself.
         let events = Events::new(&publisher.address, &self.namespace);
         drop(publisher);
-        TaskService::new(&self.namespace, events, self.exit.clone()).await
+        TaskService::new(&self.namespace, &self.containerd, events, self.exit.clone()).await
     }
 }

@@ -49,17 +49,20 @@ struct Shared {
     exits: Arc<Exits>,
     events: Events,
     namespace: String,
+    /// containerd's gRPC socket.
+    containerd: String,
     exit: Arc<ExitSignal>,
 }
 
 impl TaskService {
     /// Creates the service and starts routing reaped exits to it.
-    pub async fn new(namespace: &str, events: Events, exit: Arc<ExitSignal>) -> Self {
+    pub async fn new(namespace: &str, containerd: &str, events: Events, exit: Arc<ExitSignal>) -> Self {
         let shared = Arc::new(Shared {
             containers: Mutex::default(),
             exits: Arc::new(Exits::default()),
             events,
             namespace: namespace.to_string(),
+            containerd: containerd.to_string(),
             exit,
         });
         shared.clone().route_exits().await;
@@ -117,7 +120,7 @@ impl Task for TaskService {
         if s.containers.lock().unwrap().contains_key(&req.id) {
             return Err(Error::AlreadyExists(format!("container {}", req.id)).into());
         }
-        let container = Arc::new(Container::create(&req, &s.namespace, &s.exits).await?);
+        let container = Arc::new(Container::create(&req, &s.namespace, &s.containerd, &s.exits).await?);
         let pid = container.init.state().pid();
         container.watch_oom(s.events.clone());
         s.containers.lock().unwrap().insert(req.id.clone(), container);

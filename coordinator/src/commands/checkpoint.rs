@@ -208,7 +208,6 @@ async fn create(g: &Global, a: CreateArgs) -> Result<ExitCode> {
     let request = StoreCheckpoint {
         store: absolute(&a.root.root)?,
         id: id.clone(),
-        image: Some(container.image.clone()).filter(|i| !i.is_empty()),
         exit: a.exit,
         tcp_established: a.tcp_established,
         file_locks: a.file_locks,

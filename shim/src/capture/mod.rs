@@ -61,8 +61,6 @@ pub enum Memory {
 pub struct StoreTarget {
     pub store: PathBuf,
     pub id: String,
-    /// The image the container runs, recorded in the manifest.
-    pub image: Option<String>,
     pub route: Route,
     /// Whether the changes in the container's writable layer are saved
     /// too, of the instant of the dump (the container is paused across
@@ -194,7 +192,6 @@ pub fn own(container: &Container, store: &Path, id: &str, increment: Increment) 
     let target = StoreTarget {
         store: store.to_owned(),
         id: id.to_owned(),
-        image: None,
         route: Route::Ram { root: ram_root() },
         rootfs_diff: true,
         existing: Existing::Replace,

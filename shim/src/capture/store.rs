@@ -10,8 +10,7 @@ use std::{
 
 use log::{info, warn};
 use migrate_oci::{
-    Checkpoint, CheckpointStore, CommitInfo, ContainerInfo, HostInfo, RootfsInfo, Staging, Timings, WrittenFile,
-    criu_stats,
+    Checkpoint, CheckpointStore, CommitInfo, ContainerInfo, HostInfo, Staging, Timings, WrittenFile, criu_stats,
 };
 
 use super::{
@@ -38,6 +37,8 @@ pub(super) async fn capture(container: &Container, request: &Capture, target: &S
         }
         None => None,
     };
+    // Answered while the container is dumped; the manifest records it.
+    container.ask_image();
     let pre_dump = request.increment.is_pre_dump();
     // A pre-dump is only memory for later dumps to build on, never
     // restored by itself: it needs no rootfs diff, and no pause for one.
@@ -87,16 +88,17 @@ pub(super) async fn capture(container: &Container, request: &Capture, target: &S
 
     let persist_started = Instant::now();
     let host = HostInfo::this_machine(runc::criu_version_text().await);
+    let image = container.image().await;
     let info = CommitInfo {
         container: ContainerInfo {
             id: container.id.clone(),
             namespace: container.namespace().to_string(),
-            image: target.image.clone(),
+            image: image.reference,
             runtime: crate::RUNTIME_ID.to_string(),
         },
         parent,
         leave_running: request.after == After::LeaveRunning,
-        rootfs: container.overlay.as_ref().and_then(|o| RootfsInfo::of(None, o.lowers.clone())),
+        rootfs: image.rootfs,
         timings: Timings {
             frozen_ms: paused.map(|d| d.as_secs_f64() * 1000.0),
             dump_ms: Some(dump_ms),

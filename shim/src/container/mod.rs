@@ -40,12 +40,13 @@ use crate::{
     error::{Error, Result},
     events::Events,
     exits::{Exits, ProcessKey},
-    oom,
+    image_origin, oom,
     process::{ExecState, Exit, InitState, Launch, Lifecycle, Process},
     ready,
     restore_source::{Prepared, RestoreSource},
     rootfs::{MountedRootfs, Overlay},
     runc::{self, ExecOptions, Runc},
+    same_image::Image,
     stdio::{IoOwner, PendingIo},
     ticker::{self, Ticker, TickerPlan},
 };
@@ -73,6 +74,9 @@ pub struct Container {
     /// Unmounted when taken (at delete) or when the container goes.
     rootfs: Mutex<Option<MountedRootfs>>,
     pub overlay: Option<Overlay>,
+    /// What containerd says of the image of the root file system, which
+    /// every checkpoint records.
+    origin: image_origin::Lookup,
     /// What a restore from a checkpoint still has to check.
     pending_memory: Mutex<Option<PendingMemory>>,
     /// The ready-point checkpoint still to take, if the spec asks for one.
@@ -89,10 +93,18 @@ pub struct Exec {
 }
 
 impl Container {
-    pub async fn create(req: &CreateTaskRequest, namespace: &str, exits: &Arc<Exits>) -> Result<Container> {
+    /// Creates the container of `req`; `containerd` is containerd's gRPC
+    /// socket, which knows its image.
+    pub async fn create(
+        req: &CreateTaskRequest,
+        namespace: &str,
+        containerd: &str,
+        exits: &Arc<Exits>,
+    ) -> Result<Container> {
         if req.id.is_empty() {
             return Err(Error::InvalidArgument("a task needs an id".into()));
         }
+        let origin = image_origin::Lookup::new(containerd, namespace, &req.id);
         let bundle = PathBuf::from(&req.bundle);
         let spec =
             read_spec(&bundle).await.map_err(Error::shim(format!("read the OCI spec in {}", bundle.display())))?;
@@ -204,6 +216,7 @@ impl Container {
             oom_watch: Mutex::new(None),
             rootfs: Mutex::new(rootfs),
             overlay,
+            origin,
             pending_memory: Mutex::new(pending_memory),
             ready: Mutex::new(ready),
             ticker_plan: plan.ticker,
@@ -213,6 +226,17 @@ impl Container {
 
     pub fn namespace(&self) -> &str {
         &self.ctx.namespace
+    }
+
+    /// Starts asking containerd for the image of the root file system,
+    /// for an [`Container::image`] to come.
+    pub fn ask_image(&self) {
+        self.origin.start();
+    }
+
+    /// The image of the root file system, once containerd has said.
+    pub async fn image(&self) -> Image {
+        Image::of(self.origin.answer().await, self.overlay.as_ref())
     }
 
     pub(crate) fn runc(&self) -> &Runc {
