@@ -8,6 +8,12 @@ use crate::runc;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// Runs `f` (`what`, for the error) off the async runtime, whose one thread
+/// the shim's other containers share: hashing, writing a diff.
+pub async fn blocking<T: Send + 'static>(what: &str, f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| Error::io(what.to_string())(std::io::Error::other(e)))?
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("{0}: not found")]

@@ -20,7 +20,7 @@ use super::{
 };
 use crate::{
     container::Container,
-    error::{Error, Result},
+    error::{Error, Result, blocking},
     runc,
 };
 
@@ -180,10 +180,6 @@ async fn frozen_part(
 
 fn dumped_but(container: &Container, what: &str, e: Error) -> Error {
     Error::io(format!("container {} was dumped, but not {what}", container.id))(std::io::Error::other(e))
-}
-
-async fn blocking<T: Send + 'static>(what: &str, f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| Error::io(what.to_string())(std::io::Error::other(e)))?
 }
 
 /// Where CRIU finds the images of checkpoint `parent` of `store` from the

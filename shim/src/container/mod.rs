@@ -114,10 +114,15 @@ impl Container {
         // A checkpoint named by the request must be usable; one named by the
         // annotation is a wish, so the task starts cold when it is not.
         let requested = (!req.checkpoint.is_empty()).then(|| PathBuf::from(&req.checkpoint));
+        if requested.is_some() || plan.restore_from.is_some() {
+            // Answered while the checkpoint is verified: the restore
+            // compares its image with the checkpoint's.
+            origin.start();
+        }
         let checking = Instant::now();
         let (source, wish) = match (&requested, &plan.restore_from) {
-            (Some(path), _) => (Some(check_source(path, overlay.as_ref(), false).await?), false),
-            (None, Some(path)) => match check_source(path, overlay.as_ref(), true).await {
+            (Some(path), _) => (Some(check_source(path, overlay.as_ref(), &origin, false).await?), false),
+            (None, Some(path)) => match check_source(path, overlay.as_ref(), &origin, true).await {
                 Ok(source) => (Some(source), true),
                 Err(why) => {
                     warn!("{}: starting cold instead of from {}: {why}", req.id, path.display());

@@ -13,14 +13,15 @@ use super::Container;
 use crate::{
     capture::fresh_dir,
     checkpoint::RestoreCriuOptions,
-    error::{Error, Result},
+    error::{Error, Result, blocking},
     exits::ProcessKey,
-    netns,
+    image_origin, netns,
     process::{InitState, Lifecycle},
     restore_gate::MemoryGate,
     restore_source::RestoreSource,
     rootfs::{MountedRootfs, Overlay},
     runc::{self, CriuConfig, RestoreOptions},
+    same_image::Image,
     stdio::PendingIo,
 };
 
@@ -180,23 +181,31 @@ fn is_vdso_misplaced(e: &Error) -> bool {
 /// Checks the checkpoint at `path` off the reactor (hashing a large one
 /// takes a while, and other containers of this shim must not wait for it):
 /// all but its memory images' digests, which the restore checks while CRIU
-/// works. A `wish` (the annotation's
+/// works; then that it was taken from this container's image, which
+/// containerd has told (`origin`) meanwhile. A `wish` (the annotation's
 /// checkpoint) falls back to a cold start when those do not match, which
 /// needs the root file system as it was: so its memory is checked now too
 /// if the checkpoint's changes would go where they cannot be taken back
 /// out (anything but an overlay's empty writable layer).
-pub(super) async fn check_source(path: &Path, overlay: Option<&Overlay>, wish: bool) -> Result<RestoreSource> {
-    let (path, overlay) = (path.to_path_buf(), overlay.cloned());
-    tokio::task::spawn_blocking(move || {
-        let mut source = RestoreSource::check(&path, overlay.as_ref())?;
-        let undoable = overlay.as_ref().and_then(|o| o.upper.as_deref()).is_some_and(is_empty_dir);
-        if wish && source.changes_rootfs() && !undoable {
+pub(super) async fn check_source(
+    path: &Path,
+    overlay: Option<&Overlay>,
+    origin: &image_origin::Lookup,
+    wish: bool,
+) -> Result<RestoreSource> {
+    let path = path.to_path_buf();
+    let source = blocking("verify the checkpoint", move || RestoreSource::check(&path)).await?;
+    source.check_image(&Image::of(origin.answer().await, overlay))?;
+    let undoable = overlay.and_then(|o| o.upper.as_deref()).is_some_and(is_empty_dir);
+    if wish && source.changes_rootfs() && !undoable {
+        return blocking("verify the checkpoint's memory images", move || {
+            let mut source = source;
             source.verify_memory_now()?;
-        }
-        Ok(source)
-    })
-    .await
-    .map_err(|e| Error::io("verify the checkpoint")(std::io::Error::other(e)))?
+            Ok(source)
+        })
+        .await;
+    }
+    Ok(source)
 }
 
 fn is_empty_dir(dir: &Path) -> bool {
