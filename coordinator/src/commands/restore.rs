@@ -262,6 +262,16 @@ async fn source(
     let chain_id = image::rootfs_chain_id(cd, &image)
         .await
         .with_context(|| format!("find the layers of image {image}, which {label} was taken from"))?;
+    // The shim would refuse it too, but only after a snapshot and a
+    // container were made for each clone.
+    if let Some(taken) = m.rootfs.as_ref().and_then(|r| r.chain_id)
+        && taken != chain_id
+    {
+        bail!(
+            "{label} was taken from a container of {} with layers {taken}, but image {image} here has layers              {chain_id} (the name now points at other content?): pull or import the image it was taken from, or              pass --image REF of one with those layers",
+            m.container.image.as_deref().unwrap_or("an unnamed image")
+        );
+    }
     Ok(Arc::new(Source {
         checkpoint_id: label,
         dir: std::fs::canonicalize(checkpoint.dir())
