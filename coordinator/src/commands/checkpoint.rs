@@ -490,8 +490,8 @@ fn describe(cp: &Checkpoint, validity: &Validity) -> String {
     line(
         "Rootfs",
         match (&m.rootfs, cp.rootfs_diff()) {
-            (Some(r), Some(_)) => format!("diff on {}", layers(r.lower_dirs.len())),
-            (Some(r), None) => format!("{}, no diff", layers(r.lower_dirs.len())),
+            (Some(r), Some(_)) => format!("diff on {}", layers(r)),
+            (Some(r), None) => format!("{}, no diff", layers(r)),
             (None, Some(_)) => "diff".into(),
             (None, None) => "not saved".into(),
         },
@@ -533,8 +533,17 @@ fn ready_point(r: &migrate_oci::ReadyInfo) -> String {
     s
 }
 
-fn layers(n: usize) -> String {
-    if n == 1 { "1 image layer".into() } else { format!("{n} image layers") }
+/// "2 image layers (chain ID sha256:…)": by content where it is known.
+fn layers(r: &migrate_oci::RootfsInfo) -> String {
+    let count = match r.lower_dirs.len() {
+        0 => "image layers".to_string(),
+        1 => "1 image layer".to_string(),
+        n => format!("{n} image layers"),
+    };
+    match &r.chain_id {
+        Some(chain) => format!("{count} (chain ID {chain})"),
+        None => count,
+    }
 }
 
 // ---------------------------------------------------------------- rm
