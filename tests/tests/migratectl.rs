@@ -7,8 +7,9 @@
 //! a tampered file must make `inspect --verify` and `restore` fail naming the file; `rm`
 //! must remove it; `restore` must start clones that carry on counting from
 //! the checkpoint rather than from zero, even when a file the container
-//! had open at the dump was renamed as it thawed. `checkpoint export` and `import`
-//! must convert to and from containerd's checkpoint image so that
+//! had open at the dump was renamed as it thawed, and wherever the image's
+//! layers are unpacked (the checkpoint names them by content). `checkpoint
+//! export` and `import` must convert to and from containerd's checkpoint image so that
 //! `ctr container restore` and `ctr container checkpoint` work with ours.
 
 use std::path::{Path, PathBuf};
@@ -66,6 +67,14 @@ mod migrate_v1 {
     }
 
     #[test]
+    fn a_checkpoint_restores_where_its_image_is_unpacked_again() {
+        super::run(
+            "a_checkpoint_restores_where_its_image_is_unpacked_again",
+            super::a_checkpoint_restores_where_its_image_is_unpacked_again,
+        );
+    }
+
+    #[test]
     fn export_then_ctr_restore_carries_on_counting() {
         super::run(
             "export_then_ctr_restore_carries_on_counting",
@@ -113,10 +122,15 @@ impl Migratectl {
         }
     }
 
-    /// `migratectl --address A --namespace N VERB... --store S ARGS...`.
+    /// `migratectl --address A --namespace default VERB... --root S ARGS...`.
     fn command(&self, verb: &[&str], args: &[&str]) -> Command {
+        self.command_in(NAMESPACE, verb, args)
+    }
+
+    /// `migratectl --address A --namespace NAMESPACE VERB... --root S ARGS...`.
+    fn command_in(&self, namespace: &str, verb: &[&str], args: &[&str]) -> Command {
         let mut cmd = Command::new(&self.bin);
-        cmd.args(["--address", &self.address, "--namespace", NAMESPACE]);
+        cmd.args(["--address", &self.address, "--namespace", namespace]);
         cmd.args(verb).arg("--root").arg(&self.store).args(args);
         cmd
     }
@@ -524,6 +538,137 @@ fn restore_and_count_on(
     wait_tick_above(pid, first + 3, "the restored container to go on counting");
     let _ = std::fs::remove_file(report["containers"][0]["log"].as_str().unwrap());
     (clone, pid)
+}
+
+/// A checkpoint names its image by content, not by this host's snapshot
+/// directories: in another namespace, where containerd unpacks the same
+/// image again into snapshot directories of its own (as another host
+/// would), it restores, and counts on. Its manifest names the image and
+/// the chain ID of its layers, the parent of the container's snapshot.
+fn a_checkpoint_restores_where_its_image_is_unpacked_again(s: &Scenario) {
+    let m = Migratectl::new(s);
+    let c = s.container();
+    let pid = s.run_detached(&c, &[], &MEMTICK);
+    let before = wait_tick_above(pid, 5, "memtick to count");
+    let id = format!("{}-ck", c.id);
+    m.json(&["checkpoint", "create"], &["--id", &id, "--json", &c.id]);
+    let inspected = m.json(&["checkpoint", "inspect"], &["--json", &id]);
+    let manifest = &inspected["manifest"];
+    assert_eq!(manifest["container"]["image"], IMAGE, "{manifest}");
+    let snapshot: Value =
+        serde_json::from_slice(&s.ctr.ok(&["snapshots", "info", &c.id]).stdout).unwrap();
+    let chain = snapshot["Parent"].as_str().unwrap();
+    assert_eq!(manifest["rootfs"]["chainId"], chain, "{manifest}");
+    let taken_at = manifest["rootfs"]["lowerDirs"].clone();
+
+    let elsewhere = Elsewhere::new(s, &format!("elsewhere-{}", std::process::id()));
+    // Scenario ids are too long for one more suffix (76 characters at most).
+    let clone = format!("moved-{}", std::process::id());
+    let out = process::run(
+        m.command_in(
+            &elsewhere.namespace,
+            &["restore"],
+            &["--checkpoint", &id, "--as", &clone, "--detach", "--json"],
+        ),
+        None,
+        CALL_TIMEOUT,
+    )
+    .expect_success();
+    let _clone = elsewhere.container(&clone);
+    let report: Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("not JSON: {e}\n{out}"));
+    let restored = report["containers"][0]["pid"].as_u64().unwrap() as u32;
+    let _ = std::fs::remove_file(report["containers"][0]["log"].as_str().unwrap());
+    let lowers = root_lowerdirs(restored);
+    assert_ne!(
+        Value::from(lowers.clone()),
+        taken_at,
+        "the image is at the same snapshot directories in both namespaces: the test proves nothing"
+    );
+    let first = wait_tick_above(restored, 0, "the restored container to count");
+    assert!(
+        first >= before,
+        "the restored container counts from {first}, not from the checkpoint's {before}"
+    );
+    wait_tick_above(
+        restored,
+        first + 3,
+        "the restored container to go on counting",
+    );
+}
+
+/// The overlay lower directories of the root file system of process `pid`.
+#[track_caller]
+fn root_lowerdirs(pid: u32) -> Vec<String> {
+    let mountinfo = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
+    mountinfo
+        .lines()
+        .filter(|l| l.split(' ').nth(4) == Some("/"))
+        .find_map(|l| {
+            let options = l.rsplit(' ').next()?;
+            let lower = options
+                .split(',')
+                .find_map(|o| o.strip_prefix("lowerdir="))?;
+            Some(lower.split(':').map(String::from).collect())
+        })
+        .unwrap_or_else(|| panic!("no overlay root in /proc/{pid}/mountinfo:\n{mountinfo}"))
+}
+
+/// Another namespace of the scenario's containerd with the test image
+/// imported (and so unpacked) into it: snapshot directories of its own
+/// hold the same layers, as on another host.
+struct Elsewhere {
+    address: String,
+    namespace: String,
+}
+
+impl Elsewhere {
+    #[track_caller]
+    fn new(s: &Scenario, namespace: &str) -> Elsewhere {
+        let mut import = Command::new("bash");
+        import.arg(fixture::repo_root().join("hack/images.sh"));
+        import.args(["import", s.ctr.address(), "--namespace", namespace]);
+        process::run(import, None, CALL_TIMEOUT).expect_success();
+        Elsewhere {
+            address: s.ctr.address().to_string(),
+            namespace: namespace.to_string(),
+        }
+    }
+
+    /// Container `id` of this namespace, removed with its task and
+    /// snapshot when dropped (the instance's destruction takes the image
+    /// and the namespace).
+    fn container(&self, id: &str) -> ElsewhereContainer<'_> {
+        ElsewhereContainer {
+            at: self,
+            id: id.to_string(),
+        }
+    }
+
+    fn ctr(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new("ctr");
+        cmd.args(["--address", &self.address, "--namespace", &self.namespace]);
+        cmd.args(args);
+        cmd
+    }
+}
+
+struct ElsewhereContainer<'a> {
+    at: &'a Elsewhere,
+    id: String,
+}
+
+impl Drop for ElsewhereContainer<'_> {
+    fn drop(&mut self) {
+        let id = self.id.as_str();
+        for args in [
+            &["tasks", "kill", "--all", "--signal", "SIGKILL", id][..],
+            &["tasks", "delete", "--force", id],
+            &["containers", "rm", id],
+        ] {
+            let _ = process::run_quietly(self.at.ctr(args), Duration::from_secs(30));
+        }
+    }
 }
 
 /// An image in the scenario's containerd, removed when dropped.
