@@ -5,10 +5,11 @@
 //! Versions must appear every interval and never overlap, retention must
 //! keep only the newest groups, and a delete must stop the ticker. A
 //! container restored from the newest version must carry on counting from
-//! where the version left it; a damaged newest version must be skipped in
-//! favour of the one before, saying why; encrypted versions must refuse a
-//! missing or wrong key. Bad annotation values must fail the creation,
-//! naming the annotation.
+//! where the version left it, also once the container and its record are
+//! gone, since a version names its image; a damaged newest version must be
+//! skipped in favour of the one before, saying why; encrypted versions must
+//! refuse a missing or wrong key. Bad annotation values must fail the
+//! creation, naming the annotation.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -44,6 +45,14 @@ mod migrate_v1 {
         super::run(
             "restore_skips_a_damaged_newest_version",
             super::restore_skips_a_damaged_newest_version,
+        );
+    }
+
+    #[test]
+    fn a_lost_containers_version_restores_without_naming_its_image() {
+        super::run(
+            "a_lost_containers_version_restores_without_naming_its_image",
+            super::a_lost_containers_version_restores_without_naming_its_image,
         );
     }
 
@@ -423,6 +432,62 @@ fn restore_skips_a_damaged_newest_version(s: &Scenario) {
         "{reason}"
     );
 
+    assert_carries_on(&k, &report, before);
+}
+
+/// As after its host died: the ticked container is killed and containerd's
+/// record of it deleted, so only the version store knows it. `restore
+/// --store URL --container ID` without `--image` takes the image from the
+/// newest version, which names it, and the counter carries on.
+fn a_lost_containers_version_restores_without_naming_its_image(s: &Scenario) {
+    let store = Store::new();
+    let url = store.url();
+    let c = s.container();
+    let opts = [
+        "--annotation".to_string(),
+        "io.containerd.migrate.checkpoint.interval=1s".to_string(),
+        "--annotation".to_string(),
+        format!("io.containerd.migrate.checkpoint.store={url}"),
+    ];
+    let pid = s.run_detached(&c, &fixture::strs(&opts), &memtick());
+    let first = numbers(&wait_for_version(s, &url, &c.id, 0))[0];
+    let before = wait_tick_above(pid, 50, "memtick to count");
+    let newest_seen = numbers(&versions(s, &url, &c.id))
+        .last()
+        .copied()
+        .unwrap_or(first);
+    wait_for_version(s, &url, &c.id, newest_seen + 1);
+    s.ctr.ok(&["tasks", "kill", "--signal", "SIGKILL", &c.id]);
+    let id = c.id.clone();
+    drop(c); // the task and the container's record
+    let records = s.ctr.ok(&["containers", "ls", "-q"]).stdout_str();
+    assert!(!records.lines().any(|l| l.trim() == id), "{records}");
+
+    let k = s.container();
+    let out = migratectl(
+        s,
+        &[
+            "restore",
+            "--store",
+            &url,
+            "--container",
+            &id,
+            "--as",
+            &k.id,
+            "--detach",
+            "--json",
+        ],
+    )
+    .expect_success();
+    let report: Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}\n{out}"));
+    assert!(
+        report["version"].as_u64().unwrap() > newest_seen,
+        "{report}"
+    );
+    let record: Value =
+        serde_json::from_slice(&s.ctr.ok(&["containers", "info", &k.id]).stdout).unwrap();
+    assert_eq!(record["Image"], IMAGE, "{record}");
     assert_carries_on(&k, &report, before);
 }
 
