@@ -64,7 +64,8 @@ pub fn check(id: &str, saved: &Image, ours: &Image) -> Result<()> {
             Ok(())
         } else {
             Err(Error::InvalidArgument(format!(
-                "checkpoint {id} was taken from a different image: {}, where this container runs {}",
+                "checkpoint {id} was taken from a different image: {}, where this container runs {}; create the \
+                 container from the checkpoint's image",
                 saved.describe(),
                 ours.describe()
             )))
@@ -75,8 +76,11 @@ pub fn check(id: &str, saved: &Image, ours: &Image) -> Result<()> {
         return Ok(());
     }
     let why = match saved.chain_id() {
-        None => "the checkpoint records no chain ID (it was taken before checkpoints recorded one)",
-        Some(_) => "containerd did not say which layers this container's snapshot sits on",
+        None => {
+            "the checkpoint records no chain ID (it was taken before checkpoints recorded one: restore it on the host \
+             that took it, or take a new one)"
+        }
+        Some(_) => "containerd did not say which layers this container's snapshot sits on (the shim's log says why)",
     };
     Err(Error::InvalidArgument(format!(
         "checkpoint {id} was taken from a different image: {}, whose layers were at {a:?} where it was taken, \
