@@ -88,6 +88,7 @@ pub fn decode(any: Option<&Any>, path: &str, bundle: &Path, terminal: bool) -> R
                 file_locks: runc.file_locks,
                 cgroups_mode: cgroups_mode(&runc.cgroups_mode)?,
                 empty_namespaces: runc.empty_namespaces,
+                ..Default::default()
             };
         }
         Some(any) if any.type_url.ends_with(MIGRATE_OPTIONS_TYPE) => {
@@ -107,6 +108,7 @@ pub fn decode(any: Option<&Any>, path: &str, bundle: &Path, terminal: bool) -> R
                 file_locks: m.file_locks,
                 cgroups_mode: m.cgroups_mode.as_deref().map(cgroups_mode).transpose()?.flatten(),
                 empty_namespaces: m.empty_namespaces.clone(),
+                ..Default::default()
             };
             capture.network_lock = m.network_lock.as_deref().map(network_lock).transpose()?;
             let parent = m.parent_path.clone().map(Parent::Images);
@@ -233,6 +235,7 @@ pub struct RestoreCriuOptions {
     pub external_unix_sockets: bool,
     pub file_locks: bool,
     pub shell_job: bool,
+    pub tcp_close: bool,
 }
 
 impl From<&CriuOptions> for RestoreCriuOptions {
@@ -242,6 +245,7 @@ impl From<&CriuOptions> for RestoreCriuOptions {
             external_unix_sockets: c.external_unix_sockets,
             file_locks: c.file_locks,
             shell_job: c.shell_job,
+            tcp_close: c.tcp_close,
         }
     }
 }
@@ -253,6 +257,7 @@ impl RestoreCriuOptions {
             external_unix_sockets: self.external_unix_sockets,
             file_locks: self.file_locks,
             shell_job: self.shell_job,
+            tcp_close: self.tcp_close,
             ..Default::default()
         }
     }

@@ -51,7 +51,11 @@ pub(super) fn runc_options(
             Memory::Directory(_) | Memory::Store(_) => Pages::Local,
         },
         criu: request.criu.clone(),
-        config: CriuConfig { network_lock: request.network_lock, ..Default::default() },
+        config: CriuConfig {
+            network_lock: request.network_lock,
+            tcp_close: request.criu.tcp_close,
+            ..Default::default()
+        },
     }
 }
 

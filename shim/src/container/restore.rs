@@ -77,6 +77,7 @@ impl Container {
     /// images while CRIU works; the restored processes run only if they match.
     async fn restore_checked(&self, image: &Path, digests: Option<DeferredDigests>) -> Result<(u32, Option<i32>)> {
         let criu = RestoreCriuOptions::read(image)?.to_criu();
+        let tcp_close = criu.tcp_close;
         let work = self.bundle.join("criu-restore-work");
         fresh_dir(&work)?;
         let mut gate = digests.map(|d| MemoryGate::start(&work, d)).transpose()?;
@@ -98,7 +99,11 @@ impl Container {
             no_pivot: self.no_pivot,
             lazy_pages: false,
             criu,
-            config: CriuConfig { action_script: gate.as_ref().map(|g| g.script().to_owned()), ..Default::default() },
+            config: CriuConfig {
+                action_script: gate.as_ref().map(|g| g.script().to_owned()),
+                tcp_close,
+                ..Default::default()
+            },
         };
         let restoring = Instant::now();
         let restored = self.ctx.runc.restore(&self.id, &opts, runc_stdio).await;

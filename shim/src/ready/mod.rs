@@ -176,11 +176,18 @@ fn record(condition: &str, fired: Fired) -> ReadyInfo {
 /// A leave-running checkpoint for new containers to start from, taken the
 /// moment the app is ready, before it has served anyone, and restored as
 /// containers with network identities of their own. Nothing connected to
-/// the source could carry on with a restored copy (and CRIU refuses to
-/// dump established connections unless told to keep them), so the network
-/// lock protects nothing here. Skipping it shortens the freeze and every
-/// restore, which take the dump's method: unlocking the restored network
-/// costs about 20 ms here, on the path of each start.
+/// the source could carry on with a restored copy, so:
+/// - the network lock protects nothing here. Skipping it shortens the
+///   freeze and every restore, which take the dump's method: unlocking the
+///   restored network costs about 20 ms here, on the path of each start.
+/// - a connection the app still holds is dumped without its state and
+///   restored closed (CRIU's tcp-close, recorded for the restores). The
+///   watch waits for the app to close the probe's connections, but cannot
+///   see them all: Java's NIO, Tomcat's default connector, keeps a socket
+///   whose peer is gone (TCP_CLOSE, which sock_diag does not list) until
+///   its selector's next round, up to a second later; without tcp-close
+///   every clone of such a ready point failed with "Connected TCP socket in
+///   image".
 async fn checkpoint_for_new_containers(
     container: &Container,
     store: &Path,
@@ -189,6 +196,7 @@ async fn checkpoint_for_new_containers(
 ) -> Result<PathBuf> {
     let (mut request, mut target) = capture::own(container, store, id, Increment::Full);
     request.network_lock = runc::network_lock_skip().await.then_some(NetworkLock::Skip);
+    request.criu.tcp_close = true;
     target.ready = Some(ready);
     let checkpoint = capture::into_store(container, &request, &target).await?;
     let dir = checkpoint.dir().to_path_buf();

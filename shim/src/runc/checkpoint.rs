@@ -54,6 +54,11 @@ pub struct CriuOptions {
     /// Namespaces to leave empty and recreate on restore (`--empty-ns`),
     /// e.g. "network" to restore a clone into a fresh network namespace.
     pub empty_namespaces: Vec<String>,
+    /// Connected TCP sockets are dumped without their state and restored
+    /// closed (`tcp-close`; runc has no flag, so it goes into
+    /// [`CriuConfig`]): for checkpoints restored only as new containers,
+    /// whose connections could not continue anyway.
+    pub tcp_close: bool,
 }
 
 impl CriuOptions {
@@ -115,6 +120,8 @@ pub struct CriuConfig {
     /// `CRTOOLS_SCRIPT_ACTION`. A failure at "post-restore" aborts a restore
     /// before the restored processes run; at other stages CRIU only logs it.
     pub action_script: Option<PathBuf>,
+    /// [`CriuOptions::tcp_close`].
+    pub tcp_close: bool,
 }
 
 impl CriuConfig {
@@ -123,6 +130,9 @@ impl CriuConfig {
         let mut text = String::new();
         if let Some(lock) = self.network_lock {
             text.push_str(&format!("network-lock {}\n", lock.as_str()));
+        }
+        if self.tcp_close {
+            text.push_str("tcp-close\n");
         }
         if let Some(script) = &self.action_script {
             let path = script.to_str().filter(|p| !p.contains(['"', '\\', '\n'])).ok_or_else(|| {
@@ -335,10 +345,11 @@ mod tests {
         let config = CriuConfig {
             network_lock: Some(NetworkLock::Nftables),
             action_script: Some("/run/b/criu-restore-work/gate".into()),
+            tcp_close: true,
         };
         assert_eq!(
             config.render().unwrap().unwrap(),
-            "network-lock nftables\naction-script \"/run/b/criu-restore-work/gate\"\n"
+            "network-lock nftables\ntcp-close\naction-script \"/run/b/criu-restore-work/gate\"\n"
         );
         for (name, lock) in
             [("iptables", NetworkLock::Iptables), ("nftables", NetworkLock::Nftables), ("skip", NetworkLock::Skip)]
