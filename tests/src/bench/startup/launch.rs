@@ -228,7 +228,8 @@ fn shim_cpu_seconds(id: &str, address: &str) -> Option<f64> {
 }
 
 /// A ready-point checkpoint's manifest, summarized:
-/// {id, memoryBytes, files (count), bytes (sum), timings, ready, created, host}.
+/// {id, memoryBytes, threads, files (count), bytes (sum), timings, ready,
+/// created, host}; threads counts CRIU's core-TID.img files, one a thread.
 fn manifest_summary(path: &Path) -> Result<Value> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
@@ -237,6 +238,7 @@ fn manifest_summary(path: &Path) -> Result<Value> {
     let files = m["files"].as_array().map(Vec::as_slice).unwrap_or_default();
     Ok(json!({
         "id": m["id"], "memoryBytes": m["memoryBytes"], "files": files.len(),
+        "threads": files.iter().filter_map(|f| f["path"].as_str()).filter(|p| p.starts_with("criu/core-")).count(),
         "bytes": files.iter().filter_map(|f| f["size"].as_u64()).sum::<u64>(),
         "timings": m["timings"], "ready": m["ready"], "created": m["created"], "host": m["host"],
     }))

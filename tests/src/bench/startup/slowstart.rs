@@ -126,7 +126,7 @@ impl Bench<'_> {
                     .session
                     .init_pid(id)
                     .ok_or_else(|| format!("{id} has no init.pid"))?;
-                http_probe::get_in_netns(pid, PORT, self.launcher.timeout)
+                http_probe::poll_ok(pid, PORT, "/", self.launcher.timeout).map(|a| a.body)
             }
             Poll::Exec => {
                 static EXECS: AtomicUsize = AtomicUsize::new(0);
