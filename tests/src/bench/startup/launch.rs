@@ -1,7 +1,7 @@
 //! What both start-up apps do with their containers: the image from its
 //! hack/bench script, `ctr run -d` under this runtime with the output in a
 //! log file, a ready-point container waited for until its checkpoint is
-//! committed, and the facts a start leaves (CRIU's restore time, the
+//! committed, and the facts a start leaves (CRIU's restore log, the
 //! checkpoint's manifest, the shim's CPU time).
 
 use std::path::{Path, PathBuf};
@@ -189,21 +189,58 @@ impl Launcher<'_> {
         )
     }
 
-    /// CRIU's restore time of container `id` (restored from a checkpoint),
-    /// in seconds: the time stamp of the last line of its restore.log.
-    pub fn criu_restore_seconds(&self, id: &str) -> Option<f64> {
+    /// What CRIU's restore.log of container `id` (restored from a
+    /// checkpoint) says of the restore.
+    pub fn criu_restore(&self, id: &str) -> Option<CriuRestore> {
         let log = self
             .session
             .instance
             .task_state_dir()
             .join(id)
             .join("criu-restore-work/restore.log");
-        std::fs::read_to_string(log)
-            .ok()?
-            .lines()
-            .rev()
-            .find_map(criu_log_seconds)
+        parse_restore_log(&std::fs::read_to_string(log).ok()?)
     }
+}
+
+/// A restore as CRIU logged it, in seconds.
+#[derive(Debug, PartialEq)]
+pub struct CriuRestore {
+    /// The time stamp of the log's last line.
+    pub total_s: f64,
+    /// In the restorer's preadv calls, which read the memory pages into
+    /// place (page faults on fresh memory, and the image file's reads).
+    pub pages_s: f64,
+}
+
+fn parse_restore_log(text: &str) -> Option<CriuRestore> {
+    // "(00.028656) pie: 1: Preadv 0xf0000000:11141120... (158 iovs)", then,
+    // from the same process, "(00.226386) pie: 1: `- returned 108150784".
+    let mut reading: std::collections::HashMap<&str, f64> = Default::default();
+    let mut pages_s = 0.0;
+    let mut total_s = None;
+    for line in text.lines() {
+        let Some(t) = criu_log_seconds(line) else {
+            continue;
+        };
+        total_s = Some(t);
+        let Some((pid, what)) = line
+            .split_once(") pie: ")
+            .and_then(|(_, rest)| rest.split_once(": "))
+        else {
+            continue;
+        };
+        if what.starts_with("Preadv ") {
+            reading.insert(pid, t);
+        } else if what.starts_with("`- returned") {
+            if let Some(from) = reading.remove(pid) {
+                pages_s += t - from;
+            }
+        }
+    }
+    Some(CriuRestore {
+        total_s: total_s?,
+        pages_s: stats::round(pages_s, 6),
+    })
 }
 
 /// CPU seconds (user + system) the shim serving container `id` of the
@@ -242,4 +279,23 @@ fn manifest_summary(path: &Path) -> Result<Value> {
         "bytes": files.iter().filter_map(|f| f["size"].as_u64()).sum::<u64>(),
         "timings": m["timings"], "ready": m["ready"], "created": m["created"], "host": m["host"],
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restore_log_times() {
+        let log = "(00.000000) CRIU run id = x\n\
+                   (00.028656) pie: 1: Preadv 0xf0000000:11141120... (158 iovs)\n\
+                   (00.030000) pie: 9: Preadv 0x1000:4096... (1 iovs)\n\
+                   (00.031000) pie: 9: `- returned 4096\n\
+                   (00.226386) pie: 1: `- returned 108150784\n\
+                   (00.238011) \tRPC\n";
+        let r = parse_restore_log(log).unwrap();
+        assert_eq!(r.total_s, 0.238011);
+        assert_eq!(r.pages_s, 0.19873);
+        assert_eq!(parse_restore_log("no stamps"), None);
+    }
 }

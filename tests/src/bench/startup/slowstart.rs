@@ -286,8 +286,8 @@ impl Bench<'_> {
                     s
                 } else {
                     let mut s = self.timed_start("restored", i, &id, &restore_from, &reference);
-                    if let Some(secs) = self.launcher.criu_restore_seconds(&id) {
-                        s.extra.insert("criu_restore_s".into(), secs.into());
+                    if let Some(r) = self.launcher.criu_restore(&id) {
+                        s.extra.insert("criu_restore_s".into(), r.total_s.into());
                     }
                     s
                 };
