@@ -1,6 +1,6 @@
 //! The start-up benchmark on a real server: Debian bookworm's Tomcat 10
 //! with its examples webapp (hack/bench/tomcat-image.sh). Tomcat binds 8080
-//! when its connector initialises, about a second into its start, then
+//! when its connector initialises, about half a second into its start, then
 //! deploys its webapps and serves only after that: the moment it listens is
 //! not the moment it is ready.
 //!
