@@ -12,13 +12,18 @@
 #   hack/bench/startup-image.sh command          prints the container command (one word a line)
 #
 # Like hack/images.sh, the archive is built deterministically (fixed mtimes,
-# owners and order, gzip without a timestamp). It is rebuilt only when its
-# inputs change: this script, SlowStart.java and the JDK.
+# owners and order, gzip without a timestamp: hack/bench/oci-image.sh). It is
+# rebuilt only when its inputs change: this script, oci-image.sh,
+# SlowStart.java and the JDK.
 # Environment: JAVA_HOME (default /usr/lib/jvm/java-17-openjdk-amd64), FORCE=1.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 SELF=$REPO/hack/bench/startup-image.sh
+LIB=$REPO/hack/bench/oci-image.sh
+PROG=startup-image
+# shellcheck source=hack/bench/oci-image.sh
+. "$LIB"
 SRC=$REPO/hack/bench/startup/SlowStart.java
 JAVA_HOME=${JAVA_HOME:-/usr/lib/jvm/java-17-openjdk-amd64}
 IMAGE_NAME=localhost/containerd-migrate/slowstart:latest
@@ -27,8 +32,6 @@ ARCHIVE=$OUT_DIR/slowstart.tar
 STAMP=$ARCHIVE.inputs
 BUSYBOX=/bin/busybox
 JRE=/opt/java # where the runtime goes in the image
-EPOCH=1767225600
-CREATED=2026-01-01T00:00:00Z
 
 # The JVM flags make CRIU's job easy and the checkpoint small:
 #   -XX:-UsePerfData   no hsperfdata file mapped from /tmp
@@ -42,30 +45,9 @@ COMMAND=("$JRE/bin/java" -XX:-UsePerfData -XX:+UseSerialGC -Xshare:off
 	-Xms16m -Xmx256m -XX:MinHeapFreeRatio=5 -XX:MaxHeapFreeRatio=20
 	-Djava.net.preferIPv4Stack=true -cp /app SlowStart)
 
-say() { printf '==> %s\n' "$*" >&2; }
-die() {
-	printf 'startup-image: ERROR: %s\n' "$*" >&2
-	exit 1
-}
-
-sha256() { sha256sum "$1" | cut -d' ' -f1; }
-size() { stat -c %s "$1"; }
-
-det_tar() {
-	tar --create --file "$2" --directory "$1" --format=gnu --sort=name \
-		--mtime=@"$EPOCH" --owner=0 --group=0 --numeric-owner .
-}
-
-add_blob() {
-	local digest
-	digest=$(sha256 "$1")
-	install -m 0644 "$1" "$2/blobs/sha256/$digest"
-	echo "$digest"
-}
-
 # What the archive is made from; a change means a rebuild.
 inputs() {
-	sha256sum "$SELF" "$SRC" "$BUSYBOX"
+	sha256sum "$SELF" "$LIB" "$SRC" "$BUSYBOX"
 	"$JAVA_HOME/bin/java" -version 2>&1
 	sha256sum "$JAVA_HOME/lib/server/libjvm.so" "$JAVA_HOME/jmods/java.base.jmod" 2>/dev/null || true
 }
@@ -106,7 +88,7 @@ cmd_build() {
 	BUILD_DIR=$(mktemp -d "$OUT_DIR/.slowstart.XXXXXX")
 	trap 'rm -rf "$BUILD_DIR"' EXIT
 	local work=$BUILD_DIR root=$BUILD_DIR/rootfs
-	mkdir -p "$root"/{bin,etc,root,tmp,proc,sys,dev,run,app,opt} "$work/oci/blobs/sha256"
+	mkdir -p "$root"/{bin,etc,root,tmp,proc,sys,dev,run,app,opt}
 	chmod 0700 "$root/root"
 	chmod 1777 "$root/tmp"
 
@@ -132,67 +114,22 @@ cmd_build() {
 	unshare --mount sh -c 'mount -t proc proc "$1/proc" && exec chroot "$1" "$2/bin/java" -version' sh "$root" "$JRE" \
 		>/dev/null 2>"$work/java-version.err" || die "the Java runtime does not start inside the image's root: $(cat "$work/java-version.err")"
 
-	local layer=$work/layer.tar diff_id layer_digest config_digest manifest_digest
-	det_tar "$root" "$layer"
-	gzip -n -6 -c "$layer" >"$layer.gz"
-	diff_id=$(sha256 "$layer")
-	layer_digest=$(add_blob "$layer.gz" "$work/oci")
-
-	local cmd_json
+	local cmd_json config digest
 	cmd_json=$(printf '%s\n' "${COMMAND[@]}" | jq -R . | jq -s -c .)
-	cat >"$work/config.json" <<-EOF
-		{"architecture":"amd64","os":"linux","created":"$CREATED",
-		"config":{"Env":["PATH=$JRE/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],"Cmd":$cmd_json,"WorkingDir":"/app","ExposedPorts":{"8080/tcp":{}}},
-		"rootfs":{"type":"layers","diff_ids":["sha256:$diff_id"]},
-		"history":[{"created":"$CREATED","created_by":"containerd-migrate hack/bench/startup-image.sh build"}]}
-	EOF
-	config_digest=$(add_blob "$work/config.json" "$work/oci")
-	cat >"$work/manifest.json" <<-EOF
-		{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json",
-		"config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:$config_digest","size":$(size "$work/config.json")},
-		"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"sha256:$layer_digest","size":$(size "$layer.gz")}]}
-	EOF
-	manifest_digest=$(add_blob "$work/manifest.json" "$work/oci")
-	cat >"$work/oci/index.json" <<-EOF
-		{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json",
-		"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:$manifest_digest","size":$(size "$work/manifest.json"),
-		"platform":{"architecture":"amd64","os":"linux"},
-		"annotations":{"io.containerd.image.name":"$IMAGE_NAME","org.opencontainers.image.ref.name":"$IMAGE_NAME"}}]}
-	EOF
-	echo '{"imageLayoutVersion":"1.0.0"}' >"$work/oci/oci-layout"
-	chmod 0644 "$work/oci/index.json" "$work/oci/oci-layout"
-	chmod 0755 "$work/oci" "$work/oci/blobs" "$work/oci/blobs/sha256"
-	det_tar "$work/oci" "$work/slowstart.tar"
-	mv "$work/slowstart.tar" "$ARCHIVE"
+	config='{"Env":["PATH='"$JRE"'/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],"Cmd":'"$cmd_json"',"WorkingDir":"/app","ExposedPorts":{"8080/tcp":{}}}'
+	digest=$(oci_archive "$root" "$ARCHIVE" "$IMAGE_NAME" "$config" \
+		"containerd-migrate hack/bench/startup-image.sh build")
 	inputs >"$STAMP"
-	say "wrote $ARCHIVE ($(du -h "$ARCHIVE" | cut -f1), layer $(du -h "$layer" | cut -f1) unpacked)"
-	echo "$ARCHIVE $IMAGE_NAME sha256:$manifest_digest"
-}
-
-archive_digest() {
-	tar -xOf "$ARCHIVE" ./index.json | grep -oE 'sha256:[0-9a-f]{64}' | head -1
-}
-
-cmd_import() {
-	local address=${1:-}
-	[[ -n $address ]] || die "usage: startup-image.sh import ADDRESS"
-	[[ -s $ARCHIVE ]] || die "$ARCHIVE missing: run hack/bench/startup-image.sh build"
-	local want have
-	want=$(archive_digest)
-	have=$(ctr --address "$address" images ls 2>/dev/null | awk -v n="$IMAGE_NAME" '$1 == n { print $3 }')
-	if [[ $have == "$want" ]]; then
-		say "$IMAGE_NAME ($want) already imported"
-		return 0
-	fi
-	say "importing $IMAGE_NAME ($want)"
-	ctr --address "$address" images import "$ARCHIVE" >&2 || die "ctr images import failed"
-	have=$(ctr --address "$address" images ls | awk -v n="$IMAGE_NAME" '$1 == n { print $3 }')
-	[[ $have == "$want" ]] || die "after import, $IMAGE_NAME is '${have:-missing}', expected $want"
+	say "wrote $ARCHIVE ($(du -h "$ARCHIVE" | cut -f1))"
+	echo "$ARCHIVE $IMAGE_NAME $digest"
 }
 
 case ${1:-} in
 build) cmd_build ;;
-import) cmd_import "${2:-}" ;;
+import)
+	[[ -n ${2:-} ]] || die "usage: startup-image.sh import ADDRESS"
+	oci_import "$ARCHIVE" "$IMAGE_NAME" "$2"
+	;;
 name) echo "$IMAGE_NAME" ;;
 command) printf '%s\n' "${COMMAND[@]}" ;;
 *) die "usage: hack/bench/startup-image.sh build | import ADDRESS | name | command" ;;

@@ -1,6 +1,6 @@
-//! Start-up benchmark: a JVM service that takes seconds to initialise,
-//! started cold against started from a ready-point checkpoint, under
-//! io.containerd.migrate.v1, in one run.
+//! The start-up benchmark's own app: a JVM service that takes seconds to
+//! initialise, started cold against started from a ready-point checkpoint,
+//! under io.containerd.migrate.v1, in one run.
 //!
 //! The service is hack/bench/startup/SlowStart.java (builds an in-memory
 //! index and warms up for seconds, then listens on 8080; GET / answers with
@@ -27,30 +27,29 @@
 //! one shows the app's "slowstart: initialising" line and is reported.
 //! Goal: restored >= 10x faster than cold (ratio of the medians).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
-use clap::{Args, ValueEnum};
-use containerd_migrate_tests::fixture::MIGRATE_V1;
-use containerd_migrate_tests::process;
+use anyhow::{Result, anyhow};
+use clap::ValueEnum;
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 
-use super::checkpoint::criu_log_seconds;
-use super::http_probe;
-use super::memtick_workload::tail;
-use super::plot::{self, Labels, Series};
-use super::report::{self, Goal, Table};
-use super::session::{Needs, Session, du_bytes, hack};
-use super::stats::{self, Stats, median};
-use super::{Common, machine, ms_since, say};
+use super::super::http_probe;
+use super::super::memtick_workload::tail;
+use super::super::plot::{self, Labels, Series};
+use super::super::report::{self, Goal, Table};
+use super::super::session::Session;
+use super::super::stats::{self, Stats, median};
+use super::super::{machine, ms_since, say};
+use super::Options;
+use super::launch::{Image, Launcher, annotation, restore_from};
 
 const PORT: u16 = 8080;
 const GOAL_SPEEDUP: f64 = 10.0;
-const ANNOTATION: &str = "io.containerd.migrate";
 
+/// How a SlowStart start is waited for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Poll {
@@ -67,24 +66,6 @@ impl Poll {
             Poll::Exec => "exec",
         }
     }
-}
-
-#[derive(Args, Debug)]
-pub struct Options {
-    /// Cold and restored starts each (interleaved).
-    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
-    pub runs: u64,
-    /// Clones restored from the one checkpoint, sequentially and in parallel.
-    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
-    pub clones: u64,
-    /// How to wait for the first HTTP answer.
-    #[arg(long, value_enum, default_value_t = Poll::Nsenter)]
-    pub poll: Poll,
-    /// Seconds a start may take to answer.
-    #[arg(long, default_value_t = 120)]
-    pub start_timeout: u64,
-    #[command(flatten)]
-    pub common: Common,
 }
 
 /// One start; the JSON keys are the bash script's.
@@ -118,72 +99,25 @@ struct SecondRequest {
 
 struct Bench<'a> {
     session: &'a Session,
-    image: String,
-    command: Vec<String>,
+    launcher: Launcher<'a>,
     poll: Poll,
-    timeout: Duration,
 }
 
-pub fn run(opts: Options) -> Result<()> {
-    let session = Session::start(
-        &opts.common,
-        Needs {
-            name: "startup",
-            migratectl: false,
-            private_runtime_dir: false,
-        },
-    )?;
-    let image_script = |args: &[&str]| -> Result<String> {
-        let out = process::run(
-            hack("bench/startup-image.sh", args),
-            None,
-            Duration::from_secs(900),
-        );
-        if !out.success() {
-            bail!(
-                "hack/bench/startup-image.sh {} failed\n{out}",
-                args.join(" ")
-            );
-        }
-        Ok(out.stdout_str())
-    };
-    image_script(&["build"]).context("building the SlowStart image")?;
-    let image = image_script(&["name"])?.trim().to_string();
-    let command: Vec<String> = image_script(&["command"])?
-        .lines()
-        .map(String::from)
-        .collect();
-    image_script(&["import", session.ctr.address()])?;
+/// Measures SlowStart in `session`: cold against restored, then clones.
+pub fn run(session: &Session, opts: &Options) -> Result<()> {
     let bench = Bench {
-        session: &session,
-        image,
-        command,
+        session,
+        launcher: Launcher {
+            session,
+            image: Image::prepare("startup-image.sh", session)?,
+            timeout: Duration::from_secs(opts.start_timeout),
+        },
         poll: opts.poll,
-        timeout: Duration::from_secs(opts.start_timeout),
     };
-    bench.measure_all(&opts)
+    bench.measure_all(opts)
 }
 
 impl Bench<'_> {
-    fn log(&self, id: &str) -> PathBuf {
-        self.session.work.join("logs").join(format!("{id}.log"))
-    }
-
-    /// `ctr run -d` of the service in container `id`, with `opts` (annotations).
-    fn start(&self, id: &str, opts: &[String]) -> Result<(), String> {
-        let log_uri = format!("file://{}", self.log(id).display());
-        let mut args: Vec<&str> = vec!["run", "-d", "--runtime", MIGRATE_V1, "--log-uri", &log_uri];
-        args.extend(opts.iter().map(String::as_str));
-        args.extend([self.image.as_str(), id]);
-        args.extend(self.command.iter().map(String::as_str));
-        let out = self.session.run_ctr(&args, self.timeout)?;
-        if out.success() {
-            Ok(())
-        } else {
-            Err(format!("ctr run failed: {}", out.stderr_str().trim()))
-        }
-    }
-
     /// Polls container `id` until its service answers GET /; the body.
     fn poll_http(&self, id: &str) -> Result<String, String> {
         match self.poll {
@@ -192,7 +126,7 @@ impl Bench<'_> {
                     .session
                     .init_pid(id)
                     .ok_or_else(|| format!("{id} has no init.pid"))?;
-                http_probe::get_in_netns(pid, PORT, self.timeout)
+                http_probe::poll_ok(pid, PORT, "/", self.launcher.timeout).map(|a| a.body)
             }
             Poll::Exec => {
                 static EXECS: AtomicUsize = AtomicUsize::new(0);
@@ -211,7 +145,7 @@ impl Bench<'_> {
                         "-c",
                         &script,
                     ],
-                    self.timeout,
+                    self.launcher.timeout,
                 )?;
                 if out.success() {
                     Ok(out.stdout_str())
@@ -225,7 +159,7 @@ impl Bench<'_> {
     /// Whether the app started from scratch: its "initialising" line is in
     /// the container's output (a restored process never prints it).
     fn started_cold(&self, id: &str) -> bool {
-        std::fs::read_to_string(self.log(id))
+        std::fs::read_to_string(self.launcher.log(id))
             .is_ok_and(|t| t.lines().any(|l| l.starts_with("slowstart: initialising")))
     }
 
@@ -246,14 +180,14 @@ impl Bench<'_> {
             ..Sample::default()
         };
         let t0 = Instant::now();
-        let result = self.start(id, opts).and_then(|()| {
+        let result = self.launcher.start(id, opts).and_then(|()| {
             s.run_returned_ms = Some(ms_since(t0));
             self.poll_http(id).map_err(|e| {
                 format!(
                     "no HTTP answer within {}s (task {}): {e}; {}",
-                    self.timeout.as_secs(),
+                    self.launcher.timeout.as_secs(),
                     self.session.status_word(id),
-                    tail(&self.log(id), 3)
+                    tail(&self.launcher.log(id), 3)
                 )
             })
         });
@@ -282,70 +216,37 @@ impl Bench<'_> {
         let session = self.session;
         let store = session.work.join("store");
         std::fs::create_dir_all(&store)?;
-        std::fs::create_dir_all(session.work.join("logs"))?;
         let load_before = machine::loadavg();
         let started = machine::now_utc();
 
         // ------------------------------------------------------ ready point
         let ready_id = "ss-ready";
-        let cp = store.join(format!("{ready_id}-ready"));
         say(format!(
             "ready point: {ready_id} checkpoints itself into {} when it listens on {PORT}",
-            cp.display()
+            store.display()
         ));
-        let t0 = Instant::now();
-        self.start(
-            ready_id,
-            &[
-                "--annotation".into(),
-                format!("{ANNOTATION}.checkpoint-when-ready=tcp:{PORT}"),
-                "--annotation".into(),
-                format!(
-                    "{ANNOTATION}.checkpoint-when-ready.store=file://{}",
-                    store.display()
-                ),
-            ],
-        )
-        .map_err(anyhow::Error::msg)
-        .context("the ready-point container")?;
-        let mut checked = Instant::now();
-        while !cp.join("manifest.json").is_file() {
-            // Once a second, whether it still runs. Not "!= RUNNING": while it
-            // waits for the port, the shim can be too busy to answer
-            // containerd's State in time (ctr then shows UNKNOWN).
-            let stopped = checked.elapsed() >= Duration::from_secs(1) && {
-                checked = Instant::now();
-                session.task_status(ready_id).as_deref() == Some("STOPPED")
-            };
-            if stopped || t0.elapsed() >= self.timeout {
-                let log =
-                    std::fs::read_to_string(session.instance.containerd_log()).unwrap_or_default();
-                let lines: Vec<&str> = log.lines().filter(|l| l.contains(ready_id)).collect();
-                eprintln!(
-                    "containerd log (shim lines):\n{}",
-                    lines[lines.len().saturating_sub(10)..].join("\n")
-                );
-                bail!(
-                    "no ready-point checkpoint in {} after {:.0} s (task {})",
-                    cp.display(),
-                    t0.elapsed().as_secs_f64(),
-                    session.status_word(ready_id)
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let ready_ms = ms_since(t0);
-        let ready_shim_cpu_s = shim_cpu_seconds(ready_id, session.ctr.address());
-        let manifest = manifest_summary(&cp.join("manifest.json"))?;
-        let cp_du = du_bytes(&cp);
+        let point = self
+            .launcher
+            .ready_point(
+                ready_id,
+                &annotation("checkpoint-when-ready", format!("tcp:{PORT}")),
+                &store,
+            )
+            .map_err(|e| anyhow!("the ready-point container: {e}"))?;
+        let (ready_ms, ready_shim_cpu_s, manifest, cp_du) = (
+            point.after_ms,
+            point.shim_cpu_s,
+            point.manifest,
+            point.dir_bytes,
+        );
         // After the checkpoint, the ready container answers; its first answer
         // is the reference body every start must give (the checkpoint was
         // taken before any request, so a restored clone's first answer says
         // requests=1 too).
         let reference = self.poll_http(ready_id).map_err(|e| {
-            anyhow::anyhow!("the ready-point container does not answer after its checkpoint: {e}")
+            anyhow!("the ready-point container does not answer after its checkpoint: {e}")
         })?;
-        let ready_app = app_report(&self.log(ready_id));
+        let ready_app = app_report(&self.launcher.log(ready_id));
         let t = &manifest["timings"];
         say(format!(
             "checkpoint after {ready_ms} ms: {:.0} MiB, frozen {} ms, dump {:.0} ms, persist {:.0} ms",
@@ -359,10 +260,7 @@ impl Bench<'_> {
             reference.lines().next().unwrap_or("")
         ));
         session.remove(&[ready_id]);
-        let restore_from = vec![
-            "--annotation".to_string(),
-            format!("{ANNOTATION}.restore-from=file://{}", cp.display()),
-        ];
+        let restore_from = restore_from(&point.dir);
 
         // ------------------------------------------ cold against restored
         let mut samples: Vec<Sample> = Vec::new();
@@ -381,20 +279,15 @@ impl Bench<'_> {
                 let id = format!("ss-{kind}-{i}");
                 let mut s = if kind == "cold" {
                     let mut s = self.timed_start("cold", i, &id, &[], &reference);
-                    s.extra = app_report(&self.log(&id))
+                    s.extra = app_report(&self.launcher.log(&id))
                         .as_object()
                         .cloned()
                         .unwrap_or_default();
                     s
                 } else {
                     let mut s = self.timed_start("restored", i, &id, &restore_from, &reference);
-                    let restore_log = session
-                        .instance
-                        .task_state_dir()
-                        .join(&id)
-                        .join("criu-restore-work/restore.log");
-                    if let Some(secs) = last_criu_stamp(&restore_log) {
-                        s.extra.insert("criu_restore_s".into(), secs.into());
+                    if let Some(r) = self.launcher.criu_restore(&id) {
+                        s.extra.insert("criu_restore_s".into(), r.total_s.into());
                     }
                     s
                 };
@@ -445,10 +338,13 @@ impl Bench<'_> {
                             loadavg_1m: machine::loadavg_1m(),
                             ..Sample::default()
                         };
-                        let result = self.start(id, restore_from).and_then(|()| {
+                        let result = self.launcher.start(id, restore_from).and_then(|()| {
                             s.run_returned_ms = Some(ms_since(t_all));
                             self.poll_http(id).map_err(|e| {
-                                format!("no HTTP answer within {}s: {e}", self.timeout.as_secs())
+                                format!(
+                                    "no HTTP answer within {}s: {e}",
+                                    self.launcher.timeout.as_secs()
+                                )
                             })
                         });
                         if let Ok(body) = &result {
@@ -550,7 +446,7 @@ impl Bench<'_> {
             "summary": summary,
             "goals": goals,
             "config": {
-                "runs": opts.runs, "clones": opts.clones, "poll": self.poll, "image": self.image, "command": self.command,
+                "runs": opts.runs, "clones": opts.clones, "poll": self.poll, "image": self.launcher.image.name, "command": self.launcher.image.command,
                 "reference_body": reference,
                 "measured": "from just before `ctr run -d` to the first HTTP 200 on 127.0.0.1:8080 inside the container (same polling for every start)",
                 "order": "cold and restored alternate (cold first on even runs); each start is a fresh container, removed afterwards",
@@ -721,7 +617,7 @@ impl Bench<'_> {
 }
 
 /// `java -version`'s second line (the runtime's name and build).
-fn java_version(java_home: &str) -> String {
+pub fn java_version(java_home: &str) -> String {
     std::process::Command::new(format!("{java_home}/bin/java"))
         .arg("-version")
         .output()
@@ -733,52 +629,6 @@ fn java_version(java_home: &str) -> String {
                 .map(String::from)
         })
         .unwrap_or_else(|| "unknown".into())
-}
-
-/// CPU seconds (user + system) the shim serving container `id` of the
-/// containerd at `address` has used.
-fn shim_cpu_seconds(id: &str, address: &str) -> Option<f64> {
-    use containerd_migrate_tests::host;
-    let pid = host::all_pids().into_iter().find(|p| {
-        host::cmdline(*p).is_some_and(|args| {
-            args.first()
-                .is_some_and(|a| a.ends_with("containerd-shim-migrate-v1"))
-                && args.windows(2).any(|w| w[0] == "-id" && w[1] == id)
-                && args
-                    .windows(2)
-                    .any(|w| w[0] == "-address" && w[1] == address)
-        })
-    })?;
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let fields: Vec<&str> = stat.rsplit_once(") ")?.1.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of stat, 12 and 13 after the name.
-    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    Some(stats::round(ticks / hz, 2))
-}
-
-/// The ready-point checkpoint's manifest, summarized as the script did:
-/// {id, memoryBytes, files (count), bytes (sum), timings, created, host}.
-fn manifest_summary(path: &Path) -> Result<Value> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let m: Value =
-        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
-    let files = m["files"].as_array().map(Vec::as_slice).unwrap_or_default();
-    Ok(json!({
-        "id": m["id"], "memoryBytes": m["memoryBytes"], "files": files.len(),
-        "bytes": files.iter().filter_map(|f| f["size"].as_u64()).sum::<u64>(),
-        "timings": m["timings"], "created": m["created"], "host": m["host"],
-    }))
-}
-
-/// The time stamp of the last line of a CRIU log, in seconds.
-fn last_criu_stamp(log: &Path) -> Option<f64> {
-    std::fs::read_to_string(log)
-        .ok()?
-        .lines()
-        .rev()
-        .find_map(criu_log_seconds)
 }
 
 /// The app's own start-up report, from its output line
