@@ -3,9 +3,8 @@
 # (tests/src/bench/): Debian bookworm's own tomcat10 and tomcat10-examples
 # packages in a root made with debootstrap, run as Debian's systemd unit runs
 # them (CATALINA_HOME=/usr/share/tomcat10, CATALINA_BASE=/var/lib/tomcat10,
-# `catalina.sh run` in the foreground), with three departures: JVM flags for
-# checkpoints (JAVA_OPTS below), an NIO2 connector (configure_tomcat), and
-# root instead of the unit's user tomcat: CRIU needs CAP_SYS_RESOURCE to read
+# `catalina.sh run` in the foreground), with two departures: JVM flags for
+# checkpoints (JAVA_OPTS below), and root instead of the unit's user tomcat: CRIU needs CAP_SYS_RESOURCE to read
 # the rlimits of a process of another uid, and some hosts' root (this
 # project's machines) lacks it.
 # A real server that binds its port long before it serves: Tomcat binds 8080
@@ -75,21 +74,6 @@ trim_root() {
 	echo localhost >"$root/etc/hostname"
 }
 
-# One change to Debian's configuration of Tomcat in root $1: the HTTP
-# connector on 8080 is NIO2, not NIO. NIO closes a connection's descriptor
-# only at its poller's next select (up to a second later); until then the
-# app holds a socket in TCP_CLOSE, which no sock_diag query shows, so the
-# shim's wait for the http: probe's connections to close misses it, and
-# CRIU refuses to restore it ("Connected TCP socket in image"). NIO2
-# closes at once.
-configure_tomcat() {
-	local conf=$1/etc/tomcat10
-	sed -i 's|<Connector port="8080" protocol="HTTP/1.1"|<Connector port="8080" protocol="org.apache.coyote.http11.Http11Nio2Protocol"|' \
-		"$conf/server.xml"
-	grep -q 'port="8080" protocol="org.apache.coyote.http11.Http11Nio2Protocol"' "$conf/server.xml" ||
-		die "no HTTP connector on 8080 in $conf/server.xml to make NIO2"
-}
-
 # Whether anything is mounted at or under directory $1.
 mounted_under() {
 	awk -v p="$1" '$5 == p || index($5, p "/") == 1 { found = 1 } END { exit !found }' /proc/self/mountinfo
@@ -122,7 +106,6 @@ cmd_build() {
 		die "no Tomcat at $CATALINA_HOME with webapps in $CATALINA_BASE"
 	chroot "$root" dpkg-query -W -f '${Package} ${Version}\n' >"$BUILD_DIR/packages"
 	trim_root "$root"
-	configure_tomcat "$root"
 
 	local cmd_json config digest
 	cmd_json=$(printf '%s\n' "${COMMAND[@]}" | jq -R . | jq -s -c .)

@@ -19,7 +19,7 @@ use std::{
 };
 
 use containerd_shim::protos::events::task::TaskCheckpointed;
-use log::{info, warn};
+use log::{debug, info, warn};
 use migrate_oci::{ReadyInfo, WarmUpInfo};
 
 mod exec_probe;
@@ -202,9 +202,31 @@ async fn checkpoint_for_new_containers(
     let dir = checkpoint.dir().to_path_buf();
     // Its clones will be restored from it on this host, many times over:
     // its memory images need no hashing before them, this shim hashed
-    // them as it wrote them.
-    let _ = tokio::task::spawn_blocking(move || hashed::written(&checkpoint)).await;
+    // them as it wrote them; and they are read back into the page cache.
+    let _ = tokio::task::spawn_blocking(move || {
+        hashed::written(&checkpoint);
+        read_ahead(&checkpoint);
+    })
+    .await;
     Ok(dir)
+}
+
+/// Reads the memory images of `checkpoint` into the page cache. They were
+/// written around it (the store writes big images with O_DIRECT, see
+/// `migrate_oci::direct_copy`), so the first clone's restore read them from
+/// disk: with Tomcat's 110 MiB that start took 310-400 ms against 165-200
+/// ms for the next ones. A ready point is there to be restored soon, so
+/// its pages are worth the cache they take, which the kernel reclaims as it
+/// needs. Read, not advised: POSIX_FADV_WILLNEED brought in 8 of the 110 MiB.
+fn read_ahead(checkpoint: &migrate_oci::Checkpoint) {
+    let memory = checkpoint.manifest().files.iter().filter(|f| migrate_oci::layout::is_memory_image(&f.path));
+    for file in memory {
+        let path = checkpoint.dir().join(&file.path);
+        let read = std::fs::File::open(&path).and_then(|mut f| std::io::copy(&mut f, &mut std::io::sink()));
+        if let Err(e) = read {
+            debug!("cannot read {} ahead: {e}", path.display());
+        }
+    }
 }
 
 /// A ready-point checkpoint to take: when `probe` succeeds as `settings`
