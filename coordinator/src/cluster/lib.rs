@@ -6,9 +6,14 @@
 //! What is built so far: hosts and their membership by heartbeats.
 
 pub mod certs;
+pub mod daemon;
 pub mod hosts;
 pub mod membership;
 pub mod proto;
 pub mod random;
 pub mod store;
 pub mod tls;
+
+pub mod coordinator;
+
+pub mod agent;
