@@ -1,0 +1,94 @@
+//! `migratectl hosts`: the cluster's hosts as the coordinator knows them.
+
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use migrate_cluster::proto::{HostState, ListHostsRequest};
+use serde::Serialize;
+
+use crate::cluster_client::ClusterArgs;
+use crate::output::{Table, human_ms, write_stdout};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    cluster: ClusterArgs,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct HostRow {
+    name: String,
+    address: String,
+    state: &'static str,
+    containers: u32,
+    last_heartbeat: String,
+    last_heartbeat_age_ms: u64,
+    state_since: String,
+    labels: std::collections::BTreeMap<String, String>,
+    containerd_version: String,
+    criu_version: String,
+    kernel_version: String,
+}
+
+pub async fn run(args: Args) -> Result<ExitCode> {
+    let mut client = args.cluster.coordinator().await?;
+    let answer = client
+        .list_hosts(ListHostsRequest {})
+        .await
+        .map_err(|s| anyhow::anyhow!(migrate_cluster::tls::status_chain(&s)))
+        .with_context(|| format!("listing the hosts of {}", args.cluster.url()))?
+        .into_inner();
+    let now = answer.now_unix_ms;
+    let rows: Vec<HostRow> = answer
+        .hosts
+        .into_iter()
+        .map(|h| {
+            let state = match h.state() {
+                HostState::Ready => "ready",
+                HostState::Down => "down",
+                HostState::Unspecified => "unknown",
+            };
+            let info = h.info.unwrap_or_default();
+            HostRow {
+                name: info.name,
+                address: info.address,
+                state,
+                containers: info.containers,
+                last_heartbeat: rfc3339(h.last_heartbeat_unix_ms),
+                last_heartbeat_age_ms: now.saturating_sub(h.last_heartbeat_unix_ms),
+                state_since: rfc3339(h.state_since_unix_ms),
+                labels: info.labels.into_iter().collect(),
+                containerd_version: info.containerd_version,
+                criu_version: info.criu_version,
+                kernel_version: info.kernel_version,
+            }
+        })
+        .collect();
+    if args.json {
+        write_stdout(&format!("{}\n", serde_json::to_string_pretty(&rows)?))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut table = Table::new(&["NAME", "ADDRESS", "STATE", "CONTAINERS", "LAST HEARTBEAT"]);
+    for r in &rows {
+        table.row(vec![
+            r.name.clone(),
+            r.address.clone(),
+            r.state.to_string(),
+            r.containers.to_string(),
+            format!("{} ago", human_ms(Some(r.last_heartbeat_age_ms as f64))),
+        ]);
+    }
+    write_stdout(&table.render())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn rfc3339(unix_ms: u64) -> String {
+    let nanos = i128::from(unix_ms) * 1_000_000;
+    time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_default()
+}
