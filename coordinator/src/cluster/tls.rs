@@ -110,7 +110,6 @@ pub fn chain(err: &(dyn std::error::Error + 'static)) -> String {
     out
 }
 
-
 /// What a failed call says, with the causes tonic keeps out of its message.
 /// With TLS 1.3 the server checks the client's certificate after the
 /// client's side of the handshake is done, so a refused certificate shows
