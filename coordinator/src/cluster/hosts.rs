@@ -65,3 +65,91 @@ pub async fn update<E>(
 fn decode(key: &str, value: &[u8]) -> Result<HostRecord, HostsError> {
     serde_json::from_slice(value).map_err(|source| HostsError::Corrupt { key: key.to_string(), source })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use async_trait::async_trait;
+
+    use super::*;
+    use crate::membership::{self, HostFacts};
+    use crate::store::redb::RedbStore;
+    use crate::store::{Revision, Versioned};
+
+    /// A store where another writer slips in once, between a change's read
+    /// and its conditional write.
+    struct RacedOnce {
+        inner: RedbStore,
+        raced: AtomicBool,
+        other: Vec<u8>,
+    }
+
+    #[async_trait]
+    impl Store for RacedOnce {
+        async fn get(&self, key: &str) -> Result<Option<Versioned>, StoreError> {
+            self.inner.get(key).await
+        }
+        async fn list(&self, prefix: &str) -> Result<Vec<(String, Versioned)>, StoreError> {
+            self.inner.list(prefix).await
+        }
+        async fn put(&self, key: &str, value: Vec<u8>) -> Result<Revision, StoreError> {
+            self.inner.put(key, value).await
+        }
+        async fn delete(&self, key: &str) -> Result<bool, StoreError> {
+            self.inner.delete(key).await
+        }
+        async fn compare_and_swap(&self, key: &str, expect: Expect, value: Vec<u8>) -> Result<Swap, StoreError> {
+            if !self.raced.swap(true, Ordering::SeqCst) {
+                self.inner.put(key, self.other.clone()).await?;
+            }
+            self.inner.compare_and_swap(key, expect, value).await
+        }
+    }
+
+    fn record(containers: u32) -> HostRecord {
+        let facts = HostFacts {
+            name: "h1".into(),
+            address: "127.0.0.1:7401".into(),
+            labels: BTreeMap::new(),
+            containerd_version: String::new(),
+            criu_version: String::new(),
+            kernel_version: String::new(),
+        };
+        membership::register(None, facts, containers, "s1".into(), 1_000)
+    }
+
+    #[tokio::test]
+    async fn a_change_that_lost_a_race_is_made_again_on_the_new_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RacedOnce {
+            inner: RedbStore::open(&dir.path().join("state.redb")).unwrap(),
+            raced: AtomicBool::new(false),
+            other: serde_json::to_vec(&record(7)).unwrap(),
+        };
+        let mut seen = Vec::new();
+        let Ok(written) = update(&store, "h1", |current| {
+            seen.push(current.map(|r| r.containers));
+            // Adds one container to whatever is there.
+            Change::<std::convert::Infallible>::Write(record(current.map_or(0, |r| r.containers) + 1))
+        })
+        .await
+        .unwrap();
+        // First on nothing, then again on the other writer's record.
+        assert_eq!(seen, [None, Some(7)]);
+        assert_eq!(written.unwrap().containers, 8);
+        assert_eq!(list(&store).await.unwrap(), [record(8)]);
+    }
+
+    #[tokio::test]
+    async fn refusals_and_keeps_write_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(&dir.path().join("state.redb")).unwrap();
+        let refused = update(&store, "h1", |_| Change::Refuse("no such host")).await.unwrap();
+        assert_eq!(refused, Err("no such host"));
+        let kept = update(&store, "h1", |_| Change::<()>::Keep).await.unwrap();
+        assert_eq!(kept, Ok(None));
+        assert!(store.list("").await.unwrap().is_empty());
+    }
+}

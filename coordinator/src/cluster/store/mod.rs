@@ -48,7 +48,7 @@ pub enum StoreError {
         "cannot open the state file {path}: {source}; is another migrate-coordinator using it? \
          (each coordinator needs a state file of its own)"
     )]
-    Open { path: std::path::PathBuf, source: ::redb::DatabaseError },
+    Open { path: std::path::PathBuf, source: Box<dyn std::error::Error + Send + Sync> },
     #[error("the state store failed while {doing}: {source}")]
     Backend { doing: String, source: Box<dyn std::error::Error + Send + Sync> },
 }

@@ -23,7 +23,8 @@ pub struct RedbStore {
 
 impl RedbStore {
     pub fn open(path: &Path) -> Result<RedbStore, StoreError> {
-        let db = Database::create(path).map_err(|source| StoreError::Open { path: path.to_path_buf(), source })?;
+        let db = Database::create(path)
+            .map_err(|source| StoreError::Open { path: path.to_path_buf(), source: Box::new(source) })?;
         Ok(RedbStore { db: Arc::new(db) })
     }
 
