@@ -295,6 +295,39 @@ fn peers_without_a_certificate_of_the_cluster_ca_are_refused() {
     });
     assert_eq!(cluster.states().unwrap(), [("h1".to_string(), "ready".to_string())]);
 
+    // A certificate of our CA, but issued for h1: it cannot register as h2.
+    let impostor = cluster.dir.path().join("impostor");
+    std::fs::create_dir(&impostor).unwrap();
+    std::fs::copy(cluster.tls().join("ca.pem"), impostor.join("ca.pem")).unwrap();
+    std::fs::copy(cluster.tls().join("h1.pem"), impostor.join("h2.pem")).unwrap();
+    std::fs::copy(cluster.tls().join("h1-key.pem"), impostor.join("h2-key.pem")).unwrap();
+    let h2 = Daemon::start(
+        env!("CARGO_BIN_EXE_migrate-agent"),
+        "h2",
+        &[
+            "--name",
+            "h2",
+            "--listen",
+            &format!("127.0.0.1:{}", free_port()),
+            "--coordinator",
+            &cluster.url(),
+            "--tls-dir",
+            impostor.to_str().unwrap(),
+            "--containerd",
+            &containerd,
+        ],
+        cluster.dir.path(),
+    );
+    // The agent gives up: its certificate will not change while it runs.
+    let mut h2 = h2;
+    let status = poll::until(START, "the agent h2 to exit", || h2.child.try_wait().unwrap().ok_or_else(|| h2.log()));
+    assert!(!status.success());
+    poll::until(START, "h2's registration refused for its certificate's name", || {
+        let log = h2.log();
+        if log.contains(r#"certificate is not issued for "h2""#) { Ok(()) } else { Err(log) }
+    });
+    assert_eq!(cluster.states().unwrap(), [("h1".to_string(), "ready".to_string())]);
+
     // A client without any certificate: the TLS handshake itself is refused.
     if let Ok(curl) = Command::new("curl")
         .args(["-sS", "--http2", "--cacert", cluster.tls().join("ca.pem").to_str().unwrap(), &cluster.url()])

@@ -9,6 +9,7 @@ pub mod certs;
 pub mod daemon;
 pub mod hosts;
 pub mod membership;
+pub mod peer;
 pub mod proto;
 pub mod random;
 pub mod store;

@@ -36,13 +36,26 @@ pub struct Coordinator {
     pub tls: Tls,
 }
 
-/// Runs until the agent stops.
-pub async fn run(probe: Arc<Probe>, coordinator: Coordinator) {
+/// Why registering failed.
+enum RegisterError {
+    /// Worth another try: the coordinator or containerd may be back soon.
+    Retry(String),
+    /// The coordinator refused this agent's certificate for its name: no
+    /// retry can change that while the agent runs with it.
+    Refused(String),
+}
+
+/// Runs while the agent runs; returns only when the coordinator refuses
+/// the agent for good.
+pub async fn run(probe: Arc<Probe>, coordinator: Coordinator) -> String {
     let mut retry = RETRY_FIRST;
     loop {
         let (mut client, session, period) = match register(&probe, &coordinator).await {
             Ok(registered) => registered,
-            Err(e) => {
+            Err(RegisterError::Refused(e)) => {
+                return format!("the coordinator at {} refuses this agent: {e}", coordinator.url);
+            }
+            Err(RegisterError::Retry(e)) => {
                 log::warn!(
                     "registering with the coordinator at {} failed: {e}; retrying in {retry:?}",
                     coordinator.url
@@ -64,18 +77,21 @@ pub async fn run(probe: Arc<Probe>, coordinator: Coordinator) {
 async fn register(
     probe: &Probe,
     coordinator: &Coordinator,
-) -> Result<(CoordinatorClient<Channel>, String, Duration), String> {
+) -> Result<(CoordinatorClient<Channel>, String, Duration), RegisterError> {
     let channel = coordinator
         .tls
         .connect(&coordinator.url, &coordinator.server_name, CALL_TIMEOUT)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| RegisterError::Retry(e.to_string()))?;
     let mut client = CoordinatorClient::new(channel);
-    let info = probe.info().await.map_err(|e| e.to_string())?;
+    let info = probe.info().await.map_err(|e| RegisterError::Retry(e.to_string()))?;
     let answer = client
         .register(RegisterRequest { info: Some(info) })
         .await
-        .map_err(|s| crate::tls::status_chain(&s))?
+        .map_err(|s| match s.code() {
+            Code::PermissionDenied | Code::Unauthenticated => RegisterError::Refused(s.message().to_string()),
+            _ => RegisterError::Retry(crate::tls::status_chain(&s)),
+        })?
         .into_inner();
     Ok((client, answer.session_id, period(answer.heartbeat_period_ms)))
 }

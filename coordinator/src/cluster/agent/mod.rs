@@ -64,8 +64,8 @@ pub async fn run(config: Config) -> Result<()> {
         .context("configuring the server's TLS")?
         .add_service(AgentServer::new(service::AgentService::new(probe.clone())))
         .serve_with_incoming_shutdown(incoming, crate::daemon::shutdown_signal());
-    let beats = tokio::spawn(heartbeat::run(probe, coordinator));
-    let served = server.await.with_context(|| format!("serving on {}", config.listen));
-    beats.abort();
-    served
+    tokio::select! {
+        served = server => served.with_context(|| format!("serving on {}", config.listen)),
+        refused = heartbeat::run(probe, coordinator) => bail!("{refused}"),
+    }
 }

@@ -14,9 +14,9 @@ use crate::proto::{
     HeartbeatRequest, HeartbeatResponse, Host, HostInfo, HostState, InfoRequest, ListHostsRequest, ListHostsResponse,
     RegisterRequest, RegisterResponse,
 };
-use crate::random;
 use crate::store::Store;
 use crate::tls::Tls;
+use crate::{peer, random};
 
 /// How long the coordinator waits for an agent that registers to answer
 /// its call back.
@@ -73,6 +73,8 @@ impl CoordinatorService {
 #[tonic::async_trait]
 impl Coordinator for CoordinatorService {
     async fn register(&self, request: Request<RegisterRequest>) -> Result<Response<RegisterResponse>, Status> {
+        let name = request.get_ref().info.as_ref().map(|i| i.name.clone()).unwrap_or_default();
+        peer::check_is(&request, &name)?;
         let info = request.into_inner().info.ok_or_else(|| Status::invalid_argument("RegisterRequest has no info"))?;
         let containers = info.containers;
         let facts = facts_of(info)?;
@@ -100,6 +102,7 @@ impl Coordinator for CoordinatorService {
     }
 
     async fn heartbeat(&self, request: Request<HeartbeatRequest>) -> Result<Response<HeartbeatResponse>, Status> {
+        peer::check_is(&request, &request.get_ref().name)?;
         let beat = request.into_inner();
         let now = membership::now();
         let mut was = None;
