@@ -189,7 +189,7 @@ fn containerd(test: &str) -> Option<String> {
     if !fixture::prerequisites_met(RUNC_V2, test) {
         return None;
     }
-    let instance = fixture::shared_instance("cluster").unwrap_or_else(|e| panic!("{e}"));
+    let instance = fixture::shared_instance("control-plane").unwrap_or_else(|e| panic!("{e}"));
     Some(instance.ctr().address().to_string())
 }
 

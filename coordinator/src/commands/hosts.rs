@@ -78,11 +78,23 @@ pub async fn run(args: Args) -> Result<ExitCode> {
             r.address.clone(),
             r.state.to_string(),
             r.containers.to_string(),
-            format!("{} ago", human_ms(Some(r.last_heartbeat_age_ms as f64))),
+            format!("{} ago", human_age(r.last_heartbeat_age_ms)),
         ]);
     }
     write_stdout(&table.render())?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// An age as a heartbeat's is read: milliseconds while it is fresh, then
+/// the largest unit (a host down since yesterday is "26 h", not 93600 s).
+fn human_age(ms: u64) -> String {
+    match ms / 1000 {
+        0..10 => human_ms(Some(ms as f64)),
+        s @ 10..120 => format!("{s} s"),
+        s @ 120..7200 => format!("{} min", s / 60),
+        s @ 7200..172_800 => format!("{} h", s / 3600),
+        s => format!("{} d", s / 86_400),
+    }
 }
 
 fn rfc3339(unix_ms: u64) -> String {
@@ -91,4 +103,20 @@ fn rfc3339(unix_ms: u64) -> String {
         .ok()
         .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ages_in_the_largest_unit() {
+        assert_eq!(human_age(412), "412 ms");
+        assert_eq!(human_age(3_250), "3.25 s");
+        assert_eq!(human_age(14_200), "14 s");
+        assert_eq!(human_age(300_000), "5 min");
+        assert_eq!(human_age(26 * 3_600_000), "26 h");
+        assert_eq!(human_age(3 * 86_400_000), "3 d");
+        assert_eq!(rfc3339(1_796_601_600_123), "2026-12-07T00:00:00.123Z");
+    }
 }
