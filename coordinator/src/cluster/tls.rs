@@ -113,16 +113,18 @@ pub fn chain(err: &(dyn std::error::Error + 'static)) -> String {
 /// What a failed call says, with the causes tonic keeps out of its message.
 /// With TLS 1.3 the server checks the client's certificate after the
 /// client's side of the handshake is done, so a refused certificate shows
-/// up at the first call, not at connect; the hint says so.
+/// up at the first call, not at connect, as a broken connection; the hint
+/// says what that most likely means.
 pub fn status_chain(status: &tonic::Status) -> String {
     let mut text = format!("{} ({:?})", status.message(), status.code());
+    // A status the server sent has no source; one with a source is the
+    // connection failing under the call ("transport error", "operation was
+    // canceled", as the timing has it).
     if let Some(source) = std::error::Error::source(status) {
-        text = format!("{text}: {}", chain(source));
-    }
-    if status.message() == "transport error" {
-        text.push_str(
-            "; the server closed the connection, as it does when it refuses a certificate: is this side's \
+        text = format!(
+            "{text}: {}; the connection broke, as it does when the server refuses a certificate: is this side's \
              certificate signed by the cluster's CA?",
+            chain(source)
         );
     }
     text
