@@ -21,6 +21,8 @@ pub enum HostsError {
 /// What a change does with a host's current record.
 pub enum Change<E> {
     Write(HostRecord),
+    /// Forget the host.
+    Delete,
     Keep,
     Refuse(E),
 }
@@ -35,7 +37,8 @@ pub async fn list(store: &dyn Store) -> Result<Vec<HostRecord>, HostsError> {
 }
 
 /// Applies `change` to host `name`'s record (None if unknown) until it is
-/// written without a conflict. Returns the record as it now is.
+/// written (or deleted) without a conflict. Returns the record as it now
+/// is (None once deleted).
 pub async fn update<E>(
     store: &dyn Store,
     name: &str,
@@ -49,13 +52,20 @@ pub async fn update<E>(
         };
         let new = match change(current.as_ref().map(|(r, _)| r)) {
             Change::Write(new) => new,
+            Change::Delete => {
+                let Some((_, revision)) = current else { return Ok(Ok(None)) };
+                match store.compare_and_delete(&key, revision).await? {
+                    Swap::Applied(_) => return Ok(Ok(None)),
+                    Swap::Conflict => continue,
+                }
+            }
             Change::Keep => return Ok(Ok(current.map(|(r, _)| r))),
             Change::Refuse(e) => return Ok(Err(e)),
         };
         let expect = current.as_ref().map_or(Expect::Absent, |(_, rev)| Expect::At(*rev));
         let value = serde_json::to_vec(&new).expect("a host record always serialises");
         match store.compare_and_swap(&key, expect, value).await? {
-            Swap::Written(_) => return Ok(Ok(Some(new))),
+            Swap::Applied(_) => return Ok(Ok(Some(new))),
             Swap::Conflict => continue,
         }
     }
@@ -106,6 +116,12 @@ mod tests {
             }
             self.inner.compare_and_swap(key, expect, value).await
         }
+        async fn compare_and_delete(&self, key: &str, revision: Revision) -> Result<Swap, StoreError> {
+            if !self.raced.swap(true, Ordering::SeqCst) {
+                self.inner.put(key, self.other.clone()).await?;
+            }
+            self.inner.compare_and_delete(key, revision).await
+        }
     }
 
     fn record(containers: u32) -> HostRecord {
@@ -151,5 +167,28 @@ mod tests {
         let kept = update(&store, "h1", |_| Change::<()>::Keep).await.unwrap();
         assert_eq!(kept, Ok(None));
         assert!(store.list("").await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_delete_that_lost_a_race_is_decided_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let inner = RedbStore::open(&dir.path().join("state.redb")).unwrap();
+        inner.put("hosts/h1", serde_json::to_vec(&record(1)).unwrap()).await.unwrap();
+        let store = RacedOnce { inner, raced: AtomicBool::new(false), other: serde_json::to_vec(&record(7)).unwrap() };
+        let mut seen = Vec::new();
+        // Deletes only a host without containers: the other writer's record
+        // has some, so the second look keeps it.
+        let Ok(kept) = update(&store, "h1", |current| {
+            seen.push(current.map(|r| r.containers));
+            if current.is_some_and(|r| r.containers > 1) {
+                Change::<std::convert::Infallible>::Keep
+            } else {
+                Change::Delete
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(seen, [Some(1), Some(7)]);
+        assert_eq!(kept.unwrap().containers, 7);
     }
 }

@@ -34,11 +34,12 @@ pub enum Expect {
     At(Revision),
 }
 
-/// The outcome of a conditional write.
+/// The outcome of a conditional write or delete.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Swap {
-    Written(Revision),
-    /// The key was not as expected; nothing was written.
+    /// Done, at this revision (a delete takes one too, as in etcd).
+    Applied(Revision),
+    /// The key was not as expected; nothing was changed.
     Conflict,
 }
 
@@ -64,4 +65,6 @@ pub trait Store: Send + Sync {
     async fn delete(&self, key: &str) -> Result<bool, StoreError>;
     /// Writes `value` only if the key is as `expect` says, atomically.
     async fn compare_and_swap(&self, key: &str, expect: Expect, value: Vec<u8>) -> Result<Swap, StoreError>;
+    /// Removes the key only if it was last written at `revision`, atomically.
+    async fn compare_and_delete(&self, key: &str, revision: Revision) -> Result<Swap, StoreError>;
 }

@@ -46,11 +46,17 @@ impl RedbStore {
     }
 }
 
-/// Writes `value` under the next revision, inside the caller's transaction.
-fn write(txn: &redb::WriteTransaction, key: &str, value: &[u8]) -> Result<Revision, redb::Error> {
+/// Takes the next revision, inside the caller's transaction.
+fn next_revision(txn: &redb::WriteTransaction) -> Result<Revision, redb::Error> {
     let mut meta = txn.open_table(META)?;
     let revision = meta.get(REVISION_KEY)?.map_or(0, |g| g.value()) + 1;
     meta.insert(REVISION_KEY, revision)?;
+    Ok(revision)
+}
+
+/// Writes `value` under the next revision, inside the caller's transaction.
+fn write(txn: &redb::WriteTransaction, key: &str, value: &[u8]) -> Result<Revision, redb::Error> {
+    let revision = next_revision(txn)?;
     txn.open_table(RECORDS)?.insert(key, (revision, value))?;
     Ok(revision)
 }
@@ -115,6 +121,9 @@ impl Store for RedbStore {
         self.blocking(format!("deleting {key}"), move |db| {
             let txn = db.begin_write()?;
             let existed = txn.open_table(RECORDS)?.remove(k.as_str())?.is_some();
+            if existed {
+                next_revision(&txn)?;
+            }
             txn.commit()?;
             Ok(existed)
         })
@@ -139,9 +148,32 @@ impl Store for RedbStore {
             }
             let revision = write(&txn, &k, &value)?;
             txn.commit()?;
-            Ok(Swap::Written(revision))
+            Ok(Swap::Applied(revision))
         })
         .await
+    }
+
+    async fn compare_and_delete(&self, key: &str, revision: Revision) -> Result<Swap, StoreError> {
+        let k = key.to_string();
+        self.blocking(format!("deleting {key} conditionally"), move |db| {
+            RedbStore::compare_and_delete_blocking(db, &k, revision)
+        })
+        .await
+    }
+}
+
+impl RedbStore {
+    fn compare_and_delete_blocking(db: &Database, key: &str, revision: Revision) -> Result<Swap, redb::Error> {
+        let txn = db.begin_write()?;
+        let current = txn.open_table(RECORDS)?.get(key)?.map(|g| g.value().0);
+        if current != Some(revision) {
+            txn.abort()?;
+            return Ok(Swap::Conflict);
+        }
+        txn.open_table(RECORDS)?.remove(key)?;
+        let deleted_at = next_revision(&txn)?;
+        txn.commit()?;
+        Ok(Swap::Applied(deleted_at))
     }
 }
 
@@ -180,16 +212,26 @@ mod tests {
     async fn compare_and_swap_writes_only_what_was_expected() {
         let dir = tempfile::tempdir().unwrap();
         let store = RedbStore::open(&dir.path().join("state.redb")).unwrap();
-        let Swap::Written(r1) = store.compare_and_swap("k", Expect::Absent, b"1".to_vec()).await.unwrap() else {
+        let Swap::Applied(r1) = store.compare_and_swap("k", Expect::Absent, b"1".to_vec()).await.unwrap() else {
             panic!("a new key was not written");
         };
         assert_eq!(store.compare_and_swap("k", Expect::Absent, b"x".to_vec()).await.unwrap(), Swap::Conflict);
-        let Swap::Written(r2) = store.compare_and_swap("k", Expect::At(r1), b"2".to_vec()).await.unwrap() else {
+        let Swap::Applied(r2) = store.compare_and_swap("k", Expect::At(r1), b"2".to_vec()).await.unwrap() else {
             panic!("the expected revision was not accepted");
         };
         // A writer that read r1 lost the race.
         assert_eq!(store.compare_and_swap("k", Expect::At(r1), b"y".to_vec()).await.unwrap(), Swap::Conflict);
         assert_eq!(store.get("k").await.unwrap().unwrap(), Versioned { value: b"2".to_vec(), revision: r2 });
+
+        // A delete, too, only of what was expected.
+        assert_eq!(store.compare_and_delete("k", r1).await.unwrap(), Swap::Conflict);
+        let Swap::Applied(deleted_at) = store.compare_and_delete("k", r2).await.unwrap() else {
+            panic!("the expected revision was not deleted");
+        };
+        assert!(deleted_at > r2);
+        assert_eq!(store.get("k").await.unwrap(), None);
+        assert_eq!(store.compare_and_delete("k", r2).await.unwrap(), Swap::Conflict);
+        store.put("k", b"2".to_vec()).await.unwrap();
 
         // A revision from before a delete never matches the key made again.
         store.delete("k").await.unwrap();
