@@ -211,6 +211,11 @@ fn hosts_turn_down_when_agents_die_and_outlive_a_coordinator_restart() {
     assert!(lines[1].starts_with("h1") && lines[1].contains(&format!("127.0.0.1:{p1}")) && lines[1].contains("ready"));
     assert!(lines[2].starts_with("h2") && lines[2].contains("ready"), "{table}");
 
+    // A ready host cannot be forgotten: its agent would register it again.
+    let out = cluster.migratectl_with(&cluster.tls(), &["hosts", "rm", "h1"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("host h1 is ready; stop its agent first"));
+
     // As if h2 lost power: down after the grace, not before.
     h2.kill();
     let killed = Instant::now();
@@ -390,7 +395,12 @@ fn a_host_whose_containerd_stops_turns_down_until_it_answers_again() {
     // The agent lives on, but a host without containerd cannot run containers.
     instance.0.stop();
     cluster.wait_for(&[("h1", "down")], DOWN, &[&coordinator, &h1]);
+    // A down host can be forgotten; its agent, back, registers it anew.
+    expect_ok(cluster.migratectl_with(&cluster.tls(), &["hosts", "rm", "h1"]));
+    assert_eq!(cluster.states().unwrap(), []);
     instance.0.start_again();
     cluster.wait_for(&[("h1", "ready")], START, &[&coordinator, &h1]);
-    assert!(h1.log().contains("no heartbeat while containerd does not answer"), "{}", h1.log());
+    let log = h1.log();
+    assert!(log.contains("no heartbeat while containerd does not answer"), "{log}");
+    assert!(log.contains("is not registered; the agent must register"), "{log}");
 }

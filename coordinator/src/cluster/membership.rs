@@ -159,6 +159,22 @@ pub fn expire(
     }
 }
 
+/// A host that cannot be forgotten: it is ready, so its agent would
+/// register it again at its next beat anyway.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("host {host} is ready; stop its agent first, and remove it once it is down")]
+pub struct StillReady {
+    pub host: String,
+}
+
+/// Whether the cluster may forget this host: only once it is down.
+pub fn may_forget(record: &HostRecord) -> Result<(), StillReady> {
+    match record.liveness {
+        Liveness::Down { .. } => Ok(()),
+        Liveness::Ready { .. } => Err(StillReady { host: record.facts.name.clone() }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -221,6 +237,13 @@ mod tests {
         let restart = START + 60_000;
         assert_eq!(expire(&h, &POLICY, restart, restart + 2_999), None);
         assert!(expire(&h, &POLICY, restart, restart + 3_000).is_some());
+    }
+
+    #[test]
+    fn only_a_down_host_is_forgotten() {
+        let h = register(None, facts("h1"), 0, "s1".into(), START);
+        assert!(may_forget(&h).unwrap_err().to_string().contains("stop its agent first"));
+        assert_eq!(may_forget(&expire(&h, &POLICY, START, START + 3_000).unwrap()), Ok(()));
     }
 
     #[test]

@@ -1,20 +1,37 @@
-//! `migratectl hosts`: the cluster's hosts as the coordinator knows them.
+//! `migratectl hosts`: the cluster's hosts as the coordinator knows them;
+//! `migratectl hosts rm` forgets down ones.
 
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use migrate_cluster::proto::{HostState, ListHostsRequest};
+use migrate_cluster::proto::{HostState, ListHostsRequest, RemoveHostRequest};
 use serde::Serialize;
 
 use crate::cluster_client::ClusterArgs;
 use crate::output::{Table, human_ms, write_stdout};
 
 #[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
     #[command(flatten)]
     cluster: ClusterArgs,
+    /// Print JSON instead of a table
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Forget hosts that are down (a decommissioned host stays listed until then)
+    Rm {
+        #[command(flatten)]
+        cluster: ClusterArgs,
+        /// Hosts to forget
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
 }
 
 #[derive(Debug, Serialize)]
@@ -34,12 +51,35 @@ struct HostRow {
 }
 
 pub async fn run(args: Args) -> Result<ExitCode> {
-    let mut client = args.cluster.coordinator().await?;
+    match args.command {
+        Some(Command::Rm { cluster, names }) => remove(&cluster, &names).await,
+        None => list(&args.cluster, args.json).await,
+    }
+}
+
+async fn remove(cluster: &ClusterArgs, names: &[String]) -> Result<ExitCode> {
+    let mut client = cluster.coordinator().await?;
+    let mut code = ExitCode::SUCCESS;
+    for name in names {
+        match client.remove_host(RemoveHostRequest { name: name.clone() }).await {
+            Ok(_) => write_stdout(&format!("{name}\n"))?,
+            // One refusal (a ready host) does not stop the others.
+            Err(s) => {
+                eprintln!("migratectl: removing host {name}: {}", migrate_cluster::tls::status_chain(&s));
+                code = ExitCode::FAILURE;
+            }
+        }
+    }
+    Ok(code)
+}
+
+async fn list(cluster: &ClusterArgs, json: bool) -> Result<ExitCode> {
+    let mut client = cluster.coordinator().await?;
     let answer = client
         .list_hosts(ListHostsRequest {})
         .await
         .map_err(|s| anyhow::anyhow!(migrate_cluster::tls::status_chain(&s)))
-        .with_context(|| format!("listing the hosts of {}", args.cluster.url()))?
+        .with_context(|| format!("listing the hosts of {}", cluster.url()))?
         .into_inner();
     let now = answer.now_unix_ms;
     let rows: Vec<HostRow> = answer
@@ -67,7 +107,7 @@ pub async fn run(args: Args) -> Result<ExitCode> {
             }
         })
         .collect();
-    if args.json {
+    if json {
         write_stdout(&format!("{}\n", serde_json::to_string_pretty(&rows)?))?;
         return Ok(ExitCode::SUCCESS);
     }

@@ -12,7 +12,7 @@ use crate::proto::agent_client::AgentClient;
 use crate::proto::coordinator_server::Coordinator;
 use crate::proto::{
     HeartbeatRequest, HeartbeatResponse, Host, HostInfo, HostState, InfoRequest, ListHostsRequest, ListHostsResponse,
-    RegisterRequest, RegisterResponse,
+    RegisterRequest, RegisterResponse, RemoveHostRequest, RemoveHostResponse,
 };
 use crate::store::Store;
 use crate::tls::Tls;
@@ -126,6 +126,22 @@ impl Coordinator for CoordinatorService {
             log::info!("host {} is ready again after {} ms down", beat.name, now.saturating_sub(since));
         }
         Ok(Response::new(HeartbeatResponse { heartbeat_period_ms: self.period_ms() }))
+    }
+
+    async fn remove_host(&self, request: Request<RemoveHostRequest>) -> Result<Response<RemoveHostResponse>, Status> {
+        let name = request.into_inner().name;
+        let removed = hosts::update(&*self.store, &name, |current| match current {
+            None => Change::Refuse(Status::not_found(format!("no host {name:?} in the cluster"))),
+            Some(record) => match membership::may_forget(record) {
+                Ok(()) => Change::Delete,
+                Err(ready) => Change::Refuse(Status::failed_precondition(ready.to_string())),
+            },
+        })
+        .await
+        .map_err(store_status)?;
+        removed?;
+        log::info!("host {name} removed from the cluster");
+        Ok(Response::new(RemoveHostResponse {}))
     }
 
     async fn list_hosts(&self, _: Request<ListHostsRequest>) -> Result<Response<ListHostsResponse>, Status> {
