@@ -4,8 +4,18 @@
 //! daemons are `migrate-coordinator` and `migrate-agent` (`src/bin/`).
 //!
 //! What is built so far: hosts and their membership by heartbeats.
+//!
+//! - the daemons: [`coordinator`], [`agent`], and what both do around their
+//!   work ([`daemon`]: log, signals, listening);
+//! - the rules: [`membership`] (ready and down, pure), [`hosts`] (their
+//!   records in the [`store`], changed with retries on conflict);
+//! - the wire: [`proto`] (generated), [`tls`] (mutual TLS), [`certs`] (the
+//!   CA and its certificates), [`peer`] (whom a caller's certificate names),
+//!   [`random`] (session ids, jitter).
 
+pub mod agent;
 pub mod certs;
+pub mod coordinator;
 pub mod daemon;
 pub mod hosts;
 pub mod membership;
@@ -14,7 +24,3 @@ pub mod proto;
 pub mod random;
 pub mod store;
 pub mod tls;
-
-pub mod coordinator;
-
-pub mod agent;
