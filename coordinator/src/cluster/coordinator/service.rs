@@ -73,9 +73,12 @@ impl CoordinatorService {
 #[tonic::async_trait]
 impl Coordinator for CoordinatorService {
     async fn register(&self, request: Request<RegisterRequest>) -> Result<Response<RegisterResponse>, Status> {
-        let name = request.get_ref().info.as_ref().map(|i| i.name.clone()).unwrap_or_default();
+        let Some(name) = request.get_ref().info.as_ref().map(|i| i.name.clone()) else {
+            return Err(Status::invalid_argument("RegisterRequest has no info"));
+        };
         peer::check_is(&request, &name)?;
-        let info = request.into_inner().info.ok_or_else(|| Status::invalid_argument("RegisterRequest has no info"))?;
+        // There, as checked above (the certificate is read off the request first).
+        let info = request.into_inner().info.unwrap_or_default();
         let containers = info.containers;
         let facts = facts_of(info)?;
         self.check_agent(&facts).await?;
