@@ -40,7 +40,9 @@ export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:$PATH
 export DEBIAN_FRONTEND=noninteractive
 
 # Packages from bookworm. CRIU's build dependencies are only needed for the
-# `criu` step but are cheap, so they are installed together.
+# `criu` step but are cheap, so they are installed together. Their
+# protobuf-compiler is also the workspace build's protoc: containerd-client
+# and the cluster's API (coordinator/proto) are generated with it.
 RUNTIME_PKGS=(runc iptables busybox-static iproute2 ca-certificates)
 # The soft-dirty VM (hack/softdirty-vm.sh): QEMU, and what builds its image.
 VM_PKGS=(qemu-system-x86 debootstrap cpio e2fsprogs)

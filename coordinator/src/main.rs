@@ -5,8 +5,13 @@
 //! Flags follow `ctr`: a global `--address` and `--namespace`, and `--json`
 //! on every command that lists or inspects. The verbs live in
 //! [`commands`]; [`containerd`] holds the connection to containerd.
+//!
+//! `hosts` and `cluster` are the cluster's commands: a client of the
+//! coordinator ([`cluster_client`]), and its certificates. The cluster's
+//! code is the `migrate_cluster` library (`src/cluster/`).
 
 mod checkpoint_image;
+mod cluster_client;
 mod commands;
 mod containerd;
 mod ids;
@@ -21,7 +26,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::commands::{checkpoint, restore};
+use crate::commands::{checkpoint, cluster, hosts, restore};
 
 /// Where containerd listens unless told otherwise (as for `ctr`).
 pub const DEFAULT_ADDRESS: &str = "/run/containerd/containerd.sock";
@@ -59,22 +64,36 @@ enum Command {
     Restore(restore::Args),
     /// Print the versions of migratectl and of the containerd it talks to
     Version,
+    /// The cluster's hosts: name, address, state (ready|down), containers, last heartbeat
+    Hosts(hosts::Args),
+    /// Make the cluster's CA and certificates
+    #[command(subcommand)]
+    Cluster(cluster::Command),
 }
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
+    let cli = Cli::parse();
     // Like ctr and every C tool: `migratectl checkpoint ls | head` ends
     // quietly when head exits, instead of panicking on the closed pipe
-    // (Rust ignores SIGPIPE by default).
-    // SAFETY: no other thread exists yet, and SIG_DFL installs no handler.
-    let _ =
-        unsafe { nix::sys::signal::signal(nix::sys::signal::Signal::SIGPIPE, nix::sys::signal::SigHandler::SigDfl) };
+    // (Rust ignores SIGPIPE by default). Not for the cluster's commands:
+    // they talk TCP, and a coordinator that closes the connection (refusing
+    // the certificate) would kill migratectl without a word; they treat a
+    // closed stdout as the end instead (output::write_stdout).
+    if !matches!(cli.command, Command::Hosts(_)) {
+        // SAFETY: no other thread exists yet (a current-thread runtime), and
+        // SIG_DFL installs no handler.
+        let _ = unsafe {
+            nix::sys::signal::signal(nix::sys::signal::Signal::SIGPIPE, nix::sys::signal::SigHandler::SigDfl)
+        };
+    }
     output::init_logging();
-    let cli = Cli::parse();
     let result = match cli.command {
         Command::Checkpoint(cmd) => checkpoint::run(&cli.global, cmd).await,
         Command::Restore(args) => restore::run(&cli.global, args).await,
         Command::Version => commands::version(&cli.global).await,
+        Command::Hosts(args) => hosts::run(args).await,
+        Command::Cluster(cmd) => cluster::run(cmd),
     };
     match result {
         Ok(code) => code,

@@ -103,6 +103,17 @@ pub fn print_json<T: Serialize + ?Sized>(value: &T) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Writes `text` to stdout; a reader that went away (`| head`) ends the
+/// output without an error, for commands that keep SIGPIPE ignored.
+pub fn write_stdout(text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(anyhow::Error::new(e).context("writing to stdout")),
+        _ => Ok(()),
+    }
+}
+
 /// Sends `log` records at warning level and above (and everything with
 /// `MIGRATECTL_DEBUG` set) to stderr as `migratectl: warning: ...`.
 pub fn init_logging() {

@@ -2,7 +2,9 @@
 //! flags and returns the process exit code.
 
 pub mod checkpoint;
+pub mod cluster;
 pub mod export;
+pub mod hosts;
 pub mod import;
 pub mod restore;
 pub mod versions;

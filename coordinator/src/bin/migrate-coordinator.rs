@@ -1,0 +1,47 @@
+//! `migrate-coordinator`: keeps the cluster's state and its hosts'
+//! membership. See coordinator/README.md, "Cluster".
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use migrate_cluster::coordinator::{self, Config};
+use migrate_cluster::membership::HeartbeatPolicy;
+
+#[derive(Debug, Parser)]
+#[command(name = "migrate-coordinator", version, about = "The containerd-migrate cluster's coordinator")]
+struct Args {
+    /// Address to serve the Coordinator API on (mutual TLS)
+    #[arg(long, env = "MIGRATE_COORDINATOR_LISTEN", default_value = "0.0.0.0:7400")]
+    listen: SocketAddr,
+    /// Directory with the cluster's ca.pem and this coordinator's certificate and key
+    #[arg(long, env = "MIGRATE_TLS_DIR")]
+    tls_dir: PathBuf,
+    /// Name of the coordinator's certificate in --tls-dir (NAME.pem, NAME-key.pem)
+    #[arg(long, env = "MIGRATE_TLS_NAME", default_value = "coordinator")]
+    tls_name: String,
+    /// The cluster's state: one file, created if missing
+    #[arg(long, env = "MIGRATE_STATE", default_value = "/var/lib/containerd-migrate/cluster/state.redb")]
+    state: PathBuf,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    migrate_cluster::daemon::init();
+    let args = Args::parse();
+    let config = Config {
+        listen: args.listen,
+        tls_dir: args.tls_dir,
+        tls_name: args.tls_name,
+        state: args.state,
+        policy: HeartbeatPolicy::default(),
+    };
+    match coordinator::run(config).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            log::error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,147 @@
+//! The agent's side of membership: register with the coordinator, then beat
+//! at the period it gives, for as long as the agent runs.
+//!
+//! A refused beat (the session ended: the coordinator lost the record, or
+//! another process registered this host's name since) means register again.
+//! A beat that gets no answer is only logged: the host's state is the
+//! coordinator's to decide, and the next beat may get through (tonic's
+//! channel reconnects by itself, also to a restarted coordinator, which
+//! knows the session from its store).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tonic::Code;
+use tonic::transport::Channel;
+
+use super::probe::Probe;
+use crate::proto::coordinator_client::CoordinatorClient;
+use crate::proto::{HeartbeatRequest, RegisterRequest};
+use crate::tls::Tls;
+
+/// How long one call to the coordinator may take. A registration includes
+/// the coordinator's call back to this agent.
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// Retries of a failed registration back off from the first to the last.
+const RETRY_FIRST: Duration = Duration::from_millis(200);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+/// A period the coordinator could not mean (an older or broken one).
+const MIN_PERIOD: Duration = Duration::from_millis(100);
+
+/// Where the coordinator is and how to reach it.
+pub struct Coordinator {
+    pub url: String,
+    /// The name its certificate must carry (the URL's host).
+    pub server_name: String,
+    pub tls: Tls,
+}
+
+/// Why registering failed.
+enum RegisterError {
+    /// Worth another try: the coordinator or containerd may be back soon.
+    Retry(String),
+    /// The coordinator refused this agent's certificate for its name: no
+    /// retry can change that while the agent runs with it.
+    Refused(String),
+}
+
+/// Runs while the agent runs; returns only when the coordinator refuses
+/// the agent for good.
+pub async fn run(probe: Arc<Probe>, coordinator: Coordinator) -> String {
+    let mut retry = RETRY_FIRST;
+    loop {
+        let (mut client, session, period) = match register(&probe, &coordinator).await {
+            Ok(registered) => registered,
+            Err(RegisterError::Refused(e)) => {
+                return format!("the coordinator at {} refuses this agent: {e}", coordinator.url);
+            }
+            Err(RegisterError::Retry(e)) => {
+                log::warn!(
+                    "registering with the coordinator at {} failed: {e}; retrying in {retry:?}",
+                    coordinator.url
+                );
+                // Waiting before a retry is the point here, not a guess at
+                // when something else is done.
+                tokio::time::sleep(retry).await;
+                retry = (retry * 2).min(RETRY_MAX);
+                continue;
+            }
+        };
+        retry = RETRY_FIRST;
+        log::info!("registered with the coordinator at {} as {}", coordinator.url, probe.name());
+        let ended = beat(&mut client, &probe, &session, period).await;
+        log::warn!("{ended}; registering again");
+    }
+}
+
+async fn register(
+    probe: &Probe,
+    coordinator: &Coordinator,
+) -> Result<(CoordinatorClient<Channel>, String, Duration), RegisterError> {
+    let channel = coordinator
+        .tls
+        .connect(&coordinator.url, &coordinator.server_name, CALL_TIMEOUT)
+        .await
+        .map_err(|e| RegisterError::Retry(e.to_string()))?;
+    let mut client = CoordinatorClient::new(channel);
+    let info = probe.info().await.map_err(|e| RegisterError::Retry(e.to_string()))?;
+    let answer = client
+        .register(RegisterRequest { info: Some(info) })
+        .await
+        .map_err(|s| match s.code() {
+            Code::PermissionDenied | Code::Unauthenticated => RegisterError::Refused(s.message().to_string()),
+            _ => RegisterError::Retry(crate::tls::status_chain(&s)),
+        })?
+        .into_inner();
+    Ok((client, answer.session_id, period(answer.heartbeat_period_ms)))
+}
+
+/// Beats until the coordinator ends the session; returns why it ended.
+async fn beat(client: &mut CoordinatorClient<Channel>, probe: &Probe, session: &str, mut period: Duration) -> String {
+    // Logged when it changes, not at every beat.
+    let mut containerd_ok = true;
+    let mut coordinator_ok = true;
+    loop {
+        // The heartbeat period itself.
+        tokio::time::sleep(period).await;
+        let containers = match probe.containers().await {
+            Ok(n) => {
+                if !containerd_ok {
+                    log::info!("containerd answers again; heartbeats resume");
+                }
+                containerd_ok = true;
+                n
+            }
+            Err(e) => {
+                if containerd_ok {
+                    log::warn!("no heartbeat while containerd does not answer (the host will turn down): {e}");
+                }
+                containerd_ok = false;
+                continue;
+            }
+        };
+        let request = HeartbeatRequest { name: probe.name().to_string(), session_id: session.to_string(), containers };
+        match client.heartbeat(request).await {
+            Ok(answer) => {
+                if !coordinator_ok {
+                    log::info!("the coordinator answers heartbeats again");
+                }
+                coordinator_ok = true;
+                period = self::period(answer.into_inner().heartbeat_period_ms);
+            }
+            Err(s) if matches!(s.code(), Code::FailedPrecondition | Code::NotFound) => {
+                return format!("the coordinator refused a heartbeat: {}", s.message());
+            }
+            Err(s) => {
+                if coordinator_ok {
+                    log::warn!("a heartbeat got no answer from the coordinator: {}", crate::tls::status_chain(&s));
+                }
+                coordinator_ok = false;
+            }
+        }
+    }
+}
+
+fn period(ms: u64) -> Duration {
+    Duration::from_millis(ms).max(MIN_PERIOD)
+}

@@ -1,0 +1,71 @@
+//! The agent daemon, one per host: serves the Agent API over mutual TLS,
+//! and keeps its host registered with the coordinator by heartbeats.
+
+mod heartbeat;
+mod probe;
+mod service;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use tonic::transport::Server;
+
+use crate::proto::agent_server::AgentServer;
+use crate::tls::{self, Tls};
+
+/// Everything the daemon is told (flags or environment).
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The host's name in the cluster; also its certificate's in `tls_dir`.
+    pub name: String,
+    pub listen: SocketAddr,
+    /// host:port the coordinator and other agents reach this agent at.
+    pub advertise: Option<String>,
+    pub coordinator: String,
+    pub tls_dir: PathBuf,
+    pub containerd: PathBuf,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Runs until SIGINT or SIGTERM.
+pub async fn run(config: Config) -> Result<()> {
+    let tls = Tls::load(&config.tls_dir, &config.name)?;
+    let Some(server_name) = tls::url_host(&config.coordinator) else {
+        bail!("--coordinator {} is not an https://HOST:PORT URL", config.coordinator);
+    };
+    let advertise = match &config.advertise {
+        Some(a) => a.clone(),
+        None if config.listen.ip().is_unspecified() => {
+            bail!(
+                "--listen {} is every address: name the one others reach this agent at with --advertise HOST:PORT",
+                config.listen
+            )
+        }
+        None => config.listen.to_string(),
+    };
+    let probe = probe::Probe::new(config.name.clone(), advertise.clone(), config.labels.clone(), &config.containerd)
+        .await
+        .context("the agent drives this host's containerd")?;
+    let probe = Arc::new(probe);
+    let coordinator = heartbeat::Coordinator {
+        url: config.coordinator.clone(),
+        server_name: server_name.to_string(),
+        tls: tls.clone(),
+    };
+
+    // Bound before registering: the coordinator calls back at once.
+    let incoming = crate::daemon::listen(config.listen).await?;
+    log::info!("agent {} listening on {} (advertised as {advertise})", config.name, config.listen);
+    let server = Server::builder()
+        .tls_config(tls.server())
+        .context("configuring the server's TLS")?
+        .add_service(AgentServer::new(service::AgentService::new(probe.clone())))
+        .serve_with_incoming_shutdown(incoming, crate::daemon::shutdown_signal());
+    tokio::select! {
+        served = server => served.with_context(|| format!("serving on {}", config.listen)),
+        refused = heartbeat::run(probe, coordinator) => bail!("{refused}"),
+    }
+}
