@@ -9,7 +9,7 @@
 //! to go too, so that no clone inherits a connection of the probe's.
 
 use std::{
-    io::{BufRead, BufReader, Read, Write},
+    io::{BufRead, BufReader, ErrorKind, Read, Write},
     net::{Ipv4Addr, SocketAddr, TcpStream},
     time::Duration,
 };
@@ -25,7 +25,13 @@ const MAX_ANSWER: u64 = 1 << 20;
 /// wrong, for the warning when the probe gives up.
 pub fn get(port: u16, path: &str, timeout: Duration) -> Result<(), String> {
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-    let mut stream = TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect to {addr}: {e}"))?;
+    let failed = |what: &str, e: std::io::Error| match e.kind() {
+        // A socket timeout reads as EAGAIN ("Resource temporarily unavailable").
+        ErrorKind::WouldBlock | ErrorKind::TimedOut => format!("{what}: no progress within the timeout of {timeout:?}"),
+        _ => format!("{what}: {e}"),
+    };
+    let mut stream =
+        TcpStream::connect_timeout(&addr, timeout).map_err(|e| failed(&format!("connect to {addr}"), e))?;
     stream
         .set_read_timeout(Some(timeout))
         .and_then(|()| stream.set_write_timeout(Some(timeout)))
@@ -33,10 +39,10 @@ pub fn get(port: u16, path: &str, timeout: Duration) -> Result<(), String> {
     let request = format!(
         "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUser-Agent: containerd-migrate-ready-probe\r\nAccept: */*\r\nConnection: close\r\n\r\n"
     );
-    stream.write_all(request.as_bytes()).map_err(|e| format!("send the request: {e}"))?;
+    stream.write_all(request.as_bytes()).map_err(|e| failed("send the request", e))?;
     let mut reader = BufReader::new((&stream).take(MAX_ANSWER));
     let mut line = String::new();
-    (&mut reader).take(MAX_STATUS_LINE).read_line(&mut line).map_err(|e| format!("read the status line: {e}"))?;
+    (&mut reader).take(MAX_STATUS_LINE).read_line(&mut line).map_err(|e| failed("read the status line", e))?;
     let status = status(&line);
     if status.is_some() {
         // The status decides, as for kubelet; an app that keeps the
@@ -118,7 +124,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let err = get(port, "/", Duration::from_millis(100)).unwrap_err();
-        assert!(err.starts_with("read the status line"), "{err}");
+        assert_eq!(err, "read the status line: no progress within the timeout of 100ms");
     }
 
     #[test]
