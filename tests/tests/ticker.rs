@@ -196,6 +196,27 @@ fn memtick() -> [&'static str; 7] {
     ]
 }
 
+/// Waits for a first version of `container` (memtick as `pid`), for
+/// memtick to count past 50, then for `more` versions dumped after that
+/// count; returns the count, the newest version seen at it, and the
+/// versions listed at the end.
+fn versions_after_counting(
+    s: &Scenario,
+    url: &str,
+    container: &str,
+    pid: u32,
+    more: u64,
+) -> (u64, u64, Vec<Value>) {
+    let first = numbers(&wait_for_version(s, url, container, 0))[0];
+    let before = wait_tick_above(pid, 50, "memtick to count");
+    let newest_seen = numbers(&versions(s, url, container))
+        .last()
+        .copied()
+        .unwrap_or(first);
+    let rows = wait_for_version(s, url, container, newest_seen + more);
+    (before, newest_seen, rows)
+}
+
 /// With interval 1s, groups of 2 and 2 groups kept, versions come an
 /// interval apart, each uploads less than its size, retention leaves
 /// only the newest two groups, the container counts on throughout, and a
@@ -356,14 +377,8 @@ fn restore_skips_a_damaged_newest_version(s: &Scenario) {
         ),
     ];
     let pid = s.run_detached(&c, &fixture::strs(&opts), &memtick());
-    let first = numbers(&wait_for_version(s, &url, &c.id, 0))[0];
     // Both versions restore will consider are dumped after this count.
-    let before = wait_tick_above(pid, 50, "memtick to count");
-    let newest_seen = numbers(&versions(s, &url, &c.id))
-        .last()
-        .copied()
-        .unwrap_or(first);
-    wait_for_version(s, &url, &c.id, newest_seen + 2);
+    let (before, _, _) = versions_after_counting(s, &url, &c.id, pid, 2);
     let id = c.id.clone();
     drop(c); // stops the ticker; the versions stay
     let listed = numbers(&versions(s, &url, &id));
@@ -450,13 +465,7 @@ fn a_lost_containers_version_restores_without_naming_its_image(s: &Scenario) {
         format!("io.containerd.migrate.checkpoint.store={url}"),
     ];
     let pid = s.run_detached(&c, &fixture::strs(&opts), &memtick());
-    let first = numbers(&wait_for_version(s, &url, &c.id, 0))[0];
-    let before = wait_tick_above(pid, 50, "memtick to count");
-    let newest_seen = numbers(&versions(s, &url, &c.id))
-        .last()
-        .copied()
-        .unwrap_or(first);
-    wait_for_version(s, &url, &c.id, newest_seen + 1);
+    let (before, newest_seen, _) = versions_after_counting(s, &url, &c.id, pid, 1);
     s.ctr.ok(&["tasks", "kill", "--signal", "SIGKILL", &c.id]);
     let id = c.id.clone();
     drop(c); // the task and the container's record
@@ -546,13 +555,7 @@ fn versions_in_a_registry_restore(s: &Scenario) {
         format!("io.containerd.migrate.checkpoint.store={url}"),
     ];
     let pid = s.run_detached(&c, &fixture::strs(&opts), &memtick());
-    let first = numbers(&wait_for_version(s, &url, &c.id, 0))[0];
-    let before = wait_tick_above(pid, 50, "memtick to count");
-    let newest_seen = numbers(&versions(s, &url, &c.id))
-        .last()
-        .copied()
-        .unwrap_or(first);
-    let rows = wait_for_version(s, &url, &c.id, newest_seen + 1);
+    let (before, newest_seen, rows) = versions_after_counting(s, &url, &c.id, pid, 1);
     for r in rows.iter().skip(1) {
         assert_eq!(r["valid"], true, "{r}");
         let (total, new) = (
