@@ -221,18 +221,7 @@ fn fail_kills_only_its_host(cluster: &Cluster, h1: &Host, pid1: u32, h2: &Host, 
 
     let started = Instant::now();
     cluster.fail("h2").expect_success();
-    poll::until(GONE_TIMEOUT, "every process of h2 to be gone", || {
-        let alive: Vec<u32> = processes
-            .iter()
-            .copied()
-            .filter(|p| host::pid_alive(*p))
-            .collect();
-        if alive.is_empty() {
-            Ok(())
-        } else {
-            Err(format!("alive: {alive:?}"))
-        }
-    });
+    wait_gone(&processes, "every process of h2 to be gone");
     eprintln!(
         "fail h2: {} processes gone after {:?}",
         processes.len(),
@@ -269,18 +258,7 @@ fn down_removes_everything(cluster: &Cluster, h1: &Host) {
     cluster.down().expect_success();
     eprintln!("down in {:?}", started.elapsed());
 
-    poll::until(GONE_TIMEOUT, "every process of h1 to be gone", || {
-        let alive: Vec<u32> = processes
-            .iter()
-            .copied()
-            .filter(|p| host::pid_alive(*p))
-            .collect();
-        if alive.is_empty() {
-            Ok(())
-        } else {
-            Err(format!("alive: {alive:?}"))
-        }
-    });
+    wait_gone(&processes, "every process of h1 to be gone");
     assert_eq!(
         cluster::processes_in_mount_namespace(namespace),
         Vec::<u32>::new()
@@ -322,4 +300,20 @@ fn down_removes_everything(cluster: &Cluster, h1: &Host) {
         );
     }
     cluster.down().expect_success();
+}
+
+/// Waits until none of `processes` is alive.
+fn wait_gone(processes: &[u32], what: &str) {
+    poll::until(GONE_TIMEOUT, what, || {
+        let alive: Vec<u32> = processes
+            .iter()
+            .copied()
+            .filter(|p| host::pid_alive(*p))
+            .collect();
+        if alive.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("alive: {alive:?}"))
+        }
+    });
 }
