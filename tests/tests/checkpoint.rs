@@ -306,6 +306,7 @@ migrate_only!(
     ready_point_waits_for_exec,
     ready_point_warms_up,
     ready_point_on_notify,
+    ready_point_with_connections_held,
     ready_probe_gives_up,
     invalid_annotation_fails_creation,
 );
@@ -643,6 +644,41 @@ fn ready_point_on_notify(s: &Scenario) {
         .trim(),
         "gone"
     );
+    let _ = std::fs::remove_dir_all(store);
+}
+
+/// A server that keeps connections open after answering them, as Java's
+/// NIO does until its selector's next round: the watch waits at most the
+/// probe's timeout for the probe's connections to close, says so, and the
+/// ready point is dumped with them open. They are dumped as closed (CRIU's
+/// tcp-close), so its clones restore and answer.
+fn ready_point_with_connections_held(s: &Scenario) {
+    let store = tempdir("held-store");
+    let annotations = [
+        format!("{READY}=http:{LATE_PORT}/healthz"),
+        format!("{READY}.timeout=300ms"),
+    ];
+    let checkpoint = late_ready_point_with(
+        s,
+        &store,
+        &annotations,
+        SHORT_READY_MS,
+        &["--hold-ms", "60000"],
+    );
+    // Logged before the dump; the shim's log reaches containerd's a little later.
+    let warning = format!(
+        "a connection to port {LATE_PORT} is still open 300ms after the probe closed its own"
+    );
+    poll::until(TIMEOUT, "the warning that a connection stayed open", || {
+        let log = std::fs::read_to_string(s.instance.containerd_log()).unwrap_or_default();
+        if log.contains(&warning) {
+            Ok(())
+        } else {
+            Err("not in containerd's log: the connection was closed before the dump, so this tests nothing".into())
+        }
+    });
+    let clone = clone_of(s, &checkpoint);
+    assert!(ready_count(get_healthz(s, &clone.id)) >= 2);
     let _ = std::fs::remove_dir_all(store);
 }
 

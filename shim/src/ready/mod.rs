@@ -144,6 +144,13 @@ pub async fn checkpoint_when_ready(container: Arc<Container>, armed: Armed, even
             return;
         }
     };
+    if fired.left_open {
+        warn!(
+            "{}: the app still holds a connection of probe {probe} {:?} after the probe closed its end; \
+             the ready point records it as closed",
+            container.id, plan.settings.timeout
+        );
+    }
     let id = format!("{}-ready", container.id);
     let record = record(&probe, fired);
     match checkpoint_for_new_containers(&container, &plan.store, &id, record).await {

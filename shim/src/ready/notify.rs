@@ -82,6 +82,7 @@ impl NotifySocket {
                             attempts: 0,
                             last_failure: None,
                             warm_up: None,
+                            left_open: false,
                         }));
                     }
                     last = format!("the last message did not say READY=1: {:?}", message.trim_end());

@@ -10,7 +10,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use log::warn;
 use nix::sched::{CloneFlags, setns};
 
 use super::{ProbeSettings, exec_probe::ExecProbe, http_probe, tcp_diag::TcpDiag};
@@ -36,6 +35,9 @@ pub struct Fired {
     pub last_failure: Option<String>,
     /// Requests made once ready, and how long they took.
     pub warm_up: Option<(u64, Duration)>,
+    /// Whether the app still held a connection of the probe's when the
+    /// watch stopped waiting for it.
+    pub left_open: bool,
 }
 
 /// How often, and for how long at most, the app is given to close the
@@ -82,10 +84,10 @@ fn in_namespace(
         ReadyProbe::Tcp { port } => watch
             .run(|| Ok(if diag.listening(*port)? { Ok(()) } else { Err(format!("nothing listens on port {port}")) })),
         ReadyProbe::Http { port, path } => {
-            let outcome = watch
+            let mut outcome = watch
                 .run_then(|| Ok(http_probe::get(*port, path, settings.timeout)), || warm_up(*port, path, settings))?;
-            if matches!(outcome, Outcome::Ready(_)) {
-                wait_closed(&diag, *port, settings.timeout)?;
+            if let Outcome::Ready(fired) = &mut outcome {
+                fired.left_open = !closed_in_time(&diag, *port, settings.timeout)?;
             }
             Ok(outcome)
         }
@@ -110,19 +112,17 @@ fn warm_up(port: u16, path: &str, settings: &ProbeSettings) -> Result<Option<(u6
 }
 
 /// Waits for the app to close the probe's connections, which its clones
-/// would otherwise inherit (and CRIU refuses to dump): they were closed on
-/// the probe's side, the app closes its side once it has answered. An app
-/// that keeps them past `timeout` gets a warning, and the dump says the rest.
-fn wait_closed(diag: &TcpDiag, port: u16, timeout: Duration) -> std::io::Result<()> {
+/// would otherwise inherit: they were closed on the probe's side, the app
+/// closes its side once it has answered. Whether it did within `timeout`.
+fn closed_in_time(diag: &TcpDiag, port: u16, timeout: Duration) -> std::io::Result<bool> {
     let deadline = Instant::now() + timeout;
     while diag.connection_held(port)? {
         if Instant::now() >= deadline {
-            warn!("a connection to port {port} is still open {timeout:?} after the probe closed its own");
-            return Ok(());
+            return Ok(false);
         }
         std::thread::sleep(CLOSE_POLL);
     }
-    Ok(())
+    Ok(true)
 }
 
 /// Whether the process `pid` (the container's init) still exists.
@@ -168,7 +168,10 @@ impl Probe<'_> {
                     if successes >= settings.success_threshold {
                         let after = self.start.elapsed();
                         match confirm() {
-                            Ok(warm_up) => return Ok(Outcome::Ready(Fired { after, attempts, last_failure, warm_up })),
+                            Ok(warm_up) => {
+                                let fired = Fired { after, attempts, last_failure, warm_up, left_open: false };
+                                return Ok(Outcome::Ready(fired));
+                            }
                             Err(failure) => {
                                 successes = 0;
                                 last_failure = Some(failure);

@@ -1,7 +1,7 @@
 //! late-ready-server: an HTTP server that listens at once and becomes
 //! ready later, as servlet containers do (issue 13).
 //!
-//!   late-ready-server --port P --ready-after-ms N [--notify]
+//!   late-ready-server --port P --ready-after-ms N [--notify] [--hold-ms H]
 //!
 //! Listens on 0.0.0.0:P at once and prints `listening port=P`. Its
 //! "initialisation" then runs for N ms of its own running time: sleeps of
@@ -13,6 +13,9 @@
 //! counts the requests served by this process (the first gets 1).
 //! With `--notify`, it also says so the moment it is ready, as systemd's
 //! notify protocol has it: `READY=1` in a datagram to $NOTIFY_SOCKET.
+//! With `--hold-ms H`, it keeps each answered connection open H ms more
+//! before closing its end, as servers that close lazily do (Java's NIO
+//! closes at its selector's next round).
 //! SIGTERM ends it with exit status 0.
 
 use std::io::{BufRead, BufReader, Write};
@@ -26,11 +29,12 @@ use migrate_testapps::{exit_zero_on_termination, flag_value, reject_unknown};
 static READY: AtomicBool = AtomicBool::new(false);
 static REQUESTS_SERVED: AtomicU64 = AtomicU64::new(0);
 
-const USAGE: &str = "usage: late-ready-server --port P --ready-after-ms N [--notify]";
+const USAGE: &str = "usage: late-ready-server --port P --ready-after-ms N [--notify] [--hold-ms H]";
 const STEP: Duration = Duration::from_millis(10);
 
-/// Reads one request's head and answers it.
-fn serve(stream: TcpStream) -> std::io::Result<()> {
+/// Reads one request's head and answers it; the connection is closed
+/// `hold` later.
+fn serve(stream: TcpStream, hold: Duration) -> std::io::Result<()> {
     let mut writer = stream.try_clone()?;
     let mut reader = BufReader::new(stream);
     let mut line = String::new();
@@ -40,7 +44,15 @@ fn serve(stream: TcpStream) -> std::io::Result<()> {
             break;
         }
     }
-    writer.write_all(answer().as_bytes())
+    writer.write_all(answer().as_bytes())?;
+    if !hold.is_zero() {
+        std::thread::spawn(move || {
+            std::thread::sleep(hold);
+            drop(writer);
+            drop(reader);
+        });
+    }
+    Ok(())
 }
 
 fn answer() -> String {
@@ -83,7 +95,7 @@ fn main() -> ExitCode {
     // The one flag without a value; the others come in pairs.
     let notify = args.iter().any(|a| a == "--notify");
     let args: Vec<String> = args.into_iter().filter(|a| a != "--notify").collect();
-    let parsed = reject_unknown(&args, &["--port", "--ready-after-ms"])
+    let parsed = reject_unknown(&args, &["--port", "--ready-after-ms", "--hold-ms"])
         .and_then(|()| flag_value::<u16>(&args, "--port"))
         .and_then(|p| p.ok_or_else(|| "--port is required".to_string()))
         .and_then(|port| {
@@ -91,6 +103,13 @@ fn main() -> ExitCode {
                 .and_then(|n| n.ok_or_else(|| "--ready-after-ms is required".to_string()))
                 .map(|ms| (port, Duration::from_millis(ms)))
         });
+    let hold = match flag_value::<u64>(&args, "--hold-ms") {
+        Ok(ms) => Duration::from_millis(ms.unwrap_or(0)),
+        Err(e) => {
+            eprintln!("late-ready-server: {e}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
     let (port, ready_after) = match parsed {
         Ok(v) => v,
         Err(e) => {
@@ -115,7 +134,7 @@ fn main() -> ExitCode {
         match stream {
             // One request at a time is all a test asks of it.
             Ok(stream) => {
-                let _ = serve(stream);
+                let _ = serve(stream, hold);
             }
             Err(e) => eprintln!("late-ready-server: accept: {e}"),
         }
@@ -134,7 +153,7 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         std::thread::spawn(move || {
             for stream in listener.incoming() {
-                let _ = serve(stream.unwrap());
+                let _ = serve(stream.unwrap(), Duration::ZERO);
             }
         });
         let get = || {
