@@ -324,10 +324,10 @@ impl Drop for Staging {
         if self.committed {
             return;
         }
-        if let Err(e) = std::fs::remove_dir_all(&self.dir) {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                log::warn!("could not remove abandoned checkpoint staging {}: {e}", self.dir.display());
-            }
+        if let Err(e) = std::fs::remove_dir_all(&self.dir)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            log::warn!("could not remove abandoned checkpoint staging {}: {e}", self.dir.display());
         }
     }
 }

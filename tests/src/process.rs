@@ -215,10 +215,10 @@ impl Background {
 
     /// The exit status if the child has already ended.
     pub fn try_status(&mut self) -> Option<ExitStatus> {
-        if self.status.is_none() {
-            if let Ok(result) = self.exit.try_recv() {
-                self.status = Some(result.expect("waiting for a child"));
-            }
+        if self.status.is_none()
+            && let Ok(result) = self.exit.try_recv()
+        {
+            self.status = Some(result.expect("waiting for a child"));
         }
         self.status
     }

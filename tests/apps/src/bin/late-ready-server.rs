@@ -74,10 +74,8 @@ fn initialise(ready_after: Duration, notify: bool) {
         std::thread::sleep(STEP);
     }
     READY.store(true, Ordering::SeqCst);
-    if notify {
-        if let Err(e) = notify_ready() {
-            eprintln!("late-ready-server: READY=1 to $NOTIFY_SOCKET: {e}");
-        }
+    if notify && let Err(e) = notify_ready() {
+        eprintln!("late-ready-server: READY=1 to $NOTIFY_SOCKET: {e}");
     }
 }
 

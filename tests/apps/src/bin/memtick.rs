@@ -266,10 +266,10 @@ fn main() -> ExitCode {
             unix_ms()
         );
         emit(&line);
-        if let Some(path) = &opts.out {
-            if let Err(e) = write_atomically(path, &line) {
-                eprintln!("memtick: writing {}: {e}", path.display());
-            }
+        if let Some(path) = &opts.out
+            && let Err(e) = write_atomically(path, &line)
+        {
+            eprintln!("memtick: writing {}: {e}", path.display());
         }
     }
 }

@@ -231,10 +231,10 @@ fn parse_restore_log(text: &str) -> Option<CriuRestore> {
         };
         if what.starts_with("Preadv ") {
             reading.insert(pid, t);
-        } else if what.starts_with("`- returned") {
-            if let Some(from) = reading.remove(pid) {
-                pages_s += t - from;
-            }
+        } else if what.starts_with("`- returned")
+            && let Some(from) = reading.remove(pid)
+        {
+            pages_s += t - from;
         }
     }
     Some(CriuRestore {

@@ -297,11 +297,11 @@ impl Bench<'_> {
         let log = std::fs::read_to_string(self.launcher.log(id)).unwrap_or_default();
         s.started_cold = Some(log.contains(COLD_BANNER));
         s.tomcat_startup_ms = tomcat_startup_ms(&log);
-        if kind != "cold" {
-            if let Some(r) = self.launcher.criu_restore(id) {
-                s.criu_restore_ms = Some(stats::round(r.total_s * 1000.0, 3));
-                s.criu_pages_ms = Some(stats::round(r.pages_s * 1000.0, 3));
-            }
+        if kind != "cold"
+            && let Some(r) = self.launcher.criu_restore(id)
+        {
+            s.criu_restore_ms = Some(stats::round(r.total_s * 1000.0, 3));
+            s.criu_pages_ms = Some(stats::round(r.pages_s * 1000.0, 3));
         }
         match answer {
             Ok(a) => {
