@@ -73,7 +73,19 @@
 # kill the host's cgroup. containerd is hack/containerd.sh's instance
 # cluster-CLUSTER-HOST, run inside the host; a daemon it must know of (a
 # proxy snapshotter) goes before it, its plugin into the configuration that
-# hack/containerd.sh writes.
+# hack/containerd.sh writes. Then the host agent (migrate-agent), which
+# `up` waits for until the coordinator has the host ready; its log is
+# agent.log in the directory shared with the machine.
+#
+# Control plane. The coordinator (migrate-coordinator) runs on the machine
+# at the bridge's .1, port 7400, its state and log in
+# /run/containerd-migrate-cluster/CLUSTER/; `fail` leaves it, `down` stops
+# it. `up` makes the cluster's CA there (tls/, with the coordinator's and
+# the machine migratectl's certificates) and gives each host, in its shared
+# directory, the CA's certificate and its own, never the CA's key. On a host
+# (`exec`) and in host.env, MIGRATE_COORDINATOR, MIGRATE_TLS_DIR and
+# MIGRATE_TLS_NAME point migratectl at the coordinator; `status` prints the
+# machine's.
 #
 # Failure. `fail HOST` deletes the host's veth first, so that no FIN or RST of
 # the dying processes' sockets gets out (a power loss sends none), then kills
@@ -97,7 +109,13 @@ CONTAINERD_NS=default
 # disk. A daemon that writes elsewhere needs its directory added here.
 PRIVATE_DIRS=(/run /tmp /var/tmp /var/lib/containerd-migrate)
 # A host's daemons, started in this order by start_daemon_NAME.
-HOST_DAEMONS=(containerd)
+HOST_DAEMONS=(containerd agent)
+# The control plane (coordinator/README.md#cluster): the coordinator runs on
+# the machine at the bridge's address, an agent on every host.
+COORDINATOR_PORT=7400
+AGENT_PORT=7401
+# How long a started agent may take to show as ready at the coordinator.
+READY_TIMEOUT=${READY_TIMEOUT:-20}
 
 log() { printf 'cluster.sh: %s\n' "$*" >&2; }
 die() {
@@ -431,6 +449,79 @@ start_daemon_containerd() {
 	enter env "$@" INSTANCE_SOCKET="$SOCK" bash "$REPO/hack/containerd.sh" start "$INSTANCE" >/dev/null
 }
 
+# The host agent: registers with the coordinator and beats; its log in the
+# directory the machine shares. Returns once the coordinator has it ready.
+start_daemon_agent() {
+	host_tls
+	# shellcheck disable=SC2016 # the inner shell expands them
+	enter env "$@" setsid sh -c 'exec "$@" </dev/null >>"$0" 2>&1 &' "$PUB/agent.log" \
+		migrate-agent --name "$H" --listen "$(host_ip):$AGENT_PORT" \
+		--coordinator "$(coordinator_url)" --tls-dir "$PUB/tls"
+	wait_host_ready
+}
+
+# Host $H's TLS directory, shared with it alone: the CA's certificate and
+# its own (never the CA's key, which stays in $CDIR/tls on the machine).
+host_tls() {
+	local mc
+	mc=$(bin_dir)/migratectl
+	[[ -f $CDIR/tls/$H.pem ]] || "$mc" cluster cert --dir "$CDIR/tls" "$H" >/dev/null
+	mkdir -p "$PUB/tls"
+	install -m 0644 "$CDIR/tls/ca.pem" "$CDIR/tls/$H.pem" "$PUB/tls/"
+	install -m 0600 "$CDIR/tls/$H-key.pem" "$PUB/tls/"
+}
+
+# Polls the coordinator, as the machine's migratectl, until host $H is ready.
+wait_host_ready() {
+	local deadline=$((SECONDS + READY_TIMEOUT)) state
+	while ((SECONDS < deadline)); do
+		state=$(machine_migratectl hosts --json 2>/dev/null |
+			jq -r --arg h "$H" '.[] | select(.name == $h) | .state' 2>/dev/null || true)
+		[[ $state == ready ]] && return 0
+		sleep 0.1
+	done
+	die "$H's agent is not ready at the coordinator after ${READY_TIMEOUT}s; see $PUB/agent.log and $CDIR/coordinator.log"
+}
+
+# migratectl on the machine, with the cluster's client certificate.
+machine_migratectl() {
+	MIGRATE_COORDINATOR=$(coordinator_url) MIGRATE_TLS_DIR=$CDIR/tls MIGRATE_TLS_NAME=migratectl \
+		"$(bin_dir)/migratectl" "$@"
+}
+
+coordinator_url() { echo "https://$(subnet_prefix).1:$COORDINATOR_PORT"; }
+
+bin_dir() { echo "${SHIM_DIR:-$REPO/target/release}"; }
+
+# The cluster's CA and the machine's certificates (the coordinator's, for
+# the bridge's address, and migratectl's), made once; then the coordinator,
+# unless it runs. Its state and log are in $CDIR.
+start_coordinator() {
+	local tls=$CDIR/tls mc pid
+	mc=$(bin_dir)/migratectl
+	[[ -x $mc && -x $(bin_dir)/migrate-coordinator && -x $(bin_dir)/migrate-agent ]] ||
+		die "no migratectl, migrate-coordinator and migrate-agent in $(bin_dir): cargo build --release --workspace"
+	[[ -f $tls/ca.pem ]] || "$mc" cluster init --dir "$tls" >/dev/null
+	[[ -f $tls/coordinator.pem ]] || "$mc" cluster cert --dir "$tls" --ip "$(subnet_prefix).1" coordinator >/dev/null
+	[[ -f $tls/migratectl.pem ]] || "$mc" cluster cert --dir "$tls" migratectl >/dev/null
+	pid=$(cat "$CDIR/coordinator.pid" 2>/dev/null || true)
+	if [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null; then
+		return 0
+	fi
+	# Without the lock of `up` (fd 9), which it would otherwise hold for good.
+	setsid "$(bin_dir)/migrate-coordinator" --listen "$(subnet_prefix).1:$COORDINATOR_PORT" --tls-dir "$tls" \
+		--state "$CDIR/coordinator.redb" </dev/null >>"$CDIR/coordinator.log" 2>&1 9>&- &
+	echo $! >"$CDIR/coordinator.pid"
+}
+
+stop_coordinator() {
+	local pid
+	pid=$(cat "$CDIR/coordinator.pid" 2>/dev/null || true)
+	[[ -n $pid ]] || return 0
+	kill -KILL "$pid" 2>/dev/null || true
+	rm -f "$CDIR/coordinator.pid"
+}
+
 # What host $H's daemons and `exec` get in their environment, and may read
 # again from the file. KEY=VALUE lines, no quoting, so that a shell
 # (set -a; .) and any parser read it alike.
@@ -452,6 +543,9 @@ write_host_env() {
 		CLUSTER_HOSTS=$all
 		CONTAINERD_ADDRESS=$SOCK
 		CONTAINERD_NAMESPACE=$CONTAINERD_NS
+		MIGRATE_COORDINATOR=$(coordinator_url)
+		MIGRATE_TLS_DIR=$PUB/tls
+		MIGRATE_TLS_NAME=$H
 	EOF
 	mv "$ENV_FILE.tmp" "$ENV_FILE"
 }
@@ -483,7 +577,7 @@ need_root() {
 
 need_tools() {
 	local t
-	for t in ip nsenter unshare mountpoint flock iptables containerd ctr runc; do
+	for t in ip nsenter unshare mountpoint flock iptables containerd ctr runc jq; do
 		command -v "$t" >/dev/null || die "$t is not installed (hack/setup.sh)"
 	done
 	[[ -n $(unified_mount) ]] ||
@@ -559,6 +653,7 @@ cmd_up() {
 		((${h#h} <= n)) || die "cluster $CLUSTER_NAME has host $h, beyond h$n: hack/cluster.sh down first"
 	done
 	make_cluster
+	start_coordinator
 	for h in $(seq -f 'h%g' 1 "$n"); do
 		host_names "$h"
 		case $(host_state) in
@@ -589,7 +684,9 @@ summary() {
 		host_names "$h"
 		printf '%-5s %-8s %-15s %s\n' "$H" "$(host_state)" "$(host_ip)" "$SOCK"
 	done
-	printf 'on a host: hack/cluster.sh exec HOST -- ctr ...  (CLUSTER_NAME=%s)\n' "$CLUSTER_NAME"
+	printf 'coordinator %s; on the machine: MIGRATE_COORDINATOR=%s MIGRATE_TLS_DIR=%s MIGRATE_TLS_NAME=migratectl\n' \
+		"$(coordinator_url)" "$(coordinator_url)" "$CDIR/tls"
+	printf 'on a host: hack/cluster.sh exec HOST -- ctr ... | migratectl hosts  (CLUSTER_NAME=%s)\n' "$CLUSTER_NAME"
 }
 
 cmd_status() {
@@ -641,6 +738,7 @@ cmd_fail() {
 
 remove_cluster() {
 	local h mp
+	stop_coordinator
 	for h in $(known_hosts); do
 		host_names "$h"
 		remove_host

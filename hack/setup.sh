@@ -43,7 +43,8 @@ export DEBIAN_FRONTEND=noninteractive
 # `criu` step but are cheap, so they are installed together. Their
 # protobuf-compiler is also the workspace build's protoc: containerd-client
 # and the cluster's API (coordinator/proto) are generated with it.
-RUNTIME_PKGS=(runc iptables busybox-static iproute2 ca-certificates)
+# jq reads JSON in the scripts (hack/cluster.sh, the benchmark images).
+RUNTIME_PKGS=(runc iptables busybox-static iproute2 ca-certificates jq)
 # The soft-dirty VM (hack/softdirty-vm.sh): QEMU, and what builds its image.
 VM_PKGS=(qemu-system-x86 debootstrap cpio e2fsprogs)
 # The distribution registry that the oci:// version store tests start, each

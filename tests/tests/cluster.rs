@@ -45,7 +45,13 @@ fn two_hosts_share_only_the_network() {
     containers_are_independent(h1, pid1, h2, pid2);
     hosts_reach_each_other(h1, h2);
     files_are_private(h1, h2);
+    // `up` returned once the coordinator had each host ready.
+    assert_eq!(
+        host_states(h1),
+        [("h1".into(), "ready".into()), ("h2".into(), "ready".into())]
+    );
     fail_kills_only_its_host(&cluster, h1, pid1, h2, pid2);
+    failed_host_turns_down(h1);
     down_removes_everything(&cluster, h1);
     eprintln!("the whole test took {:?}", started.elapsed());
 }
@@ -244,6 +250,51 @@ fn fail_kills_only_its_host(cluster: &Cluster, h1: &Host, pid1: u32, h2: &Host, 
     ping_from_machine(&h2.ip).expect_failure();
     let out = h2.run(&["true"]).expect_failure();
     assert!(out.stderr_str().contains("h2 has failed"), "{out}");
+}
+
+/// The coordinator's view, asked from host `h` with the certificate
+/// `hack/cluster.sh` gave it: (name, state) of every host, by name.
+#[track_caller]
+fn host_states(h: &Host) -> Vec<(String, String)> {
+    let out = h.run(&["migratectl", "hosts", "--json"]).expect_success();
+    let hosts: serde_json::Value = serde_json::from_str(&out.stdout_str())
+        .unwrap_or_else(|e| panic!("migratectl hosts --json: {e}\n{out}"));
+    let mut states: Vec<(String, String)> = hosts
+        .as_array()
+        .unwrap_or_else(|| panic!("not a list: {hosts}"))
+        .iter()
+        .map(|h| {
+            (
+                h["name"].as_str().unwrap_or_default().into(),
+                h["state"].as_str().unwrap_or_default().into(),
+            )
+        })
+        .collect();
+    states.sort();
+    states
+}
+
+/// A failed host's agent beats no more: the coordinator has it down within
+/// its grace (3 s), and the other host ready.
+#[track_caller]
+fn failed_host_turns_down(h1: &Host) {
+    let started = Instant::now();
+    poll::until(
+        Duration::from_secs(15),
+        "the coordinator to have h2 down",
+        || {
+            let states = host_states(h1);
+            if states == [("h1".into(), "ready".into()), ("h2".into(), "down".into())] {
+                Ok(())
+            } else {
+                Err(format!("{states:?}"))
+            }
+        },
+    );
+    eprintln!(
+        "h2 down at the coordinator {:?} after its failure was done",
+        started.elapsed()
+    );
 }
 
 /// `down` ends every process and removes every trace of the cluster; a
