@@ -10,17 +10,14 @@
 //! coordinator ([`cluster_client`]), and its certificates. The cluster's
 //! code is the `migrate_cluster` library (`src/cluster/`).
 
+use migrate_cluster::host::{containerd, ids, image, pipe, shim};
+
 mod checkpoint_image;
 mod cluster_client;
 mod commands;
-mod containerd;
-mod ids;
-mod image;
 mod output;
-mod pipe;
 mod runc_options;
 mod scratch;
-mod shim;
 
 use std::process::ExitCode;
 

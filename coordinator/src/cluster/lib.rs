@@ -17,6 +17,7 @@ pub mod agent;
 pub mod certs;
 pub mod coordinator;
 pub mod daemon;
+pub mod host;
 pub mod hosts;
 pub mod membership;
 pub mod peer;

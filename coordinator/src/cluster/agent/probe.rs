@@ -80,6 +80,7 @@ impl Probe {
             criu_version: self.criu_version.clone(),
             kernel_version: self.kernel_version.clone(),
             containers: self.containers().await?,
+            images: Vec::new(),
         })
     }
 

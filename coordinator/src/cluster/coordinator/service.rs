@@ -154,6 +154,26 @@ impl Coordinator for CoordinatorService {
             now_unix_ms: membership::now(),
         }))
     }
+    async fn run_container(
+        &self,
+        _: Request<crate::proto::RunContainerRequest>,
+    ) -> Result<Response<crate::proto::Container>, Status> {
+        Err(Status::unimplemented("run_container: not built yet"))
+    }
+
+    async fn list_containers(
+        &self,
+        _: Request<crate::proto::ListContainersRequest>,
+    ) -> Result<Response<crate::proto::ListContainersResponse>, Status> {
+        Err(Status::unimplemented("list_containers: not built yet"))
+    }
+
+    type MigrateStream =
+        std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<crate::proto::MigrateEvent, Status>> + Send>>;
+
+    async fn migrate(&self, _: Request<crate::proto::MigrateRequest>) -> Result<Response<Self::MigrateStream>, Status> {
+        Err(Status::unimplemented("migrate: not built yet"))
+    }
 }
 
 fn facts_of(info: HostInfo) -> Result<HostFacts, Status> {
@@ -188,6 +208,7 @@ fn host_of(record: HostRecord) -> Host {
             criu_version: f.criu_version,
             kernel_version: f.kernel_version,
             containers: record.containers,
+            images: Vec::new(),
         }),
         state: state.into(),
         last_heartbeat_unix_ms: record.last_heartbeat,

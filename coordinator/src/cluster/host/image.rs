@@ -6,7 +6,7 @@ use migrate_oci::ChainId;
 use oci_spec::image::{ImageIndex, ImageManifest, Platform};
 use serde::Deserialize;
 
-use crate::containerd::Containerd;
+use super::containerd::Containerd;
 
 const INDEX_TYPES: [&str; 2] =
     ["application/vnd.oci.image.index.v1+json", "application/vnd.docker.distribution.manifest.list.v2+json"];

@@ -27,7 +27,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::pipe::Chunk;
+use super::pipe::Chunk;
 
 const NAMESPACE_HEADER: &str = "containerd-namespace";
 const LEASE_HEADER: &str = "containerd-lease";
@@ -288,7 +288,7 @@ impl Containerd {
     }
 
     /// Writes a blob to the content store under the ingest reference
-    /// `reference` from `chunks` ([`crate::pipe::chunks`]), and commits it
+    /// `reference` from `chunks` ([`super::pipe::chunks`]), and commits it
     /// with `labels` if, and only if, the chunks end with their end mark
     /// (else the error is [`CutShort`]). Returns its digest and size. A blob
     /// that is already there counts as written. Run it inside a lease, or
@@ -374,7 +374,7 @@ impl Containerd {
         let expire = time::OffsetDateTime::now_utc() + time::Duration::hours(1);
         let expire =
             expire.format(&time::format_description::well_known::Rfc3339).context("format the lease expiry")?;
-        let id = format!("migratectl-{purpose}-{}-{}", std::process::id(), crate::ids::unique_suffix());
+        let id = format!("migratectl-{purpose}-{}-{}", std::process::id(), super::ids::unique_suffix());
         let resp = LeasesClient::new(self.channel.clone())
             .create(self.request(CreateLeaseRequest {
                 id: id.clone(),
