@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     capture::{After, Capture, Existing, Increment, Memory, Parent, Route, StoreTarget},
     error::{Error, Result},
-    runc::{CgroupsMode, CriuOptions, NetworkLock},
+    runc::{CgroupsMode, CriuOptions, CriuTls, NetworkLock},
 };
 
 const RUNC_OPTIONS_TYPE: &str = "containerd.runc.v1.CheckpointOptions";
@@ -39,6 +39,8 @@ struct MigrateOptions {
     parent_path: Option<PathBuf>,
     pre_dump: bool,
     page_server: Option<String>,
+    /// TLS files for the connection to the page server.
+    page_server_tls: Option<CriuTls>,
     lazy_pages: bool,
     tcp_established: bool,
     external_unix_sockets: bool,
@@ -69,6 +71,7 @@ pub fn decode(any: Option<&Any>, path: &str, bundle: &Path, terminal: bool) -> R
         criu: CriuOptions { shell_job: terminal, ..Default::default() },
         network_lock: None,
         work_path: bundle.join("criu-work"),
+        tls: None,
     };
     match any.filter(|a| !a.type_url.is_empty()) {
         None => {}
@@ -111,6 +114,12 @@ pub fn decode(any: Option<&Any>, path: &str, bundle: &Path, terminal: bool) -> R
                 ..Default::default()
             };
             capture.network_lock = m.network_lock.as_deref().map(network_lock).transpose()?;
+            if m.page_server_tls.is_some() && m.page_server.is_none() {
+                return Err(Error::InvalidArgument(
+                    "page_server_tls needs page_server: the ADDRESS:PORT the memory goes to".into(),
+                ));
+            }
+            capture.tls = m.page_server_tls.clone();
             let parent = m.parent_path.clone().map(Parent::Images);
             capture.increment = match (m.pre_dump, parent) {
                 (false, None) => Increment::Full,
@@ -317,6 +326,25 @@ mod tests {
         assert!(o.criu.tcp_established && o.criu.shell_job);
         assert_eq!(o.criu.cgroups_mode, Some(CgroupsMode::Soft));
         assert_eq!(o.criu.empty_namespaces, vec!["network".to_string()]);
+    }
+
+    #[test]
+    fn page_server_tls_reaches_the_capture() {
+        let json = br#"{"page_server":"10.1.0.2:27000","page_server_tls":{"cacert":"/t/ca.pem","cert":"/t/h.pem","key":"/t/k.pem"}}"#;
+        let (capture, memory) =
+            decode(Some(&any(MIGRATE_OPTIONS_TYPE, json.to_vec())), "/img", Path::new("/b"), false).unwrap();
+        assert_eq!(memory, Memory::PageServer { images: "/img".into(), address: "10.1.0.2:27000".into() });
+        assert_eq!(capture.tls.unwrap().cert, PathBuf::from("/t/h.pem"));
+        let e = decode(
+            Some(&any(MIGRATE_OPTIONS_TYPE, br#"{"page_server_tls":{"cacert":"/a","cert":"/b","key":"/c"}}"#.to_vec())),
+            "/img",
+            Path::new("/b"),
+            false,
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(e.contains("page_server_tls needs page_server"), "{e}");
     }
 
     #[test]

@@ -54,6 +54,7 @@ pub(super) fn runc_options(
         config: CriuConfig {
             network_lock: request.network_lock,
             tcp_close: request.criu.tcp_close,
+            tls: request.tls.clone(),
             ..Default::default()
         },
     }

@@ -18,7 +18,7 @@ use migrate_oci::Checkpoint;
 use crate::{
     container::Container,
     error::Result,
-    runc::{CriuOptions, NetworkLock},
+    runc::{CriuOptions, CriuTls, NetworkLock},
 };
 
 mod dump;
@@ -36,6 +36,9 @@ pub struct Capture {
     pub network_lock: Option<NetworkLock>,
     /// Where CRIU writes its log and statistics.
     pub work_path: PathBuf,
+    /// TLS to the page server of a [`Memory::PageServer`] or from a
+    /// [`Memory::Lazy`] one.
+    pub tls: Option<CriuTls>,
 }
 
 /// Where the images, the memory images above all, go.
@@ -188,6 +191,7 @@ pub fn own(container: &Container, store: &Path, id: &str, increment: Increment) 
         criu: CriuOptions { shell_job: container.init.stdio.terminal, ..Default::default() },
         network_lock: None,
         work_path: container.bundle.join("criu-work"),
+        tls: None,
     };
     let target = StoreTarget {
         store: store.to_owned(),

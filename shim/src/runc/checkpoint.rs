@@ -122,6 +122,19 @@ pub struct CriuConfig {
     pub action_script: Option<PathBuf>,
     /// [`CriuOptions::tcp_close`].
     pub tcp_close: bool,
+    /// TLS for the connection to a page server: runc has no flags for it,
+    /// CRIU reads it from the configuration file.
+    pub tls: Option<CriuTls>,
+}
+
+/// The files of a TLS connection between CRIU and a page server (PEM):
+/// each side proves a certificate of the same CA.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CriuTls {
+    pub cacert: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 impl CriuConfig {
@@ -134,14 +147,25 @@ impl CriuConfig {
         if self.tcp_close {
             text.push_str("tcp-close\n");
         }
+        if let Some(tls) = &self.tls {
+            text.push_str("tls\n");
+            for (option, path) in [("tls-cacert", &tls.cacert), ("tls-cert", &tls.cert), ("tls-key", &tls.key)] {
+                text.push_str(&format!("{option} \"{}\"\n", quotable(path)?));
+            }
+        }
         if let Some(script) = &self.action_script {
-            let path = script.to_str().filter(|p| !p.contains(['"', '\\', '\n'])).ok_or_else(|| {
-                format!("the action script path {} cannot be written in a CRIU configuration file", script.display())
-            })?;
-            text.push_str(&format!("action-script \"{path}\"\n"));
+            text.push_str(&format!("action-script \"{}\"\n", quotable(script)?));
         }
         Ok((!text.is_empty()).then_some(text))
     }
+}
+
+/// `path` as a quoted value of a CRIU configuration file, which has no
+/// escapes.
+fn quotable(path: &Path) -> Result<&str, String> {
+    path.to_str()
+        .filter(|p| !p.contains(['"', '\\', '\n']))
+        .ok_or_else(|| format!("the path {} cannot be written in a CRIU configuration file", path.display()))
 }
 
 /// Where a dump's memory pages go.
@@ -346,10 +370,12 @@ mod tests {
             network_lock: Some(NetworkLock::Nftables),
             action_script: Some("/run/b/criu-restore-work/gate".into()),
             tcp_close: true,
+            tls: Some(CriuTls { cacert: "/t/ca.pem".into(), cert: "/t/h1.pem".into(), key: "/t/h1-key.pem".into() }),
         };
         assert_eq!(
             config.render().unwrap().unwrap(),
-            "network-lock nftables\ntcp-close\naction-script \"/run/b/criu-restore-work/gate\"\n"
+            "network-lock nftables\ntcp-close\ntls\ntls-cacert \"/t/ca.pem\"\ntls-cert \"/t/h1.pem\"\n\
+             tls-key \"/t/h1-key.pem\"\naction-script \"/run/b/criu-restore-work/gate\"\n"
         );
         for (name, lock) in
             [("iptables", NetworkLock::Iptables), ("nftables", NetworkLock::Nftables), ("skip", NetworkLock::Skip)]

@@ -16,7 +16,9 @@ use std::{
     path::{Path, PathBuf},
 };
 
-pub use checkpoint::{CgroupsMode, CheckpointOptions, CriuConfig, CriuOptions, NetworkLock, Pages, RestoreOptions};
+pub use checkpoint::{
+    CgroupsMode, CheckpointOptions, CriuConfig, CriuOptions, CriuTls, NetworkLock, Pages, RestoreOptions,
+};
 pub use command::Stdio3;
 use command::run;
 pub use features::{
