@@ -23,5 +23,6 @@ pub mod membership;
 pub mod peer;
 pub mod proto;
 pub mod random;
+pub mod records;
 pub mod store;
 pub mod tls;

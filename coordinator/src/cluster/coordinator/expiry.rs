@@ -31,7 +31,7 @@ async fn sweep(store: &dyn Store, policy: &HeartbeatPolicy, watching_since: Unix
         let name = &host.facts.name;
         let updated = hosts::update(store, name, |current| {
             match current.and_then(|c| membership::expire(c, policy, watching_since, membership::now())) {
-                Some(down) => Change::<std::convert::Infallible>::Write(down),
+                Some(down) => Change::<_, std::convert::Infallible>::Write(down),
                 None => Change::Keep,
             }
         })

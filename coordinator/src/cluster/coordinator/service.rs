@@ -87,7 +87,7 @@ impl Coordinator for CoordinatorService {
         let mut was = None;
         let Ok(_) = hosts::update(&*self.store, &facts.name, |previous| {
             was = previous.map(|p| p.liveness);
-            Change::<std::convert::Infallible>::Write(membership::register(
+            Change::<_, std::convert::Infallible>::Write(membership::register(
                 previous,
                 facts.clone(),
                 containers,
