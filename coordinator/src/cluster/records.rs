@@ -167,7 +167,7 @@ mod tests {
         };
         let mut seen = Vec::new();
         let Ok(written) = update(&store, "h1", |current| {
-            seen.push(current.map(|r| r.containers));
+            seen.push(current.map(|r: &HostRecord| r.containers));
             // Adds one container to whatever is there.
             Change::<HostRecord, std::convert::Infallible>::Write(record(current.map_or(0, |r| r.containers) + 1))
         })
@@ -200,7 +200,7 @@ mod tests {
         // Deletes only a host without containers: the other writer's record
         // has some, so the second look keeps it.
         let Ok(kept) = update(&store, "h1", |current| {
-            seen.push(current.map(|r| r.containers));
+            seen.push(current.map(|r: &HostRecord| r.containers));
             if current.is_some_and(|r| r.containers > 1) {
                 Change::<HostRecord, std::convert::Infallible>::Keep
             } else {
