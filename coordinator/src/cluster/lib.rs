@@ -15,6 +15,7 @@
 
 pub mod agent;
 pub mod certs;
+pub mod containers;
 pub mod coordinator;
 pub mod daemon;
 pub mod host;

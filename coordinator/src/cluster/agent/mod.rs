@@ -3,6 +3,7 @@
 
 mod heartbeat;
 mod probe;
+mod spec;
 mod service;
 
 use std::collections::BTreeMap;

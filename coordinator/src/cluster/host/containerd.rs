@@ -10,13 +10,14 @@ use anyhow::{Context, Result};
 use containerd_client::services::v1::{
     Container, CreateContainerRequest, CreateImageRequest, CreateRequest as CreateLeaseRequest, CreateTaskRequest,
     DeleteContainerRequest, DeleteRequest as DeleteLeaseRequest, DeleteTaskRequest, GetContainerRequest,
-    GetImageRequest, GetRequest, Image, KillRequest, ReadContentRequest, VersionResponse, WaitRequest, WaitResponse,
-    WriteAction, WriteContentRequest,
+    GetImageRequest, GetRequest, Image, KillRequest, ListContainersRequest, ListTasksRequest, PauseTaskRequest,
+    ReadContentRequest, ResumeTaskRequest, StartRequest, VersionResponse, WaitRequest, WaitResponse, WriteAction,
+    WriteContentRequest,
     containers_client::ContainersClient,
     content_client::ContentClient,
     images_client::ImagesClient,
     leases_client::LeasesClient,
-    snapshots::{PrepareSnapshotRequest, RemoveSnapshotRequest, snapshots_client::SnapshotsClient},
+    snapshots::{MountsRequest, PrepareSnapshotRequest, RemoveSnapshotRequest, snapshots_client::SnapshotsClient},
     tasks_client::TasksClient,
     version_client::VersionClient,
 };
@@ -207,6 +208,64 @@ impl Containerd {
             .await
             .map_err(rpc(format!("delete the task of container {id}")))?;
         Ok(())
+    }
+
+    pub async fn start_task(&self, id: &str) -> Result<u32> {
+        let resp = self
+            .tasks()
+            .start(self.request(StartRequest { container_id: id.to_string(), exec_id: String::new() }))
+            .await
+            .map_err(rpc(format!("start the task of container {id}")))?;
+        Ok(resp.into_inner().pid)
+    }
+
+    /// Freezes every process of container `id` (the cgroup freezer).
+    pub async fn pause_task(&self, id: &str) -> Result<()> {
+        self.tasks()
+            .pause(self.request(PauseTaskRequest { container_id: id.to_string() }))
+            .await
+            .map_err(rpc(format!("pause the task of container {id}")))?;
+        Ok(())
+    }
+
+    pub async fn resume_task(&self, id: &str) -> Result<()> {
+        self.tasks()
+            .resume(self.request(ResumeTaskRequest { container_id: id.to_string() }))
+            .await
+            .map_err(rpc(format!("resume the task of container {id}")))?;
+        Ok(())
+    }
+
+    /// Every task of the namespace, by container id.
+    pub async fn tasks_list(&self) -> Result<Vec<Process>> {
+        let resp = self
+            .tasks()
+            .list(self.request(ListTasksRequest { filter: String::new() }))
+            .await
+            .map_err(rpc(format!("list the tasks of namespace {}", self.namespace)))?;
+        Ok(resp.into_inner().tasks)
+    }
+
+    /// Every container of the namespace that containerd's `filter` selects
+    /// (its filter syntax: `labels."KEY"==VALUE`).
+    pub async fn containers_list(&self, filter: &str) -> Result<Vec<Container>> {
+        let filters = if filter.is_empty() { Vec::new() } else { vec![filter.to_string()] };
+        let resp = self
+            .containers()
+            .list(self.request(ListContainersRequest { filters }))
+            .await
+            .map_err(rpc(format!("list the containers of namespace {}", self.namespace)))?;
+        Ok(resp.into_inner().containers)
+    }
+
+    /// The mounts of active snapshot `key`.
+    pub async fn snapshot_mounts(&self, snapshotter: &str, key: &str) -> Result<Vec<Mount>> {
+        let resp = self
+            .snapshots()
+            .mounts(self.request(MountsRequest { snapshotter: snapshotter.to_string(), key: key.to_string() }))
+            .await
+            .map_err(rpc(format!("get the mounts of snapshot {key} ({snapshotter})")))?;
+        Ok(resp.into_inner().mounts)
     }
 
     pub async fn prepare_snapshot(&self, snapshotter: &str, key: &str, parent: &str) -> Result<Vec<Mount>> {

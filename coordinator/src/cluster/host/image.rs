@@ -16,6 +16,8 @@ const MANIFEST_TYPES: [&str; 2] =
 #[derive(Debug, Deserialize)]
 struct ImageConfig {
     rootfs: ConfigRootfs,
+    #[serde(default)]
+    config: Option<oci_spec::image::Config>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -41,14 +43,22 @@ fn config_digest(manifest: &[u8]) -> Result<String> {
     Ok(manifest.config().digest().to_string())
 }
 
-fn diff_ids(config: &[u8]) -> Result<Vec<String>> {
-    let config: ImageConfig = serde_json::from_slice(config).context("the image config does not parse")?;
-    Ok(config.rootfs.diff_ids)
-}
-
 /// The chain ID of image `name`'s layers, the parent to prepare a
 /// container's snapshot on.
 pub async fn rootfs_chain_id(cd: &Containerd, name: &str) -> Result<ChainId> {
+    Ok(facts(cd, name).await?.chain_id)
+}
+
+/// What running a container of an image needs to know of it.
+pub struct ImageFacts {
+    pub chain_id: ChainId,
+    /// Its command, environment, working directory and user; None if the
+    /// image config has none.
+    pub config: Option<oci_spec::image::Config>,
+}
+
+/// Image `name`'s [`ImageFacts`], from its config in the content store.
+pub async fn facts(cd: &Containerd, name: &str) -> Result<ImageFacts> {
     let image = cd.image(name).await?;
     let target = image.target.with_context(|| format!("image {name} has no target"))?;
     let mut digest = target.digest;
@@ -63,8 +73,11 @@ pub async fn rootfs_chain_id(cd: &Containerd, name: &str) -> Result<ChainId> {
         bail!("image {name}: its target {digest} is a {media_type}, not an image manifest or index");
     }
     let config = config_digest(&blob).with_context(|| format!("image {name}, manifest {digest}"))?;
-    let ids = diff_ids(&cd.read_blob(&config).await?).with_context(|| format!("image {name}, config {config}"))?;
-    ChainId::of_layers(&ids).map_err(|e| anyhow!("image {name}, config {config}: {e}"))
+    let parsed: ImageConfig = serde_json::from_slice(&cd.read_blob(&config).await?)
+        .with_context(|| format!("image {name}: its config {config} does not parse"))?;
+    let chain_id =
+        ChainId::of_layers(&parsed.rootfs.diff_ids).map_err(|e| anyhow!("image {name}, config {config}: {e}"))?;
+    Ok(ImageFacts { chain_id, config: parsed.config })
 }
 
 #[cfg(test)]
@@ -97,7 +110,9 @@ mod tests {
         );
         assert_eq!(config_digest(m.as_bytes()).unwrap(), A);
         let c = format!(r#"{{"architecture":"amd64","rootfs":{{"type":"layers","diff_ids":["{A}","{B}"]}}}}"#);
-        assert_eq!(diff_ids(c.as_bytes()).unwrap(), [A, B]);
-        assert!(diff_ids(b"{}").is_err());
+        let parsed: ImageConfig = serde_json::from_str(&c).unwrap();
+        assert_eq!(parsed.rootfs.diff_ids, [A, B]);
+        assert!(parsed.config.is_none());
+        assert!(serde_json::from_slice::<ImageConfig>(b"{}").is_err());
     }
 }
