@@ -33,6 +33,18 @@ struct Args {
     /// A label for scheduling, KEY=VALUE (repeatable)
     #[arg(long = "label", value_parser = parse_label)]
     labels: Vec<(String, String)>,
+    /// containerd namespace of the cluster's containers
+    #[arg(long, env = "MIGRATE_AGENT_NAMESPACE", default_value = "default")]
+    namespace: String,
+    /// Snapshotter of the cluster's containers (the project's own syncs their layers between hosts)
+    #[arg(long, env = "MIGRATE_AGENT_SNAPSHOTTER", default_value = "migrate")]
+    snapshotter: String,
+    /// The bridge of the cluster network on this host, which containers' links join
+    #[arg(long, env = "MIGRATE_AGENT_BRIDGE", default_value = "cm0")]
+    bridge: String,
+    /// Where migrations keep their files, and the containers' logs (logs/ID.log)
+    #[arg(long, env = "MIGRATE_AGENT_STATE", default_value = "/var/lib/containerd-migrate/agent")]
+    state_dir: PathBuf,
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -54,6 +66,10 @@ async fn main() -> ExitCode {
         tls_dir: args.tls_dir,
         containerd: args.containerd,
         labels: args.labels.into_iter().collect::<BTreeMap<_, _>>(),
+        namespace: args.namespace,
+        snapshotter: args.snapshotter,
+        bridge: args.bridge,
+        state_dir: args.state_dir,
     };
     match agent::run(config).await {
         Ok(()) => ExitCode::SUCCESS,

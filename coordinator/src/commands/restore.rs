@@ -383,7 +383,7 @@ async fn restore_one(cd: &Containerd, source: &Source, id: &str, snapshotter: &s
         stdout: uri.clone(),
         stderr: uri,
         terminal: false,
-        checkpoint: Some(restore_from_path(&source.dir)),
+        checkpoint: Some(containerd::restore_from_path(&source.dir)),
         ..Default::default()
     };
     if let Err(e) = cd.create_task(task).await {
@@ -439,18 +439,6 @@ impl Undo {
     }
 }
 
-/// The task's checkpoint: containerd passes a descriptor's `RestoreFromPath`
-/// annotation to the shim as the path to restore from (the way CRI restores
-/// from a directory), and writes nothing of its own.
-fn restore_from_path(checkpoint_dir: &Path) -> containerd_client::types::Descriptor {
-    containerd_client::types::Descriptor {
-        media_type: CRIU_CHECKPOINT_MEDIA_TYPE.to_string(),
-        annotations: HashMap::from([("RestoreFromPath".to_string(), checkpoint_dir.display().to_string())]),
-        ..Default::default()
-    }
-}
-
-const CRIU_CHECKPOINT_MEDIA_TYPE: &str = "application/vnd.containerd.container.criu.checkpoint.criu.tar";
 
 /// The spec for clone `new_id`: the checkpoint's, with a cgroup of its own
 /// when the original's was named after the original container (as `ctr`
@@ -565,13 +553,6 @@ mod tests {
         let out = clone_spec(&spec, "c1", "c2", "default").unwrap();
         assert_eq!(out, spec);
         assert!(clone_spec(&json!([1]), "a", "b", "n").is_err());
-    }
-
-    #[test]
-    fn the_checkpoint_travels_as_restore_from_path() {
-        let d = restore_from_path(Path::new("/var/lib/cp/c1-1"));
-        assert_eq!(d.annotations["RestoreFromPath"], "/var/lib/cp/c1-1");
-        assert_eq!(d.media_type, CRIU_CHECKPOINT_MEDIA_TYPE);
     }
 
     #[test]

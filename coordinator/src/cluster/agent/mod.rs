@@ -1,18 +1,27 @@
 //! The agent daemon, one per host: serves the Agent API over mutual TLS,
 //! and keeps its host registered with the coordinator by heartbeats.
 
+pub mod containers;
+pub mod context;
 mod heartbeat;
+pub mod images;
+pub mod migration;
+pub mod network;
 mod probe;
-mod spec;
 mod service;
+mod spec;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context as _, Result, bail};
+use tokio::sync::Mutex;
 use tonic::transport::Server;
+
+use self::context::{Context, CriuTlsFiles};
+use crate::host::containerd::Containerd;
 
 use crate::proto::agent_server::AgentServer;
 use crate::tls::{self, Tls};
@@ -29,6 +38,13 @@ pub struct Config {
     pub tls_dir: PathBuf,
     pub containerd: PathBuf,
     pub labels: BTreeMap<String, String>,
+    /// containerd's namespace for the cluster's containers.
+    pub namespace: String,
+    pub snapshotter: String,
+    /// The bridge the containers' links join (the cluster network's).
+    pub bridge: String,
+    /// Where migrations keep their files, and the containers' logs.
+    pub state_dir: PathBuf,
 }
 
 /// Runs until SIGINT or SIGTERM.
@@ -51,6 +67,22 @@ pub async fn run(config: Config) -> Result<()> {
         .await
         .context("the agent drives this host's containerd")?;
     let probe = Arc::new(probe);
+    let Some(ip) = advertise.rsplit_once(':').map(|(host, _)| host.to_string()) else {
+        bail!("the advertised address {advertise} is not HOST:PORT");
+    };
+    let cd = Containerd::connect(&config.containerd.to_string_lossy(), &config.namespace).await?;
+    let ctx = Arc::new(Context {
+        name: config.name.clone(),
+        ip,
+        cd,
+        snapshotter: config.snapshotter.clone(),
+        bridge: config.bridge.clone(),
+        tls: tls.clone(),
+        tls_files: CriuTlsFiles::new(&config.tls_dir, &config.name),
+        work: config.state_dir.clone(),
+        logs: config.state_dir.join("logs"),
+        migrations: Mutex::new(HashMap::new()),
+    });
     let coordinator = heartbeat::Coordinator {
         url: config.coordinator.clone(),
         server_name: server_name.to_string(),
@@ -63,7 +95,7 @@ pub async fn run(config: Config) -> Result<()> {
     let server = Server::builder()
         .tls_config(tls.server())
         .context("configuring the server's TLS")?
-        .add_service(AgentServer::new(service::AgentService::new(probe.clone())))
+        .add_service(AgentServer::new(service::AgentService::new(probe.clone(), ctx)))
         .serve_with_incoming_shutdown(incoming, crate::daemon::shutdown_signal());
     tokio::select! {
         served = server => served.with_context(|| format!("serving on {}", config.listen)),

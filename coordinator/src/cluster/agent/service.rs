@@ -1,22 +1,62 @@
-//! The Agent gRPC service. For now it answers Info, which the coordinator
-//! calls when the agent registers; moving containers adds to it.
+//! The Agent gRPC service: what the coordinator asks of this host (its
+//! facts, its containers, the steps of a migration), and the streams other
+//! agents send or take (images, layers, CRIU images).
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
-use tonic::{Request, Response, Status};
+use tokio_stream::Stream;
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status, Streaming};
 
+use super::context::Context;
+use super::migration::{self, source, target};
 use super::probe::Probe;
+use super::{containers, images};
+use crate::proto::agent_client::AgentClient;
 use crate::proto::agent_server::Agent;
-use crate::proto::{HostInfo, InfoRequest};
+use crate::proto::{
+    AgentListContainersRequest, AgentListContainersResponse, CreateContainerRequest, CreateContainerResponse,
+    DescribeRequest, DescribeResponse, Done, DumpRequest, DumpResponse, ExportImageRequest, HostInfo, ImageChunk,
+    InfoRequest, MigrationRef, PrepareTargetRequest, PrepareTargetResponse, ReceiveResponse, RestoreTargetResponse,
+    SyncLayerRequest, SyncLayerResponse, TransferChunk,
+};
+
+/// How long this agent waits to reach another.
+const PEER_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct AgentService {
     probe: Arc<Probe>,
+    ctx: Arc<Context>,
 }
 
 impl AgentService {
-    pub fn new(probe: Arc<Probe>) -> AgentService {
-        AgentService { probe }
+    pub fn new(probe: Arc<Probe>, ctx: Arc<Context>) -> AgentService {
+        AgentService { probe, ctx }
     }
+
+    /// A client of the agent of host `name` at `address`.
+    async fn peer(&self, address: &str, name: &str) -> Result<AgentClient<Channel>, Status> {
+        let channel = self
+            .ctx
+            .tls
+            .connect(&format!("https://{address}"), name, PEER_CONNECT_TIMEOUT)
+            .await
+            .map_err(|e| Status::unavailable(format!("{} cannot reach agent {name} at {address}: {e}", self.ctx.name)))?;
+        Ok(AgentClient::new(channel))
+    }
+}
+
+/// An error of this host's work as a status that says which host failed.
+fn failed(host: &str) -> impl Fn(anyhow::Error) -> Status + '_ {
+    move |e| Status::internal(format!("{host}: {e:#}"))
+}
+
+fn migration_ref(m: Option<MigrationRef>) -> Result<MigrationRef, Status> {
+    let m = m.ok_or_else(|| Status::invalid_argument("the request names no migration"))?;
+    migration::check_id(&m.migration_id)?;
+    Ok(m)
 }
 
 #[tonic::async_trait]
@@ -27,88 +67,81 @@ impl Agent for AgentService {
 
     async fn create_container(
         &self,
-        _: Request<crate::proto::CreateContainerRequest>,
-    ) -> Result<Response<crate::proto::CreateContainerResponse>, Status> {
-        Err(Status::unimplemented("create_container: not built yet"))
+        req: Request<CreateContainerRequest>,
+    ) -> Result<Response<CreateContainerResponse>, Status> {
+        let c = req.into_inner().container.ok_or_else(|| Status::invalid_argument("no container"))?;
+        let pid = containers::create(&self.ctx, &c).await.map_err(failed(&self.ctx.name))?;
+        Ok(Response::new(CreateContainerResponse { pid }))
     }
 
     async fn list_containers(
         &self,
-        _: Request<crate::proto::AgentListContainersRequest>,
-    ) -> Result<Response<crate::proto::AgentListContainersResponse>, Status> {
-        Err(Status::unimplemented("list_containers: not built yet"))
+        _: Request<AgentListContainersRequest>,
+    ) -> Result<Response<AgentListContainersResponse>, Status> {
+        let containers = containers::list(&self.ctx).await.map_err(failed(&self.ctx.name))?;
+        Ok(Response::new(AgentListContainersResponse { containers }))
     }
 
-    async fn describe(
+    type ExportImageStream = Pin<Box<dyn Stream<Item = Result<ImageChunk, Status>> + Send>>;
+
+    async fn export_image(
         &self,
-        _: Request<crate::proto::DescribeRequest>,
-    ) -> Result<Response<crate::proto::DescribeResponse>, Status> {
-        Err(Status::unimplemented("describe: not built yet"))
+        req: Request<ExportImageRequest>,
+    ) -> Result<Response<Self::ExportImageStream>, Status> {
+        let stream = images::export(self.ctx.cd.clone(), &req.into_inner().reference);
+        Ok(Response::new(Box::pin(stream)))
     }
 
-    async fn sync_layer(
-        &self,
-        _: Request<crate::proto::SyncLayerRequest>,
-    ) -> Result<Response<crate::proto::SyncLayerResponse>, Status> {
-        Err(Status::unimplemented("sync_layer: not built yet"))
+    async fn describe(&self, req: Request<DescribeRequest>) -> Result<Response<DescribeResponse>, Status> {
+        let id = req.into_inner().container_id;
+        source::describe(&self.ctx, &id).await.map(Response::new).map_err(failed(&self.ctx.name))
     }
 
-    async fn dump(
-        &self,
-        _: Request<crate::proto::DumpRequest>,
-    ) -> Result<Response<crate::proto::DumpResponse>, Status> {
-        Err(Status::unimplemented("dump: not built yet"))
+    async fn sync_layer(&self, req: Request<SyncLayerRequest>) -> Result<Response<SyncLayerResponse>, Status> {
+        let req = req.into_inner();
+        let m = migration_ref(req.migration)?;
+        let target = self.peer(&req.target_agent, &req.target_name).await?;
+        source::sync_layer(&self.ctx, &m, target).await.map(Response::new).map_err(failed(&self.ctx.name))
     }
 
-    async fn finish_source(
-        &self,
-        _: Request<crate::proto::MigrationRef>,
-    ) -> Result<Response<crate::proto::Done>, Status> {
-        Err(Status::unimplemented("finish_source: not built yet"))
+    async fn dump(&self, req: Request<DumpRequest>) -> Result<Response<DumpResponse>, Status> {
+        let req = req.into_inner();
+        let m = migration_ref(req.migration)?;
+        let target = self.peer(&req.target_agent, &req.target_name).await?;
+        source::dump(&self.ctx, &m, &req.page_server, target).await.map(Response::new).map_err(failed(&self.ctx.name))
     }
 
-    async fn resume_source(
-        &self,
-        _: Request<crate::proto::MigrationRef>,
-    ) -> Result<Response<crate::proto::Done>, Status> {
-        Err(Status::unimplemented("resume_source: not built yet"))
+    async fn finish_source(&self, req: Request<MigrationRef>) -> Result<Response<Done>, Status> {
+        let m = migration_ref(Some(req.into_inner()))?;
+        source::finish(&self.ctx, &m).await.map(|()| Response::new(Done {})).map_err(failed(&self.ctx.name))
+    }
+
+    async fn resume_source(&self, req: Request<MigrationRef>) -> Result<Response<Done>, Status> {
+        let m = migration_ref(Some(req.into_inner()))?;
+        source::resume(&self.ctx, &m).await.map(|()| Response::new(Done {})).map_err(failed(&self.ctx.name))
     }
 
     async fn prepare_target(
         &self,
-        _: Request<crate::proto::PrepareTargetRequest>,
-    ) -> Result<Response<crate::proto::PrepareTargetResponse>, Status> {
-        Err(Status::unimplemented("prepare_target: not built yet"))
+        req: Request<PrepareTargetRequest>,
+    ) -> Result<Response<PrepareTargetResponse>, Status> {
+        let req = req.into_inner();
+        migration_ref(req.migration.clone())?;
+        let source = self.peer(&req.source_agent, &req.source_name).await?;
+        target::prepare(&self.ctx, &req, source).await.map(Response::new).map_err(failed(&self.ctx.name))
     }
 
-    async fn receive(
-        &self,
-        _: Request<tonic::Streaming<crate::proto::TransferChunk>>,
-    ) -> Result<Response<crate::proto::ReceiveResponse>, Status> {
-        Err(Status::unimplemented("receive: not built yet"))
+    async fn receive(&self, req: Request<Streaming<TransferChunk>>) -> Result<Response<ReceiveResponse>, Status> {
+        target::receive(&self.ctx, req.into_inner()).await.map(Response::new).map_err(failed(&self.ctx.name))
     }
 
-    async fn restore_target(
-        &self,
-        _: Request<crate::proto::MigrationRef>,
-    ) -> Result<Response<crate::proto::RestoreTargetResponse>, Status> {
-        Err(Status::unimplemented("restore_target: not built yet"))
+    async fn restore_target(&self, req: Request<MigrationRef>) -> Result<Response<RestoreTargetResponse>, Status> {
+        let m = migration_ref(Some(req.into_inner()))?;
+        target::restore(&self.ctx, &m).await.map(Response::new).map_err(failed(&self.ctx.name))
     }
 
-    async fn abort_target(
-        &self,
-        _: Request<crate::proto::MigrationRef>,
-    ) -> Result<Response<crate::proto::Done>, Status> {
-        Err(Status::unimplemented("abort_target: not built yet"))
-    }
-
-    type ExportImageStream =
-        std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<crate::proto::ImageChunk, Status>> + Send>>;
-
-    async fn export_image(
-        &self,
-        _: Request<crate::proto::ExportImageRequest>,
-    ) -> Result<Response<Self::ExportImageStream>, Status> {
-        Err(Status::unimplemented("export_image: not built yet"))
+    async fn abort_target(&self, req: Request<MigrationRef>) -> Result<Response<Done>, Status> {
+        let m = migration_ref(Some(req.into_inner()))?;
+        target::abort(&self.ctx, &m).await.map(|()| Response::new(Done {})).map_err(failed(&self.ctx.name))
     }
 }

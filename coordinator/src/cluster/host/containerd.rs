@@ -473,3 +473,28 @@ fn hex(bytes: &[u8]) -> String {
 pub fn file_log_uri(path: &Path) -> String {
     format!("file://{}", path.display())
 }
+/// The task's checkpoint: containerd passes a descriptor's `RestoreFromPath`
+/// annotation to the shim as the path to restore from (the way CRI restores
+/// from a directory), and writes nothing of its own.
+pub fn restore_from_path(checkpoint_dir: &Path) -> Descriptor {
+    Descriptor {
+        media_type: CRIU_CHECKPOINT_MEDIA_TYPE.to_string(),
+        annotations: HashMap::from([("RestoreFromPath".to_string(), checkpoint_dir.display().to_string())]),
+        ..Default::default()
+    }
+}
+
+const CRIU_CHECKPOINT_MEDIA_TYPE: &str = "application/vnd.containerd.container.criu.checkpoint.criu.tar";
+
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_checkpoint_travels_as_restore_from_path() {
+        let d = restore_from_path(Path::new("/var/lib/cp/c1-1"));
+        assert_eq!(d.annotations["RestoreFromPath"], "/var/lib/cp/c1-1");
+        assert_eq!(d.media_type, CRIU_CHECKPOINT_MEDIA_TYPE);
+    }
+}

@@ -68,6 +68,13 @@ impl Shim {
     /// until the checkpoint is committed (or the dump failed, leaving the
     /// container running). Blocking.
     pub fn checkpoint_into_store(&self, container: &str, request: &StoreCheckpoint) -> Result<()> {
+        self.checkpoint_with(container, serde_json::to_vec(request).expect("plain options serialise"))
+    }
+
+    /// Asks the shim for a checkpoint of `container` with this runtime's
+    /// own options (JSON, as the shim's `checkpoint.rs` decodes them), and
+    /// waits until it is taken. Blocking.
+    pub fn checkpoint_with(&self, container: &str, options: Vec<u8>) -> Result<()> {
         let client = ttrpc::Client::connect(&self.address)
             .with_context(|| format!("connect to the shim of container {container} at {}", self.address))?;
         let tasks = TaskClient::new(client);
@@ -77,7 +84,7 @@ impl Shim {
             id: container.to_string(),
             options: protobuf::MessageField::some(Any {
                 type_url: MIGRATE_OPTIONS_TYPE.to_string(),
-                value: serde_json::to_vec(request).expect("plain options serialise"),
+                value: options,
                 ..Default::default()
             }),
             ..Default::default()

@@ -1,0 +1,47 @@
+//! The agent's part of a migration (stop-and-copy; the live modes build on
+//! the same steps). The coordinator drives it, one call per step, on both
+//! hosts; data goes from agent to agent, never through the coordinator:
+//!
+//! | step | source ([`source`]) | target ([`target`]) |
+//! |---|---|---|
+//! | prepare | `Describe`: spec, image, snapshot | `PrepareTarget`: image, network (link down), snapshot, container, page server |
+//! | sync | `SyncLayer`: the writable layer's changes | `Receive`: applies them |
+//! | dump | `Dump`: link down, freeze, memory to the page server, images and last changes | `Receive` |
+//! | restore | | `RestoreTarget`: task from the images, link up, announce |
+//! | finish | `FinishSource`: removed | |
+//! | or abort | `ResumeSource`: thawed, link up | `AbortTarget`: all undone |
+//!
+//! Each host keeps what it needs between calls here, keyed by the
+//! migration's id, and its files under `work/migrations/ID`; an agent that
+//! restarts mid-migration has lost it, and the coordinator's abort then
+//! cleans up by container id.
+
+pub mod layer;
+mod page_server;
+pub mod source;
+pub mod target;
+pub mod transfer;
+
+use std::path::PathBuf;
+
+use super::context::Context;
+
+/// A migration as this host takes part in it.
+pub enum Migration {
+    Source(source::Source),
+    Target(target::Target),
+}
+
+/// Where migration `id` keeps its files on this host.
+pub fn dir(ctx: &Context, id: &str) -> PathBuf {
+    ctx.work.join("migrations").join(id)
+}
+
+/// A migration id is a file name here: refuse anything else.
+pub fn check_id(id: &str) -> Result<(), tonic::Status> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        && !id.starts_with('.');
+    if ok { Ok(()) } else { Err(tonic::Status::invalid_argument(format!("{id:?} is not a migration id"))) }
+}

@@ -1,0 +1,200 @@
+//! The source's steps: describe the container, send its writable layer
+//! while it runs, then lock its network, freeze it and dump it to the
+//! target; and at the end either remove it or let it run on.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context as _, Result, bail};
+use serde::Serialize;
+use tonic::transport::Channel;
+
+use super::layer::LayerSync;
+use super::{Migration, dir, transfer};
+use crate::agent::containers::{self, blocking};
+use crate::agent::context::{Context, CriuTlsFiles};
+use crate::agent::network::{self, Link};
+use crate::host::image;
+use crate::host::shim::Shim;
+use crate::proto::agent_client::AgentClient;
+use crate::proto::{DescribeResponse, DumpResponse, MigrationRef, SyncLayerResponse, TransferKind};
+
+/// What the source keeps between its steps.
+pub struct Source {
+    container: String,
+    /// None while a send has it.
+    layer: Option<LayerSync>,
+    /// Whether this migration froze the container and cut its link (and
+    /// so must undo both if it fails).
+    frozen: bool,
+}
+
+/// The container as the target must recreate it.
+pub async fn describe(ctx: &Context, id: &str) -> Result<DescribeResponse> {
+    let c = ctx.cd.container(id).await?;
+    if !c.labels.contains_key(containers::CLUSTER_LABEL) {
+        bail!("container {id} on {} was not run through the cluster (migratectl run); it cannot be moved", ctx.name);
+    }
+    let spec = c.spec.map(|s| s.value).context("the container has no spec")?;
+    let chain_id = image::rootfs_chain_id(&ctx.cd, &c.image).await?;
+    Ok(DescribeResponse {
+        spec,
+        image: c.image,
+        snapshotter: c.snapshotter,
+        snapshot_key: c.snapshot_key,
+        runtime: c.runtime.map(|r| r.name).unwrap_or_default(),
+        labels: c.labels,
+        chain_id: chain_id.to_string(),
+    })
+}
+
+/// Sends the changes of the writable layer since the last sync (all of it
+/// the first time) while the container runs.
+pub async fn sync_layer(ctx: &Context, m: &MigrationRef, mut target: AgentClient<Channel>) -> Result<SyncLayerResponse> {
+    let layer = take_layer(ctx, m).await?;
+    let (sent, layer) = layer.send(&mut target, m).await?;
+    ctx.migrations.lock().await.insert(
+        m.migration_id.clone(),
+        Migration::Source(Source { container: m.container_id.clone(), layer: Some(layer), frozen: false }),
+    );
+    Ok(SyncLayerResponse { bytes: sent.bytes, files: sent.files })
+}
+
+/// The layer's sync state of migration `m`, or a new one.
+async fn take_layer(ctx: &Context, m: &MigrationRef) -> Result<LayerSync> {
+    match ctx.migrations.lock().await.remove(&m.migration_id) {
+        Some(Migration::Source(Source { layer: Some(layer), .. })) => Ok(layer),
+        Some(Migration::Source(_)) => bail!("migration {} is sending its layer already", m.migration_id),
+        Some(Migration::Target(_)) => bail!("migration {} is this host's as its target", m.migration_id),
+        None => LayerSync::new(&ctx.cd, &ctx.snapshotter, &m.container_id).await,
+    }
+}
+
+/// This runtime's checkpoint options for a dump whose memory goes to a page
+/// server (decoded by the shim's checkpoint.rs).
+#[derive(Serialize)]
+struct PageServerDump<'a> {
+    image_path: PathBuf,
+    work_path: PathBuf,
+    page_server: &'a str,
+    page_server_tls: &'a CriuTlsFiles,
+    tcp_established: bool,
+    file_locks: bool,
+}
+
+/// Locks the container's network (its link down: the frozen kernel must
+/// not answer its TCP peers, whose packets belong to the target from now
+/// on), freezes it, sends its memory to the target's page server, then
+/// the other images and the layer's last changes to the target's agent.
+/// It stays frozen and cut off: [`finish`] or [`resume`] decides.
+pub async fn dump(ctx: &Context, m: &MigrationRef, page_server: &str, mut target: AgentClient<Channel>) -> Result<DumpResponse> {
+    let id = m.container_id.clone();
+    let layer = take_layer(ctx, m).await?;
+    let task = ctx.cd.task(&id).await?.with_context(|| format!("container {id} has no task on {}", ctx.name))?;
+    let images = dir(ctx, &m.migration_id).join("images");
+    let work = dir(ctx, &m.migration_id).join("dump-work");
+    for d in [&images, &work] {
+        let _ = std::fs::remove_dir_all(d);
+        std::fs::create_dir_all(d).with_context(|| format!("create {}", d.display()))?;
+    }
+    // From here on, a failure must thaw it and bring its link back.
+    ctx.migrations.lock().await.insert(
+        m.migration_id.clone(),
+        Migration::Source(Source { container: id.clone(), layer: None, frozen: true }),
+    );
+    let link_id = id.clone();
+    blocking(move || network::set_link(&link_id, Link::Down)).await.context("lock the container's network")?;
+    let frozen = Instant::now();
+    let frozen_unix_ms = crate::membership::now();
+    ctx.cd.pause_task(&id).await.context("freeze the container")?;
+
+    let options = PageServerDump {
+        image_path: images.clone(),
+        work_path: work.clone(),
+        page_server,
+        page_server_tls: &ctx.tls_files,
+        tcp_established: true,
+        file_locks: true,
+    };
+    let options = serde_json::to_vec(&options).context("encode the checkpoint options")?;
+    let shim = Shim::of_task(task.pid, ctx.cd.namespace())?;
+    let dump_id = id.clone();
+    blocking(move || shim.checkpoint_with(&dump_id, options)).await.context("dump the container")?;
+    let dump_ms = frozen.elapsed().as_secs_f64() * 1000.0;
+    let memory_bytes = migrate_oci::criu_stats::read_dump_stats(&images)
+        .ok()
+        .flatten()
+        .map_or(0, |s| s.pages_written * page_size());
+
+    let sending = Instant::now();
+    let (last, layer) = layer.send(&mut target, m).await.context("send the layer's last changes")?;
+    let tar_dir = images.clone();
+    let images_bytes = transfer::send(&mut target, m, TransferKind::Images, move |out| tar_images(&tar_dir, out))
+        .await
+        .context("send the images")?;
+    if let Some(Migration::Source(s)) = ctx.migrations.lock().await.get_mut(&m.migration_id) {
+        s.layer = Some(layer);
+    }
+    Ok(DumpResponse {
+        frozen_unix_ms,
+        memory_bytes,
+        images_bytes,
+        layer_bytes: last.bytes,
+        dump_ms,
+        send_ms: sending.elapsed().as_secs_f64() * 1000.0,
+    })
+}
+
+fn page_size() -> u64 {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE).ok().flatten().map_or(4096, |s| s as u64)
+}
+
+/// The images directory as a tar of its files.
+fn tar_images(images: &std::path::Path, out: &mut dyn std::io::Write) -> Result<()> {
+    let mut tar = tar::Builder::new(out);
+    for entry in std::fs::read_dir(images).with_context(|| format!("read {}", images.display()))? {
+        let entry = entry?;
+        if entry.file_type()?.is_file() {
+            tar.append_path_with_name(entry.path(), entry.file_name())
+                .with_context(|| format!("add {} to the tar", entry.path().display()))?;
+        }
+    }
+    tar.finish().context("finish the tar")
+}
+
+/// The target runs the container: remove it here, frozen and cut off as
+/// it is (killed before it is thawed, it never runs again).
+pub async fn finish(ctx: &Context, m: &MigrationRef) -> Result<()> {
+    let state = ctx.migrations.lock().await.remove(&m.migration_id);
+    containers::remove(ctx, &m.container_id).await?;
+    let _ = std::fs::remove_dir_all(dir(ctx, &m.migration_id));
+    drop(state);
+    Ok(())
+}
+
+/// The migration failed: thaw the container and bring its link back, if
+/// this migration took them. Safe to call more than once.
+pub async fn resume(ctx: &Context, m: &MigrationRef) -> Result<()> {
+    let state = ctx.migrations.lock().await.remove(&m.migration_id);
+    let _ = std::fs::remove_dir_all(dir(ctx, &m.migration_id));
+    let froze = match &state {
+        Some(Migration::Source(s)) => s.frozen,
+        // An agent that restarted forgot: look at the task itself.
+        _ => true,
+    };
+    if !froze {
+        return Ok(());
+    }
+    let id = m.container_id.clone();
+    if let Some(task) = ctx.cd.task(&id).await? {
+        use containerd_client::types::v1::Status;
+        if matches!(Status::try_from(task.status), Ok(Status::Paused | Status::Pausing)) {
+            ctx.cd.resume_task(&id).await.context("thaw the container")?;
+        }
+    }
+    blocking(move || network::set_link(&id, Link::Up)).await.context("unlock the container's network")?;
+    if let Some(Migration::Source(s)) = state {
+        log::info!("migration {}: {} runs on here again", m.migration_id, s.container);
+    }
+    Ok(())
+}

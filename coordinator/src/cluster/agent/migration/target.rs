@@ -1,0 +1,241 @@
+//! The target's steps: make everything the container needs but its task
+//! (image, network with its link down, snapshot, container, a page server
+//! for the memory), take what the source sends, restore the task and give
+//! it the network; or undo all of it.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use containerd_client::services::v1::Container;
+use containerd_client::services::v1::container::Runtime;
+use containerd_client::types::Mount;
+use prost_types::Any;
+use tokio_stream::StreamExt;
+use tonic::Streaming;
+use tonic::transport::Channel;
+
+use super::page_server::PageServer;
+use super::{Migration, dir, layer};
+use crate::agent::containers::{self, Undo, blocking};
+use crate::agent::context::Context;
+use crate::agent::images::{self, ImageFrom};
+use crate::agent::network::{self, Link};
+use crate::host::containerd;
+use crate::host::image;
+use crate::host::pipe;
+use crate::proto::agent_client::AgentClient;
+use crate::proto::{
+    MigrationRef, PrepareTargetRequest, PrepareTargetResponse, ReceiveResponse, RestoreTargetResponse, TransferChunk,
+    TransferKind,
+};
+
+/// The label naming the migration that made a container on its target:
+/// an abort removes only a container it made.
+pub const MIGRATION_LABEL: &str = "io.containerd.migrate.migration";
+
+/// What the target keeps between its steps.
+pub struct Target {
+    container: String,
+    upper: PathBuf,
+    rootfs: Vec<Mount>,
+    images: PathBuf,
+    work: PathBuf,
+    page_server: Option<PageServer>,
+}
+
+/// Gets everything ready for the restore but the task.
+pub async fn prepare(ctx: &Context, req: &PrepareTargetRequest, source: AgentClient<Channel>) -> Result<PrepareTargetResponse> {
+    let m = req.migration.as_ref().context("the request names no migration")?;
+    let c = req.container.as_ref().context("the request has no container")?;
+    let described = req.source.as_ref().context("the request has no description of the source's container")?;
+    let identity = c.network.as_ref().context("the container has no network identity")?;
+    let id = m.container_id.clone();
+    if ctx.cd.container(&id).await.is_ok() {
+        bail!("{} has a container {id} already", ctx.name);
+    }
+
+    let from = images::ensure(&ctx.cd, &described.image, &ctx.snapshotter, Some(source)).await?;
+    let chain_id = image::rootfs_chain_id(&ctx.cd, &described.image).await?.to_string();
+    if chain_id != described.chain_id {
+        bail!(
+            "image {} is not the same here: its layers' chain ID is {chain_id} on {}, {} on the source",
+            described.image,
+            ctx.name,
+            described.chain_id
+        );
+    }
+    let netns = {
+        let (id, identity, bridge) = (id.clone(), identity.clone(), ctx.bridge.clone());
+        blocking(move || network::create(&id, &identity, &bridge, Link::Down)).await?
+    };
+    let made = make(ctx, m, described, &chain_id).await;
+    let target = match made {
+        Ok(target) => target,
+        Err(e) => {
+            let id = id.clone();
+            let _ = blocking(move || network::destroy(&id)).await;
+            return Err(e);
+        }
+    };
+    log::info!("migration {}: {id} prepared here (network namespace {})", m.migration_id, netns.display());
+    let page_server = target.page_server.as_ref().map(|p| p.address.clone()).unwrap_or_default();
+    ctx.migrations.lock().await.insert(m.migration_id.clone(), Migration::Target(target));
+    let (image_from, image_bytes) = match from {
+        ImageFrom::Present => ("present", 0),
+        ImageFrom::Registry => ("registry", 0),
+        ImageFrom::Source { bytes } => ("source", bytes),
+    };
+    Ok(PrepareTargetResponse { page_server, image_from: image_from.to_string(), image_bytes })
+}
+
+/// The snapshot, the container (the source's spec, which names the
+/// network namespace at the same path here) and the page server.
+async fn make(
+    ctx: &Context,
+    m: &MigrationRef,
+    described: &crate::proto::DescribeResponse,
+    chain_id: &str,
+) -> Result<Target> {
+    let id = m.container_id.as_str();
+    let rootfs = containers::prepare(&ctx.cd, &ctx.snapshotter, id, chain_id).await?;
+    let undo = Undo { cd: ctx.cd.clone(), id: id.to_string(), snapshotter: ctx.snapshotter.clone() };
+    let upper = match layer::upper_dir(&ctx.cd, &ctx.snapshotter, id).await {
+        Ok(upper) => upper,
+        Err(e) => {
+            undo.snapshot().await;
+            return Err(e);
+        }
+    };
+    let mut labels: HashMap<String, String> = described.labels.clone();
+    labels.insert(containers::CLUSTER_LABEL.to_string(), "true".to_string());
+    labels.insert(MIGRATION_LABEL.to_string(), m.migration_id.clone());
+    let container = Container {
+        id: id.to_string(),
+        labels,
+        image: described.image.clone(),
+        runtime: Some(Runtime { name: containers::RUNTIME.to_string(), options: None }),
+        spec: Some(Any { type_url: containerd::SPEC_TYPE_URL.to_string(), value: described.spec.clone() }),
+        snapshotter: ctx.snapshotter.clone(),
+        snapshot_key: id.to_string(),
+        ..Default::default()
+    };
+    if let Err(e) = ctx.cd.create_container(container).await {
+        undo.snapshot().await;
+        return Err(e);
+    }
+    let base = dir(ctx, &m.migration_id);
+    let (images, work) = (base.join("images"), base.join("restore-work"));
+    let _ = std::fs::remove_dir_all(&base);
+    let started = {
+        let (images, work, ip, tls) = (images.clone(), work.clone(), ctx.ip.clone(), ctx.tls_files.clone());
+        blocking(move || PageServer::start(&images, &work, &ip, &tls)).await
+    };
+    match started {
+        Ok(page_server) => Ok(Target { container: id.to_string(), upper, rootfs, images, work, page_server: Some(page_server) }),
+        Err(e) => {
+            undo.container().await;
+            Err(e)
+        }
+    }
+}
+
+/// Takes one stream from the source: layer changes or images.
+pub async fn receive(ctx: &Context, mut stream: Streaming<TransferChunk>) -> Result<ReceiveResponse> {
+    let head = stream.next().await.context("the stream ended before its first chunk")??;
+    let m = head.migration.context("the stream's first chunk names no migration")?;
+    let kind = TransferKind::try_from(head.kind).map_err(|_| anyhow!("unknown transfer kind {}", head.kind))?;
+    let (upper, images) = match ctx.migrations.lock().await.get(&m.migration_id) {
+        Some(Migration::Target(t)) if t.container == m.container_id => (t.upper.clone(), t.images.clone()),
+        _ => bail!("{} prepares no migration {} of {}", ctx.name, m.migration_id, m.container_id),
+    };
+    let (tx, reader) = pipe::reader();
+    let consumer = blocking(move || match kind {
+        TransferKind::Layer => layer::apply(&upper, reader),
+        TransferKind::Images => {
+            tar::Archive::new(reader).unpack(&images).with_context(|| format!("unpack the images into {}", images.display()))
+        }
+        TransferKind::Unspecified => bail!("the stream does not say what it carries"),
+    });
+    let mut bytes = 0u64;
+    let mut forwarded = Ok(());
+    if !head.data.is_empty() {
+        bytes += head.data.len() as u64;
+        let _ = tx.send(Ok(head.data)).await;
+    }
+    while let Some(chunk) = stream.next().await {
+        match chunk {
+            Ok(chunk) => {
+                bytes += chunk.data.len() as u64;
+                if tx.send(Ok(chunk.data)).await.is_err() {
+                    break;
+                }
+            }
+            Err(status) => {
+                let _ = tx.send(Err(std::io::Error::other(status.message().to_string()))).await;
+                forwarded = Err(anyhow!("the source's stream broke: {}", status.message()));
+                break;
+            }
+        }
+    }
+    drop(tx);
+    consumer.await?;
+    forwarded?;
+    Ok(ReceiveResponse { bytes })
+}
+
+/// Restores the task from what arrived, then gives it the network: link
+/// up (the source's is down since its freeze) and the IP announced.
+pub async fn restore(ctx: &Context, m: &MigrationRef) -> Result<RestoreTargetResponse> {
+    let started = Instant::now();
+    let (rootfs, images, work, page_server) = match ctx.migrations.lock().await.get_mut(&m.migration_id) {
+        Some(Migration::Target(t)) if t.container == m.container_id => {
+            (t.rootfs.clone(), t.images.clone(), t.work.clone(), t.page_server.take())
+        }
+        _ => bail!("{} prepares no migration {} of {}", ctx.name, m.migration_id, m.container_id),
+    };
+    if let Some(page_server) = page_server {
+        blocking(move || page_server.finish(&work)).await.context("the memory did not arrive")?;
+    }
+    let id = m.container_id.clone();
+    let task = containers::task_request(ctx, &id, rootfs, Some(&images))?;
+    // With a checkpoint, containerd starts the restored task in the create.
+    let pid = ctx.cd.create_task(task).await.context("restore the container")?;
+    let running_unix_ms = crate::membership::now();
+    let restore_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let link_id = id.clone();
+    blocking(move || {
+        network::set_link(&link_id, Link::Up)?;
+        network::announce(&link_id)
+    })
+    .await
+    .context("give the restored container its network")?;
+    ctx.migrations.lock().await.remove(&m.migration_id);
+    let _ = std::fs::remove_dir_all(dir(ctx, &m.migration_id));
+    Ok(RestoreTargetResponse { pid, running_unix_ms, restore_ms })
+}
+
+/// Undoes everything the target made for migration `m`: no copy of the
+/// container is left here. Safe to call more than once.
+pub async fn abort(ctx: &Context, m: &MigrationRef) -> Result<()> {
+    if let Some(Migration::Target(mut t)) = ctx.migrations.lock().await.remove(&m.migration_id)
+        && let Some(page_server) = t.page_server.as_mut()
+    {
+        page_server.stop();
+    }
+    // By id, so that an agent that restarted mid-migration cleans up too;
+    // but never a container this migration did not make.
+    match ctx.cd.container(&m.container_id).await {
+        Ok(c) if c.labels.get(MIGRATION_LABEL) == Some(&m.migration_id) => {
+            containers::remove(ctx, &m.container_id).await?;
+        }
+        Ok(_) => {}
+        Err(_) => {
+            let id = m.container_id.clone();
+            let _ = blocking(move || network::destroy(&id)).await;
+        }
+    }
+    let _ = std::fs::remove_dir_all(dir(ctx, &m.migration_id));
+    Ok(())
+}
