@@ -2,6 +2,7 @@
 //! and keeps its host registered with the coordinator by heartbeats.
 
 mod heartbeat;
+pub mod network;
 mod probe;
 mod service;
 
