@@ -30,6 +30,9 @@ struct Args {
     /// This host's containerd socket
     #[arg(long, env = "CONTAINERD_ADDRESS", default_value = "/run/containerd/containerd.sock")]
     containerd: PathBuf,
+    /// The host's bridge over its NIC: containers' veths join it, so that they are on the cluster network
+    #[arg(long, env = "MIGRATE_AGENT_BRIDGE")]
+    bridge: Option<String>,
     /// A label for scheduling, KEY=VALUE (repeatable)
     #[arg(long = "label", value_parser = parse_label)]
     labels: Vec<(String, String)>,
@@ -54,6 +57,7 @@ async fn main() -> ExitCode {
         tls_dir: args.tls_dir,
         containerd: args.containerd,
         labels: args.labels.into_iter().collect::<BTreeMap<_, _>>(),
+        bridge: args.bridge,
     };
     match agent::run(config).await {
         Ok(()) => ExitCode::SUCCESS,

@@ -29,6 +29,9 @@ pub struct Config {
     pub tls_dir: PathBuf,
     pub containerd: PathBuf,
     pub labels: BTreeMap<String, String>,
+    /// The host's bridge over its NIC, which containers' veths join
+    /// ([`network`]); None: this host runs no container of the cluster.
+    pub bridge: Option<String>,
 }
 
 /// Runs until SIGINT or SIGTERM.
