@@ -61,10 +61,17 @@
 # needs a cgroup2 hierarchy (cgroup v2, or the unified one of a hybrid setup).
 #
 # Network. A bridge cm-CLUSTER in the machine's network namespace with .1 of
-# the cluster's /24; host hN has eth0 with .(10+N), a veth whose other end is
-# on the bridge. The machine reaches every host and the hosts reach each
-# other and the machine. No default route, no NAT: nothing else. The rest of
-# the /24 is left for a container network.
+# the cluster's /24; host hN has eth0, a veth whose other end is on that
+# bridge, under a bridge cm0 of its own that holds the host's address .(10+N)
+# (as a real host with a bridge over its NIC; cm0 keeps eth0's MAC, so the
+# host's address does not change MAC as ports come and go). The machine
+# reaches every host and the hosts reach each other and the machine. No
+# default route, no NAT: nothing else. Containers run through the cluster
+# get .100 to .249 from the coordinator (--container-subnet and
+# --container-range), each in a network namespace whose veth joins its
+# host's cm0 (the agent's --bridge): one L2 segment, so a container is
+# reached at the same address from the machine and every host, whichever
+# host it runs on.
 #
 # Daemons. Started in the order of HOST_DAEMONS (below), each by
 # start_daemon_NAME, inside its host, with the host's env file
@@ -114,6 +121,10 @@ HOST_DAEMONS=(containerd agent)
 # the machine at the bridge's address, an agent on every host.
 COORDINATOR_PORT=7400
 AGENT_PORT=7401
+# The bridge in every host over its eth0, which containers' veths join, and
+# the host numbers of the cluster's /24 that containers get.
+HOST_BRIDGE=cm0
+CONTAINER_RANGE=100-249
 # How long a started agent may take to show as ready at the coordinator.
 READY_TIMEOUT=${READY_TIMEOUT:-20}
 
@@ -334,15 +345,22 @@ make_host_dirs() {
 	mkdir -p "$DISK$PUB"
 }
 
+# The host's eth0 on the cluster's bridge, and its own bridge over eth0
+# holding its address, for containers' veths to join.
 make_host_network() {
-	local ip
+	local ip mac
 	ip=$(host_ip)
 	ip netns add "$NETNS"
 	ip -n "$NETNS" link set lo up
 	ip link add "$VETH" type veth peer name eth0 netns "$NETNS"
 	ip link set "$VETH" master "$BRIDGE" up
-	ip -n "$NETNS" addr add "$ip/24" dev eth0
-	ip -n "$NETNS" link set eth0 up
+	mac=$(ip -n "$NETNS" -j link show eth0 | jq -r '.[0].address')
+	ip -n "$NETNS" link add "$HOST_BRIDGE" type bridge
+	# Set, not inherited: a bridge takes its lowest port's MAC otherwise.
+	ip -n "$NETNS" link set "$HOST_BRIDGE" address "$mac"
+	ip -n "$NETNS" link set eth0 master "$HOST_BRIDGE" up
+	ip -n "$NETNS" addr add "$ip/24" dev "$HOST_BRIDGE"
+	ip -n "$NETNS" link set "$HOST_BRIDGE" up
 }
 
 # The mount and cgroup namespaces: unshare in the host's cgroup (the cgroup
@@ -456,7 +474,7 @@ start_daemon_agent() {
 	# shellcheck disable=SC2016 # the inner shell expands them
 	enter env "$@" setsid sh -c 'exec "$@" </dev/null >>"$0" 2>&1 &' "$PUB/agent.log" \
 		migrate-agent --name "$H" --listen "$(host_ip):$AGENT_PORT" \
-		--coordinator "$(coordinator_url)" --tls-dir "$PUB/tls"
+		--coordinator "$(coordinator_url)" --tls-dir "$PUB/tls" --bridge "$HOST_BRIDGE"
 	wait_host_ready
 }
 
@@ -510,7 +528,8 @@ start_coordinator() {
 	fi
 	# Without the lock of `up` (fd 9), which it would otherwise hold for good.
 	setsid "$(bin_dir)/migrate-coordinator" --listen "$(subnet_prefix).1:$COORDINATOR_PORT" --tls-dir "$tls" \
-		--state "$CDIR/coordinator.redb" </dev/null >>"$CDIR/coordinator.log" 2>&1 9>&- &
+		--state "$CDIR/coordinator.redb" \
+		--container-subnet "$(subnet_prefix).0/24" --container-range "$CONTAINER_RANGE" </dev/null >>"$CDIR/coordinator.log" 2>&1 9>&- &
 	echo $! >"$CDIR/coordinator.pid"
 }
 
@@ -540,6 +559,8 @@ write_host_env() {
 		CLUSTER_HOST=$H
 		CLUSTER_HOST_IP=$(host_ip)
 		CLUSTER_SUBNET=$(subnet_prefix).0/24
+		CLUSTER_BRIDGE=$HOST_BRIDGE
+		CLUSTER_CONTAINER_RANGE=$CONTAINER_RANGE
 		CLUSTER_HOSTS=$all
 		CONTAINERD_ADDRESS=$SOCK
 		CONTAINERD_NAMESPACE=$CONTAINERD_NS
@@ -678,7 +699,8 @@ cmd_up() {
 
 summary() {
 	local h
-	printf 'cluster %s: bridge %s %s.1/24\n' "$CLUSTER_NAME" "$BRIDGE" "$(subnet_prefix)"
+	printf 'cluster %s: bridge %s %s.1/24, containers .%s on each host'"'"'s bridge %s\n' \
+		"$CLUSTER_NAME" "$BRIDGE" "$(subnet_prefix)" "${CONTAINER_RANGE/-/ to .}" "$HOST_BRIDGE"
 	printf '%-5s %-8s %-15s %s\n' HOST STATE IP "CONTAINERD SOCKET"
 	for h in $(known_hosts); do
 		host_names "$h"

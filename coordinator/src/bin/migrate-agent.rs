@@ -30,6 +30,9 @@ struct Args {
     /// This host's containerd socket
     #[arg(long, env = "CONTAINERD_ADDRESS", default_value = "/run/containerd/containerd.sock")]
     containerd: PathBuf,
+    /// The host's bridge over its NIC: containers' veths join it, so that they are on the cluster network
+    #[arg(long, env = "MIGRATE_AGENT_BRIDGE")]
+    bridge: Option<String>,
     /// A label for scheduling, KEY=VALUE (repeatable)
     #[arg(long = "label", value_parser = parse_label)]
     labels: Vec<(String, String)>,
@@ -39,9 +42,6 @@ struct Args {
     /// Snapshotter of the cluster's containers (the project's own syncs their layers between hosts)
     #[arg(long, env = "MIGRATE_AGENT_SNAPSHOTTER", default_value = "migrate")]
     snapshotter: String,
-    /// The bridge of the cluster network on this host, which containers' links join
-    #[arg(long, env = "MIGRATE_AGENT_BRIDGE", default_value = "cm0")]
-    bridge: String,
     /// Where migrations keep their files, and the containers' logs (logs/ID.log)
     #[arg(long, env = "MIGRATE_AGENT_STATE", default_value = "/var/lib/containerd-migrate/agent")]
     state_dir: PathBuf,

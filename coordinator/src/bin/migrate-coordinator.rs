@@ -5,8 +5,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::error::ErrorKind;
+use clap::{CommandFactory, Parser};
 use migrate_cluster::coordinator::{self, Config};
+use migrate_cluster::ipam::Pool;
 use migrate_cluster::membership::HeartbeatPolicy;
 
 #[derive(Debug, Parser)]
@@ -24,18 +26,31 @@ struct Args {
     /// The cluster's state: one file, created if missing
     #[arg(long, env = "MIGRATE_STATE", default_value = "/var/lib/containerd-migrate/cluster/state.redb")]
     state: PathBuf,
+    /// The cluster network containers get addresses of, such as 10.88.3.0/24
+    #[arg(long, env = "MIGRATE_CONTAINER_SUBNET", requires = "container_range")]
+    container_subnet: Option<String>,
+    /// Host numbers of --container-subnet for containers, FIRST-LAST such as 100-249 (the rest is the hosts')
+    #[arg(long, env = "MIGRATE_CONTAINER_RANGE", requires = "container_subnet")]
+    container_range: Option<String>,
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     migrate_cluster::daemon::init();
     let args = Args::parse();
+    let container_network = match (&args.container_subnet, &args.container_range) {
+        (Some(subnet), Some(range)) => Some(
+            Pool::new(subnet, range).unwrap_or_else(|e| Args::command().error(ErrorKind::ValueValidation, e).exit()),
+        ),
+        _ => None,
+    };
     let config = Config {
         listen: args.listen,
         tls_dir: args.tls_dir,
         tls_name: args.tls_name,
         state: args.state,
         policy: HeartbeatPolicy::default(),
+        container_network,
     };
     match coordinator::run(config).await {
         Ok(()) => ExitCode::SUCCESS,

@@ -8,7 +8,9 @@
 //! - the daemons: [`coordinator`], [`agent`], and what both do around their
 //!   work ([`daemon`]: log, signals, listening);
 //! - the rules: [`membership`] (ready and down, pure), [`hosts`] (their
-//!   records in the [`store`], changed with retries on conflict);
+//!   records in the [`store`], changed with retries on conflict),
+//!   [`scheduler`] (which host runs a container, pure), [`ipam`] (the
+//!   containers' addresses on the cluster network, in the store);
 //! - the wire: [`proto`] (generated), [`tls`] (mutual TLS), [`certs`] (the
 //!   CA and its certificates), [`peer`] (whom a caller's certificate names),
 //!   [`random`] (session ids, jitter).
@@ -20,10 +22,12 @@ pub mod coordinator;
 pub mod daemon;
 pub mod host;
 pub mod hosts;
+pub mod ipam;
 pub mod membership;
 pub mod peer;
 pub mod proto;
 pub mod random;
 pub mod records;
+pub mod scheduler;
 pub mod store;
 pub mod tls;

@@ -32,7 +32,7 @@ pub async fn create(ctx: &Context, c: &proto::Container) -> Result<u32> {
     images::ensure(&ctx.cd, &spec.image, &ctx.snapshotter, None).await?;
     let facts = image::facts(&ctx.cd, &spec.image).await?;
     let netns = blocking({
-        let (id, identity, bridge) = (id.to_string(), identity.clone(), ctx.bridge.clone());
+        let (id, identity, bridge) = (id.to_string(), identity.clone(), ctx.bridge()?);
         move || network::create(&id, &identity, &bridge, Link::Up)
     })
     .await?;
@@ -195,6 +195,10 @@ impl Undo {
 }
 
 /// Runs blocking work (commands, file walks) off the async runtime.
-pub async fn blocking<T: Send + 'static>(work: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    tokio::task::spawn_blocking(work).await.context("a blocking task of the agent panicked")?
+pub async fn blocking<T, E>(work: impl FnOnce() -> Result<T, E> + Send + 'static) -> Result<T>
+where
+    T: Send + 'static,
+    E: Into<anyhow::Error> + Send + 'static,
+{
+    tokio::task::spawn_blocking(work).await.context("a blocking task of the agent panicked")?.map_err(Into::into)
 }

@@ -18,7 +18,8 @@ pub struct Context {
     pub ip: String,
     pub cd: Containerd,
     pub snapshotter: String,
-    pub bridge: String,
+    /// None: this host runs no container of the cluster.
+    pub bridge: Option<String>,
     pub tls: Tls,
     /// The same identity as files, for CRIU.
     pub tls_files: CriuTlsFiles,
@@ -27,6 +28,15 @@ pub struct Context {
     /// Where the cluster's containers write their output.
     pub logs: PathBuf,
     pub migrations: Mutex<HashMap<String, Migration>>,
+}
+
+impl Context {
+    /// The bridge containers join here, or why there is none.
+    pub fn bridge(&self) -> anyhow::Result<String> {
+        self.bridge.clone().ok_or_else(|| {
+            anyhow::anyhow!("{} runs no containers of the cluster: its agent has no --bridge", self.name)
+        })
+    }
 }
 
 /// The cluster's CA and this host's certificate and key, as CRIU's `--tls-*`

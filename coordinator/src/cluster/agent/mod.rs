@@ -41,8 +41,9 @@ pub struct Config {
     /// containerd's namespace for the cluster's containers.
     pub namespace: String,
     pub snapshotter: String,
-    /// The bridge the containers' links join (the cluster network's).
-    pub bridge: String,
+    /// The host's bridge over its NIC, which containers' veths join
+    /// ([`network`]); None: this host runs no container of the cluster.
+    pub bridge: Option<String>,
     /// Where migrations keep their files, and the containers' logs.
     pub state_dir: PathBuf,
 }

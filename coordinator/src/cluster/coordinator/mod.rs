@@ -12,6 +12,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use tonic::transport::Server;
 
+use crate::ipam::Pool;
 use crate::membership::{self, HeartbeatPolicy};
 use crate::proto::coordinator_server::CoordinatorServer;
 use crate::store::Store;
@@ -27,6 +28,9 @@ pub struct Config {
     pub tls_name: String,
     pub state: PathBuf,
     pub policy: HeartbeatPolicy,
+    /// The addresses containers get on the cluster network ([`crate::ipam`]);
+    /// None: the cluster runs no containers.
+    pub container_network: Option<Pool>,
 }
 
 /// Runs until SIGINT or SIGTERM.

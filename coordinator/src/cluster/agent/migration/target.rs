@@ -67,7 +67,7 @@ pub async fn prepare(ctx: &Context, req: &PrepareTargetRequest, source: AgentCli
         );
     }
     let netns = {
-        let (id, identity, bridge) = (id.clone(), identity.clone(), ctx.bridge.clone());
+        let (id, identity, bridge) = (id.clone(), identity.clone(), ctx.bridge()?);
         blocking(move || network::create(&id, &identity, &bridge, Link::Down)).await?
     };
     let made = make(ctx, m, described, &chain_id).await;
