@@ -133,7 +133,7 @@ mod tests {
             criu_version: String::new(),
             kernel_version: String::new(),
         };
-        membership::register(None, facts, containers, "s1".into(), 1_000)
+        membership::register(None, facts, containers, vec![], "s1".into(), 1_000)
     }
 
     #[tokio::test]

@@ -2,6 +2,7 @@
 //! and keeps its host registered with the coordinator by heartbeats.
 
 mod heartbeat;
+pub mod images;
 mod probe;
 mod service;
 
@@ -13,8 +14,12 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use tonic::transport::Server;
 
+use crate::host::containerd::Containerd;
 use crate::proto::agent_server::AgentServer;
 use crate::tls::{self, Tls};
+
+/// The containerd namespace of the cluster's containers and images.
+pub const NAMESPACE: &str = "default";
 
 /// Everything the daemon is told (flags or environment).
 #[derive(Debug, Clone)]
@@ -50,6 +55,7 @@ pub async fn run(config: Config) -> Result<()> {
         .await
         .context("the agent drives this host's containerd")?;
     let probe = Arc::new(probe);
+    let containerd = Containerd::connect(&config.containerd.to_string_lossy(), NAMESPACE).await?;
     let coordinator = heartbeat::Coordinator {
         url: config.coordinator.clone(),
         server_name: server_name.to_string(),
@@ -62,7 +68,7 @@ pub async fn run(config: Config) -> Result<()> {
     let server = Server::builder()
         .tls_config(tls.server())
         .context("configuring the server's TLS")?
-        .add_service(AgentServer::new(service::AgentService::new(probe.clone())))
+        .add_service(AgentServer::new(service::AgentService::new(probe.clone(), containerd)))
         .serve_with_incoming_shutdown(incoming, crate::daemon::shutdown_signal());
     tokio::select! {
         served = server => served.with_context(|| format!("serving on {}", config.listen)),

@@ -1,21 +1,26 @@
 //! The Agent gRPC service. For now it answers Info, which the coordinator
-//! calls when the agent registers; moving containers adds to it.
+//! calls when the agent registers, and ExportImage, which another agent
+//! calls for an image; moving containers adds to it.
 
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
+use super::images;
 use super::probe::Probe;
+use crate::host::containerd::Containerd;
 use crate::proto::agent_server::Agent;
 use crate::proto::{HostInfo, InfoRequest};
 
 pub struct AgentService {
     probe: Arc<Probe>,
+    /// In the cluster's namespace.
+    containerd: Containerd,
 }
 
 impl AgentService {
-    pub fn new(probe: Arc<Probe>) -> AgentService {
-        AgentService { probe }
+    pub fn new(probe: Arc<Probe>, containerd: Containerd) -> AgentService {
+        AgentService { probe, containerd }
     }
 }
 
@@ -107,8 +112,9 @@ impl Agent for AgentService {
 
     async fn export_image(
         &self,
-        _: Request<crate::proto::ExportImageRequest>,
+        request: Request<crate::proto::ExportImageRequest>,
     ) -> Result<Response<Self::ExportImageStream>, Status> {
-        Err(Status::unimplemented("export_image: not built yet"))
+        let reference = request.into_inner().reference;
+        Ok(Response::new(Box::pin(images::export(self.containerd.clone(), &reference))))
     }
 }
