@@ -119,7 +119,7 @@ mod tests {
         assert_eq!(destination.type_url, "containerd.types.transfer.ImageStore");
         let store = ImageStore::decode(destination.value.as_slice()).unwrap();
         assert_eq!(store.name, "ghcr.io/org/app:v1");
-        assert_eq!(store.platforms, [platform.clone()]);
+        assert_eq!(store.platforms, std::slice::from_ref(&platform));
         assert_eq!(store.unpacks, [UnpackConfiguration { platform: Some(platform), snapshotter: "migrate".into() }]);
     }
 
