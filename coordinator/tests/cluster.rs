@@ -205,6 +205,15 @@ fn hosts_turn_down_when_agents_die_and_outlive_a_coordinator_restart() {
     let mut h2 = cluster.agent("h2", p2);
     cluster.wait_for(&[("h1", "ready"), ("h2", "ready")], START, &[&coordinator, &h1, &h2]);
 
+    // Each host reports the images of its containerd's cluster namespace
+    // (both agents drive the one containerd, which has the test image).
+    let json = expect_ok(cluster.migratectl_with(&cluster.tls(), &["hosts", "--json"])).stdout;
+    let hosts: Vec<Value> = serde_json::from_slice(&json).unwrap();
+    for host in &hosts {
+        let images = host["images"].as_array().unwrap_or_else(|| panic!("no images in {host}"));
+        assert!(images.iter().any(|i| i == containerd_migrate_tests::IMAGE), "{host}");
+    }
+
     let table = String::from_utf8(expect_ok(cluster.migratectl_with(&cluster.tls(), &["hosts"])).stdout).unwrap();
     let lines: Vec<&str> = table.lines().collect();
     assert!(lines[0].starts_with("NAME") && lines[0].contains("STATE") && lines[0].contains("CONTAINERS"), "{table}");

@@ -36,9 +36,6 @@ struct Args {
     /// A label for scheduling, KEY=VALUE (repeatable)
     #[arg(long = "label", value_parser = parse_label)]
     labels: Vec<(String, String)>,
-    /// containerd namespace of the cluster's containers
-    #[arg(long, env = "MIGRATE_AGENT_NAMESPACE", default_value = "default")]
-    namespace: String,
     /// Snapshotter of the cluster's containers (the project's own syncs their layers between hosts)
     #[arg(long, env = "MIGRATE_AGENT_SNAPSHOTTER", default_value = "migrate")]
     snapshotter: String,
@@ -66,7 +63,6 @@ async fn main() -> ExitCode {
         tls_dir: args.tls_dir,
         containerd: args.containerd,
         labels: args.labels.into_iter().collect::<BTreeMap<_, _>>(),
-        namespace: args.namespace,
         snapshotter: args.snapshotter,
         bridge: args.bridge,
         state_dir: args.state_dir,

@@ -50,6 +50,10 @@ pub enum Liveness {
 pub struct HostRecord {
     pub facts: HostFacts,
     pub containers: u32,
+    /// The image names of the cluster's namespace, as of the last beat
+    /// (none in records written before hosts reported them).
+    #[serde(default)]
+    pub images: Vec<String>,
     /// The session of the agent's latest registration.
     pub session: String,
     pub last_heartbeat: UnixMs,
@@ -107,6 +111,7 @@ pub fn register(
     previous: Option<&HostRecord>,
     facts: HostFacts,
     containers: u32,
+    images: Vec<String>,
     session: String,
     now: UnixMs,
 ) -> HostRecord {
@@ -114,12 +119,18 @@ pub fn register(
         Some(Liveness::Ready { since }) => since,
         Some(Liveness::Down { .. }) | None => now,
     };
-    HostRecord { facts, containers, session, last_heartbeat: now, liveness: Liveness::Ready { since } }
+    HostRecord { facts, containers, images, session, last_heartbeat: now, liveness: Liveness::Ready { since } }
 }
 
 /// A beat of `session`: the host is ready (again, if it was down: a
 /// partition that healed needs no new registration).
-pub fn heartbeat(record: &HostRecord, session: &str, containers: u32, now: UnixMs) -> Result<HostRecord, StaleSession> {
+pub fn heartbeat(
+    record: &HostRecord,
+    session: &str,
+    containers: u32,
+    images: Vec<String>,
+    now: UnixMs,
+) -> Result<HostRecord, StaleSession> {
     if record.session != session {
         return Err(StaleSession {
             host: record.facts.name.clone(),
@@ -131,7 +142,7 @@ pub fn heartbeat(record: &HostRecord, session: &str, containers: u32, now: UnixM
         Liveness::Ready { since } => Liveness::Ready { since },
         Liveness::Down { .. } => Liveness::Ready { since: now },
     };
-    Ok(HostRecord { containers, last_heartbeat: now.max(record.last_heartbeat), liveness, ..record.clone() })
+    Ok(HostRecord { containers, images, last_heartbeat: now.max(record.last_heartbeat), liveness, ..record.clone() })
 }
 
 /// The record with the host down, if its grace has run out at `now`.
@@ -195,7 +206,7 @@ mod tests {
 
     #[test]
     fn a_host_is_down_only_after_the_whole_grace() {
-        let h = register(None, facts("h1"), 0, "s1".into(), START);
+        let h = register(None, facts("h1"), 0, vec![], "s1".into(), START);
         assert_eq!(h.liveness, Liveness::Ready { since: START });
         assert_eq!(expire(&h, &POLICY, START, START + 2_999), None);
         let down = expire(&h, &POLICY, START, START + 3_000).expect("not down after 3 s without a beat");
@@ -205,34 +216,34 @@ mod tests {
 
     #[test]
     fn beats_keep_a_host_ready_and_bring_it_back() {
-        let h = register(None, facts("h1"), 0, "s1".into(), START);
-        let h = heartbeat(&h, "s1", 4, START + 1_000).unwrap();
+        let h = register(None, facts("h1"), 0, vec![], "s1".into(), START);
+        let h = heartbeat(&h, "s1", 4, vec![], START + 1_000).unwrap();
         assert_eq!((h.containers, h.last_heartbeat), (4, START + 1_000));
         assert_eq!(h.liveness, Liveness::Ready { since: START }, "a beat reset the time it became ready");
         assert_eq!(expire(&h, &POLICY, START, START + 3_999), None);
 
         let down = expire(&h, &POLICY, START, START + 4_000).unwrap();
-        let back = heartbeat(&down, "s1", 4, START + 4_500).unwrap();
+        let back = heartbeat(&down, "s1", 4, vec![], START + 4_500).unwrap();
         assert_eq!(back.liveness, Liveness::Ready { since: START + 4_500 });
     }
 
     #[test]
     fn only_the_latest_session_beats() {
-        let old = register(None, facts("h1"), 0, "s1".into(), START);
-        let new = register(Some(&old), facts("h1"), 0, "s2".into(), START + 500);
+        let old = register(None, facts("h1"), 0, vec![], "s1".into(), START);
+        let new = register(Some(&old), facts("h1"), 0, vec![], "s2".into(), START + 500);
         assert_eq!(new.liveness, Liveness::Ready { since: START }, "re-registering a ready host changed its since");
-        let err = heartbeat(&new, "s1", 0, START + 600).unwrap_err();
+        let err = heartbeat(&new, "s1", 0, vec![], START + 600).unwrap_err();
         assert_eq!(err.current, "s2");
         assert!(err.to_string().contains("register again"), "{err}");
 
         let down = expire(&new, &POLICY, START, START + 3_500).unwrap();
-        let again = register(Some(&down), facts("h1"), 0, "s3".into(), START + 9_000);
+        let again = register(Some(&down), facts("h1"), 0, vec![], "s3".into(), START + 9_000);
         assert_eq!(again.liveness, Liveness::Ready { since: START + 9_000 });
     }
 
     #[test]
     fn a_restarted_coordinator_gives_every_host_a_full_grace() {
-        let h = register(None, facts("h1"), 0, "s1".into(), START);
+        let h = register(None, facts("h1"), 0, vec![], "s1".into(), START);
         // The coordinator was away for a minute and starts again.
         let restart = START + 60_000;
         assert_eq!(expire(&h, &POLICY, restart, restart + 2_999), None);
@@ -241,7 +252,7 @@ mod tests {
 
     #[test]
     fn only_a_down_host_is_forgotten() {
-        let h = register(None, facts("h1"), 0, "s1".into(), START);
+        let h = register(None, facts("h1"), 0, vec![], "s1".into(), START);
         assert!(may_forget(&h).unwrap_err().to_string().contains("stop its agent first"));
         assert_eq!(may_forget(&expire(&h, &POLICY, START, START + 3_000).unwrap()), Ok(()));
     }
@@ -255,8 +266,20 @@ mod tests {
     }
 
     #[test]
+    fn beats_carry_the_images_and_old_records_have_none() {
+        let h = register(None, facts("h1"), 0, vec!["a:1".into()], "s1".into(), START);
+        assert_eq!(h.images, ["a:1"]);
+        let h = heartbeat(&h, "s1", 0, vec!["a:1".into(), "b:2".into()], START + 1_000).unwrap();
+        assert_eq!(h.images, ["a:1", "b:2"]);
+
+        let mut old = serde_json::to_value(&h).unwrap();
+        old.as_object_mut().unwrap().remove("images");
+        assert_eq!(serde_json::from_value::<HostRecord>(old).unwrap().images, Vec::<String>::new());
+    }
+
+    #[test]
     fn records_round_trip_through_json() {
-        let h = register(None, facts("h1"), 2, "s1".into(), START);
+        let h = register(None, facts("h1"), 2, vec![], "s1".into(), START);
         let json = serde_json::to_string(&h).unwrap();
         assert!(json.contains(r#""liveness":{"state":"ready","since":1000000}"#), "{json}");
         assert_eq!(serde_json::from_str::<HostRecord>(&json).unwrap(), h);

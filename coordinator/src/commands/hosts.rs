@@ -45,6 +45,8 @@ struct HostRow {
     last_heartbeat_age_ms: u64,
     state_since: String,
     labels: std::collections::BTreeMap<String, String>,
+    /// Image names in the cluster's containerd namespace.
+    images: Vec<String>,
     containerd_version: String,
     criu_version: String,
     kernel_version: String,
@@ -101,6 +103,7 @@ async fn list(cluster: &ClusterArgs, json: bool) -> Result<ExitCode> {
                 last_heartbeat_age_ms: now.saturating_sub(h.last_heartbeat_unix_ms),
                 state_since: rfc3339(h.state_since_unix_ms),
                 labels: info.labels.into_iter().collect(),
+                images: info.images,
                 containerd_version: info.containerd_version,
                 criu_version: info.criu_version,
                 kernel_version: info.kernel_version,

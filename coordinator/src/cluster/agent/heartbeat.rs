@@ -104,7 +104,8 @@ async fn beat(client: &mut CoordinatorClient<Channel>, probe: &Probe, session: &
     loop {
         // The heartbeat period itself.
         tokio::time::sleep(period).await;
-        let containers = match probe.containers().await {
+        let counted = async { Ok::<_, super::probe::ProbeError>((probe.containers().await?, probe.images().await?)) };
+        let (containers, images) = match counted.await {
             Ok(n) => {
                 if !containerd_ok {
                     log::info!("containerd answers again; heartbeats resume");
@@ -120,7 +121,8 @@ async fn beat(client: &mut CoordinatorClient<Channel>, probe: &Probe, session: &
                 continue;
             }
         };
-        let request = HeartbeatRequest { name: probe.name().to_string(), session_id: session.to_string(), containers };
+        let request =
+            HeartbeatRequest { name: probe.name().to_string(), session_id: session.to_string(), containers, images };
         match client.heartbeat(request).await {
             Ok(answer) => {
                 if !coordinator_ok {

@@ -26,6 +26,9 @@ use crate::host::containerd::Containerd;
 use crate::proto::agent_server::AgentServer;
 use crate::tls::{self, Tls};
 
+/// The containerd namespace of the cluster's containers and images.
+pub const NAMESPACE: &str = "default";
+
 /// Everything the daemon is told (flags or environment).
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -38,8 +41,6 @@ pub struct Config {
     pub tls_dir: PathBuf,
     pub containerd: PathBuf,
     pub labels: BTreeMap<String, String>,
-    /// containerd's namespace for the cluster's containers.
-    pub namespace: String,
     pub snapshotter: String,
     /// The host's bridge over its NIC, which containers' veths join
     /// ([`network`]); None: this host runs no container of the cluster.
@@ -71,7 +72,7 @@ pub async fn run(config: Config) -> Result<()> {
     let Some(ip) = advertise.rsplit_once(':').map(|(host, _)| host.to_string()) else {
         bail!("the advertised address {advertise} is not HOST:PORT");
     };
-    let cd = Containerd::connect(&config.containerd.to_string_lossy(), &config.namespace).await?;
+    let cd = Containerd::connect(&config.containerd.to_string_lossy(), NAMESPACE).await?;
     let ctx = Arc::new(Context {
         name: config.name.clone(),
         ip,

@@ -1,5 +1,6 @@
-//! What the agent reports about its host: containerd's version and its
-//! containers (over every namespace), CRIU's version, the kernel's.
+//! What the agent reports about its host: containerd's version, its
+//! containers (over every namespace) and the images of the cluster's
+//! namespace, CRIU's version, the kernel's.
 //!
 //! containerd is asked afresh at every heartbeat: a host whose containerd
 //! does not answer cannot run containers, so the agent sends no heartbeat
@@ -10,9 +11,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use containerd_client::services::v1::containers_client::ContainersClient;
+use containerd_client::services::v1::images_client::ImagesClient;
 use containerd_client::services::v1::namespaces_client::NamespacesClient;
 use containerd_client::services::v1::version_client::VersionClient;
-use containerd_client::services::v1::{ListContainersRequest, ListNamespacesRequest};
+use containerd_client::services::v1::{ListContainersRequest, ListImagesRequest, ListNamespacesRequest};
 use containerd_client::tonic::transport::Channel;
 use containerd_client::tonic::{Request, Status};
 
@@ -80,7 +82,7 @@ impl Probe {
             criu_version: self.criu_version.clone(),
             kernel_version: self.kernel_version.clone(),
             containers: self.containers().await?,
-            images: Vec::new(),
+            images: self.images().await?,
         })
     }
 
@@ -105,6 +107,17 @@ impl Probe {
             total += listed.into_inner().containers.len();
         }
         Ok(u32::try_from(total).unwrap_or(u32::MAX))
+    }
+
+    /// The image names of the cluster's namespace, sorted: the scheduler
+    /// prefers hosts that have a container's image.
+    pub async fn images(&self) -> Result<Vec<String>, ProbeError> {
+        let mut request = Request::new(ListImagesRequest::default());
+        request.metadata_mut().insert("containerd-namespace", super::NAMESPACE.parse().expect("an ASCII name"));
+        let listed = self.call("ListImages", ImagesClient::new(self.containerd.clone()).list(request)).await?;
+        let mut names: Vec<String> = listed.into_inner().images.into_iter().map(|i| i.name).collect();
+        names.sort();
+        Ok(names)
     }
 
     async fn call<T>(

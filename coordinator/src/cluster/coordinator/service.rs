@@ -79,7 +79,7 @@ impl Coordinator for CoordinatorService {
         peer::check_is(&request, &name)?;
         // There, as checked above (the certificate is read off the request first).
         let info = request.into_inner().info.unwrap_or_default();
-        let containers = info.containers;
+        let (containers, images) = (info.containers, info.images.clone());
         let facts = facts_of(info)?;
         self.check_agent(&facts).await?;
         let session = random::session_id();
@@ -91,6 +91,7 @@ impl Coordinator for CoordinatorService {
                 previous,
                 facts.clone(),
                 containers,
+                images.clone(),
                 session.clone(),
                 now,
             ))
@@ -116,7 +117,7 @@ impl Coordinator for CoordinatorService {
             ))),
             Some(record) => {
                 was = Some(record.liveness);
-                match membership::heartbeat(record, &beat.session_id, beat.containers, now) {
+                match membership::heartbeat(record, &beat.session_id, beat.containers, beat.images.clone(), now) {
                     Ok(new) => Change::Write(new),
                     Err(stale) => Change::Refuse(Status::failed_precondition(stale.to_string())),
                 }
@@ -208,7 +209,7 @@ fn host_of(record: HostRecord) -> Host {
             criu_version: f.criu_version,
             kernel_version: f.kernel_version,
             containers: record.containers,
-            images: Vec::new(),
+            images: record.images,
         }),
         state: state.into(),
         last_heartbeat_unix_ms: record.last_heartbeat,

@@ -8,17 +8,23 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use containerd_client::services::v1::{
-    Container, CreateContainerRequest, CreateImageRequest, CreateRequest as CreateLeaseRequest, CreateTaskRequest,
-    DeleteContainerRequest, DeleteRequest as DeleteLeaseRequest, DeleteTaskRequest, GetContainerRequest,
-    GetImageRequest, GetRequest, Image, KillRequest, ListContainersRequest, ListTasksRequest, PauseTaskRequest,
-    ReadContentRequest, ResumeTaskRequest, StartRequest, VersionResponse, WaitRequest, WaitResponse, WriteAction,
-    WriteContentRequest,
+    AbortRequest, AddResourceRequest, ApplyRequest, Container, CreateContainerRequest, CreateImageRequest,
+    CreateRequest as CreateLeaseRequest, CreateTaskRequest, DeleteContainerRequest,
+    DeleteRequest as DeleteLeaseRequest, DeleteTaskRequest, GetContainerRequest, GetImageRequest, GetRequest, Image,
+    Info as BlobInfo, InfoRequest, KillRequest, ListContainersRequest, ListImagesRequest, ListTasksRequest,
+    PauseTaskRequest, ReadContentRequest, Resource, ResumeTaskRequest, StartRequest, TransferRequest,
+    UpdateImageRequest, UpdateRequest, VersionResponse, WaitRequest, WaitResponse, WriteAction, WriteContentRequest,
     containers_client::ContainersClient,
     content_client::ContentClient,
+    diff_client::DiffClient,
     images_client::ImagesClient,
     leases_client::LeasesClient,
-    snapshots::{MountsRequest, PrepareSnapshotRequest, RemoveSnapshotRequest, snapshots_client::SnapshotsClient},
+    snapshots::{
+        CommitSnapshotRequest, Info as SnapshotInfo, MountsRequest, PrepareSnapshotRequest, RemoveSnapshotRequest,
+        StatSnapshotRequest, snapshots_client::SnapshotsClient,
+    },
     tasks_client::TasksClient,
+    transfer_client::TransferClient,
     version_client::VersionClient,
 };
 use containerd_client::tonic::{Code, Request, Status, metadata::MetadataValue, transport::Channel};
@@ -269,13 +275,26 @@ impl Containerd {
     }
 
     pub async fn prepare_snapshot(&self, snapshotter: &str, key: &str, parent: &str) -> Result<Vec<Mount>> {
+        self.prepare_labelled_snapshot(snapshotter, key, parent, HashMap::new()).await
+    }
+
+    /// Like [`Containerd::prepare_snapshot`], with labels on the new active
+    /// snapshot (an unpacker's `containerd.io/snapshot.ref`, which a
+    /// proxy snapshotter may act on).
+    pub async fn prepare_labelled_snapshot(
+        &self,
+        snapshotter: &str,
+        key: &str,
+        parent: &str,
+        labels: HashMap<String, String>,
+    ) -> Result<Vec<Mount>> {
         let resp = self
             .snapshots()
             .prepare(self.request(PrepareSnapshotRequest {
                 snapshotter: snapshotter.to_string(),
                 key: key.to_string(),
                 parent: parent.to_string(),
-                labels: HashMap::new(),
+                labels,
             }))
             .await
             .map_err(rpc(format!("prepare snapshot {key} on {parent} ({snapshotter})")))?;
@@ -290,12 +309,119 @@ impl Containerd {
         Ok(())
     }
 
+    /// Snapshot `key` of `snapshotter`, `None` if there is none.
+    pub async fn snapshot(&self, snapshotter: &str, key: &str) -> Result<Option<SnapshotInfo>> {
+        let request = StatSnapshotRequest { snapshotter: snapshotter.to_string(), key: key.to_string() };
+        match self.snapshots().stat(self.request(request)).await {
+            Ok(resp) => Ok(resp.into_inner().info),
+            Err(s) if s.code() == Code::NotFound => Ok(None),
+            Err(s) => Err(rpc(format!("stat snapshot {key} ({snapshotter})"))(s)),
+        }
+    }
+
+    /// Commits the active snapshot `key` as `name`.
+    pub async fn commit_snapshot(
+        &self,
+        snapshotter: &str,
+        name: &str,
+        key: &str,
+        labels: HashMap<String, String>,
+    ) -> Result<()> {
+        self.snapshots()
+            .commit(self.request(CommitSnapshotRequest {
+                snapshotter: snapshotter.to_string(),
+                name: name.to_string(),
+                key: key.to_string(),
+                labels,
+            }))
+            .await
+            .map_err(rpc(format!("commit snapshot {key} as {name} ({snapshotter})")))?;
+        Ok(())
+    }
+
+    /// Applies the layer `layer` (a blob of the content store) onto
+    /// `mounts` with containerd's differ; returns the applied descriptor,
+    /// whose digest is the uncompressed layer's (its diff ID).
+    pub async fn apply_layer(&self, layer: Descriptor, mounts: Vec<Mount>) -> Result<Descriptor> {
+        let what = format!("apply layer {} ({})", layer.digest, layer.media_type);
+        let resp = DiffClient::new(self.channel.clone())
+            .apply(self.request(ApplyRequest { diff: Some(layer), mounts, payloads: HashMap::new(), sync_fs: false }))
+            .await
+            .map_err(rpc(what.clone()))?;
+        resp.into_inner().applied.with_context(|| format!("{what}: containerd returned no descriptor"))
+    }
+
+    /// Runs a transfer (a registry pull, ...) through containerd's Transfer
+    /// service; returns when it is done.
+    pub async fn transfer(&self, what: &str, request: TransferRequest) -> Result<()> {
+        TransferClient::new(self.channel.clone()).transfer(self.request(request)).await.map_err(rpc(what))?;
+        Ok(())
+    }
+
+    /// The image records of this namespace.
+    pub async fn images(&self) -> Result<Vec<Image>> {
+        let resp = ImagesClient::new(self.channel.clone())
+            .list(self.request(ListImagesRequest { filters: Vec::new() }))
+            .await
+            .map_err(rpc(format!("list the images of namespace {}", self.namespace)))?;
+        Ok(resp.into_inner().images)
+    }
+
     pub async fn image(&self, name: &str) -> Result<Image> {
         let resp = ImagesClient::new(self.channel.clone())
             .get(self.request(GetImageRequest { name: name.to_string() }))
             .await
             .map_err(rpc(format!("get image {name} in namespace {}", self.namespace)))?;
         resp.into_inner().image.with_context(|| format!("containerd returned no image for {name}"))
+    }
+
+    /// What the content store knows of blob `digest`, `None` if it does not
+    /// have it.
+    pub async fn blob_info(&self, digest: &str) -> Result<Option<BlobInfo>> {
+        match ContentClient::new(self.channel.clone())
+            .info(self.request(InfoRequest { digest: digest.to_string() }))
+            .await
+        {
+            Ok(resp) => Ok(resp.into_inner().info),
+            Err(s) if s.code() == Code::NotFound => Ok(None),
+            Err(s) => Err(rpc(format!("get the info of blob {digest}"))(s)),
+        }
+    }
+
+    /// Sets `labels` on blob `digest`, leaving its other labels as they are.
+    pub async fn label_blob(&self, digest: &str, labels: HashMap<String, String>) -> Result<()> {
+        let paths = labels.keys().map(|k| format!("labels.{k}")).collect();
+        let info = BlobInfo { digest: digest.to_string(), labels, ..Default::default() };
+        ContentClient::new(self.channel.clone())
+            .update(
+                self.request(UpdateRequest { info: Some(info), update_mask: Some(prost_types::FieldMask { paths }) }),
+            )
+            .await
+            .map_err(rpc(format!("label blob {digest}")))?;
+        Ok(())
+    }
+
+    /// Adds blob `digest` to this connection's lease (see
+    /// [`Containerd::with_lease`]), so the garbage collector keeps a blob
+    /// that was there already until something refers to it.
+    pub async fn lease_blob(&self, digest: &str) -> Result<()> {
+        let lease = self.lease.clone().context("lease_blob needs a connection made by with_lease")?;
+        let resource = Resource { id: digest.to_string(), r#type: "content".to_string() };
+        LeasesClient::new(self.channel.clone())
+            .add_resource(self.request(AddResourceRequest { id: lease.clone(), resource: Some(resource) }))
+            .await
+            .map_err(rpc(format!("add blob {digest} to lease {lease}")))?;
+        Ok(())
+    }
+
+    /// Drops the unfinished content write `reference`, so a retry starts
+    /// afresh rather than finding "another write under way".
+    pub async fn abort_write(&self, reference: &str) -> Result<()> {
+        ContentClient::new(self.channel.clone())
+            .abort(self.request(AbortRequest { r#ref: reference.to_string() }))
+            .await
+            .map_err(rpc(format!("abort the content write {reference}")))?;
+        Ok(())
     }
 
     /// The whole blob `digest` from containerd's content store.
@@ -355,6 +481,29 @@ impl Containerd {
     pub async fn write_blob(
         &self,
         reference: &str,
+        chunks: mpsc::Receiver<Chunk>,
+        labels: HashMap<String, String>,
+    ) -> Result<(String, i64)> {
+        self.write_checked_blob(reference, None, chunks, labels).await
+    }
+
+    /// Like [`Containerd::write_blob`] for a blob whose digest is known
+    /// beforehand (one that comes from another host): data that hashes to
+    /// anything else is not committed, and the error names both digests.
+    pub async fn write_known_blob(
+        &self,
+        reference: &str,
+        digest: &str,
+        chunks: mpsc::Receiver<Chunk>,
+        labels: HashMap<String, String>,
+    ) -> Result<i64> {
+        Ok(self.write_checked_blob(reference, Some(digest), chunks, labels).await?.1)
+    }
+
+    async fn write_checked_blob(
+        &self,
+        reference: &str,
+        expected: Option<&str>,
         mut chunks: mpsc::Receiver<Chunk>,
         labels: HashMap<String, String>,
     ) -> Result<(String, i64)> {
@@ -398,6 +547,11 @@ impl Containerd {
             }
         }
         let digest = format!("sha256:{}", hex(&hasher.finalize()));
+        if let Some(expected) = expected
+            && expected != digest
+        {
+            anyhow::bail!("{}: the data hashes to {digest}, not to {expected}; nothing was committed", what());
+        }
         // The offset must be where the data ends: containerd truncates a
         // write that goes on at offset 0.
         let commit = WriteContentRequest {
@@ -423,6 +577,21 @@ impl Containerd {
             .await
             .map_err(rpc(format!("create image {name} in namespace {}", self.namespace)))?;
         resp.into_inner().image.with_context(|| format!("containerd returned no image after creating {name}"))
+    }
+
+    /// Creates image record `name` pointing at `target`, or points the
+    /// existing one there (with these labels).
+    pub async fn put_image(&self, name: &str, target: Descriptor, labels: HashMap<String, String>) -> Result<Image> {
+        match self.create_image(name, target.clone(), labels.clone()).await {
+            Err(e) if is_code(&e, Code::AlreadyExists) => {}
+            created => return created,
+        }
+        let image = Image { name: name.to_string(), labels, target: Some(target), created_at: None, updated_at: None };
+        let resp = ImagesClient::new(self.channel.clone())
+            .update(self.request(UpdateImageRequest { image: Some(image), update_mask: None, source_date_epoch: None }))
+            .await
+            .map_err(rpc(format!("update image {name} in namespace {}", self.namespace)))?;
+        resp.into_inner().image.with_context(|| format!("containerd returned no image after updating {name}"))
     }
 
     /// A copy of this connection whose requests run inside a new lease, so

@@ -8,9 +8,9 @@ use serde::Deserialize;
 
 use super::containerd::Containerd;
 
-const INDEX_TYPES: [&str; 2] =
+pub const INDEX_TYPES: [&str; 2] =
     ["application/vnd.oci.image.index.v1+json", "application/vnd.docker.distribution.manifest.list.v2+json"];
-const MANIFEST_TYPES: [&str; 2] =
+pub const MANIFEST_TYPES: [&str; 2] =
     ["application/vnd.oci.image.manifest.v1+json", "application/vnd.docker.distribution.manifest.v2+json"];
 
 #[derive(Debug, Deserialize)]
@@ -25,8 +25,9 @@ struct ConfigRootfs {
     diff_ids: Vec<String>,
 }
 
-/// The manifest of an index that fits `platform` (its OS and architecture).
-fn pick_manifest(index: &[u8], platform: &Platform) -> Result<String> {
+/// The digest of the manifest of an index that fits `platform` (its OS and
+/// architecture).
+pub fn pick_manifest(index: &[u8], platform: &Platform) -> Result<String> {
     let index: ImageIndex = serde_json::from_slice(index).context("the image index does not parse")?;
     let fits = |p: &Platform| p.os() == platform.os() && p.architecture() == platform.architecture();
     index
@@ -41,6 +42,11 @@ fn pick_manifest(index: &[u8], platform: &Platform) -> Result<String> {
 fn config_digest(manifest: &[u8]) -> Result<String> {
     let manifest: ImageManifest = serde_json::from_slice(manifest).context("the image manifest does not parse")?;
     Ok(manifest.config().digest().to_string())
+}
+
+pub fn diff_ids(config: &[u8]) -> Result<Vec<String>> {
+    let config: ImageConfig = serde_json::from_slice(config).context("the image config does not parse")?;
+    Ok(config.rootfs.diff_ids)
 }
 
 /// The chain ID of image `name`'s layers, the parent to prepare a
