@@ -9,3 +9,4 @@ pub mod overlay;
 pub mod proto;
 pub mod service;
 pub mod store;
+pub mod sync;
