@@ -80,7 +80,12 @@
 # kill the host's cgroup. containerd is hack/containerd.sh's instance
 # cluster-CLUSTER-HOST, run inside the host; a daemon it must know of (a
 # proxy snapshotter) goes before it, its plugin into the configuration that
-# hack/containerd.sh writes. Then the host agent (migrate-agent), which
+# hack/containerd.sh writes: the migrate snapshotter
+# (containerd-snapshotter-migrate, snapshotter/README.md), its root
+# /var/lib/containerd-migrate/snapshotter and its socket under /run, both the
+# host's own, its log snapshotter.log in the directory shared with the
+# machine; containerd has it as the proxy plugin `migrate`. Then the host
+# agent (migrate-agent), which
 # `up` waits for until the coordinator has the host ready; its log is
 # agent.log in the directory shared with the machine.
 #
@@ -116,7 +121,12 @@ CONTAINERD_NS=default
 # disk. A daemon that writes elsewhere needs its directory added here.
 PRIVATE_DIRS=(/run /tmp /var/tmp /var/lib/containerd-migrate)
 # A host's daemons, started in this order by start_daemon_NAME.
-HOST_DAEMONS=(containerd agent)
+HOST_DAEMONS=(snapshotter containerd agent)
+# The migrate snapshotter's root and socket, inside every host.
+SNAPSHOTTER_ROOT=/var/lib/containerd-migrate/snapshotter
+SNAPSHOTTER_SOCK=/run/containerd-migrate-snapshotter/snapshotter.sock
+# How long a started snapshotter may take to listen.
+SNAPSHOTTER_TIMEOUT=10
 # The control plane (coordinator/README.md#cluster): the coordinator runs on
 # the machine at the bridge's address, an agent on every host.
 COORDINATOR_PORT=7400
@@ -464,7 +474,27 @@ start_daemon() {
 # containerd: hack/containerd.sh's instance, its socket in the directory the
 # machine shares; returns once containerd answers.
 start_daemon_containerd() {
-	enter env "$@" INSTANCE_SOCKET="$SOCK" bash "$REPO/hack/containerd.sh" start "$INSTANCE" >/dev/null
+	enter env "$@" INSTANCE_SOCKET="$SOCK" SNAPSHOTTER_SOCKET="$SNAPSHOTTER_SOCK" bash "$REPO/hack/containerd.sh" start "$INSTANCE" >/dev/null
+}
+
+# The migrate snapshotter, which containerd needs listening when it starts
+# (a proxy plugin is connected to at its first use, but fails then if
+# absent); its log in the directory the machine shares. Returns once its
+# socket is there.
+start_daemon_snapshotter() {
+	# shellcheck disable=SC2016 # the inner shell expands them
+	enter env "$@" sh -c '
+		log=$1 sock=$2 timeout=$3
+		shift 3
+		rm -f "$sock"
+		setsid "$@" </dev/null >>"$log" 2>&1 &
+		deadline=$(($(date +%s) + timeout))
+		while [ ! -S "$sock" ]; do
+			kill -0 $! 2>/dev/null || { echo "the snapshotter exited; see $log" >&2; exit 1; }
+			[ "$(date +%s)" -lt "$deadline" ] || { echo "no socket $sock after ${timeout}s; see $log" >&2; exit 1; }
+			sleep 0.05
+		done' sh "$PUB/snapshotter.log" "$SNAPSHOTTER_SOCK" "$SNAPSHOTTER_TIMEOUT" \
+		containerd-snapshotter-migrate --root "$SNAPSHOTTER_ROOT" --socket "$SNAPSHOTTER_SOCK"
 }
 
 # The host agent: registers with the coordinator and beats; its log in the
@@ -517,8 +547,9 @@ bin_dir() { echo "${SHIM_DIR:-$REPO/target/release}"; }
 start_coordinator() {
 	local tls=$CDIR/tls mc pid
 	mc=$(bin_dir)/migratectl
-	[[ -x $mc && -x $(bin_dir)/migrate-coordinator && -x $(bin_dir)/migrate-agent ]] ||
-		die "no migratectl, migrate-coordinator and migrate-agent in $(bin_dir): cargo build --release --workspace"
+	[[ -x $mc && -x $(bin_dir)/migrate-coordinator && -x $(bin_dir)/migrate-agent &&
+		-x $(bin_dir)/containerd-snapshotter-migrate ]] ||
+		die "no migratectl, migrate-coordinator, migrate-agent and containerd-snapshotter-migrate in $(bin_dir): cargo build --release --workspace"
 	[[ -f $tls/ca.pem ]] || "$mc" cluster init --dir "$tls" >/dev/null
 	[[ -f $tls/coordinator.pem ]] || "$mc" cluster cert --dir "$tls" --ip "$(subnet_prefix).1" coordinator >/dev/null
 	[[ -f $tls/migratectl.pem ]] || "$mc" cluster cert --dir "$tls" migratectl >/dev/null

@@ -21,7 +21,10 @@
 # default 10), CONTAINERD_LOG_LEVEL (default info), INSTANCE_SOCKET (the
 # socket path instead of the one above; hack/cluster.sh puts it where the
 # machine can reach it while the rest of the instance stays private to its
-# host; give it to every command for that instance).
+# host; give it to every command for that instance), SNAPSHOTTER_SOCKET
+# (the socket of a containerd-snapshotter-migrate: the configuration gets
+# the proxy plugin `migrate`, a snapshotter containers can name with
+# `ctr run --snapshotter migrate`; it must listen before containerd starts).
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -160,6 +163,15 @@ write_config() {
 		    platform = "linux/amd64"
 		    snapshotter = "overlayfs"
 	EOF
+	if [[ -n ${SNAPSHOTTER_SOCKET:-} ]]; then
+		cat >>"$CONFIG.tmp" <<-EOF
+
+			# containerd-migrate's snapshotter (snapshotter/README.md).
+			[proxy_plugins.migrate]
+			  type = "snapshot"
+			  address = "$SNAPSHOTTER_SOCKET"
+		EOF
+	fi
 	mv "$CONFIG.tmp" "$CONFIG"
 }
 
