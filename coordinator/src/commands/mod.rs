@@ -3,9 +3,11 @@
 
 pub mod checkpoint;
 pub mod cluster;
+pub mod containers;
 pub mod export;
 pub mod hosts;
 pub mod import;
+pub mod migrate;
 pub mod restore;
 pub mod versions;
 

@@ -2,7 +2,9 @@
 //! keeps the cluster's state in its store, and marks hosts down when their
 //! heartbeats stop.
 
+mod containers;
 mod expiry;
+mod migration;
 mod service;
 
 use std::net::SocketAddr;
@@ -42,7 +44,7 @@ pub async fn run(config: Config) -> Result<()> {
     }
     let store: Arc<dyn Store> = Arc::new(RedbStore::open(&config.state)?);
     let started = membership::now();
-    let service = service::CoordinatorService::new(store.clone(), config.policy, tls.clone());
+    let service = service::CoordinatorService::new(store.clone(), config.policy, tls.clone(), config.container_network);
 
     let incoming = crate::daemon::listen(config.listen).await?;
     let known = crate::hosts::list(&*store).await?;

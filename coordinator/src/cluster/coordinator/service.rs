@@ -1,8 +1,12 @@
 //! The Coordinator gRPC service: registrations, heartbeats and the host
 //! list, each a change of the hosts' records in the store.
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
+
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
 
 use tonic::{Request, Response, Status};
 
@@ -11,9 +15,11 @@ use crate::membership::{self, HeartbeatPolicy, HostFacts, HostRecord, Liveness};
 use crate::proto::agent_client::AgentClient;
 use crate::proto::coordinator_server::Coordinator;
 use crate::proto::{
+    Container, ListContainersRequest, ListContainersResponse, MigrateEvent, MigrateRequest, RunContainerRequest,
     HeartbeatRequest, HeartbeatResponse, Host, HostInfo, HostState, InfoRequest, ListHostsRequest, ListHostsResponse,
     RegisterRequest, RegisterResponse, RemoveHostRequest, RemoveHostResponse,
 };
+use crate::ipam::Pool;
 use crate::store::Store;
 use crate::tls::Tls;
 use crate::{peer, random};
@@ -22,16 +28,24 @@ use crate::{peer, random};
 /// its call back.
 const AGENT_CHECK_TIMEOUT: Duration = Duration::from_secs(3);
 
+#[derive(Clone)]
 pub struct CoordinatorService {
-    store: Arc<dyn Store>,
+    pub(super) store: Arc<dyn Store>,
     policy: HeartbeatPolicy,
     /// To call agents back, as a client of theirs.
-    tls: Tls,
+    pub(super) tls: Tls,
+    /// Where containers get their IPs; None: this coordinator runs none.
+    pub(super) container_network: Option<Pool>,
 }
 
 impl CoordinatorService {
-    pub fn new(store: Arc<dyn Store>, policy: HeartbeatPolicy, tls: Tls) -> CoordinatorService {
-        CoordinatorService { store, policy, tls }
+    pub fn new(
+        store: Arc<dyn Store>,
+        policy: HeartbeatPolicy,
+        tls: Tls,
+        container_network: Option<Pool>,
+    ) -> CoordinatorService {
+        CoordinatorService { store, policy, tls, container_network }
     }
 
     fn period_ms(&self) -> u64 {
@@ -155,25 +169,28 @@ impl Coordinator for CoordinatorService {
             now_unix_ms: membership::now(),
         }))
     }
-    async fn run_container(
-        &self,
-        _: Request<crate::proto::RunContainerRequest>,
-    ) -> Result<Response<crate::proto::Container>, Status> {
-        Err(Status::unimplemented("run_container: not built yet"))
+    async fn run_container(&self, req: Request<RunContainerRequest>) -> Result<Response<Container>, Status> {
+        self.run_container(req.into_inner()).await.map(Response::new)
     }
 
     async fn list_containers(
         &self,
-        _: Request<crate::proto::ListContainersRequest>,
-    ) -> Result<Response<crate::proto::ListContainersResponse>, Status> {
-        Err(Status::unimplemented("list_containers: not built yet"))
+        _: Request<ListContainersRequest>,
+    ) -> Result<Response<ListContainersResponse>, Status> {
+        let containers = self.list_containers().await?;
+        Ok(Response::new(ListContainersResponse { containers }))
     }
 
-    type MigrateStream =
-        std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<crate::proto::MigrateEvent, Status>> + Send>>;
+    type MigrateStream = Pin<Box<dyn Stream<Item = Result<MigrateEvent, Status>> + Send>>;
 
-    async fn migrate(&self, _: Request<crate::proto::MigrateRequest>) -> Result<Response<Self::MigrateStream>, Status> {
-        Err(Status::unimplemented("migrate: not built yet"))
+    async fn migrate(&self, req: Request<MigrateRequest>) -> Result<Response<Self::MigrateStream>, Status> {
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let service = self.clone();
+        let req = req.into_inner();
+        // The migration goes on if the client goes away: stopping halfway
+        // would leave the container frozen.
+        tokio::spawn(async move { service.migrate(req, tx).await });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
 

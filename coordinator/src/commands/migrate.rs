@@ -1,0 +1,157 @@
+//! `migratectl migrate`: moves a running container to another host, with
+//! the steps shown as they happen (on a terminal) and the figures at the
+//! end (`--json`: mode, hosts, total and downtime, bytes, per-step times).
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Result, anyhow};
+use indicatif::{ProgressBar, ProgressStyle};
+use migrate_cluster::proto::{MigrateRequest, MigrationMode, MigrationResult, migrate_event};
+use serde::Serialize;
+
+use crate::cluster_client::ClusterArgs;
+use crate::output::{human_bytes, human_ms, write_stdout};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    cluster: ClusterArgs,
+    /// The host to move it to (default: the one the scheduler picks, never its own)
+    #[arg(long)]
+    to: Option<String>,
+    /// How: stop-and-copy (frozen while its memory crosses the link)
+    #[arg(long, default_value = "stop-and-copy", value_parser = ["stop-and-copy"])]
+    mode: String,
+    /// Print the result as JSON (and no progress)
+    #[arg(long)]
+    json: bool,
+    /// The container's id in the cluster
+    id: String,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Report {
+    id: String,
+    mode: String,
+    source: String,
+    target: String,
+    ip: String,
+    total_ms: f64,
+    downtime_ms: f64,
+    memory_bytes: u64,
+    filesystem_bytes: u64,
+    steps: Vec<StepReport>,
+}
+
+#[derive(Debug, Serialize)]
+struct StepReport {
+    step: String,
+    ms: f64,
+}
+
+pub async fn run(a: Args) -> Result<ExitCode> {
+    let mut client = a.cluster.coordinator().await?;
+    let request = MigrateRequest { id: a.id.clone(), to: a.to.unwrap_or_default(), mode: MigrationMode::StopAndCopy.into() };
+    let mut stream = client
+        .migrate(request)
+        .await
+        .map_err(|s| anyhow!("moving {}: {}", a.id, migrate_cluster::tls::status_chain(&s)))?
+        .into_inner();
+    let progress = Progress::new(a.json);
+    let result = loop {
+        match stream.message().await {
+            Ok(Some(event)) => match event.event {
+                Some(migrate_event::Event::Step(step)) if step.finished => {
+                    progress.finished(&step.step, step.ms, &step.detail)
+                }
+                Some(migrate_event::Event::Step(step)) => progress.began(&step.step),
+                Some(migrate_event::Event::Progress(_)) | None => {}
+                Some(migrate_event::Event::Done(result)) => break result,
+            },
+            Ok(None) => {
+                progress.clear();
+                return Err(anyhow!("the coordinator ended the migration of {} without a result", a.id));
+            }
+            Err(s) => {
+                progress.clear();
+                return Err(anyhow!(migrate_cluster::tls::status_chain(&s)));
+            }
+        }
+    };
+    progress.clear();
+    let report = report(&a.id, result);
+    if a.json {
+        write_stdout(&format!("{}\n", serde_json::to_string_pretty(&report)?))?;
+    } else {
+        write_stdout(&format!(
+            "{} moved from {} to {} ({}): downtime {}, total {}, {} of memory and {} of files moved\n",
+            report.id,
+            report.source,
+            report.target,
+            report.ip,
+            human_ms(Some(report.downtime_ms)),
+            human_ms(Some(report.total_ms)),
+            human_bytes(report.memory_bytes),
+            human_bytes(report.filesystem_bytes)
+        ))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn report(id: &str, r: MigrationResult) -> Report {
+    Report {
+        id: id.to_string(),
+        mode: r.mode,
+        source: r.source,
+        target: r.target,
+        ip: r.ip,
+        total_ms: r.total_ms,
+        downtime_ms: r.downtime_ms,
+        memory_bytes: r.memory_bytes,
+        filesystem_bytes: r.filesystem_bytes,
+        steps: r.steps.into_iter().map(|s| StepReport { step: s.step, ms: s.ms }).collect(),
+    }
+}
+
+/// The steps on stderr: a spinner on the running one when stderr is a
+/// terminal, one line per finished step either way (unless `--json`).
+struct Progress {
+    bar: Option<ProgressBar>,
+    quiet: bool,
+}
+
+impl Progress {
+    fn new(json: bool) -> Progress {
+        let bar = (!json && std::io::stderr().is_terminal()).then(|| {
+            let bar = ProgressBar::new_spinner();
+            bar.set_style(ProgressStyle::with_template("{spinner} {msg} {elapsed}").expect("a valid template"));
+            bar.enable_steady_tick(Duration::from_millis(100));
+            bar
+        });
+        Progress { bar, quiet: json }
+    }
+
+    fn began(&self, step: &str) {
+        if let Some(bar) = &self.bar {
+            bar.set_message(step.to_string());
+        }
+    }
+
+    fn finished(&self, step: &str, ms: f64, detail: &str) {
+        let line = format!("{step:<8} {:>9}  {detail}", human_ms(Some(ms)));
+        match &self.bar {
+            Some(bar) => bar.println(line),
+            None if !self.quiet => eprintln!("{line}"),
+            None => {}
+        }
+    }
+
+    fn clear(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
