@@ -504,16 +504,19 @@ start_daemon_agent() {
 	# shellcheck disable=SC2016 # the inner shell expands them
 	enter env "$@" setsid sh -c 'exec "$@" </dev/null >>"$0" 2>&1 &' "$PUB/agent.log" \
 		migrate-agent --name "$H" --listen "$(host_ip):$AGENT_PORT" \
-		--coordinator "$(coordinator_url)" --tls-dir "$PUB/tls" --bridge "$HOST_BRIDGE"
+		--coordinator "$(coordinator_url)" --tls-dir "$PUB/tls" --bridge "$HOST_BRIDGE" \
+		--failpoints "$PUB/failpoints"
 	wait_host_ready
 }
 
 # Host $H's TLS directory, shared with it alone: the CA's certificate and
-# its own (never the CA's key, which stays in $CDIR/tls on the machine).
+# its own (never the CA's key, which stays in $CDIR/tls on the machine),
+# valid for its name and its IP (CRIU's page server clients check the
+# address they dial).
 host_tls() {
 	local mc
 	mc=$(bin_dir)/migratectl
-	[[ -f $CDIR/tls/$H.pem ]] || "$mc" cluster cert --dir "$CDIR/tls" "$H" >/dev/null
+	[[ -f $CDIR/tls/$H.pem ]] || "$mc" cluster cert --dir "$CDIR/tls" --ip "$(host_ip)" "$H" >/dev/null
 	mkdir -p "$PUB/tls"
 	install -m 0644 "$CDIR/tls/ca.pem" "$CDIR/tls/$H.pem" "$PUB/tls/"
 	install -m 0600 "$CDIR/tls/$H-key.pem" "$PUB/tls/"

@@ -42,6 +42,9 @@ struct Args {
     /// Where migrations keep their files, and the containers' logs (logs/ID.log)
     #[arg(long, env = "MIGRATE_AGENT_STATE", default_value = "/var/lib/containerd-migrate/agent")]
     state_dir: PathBuf,
+    /// A file whose lines STEP=error|exit inject failures into migrations (for tests)
+    #[arg(long, env = "MIGRATE_AGENT_FAILPOINTS", hide = true)]
+    failpoints: Option<PathBuf>,
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -66,6 +69,7 @@ async fn main() -> ExitCode {
         snapshotter: args.snapshotter,
         bridge: args.bridge,
         state_dir: args.state_dir,
+        failpoints: args.failpoints,
     };
     match agent::run(config).await {
         Ok(()) => ExitCode::SUCCESS,

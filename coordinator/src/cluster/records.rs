@@ -154,7 +154,7 @@ mod tests {
             criu_version: String::new(),
             kernel_version: String::new(),
         };
-        membership::register(None, facts, containers, "s1".into(), 1_000)
+        membership::register(None, facts, containers, Vec::new(), "s1".into(), 1_000)
     }
 
     #[tokio::test]

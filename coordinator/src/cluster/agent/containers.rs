@@ -140,8 +140,13 @@ pub async fn remove(ctx: &Context, id: &str) -> Result<()> {
         use containerd_client::types::v1::Status;
         if task.status != Status::Stopped as i32 {
             ctx.cd.kill_task(id, nix::sys::signal::Signal::SIGKILL as u32).await?;
-            if matches!(Status::try_from(task.status), Ok(Status::Paused | Status::Pausing)) {
-                ctx.cd.resume_task(id).await?;
+            // cgroup v2 lets SIGKILL end frozen processes, v1's freezer
+            // does not: thaw them, unless they are gone already.
+            if matches!(Status::try_from(task.status), Ok(Status::Paused | Status::Pausing))
+                && let Err(e) = ctx.cd.resume_task(id).await
+                && !containerd::is_code(&e, containerd_client::tonic::Code::FailedPrecondition)
+            {
+                return Err(e);
             }
             ctx.cd.wait_task(id).await?;
         }

@@ -28,6 +28,7 @@ pub struct Context {
     /// Where the cluster's containers write their output.
     pub logs: PathBuf,
     pub migrations: Mutex<HashMap<String, Migration>>,
+    pub failpoints: super::failpoints::Failpoints,
 }
 
 impl Context {

@@ -3,6 +3,7 @@
 
 pub mod containers;
 pub mod context;
+mod failpoints;
 mod heartbeat;
 pub mod images;
 pub mod migration;
@@ -47,6 +48,8 @@ pub struct Config {
     pub bridge: Option<String>,
     /// Where migrations keep their files, and the containers' logs.
     pub state_dir: PathBuf,
+    /// A file of failures to inject into migration steps (tests only).
+    pub failpoints: Option<PathBuf>,
 }
 
 /// Runs until SIGINT or SIGTERM.
@@ -84,6 +87,7 @@ pub async fn run(config: Config) -> Result<()> {
         work: config.state_dir.clone(),
         logs: config.state_dir.join("logs"),
         migrations: Mutex::new(HashMap::new()),
+        failpoints: failpoints::Failpoints::new(config.failpoints.clone()),
     });
     let coordinator = heartbeat::Coordinator {
         url: config.coordinator.clone(),

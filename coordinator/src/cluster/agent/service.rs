@@ -94,12 +94,14 @@ impl Agent for AgentService {
 
     async fn describe(&self, req: Request<DescribeRequest>) -> Result<Response<DescribeResponse>, Status> {
         let id = req.into_inner().container_id;
+        self.ctx.failpoints.check("prepare").map_err(failed(&self.ctx.name))?;
         source::describe(&self.ctx, &id).await.map(Response::new).map_err(failed(&self.ctx.name))
     }
 
     async fn sync_layer(&self, req: Request<SyncLayerRequest>) -> Result<Response<SyncLayerResponse>, Status> {
         let req = req.into_inner();
         let m = migration_ref(req.migration)?;
+        self.ctx.failpoints.check("sync").map_err(failed(&self.ctx.name))?;
         let target = self.peer(&req.target_agent, &req.target_name).await?;
         source::sync_layer(&self.ctx, &m, target).await.map(Response::new).map_err(failed(&self.ctx.name))
     }
@@ -107,6 +109,7 @@ impl Agent for AgentService {
     async fn dump(&self, req: Request<DumpRequest>) -> Result<Response<DumpResponse>, Status> {
         let req = req.into_inner();
         let m = migration_ref(req.migration)?;
+        self.ctx.failpoints.check("dump").map_err(failed(&self.ctx.name))?;
         let target = self.peer(&req.target_agent, &req.target_name).await?;
         source::dump(&self.ctx, &m, &req.page_server, target).await.map(Response::new).map_err(failed(&self.ctx.name))
     }
@@ -127,6 +130,7 @@ impl Agent for AgentService {
     ) -> Result<Response<PrepareTargetResponse>, Status> {
         let req = req.into_inner();
         migration_ref(req.migration.clone())?;
+        self.ctx.failpoints.check("prepare").map_err(failed(&self.ctx.name))?;
         let source = self.peer(&req.source_agent, &req.source_name).await?;
         target::prepare(&self.ctx, &req, source).await.map(Response::new).map_err(failed(&self.ctx.name))
     }
@@ -137,6 +141,7 @@ impl Agent for AgentService {
 
     async fn restore_target(&self, req: Request<MigrationRef>) -> Result<Response<RestoreTargetResponse>, Status> {
         let m = migration_ref(Some(req.into_inner()))?;
+        self.ctx.failpoints.check("restore").map_err(failed(&self.ctx.name))?;
         target::restore(&self.ctx, &m).await.map(Response::new).map_err(failed(&self.ctx.name))
     }
 

@@ -108,9 +108,7 @@ impl CoordinatorService {
         })
         .await
         .map_err(store_status)?;
-        if let Err(refused) = created {
-            return Err(refused);
-        }
+        created?;
         let made = async {
             let mut agent = self.agent(host_record).await?;
             agent.create_container(CreateContainerRequest { container: Some(record.to_proto(ContainerState::Created)) }).await

@@ -205,12 +205,16 @@ pub async fn restore(ctx: &Context, m: &MigrationRef) -> Result<RestoreTargetRes
     let running_unix_ms = crate::membership::now();
     let restore_ms = started.elapsed().as_secs_f64() * 1000.0;
     let link_id = id.clone();
-    blocking(move || {
-        network::set_link(&link_id, Link::Up)?;
-        network::announce(&link_id)
-    })
-    .await
-    .context("give the restored container its network")?;
+    blocking(move || network::set_link(&link_id, Link::Up)).await.context("give the restored container its network")?;
+    // It runs and its link is up: peers that retransmit reach it once the
+    // bridges learn where it is, which the announcement (a few ARP
+    // replies, 50 ms apart) speeds up but need not hold the answer for.
+    let announced = id.clone();
+    tokio::task::spawn_blocking(move || {
+        if let Err(e) = network::announce(&announced) {
+            log::warn!("announcing the IP of {announced}: {e}");
+        }
+    });
     ctx.migrations.lock().await.remove(&m.migration_id);
     let _ = std::fs::remove_dir_all(dir(ctx, &m.migration_id));
     Ok(RestoreTargetResponse { pid, running_unix_ms, restore_ms })

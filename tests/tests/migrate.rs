@@ -1,0 +1,256 @@
+//! Moving running containers between the hosts of a local cluster
+//! (hack/cluster.sh, issue 14), through `migratectl run` and `migratectl
+//! migrate`, as a user would.
+//!
+//! A TCP server with a client connected from the machine moves from h1 to
+//! h2: it keeps its IP, its count goes on over the same connection, and
+//! its writable layer arrives (a file written before, one of the image
+//! deleted before); the image itself was only ever on h1. A counter moves
+//! too, and then fails to move, once per kind of failure, each time still
+//! counting on its source: the target's restore refused, the target's
+//! agent killed mid-migration, the target's containerd killed. A watcher
+//! checks throughout that no two copies of a container run at once.
+//!
+//! One test, as the steps build on each other; its cluster has a name of
+//! its own.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use containerd_migrate_tests::cluster::{self, Cluster, Host};
+use containerd_migrate_tests::fixture::{self, IMAGE};
+use containerd_migrate_tests::memtick::{tick, wait_tick_above};
+use containerd_migrate_tests::poll;
+use containerd_migrate_tests::process;
+
+const CLUSTER: &str = "mig";
+const SERVER: &str = "echo";
+const COUNTER: &str = "counter";
+const PORT: u16 = 7000;
+
+#[test]
+fn containers_move_between_hosts_with_their_state() {
+    if !cluster::prerequisites_met("containers_move_between_hosts_with_their_state") {
+        return;
+    }
+    let started = Instant::now();
+    let cluster = Cluster::up(CLUSTER, 3).unwrap_or_else(|e| panic!("{e}"));
+    eprintln!("up in {:?}:\n{}", started.elapsed(), cluster.summary());
+    let (h1, h2, h3) = (cluster.host("h1"), cluster.host("h2"), cluster.host("h3"));
+    import_image(h1);
+
+    let server_ip = run(h1, SERVER, &["sh", "-c", &format!(
+        "echo kept > /root/written-before; rm /etc/group; exec echo-server --port {PORT}"
+    )]);
+    let counter_ip = run(h1, COUNTER, &["memtick", "--mib", "16", "--interval-ms", "20", "--out", "/tmp/tick"]);
+    let mut client = Client::connect(&server_ip);
+    assert_eq!(client.say("a"), "1 a");
+    assert_eq!(client.say("b"), "2 b");
+
+    let watch = OneCopy::watch(&[h1, h2, h3], &[SERVER, COUNTER]);
+    let report = migrate(h1, SERVER, "h2").expect_success();
+    eprintln!("{}", report.stdout_str());
+    let json: serde_json::Value = serde_json::from_slice(&report.stdout).unwrap();
+    assert_eq!(json["source"], "h1");
+    assert_eq!(json["target"], "h2");
+    assert_eq!(json["ip"], server_ip.as_str());
+    assert!(json["downtimeMs"].as_f64().unwrap() > 0.0);
+    assert!(json["memoryBytes"].as_u64().unwrap() > 0);
+    // The connection opened before the migration goes on, to the same
+    // server process: its count did not start again.
+    assert_eq!(client.say("c"), "3 c");
+    assert_eq!(ps_host(h1, SERVER), "h2");
+    let pid = running_pid(h2, SERVER);
+    assert!(h1.ctr().task(SERVER).is_none(), "the source's copy is gone");
+    let root = format!("/proc/{pid}/root");
+    assert_eq!(std::fs::read_to_string(format!("{root}/root/written-before")).unwrap(), "kept\n");
+    assert!(!std::path::Path::new(&format!("{root}/etc/group")).exists(), "a file deleted before stays deleted");
+    assert!(std::path::Path::new(&format!("{root}/etc/passwd")).exists(), "the image's other files are there");
+    // A new connection reaches it at the same IP.
+    assert_eq!(Client::connect(&server_ip).say("d"), "4 d");
+
+    let before = tick(running_pid(h1, COUNTER)).unwrap();
+    migrate(h1, COUNTER, "h2").expect_success();
+    let pid = running_pid(h2, COUNTER);
+    let after = wait_tick_above(pid, before, "the moved counter to tick on");
+    assert!(after > before, "the counter went on from {before}: {after}");
+    assert_eq!(ps_host(h1, COUNTER), "h2");
+    assert_eq!(ps_ip(h1, COUNTER), counter_ip);
+
+    // Failures: each leaves the counter running on h2, counting on.
+    fails_and_stays(h2, h3, "restore=error", "step restore", "a failure was injected");
+    fails_and_stays(h2, h3, "restore=exit", "step restore", "");
+    kill_containerd(h1);
+    // Whether h1's agent has noticed (no containerd, no heartbeat: the
+    // host turns down) decides where the migration stops: at its plan or
+    // at its first step. Either way nothing moves.
+    fails_and_stays(h2, h1, "", "", "");
+    assert_eq!(client.say("e"), "5 e", "the server on h2 was never disturbed");
+    watch.stop();
+    eprintln!("the whole test took {:?}", started.elapsed());
+}
+
+/// The test image, imported into `h`'s containerd only.
+fn import_image(h: &Host) {
+    let mut import = Command::new("bash");
+    import.arg(fixture::repo_root().join("hack/images.sh")).args(["import", h.ctr().address()]);
+    process::run(import, None, Duration::from_secs(120)).expect_success();
+}
+
+/// `migratectl run --host H IMAGE ID ARGV` on `h`; returns the IP.
+#[track_caller]
+fn run(h: &Host, id: &str, argv: &[&str]) -> String {
+    let mut args = vec!["migratectl", "run", "--json", "--host", h.name.as_str(), IMAGE, id];
+    args.extend_from_slice(argv);
+    let out = h.run(&args).expect_success();
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["host"], h.name.as_str());
+    let ip = json["ip"].as_str().unwrap().to_string();
+    running_pid(h, id);
+    ip
+}
+
+fn migrate(from: &Host, id: &str, to: &str) -> process::Output {
+    from.run(&["migratectl", "migrate", "--json", "--to", to, id])
+}
+
+/// The pid of `id`'s task on `h` once it runs.
+#[track_caller]
+fn running_pid(h: &Host, id: &str) -> u32 {
+    poll::until(Duration::from_secs(30), &format!("{id} to run on {}", h.name), || match h.ctr().task(id) {
+        Some(row) if row.status == "RUNNING" => Ok(row.pid),
+        other => Err(format!("{other:?}")),
+    })
+}
+
+fn ps(h: &Host, id: &str) -> serde_json::Value {
+    let out = h.run(&["migratectl", "ps", "--json"]).expect_success();
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    rows.into_iter().find(|r| r["id"] == id).unwrap_or_else(|| panic!("ps has no {id}"))
+}
+
+fn ps_host(h: &Host, id: &str) -> String {
+    ps(h, id)["host"].as_str().unwrap().to_string()
+}
+
+fn ps_ip(h: &Host, id: &str) -> String {
+    ps(h, id)["ip"].as_str().unwrap().to_string()
+}
+
+/// A migration of the counter from `source` to `target` that fails (after
+/// `failpoint` is written to the target's failpoints file, if any) with an
+/// error naming `step` (and saying `says`); the counter still counts on
+/// `source` and nothing of it is left running on `target`.
+#[track_caller]
+fn fails_and_stays(source: &Host, target: &Host, failpoint: &str, step: &str, says: &str) {
+    let file = target.shared_dir().join("failpoints");
+    std::fs::write(&file, failpoint).unwrap();
+    let pid = running_pid(source, COUNTER);
+    let before = tick(pid).unwrap();
+    let out = migrate(source, COUNTER, &target.name);
+    let _ = std::fs::remove_file(&file);
+    assert!(!out.success(), "the migration with {failpoint:?} on {} succeeded:\n{out}", target.name);
+    let err = out.stderr_str();
+    eprintln!("{err}");
+    assert!(err.contains(step), "the error names {step}:\n{err}");
+    assert!(err.contains(says), "the error says {says}:\n{err}");
+    if err.contains("failed at step") {
+        assert!(err.contains(&format!("{COUNTER} runs on {} again", source.name)), "{err}");
+    }
+    assert_eq!(running_pid(source, COUNTER), pid, "the same process runs on");
+    wait_tick_above(pid, before, "the counter to count on after the failed migration");
+    assert_eq!(ps_host(source, COUNTER), source.name);
+    if target.ctr().run_within(&["tasks", "ls"], Duration::from_secs(5)).is_ok_and(|o| o.success()) {
+        assert!(target.ctr().task(COUNTER).is_none(), "no copy of the counter on {}", target.name);
+    }
+}
+
+/// SIGKILLs `h`'s containerd, as if it crashed.
+fn kill_containerd(h: &Host) {
+    for pid in h.pids() {
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
+        if exe.file_name().is_some_and(|n| n == "containerd") {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+}
+
+/// A line-at-a-time client of echo-server.
+struct Client {
+    reader: BufReader<TcpStream>,
+}
+
+impl Client {
+    fn connect(ip: &str) -> Client {
+        let stream = poll::until(Duration::from_secs(10), &format!("a connection to {ip}:{PORT}"), || {
+            TcpStream::connect((ip, PORT)).map_err(|e| e.to_string())
+        });
+        stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        Client { reader: BufReader::new(stream) }
+    }
+
+    fn say(&mut self, line: &str) -> String {
+        self.reader.get_mut().write_all(format!("{line}\n").as_bytes()).unwrap();
+        let mut answer = String::new();
+        self.reader.read_line(&mut answer).unwrap_or_else(|e| panic!("no answer to {line:?}: {e}"));
+        answer.trim_end().to_string()
+    }
+}
+
+/// Polls every host's tasks in a thread: at no sample may two hosts run
+/// (not paused) a task of the same container.
+struct OneCopy {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<Result<u64, String>>>,
+}
+
+impl OneCopy {
+    fn watch(hosts: &[&Host], ids: &[&str]) -> OneCopy {
+        let hosts: Vec<(String, containerd_migrate_tests::ctr::Ctr)> =
+            hosts.iter().map(|h| (h.name.clone(), h.ctr().clone())).collect();
+        let ids: Vec<String> = ids.iter().map(|s| s.to_string()).collect();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut samples = 0u64;
+            while !stopping.load(Ordering::SeqCst) {
+                let running: Vec<(String, String)> = hosts
+                    .iter()
+                    .flat_map(|(name, ctr)| {
+                        let tasks = ctr
+                            .run_within(&["tasks", "ls"], Duration::from_secs(5))
+                            .ok()
+                            .filter(|o| o.success())
+                            .and_then(|o| containerd_migrate_tests::ctr::parse_task_list(&o.stdout_str()).ok())
+                            .unwrap_or_default();
+                        tasks
+                            .into_iter()
+                            .filter(|t| t.status == "RUNNING")
+                            .map(|t| (name.clone(), t.id))
+                            .collect::<Vec<_>>()
+                    })
+                    .collect();
+                for id in &ids {
+                    let on: Vec<&String> = running.iter().filter(|(_, t)| t == id).map(|(h, _)| h).collect();
+                    if on.len() > 1 {
+                        return Err(format!("{id} ran on {on:?} at once"));
+                    }
+                }
+                samples += 1;
+            }
+            Ok(samples)
+        });
+        OneCopy { stop, thread: Some(thread) }
+    }
+
+    fn stop(mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let samples = self.thread.take().unwrap().join().unwrap().unwrap_or_else(|e| panic!("{e}"));
+        eprintln!("{samples} samples of the hosts' tasks, never two copies running");
+    }
+}
