@@ -14,13 +14,16 @@ use prost_types::Any;
 use super::context::Context;
 use super::network::{self, Link};
 use super::{images, spec};
-use crate::host::containerd::{self, Containerd};
+use crate::host::containerd::{self, Containerd, Lease};
 use crate::host::image;
 use crate::proto::{self, ContainerState};
 
 /// The label that marks a container as the cluster's in its host's
 /// containerd: the agent lists and moves only those.
 pub const CLUSTER_LABEL: &str = "io.containerd.migrate.cluster";
+/// How long a killed container may take to die.
+const KILL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The runtime every container of the cluster runs under.
 pub const RUNTIME: &str = "io.containerd.migrate.v1";
 
@@ -40,7 +43,7 @@ pub async fn create(ctx: &Context, c: &proto::Container) -> Result<u32> {
     let made = async {
         let oci = spec::build(spec, facts.config.as_ref(), ctx.cd.namespace(), &netns)?;
         let oci = serde_json::to_vec(&oci).context("encode the spec")?;
-        let mounts = prepare(&ctx.cd, &ctx.snapshotter, id, &facts.chain_id.to_string()).await?;
+        let (mounts, lease) = prepare(&ctx.cd, &ctx.snapshotter, id, &facts.chain_id.to_string()).await?;
         let container = Container {
             id: id.to_string(),
             labels: HashMap::from([(CLUSTER_LABEL.to_string(), "true".to_string())]),
@@ -51,7 +54,9 @@ pub async fn create(ctx: &Context, c: &proto::Container) -> Result<u32> {
             snapshot_key: id.to_string(),
             ..Default::default()
         };
-        if let Err(e) = ctx.cd.create_container(container).await {
+        let created = ctx.cd.create_container(container).await;
+        release(lease).await;
+        if let Err(e) = created {
             undo.snapshot().await;
             return Err(e);
         }
@@ -74,15 +79,25 @@ pub async fn create(ctx: &Context, c: &proto::Container) -> Result<u32> {
     made.with_context(|| format!("create container {id} on {}", ctx.name))
 }
 
-/// Prepares snapshot `key` on `parent`, under a lease so that containerd's
-/// collector leaves it alone until a container refers to it.
-pub async fn prepare(cd: &Containerd, snapshotter: &str, key: &str, parent: &str) -> Result<Vec<Mount>> {
+/// Prepares snapshot `key` on `parent` under a lease: containerd's
+/// collector would take a snapshot nothing refers to, so the caller
+/// releases the lease ([`release`]) once the container that refers to it
+/// exists.
+pub async fn prepare(cd: &Containerd, snapshotter: &str, key: &str, parent: &str) -> Result<(Vec<Mount>, Lease)> {
     let (leased, lease) = cd.with_lease("cluster").await?;
-    let mounts = leased.prepare_snapshot(snapshotter, key, parent).await;
+    match leased.prepare_snapshot(snapshotter, key, parent).await {
+        Ok(mounts) => Ok((mounts, lease)),
+        Err(e) => {
+            release(lease).await;
+            Err(e)
+        }
+    }
+}
+
+pub async fn release(lease: Lease) {
     if let Err(e) = lease.release().await {
         log::warn!("{e:#} (it expires by itself within an hour)");
     }
-    mounts
 }
 
 /// A task of container `id` on `rootfs`, its output into the host's log
@@ -141,14 +156,16 @@ pub async fn remove(ctx: &Context, id: &str) -> Result<()> {
         if task.status != Status::Stopped as i32 {
             ctx.cd.kill_task(id, nix::sys::signal::Signal::SIGKILL as u32).await?;
             // cgroup v2 lets SIGKILL end frozen processes, v1's freezer
-            // does not: thaw them, unless they are gone already.
+            // does not: thaw them. Killed already, they may be gone before
+            // the thaw, which then fails harmlessly.
             if matches!(Status::try_from(task.status), Ok(Status::Paused | Status::Pausing))
                 && let Err(e) = ctx.cd.resume_task(id).await
-                && !containerd::is_code(&e, containerd_client::tonic::Code::FailedPrecondition)
             {
-                return Err(e);
+                log::debug!("thawing {id} after its kill: {e:#}");
             }
-            ctx.cd.wait_task(id).await?;
+            tokio::time::timeout(KILL_TIMEOUT, ctx.cd.wait_task(id))
+                .await
+                .map_err(|_| anyhow::anyhow!("container {id} did not die within {KILL_TIMEOUT:?} of SIGKILL"))??;
         }
         ctx.cd.delete_task(id).await?;
     }

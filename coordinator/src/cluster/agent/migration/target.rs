@@ -99,11 +99,12 @@ async fn make(
     chain_id: &str,
 ) -> Result<Target> {
     let id = m.container_id.as_str();
-    let rootfs = containers::prepare(&ctx.cd, &ctx.snapshotter, id, chain_id).await?;
+    let (rootfs, lease) = containers::prepare(&ctx.cd, &ctx.snapshotter, id, chain_id).await?;
     let undo = Undo { cd: ctx.cd.clone(), id: id.to_string(), snapshotter: ctx.snapshotter.clone() };
     let upper = match layer::upper_dir(&ctx.cd, &ctx.snapshotter, id).await {
         Ok(upper) => upper,
         Err(e) => {
+            containers::release(lease).await;
             undo.snapshot().await;
             return Err(e);
         }
@@ -121,7 +122,9 @@ async fn make(
         snapshot_key: id.to_string(),
         ..Default::default()
     };
-    if let Err(e) = ctx.cd.create_container(container).await {
+    let created = ctx.cd.create_container(container).await;
+    containers::release(lease).await;
+    if let Err(e) = created {
         undo.snapshot().await;
         return Err(e);
     }
