@@ -39,6 +39,8 @@ pub const INTERVAL_MS: u64 = 10;
 const TICK_FILE: &str = "/tmp/tick";
 /// Where the stock path's archive goes on both hosts (their private disk).
 const ARCHIVE_DIR: &str = "/var/tmp";
+/// Where hack/containerd.sh keeps an instance's state, inside each host.
+const CONTAINERD_RUN_BASE: &str = "/run/containerd-migrate";
 /// The first port the archive receiver listens on; each copy takes the next,
 /// so a receiver left by a failed copy never blocks a later one.
 const WIRE_PORT_BASE: u16 = 7460;
@@ -147,6 +149,27 @@ impl<'a> Rig<'a> {
 
     /// Migrates a fresh memtick of `s.mib` MiB by `path`; fills `s`.
     pub fn measure(&self, path: Route, s: &mut Sample) -> Result<(), String> {
+        // The stock path holds its checkpoint in the source's content store
+        // and, at once, the target's archive and content and the restore's
+        // unpacked copy: wait for the space (the machine is shared, and
+        // containerd frees content a moment after it is removed), and
+        // refuse rather than fill the machine's disk.
+        let need_mib = 3 * s.mib + 1024;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            match free_mib(&self.source.disk()) {
+                Some(free) if free < need_mib => {
+                    if Instant::now() >= deadline {
+                        return Err(format!(
+                            "only {free} MiB free on the hosts' disk ({}) after waiting 120 s, {need_mib} MiB needed",
+                            self.source.disk().display()
+                        ));
+                    }
+                    std::thread::sleep(Duration::from_secs(2));
+                }
+                _ => break,
+            }
+        }
         match path {
             Route::Stock => self.stock(s),
             Route::Migratectl => self.migratectl(s),
@@ -207,8 +230,14 @@ impl<'a> Rig<'a> {
                 &reference,
             ],
         )?;
+        s.payload_bytes = std::fs::metadata(src.on_disk(&archive))
+            .ok()
+            .map(|m| m.len() as f64);
         let t = Instant::now();
         self.copy(&archive)?;
+        // Each archive goes once used (a few ms, within the step): a 1 GiB
+        // migration then needs 3 GiB of disk at most, not 5.
+        let _ = std::fs::remove_file(src.on_disk(&archive));
         s.steps.insert("copy".into(), ms_since(t));
         let restore_started = unix_ms();
         let mut step = |name: &str, argv: &[&str]| -> Result<Output, String> {
@@ -218,6 +247,7 @@ impl<'a> Rig<'a> {
             Ok(out)
         };
         step("import", &["ctr", "images", "import", &archive])?;
+        let _ = std::fs::remove_file(dst.on_disk(&archive));
         step(
             "restore",
             &[
@@ -235,9 +265,6 @@ impl<'a> Rig<'a> {
         s.steps.insert("until-ticking".into(), ms_since(t));
         s.total_ms = Some(ms_since(t0));
         self.count_wire(s, counters)?;
-        s.payload_bytes = std::fs::metadata(src.on_disk(&archive))
-            .ok()
-            .map(|m| m.len() as f64);
         self.downtime(s, &before, &after);
         Ok(())
     }
@@ -444,11 +471,26 @@ impl<'a> Rig<'a> {
             quiet(&["images", "rm", "--sync", &reference]);
             let _ = std::fs::remove_file(h.on_disk(&format!("{ARCHIVE_DIR}/{id}.tar")));
             // `ctr c restore` unpacks into a ctrd-checkpoint* directory of
-            // the host's /tmp and leaves it (containerd 2.1.9).
-            remove_matching(&h.on_disk("/tmp"), "ctrd-checkpoint");
+            // containerd's XDG_RUNTIME_DIR and leaves it (containerd 2.1.9);
+            // hack/containerd.sh puts that in the instance's state/tmp.
+            let instance = format!("cluster-{}-{}", self.cluster.name(), h.name);
+            let tmp = Path::new(CONTAINERD_RUN_BASE)
+                .join(instance)
+                .join("state/tmp");
+            remove_matching(&h.on_disk(&tmp.display().to_string()), "ctrd-checkpoint");
         }
         unsafe { libc::sync() };
     }
+}
+
+/// Free MiB for root on the file system of `path`.
+fn free_mib(path: &Path) -> Option<u64> {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).ok()?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    Some(st.f_bavail as u64 * st.f_frsize as u64 / 1_048_576)
 }
 
 /// memtick's command line in the container.
