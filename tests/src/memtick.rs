@@ -11,7 +11,8 @@ use crate::poll;
 pub const TICK_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// One line memtick writes to its `--out` file and to stdout:
-/// `tick=N gap_ms=G max_gap_ms=M unix_ms=T`.
+/// `tick=N gap_ms=G max_gap_ms=M unix_ms=T wall_gap_ms=W max_wall_gap_ms=X`
+/// (the wall-clock fields only from memtick builds that have them).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TickLine {
     pub tick: u64,
@@ -21,6 +22,11 @@ pub struct TickLine {
     pub max_gap_ms: u64,
     /// Wall clock time of the tick, ms since the epoch.
     pub unix_ms: u64,
+    /// The largest gap since memtick started on the wall clock, which,
+    /// unlike the monotonic one, counts the time between a checkpoint and
+    /// its restore (CRIU restores CLOCK_MONOTONIC in a time namespace that
+    /// hides it).
+    pub max_wall_gap_ms: Option<u64>,
 }
 
 impl TickLine {
@@ -37,6 +43,7 @@ impl TickLine {
             gap_ms: field("gap_ms")?,
             max_gap_ms: field("max_gap_ms")?,
             unix_ms: field("unix_ms")?,
+            max_wall_gap_ms: field("max_wall_gap_ms"),
         })
     }
 
@@ -86,9 +93,13 @@ mod tests {
                 tick: 12,
                 gap_ms: 10,
                 max_gap_ms: 340,
-                unix_ms: 1_700_000_000_123
+                unix_ms: 1_700_000_000_123,
+                max_wall_gap_ms: None,
             })
         );
+        let line = "tick=3 gap_ms=10 max_gap_ms=12 unix_ms=5 wall_gap_ms=900 max_wall_gap_ms=900";
+        assert_eq!(TickLine::parse(line).unwrap().max_wall_gap_ms, Some(900));
+        assert_eq!(TickLine::parse(line).unwrap().max_gap_ms, 12);
         assert_eq!(TickLine::parse("tick=12 gap_ms=10"), None);
         assert_eq!(TickLine::parse("memtick: CORRUPT page 3"), None);
     }

@@ -1,6 +1,7 @@
 //! Clean-up when the run is interrupted (Ctrl-C, SIGTERM, SIGHUP), as the
 //! bash scripts' traps did: the session's containerd instance is destroyed
-//! (every task and container in it) and its work dir removed.
+//! (every task and container in it) and its work dir removed, or the
+//! benchmark's local cluster taken down.
 //!
 //! The signals are blocked in every thread and taken by one thread with
 //! sigwait(2), so the clean-up runs as ordinary code, not in a signal
@@ -14,8 +15,15 @@ use containerd_migrate_tests::process;
 
 use super::session::hack;
 
-/// What to undo: the instance's name and the work dir.
-static ACTIVE: Mutex<Option<(String, PathBuf)>> = Mutex::new(None);
+/// What to undo.
+enum Undo {
+    /// A session: its containerd instance's name and its work dir.
+    Session(String, PathBuf),
+    /// A local cluster (hack/cluster.sh) by name.
+    Cluster(String),
+}
+
+static ACTIVE: Mutex<Option<Undo>> = Mutex::new(None);
 
 const SIGNALS: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
 
@@ -37,12 +45,20 @@ pub fn install() {
             return;
         }
         eprintln!("bench: interrupted (signal {signal}); cleaning up");
-        if let Some((instance, work)) = ACTIVE.lock().map(|mut a| a.take()).unwrap_or(None) {
-            let _ = process::run_quietly(
-                hack("containerd.sh", &["destroy", &instance]),
-                Duration::from_secs(180),
-            );
-            let _ = std::fs::remove_dir_all(work);
+        match ACTIVE.lock().map(|mut a| a.take()).unwrap_or(None) {
+            Some(Undo::Session(instance, work)) => {
+                let _ = process::run_quietly(
+                    hack("containerd.sh", &["destroy", &instance]),
+                    Duration::from_secs(180),
+                );
+                let _ = std::fs::remove_dir_all(work);
+            }
+            Some(Undo::Cluster(name)) => {
+                let mut down = hack("cluster.sh", &["down"]);
+                down.env("CLUSTER_NAME", &name);
+                let _ = process::run_quietly(down, Duration::from_secs(180));
+            }
+            None => {}
         }
         std::process::exit(128 + signal);
     });
@@ -51,11 +67,18 @@ pub fn install() {
 /// Remembers what to clean up should the run be interrupted.
 pub fn guard(instance: &str, work: PathBuf) {
     if let Ok(mut a) = ACTIVE.lock() {
-        *a = Some((instance.to_string(), work));
+        *a = Some(Undo::Session(instance.to_string(), work));
     }
 }
 
-/// The session cleaned up after itself: nothing left to do on a signal.
+/// Remembers to take cluster `name` down should the run be interrupted.
+pub fn guard_cluster(name: &str) {
+    if let Ok(mut a) = ACTIVE.lock() {
+        *a = Some(Undo::Cluster(name.to_string()));
+    }
+}
+
+/// The session or cluster cleaned up after itself: nothing left to do on a signal.
 pub fn release() {
     if let Ok(mut a) = ACTIVE.lock() {
         *a = None;

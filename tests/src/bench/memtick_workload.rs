@@ -165,6 +165,7 @@ mod tests {
             gap_ms,
             max_gap_ms: 0,
             unix_ms,
+            max_wall_gap_ms: None,
         };
         let ticks = [t(100, 10), t(200, 300), t(300, 50), t(400, 900)];
         assert_eq!(window_gap(&ticks, 150, 350), 300);

@@ -9,8 +9,11 @@
 pub mod checkpoint;
 pub mod http_probe;
 pub mod interrupt;
+pub mod link;
 pub mod machine;
 pub mod memtick_workload;
+pub mod migrate;
+pub mod migrate_run;
 pub mod plot;
 pub mod report;
 pub mod session;
@@ -19,6 +22,7 @@ pub mod startup;
 pub mod stats;
 pub mod ticker;
 pub mod ticker_log;
+pub mod wire;
 
 use std::path::PathBuf;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};

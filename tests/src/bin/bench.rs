@@ -1,4 +1,4 @@
-//! The benchmark program: `bench checkpoint|startup|ticker|shim [options]`.
+//! The benchmark program: `bench checkpoint|startup|ticker|shim|migrate [options]`.
 //! Each prints its tables (goals as ok / MISSED) on stdout, writes
 //! target/bench/<name>.json with every sample, and draws PNG plots beside it.
 //! Run as root, after hack/setup.sh:
@@ -31,6 +31,15 @@ enum Benchmark {
     Shim(bench::shim::Options),
     /// Checkpoint ticker versions against full checkpoints, per dirty rate and store.
     Ticker(bench::ticker::Options),
+    /// A container moved between two cluster hosts over a shaped link:
+    /// `migratectl migrate` against runc.v2 checkpoint, export, copy, import, restore.
+    Migrate(bench::migrate::Options),
+    /// Internal (migrate runs it on a cluster host): send a file over TCP.
+    #[command(hide = true)]
+    WireSend(bench::wire::SendOptions),
+    /// Internal (migrate runs it on a cluster host): receive one file over TCP.
+    #[command(hide = true)]
+    WireReceive(bench::wire::ReceiveOptions),
 }
 
 fn main() -> ExitCode {
@@ -40,6 +49,9 @@ fn main() -> ExitCode {
         Benchmark::Startup(o) => bench::startup::run(o),
         Benchmark::Shim(o) => bench::shim::run(o),
         Benchmark::Ticker(o) => bench::ticker::run(o),
+        Benchmark::Migrate(o) => bench::migrate::run(o),
+        Benchmark::WireSend(o) => bench::wire::send(o),
+        Benchmark::WireReceive(o) => bench::wire::receive(o),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -6,10 +6,16 @@
 //! `ready mib=N`, then ticks forever: dirties P% of the pages (a rotating
 //! window, each page's generation bumped and its pattern rewritten), verifies a
 //! rotating sample of pages, and prints
-//! `tick=<n> gap_ms=<gap> max_gap_ms=<max> unix_ms=<wall clock>`.
+//! `tick=<n> gap_ms=<gap> max_gap_ms=<max> unix_ms=<wall clock>
+//! wall_gap_ms=<gap> max_wall_gap_ms=<max>`.
 //! The gap is measured on CLOCK_MONOTONIC, which keeps counting while the
 //! process is frozen, so `max_gap_ms` minus the interval is the longest freeze
-//! (e.g. a checkpoint). A page that does not hold its expected pattern is
+//! (e.g. a checkpoint). A restored process is another matter: CRIU restores it
+//! in a time namespace whose offsets continue CLOCK_MONOTONIC from the dump,
+//! so the time between dump and restore does not show in `gap_ms`. The wall
+//! clock (CLOCK_REALTIME) has no namespace: `wall_gap_ms` is the same gap on
+//! it, which does count the time a process spent checkpointed, moved and
+//! restored (on hosts whose clocks agree). A page that does not hold its expected pattern is
 //! reported as `CORRUPT page=..` on stderr, with exit status 3. SIGTERM ends it
 //! with `exiting tick=<n>` and exit status 0.
 //!
@@ -197,6 +203,11 @@ fn unix_ms() -> u128 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0)
 }
 
+/// The wall-clock gap between two `unix_ms` stamps; 0 if the clock went back.
+fn wall_gap(now_ms: u128, last_ms: u128) -> u128 {
+    now_ms.saturating_sub(last_ms)
+}
+
 /// Prints a line and flushes it. Errors are ignored: a container's stdout may
 /// go away (its reader detached) while memtick must keep running.
 fn emit(line: &str) {
@@ -232,6 +243,8 @@ fn main() -> ExitCode {
     let mut tick: u64 = 0;
     let mut last = Instant::now();
     let mut max_gap = Duration::ZERO;
+    let mut last_wall = unix_ms();
+    let mut max_wall_gap: u128 = 0;
     loop {
         if terminated() {
             emit(&format!("exiting tick={tick}\n"));
@@ -259,11 +272,14 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CORRUPT);
         }
 
+        let now_wall = unix_ms();
+        let wall = wall_gap(now_wall, last_wall);
+        last_wall = now_wall;
+        max_wall_gap = max_wall_gap.max(wall);
         let line = format!(
-            "tick={tick} gap_ms={} max_gap_ms={} unix_ms={}\n",
+            "tick={tick} gap_ms={} max_gap_ms={} unix_ms={now_wall} wall_gap_ms={wall} max_wall_gap_ms={max_wall_gap}\n",
             gap.as_millis(),
             max_gap.as_millis(),
-            unix_ms()
         );
         emit(&line);
         if let Some(path) = &opts.out
@@ -277,6 +293,12 @@ fn main() -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wall_gap_never_goes_negative() {
+        assert_eq!(wall_gap(1_000_250, 1_000_000), 250);
+        assert_eq!(wall_gap(1_000_000, 1_000_250), 0);
+    }
 
     #[test]
     fn pattern_differs_by_page_generation_and_word() {
