@@ -1,14 +1,22 @@
 #!/usr/bin/env bash
-# The main job, for a newcomer: set everything up, then run a container under
-# io.containerd.migrate.v1, checkpoint it, remove it, restore it, and show
-# that it carries on from where it was (its tick counter continues). Then the
-# same through a checkpoint ticker: the shim stores a version every 2 s, the
-# container is killed as if its host died, and migratectl restores the
-# newest version from the store.
+# The main job, for a newcomer: set everything up, then
+#
+# 1. a cluster of two hosts (hack/cluster.sh: namespaces on this machine,
+#    each with its own containerd, shim, snapshotter and agent): a TCP
+#    server runs on h1, a client on this machine connects to it, and
+#    `migratectl migrate` moves the server to h2, where it keeps its IP, its
+#    count and the client's connection;
+# 2. on one host: run a container under io.containerd.migrate.v1,
+#    checkpoint it, remove it, restore it, and show that it carries on from
+#    where it was (its tick counter continues); then the same through a
+#    checkpoint ticker: the shim stores a version every 2 s, the container
+#    is killed as if its host died, and migratectl restores the newest
+#    version from the store.
 #
 #   sudo hack/demo.sh
 #
-# Uses a private containerd (hack/containerd.sh) that is removed at the end.
+# Uses a cluster and a private containerd (hack/containerd.sh) of its own,
+# removed at the end.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -20,6 +28,40 @@ CHECKPOINT=localhost/containerd-migrate/checkpoint/$ID:demo
 
 "$REPO/hack/setup.sh" all
 
+# Part 1: a TCP server moves between two hosts under its client.
+export CLUSTER_NAME=demo
+cluster() { "$REPO/hack/cluster.sh" "$@"; }
+trap 'cluster down >/dev/null 2>&1 || true' EXIT
+echo "==> bring up a cluster of two hosts (hack/cluster.sh up 2)"
+cluster up 2 | sed 's/^/    /'
+"$REPO/hack/images.sh" import "/run/containerd-migrate-cluster/demo/h1/containerd.sock" >/dev/null
+on() { local h=$1; shift; cluster exec "$h" -- "$@"; }
+
+echo "==> run a TCP server on h1 through the cluster (migratectl run): it numbers every line it answers"
+ip=$(on h1 migratectl run --json --host h1 "$IMAGE" echo-server -- echo-server --port 7000 | jq -r .ip)
+on h1 migratectl ps | sed 's/^/    /'
+echo "==> connect to $ip:7000 from this machine and keep the connection open"
+deadline=$((SECONDS + 10))
+until exec 3<>"/dev/tcp/$ip/7000"; do
+	((SECONDS < deadline)) || { echo "cannot connect to $ip:7000" >&2; exit 1; }
+	sleep 0.1
+done 2>/dev/null
+say() { echo "$1" >&3; local answer; read -r -t 30 answer <&3; echo "$answer"; }
+echo "    sent hello, got: $(say hello)"
+echo "    sent world, got: $(say world)"
+
+echo "==> move it to h2 (migratectl migrate --to h2): memory, writable layer, IP and TCP connection"
+on h1 migratectl migrate --to h2 echo-server | sed 's/^/    /'
+on h1 migratectl ps | sed 's/^/    /'
+echo "    on the same connection, sent again, got: $(say again)"
+echo "    The server on h2 answered with the next number: it is the same process, with its state,"
+echo "    and the client's connection, opened to h1, went on."
+exec 3>&-
+cluster down >/dev/null
+trap - EXIT
+echo
+
+# Part 2: checkpoint and restore on one host, and a checkpoint ticker.
 ADDR=$("$REPO/hack/containerd.sh" start "$NAME")
 trap '"$REPO/hack/containerd.sh" destroy "$NAME" >/dev/null 2>&1 || true' EXIT
 "$REPO/hack/images.sh" import "$ADDR" >/dev/null

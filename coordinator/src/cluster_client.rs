@@ -33,7 +33,7 @@ impl ClusterArgs {
         let server_name = tls::url_host(&self.coordinator)
             .with_context(|| format!("--coordinator {} is not an https://HOST:PORT URL", self.coordinator))?;
         let tls = Tls::load(&self.tls_dir, &self.tls_name)?;
-        let channel = tls.connect(&self.coordinator, server_name, CONNECT_TIMEOUT).await?;
+        let channel = tls.connect_without_deadline(&self.coordinator, server_name, CONNECT_TIMEOUT).await?;
         Ok(CoordinatorClient::new(channel))
     }
 }

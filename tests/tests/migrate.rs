@@ -44,10 +44,30 @@ fn containers_move_between_hosts_with_their_state() {
     let (h1, h2, h3) = (cluster.host("h1"), cluster.host("h2"), cluster.host("h3"));
     import_image(h1);
 
-    let server_ip = run(h1, SERVER, &["sh", "-c", &format!(
-        "echo kept > /root/written-before; rm /etc/group; exec echo-server --port {PORT}"
-    )]);
-    let counter_ip = run(h1, COUNTER, &["memtick", "--mib", "16", "--interval-ms", "20", "--out", "/tmp/tick"]);
+    let server_ip = run(
+        h1,
+        SERVER,
+        &[
+            "sh",
+            "-c",
+            &format!(
+                "echo kept > /root/written-before; rm /etc/group; exec echo-server --port {PORT}"
+            ),
+        ],
+    );
+    let counter_ip = run(
+        h1,
+        COUNTER,
+        &[
+            "memtick",
+            "--mib",
+            "16",
+            "--interval-ms",
+            "20",
+            "--out",
+            "/tmp/tick",
+        ],
+    );
     let mut client = Client::connect(&server_ip);
     assert_eq!(client.say("a"), "1 a");
     assert_eq!(client.say("b"), "2 b");
@@ -69,9 +89,18 @@ fn containers_move_between_hosts_with_their_state() {
     let left = h1.ctr().task(SERVER);
     assert!(left.is_none(), "the source's copy is gone: {left:?}");
     let root = format!("/proc/{pid}/root");
-    assert_eq!(std::fs::read_to_string(format!("{root}/root/written-before")).unwrap(), "kept\n");
-    assert!(!std::path::Path::new(&format!("{root}/etc/group")).exists(), "a file deleted before stays deleted");
-    assert!(std::path::Path::new(&format!("{root}/etc/passwd")).exists(), "the image's other files are there");
+    assert_eq!(
+        std::fs::read_to_string(format!("{root}/root/written-before")).unwrap(),
+        "kept\n"
+    );
+    assert!(
+        !std::path::Path::new(&format!("{root}/etc/group")).exists(),
+        "a file deleted before stays deleted"
+    );
+    assert!(
+        std::path::Path::new(&format!("{root}/etc/passwd")).exists(),
+        "the image's other files are there"
+    );
     // A new connection reaches it at the same IP.
     assert_eq!(Client::connect(&server_ip).say("d"), "4 d");
 
@@ -84,29 +113,50 @@ fn containers_move_between_hosts_with_their_state() {
     assert_eq!(ps_ip(h1, COUNTER), counter_ip);
 
     // Failures: each leaves the counter running on h2, counting on.
-    fails_and_stays(h2, h3, "restore=error", "step restore", "a failure was injected");
+    fails_and_stays(
+        h2,
+        h3,
+        "restore=error",
+        "step restore",
+        "a failure was injected",
+    );
     fails_and_stays(h2, h3, "restore=exit", "step restore", "");
     kill_containerd(h1);
     // Whether h1's agent has noticed (no containerd, no heartbeat: the
     // host turns down) decides where the migration stops: at its plan or
     // at its first step. Either way nothing moves.
     fails_and_stays(h2, h1, "", "", "");
-    assert_eq!(client.say("e"), "5 e", "the server on h2 was never disturbed");
+    assert_eq!(
+        client.say("e"),
+        "5 e",
+        "the server on h2 was never disturbed"
+    );
     watch.stop();
+    agents_refuse_other_certificates(h2);
     eprintln!("the whole test took {:?}", started.elapsed());
 }
 
 /// The test image, imported into `h`'s containerd only.
 fn import_image(h: &Host) {
     let mut import = Command::new("bash");
-    import.arg(fixture::repo_root().join("hack/images.sh")).args(["import", h.ctr().address()]);
+    import
+        .arg(fixture::repo_root().join("hack/images.sh"))
+        .args(["import", h.ctr().address()]);
     process::run(import, None, Duration::from_secs(120)).expect_success();
 }
 
 /// `migratectl run --host H IMAGE ID ARGV` on `h`; returns the IP.
 #[track_caller]
 fn run(h: &Host, id: &str, argv: &[&str]) -> String {
-    let mut args = vec!["migratectl", "run", "--json", "--host", h.name.as_str(), IMAGE, id];
+    let mut args = vec![
+        "migratectl",
+        "run",
+        "--json",
+        "--host",
+        h.name.as_str(),
+        IMAGE,
+        id,
+    ];
     args.extend_from_slice(argv);
     let out = h.run(&args).expect_success();
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -123,16 +173,22 @@ fn migrate(from: &Host, id: &str, to: &str) -> process::Output {
 /// The pid of `id`'s task on `h` once it runs.
 #[track_caller]
 fn running_pid(h: &Host, id: &str) -> u32 {
-    poll::until(Duration::from_secs(30), &format!("{id} to run on {}", h.name), || match h.ctr().task(id) {
-        Some(row) if row.status == "RUNNING" => Ok(row.pid),
-        other => Err(format!("{other:?}")),
-    })
+    poll::until(
+        Duration::from_secs(30),
+        &format!("{id} to run on {}", h.name),
+        || match h.ctr().task(id) {
+            Some(row) if row.status == "RUNNING" => Ok(row.pid),
+            other => Err(format!("{other:?}")),
+        },
+    )
 }
 
 fn ps(h: &Host, id: &str) -> serde_json::Value {
     let out = h.run(&["migratectl", "ps", "--json"]).expect_success();
     let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
-    rows.into_iter().find(|r| r["id"] == id).unwrap_or_else(|| panic!("ps has no {id}"))
+    rows.into_iter()
+        .find(|r| r["id"] == id)
+        .unwrap_or_else(|| panic!("ps has no {id}"))
 }
 
 fn ps_host(h: &Host, id: &str) -> String {
@@ -155,20 +211,94 @@ fn fails_and_stays(source: &Host, target: &Host, failpoint: &str, step: &str, sa
     let before = tick(pid).unwrap();
     let out = migrate(source, COUNTER, &target.name);
     let _ = std::fs::remove_file(&file);
-    assert!(!out.success(), "the migration with {failpoint:?} on {} succeeded:\n{out}", target.name);
+    assert!(
+        !out.success(),
+        "the migration with {failpoint:?} on {} succeeded:\n{out}",
+        target.name
+    );
     let err = out.stderr_str();
     eprintln!("{err}");
     assert!(err.contains(step), "the error names {step}:\n{err}");
     assert!(err.contains(says), "the error says {says}:\n{err}");
     if err.contains("failed at step") {
-        assert!(err.contains(&format!("{COUNTER} runs on {} again", source.name)), "{err}");
+        assert!(
+            err.contains(&format!("{COUNTER} runs on {} again", source.name)),
+            "{err}"
+        );
     }
-    assert_eq!(running_pid(source, COUNTER), pid, "the same process runs on");
-    wait_tick_above(pid, before, "the counter to count on after the failed migration");
+    assert_eq!(
+        running_pid(source, COUNTER),
+        pid,
+        "the same process runs on"
+    );
+    wait_tick_above(
+        pid,
+        before,
+        "the counter to count on after the failed migration",
+    );
     assert_eq!(ps_host(source, COUNTER), source.name);
-    if target.ctr().run_within(&["tasks", "ls"], Duration::from_secs(5)).is_ok_and(|o| o.success()) {
-        assert!(target.ctr().task(COUNTER).is_none(), "no copy of the counter on {}", target.name);
+    if target
+        .ctr()
+        .run_within(&["tasks", "ls"], Duration::from_secs(5))
+        .is_ok_and(|o| o.success())
+    {
+        assert!(
+            target.ctr().task(COUNTER).is_none(),
+            "no copy of the counter on {}",
+            target.name
+        );
     }
+}
+
+/// A client that trusts the cluster's CA but shows a certificate of another
+/// CA is refused by an agent, in the TLS handshake.
+fn agents_refuse_other_certificates(h: &Host) {
+    let migratectl = containerd_migrate_tests::migratectl::binary().expect("migratectl is built");
+    let dir = std::env::temp_dir().join(format!(
+        "containerd-migrate-other-ca-{}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    let (other, mixed) = (dir.join("other"), dir.join("mixed"));
+    for args in [
+        vec!["cluster", "init", "--dir"],
+        vec!["cluster", "cert", "--dir"],
+    ] {
+        let mut cmd = Command::new(&migratectl);
+        cmd.args(&args).arg(&other);
+        if args[1] == "cert" {
+            cmd.arg("migratectl");
+        }
+        process::run(cmd, None, Duration::from_secs(10)).expect_success();
+    }
+    std::fs::create_dir(&mixed).unwrap();
+    let ours = std::path::Path::new(cluster::RUN_BASE)
+        .join(CLUSTER)
+        .join("tls/ca.pem");
+    std::fs::copy(ours, mixed.join("ca.pem")).unwrap();
+    for f in ["migratectl.pem", "migratectl-key.pem"] {
+        std::fs::copy(other.join(f), mixed.join(f)).unwrap();
+    }
+    let mut ps = Command::new(&migratectl);
+    ps.args([
+        "ps",
+        "--coordinator",
+        &format!("https://{}:7401", h.ip),
+        "--tls-dir",
+    ])
+    .arg(&mixed);
+    let out = process::run(ps, None, Duration::from_secs(10));
+    let _ = std::fs::remove_dir_all(&dir);
+    let err = out.stderr_str();
+    assert!(
+        !out.success(),
+        "the agent of {} answered a client of another CA:\n{out}",
+        h.name
+    );
+    assert!(
+        err.contains("certificate"),
+        "the refusal names the certificate: {err}"
+    );
 }
 
 /// SIGKILLs `h`'s containerd, as if it crashed.
@@ -189,17 +319,28 @@ struct Client {
 
 impl Client {
     fn connect(ip: &str) -> Client {
-        let stream = poll::until(Duration::from_secs(10), &format!("a connection to {ip}:{PORT}"), || {
-            TcpStream::connect((ip, PORT)).map_err(|e| e.to_string())
-        });
-        stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        Client { reader: BufReader::new(stream) }
+        let stream = poll::until(
+            Duration::from_secs(10),
+            &format!("a connection to {ip}:{PORT}"),
+            || TcpStream::connect((ip, PORT)).map_err(|e| e.to_string()),
+        );
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        Client {
+            reader: BufReader::new(stream),
+        }
     }
 
     fn say(&mut self, line: &str) -> String {
-        self.reader.get_mut().write_all(format!("{line}\n").as_bytes()).unwrap();
+        self.reader
+            .get_mut()
+            .write_all(format!("{line}\n").as_bytes())
+            .unwrap();
         let mut answer = String::new();
-        self.reader.read_line(&mut answer).unwrap_or_else(|e| panic!("no answer to {line:?}: {e}"));
+        self.reader
+            .read_line(&mut answer)
+            .unwrap_or_else(|e| panic!("no answer to {line:?}: {e}"));
         answer.trim_end().to_string()
     }
 }
@@ -213,8 +354,10 @@ struct OneCopy {
 
 impl OneCopy {
     fn watch(hosts: &[&Host], ids: &[&str]) -> OneCopy {
-        let hosts: Vec<(String, containerd_migrate_tests::ctr::Ctr)> =
-            hosts.iter().map(|h| (h.name.clone(), h.ctr().clone())).collect();
+        let hosts: Vec<(String, containerd_migrate_tests::ctr::Ctr)> = hosts
+            .iter()
+            .map(|h| (h.name.clone(), h.ctr().clone()))
+            .collect();
         let ids: Vec<String> = ids.iter().map(|s| s.to_string()).collect();
         let stop = Arc::new(AtomicBool::new(false));
         let stopping = stop.clone();
@@ -228,7 +371,9 @@ impl OneCopy {
                             .run_within(&["tasks", "ls"], Duration::from_secs(5))
                             .ok()
                             .filter(|o| o.success())
-                            .and_then(|o| containerd_migrate_tests::ctr::parse_task_list(&o.stdout_str()).ok())
+                            .and_then(|o| {
+                                containerd_migrate_tests::ctr::parse_task_list(&o.stdout_str()).ok()
+                            })
                             .unwrap_or_default();
                         tasks
                             .into_iter()
@@ -238,7 +383,11 @@ impl OneCopy {
                     })
                     .collect();
                 for id in &ids {
-                    let on: Vec<&String> = running.iter().filter(|(_, t)| t == id).map(|(h, _)| h).collect();
+                    let on: Vec<&String> = running
+                        .iter()
+                        .filter(|(_, t)| t == id)
+                        .map(|(h, _)| h)
+                        .collect();
                     if on.len() > 1 {
                         return Err(format!("{id} ran on {on:?} at once"));
                     }
@@ -247,12 +396,21 @@ impl OneCopy {
             }
             Ok(samples)
         });
-        OneCopy { stop, thread: Some(thread) }
+        OneCopy {
+            stop,
+            thread: Some(thread),
+        }
     }
 
     fn stop(mut self) {
         self.stop.store(true, Ordering::SeqCst);
-        let samples = self.thread.take().unwrap().join().unwrap().unwrap_or_else(|e| panic!("{e}"));
+        let samples = self
+            .thread
+            .take()
+            .unwrap()
+            .join()
+            .unwrap()
+            .unwrap_or_else(|e| panic!("{e}"));
         eprintln!("{samples} samples of the hosts' tasks, never two copies running");
     }
 }

@@ -63,16 +63,40 @@ impl Tls {
     /// Connects to `url` (`https://HOST:PORT`), expecting the server's
     /// certificate to name `server_name` and showing ours.
     pub async fn connect(&self, url: &str, server_name: &str, timeout: Duration) -> Result<Channel, TlsError> {
+        self.endpoint(url, server_name, timeout, Some(timeout)).await
+    }
+
+    /// As [`Tls::connect`], but without a deadline on each call: for calls
+    /// that take as long as their work does (a migration's steps move
+    /// gigabytes), whose callers bound them where they must.
+    pub async fn connect_without_deadline(
+        &self,
+        url: &str,
+        server_name: &str,
+        connect_timeout: Duration,
+    ) -> Result<Channel, TlsError> {
+        self.endpoint(url, server_name, connect_timeout, None).await
+    }
+
+    async fn endpoint(
+        &self,
+        url: &str,
+        server_name: &str,
+        connect_timeout: Duration,
+        call_timeout: Option<Duration>,
+    ) -> Result<Channel, TlsError> {
         let tls = ClientTlsConfig::new()
             .ca_certificate(self.ca.clone())
             .identity(self.identity.clone())
             .domain_name(server_name);
-        let endpoint = Endpoint::from_shared(url.to_string())
+        let mut endpoint = Endpoint::from_shared(url.to_string())
             .map_err(|source| TlsError::Url { url: url.to_string(), source })?
             .tls_config(tls)
             .map_err(|source| TlsError::Config { url: url.to_string(), source })?
-            .connect_timeout(timeout)
-            .timeout(timeout);
+            .connect_timeout(connect_timeout);
+        if let Some(timeout) = call_timeout {
+            endpoint = endpoint.timeout(timeout);
+        }
         endpoint.connect().await.map_err(|cause| TlsError::Connect {
             url: url.to_string(),
             server_name: server_name.to_string(),

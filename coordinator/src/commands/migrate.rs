@@ -54,7 +54,8 @@ struct StepReport {
 
 pub async fn run(a: Args) -> Result<ExitCode> {
     let mut client = a.cluster.coordinator().await?;
-    let request = MigrateRequest { id: a.id.clone(), to: a.to.unwrap_or_default(), mode: MigrationMode::StopAndCopy.into() };
+    let request =
+        MigrateRequest { id: a.id.clone(), to: a.to.unwrap_or_default(), mode: MigrationMode::StopAndCopy.into() };
     let mut stream = client
         .migrate(request)
         .await

@@ -439,7 +439,6 @@ impl Undo {
     }
 }
 
-
 /// The spec for clone `new_id`: the checkpoint's, with a cgroup of its own
 /// when the original's was named after the original container (as `ctr`
 /// and containerd's Go client name it: `/<namespace>/<id>`), since two

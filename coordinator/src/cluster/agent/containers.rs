@@ -102,7 +102,12 @@ pub async fn release(lease: Lease) {
 
 /// A task of container `id` on `rootfs`, its output into the host's log
 /// of it, restored from `checkpoint` (a CRIU image directory) if given.
-pub fn task_request(ctx: &Context, id: &str, rootfs: Vec<Mount>, checkpoint: Option<&Path>) -> Result<CreateTaskRequest> {
+pub fn task_request(
+    ctx: &Context,
+    id: &str,
+    rootfs: Vec<Mount>,
+    checkpoint: Option<&Path>,
+) -> Result<CreateTaskRequest> {
     std::fs::create_dir_all(&ctx.logs).with_context(|| format!("create {}", ctx.logs.display()))?;
     let uri = containerd::file_log_uri(&ctx.logs.join(format!("{id}.log")));
     Ok(CreateTaskRequest {

@@ -21,7 +21,7 @@ use anyhow::{Context as _, Result, bail};
 use tokio::sync::Mutex;
 use tonic::transport::Server;
 
-use self::context::{Context, CriuTlsFiles};
+use self::context::Context;
 use crate::host::containerd::Containerd;
 
 use crate::proto::agent_server::AgentServer;
@@ -72,18 +72,13 @@ pub async fn run(config: Config) -> Result<()> {
         .await
         .context("the agent drives this host's containerd")?;
     let probe = Arc::new(probe);
-    let Some(ip) = advertise.rsplit_once(':').map(|(host, _)| host.to_string()) else {
-        bail!("the advertised address {advertise} is not HOST:PORT");
-    };
     let cd = Containerd::connect(&config.containerd.to_string_lossy(), NAMESPACE).await?;
     let ctx = Arc::new(Context {
         name: config.name.clone(),
-        ip,
         cd,
         snapshotter: config.snapshotter.clone(),
         bridge: config.bridge.clone(),
         tls: tls.clone(),
-        tls_files: CriuTlsFiles::new(&config.tls_dir, &config.name),
         work: config.state_dir.clone(),
         logs: config.state_dir.join("logs"),
         migrations: Mutex::new(HashMap::new()),

@@ -41,16 +41,22 @@ impl AgentService {
         let channel = self
             .ctx
             .tls
-            .connect(&format!("https://{address}"), name, PEER_CONNECT_TIMEOUT)
+            .connect_without_deadline(&format!("https://{address}"), name, PEER_CONNECT_TIMEOUT)
             .await
-            .map_err(|e| Status::unavailable(format!("{} cannot reach agent {name} at {address}: {e}", self.ctx.name)))?;
+            .map_err(|e| {
+                Status::unavailable(format!("{} cannot reach agent {name} at {address}: {e}", self.ctx.name))
+            })?;
         Ok(AgentClient::new(channel))
     }
 }
 
-/// An error of this host's work as a status that says which host failed.
+/// An error of this host's work as a status that says which host failed;
+/// logged here too, since the caller may be gone.
 fn failed(host: &str) -> impl Fn(anyhow::Error) -> Status + '_ {
-    move |e| Status::internal(format!("{host}: {e:#}"))
+    move |e| {
+        log::warn!("{e:#}");
+        Status::internal(format!("{host}: {e:#}"))
+    }
 }
 
 fn migration_ref(m: Option<MigrationRef>) -> Result<MigrationRef, Status> {
@@ -111,7 +117,7 @@ impl Agent for AgentService {
         let m = migration_ref(req.migration)?;
         self.ctx.failpoints.check("dump").map_err(failed(&self.ctx.name))?;
         let target = self.peer(&req.target_agent, &req.target_name).await?;
-        source::dump(&self.ctx, &m, &req.page_server, target).await.map(Response::new).map_err(failed(&self.ctx.name))
+        source::dump(&self.ctx, &m, target).await.map(Response::new).map_err(failed(&self.ctx.name))
     }
 
     async fn finish_source(&self, req: Request<MigrationRef>) -> Result<Response<Done>, Status> {

@@ -63,7 +63,8 @@ pub fn build(spec: &ContainerSpec, config: Option<&ImageConfig>, namespace: &str
 /// Entrypoint, as `docker run IMAGE ARGS` does.
 fn args(spec: &ContainerSpec, config: Option<&ImageConfig>) -> Result<Vec<String>> {
     let entrypoint = config.and_then(|c| c.entrypoint().clone()).unwrap_or_default();
-    let cmd = if spec.args.is_empty() { config.and_then(|c| c.cmd().clone()).unwrap_or_default() } else { spec.args.clone() };
+    let cmd =
+        if spec.args.is_empty() { config.and_then(|c| c.cmd().clone()).unwrap_or_default() } else { spec.args.clone() };
     let args: Vec<String> = entrypoint.into_iter().chain(cmd).collect();
     if args.is_empty() {
         bail!("image {} names no command, and none was given: add one after the container's id", spec.image);

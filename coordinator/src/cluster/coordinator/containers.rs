@@ -39,7 +39,7 @@ impl CoordinatorService {
         let (name, address) = (&host.facts.name, &host.facts.address);
         let channel = self
             .tls
-            .connect(&format!("https://{address}"), name, AGENT_CONNECT_TIMEOUT)
+            .connect_without_deadline(&format!("https://{address}"), name, AGENT_CONNECT_TIMEOUT)
             .await
             .map_err(|e| Status::unavailable(format!("cannot reach the agent of {name} at {address}: {e}")))?;
         Ok(AgentClient::new(channel))
@@ -81,8 +81,8 @@ impl CoordinatorService {
                  run containers",
             )
         })?;
-        let rules =
-            Rules::parse(&spec.placement.clone().unwrap_or_default()).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let rules = Rules::parse(&spec.placement.clone().unwrap_or_default())
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let (hosts, candidates) = self.candidates().await?;
         let host = if req.host.is_empty() {
             let request = scheduler::Request { container: &spec.id, image: &spec.image, rules: &rules, exclude: None };
@@ -99,11 +99,14 @@ impl CoordinatorService {
         };
         let host_record = hosts.iter().find(|h| h.facts.name == host).expect("the host was among the candidates");
 
-        let identity =
-            ipam::allocate(&*self.store, &pool, &spec.id).await.map_err(|e| Status::resource_exhausted(e.to_string()))?;
+        let identity = ipam::allocate(&*self.store, &pool, &spec.id)
+            .await
+            .map_err(|e| Status::resource_exhausted(e.to_string()))?;
         let record = ContainerRecord::new(&spec, &host, &identity);
         let created = records::update(&*self.store, &spec.id, |current: Option<&ContainerRecord>| match current {
-            Some(_) => Change::Refuse(Status::already_exists(format!("the cluster has a container {} already", spec.id))),
+            Some(_) => {
+                Change::Refuse(Status::already_exists(format!("the cluster has a container {} already", spec.id)))
+            }
             None => Change::Write(record.clone()),
         })
         .await
@@ -111,12 +114,17 @@ impl CoordinatorService {
         created?;
         let made = async {
             let mut agent = self.agent(host_record).await?;
-            agent.create_container(CreateContainerRequest { container: Some(record.to_proto(ContainerState::Created)) }).await
+            agent
+                .create_container(CreateContainerRequest { container: Some(record.to_proto(ContainerState::Created)) })
+                .await
         }
         .await;
         if let Err(status) = made {
             self.forget(&record).await;
-            return Err(Status::new(status.code(), format!("running {} on {host} failed: {}", spec.id, status.message())));
+            return Err(Status::new(
+                status.code(),
+                format!("running {} on {host} failed: {}", spec.id, status.message()),
+            ));
         }
         let placed = ContainerRecord { phase: Phase::Placed, ..record };
         let written = records::update(&*self.store, &spec.id, |_: Option<&ContainerRecord>| {
@@ -157,7 +165,9 @@ impl CoordinatorService {
             asks.push(async move {
                 let states = match agent {
                     Ok(mut agent) => {
-                        match tokio::time::timeout(LIST_TIMEOUT, agent.list_containers(AgentListContainersRequest {})).await {
+                        match tokio::time::timeout(LIST_TIMEOUT, agent.list_containers(AgentListContainersRequest {}))
+                            .await
+                        {
                             Ok(Ok(r)) => r.into_inner().containers,
                             _ => Vec::new(),
                         }

@@ -1,7 +1,8 @@
 //! Moving a container to another host by stop-and-copy (seed 001 steps
 //! 1-9): check that two hosts are ready, pick the target, prepare it,
 //! sync the writable layer while the container runs, dump it (frozen, its
-//! network locked) with its memory straight to the target, restore it
+//! network locked) with its images streamed to the target as CRIU writes
+//! them, restore it
 //! there, and only then remove it from the source. The record moves to the
 //! target in the one write that ends the migration.
 //!
@@ -194,7 +195,6 @@ impl CoordinatorService {
                 migration: Some(m.clone()),
                 target_agent: plan.target.facts.address.clone(),
                 target_name: target_name.clone(),
-                page_server: prepared.page_server.clone(),
             })
             .await
             .map_err(|e| (DUMP, e))?
@@ -203,9 +203,9 @@ impl CoordinatorService {
             step.end(
                 events,
                 format!(
-                    "{} of memory, {} of images, {} of layer changes",
-                    bytes(dumped.memory_bytes),
+                    "{} of images ({} of memory), {} of layer changes",
                     bytes(dumped.images_bytes),
+                    bytes(dumped.memory_bytes),
                     bytes(dumped.layer_bytes)
                 ),
             )
@@ -223,7 +223,12 @@ impl CoordinatorService {
         let detail = match source.finish_source(m.clone()).await {
             Ok(_) => format!("removed from {source_name}"),
             Err(e) => {
-                log::error!("migration {}: removing {} from {source_name} failed: {}", plan.id, m.container_id, e.message());
+                log::error!(
+                    "migration {}: removing {} from {source_name} failed: {}",
+                    plan.id,
+                    m.container_id,
+                    e.message()
+                );
                 format!("NOT removed from {source_name} (frozen, network down): {}", e.message())
             }
         };
@@ -253,7 +258,11 @@ impl CoordinatorService {
         })
         .await;
         if let Err(e) = written {
-            log::error!("migration {}: {} runs on {target} but its record could not say so: {e}", plan.id, plan.record.id);
+            log::error!(
+                "migration {}: {} runs on {target} but its record could not say so: {e}",
+                plan.id,
+                plan.record.id
+            );
         }
     }
 
@@ -276,7 +285,9 @@ impl CoordinatorService {
             Err(e) => Err(e),
         };
         let back = records::update(&*self.store, &plan.record.id, |current: Option<&ContainerRecord>| match current {
-            Some(c) => Change::<_, std::convert::Infallible>::Write(ContainerRecord { phase: Phase::Placed, ..c.clone() }),
+            Some(c) => {
+                Change::<_, std::convert::Infallible>::Write(ContainerRecord { phase: Phase::Placed, ..c.clone() })
+            }
             None => Change::Keep,
         })
         .await;

@@ -11,15 +11,15 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::hosts::{self, Change, HostsError};
+use crate::ipam::Pool;
 use crate::membership::{self, HeartbeatPolicy, HostFacts, HostRecord, Liveness};
 use crate::proto::agent_client::AgentClient;
 use crate::proto::coordinator_server::Coordinator;
 use crate::proto::{
-    Container, ListContainersRequest, ListContainersResponse, MigrateEvent, MigrateRequest, RunContainerRequest,
-    HeartbeatRequest, HeartbeatResponse, Host, HostInfo, HostState, InfoRequest, ListHostsRequest, ListHostsResponse,
-    RegisterRequest, RegisterResponse, RemoveHostRequest, RemoveHostResponse,
+    Container, HeartbeatRequest, HeartbeatResponse, Host, HostInfo, HostState, InfoRequest, ListContainersRequest,
+    ListContainersResponse, ListHostsRequest, ListHostsResponse, MigrateEvent, MigrateRequest, RegisterRequest,
+    RegisterResponse, RemoveHostRequest, RemoveHostResponse, RunContainerRequest,
 };
-use crate::ipam::Pool;
 use crate::store::Store;
 use crate::tls::Tls;
 use crate::{peer, random};

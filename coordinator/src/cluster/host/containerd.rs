@@ -655,7 +655,6 @@ pub fn restore_from_path(checkpoint_dir: &Path) -> Descriptor {
 
 const CRIU_CHECKPOINT_MEDIA_TYPE: &str = "application/vnd.containerd.container.criu.checkpoint.criu.tar";
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -94,7 +94,8 @@ mod tests {
 
     #[test]
     fn the_upper_directory_comes_from_the_mount() {
-        let overlay = mount("overlay", "overlay", &["index=off", "workdir=/s/2/work", "upperdir=/s/2/fs", "lowerdir=/s/1/fs"]);
+        let overlay =
+            mount("overlay", "overlay", &["index=off", "workdir=/s/2/work", "upperdir=/s/2/fs", "lowerdir=/s/1/fs"]);
         assert_eq!(upper_of(&[overlay]).unwrap(), Path::new("/s/2/fs"));
         assert_eq!(upper_of(&[mount("bind", "/s/1/fs", &["rbind", "rw"])]).unwrap(), Path::new("/s/1/fs"));
         let view = mount("overlay", "overlay", &["lowerdir=/s/2/fs:/s/1/fs"]);

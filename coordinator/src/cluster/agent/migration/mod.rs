@@ -4,20 +4,20 @@
 //!
 //! | step | source ([`source`]) | target ([`target`]) |
 //! |---|---|---|
-//! | prepare | `Describe`: spec, image, snapshot | `PrepareTarget`: image, network (link down), snapshot, container, page server |
+//! | prepare | `Describe`: spec, image, snapshot | `PrepareTarget`: image, network (link down), snapshot, container |
 //! | sync | `SyncLayer`: the writable layer's changes | `Receive`: applies them |
-//! | dump | `Dump`: link down, freeze, memory to the page server, images and last changes | `Receive` |
+//! | dump | `Dump`: link down, freeze, dump into RAM while its images stream to the target, last changes of the layer | `Receive` |
 //! | restore | | `RestoreTarget`: task from the images, link up, announce |
 //! | finish | `FinishSource`: removed | |
 //! | or abort | `ResumeSource`: thawed, link up | `AbortTarget`: all undone |
 //!
 //! Each host keeps what it needs between calls here, keyed by the
-//! migration's id, and its files under `work/migrations/ID`; an agent that
+//! migration's id, and its files under `migrations/ID` ([`dir`]); an agent that
 //! restarts mid-migration has lost it, and the coordinator's abort then
 //! cleans up by container id.
 
+mod criu_images;
 pub mod layer;
-mod page_server;
 pub mod source;
 pub mod target;
 pub mod transfer;
@@ -32,9 +32,12 @@ pub enum Migration {
     Target(target::Target),
 }
 
-/// Where migration `id` keeps its files on this host.
+/// Where migration `id` keeps its files on this host: in RAM where the
+/// host has a RAM-backed file system (the memory images arrive there at
+/// the link's pace and are read back by the restore; on disk, writing them
+/// slowed the page server down), else under the agent's state directory.
 pub fn dir(ctx: &Context, id: &str) -> PathBuf {
-    ctx.work.join("migrations").join(id)
+    migrate_oci::ram::staging_root().unwrap_or_else(|| ctx.work.clone()).join("migrations").join(id)
 }
 
 /// A migration id is a file name here: refuse anything else.

@@ -3,6 +3,7 @@
 //! target; and at the end either remove it or let it run on.
 
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use anyhow::{Context as _, Result, bail};
@@ -10,9 +11,9 @@ use serde::Serialize;
 use tonic::transport::Channel;
 
 use super::layer::LayerSync;
-use super::{Migration, dir, transfer};
+use super::{Migration, criu_images, dir, transfer};
 use crate::agent::containers::{self, blocking};
-use crate::agent::context::{Context, CriuTlsFiles};
+use crate::agent::context::Context;
 use crate::agent::network::{self, Link};
 use crate::host::image;
 use crate::host::shim::Shim;
@@ -50,7 +51,11 @@ pub async fn describe(ctx: &Context, id: &str) -> Result<DescribeResponse> {
 
 /// Sends the changes of the writable layer since the last sync (all of it
 /// the first time) while the container runs.
-pub async fn sync_layer(ctx: &Context, m: &MigrationRef, mut target: AgentClient<Channel>) -> Result<SyncLayerResponse> {
+pub async fn sync_layer(
+    ctx: &Context,
+    m: &MigrationRef,
+    mut target: AgentClient<Channel>,
+) -> Result<SyncLayerResponse> {
     let layer = take_layer(ctx, m).await?;
     let (sent, layer) = layer.send(&mut target, m).await?;
     ctx.migrations.lock().await.insert(
@@ -70,24 +75,23 @@ async fn take_layer(ctx: &Context, m: &MigrationRef) -> Result<LayerSync> {
     }
 }
 
-/// This runtime's checkpoint options for a dump whose memory goes to a page
-/// server (decoded by the shim's checkpoint.rs).
+/// This runtime's checkpoint options for a dump into a directory (decoded
+/// by the shim's checkpoint.rs), the container paused around it.
 #[derive(Serialize)]
-struct PageServerDump<'a> {
+struct DirectoryDump {
     image_path: PathBuf,
     work_path: PathBuf,
-    page_server: &'a str,
-    page_server_tls: &'a CriuTlsFiles,
     tcp_established: bool,
     file_locks: bool,
 }
 
 /// Locks the container's network (its link down: the frozen kernel must
 /// not answer its TCP peers, whose packets belong to the target from now
-/// on), freezes it, sends its memory to the target's page server, then
-/// the other images and the layer's last changes to the target's agent.
-/// It stays frozen and cut off: [`finish`] or [`resume`] decides.
-pub async fn dump(ctx: &Context, m: &MigrationRef, page_server: &str, mut target: AgentClient<Channel>) -> Result<DumpResponse> {
+/// on), freezes it and dumps it into RAM, streaming the images to the
+/// target as CRIU writes them ([`super::criu_images`]) and, meanwhile, the
+/// layer's last changes (the files cannot change while it is frozen). It
+/// stays frozen and cut off: [`finish`] or [`resume`] decides.
+pub async fn dump(ctx: &Context, m: &MigrationRef, target: AgentClient<Channel>) -> Result<DumpResponse> {
     let id = m.container_id.clone();
     let layer = take_layer(ctx, m).await?;
     let task = ctx.cd.task(&id).await?.with_context(|| format!("container {id} has no task on {}", ctx.name))?;
@@ -98,40 +102,48 @@ pub async fn dump(ctx: &Context, m: &MigrationRef, page_server: &str, mut target
         std::fs::create_dir_all(d).with_context(|| format!("create {}", d.display()))?;
     }
     // From here on, a failure must thaw it and bring its link back.
-    ctx.migrations.lock().await.insert(
-        m.migration_id.clone(),
-        Migration::Source(Source { container: id.clone(), layer: None, frozen: true }),
-    );
+    ctx.migrations
+        .lock()
+        .await
+        .insert(m.migration_id.clone(), Migration::Source(Source { container: id.clone(), layer: None, frozen: true }));
     let link_id = id.clone();
     blocking(move || network::set_link(&link_id, Link::Down)).await.context("lock the container's network")?;
     let frozen = Instant::now();
     let frozen_unix_ms = crate::membership::now();
     ctx.cd.pause_task(&id).await.context("freeze the container")?;
 
-    let options = PageServerDump {
-        image_path: images.clone(),
-        work_path: work.clone(),
-        page_server,
-        page_server_tls: &ctx.tls_files,
-        tcp_established: true,
-        file_locks: true,
-    };
+    let options =
+        DirectoryDump { image_path: images.clone(), work_path: work, tcp_established: true, file_locks: true };
     let options = serde_json::to_vec(&options).context("encode the checkpoint options")?;
     let shim = Shim::of_task(task.pid, ctx.cd.namespace())?;
-    let dump_id = id.clone();
-    blocking(move || shim.checkpoint_with(&dump_id, options)).await.context("dump the container")?;
+    let signals = criu_images::signals();
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    let follower = {
+        let (dir, signals) = (images.clone(), signals.clone());
+        tokio::task::spawn_blocking(move || criu_images::follow(&dir, &signals, &tx))
+    };
+    let dumped = {
+        let (id, signals) = (id.clone(), signals.clone());
+        tokio::task::spawn_blocking(move || {
+            let dumped = shim.checkpoint_with(&id, options);
+            signals.dumped.store(true, Ordering::SeqCst);
+            dumped
+        })
+    };
+    let mut images_target = target.clone();
+    let mut layer_target = target;
+    let streaming = async {
+        let streamed = transfer::send_chunks(&mut images_target, m, TransferKind::Images, rx).await;
+        signals.stream_ended.store(true, Ordering::SeqCst);
+        streamed
+    };
+    let (streamed, last, dumped) = tokio::join!(streaming, layer.send(&mut layer_target, m), dumped);
+    dumped.context("the dump panicked")?.context("dump the container")?;
     let dump_ms = frozen.elapsed().as_secs_f64() * 1000.0;
-    let memory_bytes = migrate_oci::criu_stats::read_dump_stats(&images)
-        .ok()
-        .flatten()
-        .map_or(0, |s| s.pages_written * page_size());
-
-    let sending = Instant::now();
-    let (last, layer) = layer.send(&mut target, m).await.context("send the layer's last changes")?;
-    let tar_dir = images.clone();
-    let images_bytes = transfer::send(&mut target, m, TransferKind::Images, move |out| tar_images(&tar_dir, out))
-        .await
-        .context("send the images")?;
+    // The receiver's error says more than the follower's "ended early".
+    let images_bytes = streamed.context("send the images")?;
+    let memory_bytes = follower.await.context("the image stream panicked")??;
+    let (last, layer) = last.context("send the layer's last changes")?;
     if let Some(Migration::Source(s)) = ctx.migrations.lock().await.get_mut(&m.migration_id) {
         s.layer = Some(layer);
     }
@@ -141,25 +153,8 @@ pub async fn dump(ctx: &Context, m: &MigrationRef, page_server: &str, mut target
         images_bytes,
         layer_bytes: last.bytes,
         dump_ms,
-        send_ms: sending.elapsed().as_secs_f64() * 1000.0,
+        send_ms: frozen.elapsed().as_secs_f64() * 1000.0 - dump_ms,
     })
-}
-
-fn page_size() -> u64 {
-    nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE).ok().flatten().map_or(4096, |s| s as u64)
-}
-
-/// The images directory as a tar of its files.
-fn tar_images(images: &std::path::Path, out: &mut dyn std::io::Write) -> Result<()> {
-    let mut tar = tar::Builder::new(out);
-    for entry in std::fs::read_dir(images).with_context(|| format!("read {}", images.display()))? {
-        let entry = entry?;
-        if entry.file_type()?.is_file() {
-            tar.append_path_with_name(entry.path(), entry.file_name())
-                .with_context(|| format!("add {} to the tar", entry.path().display()))?;
-        }
-    }
-    tar.finish().context("finish the tar")
 }
 
 /// The target runs the container: remove it here, frozen and cut off as

@@ -1,6 +1,5 @@
 //! The target's steps: make everything the container needs but its task
-//! (image, network with its link down, snapshot, container, a page server
-//! for the memory), take what the source sends, restore the task and give
+//! (image, network with its link down, snapshot, container), take what the source sends, restore the task and give
 //! it the network; or undo all of it.
 
 use std::collections::HashMap;
@@ -16,8 +15,7 @@ use tokio_stream::StreamExt;
 use tonic::Streaming;
 use tonic::transport::Channel;
 
-use super::page_server::PageServer;
-use super::{Migration, dir, layer};
+use super::{Migration, criu_images, dir, layer};
 use crate::agent::containers::{self, Undo, blocking};
 use crate::agent::context::Context;
 use crate::agent::images::{self, ImageFrom};
@@ -41,12 +39,14 @@ pub struct Target {
     upper: PathBuf,
     rootfs: Vec<Mount>,
     images: PathBuf,
-    work: PathBuf,
-    page_server: Option<PageServer>,
 }
 
 /// Gets everything ready for the restore but the task.
-pub async fn prepare(ctx: &Context, req: &PrepareTargetRequest, source: AgentClient<Channel>) -> Result<PrepareTargetResponse> {
+pub async fn prepare(
+    ctx: &Context,
+    req: &PrepareTargetRequest,
+    source: AgentClient<Channel>,
+) -> Result<PrepareTargetResponse> {
     let m = req.migration.as_ref().context("the request names no migration")?;
     let c = req.container.as_ref().context("the request has no container")?;
     let described = req.source.as_ref().context("the request has no description of the source's container")?;
@@ -80,18 +80,17 @@ pub async fn prepare(ctx: &Context, req: &PrepareTargetRequest, source: AgentCli
         }
     };
     log::info!("migration {}: {id} prepared here (network namespace {})", m.migration_id, netns.display());
-    let page_server = target.page_server.as_ref().map(|p| p.address.clone()).unwrap_or_default();
     ctx.migrations.lock().await.insert(m.migration_id.clone(), Migration::Target(target));
     let (image_from, image_bytes) = match from {
         ImageFrom::Present => ("present", 0),
         ImageFrom::Registry => ("registry", 0),
         ImageFrom::Source { bytes } => ("source", bytes),
     };
-    Ok(PrepareTargetResponse { page_server, image_from: image_from.to_string(), image_bytes })
+    Ok(PrepareTargetResponse { image_from: image_from.to_string(), image_bytes })
 }
 
 /// The snapshot, the container (the source's spec, which names the
-/// network namespace at the same path here) and the page server.
+/// network namespace at the same path here) and the images' directory.
 async fn make(
     ctx: &Context,
     m: &MigrationRef,
@@ -128,43 +127,43 @@ async fn make(
         undo.snapshot().await;
         return Err(e);
     }
-    let base = dir(ctx, &m.migration_id);
-    let (images, work) = (base.join("images"), base.join("restore-work"));
-    let _ = std::fs::remove_dir_all(&base);
-    let started = {
-        let (images, work, ip, tls) = (images.clone(), work.clone(), ctx.ip.clone(), ctx.tls_files.clone());
-        blocking(move || PageServer::start(&images, &work, &ip, &tls)).await
-    };
-    match started {
-        Ok(page_server) => Ok(Target { container: id.to_string(), upper, rootfs, images, work, page_server: Some(page_server) }),
-        Err(e) => {
-            undo.container().await;
-            Err(e)
-        }
+    let images = dir(ctx, &m.migration_id).join("images");
+    let _ = std::fs::remove_dir_all(&images);
+    if let Err(e) = std::fs::create_dir_all(&images) {
+        undo.container().await;
+        return Err(anyhow!("create {}: {e}", images.display()));
     }
+    Ok(Target { container: id.to_string(), upper, rootfs, images })
 }
 
 /// Takes one stream from the source: layer changes or images.
 pub async fn receive(ctx: &Context, mut stream: Streaming<TransferChunk>) -> Result<ReceiveResponse> {
     let head = stream.next().await.context("the stream ended before its first chunk")??;
-    let m = head.migration.context("the stream's first chunk names no migration")?;
+    let m = head.migration.clone().context("the stream's first chunk names no migration")?;
     let kind = TransferKind::try_from(head.kind).map_err(|_| anyhow!("unknown transfer kind {}", head.kind))?;
     let (upper, images) = match ctx.migrations.lock().await.get(&m.migration_id) {
         Some(Migration::Target(t)) if t.container == m.container_id => (t.upper.clone(), t.images.clone()),
         _ => bail!("{} prepares no migration {} of {}", ctx.name, m.migration_id, m.container_id),
     };
-    let (tx, reader) = pipe::reader();
-    let consumer = blocking(move || match kind {
-        TransferKind::Layer => layer::apply(&upper, reader),
-        TransferKind::Images => {
-            tar::Archive::new(reader).unpack(&images).with_context(|| format!("unpack the images into {}", images.display()))
-        }
+    match kind {
+        TransferKind::Layer => receive_layer(upper, head, stream).await,
+        TransferKind::Images => receive_images(images, head, stream).await,
         TransferKind::Unspecified => bail!("the stream does not say what it carries"),
-    });
-    let mut bytes = 0u64;
+    }
+}
+
+/// A layer delta, applied as it arrives (blocking, through a pipe).
+async fn receive_layer(
+    upper: PathBuf,
+    head: TransferChunk,
+    mut stream: Streaming<TransferChunk>,
+) -> Result<ReceiveResponse> {
+    let (tx, reader) = pipe::reader();
+    // Spawned now, not when awaited: it must drain the channel meanwhile.
+    let consumer = tokio::task::spawn_blocking(move || layer::apply(&upper, reader));
+    let mut bytes = head.data.len() as u64;
     let mut forwarded = Ok(());
     if !head.data.is_empty() {
-        bytes += head.data.len() as u64;
         let _ = tx.send(Ok(head.data)).await;
     }
     while let Some(chunk) = stream.next().await {
@@ -183,7 +182,46 @@ pub async fn receive(ctx: &Context, mut stream: Streaming<TransferChunk>) -> Res
         }
     }
     drop(tx);
-    consumer.await?;
+    consumer.await.context("applying the layer panicked")??;
+    forwarded?;
+    Ok(ReceiveResponse { bytes })
+}
+
+/// CRIU's images, each chunk written where it says.
+async fn receive_images(
+    dir: PathBuf,
+    head: TransferChunk,
+    mut stream: Streaming<TransferChunk>,
+) -> Result<ReceiveResponse> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<TransferChunk>(8);
+    // Spawned now, not when awaited: it must drain the channel meanwhile.
+    let writer = tokio::task::spawn_blocking(move || {
+        let mut bytes = 0u64;
+        while let Some(chunk) = rx.blocking_recv() {
+            bytes += chunk.data.len() as u64;
+            criu_images::write(&dir, &chunk)?;
+        }
+        anyhow::Ok(bytes)
+    });
+    let mut forwarded = Ok(());
+    if !head.file.is_empty() {
+        let _ = tx.send(head).await;
+    }
+    while let Some(chunk) = stream.next().await {
+        match chunk {
+            Ok(chunk) => {
+                if tx.send(chunk).await.is_err() {
+                    break;
+                }
+            }
+            Err(status) => {
+                forwarded = Err(anyhow!("the source's stream broke: {}", status.message()));
+                break;
+            }
+        }
+    }
+    drop(tx);
+    let bytes = writer.await.context("writing the images panicked")??;
     forwarded?;
     Ok(ReceiveResponse { bytes })
 }
@@ -192,15 +230,10 @@ pub async fn receive(ctx: &Context, mut stream: Streaming<TransferChunk>) -> Res
 /// up (the source's is down since its freeze) and the IP announced.
 pub async fn restore(ctx: &Context, m: &MigrationRef) -> Result<RestoreTargetResponse> {
     let started = Instant::now();
-    let (rootfs, images, work, page_server) = match ctx.migrations.lock().await.get_mut(&m.migration_id) {
-        Some(Migration::Target(t)) if t.container == m.container_id => {
-            (t.rootfs.clone(), t.images.clone(), t.work.clone(), t.page_server.take())
-        }
+    let (rootfs, images) = match ctx.migrations.lock().await.get(&m.migration_id) {
+        Some(Migration::Target(t)) if t.container == m.container_id => (t.rootfs.clone(), t.images.clone()),
         _ => bail!("{} prepares no migration {} of {}", ctx.name, m.migration_id, m.container_id),
     };
-    if let Some(page_server) = page_server {
-        blocking(move || page_server.finish(&work)).await.context("the memory did not arrive")?;
-    }
     let id = m.container_id.clone();
     let task = containers::task_request(ctx, &id, rootfs, Some(&images))?;
     // With a checkpoint, containerd starts the restored task in the create.
@@ -226,11 +259,7 @@ pub async fn restore(ctx: &Context, m: &MigrationRef) -> Result<RestoreTargetRes
 /// Undoes everything the target made for migration `m`: no copy of the
 /// container is left here. Safe to call more than once.
 pub async fn abort(ctx: &Context, m: &MigrationRef) -> Result<()> {
-    if let Some(Migration::Target(mut t)) = ctx.migrations.lock().await.remove(&m.migration_id)
-        && let Some(page_server) = t.page_server.as_mut()
-    {
-        page_server.stop();
-    }
+    ctx.migrations.lock().await.remove(&m.migration_id);
     // By id, so that an agent that restarted mid-migration cleans up too;
     // but never a container this migration did not make.
     match ctx.cd.container(&m.container_id).await {

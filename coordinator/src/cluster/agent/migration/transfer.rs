@@ -6,6 +6,7 @@
 use std::io::Write;
 
 use anyhow::{Context as _, Result, anyhow};
+use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
@@ -27,9 +28,9 @@ pub async fn send(
         produce(&mut writer)?;
         writer.finish().context("finish the stream")
     });
-    let head = TransferChunk { migration: Some(migration.clone()), kind: kind.into(), data: Vec::new() };
+    let head = TransferChunk { migration: Some(migration.clone()), kind: kind.into(), ..Default::default() };
     let body = ReceiverStream::new(rx).map_while(|chunk| match chunk {
-        Chunk::Data(data) => Some(TransferChunk { migration: None, kind: 0, data }),
+        Chunk::Data(data) => Some(TransferChunk { data, ..Default::default() }),
         Chunk::End => None,
     });
     let stream = tokio_stream::iter([head]).chain(body);
@@ -38,4 +39,19 @@ pub async fn send(
     let produced = producer.await.map_err(|e| anyhow!("the sending side panicked: {e}"))?;
     produced?;
     Ok(sent.map_err(|s| anyhow!("{}", s.message()))?.into_inner().bytes)
+}
+
+/// Sends the chunks that arrive on `chunks` (made whole by their sender,
+/// such as [`super::criu_images::follow`]) as `kind` of migration `migration`;
+/// returns the bytes the receiver took.
+pub async fn send_chunks(
+    client: &mut AgentClient<Channel>,
+    migration: &MigrationRef,
+    kind: TransferKind,
+    chunks: mpsc::Receiver<TransferChunk>,
+) -> Result<u64> {
+    let head = TransferChunk { migration: Some(migration.clone()), kind: kind.into(), ..Default::default() };
+    let stream = tokio_stream::iter([head]).chain(ReceiverStream::new(chunks));
+    let sent = client.receive(stream).await.map_err(|s| anyhow!("{}", s.message()))?;
+    Ok(sent.into_inner().bytes)
 }
