@@ -511,8 +511,8 @@ start_daemon_agent() {
 
 # Host $H's TLS directory, shared with it alone: the CA's certificate and
 # its own (never the CA's key, which stays in $CDIR/tls on the machine),
-# valid for its name and its IP (CRIU's page server clients check the
-# address they dial).
+# valid for its name and its IP (for peers that dial the address, as
+# CRIU's TLS clients do).
 host_tls() {
 	local mc
 	mc=$(bin_dir)/migratectl

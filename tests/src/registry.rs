@@ -15,6 +15,8 @@ pub const BINARY: &str = "docker-registry";
 pub struct Registry {
     child: Child,
     dir: PathBuf,
+    /// The address it listens on.
+    ip: String,
     pub port: u16,
 }
 
@@ -22,6 +24,12 @@ impl Registry {
     /// Starts one, or returns None (saying why) when the binary is missing;
     /// with CI=true that fails the test instead.
     pub fn start(test: &str) -> Option<Registry> {
+        Registry::start_on(test, "127.0.0.1")
+    }
+
+    /// As [`Registry::start`], listening on `ip` (the local cluster's
+    /// bridge address, so that its hosts reach it).
+    pub fn start_on(test: &str, ip: &str) -> Option<Registry> {
         let Some(binary) = host::which(BINARY) else {
             let reason = format!("{test} needs {BINARY} (Debian's distribution registry)");
             if std::env::var("CI").as_deref() == Ok("true") {
@@ -31,13 +39,17 @@ impl Registry {
             return None;
         };
         let dir = std::env::temp_dir().join(format!("registry-e2e-{}", std::process::id()));
-        Some(Registry::start_in(&binary, &dir).unwrap_or_else(|e| panic!("{e}")))
+        Some(Registry::start_in_on(&binary, &dir, ip).unwrap_or_else(|e| panic!("{e}")))
     }
 
     /// Starts `binary` serving on a free loopback port with its storage
     /// under `dir/<port>/data` (removed with the registry when dropped).
     pub fn start_in(binary: &Path, dir: &Path) -> Result<Registry, String> {
-        let port = TcpListener::bind("127.0.0.1:0")
+        Registry::start_in_on(binary, dir, "127.0.0.1")
+    }
+
+    fn start_in_on(binary: &Path, dir: &Path, ip: &str) -> Result<Registry, String> {
+        let port = TcpListener::bind((ip, 0))
             .and_then(|l| l.local_addr())
             .map_err(|e| format!("finding a free port: {e}"))?
             .port();
@@ -45,7 +57,7 @@ impl Registry {
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let config = format!(
             "version: 0.1\nlog:\n  accesslog:\n    disabled: true\n  level: warn\nstorage:\n  filesystem:\n    \
-             rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
+             rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {ip}:{port}\n",
             dir.join("data").display()
         );
         std::fs::write(dir.join("config.yml"), config).map_err(|e| e.to_string())?;
@@ -58,7 +70,12 @@ impl Registry {
             .stderr(log)
             .spawn()
             .map_err(|e| format!("starting {}: {e}", binary.display()))?;
-        let registry = Registry { child, dir, port };
+        let registry = Registry {
+            child,
+            dir,
+            ip: ip.to_string(),
+            port,
+        };
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         loop {
             match registry.answers() {
@@ -76,14 +93,15 @@ impl Registry {
         self.dir.join("data")
     }
 
-    /// `oci://127.0.0.1:PORT/REPOSITORY`.
+    /// `oci://IP:PORT/REPOSITORY`.
     pub fn url(&self, repository: &str) -> String {
-        format!("oci://127.0.0.1:{}/{repository}", self.port)
+        format!("oci://{}:{}/{repository}", self.ip, self.port)
     }
 
     /// Whether `GET /v2/` answers 200.
     fn answers(&self) -> Result<(), String> {
-        let mut conn = TcpStream::connect(("127.0.0.1", self.port)).map_err(|e| e.to_string())?;
+        let mut conn =
+            TcpStream::connect((self.ip.as_str(), self.port)).map_err(|e| e.to_string())?;
         conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         conn.write_all(b"GET /v2/ HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
             .map_err(|e| e.to_string())?;

@@ -5,8 +5,10 @@
 //! A TCP server with a client connected from the machine moves from h1 to
 //! h2: it keeps its IP, its count goes on over the same connection, and
 //! its writable layer arrives (a file written before, one of the image
-//! deleted before); the image itself was only ever on h1. A counter moves
-//! too, and then fails to move, once per kind of failure, each time still
+//! deleted before); the image itself was only ever on h1. A container with
+//! a checkpoint ticker storing into a registry moves, and its versions go
+//! on from the target with the next numbers. A counter moves too, and
+//! then fails to move, once per kind of failure, each time still
 //! counting on its source: the target's restore refused, the target's
 //! agent killed mid-migration, the target's containerd killed. A watcher
 //! checks throughout that no two copies of a container run at once.
@@ -31,6 +33,7 @@ use containerd_migrate_tests::process;
 const CLUSTER: &str = "mig";
 const SERVER: &str = "echo";
 const COUNTER: &str = "counter";
+const TICKED: &str = "ticked";
 const PORT: u16 = 7000;
 
 #[test]
@@ -64,6 +67,34 @@ fn containers_move_between_hosts_with_their_state() {
             "16",
             "--interval-ms",
             "20",
+            "--out",
+            "/tmp/tick",
+        ],
+    );
+    // A checkpoint ticker storing into a registry on the machine, which
+    // both hosts reach.
+    let bridge_ip = format!("{}.1", h1.ip.rsplit_once('.').unwrap().0);
+    let registry = containerd_migrate_tests::registry::Registry::start_on(
+        "containers_move_between_hosts_with_their_state",
+        &bridge_ip,
+    )
+    .expect("a registry");
+    let store = registry.url("versions");
+    run_with(
+        h1,
+        TICKED,
+        &[
+            "--annotation",
+            "io.containerd.migrate.checkpoint.interval=1s",
+            "--annotation",
+            &format!("io.containerd.migrate.checkpoint.store={store}"),
+        ],
+        &[
+            "memtick",
+            "--mib",
+            "8",
+            "--interval-ms",
+            "50",
             "--out",
             "/tmp/tick",
         ],
@@ -112,6 +143,13 @@ fn containers_move_between_hosts_with_their_state() {
     assert_eq!(ps_host(h1, COUNTER), "h2");
     assert_eq!(ps_ip(h1, COUNTER), counter_ip);
 
+    // The ticker goes on on h2, continuing the version numbers.
+    let before = wait_versions(&store, 2);
+    migrate(h1, TICKED, "h2").expect_success();
+    let after = wait_versions(&store, before + 2);
+    assert!(after > before, "versions went on from {before}: {after}");
+    assert_eq!(ps_host(h1, TICKED), "h2");
+
     // Failures: each leaves the counter running on h2, counting on.
     fails_and_stays(
         h2,
@@ -148,15 +186,15 @@ fn import_image(h: &Host) {
 /// `migratectl run --host H IMAGE ID ARGV` on `h`; returns the IP.
 #[track_caller]
 fn run(h: &Host, id: &str, argv: &[&str]) -> String {
-    let mut args = vec![
-        "migratectl",
-        "run",
-        "--json",
-        "--host",
-        h.name.as_str(),
-        IMAGE,
-        id,
-    ];
+    run_with(h, id, &[], argv)
+}
+
+/// As [`run`], with more flags of `migratectl run`.
+#[track_caller]
+fn run_with(h: &Host, id: &str, flags: &[&str], argv: &[&str]) -> String {
+    let mut args = vec!["migratectl", "run", "--json", "--host", h.name.as_str()];
+    args.extend_from_slice(flags);
+    args.extend_from_slice(&[IMAGE, id]);
     args.extend_from_slice(argv);
     let out = h.run(&args).expect_success();
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -299,6 +337,36 @@ fn agents_refuse_other_certificates(h: &Host) {
         err.contains("certificate"),
         "the refusal names the certificate: {err}"
     );
+}
+
+/// The newest version of [`TICKED`] in `store` once it is at least `min`.
+#[track_caller]
+fn wait_versions(store: &str, min: u64) -> u64 {
+    let migratectl = containerd_migrate_tests::migratectl::binary().expect("migratectl is built");
+    poll::until(
+        Duration::from_secs(60),
+        &format!("version {min} of {TICKED} in {store}"),
+        || {
+            let mut ls = Command::new(&migratectl);
+            ls.args([
+                "checkpoint",
+                "ls",
+                "--json",
+                "--store",
+                store,
+                "--container",
+                TICKED,
+            ]);
+            let out = process::run(ls, None, Duration::from_secs(20));
+            let rows: Vec<serde_json::Value> =
+                serde_json::from_slice(&out.stdout).map_err(|e| format!("{e}: {out}"))?;
+            let newest = rows.iter().filter_map(|r| r["version"].as_u64()).max();
+            match newest {
+                Some(v) if v >= min => Ok(v),
+                other => Err(format!("newest {other:?}")),
+            }
+        },
+    )
 }
 
 /// SIGKILLs `h`'s containerd, as if it crashed.
