@@ -3,12 +3,17 @@
 //! over mutual TLS. `migratectl` is a client of the coordinator; the
 //! daemons are `migrate-coordinator` and `migrate-agent` (`src/bin/`).
 //!
-//! What is built so far: hosts and their membership by heartbeats.
+//! Hosts and their membership by heartbeats, containers run through the
+//! cluster, and their migration between hosts (stop-and-copy).
 //!
-//! - the daemons: [`coordinator`], [`agent`], and what both do around their
-//!   work ([`daemon`]: log, signals, listening);
-//! - the rules: [`membership`] (ready and down, pure), [`hosts`] (their
-//!   records in the [`store`], changed with retries on conflict),
+//! - the daemons: [`coordinator`] (its API, the expiry sweep, the
+//!   migration's orchestration), [`agent`] (this host's containers, their
+//!   network, images and migration steps), and what both do around their
+//!   work ([`daemon`]: log, signals, listening); [`host`] is how a host is
+//!   driven (containerd, the shim), also by `migratectl`;
+//! - the state: [`records`] (every record in the [`store`], changed with
+//!   retries on conflict) of [`hosts`] and [`containers`];
+//! - the rules: [`membership`] (ready and down, pure),
 //!   [`scheduler`] (which host runs a container, pure), [`ipam`] (the
 //!   containers' addresses on the cluster network, in the store);
 //! - the wire: [`proto`] (generated), [`tls`] (mutual TLS), [`certs`] (the
