@@ -16,7 +16,7 @@
 //! restarts mid-migration has lost it, and the coordinator's abort then
 //! cleans up by container id.
 
-mod criu_images;
+pub mod criu_images;
 pub mod layer;
 pub mod source;
 pub mod target;
