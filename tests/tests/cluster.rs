@@ -171,10 +171,11 @@ fn files_are_private(h1: &Host, h2: &Host) {
     let roots = h1
         .run(&["ls", "/var/lib/containerd-migrate"])
         .expect_success();
+    // Its own containerd's root, and its snapshotter's: no other host's.
     assert_eq!(
         roots.stdout_str(),
-        format!("cluster-{CLUSTER}-h1\n"),
-        "h1's containerd roots\n{roots}"
+        format!("cluster-{CLUSTER}-h1\nsnapshotter\n"),
+        "h1's containerd and snapshotter roots\n{roots}"
     );
 
     h1.run(&["sh", "-c", "echo from-h1 >/tmp/written-on-h1"])
