@@ -161,13 +161,9 @@ fn decode(key: &str, value: Vec<u8>) -> Result<String, IpamError> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicBool, Ordering};
-
-    use async_trait::async_trait;
-
     use super::*;
     use crate::store::redb::RedbStore;
-    use crate::store::{Revision, Versioned};
+    use crate::store::testing::RacedOnce;
 
     fn store() -> (tempfile::TempDir, RedbStore) {
         let dir = tempfile::tempdir().unwrap();
@@ -237,42 +233,11 @@ mod tests {
         );
     }
 
-    /// A store where another coordinator claims the address we are about
-    /// to write, between our list and our conditional write.
-    struct RacedOnce {
-        inner: RedbStore,
-        raced: AtomicBool,
-    }
-
-    #[async_trait]
-    impl Store for RacedOnce {
-        async fn get(&self, key: &str) -> Result<Option<Versioned>, StoreError> {
-            self.inner.get(key).await
-        }
-        async fn list(&self, prefix: &str) -> Result<Vec<(String, Versioned)>, StoreError> {
-            self.inner.list(prefix).await
-        }
-        async fn put(&self, key: &str, value: Vec<u8>) -> Result<Revision, StoreError> {
-            self.inner.put(key, value).await
-        }
-        async fn delete(&self, key: &str) -> Result<bool, StoreError> {
-            self.inner.delete(key).await
-        }
-        async fn compare_and_swap(&self, key: &str, expect: Expect, value: Vec<u8>) -> Result<Swap, StoreError> {
-            if !self.raced.swap(true, Ordering::SeqCst) {
-                self.inner.put(key, b"other".to_vec()).await?;
-            }
-            self.inner.compare_and_swap(key, expect, value).await
-        }
-        async fn compare_and_delete(&self, key: &str, revision: Revision) -> Result<Swap, StoreError> {
-            self.inner.compare_and_delete(key, revision).await
-        }
-    }
-
     #[tokio::test]
     async fn an_address_claimed_meanwhile_is_skipped() {
         let (_dir, inner) = store();
-        let store = RacedOnce { inner, raced: AtomicBool::new(false) };
+        // Another coordinator claims the address we are about to write.
+        let store = RacedOnce::new(inner, b"other".to_vec());
         assert_eq!(allocate(&store, &pool("100-249"), "a").await.unwrap().ip, "10.88.3.101");
         assert_eq!(store.get("ipam/10.88.3.100").await.unwrap().unwrap().value, b"other");
     }

@@ -99,51 +99,11 @@ fn decode<R: Record>(key: &str, value: &[u8]) -> Result<R, RecordsError> {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-    use std::sync::atomic::{AtomicBool, Ordering};
-
-    use async_trait::async_trait;
-
     use super::*;
     use crate::membership::{self, HostFacts, HostRecord};
     use crate::store::redb::RedbStore;
-    use crate::store::{Revision, Versioned};
-
-    /// A store where another writer slips in once, between a change's read
-    /// and its conditional write.
-    struct RacedOnce {
-        inner: RedbStore,
-        raced: AtomicBool,
-        other: Vec<u8>,
-    }
-
-    #[async_trait]
-    impl Store for RacedOnce {
-        async fn get(&self, key: &str) -> Result<Option<Versioned>, StoreError> {
-            self.inner.get(key).await
-        }
-        async fn list(&self, prefix: &str) -> Result<Vec<(String, Versioned)>, StoreError> {
-            self.inner.list(prefix).await
-        }
-        async fn put(&self, key: &str, value: Vec<u8>) -> Result<Revision, StoreError> {
-            self.inner.put(key, value).await
-        }
-        async fn delete(&self, key: &str) -> Result<bool, StoreError> {
-            self.inner.delete(key).await
-        }
-        async fn compare_and_swap(&self, key: &str, expect: Expect, value: Vec<u8>) -> Result<Swap, StoreError> {
-            if !self.raced.swap(true, Ordering::SeqCst) {
-                self.inner.put(key, self.other.clone()).await?;
-            }
-            self.inner.compare_and_swap(key, expect, value).await
-        }
-        async fn compare_and_delete(&self, key: &str, revision: Revision) -> Result<Swap, StoreError> {
-            if !self.raced.swap(true, Ordering::SeqCst) {
-                self.inner.put(key, self.other.clone()).await?;
-            }
-            self.inner.compare_and_delete(key, revision).await
-        }
-    }
+    use crate::store::testing::RacedOnce;
+    use std::collections::BTreeMap;
 
     fn record(containers: u32) -> HostRecord {
         let facts = HostFacts {
@@ -160,11 +120,10 @@ mod tests {
     #[tokio::test]
     async fn a_change_that_lost_a_race_is_made_again_on_the_new_record() {
         let dir = tempfile::tempdir().unwrap();
-        let store = RacedOnce {
-            inner: RedbStore::open(&dir.path().join("state.redb")).unwrap(),
-            raced: AtomicBool::new(false),
-            other: serde_json::to_vec(&record(7)).unwrap(),
-        };
+        let store = RacedOnce::new(
+            RedbStore::open(&dir.path().join("state.redb")).unwrap(),
+            serde_json::to_vec(&record(7)).unwrap(),
+        );
         let mut seen = Vec::new();
         let Ok(written) = update(&store, "h1", |current| {
             seen.push(current.map(|r: &HostRecord| r.containers));
@@ -195,7 +154,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let inner = RedbStore::open(&dir.path().join("state.redb")).unwrap();
         inner.put("hosts/h1", serde_json::to_vec(&record(1)).unwrap()).await.unwrap();
-        let store = RacedOnce { inner, raced: AtomicBool::new(false), other: serde_json::to_vec(&record(7)).unwrap() };
+        let store = RacedOnce::new(inner, serde_json::to_vec(&record(7)).unwrap());
         let mut seen = Vec::new();
         // Deletes only a host without containers: the other writer's record
         // has some, so the second look keeps it.

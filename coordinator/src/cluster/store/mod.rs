@@ -10,6 +10,8 @@
 //! as with swarmkit's store.
 
 pub mod redb;
+#[cfg(test)]
+pub mod testing;
 
 use async_trait::async_trait;
 
