@@ -42,6 +42,10 @@ struct MigrateOptions {
     /// TLS files for the connection to the page server.
     page_server_tls: Option<CriuTls>,
     lazy_pages: bool,
+    /// With `lazy_pages`: a FIFO the caller reads; a zero byte arrives
+    /// once the page server is up and the images are complete (runc's
+    /// `--status-fd`), long before the call returns.
+    status_fifo: Option<PathBuf>,
     tcp_established: bool,
     external_unix_sockets: bool,
     file_locks: bool,
@@ -130,10 +134,15 @@ pub fn decode(any: Option<&Any>, path: &str, bundle: &Path, terminal: bool) -> R
                 Some(store) => store_target(m, store)?,
                 None => {
                     let images = m.image_path.unwrap_or_else(|| PathBuf::from(path));
+                    if m.status_fifo.is_some() && !m.lazy_pages {
+                        return Err(Error::InvalidArgument(
+                            "status_fifo needs lazy_pages: only a lazy dump is ready before it returns".into(),
+                        ));
+                    }
                     match (m.page_server, m.lazy_pages) {
                         (None, false) => Memory::Directory(images),
                         (Some(address), false) => Memory::PageServer { images, address },
-                        (Some(page_server), true) => Memory::Lazy { images, page_server },
+                        (Some(page_server), true) => Memory::Lazy { images, page_server, status: m.status_fifo },
                         (None, true) => {
                             return Err(Error::InvalidArgument(
                                 "lazy_pages needs page_server: the ADDRESS:PORT the restoring side pulls pages from"
@@ -182,6 +191,7 @@ fn store_target(m: MigrateOptions, store: PathBuf) -> Result<Memory> {
         ("pre_dump", m.pre_dump),
         ("page_server", m.page_server.is_some()),
         ("lazy_pages", m.lazy_pages),
+        ("status_fifo", m.status_fifo.is_some()),
     ];
     if let Some((name, _)) = not_with_store.iter().find(|(_, set)| *set) {
         return Err(Error::Unsupported(format!("{name} together with store")));
@@ -245,6 +255,9 @@ pub struct RestoreCriuOptions {
     pub file_locks: bool,
     pub shell_job: bool,
     pub tcp_close: bool,
+    /// The dump left its memory with the source (post-copy): the restore
+    /// needs a page source ([`crate::lazy_pages`]).
+    pub lazy_pages: bool,
 }
 
 impl From<&CriuOptions> for RestoreCriuOptions {
@@ -255,6 +268,7 @@ impl From<&CriuOptions> for RestoreCriuOptions {
             file_locks: c.file_locks,
             shell_job: c.shell_job,
             tcp_close: c.tcp_close,
+            lazy_pages: false,
         }
     }
 }
@@ -352,7 +366,7 @@ mod tests {
         let json = br#"{"page_server":"10.1.0.2:27000","lazy_pages":true,"parent_path":"../v1"}"#;
         let (o, memory) =
             decode(Some(&any(MIGRATE_OPTIONS_TYPE, json.to_vec())), "/img", Path::new("/b"), false).unwrap();
-        assert_eq!(memory, Memory::Lazy { images: "/img".into(), page_server: "10.1.0.2:27000".into() });
+        assert_eq!(memory, Memory::Lazy { images: "/img".into(), page_server: "10.1.0.2:27000".into(), status: None });
         assert_eq!(o.increment, Increment::OnParent(Parent::Images("../v1".into())));
     }
 

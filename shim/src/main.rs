@@ -11,6 +11,7 @@ mod events;
 mod exits;
 mod hashed;
 mod image_origin;
+mod lazy_pages;
 mod netns;
 mod oom;
 mod process;

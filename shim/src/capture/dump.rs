@@ -47,7 +47,9 @@ pub(super) fn runc_options(
         pre_dump: request.increment.is_pre_dump(),
         pages: match memory {
             Memory::PageServer { address, .. } => Pages::PageServer(address.clone()),
-            Memory::Lazy { page_server, .. } => Pages::Lazy { page_server: page_server.clone() },
+            Memory::Lazy { page_server, status, .. } => {
+                Pages::Lazy { page_server: page_server.clone(), status: status.clone() }
+            }
             Memory::Directory(_) | Memory::Store(_) => Pages::Local,
         },
         criu: request.criu.clone(),
@@ -139,8 +141,14 @@ pub(super) async fn run(container: &Container, opts: &CheckpointOptions) -> Resu
         opts.config.network_lock = Some(NetworkLock::Nftables);
     }
     let opts = &opts;
+    // Before the dump: a lazy one's images are restored while it still
+    // serves their pages, and must say so by then.
+    let restore = RestoreCriuOptions {
+        lazy_pages: matches!(opts.pages, Pages::Lazy { .. }),
+        ..RestoreCriuOptions::from(&opts.criu)
+    };
+    restore.write(&opts.image_path)?;
     container.runc().checkpoint(&container.id, opts).await?;
-    RestoreCriuOptions::from(&opts.criu).write(&opts.image_path)?;
     // CRIU writes its timings (how long the container was frozen) to the
     // work path; they belong with the images they describe.
     let stats = opts.work_path.join("stats-dump");

@@ -53,8 +53,9 @@ pub enum Memory {
     /// Memory pages streamed to a CRIU page server at "ADDRESS:PORT"; the
     /// other images into the directory.
     PageServer { images: PathBuf, address: String },
-    /// Post-copy: pages served from here on demand after the restore.
-    Lazy { images: PathBuf, page_server: String },
+    /// Post-copy: pages served from here on demand after the restore; a
+    /// zero byte in the `status` FIFO says when the images are complete.
+    Lazy { images: PathBuf, page_server: String, status: Option<PathBuf> },
     /// A committed checkpoint in a store of this project's format.
     Store(StoreTarget),
 }

@@ -15,7 +15,9 @@ use crate::{
     checkpoint::RestoreCriuOptions,
     error::{Error, Result, blocking},
     exits::ProcessKey,
-    image_origin, netns,
+    image_origin,
+    lazy_pages::{self, PageSource},
+    netns,
     process::{InitState, Lifecycle},
     restore_gate::MemoryGate,
     restore_source::RestoreSource,
@@ -76,11 +78,43 @@ impl Container {
     /// Restores the init from `image`, checking `digests` of its memory
     /// images while CRIU works; the restored processes run only if they match.
     async fn restore_checked(&self, image: &Path, digests: Option<DeferredDigests>) -> Result<(u32, Option<i32>)> {
-        let criu = RestoreCriuOptions::read(image)?.to_criu();
+        let recorded = RestoreCriuOptions::read(image)?;
+        let criu = recorded.to_criu();
         let tcp_close = criu.tcp_close;
         let work = self.bundle.join("criu-restore-work");
         fresh_dir(&work)?;
-        let mut gate = digests.map(|d| MemoryGate::start(&work, d)).transpose()?;
+        let lazy = match recorded.lazy_pages {
+            true => Some(lazy_pages::Daemon::start(image, &work, &PageSource::read(image)?).await?),
+            false => None,
+        };
+        let restored = self.restore_with(image, digests, criu, tcp_close, &work, lazy.is_some()).await;
+        match (lazy, &restored) {
+            (Some(daemon), Ok(_)) => {
+                let (runc, id) = (self.ctx.runc.clone(), self.id.clone());
+                daemon.watch(image.to_path_buf(), async move {
+                    if let Err(e) = runc.kill(&id, nix::sys::signal::Signal::SIGKILL as u32, true).await {
+                        error!("{id}: could not kill it after its pages stopped coming: {e}");
+                    }
+                });
+            }
+            (Some(daemon), Err(_)) => daemon.kill().await,
+            (None, _) => {}
+        }
+        restored
+    }
+
+    /// [`Self::restore_checked`] once the work directory (and, for a lazy
+    /// restore, the daemon serving its pages) is ready.
+    async fn restore_with(
+        &self,
+        image: &Path,
+        digests: Option<DeferredDigests>,
+        criu: runc::CriuOptions,
+        tcp_close: bool,
+        work: &Path,
+        lazy_pages: bool,
+    ) -> Result<(u32, Option<i32>)> {
+        let mut gate = digests.map(|d| MemoryGate::start(work, d)).transpose()?;
         if gate.is_some() && !runc::config_scripts_under_runc().await {
             // This CRIU cannot be made to wait: the digests come first.
             if let Some(gate) = gate.take() {
@@ -93,11 +127,11 @@ impl Container {
         let opts = RestoreOptions {
             bundle: &self.bundle,
             image_path: image,
-            work_path: &work,
+            work_path: work,
             pid_file: &pid_file,
             console_socket: pending.console_socket(),
             no_pivot: self.no_pivot,
-            lazy_pages: false,
+            lazy_pages,
             criu,
             config: CriuConfig {
                 action_script: gate.as_ref().map(|g| g.script().to_owned()),

@@ -177,8 +177,10 @@ pub enum Pages {
     PageServer(String),
     /// Served on demand from the source after restore (post-copy): runc
     /// keeps a page server at "ADDRESS:PORT" until the restored side has
-    /// pulled every page; the dump returns only then.
-    Lazy { page_server: String },
+    /// pulled every page; the dump returns only then. runc writes a zero
+    /// byte into the `status` FIFO once the page server is up, which is
+    /// when the images are complete and the restore may begin.
+    Lazy { page_server: String, status: Option<PathBuf> },
 }
 
 #[derive(Debug, Clone)]
@@ -213,8 +215,11 @@ impl CheckpointOptions {
         match &self.pages {
             Pages::Local => {}
             Pages::PageServer(address) => args.extend(["--page-server".into(), address.into()]),
-            Pages::Lazy { page_server } => {
-                args.extend(["--lazy-pages".into(), "--page-server".into(), page_server.into()])
+            Pages::Lazy { page_server, status } => {
+                args.extend(["--lazy-pages".into(), "--page-server".into(), page_server.into()]);
+                if status.is_some() {
+                    args.extend(["--status-fd".into(), super::command::STATUS_FD.to_string().into()]);
+                }
             }
         }
         self.criu.push_args(&mut args);
@@ -319,7 +324,7 @@ mod tests {
             parent_path: Some("../v1".into()),
             leave_running: true,
             pre_dump: false,
-            pages: Pages::Lazy { page_server: "10.0.0.1:27".into() },
+            pages: Pages::Lazy { page_server: "10.0.0.1:27".into(), status: None },
             criu: CriuOptions {
                 tcp_established: true,
                 cgroups_mode: Some(CgroupsMode::Soft),

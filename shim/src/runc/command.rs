@@ -7,6 +7,8 @@
 
 use std::{
     ffi::OsString,
+    fs::File,
+    os::fd::AsRawFd,
     path::{Path, PathBuf},
     process::Stdio,
 };
@@ -30,16 +32,38 @@ pub struct Output {
     pub stderr: Vec<u8>,
 }
 
+/// The file runc gets as its descriptor [`STATUS_FD`] (`--status-fd`).
+pub const STATUS_FD: i32 = 3;
+
 pub async fn run(
     binary: &Path,
     args: Vec<OsString>,
     stdio: Stdio3,
     input: Option<&[u8]>,
     env: &[(&str, PathBuf)],
+    status: Option<&File>,
 ) -> Result<Output, Error> {
     let mut cmd = Command::new(binary);
     cmd.args(&args);
     cmd.envs(env.iter().map(|(k, v)| (k, v)));
+    if let Some(status) = status {
+        let fd = status.as_raw_fd();
+        // SAFETY: between fork and exec only async-signal-safe calls
+        // (dup2, fcntl) run.
+        unsafe {
+            cmd.pre_exec(move || {
+                if fd == STATUS_FD {
+                    // dup2 onto itself would keep close-on-exec set.
+                    if nix::libc::fcntl(fd, nix::libc::F_SETFD, 0) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                } else if nix::libc::dup2(fd, STATUS_FD) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
     let captured = matches!(stdio, Stdio3::Captured);
     match stdio {
         Stdio3::Captured => {

@@ -110,7 +110,7 @@ async fn made_by_criu() -> Result<Vec<u8>, String> {
         "mount -t tmpfs -o size=1m,mode=0755 criu-kdat {RUN} && {{ criu check >/dev/null 2>&1; exec cat {CACHE}; }}"
     );
     let args = ["--mount", "--propagation", "private", "sh", "-c", &script].map(Into::into).to_vec();
-    let out = run(Path::new("unshare"), args, Stdio3::Captured, None, &[]).await.map_err(|e| e.to_string())?;
+    let out = run(Path::new("unshare"), args, Stdio3::Captured, None, &[], None).await.map_err(|e| e.to_string())?;
     if out.status != 0 || out.stdout.is_empty() {
         return Err(format!(
             "`unshare --mount sh -c '{script}'` exited with status {}: {}",

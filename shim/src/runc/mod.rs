@@ -17,7 +17,7 @@ use std::{
 };
 
 pub use checkpoint::{
-    CgroupsMode, CheckpointOptions, CriuConfig, CriuOptions, CriuTls, NetworkLock, Pages, RestoreOptions,
+    CgroupsMode, CheckpointOptions, CriuConfig, CriuOptions, CriuTls, NetworkLock, Pages, RestoreOptions, criu_errors,
 };
 pub use command::Stdio3;
 use command::run;
@@ -130,7 +130,13 @@ impl Runc {
     pub async fn checkpoint(&self, id: &str, opts: &CheckpointOptions) -> Result<(), Error> {
         kerndat::ensure_cache().await;
         let env = criu_config_env(&opts.config, &opts.work_path)?;
-        let result = self.exec_command_env("checkpoint", opts.args(id), Stdio3::Captured, None, &env).await;
+        let status = match &opts.pages {
+            Pages::Lazy { status: Some(fifo), .. } => Some(open_status_fifo(fifo)?),
+            _ => None,
+        };
+        let result =
+            self.exec_command_env("checkpoint", opts.args(id), Stdio3::Captured, None, &env, status.as_ref()).await;
+        drop(status);
         result.map(drop).map_err(|e| with_criu_log(e, "checkpoint", &opts.work_path.join("dump.log")))
     }
 
@@ -139,7 +145,7 @@ impl Runc {
     pub async fn restore(&self, id: &str, opts: &RestoreOptions<'_>, stdio: Stdio3) -> Result<(), Error> {
         kerndat::ensure_cache().await;
         let env = criu_config_env(&opts.config, opts.work_path)?;
-        let result = self.exec_command_env("restore", opts.args(id), stdio, None, &env).await;
+        let result = self.exec_command_env("restore", opts.args(id), stdio, None, &env, None).await;
         result.map(drop).map_err(|e| with_criu_log(e, "restore", &opts.work_path.join("restore.log")))
     }
 
@@ -227,11 +233,12 @@ impl Runc {
         stdio: Stdio3,
         input: Option<&[u8]>,
     ) -> Result<Vec<u8>, Error> {
-        self.exec_command_env(command, args, stdio, input, &[]).await
+        self.exec_command_env(command, args, stdio, input, &[], None).await
     }
 
-    /// Runs runc with the global options in front of `args` and `env` added
-    /// to its environment; returns stdout.
+    /// Runs runc with the global options in front of `args`, `env` added
+    /// to its environment and `status` as its [`command::STATUS_FD`];
+    /// returns stdout.
     async fn exec_command_env(
         &self,
         command: &'static str,
@@ -239,6 +246,7 @@ impl Runc {
         stdio: Stdio3,
         input: Option<&[u8]>,
         env: &[(&str, PathBuf)],
+        status: Option<&std::fs::File>,
     ) -> Result<Vec<u8>, Error> {
         let log = LogFile::new(&self.log);
         let mut full = vec![
@@ -255,7 +263,7 @@ impl Runc {
         full.extend(args);
 
         let mark = log.mark();
-        let out = run(&self.binary, full, stdio, input, env).await?;
+        let out = run(&self.binary, full, stdio, input, env, status).await?;
         if out.status == 0 {
             return Ok(out.stdout);
         }
@@ -266,6 +274,30 @@ impl Runc {
             .unwrap_or_else(|| PRINTED_NOTHING.to_string());
         Err(classify(command, out.status, message))
     }
+}
+
+/// Opens the FIFO the caller reads a lazy dump's readiness from. Without
+/// blocking: a FIFO nobody reads is the caller's mistake, not a reason to
+/// hang the dump.
+fn open_status_fifo(fifo: &Path) -> Result<std::fs::File, Error> {
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let not_usable =
+        |why: String| Error::Config { message: format!("the status FIFO {} is not usable: {why}", fifo.display()) };
+    let meta = std::fs::metadata(fifo).map_err(|e| not_usable(e.to_string()))?;
+    if !meta.file_type().is_fifo() {
+        return Err(not_usable("it is not a FIFO (mkfifo)".into()));
+    }
+    let file =
+        std::fs::OpenOptions::new().write(true).custom_flags(nix::libc::O_NONBLOCK).open(fifo).map_err(|e| match e
+            .raw_os_error()
+        {
+            Some(nix::libc::ENXIO) => not_usable("nobody has it open for reading".into()),
+            _ => not_usable(e.to_string()),
+        })?;
+    // runc writes one byte; a blocking descriptor is what it expects.
+    nix::fcntl::fcntl(&file, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::empty()))
+        .map_err(|e| not_usable(e.to_string()))?;
+    Ok(file)
 }
 
 /// Writes `config` into `work` as CRIU's configuration file, if it says

@@ -47,7 +47,8 @@ pub async fn ask(args: &[&str]) -> Result<Reply, Error> {
     if let Some(reply) = asker.as_ref().and_then(|a| a.recall(book, &question)) {
         return Ok(reply);
     }
-    let out = run(Path::new("criu"), args.iter().map(OsString::from).collect(), Stdio3::Captured, None, &[]).await?;
+    let out =
+        run(Path::new("criu"), args.iter().map(OsString::from).collect(), Stdio3::Captured, None, &[], None).await?;
     let reply = Reply {
         status: out.status,
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
