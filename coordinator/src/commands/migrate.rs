@@ -1,6 +1,8 @@
 //! `migratectl migrate`: moves a running container to another host, with
 //! the steps shown as they happen (on a terminal) and the figures at the
-//! end (`--json`: mode, hosts, total and downtime, bytes, per-step times).
+//! end (`--json`: mode and why, hosts, total and downtime, bytes before,
+//! during and after the freeze, post-copy's faults and time to the last
+//! page, per-step times).
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -21,8 +23,11 @@ pub struct Args {
     /// The host to move it to (default: the one the scheduler picks, never its own)
     #[arg(long)]
     to: Option<String>,
-    /// How: stop-and-copy (frozen while its memory crosses the link)
-    #[arg(long, default_value = "stop-and-copy", value_parser = ["stop-and-copy"])]
+    /// How: stop-and-copy (frozen while its memory crosses the link),
+    /// post-copy (runs on the target at once, its memory follows), pre-copy
+    /// (memory copied while it runs; needs soft-dirty tracking), or auto
+    /// (the smallest predicted downtime the hosts allow)
+    #[arg(long, default_value = "auto", value_parser = ["auto", "stop-and-copy", "post-copy", "pre-copy"])]
     mode: String,
     /// Print the result as JSON (and no progress)
     #[arg(long)]
@@ -44,6 +49,20 @@ struct Report {
     memory_bytes: u64,
     filesystem_bytes: u64,
     steps: Vec<StepReport>,
+    /// Why this mode (for auto, what it compared).
+    mode_reason: String,
+    iterations: Vec<IterationReport>,
+    bytes_before_freeze: u64,
+    bytes_during_freeze: u64,
+    bytes_after_freeze: u64,
+    pages_faulted: u64,
+    all_pages_ms: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct IterationReport {
+    bytes: u64,
+    ms: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -54,8 +73,13 @@ struct StepReport {
 
 pub async fn run(a: Args) -> Result<ExitCode> {
     let mut client = a.cluster.coordinator().await?;
-    let request =
-        MigrateRequest { id: a.id.clone(), to: a.to.unwrap_or_default(), mode: MigrationMode::StopAndCopy.into() };
+    let mode = match a.mode.as_str() {
+        "stop-and-copy" => MigrationMode::StopAndCopy,
+        "post-copy" => MigrationMode::PostCopy,
+        "pre-copy" => MigrationMode::PreCopy,
+        _ => MigrationMode::Auto,
+    };
+    let request = MigrateRequest { id: a.id.clone(), to: a.to.unwrap_or_default(), mode: mode.into() };
     let mut stream = client
         .migrate(request)
         .await
@@ -69,7 +93,8 @@ pub async fn run(a: Args) -> Result<ExitCode> {
                     progress.finished(&step.step, step.ms, &step.detail)
                 }
                 Some(migrate_event::Event::Step(step)) => progress.began(&step.step),
-                Some(migrate_event::Event::Progress(_)) | None => {}
+                Some(migrate_event::Event::Progress(p)) => progress.moved(&p.step, p.bytes),
+                None => {}
                 Some(migrate_event::Event::Done(result)) => break result,
             },
             Ok(None) => {
@@ -88,15 +113,31 @@ pub async fn run(a: Args) -> Result<ExitCode> {
         write_stdout(&format!("{}\n", serde_json::to_string_pretty(&report)?))?;
     } else {
         write_stdout(&format!(
-            "{} moved from {} to {} ({}): downtime {}, total {}, {} of memory and {} of files moved\n",
+            "{} moved from {} to {} ({}) by {}: downtime {}, total {}, {} of memory and {} of files moved\n",
             report.id,
             report.source,
             report.target,
             report.ip,
+            report.mode,
             human_ms(Some(report.downtime_ms)),
             human_ms(Some(report.total_ms)),
             human_bytes(report.memory_bytes),
             human_bytes(report.filesystem_bytes)
+        ))?;
+        write_stdout(&format!(
+            "  moved before the freeze {}, during it {}, after it {}{}\n  {}\n",
+            human_bytes(report.bytes_before_freeze),
+            human_bytes(report.bytes_during_freeze),
+            human_bytes(report.bytes_after_freeze),
+            match report.mode.as_str() {
+                "post-copy" => format!(
+                    "; every page on the target after {}, {} faults served on demand",
+                    human_ms(Some(report.all_pages_ms)),
+                    report.pages_faulted
+                ),
+                _ => String::new(),
+            },
+            report.mode_reason
         ))?;
     }
     Ok(ExitCode::SUCCESS)
@@ -114,6 +155,13 @@ fn report(id: &str, r: MigrationResult) -> Report {
         memory_bytes: r.memory_bytes,
         filesystem_bytes: r.filesystem_bytes,
         steps: r.steps.into_iter().map(|s| StepReport { step: s.step, ms: s.ms }).collect(),
+        mode_reason: r.mode_reason,
+        iterations: r.iterations.into_iter().map(|i| IterationReport { bytes: i.bytes, ms: i.ms }).collect(),
+        bytes_before_freeze: r.bytes_before_freeze,
+        bytes_during_freeze: r.bytes_during_freeze,
+        bytes_after_freeze: r.bytes_after_freeze,
+        pages_faulted: r.pages_faulted,
+        all_pages_ms: r.all_pages_ms,
     }
 }
 
@@ -138,6 +186,13 @@ impl Progress {
     fn began(&self, step: &str) {
         if let Some(bar) = &self.bar {
             bar.set_message(step.to_string());
+        }
+    }
+
+    /// Bytes moved so far by the running step (the pages of a post-copy).
+    fn moved(&self, step: &str, bytes: u64) {
+        if let Some(bar) = &self.bar {
+            bar.set_message(format!("{step}: {} on the target", human_bytes(bytes)));
         }
     }
 

@@ -3,7 +3,10 @@
 //! other agents), and the migrations in progress here.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
 
 use tokio::sync::Mutex;
 
@@ -18,12 +21,32 @@ pub struct Context {
     /// None: this host runs no container of the cluster.
     pub bridge: Option<String>,
     pub tls: Tls,
+    /// The same identity as files, for CRIU's page server and lazy pages.
+    pub tls_files: TlsFiles,
+    /// The address other hosts reach this one at (a post-copy's page
+    /// server listens there).
+    pub host: IpAddr,
     /// Where migrations keep their images and state on this host.
     pub work: PathBuf,
     /// Where the cluster's containers write their output.
     pub logs: PathBuf,
     pub migrations: Mutex<HashMap<String, Migration>>,
     pub failpoints: super::failpoints::Failpoints,
+}
+
+/// The PEM files of this host's TLS identity, as CRIU takes them.
+#[derive(Debug, Clone, Serialize)]
+pub struct TlsFiles {
+    pub cacert: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl TlsFiles {
+    pub fn of(dir: &Path, name: &str) -> TlsFiles {
+        let own = crate::certs::IdentityFiles::of(dir, name);
+        TlsFiles { cacert: crate::certs::IdentityFiles::ca(dir).cert, cert: own.cert, key: own.key }
+    }
 }
 
 impl Context {

@@ -73,12 +73,19 @@ pub async fn run(config: Config) -> Result<()> {
         .context("the agent drives this host's containerd")?;
     let probe = Arc::new(probe);
     let cd = Containerd::connect(&config.containerd.to_string_lossy(), NAMESPACE).await?;
+    let host = std::net::ToSocketAddrs::to_socket_addrs(&advertise)
+        .ok()
+        .and_then(|mut a| a.next())
+        .map(|a| a.ip())
+        .with_context(|| format!("the advertised address {advertise} is not HOST:PORT of this host"))?;
     let ctx = Arc::new(Context {
         name: config.name.clone(),
         cd,
         snapshotter: config.snapshotter.clone(),
         bridge: config.bridge.clone(),
         tls: tls.clone(),
+        tls_files: context::TlsFiles::of(&config.tls_dir, &config.name),
+        host,
         work: config.state_dir.clone(),
         logs: config.state_dir.join("logs"),
         migrations: Mutex::new(HashMap::new()),

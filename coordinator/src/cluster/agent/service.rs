@@ -19,7 +19,8 @@ use crate::proto::agent_server::Agent;
 use crate::proto::{
     AgentListContainersRequest, AgentListContainersResponse, CreateContainerRequest, CreateContainerResponse,
     DescribeRequest, DescribeResponse, Done, DumpRequest, DumpResponse, ExportImageRequest, HostInfo, ImageChunk,
-    InfoRequest, MigrationRef, PrepareTargetRequest, PrepareTargetResponse, ReceiveResponse, RestoreTargetResponse,
+    InfoRequest, MigrationMode, MigrationRef, PagesProgress, PrepareTargetRequest, PrepareTargetResponse,
+    ProbeLinkResponse, ReceiveResponse, RestoreTargetRequest, RestoreTargetResponse, StopPagesResponse,
     SyncLayerRequest, SyncLayerResponse, TransferChunk,
 };
 
@@ -116,8 +117,22 @@ impl Agent for AgentService {
         let req = req.into_inner();
         let m = migration_ref(req.migration)?;
         self.ctx.failpoints.check("dump").map_err(failed(&self.ctx.name))?;
+        let mode = MigrationMode::try_from(req.mode)
+            .map_err(|_| Status::invalid_argument(format!("unknown migration mode {}", req.mode)))?;
         let target = self.peer(&req.target_agent, &req.target_name).await?;
-        source::dump(&self.ctx, &m, target).await.map(Response::new).map_err(failed(&self.ctx.name))
+        source::dump(&self.ctx, &m, mode, target).await.map(Response::new).map_err(failed(&self.ctx.name))
+    }
+
+    async fn probe_link(&self, req: Request<SyncLayerRequest>) -> Result<Response<ProbeLinkResponse>, Status> {
+        let req = req.into_inner();
+        let m = migration_ref(req.migration)?;
+        let target = self.peer(&req.target_agent, &req.target_name).await?;
+        source::probe_link(&m, target).await.map(Response::new).map_err(failed(&self.ctx.name))
+    }
+
+    async fn stop_pages(&self, req: Request<MigrationRef>) -> Result<Response<StopPagesResponse>, Status> {
+        let m = migration_ref(Some(req.into_inner()))?;
+        source::stop_pages(&self.ctx, &m).await.map(Response::new).map_err(failed(&self.ctx.name))
     }
 
     async fn finish_source(&self, req: Request<MigrationRef>) -> Result<Response<Done>, Status> {
@@ -145,10 +160,24 @@ impl Agent for AgentService {
         target::receive(&self.ctx, req.into_inner()).await.map(Response::new).map_err(failed(&self.ctx.name))
     }
 
-    async fn restore_target(&self, req: Request<MigrationRef>) -> Result<Response<RestoreTargetResponse>, Status> {
-        let m = migration_ref(Some(req.into_inner()))?;
+    async fn restore_target(
+        &self,
+        req: Request<RestoreTargetRequest>,
+    ) -> Result<Response<RestoreTargetResponse>, Status> {
+        let req = req.into_inner();
+        let m = migration_ref(req.migration)?;
         self.ctx.failpoints.check("restore").map_err(failed(&self.ctx.name))?;
-        target::restore(&self.ctx, &m).await.map(Response::new).map_err(failed(&self.ctx.name))
+        target::restore(&self.ctx, &m, &req.page_server).await.map(Response::new).map_err(failed(&self.ctx.name))
+    }
+
+    type AwaitPagesStream = Pin<Box<dyn Stream<Item = Result<PagesProgress, Status>> + Send>>;
+
+    async fn await_pages(&self, req: Request<MigrationRef>) -> Result<Response<Self::AwaitPagesStream>, Status> {
+        let m = migration_ref(Some(req.into_inner()))?;
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let ctx = self.ctx.clone();
+        tokio::spawn(async move { target::await_pages(&ctx, &m, tx).await });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
 
     async fn abort_target(&self, req: Request<MigrationRef>) -> Result<Response<Done>, Status> {

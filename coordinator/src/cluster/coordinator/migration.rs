@@ -1,16 +1,25 @@
-//! Moving a container to another host by stop-and-copy (seed 001 steps
-//! 1-9): check that two hosts are ready, pick the target, prepare it,
-//! sync the writable layer while the container runs, dump it (frozen, its
-//! network locked) with its images streamed to the target as CRIU writes
-//! them, restore it
-//! there, and only then remove it from the source. The record moves to the
+//! Moving a container to another host (seed 001 steps 1-9): check that two
+//! hosts are ready, pick the target, prepare it, sync the writable layer
+//! while the container runs, dump it (frozen, its network locked) with its
+//! images streamed to the target as CRIU writes them, restore it there,
+//! and only then remove it from the source. The record moves to the
 //! target in the one write that ends the migration.
 //!
-//! Until the target runs the container, every failure is undone: the
-//! target cleaned up, the source thawed with its network back, the record
-//! as it was; the error names the step and the cause. Exactly one copy
-//! runs at any moment: the source is frozen before the target restores,
-//! and removed (never thawed) once the target runs.
+//! By stop-and-copy the memory is in the images: the container is frozen
+//! while it crosses. By post-copy it is not: the container runs on the
+//! target at once and its memory follows from the source's page server
+//! (step `pages`), while the source keeps its frozen processes, every
+//! page whole, until the target has them all. [`choose`] picks the mode
+//! for `auto`.
+//!
+//! Until the target has the whole container, every failure is undone: the
+//! target cleaned up (its runtime kills a post-copy's container the moment
+//! its pages stop coming), the source thawed with its network back, the
+//! record as it was; the error names the step and the cause. Exactly one
+//! copy runs at any moment: the source is frozen before the target
+//! restores, and removed (never thawed) once the target has it all. What
+//! decides a post-copy is the source's page server: it ends with every
+//! page sent (the migration happened) or without (the source runs it on).
 
 use std::time::Instant;
 
@@ -22,8 +31,9 @@ use super::service::CoordinatorService;
 use crate::containers::{ContainerRecord, Phase};
 use crate::membership::{HostRecord, Liveness};
 use crate::proto::{
-    ContainerState, DescribeRequest, DumpRequest, MigrateEvent, MigrateRequest, MigrationMode, MigrationRef,
-    MigrationResult, PrepareTargetRequest, StepEvent, StepTime, SyncLayerRequest, migrate_event,
+    ContainerState, DescribeRequest, DescribeResponse, DumpRequest, Iteration, MigrateEvent, MigrateRequest,
+    MigrationMode, MigrationRef, MigrationResult, PrepareTargetRequest, PrepareTargetResponse, Progress,
+    RestoreTargetRequest, StepEvent, StepTime, SyncLayerRequest, migrate_event,
 };
 use crate::records::{self, Change};
 use crate::scheduler::{self, Rules};
@@ -35,7 +45,18 @@ pub const PREPARE: &str = "prepare";
 pub const SYNC: &str = "sync";
 pub const DUMP: &str = "dump";
 pub const RESTORE: &str = "restore";
+pub const PAGES: &str = "pages";
 pub const FINISH: &str = "finish";
+
+/// What freezing, dumping what is not memory and restoring cost, measured
+/// here at every size (issue 14's benchmark): a stop-and-copy's downtime
+/// is this plus its memory's time on the link, a post-copy's about this.
+const FIXED_DOWNTIME_MS: f64 = 250.0;
+/// What a post-copy adds to it: the lazy-pages daemon's start and the
+/// restore's first faults, served across the link.
+const POST_COPY_EXTRA_MS: f64 = 50.0;
+/// How long the target may be silent while it pulls a post-copy's memory.
+const PAGES_SILENCE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A migration's chosen hosts.
 struct Plan {
@@ -43,6 +64,14 @@ struct Plan {
     source: HostRecord,
     target: HostRecord,
     id: String,
+    mode: MigrationMode,
+}
+
+/// A mode and why.
+#[derive(Debug, Clone, PartialEq)]
+struct Choice {
+    mode: MigrationMode,
+    reason: String,
 }
 
 impl CoordinatorService {
@@ -79,10 +108,11 @@ impl CoordinatorService {
     /// Checks the request against the cluster, picks the target and marks
     /// the record as migrating.
     async fn plan(&self, req: &MigrateRequest) -> Result<Plan, Status> {
-        match MigrationMode::try_from(req.mode) {
-            Ok(MigrationMode::Unspecified | MigrationMode::StopAndCopy) => {}
+        let mode = match MigrationMode::try_from(req.mode) {
+            Ok(MigrationMode::Unspecified | MigrationMode::Auto) => MigrationMode::Auto,
+            Ok(mode) => mode,
             Err(_) => return Err(Status::invalid_argument(format!("unknown migration mode {}", req.mode))),
-        }
+        };
         let record: ContainerRecord = records::get(&*self.store, &req.id)
             .await
             .map_err(store_status)?
@@ -141,7 +171,7 @@ impl CoordinatorService {
         .map_err(store_status)?;
         let record = marked?.expect("written");
         log::info!("migration {id}: {} from {} to {target_name}", record.id, source.facts.name);
-        Ok(Plan { record, source, target: target.clone(), id })
+        Ok(Plan { record, source, target: target.clone(), id, mode })
     }
 
     /// The steps; an error says at which one.
@@ -163,7 +193,7 @@ impl CoordinatorService {
             .prepare_target(PrepareTargetRequest {
                 migration: Some(m.clone()),
                 container: Some(plan.record.to_proto(ContainerState::Running)),
-                source: Some(described),
+                source: Some(described.clone()),
                 source_agent: plan.source.facts.address.clone(),
                 source_name: source_name.clone(),
             })
@@ -174,7 +204,16 @@ impl CoordinatorService {
             "source" => format!("image from {source_name}, {}", bytes(prepared.image_bytes)),
             other => format!("image {other}"),
         };
+        let probe = SyncLayerRequest {
+            migration: Some(m.clone()),
+            target_agent: plan.target.facts.address.clone(),
+            target_name: target_name.clone(),
+        };
+        let choice = self.choose(plan, &described, &prepared, &mut source, probe).await.map_err(|e| (PREPARE, e))?;
+        log::info!("migration {}: {}", plan.id, choice.reason);
+        let detail = format!("{detail}; {}", choice.reason);
         steps.push(step.end(events, detail).await);
+        let lazy = choice.mode == MigrationMode::PostCopy;
 
         let step = Step::begin(SYNC, events).await;
         let synced = source
@@ -195,6 +234,7 @@ impl CoordinatorService {
                 migration: Some(m.clone()),
                 target_agent: plan.target.facts.address.clone(),
                 target_name: target_name.clone(),
+                mode: choice.mode.into(),
             })
             .await
             .map_err(|e| (DUMP, e))?
@@ -202,22 +242,41 @@ impl CoordinatorService {
         steps.push(
             step.end(
                 events,
-                format!(
-                    "{} of images ({} of memory), {} of layer changes",
-                    bytes(dumped.images_bytes),
-                    bytes(dumped.memory_bytes),
-                    bytes(dumped.layer_bytes)
-                ),
+                if lazy {
+                    format!(
+                        "{} of images (memory left behind, {} of it to come), {} of layer changes",
+                        bytes(dumped.images_bytes),
+                        bytes(described.memory_bytes),
+                        bytes(dumped.layer_bytes)
+                    )
+                } else {
+                    format!(
+                        "{} of images ({} of memory), {} of layer changes",
+                        bytes(dumped.images_bytes),
+                        bytes(dumped.memory_bytes),
+                        bytes(dumped.layer_bytes)
+                    )
+                },
             )
             .await,
         );
 
         let step = Step::begin(RESTORE, events).await;
-        let restored = target.restore_target(m.clone()).await.map_err(|e| (RESTORE, e))?.into_inner();
+        let restore = RestoreTargetRequest { migration: Some(m.clone()), page_server: dumped.page_server.clone() };
+        let restored = target.restore_target(restore).await.map_err(|e| (RESTORE, e))?.into_inner();
         let downtime = frozen.elapsed();
         steps.push(step.end(events, format!("pid {} on {target_name}", restored.pid)).await);
 
-        // The target runs it: from here on the migration has happened.
+        let mut after = Pulled::default();
+        if lazy {
+            let step = Step::begin(PAGES, events).await;
+            after = self.pull(plan, &m, &mut target, &mut source, events).await.map_err(|e| (PAGES, e))?;
+            let detail =
+                format!("{} in {:.0} ms, {} faults served on demand", bytes(after.bytes), after.ms, after.faults);
+            steps.push(step.end(events, detail).await);
+        }
+
+        // The target has all of it: from here on the migration has happened.
         self.commit(plan).await;
         let step = Step::begin(FINISH, events).await;
         let detail = match source.finish_source(m.clone()).await {
@@ -234,16 +293,130 @@ impl CoordinatorService {
         };
         steps.push(step.end(events, detail).await);
         Ok(MigrationResult {
-            mode: "stop-and-copy".to_string(),
+            mode: mode_name(choice.mode).to_string(),
+            mode_reason: choice.reason,
             source: source_name,
             target: target_name,
             total_ms: ms(started.elapsed()),
             downtime_ms: ms(downtime),
-            memory_bytes: dumped.memory_bytes,
+            memory_bytes: if lazy { after.bytes } else { dumped.memory_bytes },
             filesystem_bytes: synced.bytes + dumped.layer_bytes,
             steps,
             ip: plan.record.network.ip.clone(),
+            iterations: Vec::<Iteration>::new(),
+            bytes_before_freeze: synced.bytes + prepared.image_bytes,
+            bytes_during_freeze: dumped.images_bytes + dumped.layer_bytes,
+            bytes_after_freeze: after.bytes,
+            pages_faulted: after.faults,
+            all_pages_ms: after.ms,
         })
+    }
+
+    /// The mode of `plan`: the one asked for if both hosts allow it, else
+    /// for `auto` the one with the smallest predicted downtime.
+    async fn choose(
+        &self,
+        plan: &Plan,
+        described: &DescribeResponse,
+        prepared: &PrepareTargetResponse,
+        source: &mut crate::proto::agent_client::AgentClient<tonic::transport::Channel>,
+        probe: SyncLayerRequest,
+    ) -> Result<Choice, Status> {
+        let (source_name, target_name) = (&plan.source.facts.name, &plan.target.facts.name);
+        let post_copy_unavailable =
+            [(source_name, &described.post_copy_unavailable), (target_name, &prepared.post_copy_unavailable)]
+                .into_iter()
+                .find(|(_, why)| !why.is_empty())
+                .map(|(host, why)| format!("{host}: {why}"));
+        match plan.mode {
+            MigrationMode::StopAndCopy => {
+                Ok(Choice { mode: MigrationMode::StopAndCopy, reason: "stop-and-copy, as asked".into() })
+            }
+            MigrationMode::PostCopy => match post_copy_unavailable {
+                None => Ok(Choice { mode: MigrationMode::PostCopy, reason: "post-copy, as asked".into() }),
+                Some(why) => Err(Status::failed_precondition(format!("post-copy is not possible: {why}"))),
+            },
+            MigrationMode::PreCopy => Err(Status::unimplemented(match described.dirty_tracking_unavailable.as_str() {
+                "" => "pre-copy is not supported by this coordinator yet; use post-copy or auto".to_string(),
+                why => format!("pre-copy needs soft-dirty memory tracking on the source; {source_name}: {why}"),
+            })),
+            MigrationMode::Auto | MigrationMode::Unspecified => {
+                let link = match &post_copy_unavailable {
+                    // Nothing to choose from: no need to measure.
+                    Some(_) => None,
+                    None => {
+                        let probed = source.probe_link(probe).await?.into_inner();
+                        Some(probed.bytes as f64 * 8.0 / (probed.ms.max(0.1) / 1000.0))
+                    }
+                };
+                Ok(choose(described.memory_bytes, link, post_copy_unavailable.as_deref()))
+            }
+        }
+    }
+
+    /// Waits while the target pulls the memory, reporting progress. When
+    /// the transfer fails, the source's page server decides: if the target
+    /// had every page after all, the migration happened; if not, the error
+    /// leads to the undo (the source's frozen processes run on).
+    async fn pull(
+        &self,
+        plan: &Plan,
+        m: &MigrationRef,
+        target: &mut crate::proto::agent_client::AgentClient<tonic::transport::Channel>,
+        source: &mut crate::proto::agent_client::AgentClient<tonic::transport::Channel>,
+        events: &Events,
+    ) -> Result<Pulled, Status> {
+        let pulled = async {
+            let mut stream = target.await_pages(m.clone()).await?.into_inner();
+            loop {
+                // The target reports every 250 ms: silence is a target or
+                // a link gone, which no connection error may ever tell.
+                let next = tokio::time::timeout(PAGES_SILENCE, stream.message()).await.map_err(|_| {
+                    Status::unavailable(format!(
+                        "{} said nothing about the transfer for {PAGES_SILENCE:?}",
+                        plan.target.facts.name
+                    ))
+                })??;
+                let Some(progress) = next else { break };
+                if !progress.done {
+                    let event = Progress { step: PAGES.to_string(), bytes: progress.bytes };
+                    let _ = events.send(Ok(MigrateEvent { event: Some(migrate_event::Event::Progress(event)) })).await;
+                    continue;
+                }
+                if progress.complete {
+                    return Ok(Pulled { bytes: progress.bytes, ms: progress.ms, faults: progress.faults });
+                }
+                return Err(Status::aborted(format!(
+                    "{} stopped pulling the memory after {}: {}",
+                    plan.target.facts.name,
+                    bytes(progress.bytes),
+                    progress.error
+                )));
+            }
+            Err(Status::unavailable(format!("{} ended the transfer without a word", plan.target.facts.name)))
+        }
+        .await;
+        let Err(failed) = pulled else { return pulled };
+        match source.stop_pages(m.clone()).await {
+            Ok(stopped) if stopped.get_ref().complete => {
+                log::warn!(
+                    "migration {}: the target had every page after all ({}); the migration happened",
+                    plan.id,
+                    failed.message()
+                );
+                Ok(Pulled::default())
+            }
+            Ok(_) => Err(failed),
+            Err(e) => Err(Status::new(
+                failed.code(),
+                format!(
+                    "{}; and stopping the page server on {} failed: {}",
+                    failed.message(),
+                    plan.source.facts.name,
+                    e.message()
+                ),
+            )),
+        }
     }
 
     /// The record on the target, the migration over.
@@ -272,6 +445,18 @@ impl CoordinatorService {
     async fn undo(&self, plan: &Plan) -> String {
         let m = MigrationRef { migration_id: plan.id.clone(), container_id: plan.record.id.clone() };
         let mut problems = Vec::new();
+        // A post-copy's page server first: had the target every page by
+        // the time it ended, the source has nothing left to run.
+        if let Ok(mut source) = self.agent(&plan.source).await
+            && let Ok(stopped) = source.stop_pages(m.clone()).await
+            && stopped.into_inner().complete
+        {
+            self.commit(plan).await;
+            return format!(
+                "but the target had every page by then: {} runs on {} (its copy on {} was not removed)",
+                plan.record.id, plan.target.facts.name, plan.source.facts.name
+            );
+        }
         match self.agent(&plan.target).await {
             Ok(mut target) => {
                 if let Err(e) = target.abort_target(m.clone()).await {
@@ -311,6 +496,59 @@ impl CoordinatorService {
     }
 }
 
+/// What a post-copy pulled after the freeze.
+#[derive(Debug, Default)]
+struct Pulled {
+    bytes: u64,
+    ms: f64,
+    faults: u64,
+}
+
+/// `auto`'s choice for a container holding `memory` bytes, over a link of
+/// `link_bits` per second (None: not measured, since there was no choice):
+/// the smallest predicted downtime. Stop-and-copy freezes the container
+/// while its memory crosses; post-copy about as long as a stop-and-copy of
+/// nothing, but leans on the source until the last page arrives, so it is
+/// chosen only when it saves something. Pre-copy is not among the choices
+/// yet.
+fn choose(memory: u64, link_bits: Option<f64>, post_copy_unavailable: Option<&str>) -> Choice {
+    let mib = memory as f64 / (1024.0 * 1024.0);
+    match (post_copy_unavailable, link_bits) {
+        (Some(why), _) => Choice {
+            mode: MigrationMode::StopAndCopy,
+            reason: format!("auto: stop-and-copy, the only mode these hosts allow ({mib:.0} MiB); post-copy: {why}"),
+        },
+        (None, None) => Choice {
+            mode: MigrationMode::StopAndCopy,
+            reason: "auto: stop-and-copy, the link was not measured".to_string(),
+        },
+        (None, Some(bits)) => {
+            let stop_and_copy = FIXED_DOWNTIME_MS + memory as f64 * 8.0 / bits * 1000.0;
+            let post_copy = FIXED_DOWNTIME_MS + POST_COPY_EXTRA_MS;
+            let mode = if post_copy < stop_and_copy { MigrationMode::PostCopy } else { MigrationMode::StopAndCopy };
+            Choice {
+                mode,
+                reason: format!(
+                    "auto: {} (predicted downtime {post_copy:.0} ms by post-copy, {stop_and_copy:.0} ms by \
+                     stop-and-copy: {mib:.0} MiB over {:.0} Mbit/s; pre-copy not offered yet)",
+                    mode_name(mode),
+                    bits / 1e6
+                ),
+            }
+        }
+    }
+}
+
+/// A mode as `migratectl` names it.
+pub fn mode_name(mode: MigrationMode) -> &'static str {
+    match mode {
+        MigrationMode::StopAndCopy => "stop-and-copy",
+        MigrationMode::PostCopy => "post-copy",
+        MigrationMode::PreCopy => "pre-copy",
+        MigrationMode::Auto | MigrationMode::Unspecified => "auto",
+    }
+}
+
 /// A step being timed, announced when it begins and ends.
 struct Step {
     name: &'static str,
@@ -339,4 +577,28 @@ fn ms(d: std::time::Duration) -> f64 {
 fn bytes(n: u64) -> String {
     const MIB: f64 = 1024.0 * 1024.0;
     if n >= 1024 * 1024 { format!("{:.1} MiB", n as f64 / MIB) } else { format!("{:.1} KiB", n as f64 / 1024.0) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GBIT: f64 = 1e9;
+
+    #[test]
+    fn auto_picks_the_smallest_predicted_downtime() {
+        let big = choose(256 << 20, Some(GBIT), None);
+        assert_eq!(big.mode, MigrationMode::PostCopy, "{}", big.reason);
+        assert!(big.reason.contains("256 MiB over 1000 Mbit/s"), "{}", big.reason);
+        // A few MiB cross faster than the lazy pages' set-up.
+        let tiny = choose(2 << 20, Some(GBIT), None);
+        assert_eq!(tiny.mode, MigrationMode::StopAndCopy, "{}", tiny.reason);
+    }
+
+    #[test]
+    fn auto_says_why_post_copy_was_not_possible() {
+        let c = choose(1 << 30, None, Some("h2: this host's kernel lacks userfaultfd"));
+        assert_eq!(c.mode, MigrationMode::StopAndCopy);
+        assert!(c.reason.contains("userfaultfd"), "{}", c.reason);
+    }
 }

@@ -1,5 +1,6 @@
-//! The agent's part of a migration (stop-and-copy; the live modes build on
-//! the same steps). The coordinator drives it, one call per step, on both
+//! The agent's part of a migration, stop-and-copy or post-copy (whose dump
+//! leaves the memory behind a page server, [`page_server`], that the
+//! target's runtime pulls from, [`pages`]). The coordinator drives it, one call per step, on both
 //! hosts; data goes from agent to agent, never through the coordinator:
 //!
 //! | step | source ([`source`]) | target ([`target`]) |
@@ -8,8 +9,9 @@
 //! | sync | `SyncLayer`: the writable layer's changes | `Receive`: applies them |
 //! | dump | `Dump`: link down, freeze, dump into RAM while its images stream to the target, last changes of the layer | `Receive` |
 //! | restore | | `RestoreTarget`: task from the images, link up, announce |
+//! | pages (post-copy) | page server until the target has every page | `AwaitPages`: the runtime pulls them |
 //! | finish | `FinishSource`: removed | |
-//! | or abort | `ResumeSource`: thawed, link up | `AbortTarget`: all undone |
+//! | or abort | `StopPages`, `ResumeSource`: thawed, link up | `AbortTarget`: all undone |
 //!
 //! Each host keeps what it needs between calls here, keyed by the
 //! migration's id, and its files under `migrations/ID` ([`dir`]); an agent that
@@ -17,7 +19,10 @@
 //! cleans up by container id.
 
 pub mod criu_images;
+pub mod features;
 pub mod layer;
+pub mod page_server;
+pub mod pages;
 pub mod source;
 pub mod target;
 pub mod transfer;

@@ -11,14 +11,18 @@ use serde::Serialize;
 use tonic::transport::Channel;
 
 use super::layer::LayerSync;
-use super::{Migration, criu_images, dir, transfer};
+use super::page_server::PageServer;
+use super::{Migration, criu_images, dir, features, transfer};
 use crate::agent::containers::{self, blocking};
 use crate::agent::context::Context;
 use crate::agent::network::{self, Link};
 use crate::host::image;
 use crate::host::shim::Shim;
 use crate::proto::agent_client::AgentClient;
-use crate::proto::{DescribeResponse, DumpResponse, MigrationRef, SyncLayerResponse, TransferKind};
+use crate::proto::{
+    DescribeResponse, DumpResponse, MigrationMode, MigrationRef, ProbeLinkResponse, StopPagesResponse,
+    SyncLayerResponse, TransferKind,
+};
 
 /// What the source keeps between its steps.
 pub struct Source {
@@ -28,6 +32,8 @@ pub struct Source {
     /// Whether this migration froze the container and cut its link (and
     /// so must undo both if it fails).
     frozen: bool,
+    /// Post-copy: the page server the target pulls the memory from.
+    pages: Option<PageServer>,
 }
 
 /// The container as the target must recreate it.
@@ -38,7 +44,11 @@ pub async fn describe(ctx: &Context, id: &str) -> Result<DescribeResponse> {
     }
     let spec = c.spec.map(|s| s.value).context("the container has no spec")?;
     let chain_id = image::rootfs_chain_id(&ctx.cd, &c.image).await?;
+    let task = ctx.cd.task(id).await?.with_context(|| format!("container {id} has no task on {}", ctx.name))?;
     Ok(DescribeResponse {
+        memory_bytes: features::memory_bytes(task.pid).unwrap_or(0),
+        post_copy_unavailable: features::post_copy_source().unwrap_or_default(),
+        dirty_tracking_unavailable: features::dirty_tracking().await.unwrap_or_default(),
         spec,
         image: c.image,
         snapshotter: c.snapshotter,
@@ -60,9 +70,25 @@ pub async fn sync_layer(
     let (sent, layer) = layer.send(&mut target, m).await?;
     ctx.migrations.lock().await.insert(
         m.migration_id.clone(),
-        Migration::Source(Source { container: m.container_id.clone(), layer: Some(layer), frozen: false }),
+        Migration::Source(Source { container: m.container_id.clone(), layer: Some(layer), frozen: false, pages: None }),
     );
     Ok(SyncLayerResponse { bytes: sent.bytes, files: sent.files })
+}
+
+/// How much the link to the target carries: this many bytes of nothing
+/// sent to its Receive, which counts and drops them.
+pub async fn probe_link(m: &MigrationRef, mut target: AgentClient<Channel>) -> Result<ProbeLinkResponse> {
+    const PROBE_BYTES: usize = 8 << 20;
+    let started = Instant::now();
+    let bytes = transfer::send(&mut target, m, TransferKind::Probe, |w| {
+        let block = vec![0u8; 1 << 20];
+        for _ in 0..PROBE_BYTES / block.len() {
+            w.write_all(&block)?;
+        }
+        Ok(())
+    })
+    .await?;
+    Ok(ProbeLinkResponse { bytes, ms: started.elapsed().as_secs_f64() * 1000.0 })
 }
 
 /// The layer's sync state of migration `m`, or a new one.
@@ -91,7 +117,26 @@ struct DirectoryDump {
 /// target as CRIU writes them ([`super::criu_images`]) and, meanwhile, the
 /// layer's last changes (the files cannot change while it is frozen). It
 /// stays frozen and cut off: [`finish`] or [`resume`] decides.
-pub async fn dump(ctx: &Context, m: &MigrationRef, target: AgentClient<Channel>) -> Result<DumpResponse> {
+///
+/// Post-copy dumps everything but the memory, which stays in the frozen
+/// processes behind a page server ([`PageServer`]) until the target has
+/// pulled it all.
+pub async fn dump(
+    ctx: &Context,
+    m: &MigrationRef,
+    mode: MigrationMode,
+    target: AgentClient<Channel>,
+) -> Result<DumpResponse> {
+    let lazy = match mode {
+        MigrationMode::StopAndCopy => false,
+        MigrationMode::PostCopy => {
+            if let Some(why) = features::post_copy_source() {
+                bail!("{} cannot serve a post-copy: {why}", ctx.name);
+            }
+            true
+        }
+        other => bail!("a dump by {} is not supported by this agent", other.as_str_name()),
+    };
     let id = m.container_id.clone();
     let layer = take_layer(ctx, m).await?;
     let task = ctx.cd.task(&id).await?.with_context(|| format!("container {id} has no task on {}", ctx.name))?;
@@ -102,33 +147,44 @@ pub async fn dump(ctx: &Context, m: &MigrationRef, target: AgentClient<Channel>)
         std::fs::create_dir_all(d).with_context(|| format!("create {}", d.display()))?;
     }
     // From here on, a failure must thaw it and bring its link back.
-    ctx.migrations
-        .lock()
-        .await
-        .insert(m.migration_id.clone(), Migration::Source(Source { container: id.clone(), layer: None, frozen: true }));
+    ctx.migrations.lock().await.insert(
+        m.migration_id.clone(),
+        Migration::Source(Source { container: id.clone(), layer: None, frozen: true, pages: None }),
+    );
     let link_id = id.clone();
     blocking(move || network::set_link(&link_id, Link::Down)).await.context("lock the container's network")?;
     let frozen = Instant::now();
     let frozen_unix_ms = crate::membership::now();
     ctx.cd.pause_task(&id).await.context("freeze the container")?;
-
-    let options =
-        DirectoryDump { image_path: images.clone(), work_path: work, tcp_established: true, file_locks: true };
-    let options = serde_json::to_vec(&options).context("encode the checkpoint options")?;
     let shim = Shim::of_task(task.pid, ctx.cd.namespace())?;
+
     let signals = criu_images::signals();
+    let (dumped, page_server) = if lazy {
+        let server = PageServer::start(shim, &id, ctx.host, &ctx.tls_files, &images, &work).await;
+        let server = server.context("dump the container for post-copy")?;
+        // The images are complete: only the page server goes on.
+        signals.dumped.store(true, Ordering::SeqCst);
+        let address = server.address.clone();
+        if let Some(Migration::Source(s)) = ctx.migrations.lock().await.get_mut(&m.migration_id) {
+            s.pages = Some(server);
+        }
+        (tokio::task::spawn(async { Ok(()) }), address)
+    } else {
+        let options =
+            DirectoryDump { image_path: images.clone(), work_path: work, tcp_established: true, file_locks: true };
+        let options = serde_json::to_vec(&options).context("encode the checkpoint options")?;
+        let (id, signals) = (id.clone(), signals.clone());
+        let dumped = tokio::task::spawn_blocking(move || {
+            let dumped = shim.checkpoint_with(&id, options);
+            signals.dumped.store(true, Ordering::SeqCst);
+            dumped
+        });
+        (dumped, String::new())
+    };
     let (tx, rx) = tokio::sync::mpsc::channel(8);
     let follower = {
         let (dir, signals) = (images.clone(), signals.clone());
         tokio::task::spawn_blocking(move || criu_images::follow(&dir, &signals, &tx))
-    };
-    let dumped = {
-        let (id, signals) = (id.clone(), signals.clone());
-        tokio::task::spawn_blocking(move || {
-            let dumped = shim.checkpoint_with(&id, options);
-            signals.dumped.store(true, Ordering::SeqCst);
-            dumped
-        })
     };
     let mut images_target = target.clone();
     let mut layer_target = target;
@@ -154,13 +210,48 @@ pub async fn dump(ctx: &Context, m: &MigrationRef, target: AgentClient<Channel>)
         layer_bytes: last.bytes,
         dump_ms,
         send_ms: frozen.elapsed().as_secs_f64() * 1000.0 - dump_ms,
+        page_server,
     })
+}
+
+/// Ends a post-copy's page server unless the transfer is over, and says
+/// whether the target had every page by then (the source's processes are
+/// gone then; otherwise they are frozen here, whole). Safe to call more
+/// than once, and for a migration that had no page server.
+pub async fn stop_pages(ctx: &Context, m: &MigrationRef) -> Result<StopPagesResponse> {
+    let server = match ctx.migrations.lock().await.get_mut(&m.migration_id) {
+        Some(Migration::Source(s)) => s.pages.take(),
+        _ => None,
+    };
+    let Some(server) = server else { return Ok(StopPagesResponse { complete: false }) };
+    let complete = match server.stop_now().await {
+        Ok(()) => true,
+        Err(e) => {
+            log::info!("migration {}: the page server ended without a complete transfer: {e:#}", m.migration_id);
+            false
+        }
+    };
+    if complete {
+        // Nothing of the container is left here to resume.
+        if let Some(Migration::Source(s)) = ctx.migrations.lock().await.get_mut(&m.migration_id) {
+            s.frozen = false;
+        }
+    }
+    Ok(StopPagesResponse { complete })
 }
 
 /// The target runs the container: remove it here, frozen and cut off as
 /// it is (killed before it is thawed, it never runs again).
 pub async fn finish(ctx: &Context, m: &MigrationRef) -> Result<()> {
-    let state = ctx.migrations.lock().await.remove(&m.migration_id);
+    let mut state = ctx.migrations.lock().await.remove(&m.migration_id);
+    if let Some(Migration::Source(Source { pages, .. })) = &mut state
+        && let Some(server) = pages.take()
+    {
+        // The target has every page, so the page server ends by itself.
+        if let Err(e) = server.wait().await {
+            log::warn!("migration {}: the page server ended with: {e:#}", m.migration_id);
+        }
+    }
     containers::remove(ctx, &m.container_id).await?;
     let _ = std::fs::remove_dir_all(dir(ctx, &m.migration_id));
     drop(state);
@@ -170,6 +261,14 @@ pub async fn finish(ctx: &Context, m: &MigrationRef) -> Result<()> {
 /// The migration failed: thaw the container and bring its link back, if
 /// this migration took them. Safe to call more than once.
 pub async fn resume(ctx: &Context, m: &MigrationRef) -> Result<()> {
+    // A page server still running holds the processes: end it first.
+    if stop_pages(ctx, m).await?.complete {
+        bail!(
+            "{} cannot run on {} again: the target had every page of it when its page server ended",
+            m.container_id,
+            ctx.name
+        );
+    }
     let state = ctx.migrations.lock().await.remove(&m.migration_id);
     let _ = std::fs::remove_dir_all(dir(ctx, &m.migration_id));
     let froze = match &state {

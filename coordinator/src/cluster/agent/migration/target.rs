@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context as _, Result, anyhow, bail};
@@ -11,11 +12,12 @@ use containerd_client::services::v1::Container;
 use containerd_client::services::v1::container::Runtime;
 use containerd_client::types::Mount;
 use prost_types::Any;
+use tokio::sync::{mpsc, watch};
 use tokio_stream::StreamExt;
 use tonic::Streaming;
 use tonic::transport::Channel;
 
-use super::{Migration, criu_images, dir, layer};
+use super::{Migration, criu_images, dir, features, layer, pages};
 use crate::agent::containers::{self, Undo, blocking};
 use crate::agent::context::Context;
 use crate::agent::images::{self, ImageFrom};
@@ -25,8 +27,8 @@ use crate::host::image;
 use crate::host::pipe;
 use crate::proto::agent_client::AgentClient;
 use crate::proto::{
-    MigrationRef, PrepareTargetRequest, PrepareTargetResponse, ReceiveResponse, RestoreTargetResponse, TransferChunk,
-    TransferKind,
+    MigrationRef, PagesProgress, PrepareTargetRequest, PrepareTargetResponse, ReceiveResponse, RestoreTargetResponse,
+    TransferChunk, TransferKind,
 };
 
 /// The label naming the migration that made a container on its target:
@@ -39,6 +41,8 @@ pub struct Target {
     upper: PathBuf,
     rootfs: Vec<Mount>,
     images: PathBuf,
+    /// Post-copy: restored, its memory arriving ([`pages::watch`]).
+    pulling: Option<watch::Receiver<PagesProgress>>,
 }
 
 /// Gets everything ready for the restore but the task.
@@ -86,7 +90,11 @@ pub async fn prepare(
         ImageFrom::Registry => ("registry", 0),
         ImageFrom::Source { bytes } => ("source", bytes),
     };
-    Ok(PrepareTargetResponse { image_from: image_from.to_string(), image_bytes })
+    Ok(PrepareTargetResponse {
+        image_from: image_from.to_string(),
+        image_bytes,
+        post_copy_unavailable: features::post_copy_target().await.unwrap_or_default(),
+    })
 }
 
 /// The snapshot, the container (the source's spec, which names the
@@ -133,7 +141,7 @@ async fn make(
         undo.container().await;
         return Err(anyhow!("create {}: {e}", images.display()));
     }
-    Ok(Target { container: id.to_string(), upper, rootfs, images })
+    Ok(Target { container: id.to_string(), upper, rootfs, images, pulling: None })
 }
 
 /// Takes one stream from the source: layer changes or images.
@@ -148,6 +156,13 @@ pub async fn receive(ctx: &Context, mut stream: Streaming<TransferChunk>) -> Res
     match kind {
         TransferKind::Layer => receive_layer(upper, head, stream).await,
         TransferKind::Images => receive_images(images, head, stream).await,
+        TransferKind::Probe => {
+            let mut bytes = head.data.len() as u64;
+            while let Some(chunk) = stream.next().await {
+                bytes += chunk?.data.len() as u64;
+            }
+            Ok(ReceiveResponse { bytes })
+        }
         TransferKind::Unspecified => bail!("the stream does not say what it carries"),
     }
 }
@@ -227,13 +242,19 @@ async fn receive_images(
 }
 
 /// Restores the task from what arrived, then gives it the network: link
-/// up (the source's is down since its freeze) and the IP announced.
-pub async fn restore(ctx: &Context, m: &MigrationRef) -> Result<RestoreTargetResponse> {
+/// up (the source's is down since its freeze) and the IP announced. For a
+/// post-copy (`page_server` not empty), the runtime pulls the memory from
+/// the source's page server meanwhile ([`pages`]).
+pub async fn restore(ctx: &Arc<Context>, m: &MigrationRef, page_server: &str) -> Result<RestoreTargetResponse> {
     let started = Instant::now();
     let (rootfs, images) = match ctx.migrations.lock().await.get(&m.migration_id) {
         Some(Migration::Target(t)) if t.container == m.container_id => (t.rootfs.clone(), t.images.clone()),
         _ => bail!("{} prepares no migration {} of {}", ctx.name, m.migration_id, m.container_id),
     };
+    let lazy = !page_server.is_empty();
+    if lazy {
+        pages::name_source(&images, page_server, &ctx.tls_files)?;
+    }
     let id = m.container_id.clone();
     let task = containers::task_request(ctx, &id, rootfs, Some(&images))?;
     // With a checkpoint, containerd starts the restored task in the create.
@@ -251,15 +272,71 @@ pub async fn restore(ctx: &Context, m: &MigrationRef) -> Result<RestoreTargetRes
             log::warn!("announcing the IP of {announced}: {e}");
         }
     });
-    ctx.migrations.lock().await.remove(&m.migration_id);
-    let _ = std::fs::remove_dir_all(dir(ctx, &m.migration_id));
+    if lazy {
+        // The images stay until every page is here; a transfer that fails
+        // leaves nothing behind here, whoever is listening.
+        let (tx, rx) = watch::channel(PagesProgress::default());
+        if let Some(Migration::Target(t)) = ctx.migrations.lock().await.get_mut(&m.migration_id) {
+            t.pulling = Some(rx);
+        }
+        let (ctx, m, images) = (ctx.clone(), m.clone(), images.clone());
+        tokio::spawn(async move {
+            match pages::watch(images, pid, tx).await {
+                // The entry stays for AwaitPages to read the last report.
+                pages::Watched::Complete => {
+                    let _ = std::fs::remove_dir_all(dir(&ctx, &m.migration_id));
+                }
+                pages::Watched::Failed => {
+                    log::warn!(
+                        "migration {}: the memory did not all arrive (the runtime killed {}); removing it here",
+                        m.migration_id,
+                        m.container_id
+                    );
+                    if let Err(e) = abort(&ctx, &m).await {
+                        log::error!("migration {}: removing {}: {e:#}", m.migration_id, m.container_id);
+                    }
+                }
+                // The coordinator decides, from what the source says.
+                pages::Watched::Unknown => {}
+            }
+        });
+    } else {
+        ctx.migrations.lock().await.remove(&m.migration_id);
+        let _ = std::fs::remove_dir_all(dir(ctx, &m.migration_id));
+    }
     Ok(RestoreTargetResponse { pid, running_unix_ms, restore_ms })
+}
+
+/// Reports on `tx` how the memory of post-copy `m` arrives, until it is
+/// all here (the migration's files go then) or the transfer failed (the
+/// runtime killed the container; the abort cleans up).
+pub async fn await_pages(ctx: &Context, m: &MigrationRef, tx: mpsc::Sender<Result<PagesProgress, tonic::Status>>) {
+    let rx = match ctx.migrations.lock().await.get(&m.migration_id) {
+        Some(Migration::Target(t)) if t.container == m.container_id => t.pulling.clone(),
+        _ => None,
+    };
+    match rx {
+        Some(rx) => {
+            pages::forward(rx.clone(), tx).await;
+            if rx.borrow().complete {
+                ctx.migrations.lock().await.remove(&m.migration_id);
+            }
+        }
+        None => {
+            let said = format!(
+                "{} pulls no memory for migration {} of {} (any more)",
+                ctx.name, m.migration_id, m.container_id
+            );
+            let _ = tx.send(Err(tonic::Status::failed_precondition(said))).await;
+        }
+    }
 }
 
 /// Undoes everything the target made for migration `m`: no copy of the
 /// container is left here. Safe to call more than once.
 pub async fn abort(ctx: &Context, m: &MigrationRef) -> Result<()> {
     ctx.migrations.lock().await.remove(&m.migration_id);
+    pages::stop(&dir(ctx, &m.migration_id).join("images"));
     // By id, so that an agent that restarted mid-migration cleans up too;
     // but never a container this migration did not make.
     match ctx.cd.container(&m.container_id).await {
