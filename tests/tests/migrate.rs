@@ -10,8 +10,12 @@
 //! on from the target with the next numbers. A counter moves too, and
 //! then fails to move, once per kind of failure, each time still
 //! counting on its source: the target's restore refused, the target's
-//! agent killed mid-migration, the target's containerd killed. A watcher
-//! checks throughout that no two copies of a container run at once.
+//! agent killed mid-migration, the target's containerd killed. The server
+//! and the counter move by post-copy too (issue 15), and the counter back
+//! by auto; two post-copies broken mid-transfer (the target's lazy pages
+//! killed, the target's link cut) leave it counting on its source. A
+//! watcher checks throughout that no two copies of a container run at
+//! once.
 //!
 //! One test, as the steps build on each other; its cluster has a name of
 //! its own.
@@ -150,6 +154,36 @@ fn containers_move_between_hosts_with_their_state() {
     assert!(after > before, "versions went on from {before}: {after}");
     assert_eq!(ps_host(h1, TICKED), "h2");
 
+    // Post-copy: the server and the counter run on h3 at once, their
+    // memory following from h2 (which keeps it all until h3 has it); the
+    // connection goes on.
+    let json = migrate_by(h2, SERVER, "h3", "post-copy");
+    assert_eq!(json["mode"], "post-copy");
+    assert_eq!(client.say("e"), "5 e");
+    assert_eq!(ps_host(h1, SERVER), "h3");
+    let before = tick(running_pid(h2, COUNTER)).unwrap();
+    let json = migrate_by(h2, COUNTER, "h3", "post-copy");
+    assert!(
+        json["bytesAfterFreeze"].as_u64().unwrap() >= 16 << 20,
+        "memtick's 16 MiB came after the freeze: {json}"
+    );
+    assert!(json["allPagesMs"].as_f64().unwrap() > 0.0, "{json}");
+    assert!(json["bytesDuringFreeze"].as_u64().unwrap() < 4 << 20, "{json}");
+    let pid = running_pid(h3, COUNTER);
+    let after = wait_tick_above(pid, before, "the counter to tick on after post-copy");
+    assert!(after > before, "the counter went on from {before}: {after}");
+    assert!(h2.ctr().task(COUNTER).is_none(), "the source's copy is gone");
+    // Back by auto, which says what it chose and why.
+    let json = migrate_by(h3, COUNTER, "h2", "auto");
+    let reason = json["modeReason"].as_str().unwrap();
+    assert!(reason.starts_with("auto: "), "{json}");
+    assert!(reason.contains(json["mode"].as_str().unwrap()), "{json}");
+    // A post-copy whose transfer breaks: the target's lazy pages killed,
+    // then the target's link cut. Each time the counter runs on on h2,
+    // the same process, from where it was, and nothing is left on h3.
+    broken_post_copy(h2, h3, Break::TargetPages);
+    broken_post_copy(h2, h3, Break::TargetLink);
+
     // Failures: each leaves the counter running on h2, counting on.
     fails_and_stays(
         h2,
@@ -165,9 +199,9 @@ fn containers_move_between_hosts_with_their_state() {
     // at its first step. Either way nothing moves.
     fails_and_stays(h2, h1, "", "", "");
     assert_eq!(
-        client.say("e"),
-        "5 e",
-        "the server on h2 was never disturbed"
+        client.say("f"),
+        "6 f",
+        "the server on h3 was never disturbed"
     );
     watch.stop();
     agents_refuse_other_certificates(h2);
@@ -206,6 +240,87 @@ fn run_with(h: &Host, id: &str, flags: &[&str], argv: &[&str]) -> String {
 
 fn migrate(from: &Host, id: &str, to: &str) -> process::Output {
     from.run(&["migratectl", "migrate", "--json", "--to", to, id])
+}
+
+/// `migratectl migrate --mode MODE` that must succeed; its JSON.
+#[track_caller]
+fn migrate_by(from: &Host, id: &str, to: &str, mode: &str) -> serde_json::Value {
+    let out = from
+        .run(&["migratectl", "migrate", "--json", "--mode", mode, "--to", to, id])
+        .expect_success();
+    eprintln!("{}", out.stderr_str());
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["target"], to, "{json}");
+    json
+}
+
+/// How a post-copy's transfer is broken.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Break {
+    /// The target's lazy-pages daemon is killed.
+    TargetPages,
+    /// The target's link goes down: no connection ends, nothing arrives.
+    TargetLink,
+}
+
+/// A post-copy of the counter from `source` to `target`, broken once the
+/// counter runs on `target`; the migration fails at step pages, the same
+/// process counts on on `source` from where it was, nothing is left
+/// running on `target`.
+#[track_caller]
+fn broken_post_copy(source: &Host, target: &Host, how: Break) {
+    let pid = running_pid(source, COUNTER);
+    let before = tick(pid).unwrap();
+    // The source's link slowed, so that the memory takes seconds to cross.
+    let shape = [
+        "tc", "qdisc", "replace", "dev", "eth0", "root", "tbf", "rate", "4mbit", "burst", "32kbit", "latency",
+        "1s",
+    ];
+    source.run(&shape).expect_success();
+    let migration = process::Background::spawn(
+        source.command(&["migratectl", "migrate", "--mode", "post-copy", "--to", &target.name, COUNTER]),
+        None,
+    );
+    // Running on the target: its memory is on the way.
+    running_pid(target, COUNTER);
+    match how {
+        Break::TargetPages => {
+            let daemon = poll::until(Duration::from_secs(10), "the target's lazy-pages daemon", || {
+                target
+                    .pids()
+                    .into_iter()
+                    .find(|p| {
+                        std::fs::read(format!("/proc/{p}/cmdline"))
+                            .is_ok_and(|c| c.split(|b| *b == 0).any(|a| a == b"lazy-pages"))
+                    })
+                    .ok_or_else(|| "none yet".to_string())
+            });
+            // SAFETY: kill(2) with a pid and a signal has no memory effects.
+            assert_eq!(unsafe { libc::kill(daemon as i32, libc::SIGKILL) }, 0);
+        }
+        Break::TargetLink => {
+            target.run(&["ip", "link", "set", "eth0", "down"]).expect_success();
+        }
+    }
+    let out = migration.wait(Duration::from_secs(120));
+    if how == Break::TargetLink {
+        target.run(&["ip", "link", "set", "eth0", "up"]).expect_success();
+    }
+    source.run(&["tc", "qdisc", "del", "dev", "eth0", "root"]).expect_success();
+    let err = out.stderr_str();
+    eprintln!("{how:?}: {err}");
+    assert!(!out.success(), "the broken post-copy ({how:?}) succeeded:\n{out}");
+    assert!(err.contains("failed at step pages"), "{err}");
+    assert!(err.contains(&format!("{COUNTER} runs on {} again", source.name)), "{err}");
+    assert_eq!(running_pid(source, COUNTER), pid, "the same process runs on");
+    wait_tick_above(pid, before, "the counter to count on after the broken post-copy");
+    assert_eq!(ps_host(source, COUNTER), source.name);
+    poll::until(Duration::from_secs(60), &format!("no copy of the counter on {}", target.name), || {
+        match target.ctr().task(COUNTER) {
+            Some(t) if t.status == "RUNNING" => Err(format!("{t:?}")),
+            _ => Ok(()),
+        }
+    });
 }
 
 /// The pid of `id`'s task on `h` once it runs.
