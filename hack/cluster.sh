@@ -411,11 +411,16 @@ cmd_mount_host() {
 	mapfile -t cgroup_fs < <(awk '{ for (i = 7; $i != "-"; i++);
 		if ($5 == "/sys/fs/cgroup" || index($5, "/sys/fs/cgroup/") == 1) print $5, $(i + 1), $6 "," $(i + 3) }' \
 		/proc/self/mountinfo)
+	# The shared directory is bound into the host's disk before the
+	# machine's mounts go: where /run is a file system of its own (a tmpfs,
+	# as in the soft-dirty VM of hack/softdirty-vm.sh), it goes with them.
+	mount --bind "$PUB" "$DISK$PUB"
 	local drop=()
 	local source
 	while read -r mp fstype source; do
 		# mountinfo escapes blanks as \040; printf %b reads octal as \0040.
 		mp=$(printf '%b' "${mp//\\/\\0}")
+		[[ $mp == "$DISK$PUB" ]] && continue
 		wanted_in_host "$mp" "$fstype" "$source" || drop+=("$mp")
 	done < <(awk '{ for (i = 7; $i != "-"; i++); print $5, $(i + 1), $(i + 2) }' /proc/self/mountinfo)
 	# Deepest first; lazily, as nothing in here uses them.
@@ -425,7 +430,6 @@ cmd_mount_host() {
 		done
 	fi
 
-	mount --bind "$PUB" "$DISK$PUB"
 	for d in "${PRIVATE_DIRS[@]}"; do
 		mount --rbind "$DISK$d" "$d"
 	done

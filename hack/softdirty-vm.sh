@@ -13,8 +13,11 @@
 #
 # The VM (see hack/vm/image.sh) is Debian bookworm's cloud kernel 6.1 with a
 # minbase root file system holding this host's containerd, runc and CRIU; each
-# run adds a payload disk with this checkout's release shim and migratectl, the
-# test binary, the test image and the hack/ scripts the tests use. QEMU emulates the CPU
+# run adds a payload disk with this checkout's release binaries (the shim, and
+# the cluster's migratectl, migrate-agent, migrate-coordinator and
+# containerd-snapshotter-migrate: the tests bring up hack/cluster.sh's local
+# cluster inside the VM, to move containers between two hosts), the test
+# binary, the test image and the hack/ scripts the tests use. QEMU emulates the CPU
 # (TCG): this machine's /dev/kvm cannot boot a stock kernel (PLATFORM.md), so
 # KVM is never used. The guest's console is this script's output and is kept
 # in target/softdirty-vm/console.log; the guest reports the tests' exit status
@@ -30,8 +33,12 @@ set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 OUT=$REPO/target/softdirty-vm
 SHIM=containerd-shim-migrate-v1
-# The tests restore the ticker's versions with migratectl.
-MIGRATECTL=migratectl
+# The release binaries the payload carries: the shim; migratectl, with which
+# the tests restore the ticker's versions; and what hack/cluster.sh runs on
+# the cluster's hosts and beside them.
+RELEASE_BINARIES=("$SHIM" migratectl migrate-agent migrate-coordinator containerd-snapshotter-migrate)
+# The scripts of hack/ the tests run inside the VM.
+HACK_SCRIPTS=(containerd.sh images.sh cluster.sh)
 TEST_IMAGE=$REPO/target/images/testbox.tar
 VM_CPUS=${VM_CPUS:-2}
 VM_MEMORY_MIB=${VM_MEMORY_MIB:-3072}
@@ -70,11 +77,12 @@ image() {
 	"$REPO/hack/vm/image.sh"
 }
 
-# Builds the release shim and migratectl.
+# Builds the release binaries the payload carries.
 build_binaries() {
 	command -v cargo >/dev/null || die "cargo not found"
-	(cd "$REPO" && cargo build --release --quiet -p "$SHIM" -p containerd-migrate-coordinator) ||
-		die "building the shim and migratectl failed"
+	(cd "$REPO" && cargo build --release --quiet -p "$SHIM" -p containerd-migrate-coordinator \
+		-p containerd-migrate-snapshotter) ||
+		die "building the shim, the cluster's binaries and the snapshotter failed"
 }
 
 # Builds the soft-dirty test binary (up to date after `cargo test --workspace
@@ -105,8 +113,8 @@ make_payload() {
 	rm -rf "$dir"
 	mkdir -p "$dir/repo/hack" "$dir/repo/target/release" "$dir/repo/target/images" "$dir/bin"
 	install -m 0755 "$REPO/hack/vm/guest-init" "$dir/guest-init"
-	install -m 0755 "$REPO/hack/containerd.sh" "$REPO/hack/images.sh" "$dir/repo/hack/"
-	install -m 0755 "$REPO/target/release/$SHIM" "$REPO/target/release/$MIGRATECTL" "$dir/repo/target/release/"
+	install -m 0755 "${HACK_SCRIPTS[@]/#/$REPO/hack/}" "$dir/repo/hack/"
+	install -m 0755 "${RELEASE_BINARIES[@]/#/$REPO/target/release/}" "$dir/repo/target/release/"
 	install -m 0644 "$TEST_IMAGE" "$dir/repo/target/images/"
 	{
 		printf 'REPO=%q\n' "$REPO"
