@@ -21,6 +21,11 @@
 #                   /24 of 10.88.0.0/16 that no interface of the machine uses)
 #   SHIM_DIR        where the hosts' containerd finds the shim (hack/containerd.sh)
 #   FAIL_TIMEOUT    seconds a killed host's processes may take to go (default 10)
+#   READY_TIMEOUT   seconds a started agent may take to show as ready (default 20)
+#   SNAPSHOTTER_TIMEOUT  seconds a started snapshotter may take to listen (default 10)
+#   START_TIMEOUT   seconds a host's containerd may take to answer (hack/containerd.sh)
+#                   The three are for slow machines, such as the emulated CPU of
+#                   hack/softdirty-vm.sh, which raises them inside its VM.
 #
 # What a host is
 #
@@ -126,7 +131,7 @@ HOST_DAEMONS=(snapshotter containerd agent)
 SNAPSHOTTER_ROOT=/var/lib/containerd-migrate/snapshotter
 SNAPSHOTTER_SOCK=/run/containerd-migrate-snapshotter/snapshotter.sock
 # How long a started snapshotter may take to listen.
-SNAPSHOTTER_TIMEOUT=10
+SNAPSHOTTER_TIMEOUT=${SNAPSHOTTER_TIMEOUT:-10}
 # The control plane (coordinator/README.md#cluster): the coordinator runs on
 # the machine at the bridge's address, an agent on every host.
 COORDINATOR_PORT=7400

@@ -73,7 +73,9 @@ die() {
 for tool in debootstrap mkfs.ext4 cpio gzip dpkg-deb apt-get chroot ldd; do
 	command -v "$tool" >/dev/null || die "$tool is missing: run hack/setup.sh deps"
 done
-if ! [[ -x /bin/busybox ]] || ! /bin/busybox --list | grep -qx switch_root; then
+# grep without -q reads the whole list: with -q it may exit at the match,
+# busybox then dies of SIGPIPE and pipefail fails the test now and then.
+if ! [[ -x /bin/busybox ]] || ! /bin/busybox --list | grep -x switch_root >/dev/null; then
 	die "/bin/busybox (static, with switch_root) is missing: run hack/setup.sh deps"
 fi
 
@@ -274,8 +276,9 @@ if [[ ! -f $IMAGE/inputs ]]; then
 fi
 # inputs' mtime is the image's last use; all but the KEEP last used go.
 touch "$IMAGE/inputs"
-ls -1t "$CACHE"/*/inputs 2>/dev/null | tail -n +$((KEEP + 1)) | while read -r old; do
-	say "removing the cached image ${old%/inputs} (not used lately)"
-	rm -rf "${old%/inputs}"
+find "$CACHE" -mindepth 2 -maxdepth 2 -name inputs -printf '%T@ %h\n' | sort -rn |
+	tail -n +$((KEEP + 1)) | cut -d' ' -f2- | while read -r old; do
+	say "removing the cached image $old (not used lately)"
+	rm -rf "$old"
 done
 echo "$IMAGE"

@@ -9,11 +9,15 @@ use std::cell::Cell;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::ctr::Ctr;
+use crate::ctr::{self, Ctr};
 use crate::fixture::{self, MIGRATE_V1};
 use crate::host;
+use crate::poll;
 use crate::process::{self, Output};
 
 /// What the machine shares with each host: RUN_BASE/CLUSTER/HOST holds its
@@ -24,17 +28,58 @@ pub const DISK_BASE: &str = "/var/lib/containerd-migrate-cluster";
 /// Each host's cgroup, in every hierarchy: CGROUP_TOP/CLUSTER/HOST.
 pub const CGROUP_TOP: &str = "containerd-migrate-cluster";
 
-/// Deadline for `up` (a containerd per host), `fail` and `down`.
-const SCRIPT_TIMEOUT: Duration = Duration::from_secs(120);
-/// Deadline for one command run on a host.
-pub const EXEC_TIMEOUT: Duration = Duration::from_secs(60);
+/// Deadline for `up` (a containerd per host), `fail` and `down`; the
+/// environment's CLUSTER_SCRIPT_TIMEOUT (seconds) where that is too short,
+/// as under the emulated CPU of hack/softdirty-vm.sh.
+fn script_timeout() -> Duration {
+    timeout_from_env("CLUSTER_SCRIPT_TIMEOUT", 120)
+}
+
+/// Deadline for one command run on a host (a migration is one); the
+/// environment's CLUSTER_EXEC_TIMEOUT (seconds) where that is too short.
+pub fn exec_timeout() -> Duration {
+    timeout_from_env("CLUSTER_EXEC_TIMEOUT", 60)
+}
+
+/// Deadline for a container to show as running on a host.
+const RUNNING_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[track_caller]
+fn timeout_from_env(var: &str, default_secs: u64) -> Duration {
+    match std::env::var(var) {
+        Ok(v) => Duration::from_secs(
+            v.parse()
+                .unwrap_or_else(|_| panic!("{var}={v:?} is not a number of seconds")),
+        ),
+        Err(_) => Duration::from_secs(default_secs),
+    }
+}
+
+/// The binaries hack/cluster.sh starts on the machine and its hosts,
+/// found beside the shim (SHIM_DIR).
+pub const CLUSTER_BINARIES: [&str; 4] = [
+    "migratectl",
+    "migrate-agent",
+    "migrate-coordinator",
+    "containerd-snapshotter-migrate",
+];
 
 /// What this machine lacks to bring up a cluster, if anything.
 pub fn missing_prerequisites() -> Vec<String> {
     let mut missing = fixture::missing_prerequisites(MIGRATE_V1);
-    for tool in ["ip", "nsenter", "unshare", "iptables", "busybox"] {
+    for tool in ["ip", "nsenter", "unshare", "iptables", "busybox", "jq"] {
         if host::which(tool).is_none() {
             missing.push(format!("`{tool}` on PATH"));
+        }
+    }
+    // What hack/cluster.sh runs beside the shim.
+    for binary in CLUSTER_BINARIES {
+        let path = fixture::shim_dir().join(binary);
+        if !host::is_executable(&path) {
+            missing.push(format!(
+                "{} (cargo build --release --workspace)",
+                path.display()
+            ));
         }
     }
     if !fixture::repo_root().join("hack/cluster.sh").is_file() {
@@ -126,8 +171,12 @@ impl Cluster {
     /// Brings up cluster `name` with hosts h1..h`n`, after clearing what a
     /// killed earlier run left under that name.
     pub fn up(name: &str, n: usize) -> Result<Cluster, String> {
-        let _ = process::run_quietly(script(name, &["down"]), SCRIPT_TIMEOUT);
-        let out = process::run(script(name, &["up", &n.to_string()]), None, SCRIPT_TIMEOUT);
+        let _ = process::run_quietly(script(name, &["down"]), script_timeout());
+        let out = process::run(
+            script(name, &["up", &n.to_string()]),
+            None,
+            script_timeout(),
+        );
         let mut cluster = Cluster {
             name: name.to_string(),
             hosts: Vec::new(),
@@ -163,14 +212,14 @@ impl Cluster {
     /// `hack/cluster.sh fail HOST`.
     #[track_caller]
     pub fn fail(&self, host: &str) -> Output {
-        process::run(script(&self.name, &["fail", host]), None, SCRIPT_TIMEOUT)
+        process::run(script(&self.name, &["fail", host]), None, script_timeout())
     }
 
     /// `hack/cluster.sh down`; the drop then leaves it at that.
     #[track_caller]
     pub fn down(&self) -> Output {
         self.down.set(true);
-        process::run(script(&self.name, &["down"]), None, SCRIPT_TIMEOUT)
+        process::run(script(&self.name, &["down"]), None, script_timeout())
     }
 }
 
@@ -186,7 +235,7 @@ impl Drop for Cluster {
             );
             return;
         }
-        match process::run_quietly(script(&self.name, &["down"]), SCRIPT_TIMEOUT) {
+        match process::run_quietly(script(&self.name, &["down"]), script_timeout()) {
             Some(out) if out.success() => {}
             Some(out) => eprintln!("taking cluster {} down failed\n{out}", self.name),
             None => eprintln!("taking cluster {} down failed", self.name),
@@ -241,7 +290,31 @@ impl Host {
     /// Runs ARGV on the host and returns whatever it did.
     #[track_caller]
     pub fn run(&self, argv: &[&str]) -> Output {
-        process::run(self.command(argv), None, EXEC_TIMEOUT)
+        process::run(self.command(argv), None, exec_timeout())
+    }
+
+    /// The test image (hack/images.sh), imported into this host's
+    /// containerd only.
+    #[track_caller]
+    pub fn import_test_image(&self) {
+        let mut import = Command::new("bash");
+        import
+            .arg(fixture::repo_root().join("hack/images.sh"))
+            .args(["import", self.ctr.address()]);
+        process::run(import, None, script_timeout()).expect_success();
+    }
+
+    /// The pid of `id`'s task on this host once it runs.
+    #[track_caller]
+    pub fn running_pid(&self, id: &str) -> u32 {
+        poll::until(
+            RUNNING_TIMEOUT,
+            &format!("{id} to run on {}", self.name),
+            || match self.ctr.task(id) {
+                Some(row) if row.status == "RUNNING" => Ok(row.pid),
+                other => Err(format!("{other:?}")),
+            },
+        )
     }
 
     /// The directory the machine shares with the host.
@@ -299,5 +372,76 @@ impl Host {
         std::fs::metadata(&file)
             .map(|m| m.ino())
             .map_err(|e| format!("{}: {e}", file.display()))
+    }
+}
+
+/// Polls every host's tasks in a thread: at no sample may two hosts run
+/// (not paused) a task of the same container. [`OneCopy::stop`] fails the
+/// test if they did.
+pub struct OneCopy {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<Result<u64, String>>>,
+}
+
+impl OneCopy {
+    pub fn watch(hosts: &[&Host], ids: &[&str]) -> OneCopy {
+        let hosts: Vec<(String, Ctr)> = hosts
+            .iter()
+            .map(|h| (h.name.clone(), h.ctr().clone()))
+            .collect();
+        let ids: Vec<String> = ids.iter().map(|s| s.to_string()).collect();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut samples = 0u64;
+            while !stopping.load(Ordering::SeqCst) {
+                let running: Vec<(String, String)> = hosts
+                    .iter()
+                    .flat_map(|(name, ctr)| {
+                        let tasks = ctr
+                            .run_within(&["tasks", "ls"], Duration::from_secs(5))
+                            .ok()
+                            .filter(|o| o.success())
+                            .and_then(|o| ctr::parse_task_list(&o.stdout_str()).ok())
+                            .unwrap_or_default();
+                        tasks
+                            .into_iter()
+                            .filter(|t| t.status == "RUNNING")
+                            .map(|t| (name.clone(), t.id))
+                            .collect::<Vec<_>>()
+                    })
+                    .collect();
+                for id in &ids {
+                    let on: Vec<&String> = running
+                        .iter()
+                        .filter(|(_, t)| t == id)
+                        .map(|(h, _)| h)
+                        .collect();
+                    if on.len() > 1 {
+                        return Err(format!("{id} ran on {on:?} at once"));
+                    }
+                }
+                samples += 1;
+            }
+            Ok(samples)
+        });
+        OneCopy {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops watching; fails if two copies ever ran at once.
+    #[track_caller]
+    pub fn stop(mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let samples = self
+            .thread
+            .take()
+            .expect("stopped once")
+            .join()
+            .expect("the watcher thread panicked")
+            .unwrap_or_else(|e| panic!("{e}"));
+        eprintln!("{samples} samples of the hosts' tasks, never two copies running");
     }
 }
