@@ -424,7 +424,8 @@ cmd_mount_host() {
 	local source
 	while read -r mp fstype source; do
 		# mountinfo escapes blanks as \040; printf %b reads octal as \0040.
-		mp=$(printf '%b' "${mp//\\/\\0}")
+		# (-v: no subshell per mount, which is slow under emulation.)
+		printf -v mp '%b' "${mp//\\/\\0}"
 		[[ $mp == "$DISK$PUB" ]] && continue
 		wanted_in_host "$mp" "$fstype" "$source" || drop+=("$mp")
 	done < <(awk '{ for (i = 7; $i != "-"; i++); print $5, $(i + 1), $(i + 2) }' /proc/self/mountinfo)

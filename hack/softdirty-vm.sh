@@ -26,7 +26,8 @@
 # Environment:
 #   VM_CPUS=N          virtual CPUs (default 2: TCG runs one host thread per vCPU)
 #   VM_MEMORY_MIB=N    guest memory (default 3072)
-#   VM_TIMEOUT=S       seconds before the VM is killed (default 540)
+#   VM_TIMEOUT=S       seconds before the VM is killed (default 900: the three
+#                      tests take about 400 s with 2 vCPUs on a busy 2-core host)
 #   CI=true            passed into the VM: a missing prerequisite fails a test
 #
 # Under the emulated CPU everything takes 5 to 20 times as long as on this
@@ -51,7 +52,7 @@ HACK_SCRIPTS=(containerd.sh images.sh cluster.sh)
 TEST_IMAGE=$REPO/target/images/testbox.tar
 VM_CPUS=${VM_CPUS:-2}
 VM_MEMORY_MIB=${VM_MEMORY_MIB:-3072}
-VM_TIMEOUT=${VM_TIMEOUT:-540}
+VM_TIMEOUT=${VM_TIMEOUT:-900}
 STATUS_LINE='containerd-migrate-vm: exit status '
 # The deadlines raised inside the VM (see above); measured there with 2
 # vCPUs: containerd answers after about 17 s, `cluster.sh up 2` takes 85 s,

@@ -445,3 +445,159 @@ impl OneCopy {
         eprintln!("{samples} samples of the hosts' tasks, never two copies running");
     }
 }
+
+/// As [`OneCopy`], from the hosts' cgroups and /proc instead of `ctr`: at
+/// no sample may two hosts have a process named `comm` that runs, that is
+/// neither stopped by a tracer (CRIU seizes what it dumps) nor in a frozen
+/// cgroup (containerd's pause, CRIU's freeze). It reads files only, where
+/// `OneCopy` starts two `ctr` per sample: under the emulated CPU of
+/// hack/softdirty-vm.sh those took one of its two vCPUs and doubled a
+/// migration's time.
+pub struct OneProcess {
+    comm: String,
+    stop: Arc<AtomicBool>,
+    /// The samples, and those that found it running on a host.
+    thread: Option<JoinHandle<Result<(u64, u64), String>>>,
+}
+
+/// Pause between samples, so that the watcher leaves the CPU to what it
+/// watches; CRIU's freeze and restore each take far longer.
+const ONE_PROCESS_PAUSE: Duration = Duration::from_millis(10);
+
+impl OneProcess {
+    pub fn watch(hosts: &[&Host], comm: &str) -> OneProcess {
+        let unified = unified_cgroup_mount();
+        let hosts: Vec<(String, Vec<PathBuf>)> = hosts
+            .iter()
+            .map(|h| {
+                (
+                    h.name.clone(),
+                    unified.iter().map(|mp| h.cgroup(mp)).collect(),
+                )
+            })
+            .collect();
+        let comm = comm.to_string();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = stop.clone();
+        let name = comm.clone();
+        let thread = std::thread::spawn(move || {
+            let (mut samples, mut seen) = (0u64, 0u64);
+            while !stopping.load(Ordering::SeqCst) {
+                let on: Vec<String> = hosts
+                    .iter()
+                    .filter_map(|(name, roots)| {
+                        roots
+                            .iter()
+                            .flat_map(|root| cgroup_subtree_pids(root))
+                            .find_map(|pid| runs_as(pid, &comm))
+                            .map(|how| format!("{name}: {how}"))
+                    })
+                    .collect();
+                if on.len() > 1 {
+                    return Err(format!("{comm} ran on {on:?} at once"));
+                }
+                samples += 1;
+                seen += on.len() as u64;
+                std::thread::sleep(ONE_PROCESS_PAUSE);
+            }
+            Ok((samples, seen))
+        });
+        OneProcess {
+            comm: name,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops watching; fails if two copies ever ran at once, or if none
+    /// was ever seen (the watcher would be looking in the wrong place).
+    #[track_caller]
+    pub fn stop(mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let (samples, seen) = self
+            .thread
+            .take()
+            .expect("stopped once")
+            .join()
+            .expect("the watcher thread panicked")
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            seen > 0,
+            "no sample of {samples} found {} running on any host",
+            self.comm
+        );
+        eprintln!(
+            "{samples} samples of the hosts' processes, {} running on one host in {seen}, never on two",
+            self.comm
+        );
+    }
+}
+
+/// The processes of cgroup `root` and its descendants, with the cgroup each
+/// is in.
+fn cgroup_subtree_pids(root: &Path) -> Vec<(u32, PathBuf)> {
+    let mut pids = Vec::new();
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                dirs.push(entry.path());
+            }
+        }
+        let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+        pids.extend(
+            procs
+                .lines()
+                .filter_map(|l| l.trim().parse::<u32>().ok())
+                .map(|pid| (pid, dir.clone())),
+        );
+    }
+    pids
+}
+
+/// PF_EXITING in /proc/PID/stat's flags: the process is in exit(2).
+const PF_EXITING: u64 = 0x4;
+/// SIGKILL's bit in /proc/PID/status's pending-signal masks.
+const SIGKILL_BIT: u64 = 1 << (libc::SIGKILL - 1);
+
+/// Where process `pid` (in cgroup `cgroup`) runs as `comm`, described for a
+/// failure message; `None` if it is not named so or cannot run user code:
+/// gone, stopped or traced, in a frozen cgroup, or dying (a frozen process
+/// killed, as a source's after its migration, thaws only to exit).
+fn runs_as((pid, cgroup): (u32, PathBuf), comm: &str) -> Option<String> {
+    let named =
+        std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim_end() == comm);
+    if !named {
+        return None;
+    }
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(") ")?.1.split(' ').collect();
+    let state = fields.first()?.chars().next()?;
+    let flags: u64 = fields.get(6)?.parse().ok()?;
+    if matches!(state, 'Z' | 'X' | 't' | 'T') || flags & PF_EXITING != 0 {
+        return None;
+    }
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let killed = status.lines().any(|l| {
+        let mask = l
+            .strip_prefix("SigPnd:")
+            .or_else(|| l.strip_prefix("ShdPnd:"));
+        mask.and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
+            .is_some_and(|m| m & SIGKILL_BIT != 0)
+    });
+    if killed {
+        return None;
+    }
+    let events = std::fs::read_to_string(cgroup.join("cgroup.events")).unwrap_or_default();
+    if events.lines().any(|l| l == "frozen 1") {
+        return None;
+    }
+    Some(format!(
+        "pid {pid} state {state} in {} ({})",
+        cgroup.display(),
+        events.split_whitespace().collect::<Vec<_>>().join(" ")
+    ))
+}
