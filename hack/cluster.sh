@@ -21,6 +21,11 @@
 #                   /24 of 10.88.0.0/16 that no interface of the machine uses)
 #   SHIM_DIR        where the hosts' containerd finds the shim (hack/containerd.sh)
 #   FAIL_TIMEOUT    seconds a killed host's processes may take to go (default 10)
+#   READY_TIMEOUT   seconds a started agent may take to show as ready (default 20)
+#   SNAPSHOTTER_TIMEOUT  seconds a started snapshotter may take to listen (default 10)
+#   START_TIMEOUT   seconds a host's containerd may take to answer (hack/containerd.sh)
+#                   The three are for slow machines, such as the emulated CPU of
+#                   hack/softdirty-vm.sh, which raises them inside its VM.
 #
 # What a host is
 #
@@ -126,7 +131,7 @@ HOST_DAEMONS=(snapshotter containerd agent)
 SNAPSHOTTER_ROOT=/var/lib/containerd-migrate/snapshotter
 SNAPSHOTTER_SOCK=/run/containerd-migrate-snapshotter/snapshotter.sock
 # How long a started snapshotter may take to listen.
-SNAPSHOTTER_TIMEOUT=10
+SNAPSHOTTER_TIMEOUT=${SNAPSHOTTER_TIMEOUT:-10}
 # The control plane (coordinator/README.md#cluster): the coordinator runs on
 # the machine at the bridge's address, an agent on every host.
 COORDINATOR_PORT=7400
@@ -411,11 +416,17 @@ cmd_mount_host() {
 	mapfile -t cgroup_fs < <(awk '{ for (i = 7; $i != "-"; i++);
 		if ($5 == "/sys/fs/cgroup" || index($5, "/sys/fs/cgroup/") == 1) print $5, $(i + 1), $6 "," $(i + 3) }' \
 		/proc/self/mountinfo)
+	# The shared directory is bound into the host's disk before the
+	# machine's mounts go: where /run is a file system of its own (a tmpfs,
+	# as in the soft-dirty VM of hack/softdirty-vm.sh), it goes with them.
+	mount --bind "$PUB" "$DISK$PUB"
 	local drop=()
 	local source
 	while read -r mp fstype source; do
 		# mountinfo escapes blanks as \040; printf %b reads octal as \0040.
-		mp=$(printf '%b' "${mp//\\/\\0}")
+		# (-v: no subshell per mount, which is slow under emulation.)
+		printf -v mp '%b' "${mp//\\/\\0}"
+		[[ $mp == "$DISK$PUB" ]] && continue
 		wanted_in_host "$mp" "$fstype" "$source" || drop+=("$mp")
 	done < <(awk '{ for (i = 7; $i != "-"; i++); print $5, $(i + 1), $(i + 2) }' /proc/self/mountinfo)
 	# Deepest first; lazily, as nothing in here uses them.
@@ -425,7 +436,6 @@ cmd_mount_host() {
 		done
 	fi
 
-	mount --bind "$PUB" "$DISK$PUB"
 	for d in "${PRIVATE_DIRS[@]}"; do
 		mount --rbind "$DISK$d" "$d"
 	done

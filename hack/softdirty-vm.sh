@@ -13,8 +13,11 @@
 #
 # The VM (see hack/vm/image.sh) is Debian bookworm's cloud kernel 6.1 with a
 # minbase root file system holding this host's containerd, runc and CRIU; each
-# run adds a payload disk with this checkout's release shim and migratectl, the
-# test binary, the test image and the hack/ scripts the tests use. QEMU emulates the CPU
+# run adds a payload disk with this checkout's release binaries (the shim, and
+# the cluster's migratectl, migrate-agent, migrate-coordinator and
+# containerd-snapshotter-migrate: the tests bring up hack/cluster.sh's local
+# cluster inside the VM, to move containers between two hosts), the test
+# binary, the test image and the hack/ scripts the tests use. QEMU emulates the CPU
 # (TCG): this machine's /dev/kvm cannot boot a stock kernel (PLATFORM.md), so
 # KVM is never used. The guest's console is this script's output and is kept
 # in target/softdirty-vm/console.log; the guest reports the tests' exit status
@@ -23,20 +26,39 @@
 # Environment:
 #   VM_CPUS=N          virtual CPUs (default 2: TCG runs one host thread per vCPU)
 #   VM_MEMORY_MIB=N    guest memory (default 3072)
-#   VM_TIMEOUT=S       seconds before the VM is killed (default 540)
+#   VM_TIMEOUT=S       seconds before the VM is killed (default 900: the three
+#                      tests take about 400 s with 2 vCPUs on a busy 2-core host)
 #   CI=true            passed into the VM: a missing prerequisite fails a test
+#
+# Under the emulated CPU everything takes 5 to 20 times as long as on this
+# machine, so the deadlines of hack/cluster.sh, hack/containerd.sh and the
+# cluster tests are raised inside the VM (and only there), each to the value
+# of the variable here if set, else to the default below (seconds):
+#   START_TIMEOUT (containerd answering), SNAPSHOTTER_TIMEOUT, READY_TIMEOUT
+#   (an agent ready at the coordinator), CLUSTER_SCRIPT_TIMEOUT (a whole
+#   `hack/cluster.sh up`), CLUSTER_EXEC_TIMEOUT (one command on a host, such
+#   as a migration).
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 OUT=$REPO/target/softdirty-vm
 SHIM=containerd-shim-migrate-v1
-# The tests restore the ticker's versions with migratectl.
-MIGRATECTL=migratectl
+# The release binaries the payload carries: the shim; migratectl, with which
+# the tests restore the ticker's versions; and what hack/cluster.sh runs on
+# the cluster's hosts and beside them.
+RELEASE_BINARIES=("$SHIM" migratectl migrate-agent migrate-coordinator containerd-snapshotter-migrate)
+# The scripts of hack/ the tests run inside the VM.
+HACK_SCRIPTS=(containerd.sh images.sh cluster.sh)
 TEST_IMAGE=$REPO/target/images/testbox.tar
 VM_CPUS=${VM_CPUS:-2}
 VM_MEMORY_MIB=${VM_MEMORY_MIB:-3072}
-VM_TIMEOUT=${VM_TIMEOUT:-540}
+VM_TIMEOUT=${VM_TIMEOUT:-900}
 STATUS_LINE='containerd-migrate-vm: exit status '
+# The deadlines raised inside the VM (see above); measured there with 2
+# vCPUs: containerd answers after about 17 s, `cluster.sh up 2` takes 85 s,
+# a stop-and-copy migration of 16 MiB 40 s.
+VM_DEADLINES=(START_TIMEOUT=120 SNAPSHOTTER_TIMEOUT=60 READY_TIMEOUT=120
+	CLUSTER_SCRIPT_TIMEOUT=600 CLUSTER_EXEC_TIMEOUT=300)
 
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:$PATH
 [[ -d ${HOME:-/root}/.cargo/bin ]] && export PATH=${HOME:-/root}/.cargo/bin:$PATH
@@ -70,11 +92,12 @@ image() {
 	"$REPO/hack/vm/image.sh"
 }
 
-# Builds the release shim and migratectl.
+# Builds the release binaries the payload carries.
 build_binaries() {
 	command -v cargo >/dev/null || die "cargo not found"
-	(cd "$REPO" && cargo build --release --quiet -p "$SHIM" -p containerd-migrate-coordinator) ||
-		die "building the shim and migratectl failed"
+	(cd "$REPO" && cargo build --release --quiet -p "$SHIM" -p containerd-migrate-coordinator \
+		-p containerd-migrate-snapshotter) ||
+		die "building the shim, the cluster's binaries and the snapshotter failed"
 }
 
 # Builds the soft-dirty test binary (up to date after `cargo test --workspace
@@ -105,12 +128,18 @@ make_payload() {
 	rm -rf "$dir"
 	mkdir -p "$dir/repo/hack" "$dir/repo/target/release" "$dir/repo/target/images" "$dir/bin"
 	install -m 0755 "$REPO/hack/vm/guest-init" "$dir/guest-init"
-	install -m 0755 "$REPO/hack/containerd.sh" "$REPO/hack/images.sh" "$dir/repo/hack/"
-	install -m 0755 "$REPO/target/release/$SHIM" "$REPO/target/release/$MIGRATECTL" "$dir/repo/target/release/"
+	install -m 0755 "${HACK_SCRIPTS[@]/#/$REPO/hack/}" "$dir/repo/hack/"
+	install -m 0755 "${RELEASE_BINARIES[@]/#/$REPO/target/release/}" "$dir/repo/target/release/"
 	install -m 0644 "$TEST_IMAGE" "$dir/repo/target/images/"
 	{
 		printf 'REPO=%q\n' "$REPO"
 		printf 'export CI=%q RUST_BACKTRACE=1\n' "${CI:-}"
+		local deadline name
+		for deadline in "${VM_DEADLINES[@]}"; do
+			name=${deadline%%=*}
+			# This environment's value wins over the VM's default.
+			printf 'export %s=%q\n' "$name" "${!name:-${deadline#*=}}"
+		done
 	} >"$dir/env"
 	{
 		echo '#!/bin/bash'

@@ -6,8 +6,9 @@
 #                 (CONFIG_MEM_SOFT_DIRTY=y, older than 6.13)
 #   initrd.img    busybox and the virtio modules: mounts the disks and
 #                 switch_roots (hack/vm/initramfs-init)
-#   rootfs.img    a raw ext4 disk: bookworm minbase with kmod and iptables,
-#                 the kernel's modules, and this host's containerd, ctr,
+#   rootfs.img    a raw ext4 disk: bookworm minbase with kmod, iptables,
+#                 iproute2, jq and busybox (what hack/cluster.sh and its
+#                 tests use), the kernel's modules, and this host's containerd, ctr,
 #                 containerd-shim-runc-v2, runc and CRIU with the libraries
 #                 they link
 #   inputs        what the cache key was made from
@@ -18,7 +19,9 @@
 # where KEY hashes everything it is built from: this script, the initramfs
 # init, the kernel package's version and the host binaries put into it. A
 # change of any of them builds a new image (about a minute: debootstrap is
-# most of it) and removes the old one; otherwise this takes a second.
+# most of it); otherwise this takes a second. Several checkouts of different
+# ages share the cache, so the KEEP images used last stay, not only the
+# newest: else two checkouts would rebuild each other's image in turn.
 #
 # Why the host's CRIU (4.2.1, built by hack/setup.sh) rather than bookworm's
 # 3.17, which also works on kernel 6.1: the soft-dirty tests are meant to
@@ -32,13 +35,19 @@ set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 VM_DIR=$REPO/hack/vm
 CACHE=/var/cache/containerd-migrate/softdirty-vm
+# Images kept in the cache (about 300 MB each), the most recently used.
+KEEP=3
 SUITE=bookworm
 KERNEL_META=linux-image-cloud-amd64
 # minbase has bash, coreutils, util-linux, mawk, grep, sed and tar, which is
 # all hack/containerd.sh and hack/images.sh use; CRIU needs iptables-restore
 # to lock a container's network during a dump, and a loopback that is up (ip,
-# from iproute2) to probe TCP repair mode; kmod loads modules.
-INCLUDE=kmod,iptables,iproute2
+# from iproute2) to probe TCP repair mode; kmod loads modules. The local
+# cluster of hack/cluster.sh, run inside the VM for pre-copy between two
+# hosts, also needs ip netns and bridges (iproute2), jq (it reads
+# `migratectl hosts --json` and `ip -j`) and busybox (its tests ping between
+# hosts); util-linux, in minbase, has nsenter, unshare and flock.
+INCLUDE=kmod,iptables,iproute2,jq,busybox
 # The host binaries the VM runs, and where they go in the image.
 HOST_BINARIES=(
 	/usr/bin/containerd:/usr/local/bin/containerd
@@ -64,7 +73,9 @@ die() {
 for tool in debootstrap mkfs.ext4 cpio gzip dpkg-deb apt-get chroot ldd; do
 	command -v "$tool" >/dev/null || die "$tool is missing: run hack/setup.sh deps"
 done
-if ! [[ -x /bin/busybox ]] || ! /bin/busybox --list | grep -qx switch_root; then
+# grep without -q reads the whole list: with -q it may exit at the match,
+# busybox then dies of SIGPIPE and pipefail fails the test now and then.
+if ! [[ -x /bin/busybox ]] || ! /bin/busybox --list | grep -x switch_root >/dev/null; then
 	die "/bin/busybox (static, with switch_root) is missing: run hack/setup.sh deps"
 fi
 
@@ -214,9 +225,12 @@ build() {
 	say "writing rootfs.img"
 	local mib
 	mib=$(du -sm "$ROOTFS" | cut -f1)
-	# Room to spare: containerd's state and the tests' files go to tmpfs,
-	# but the VM's writes to / (snapshot=on) should not run out either.
-	mkfs.ext4 -q -F -L softdirty-root -d "$ROOTFS" "$out/rootfs.img" "$((mib + mib / 2 + 256))M" >/dev/null ||
+	# Room to spare: a single containerd's state and the tests' files go
+	# to tmpfs, but the cluster's hosts keep their disks (images, layers,
+	# checkpoints) under /var/lib/containerd-migrate-cluster on / (written
+	# to QEMU's snapshot=on overlay, never to this file). The file is
+	# sparse: free space costs nothing here.
+	mkfs.ext4 -q -F -L softdirty-root -d "$ROOTFS" "$out/rootfs.img" "$((mib + mib / 2 + 2048))M" >/dev/null ||
 		die "mkfs.ext4 -d $ROOTFS failed"
 
 	say "writing initrd.img"
@@ -259,9 +273,12 @@ if [[ ! -f $IMAGE/inputs ]]; then
 	sync -f "$BUILD/rootfs.img"
 	mv "$BUILD" "$IMAGE"
 	trap - EXIT
-	# Older images are never used again.
-	for old in "$CACHE"/*/inputs; do
-		[[ -e $old && ${old%/inputs} != "$IMAGE" ]] && rm -rf "${old%/inputs}"
-	done
 fi
+# inputs' mtime is the image's last use; all but the KEEP last used go.
+touch "$IMAGE/inputs"
+find "$CACHE" -mindepth 2 -maxdepth 2 -name inputs -printf '%T@ %h\n' | sort -rn |
+	tail -n +$((KEEP + 1)) | cut -d' ' -f2- | while read -r old; do
+	say "removing the cached image $old (not used lately)"
+	rm -rf "$old"
+done
 echo "$IMAGE"

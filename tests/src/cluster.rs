@@ -9,11 +9,15 @@ use std::cell::Cell;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::ctr::Ctr;
+use crate::ctr::{self, Ctr};
 use crate::fixture::{self, MIGRATE_V1};
 use crate::host;
+use crate::poll;
 use crate::process::{self, Output};
 
 /// What the machine shares with each host: RUN_BASE/CLUSTER/HOST holds its
@@ -24,17 +28,58 @@ pub const DISK_BASE: &str = "/var/lib/containerd-migrate-cluster";
 /// Each host's cgroup, in every hierarchy: CGROUP_TOP/CLUSTER/HOST.
 pub const CGROUP_TOP: &str = "containerd-migrate-cluster";
 
-/// Deadline for `up` (a containerd per host), `fail` and `down`.
-const SCRIPT_TIMEOUT: Duration = Duration::from_secs(120);
-/// Deadline for one command run on a host.
-pub const EXEC_TIMEOUT: Duration = Duration::from_secs(60);
+/// Deadline for `up` (a containerd per host), `fail` and `down`; the
+/// environment's CLUSTER_SCRIPT_TIMEOUT (seconds) where that is too short,
+/// as under the emulated CPU of hack/softdirty-vm.sh.
+fn script_timeout() -> Duration {
+    timeout_from_env("CLUSTER_SCRIPT_TIMEOUT", 120)
+}
+
+/// Deadline for one command run on a host (a migration is one); the
+/// environment's CLUSTER_EXEC_TIMEOUT (seconds) where that is too short.
+pub fn exec_timeout() -> Duration {
+    timeout_from_env("CLUSTER_EXEC_TIMEOUT", 60)
+}
+
+/// Deadline for a container to show as running on a host.
+const RUNNING_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[track_caller]
+fn timeout_from_env(var: &str, default_secs: u64) -> Duration {
+    match std::env::var(var) {
+        Ok(v) => Duration::from_secs(
+            v.parse()
+                .unwrap_or_else(|_| panic!("{var}={v:?} is not a number of seconds")),
+        ),
+        Err(_) => Duration::from_secs(default_secs),
+    }
+}
+
+/// The binaries hack/cluster.sh starts on the machine and its hosts,
+/// found beside the shim (SHIM_DIR).
+pub const CLUSTER_BINARIES: [&str; 4] = [
+    "migratectl",
+    "migrate-agent",
+    "migrate-coordinator",
+    "containerd-snapshotter-migrate",
+];
 
 /// What this machine lacks to bring up a cluster, if anything.
 pub fn missing_prerequisites() -> Vec<String> {
     let mut missing = fixture::missing_prerequisites(MIGRATE_V1);
-    for tool in ["ip", "nsenter", "unshare", "iptables", "busybox"] {
+    for tool in ["ip", "nsenter", "unshare", "iptables", "busybox", "jq"] {
         if host::which(tool).is_none() {
             missing.push(format!("`{tool}` on PATH"));
+        }
+    }
+    // What hack/cluster.sh runs beside the shim.
+    for binary in CLUSTER_BINARIES {
+        let path = fixture::shim_dir().join(binary);
+        if !host::is_executable(&path) {
+            missing.push(format!(
+                "{} (cargo build --release --workspace)",
+                path.display()
+            ));
         }
     }
     if !fixture::repo_root().join("hack/cluster.sh").is_file() {
@@ -126,8 +171,12 @@ impl Cluster {
     /// Brings up cluster `name` with hosts h1..h`n`, after clearing what a
     /// killed earlier run left under that name.
     pub fn up(name: &str, n: usize) -> Result<Cluster, String> {
-        let _ = process::run_quietly(script(name, &["down"]), SCRIPT_TIMEOUT);
-        let out = process::run(script(name, &["up", &n.to_string()]), None, SCRIPT_TIMEOUT);
+        let _ = process::run_quietly(script(name, &["down"]), script_timeout());
+        let out = process::run(
+            script(name, &["up", &n.to_string()]),
+            None,
+            script_timeout(),
+        );
         let mut cluster = Cluster {
             name: name.to_string(),
             hosts: Vec::new(),
@@ -163,14 +212,14 @@ impl Cluster {
     /// `hack/cluster.sh fail HOST`.
     #[track_caller]
     pub fn fail(&self, host: &str) -> Output {
-        process::run(script(&self.name, &["fail", host]), None, SCRIPT_TIMEOUT)
+        process::run(script(&self.name, &["fail", host]), None, script_timeout())
     }
 
     /// `hack/cluster.sh down`; the drop then leaves it at that.
     #[track_caller]
     pub fn down(&self) -> Output {
         self.down.set(true);
-        process::run(script(&self.name, &["down"]), None, SCRIPT_TIMEOUT)
+        process::run(script(&self.name, &["down"]), None, script_timeout())
     }
 }
 
@@ -186,7 +235,7 @@ impl Drop for Cluster {
             );
             return;
         }
-        match process::run_quietly(script(&self.name, &["down"]), SCRIPT_TIMEOUT) {
+        match process::run_quietly(script(&self.name, &["down"]), script_timeout()) {
             Some(out) if out.success() => {}
             Some(out) => eprintln!("taking cluster {} down failed\n{out}", self.name),
             None => eprintln!("taking cluster {} down failed", self.name),
@@ -241,7 +290,31 @@ impl Host {
     /// Runs ARGV on the host and returns whatever it did.
     #[track_caller]
     pub fn run(&self, argv: &[&str]) -> Output {
-        process::run(self.command(argv), None, EXEC_TIMEOUT)
+        process::run(self.command(argv), None, exec_timeout())
+    }
+
+    /// The test image (hack/images.sh), imported into this host's
+    /// containerd only.
+    #[track_caller]
+    pub fn import_test_image(&self) {
+        let mut import = Command::new("bash");
+        import
+            .arg(fixture::repo_root().join("hack/images.sh"))
+            .args(["import", self.ctr.address()]);
+        process::run(import, None, script_timeout()).expect_success();
+    }
+
+    /// The pid of `id`'s task on this host once it runs.
+    #[track_caller]
+    pub fn running_pid(&self, id: &str) -> u32 {
+        poll::until(
+            RUNNING_TIMEOUT,
+            &format!("{id} to run on {}", self.name),
+            || match self.ctr.task(id) {
+                Some(row) if row.status == "RUNNING" => Ok(row.pid),
+                other => Err(format!("{other:?}")),
+            },
+        )
     }
 
     /// The directory the machine shares with the host.
@@ -300,4 +373,231 @@ impl Host {
             .map(|m| m.ino())
             .map_err(|e| format!("{}: {e}", file.display()))
     }
+}
+
+/// Polls every host's tasks in a thread: at no sample may two hosts run
+/// (not paused) a task of the same container. [`OneCopy::stop`] fails the
+/// test if they did.
+pub struct OneCopy {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<Result<u64, String>>>,
+}
+
+impl OneCopy {
+    pub fn watch(hosts: &[&Host], ids: &[&str]) -> OneCopy {
+        let hosts: Vec<(String, Ctr)> = hosts
+            .iter()
+            .map(|h| (h.name.clone(), h.ctr().clone()))
+            .collect();
+        let ids: Vec<String> = ids.iter().map(|s| s.to_string()).collect();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut samples = 0u64;
+            while !stopping.load(Ordering::SeqCst) {
+                let running: Vec<(String, String)> = hosts
+                    .iter()
+                    .flat_map(|(name, ctr)| {
+                        let tasks = ctr
+                            .run_within(&["tasks", "ls"], Duration::from_secs(5))
+                            .ok()
+                            .filter(|o| o.success())
+                            .and_then(|o| ctr::parse_task_list(&o.stdout_str()).ok())
+                            .unwrap_or_default();
+                        tasks
+                            .into_iter()
+                            .filter(|t| t.status == "RUNNING")
+                            .map(|t| (name.clone(), t.id))
+                            .collect::<Vec<_>>()
+                    })
+                    .collect();
+                for id in &ids {
+                    let on: Vec<&String> = running
+                        .iter()
+                        .filter(|(_, t)| t == id)
+                        .map(|(h, _)| h)
+                        .collect();
+                    if on.len() > 1 {
+                        return Err(format!("{id} ran on {on:?} at once"));
+                    }
+                }
+                samples += 1;
+            }
+            Ok(samples)
+        });
+        OneCopy {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops watching; fails if two copies ever ran at once.
+    #[track_caller]
+    pub fn stop(mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let samples = self
+            .thread
+            .take()
+            .expect("stopped once")
+            .join()
+            .expect("the watcher thread panicked")
+            .unwrap_or_else(|e| panic!("{e}"));
+        eprintln!("{samples} samples of the hosts' tasks, never two copies running");
+    }
+}
+
+/// As [`OneCopy`], from the hosts' cgroups and /proc instead of `ctr`: at
+/// no sample may two hosts have a process named `comm` that runs, that is
+/// neither stopped by a tracer (CRIU seizes what it dumps) nor in a frozen
+/// cgroup (containerd's pause, CRIU's freeze). It reads files only, where
+/// `OneCopy` starts two `ctr` per sample: under the emulated CPU of
+/// hack/softdirty-vm.sh those took one of its two vCPUs and doubled a
+/// migration's time.
+pub struct OneProcess {
+    comm: String,
+    stop: Arc<AtomicBool>,
+    /// The samples, and those that found it running on a host.
+    thread: Option<JoinHandle<Result<(u64, u64), String>>>,
+}
+
+/// Pause between samples, so that the watcher leaves the CPU to what it
+/// watches; CRIU's freeze and restore each take far longer.
+const ONE_PROCESS_PAUSE: Duration = Duration::from_millis(10);
+
+impl OneProcess {
+    pub fn watch(hosts: &[&Host], comm: &str) -> OneProcess {
+        let unified = unified_cgroup_mount();
+        let hosts: Vec<(String, Vec<PathBuf>)> = hosts
+            .iter()
+            .map(|h| {
+                (
+                    h.name.clone(),
+                    unified.iter().map(|mp| h.cgroup(mp)).collect(),
+                )
+            })
+            .collect();
+        let comm = comm.to_string();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = stop.clone();
+        let name = comm.clone();
+        let thread = std::thread::spawn(move || {
+            let (mut samples, mut seen) = (0u64, 0u64);
+            while !stopping.load(Ordering::SeqCst) {
+                let on: Vec<String> = hosts
+                    .iter()
+                    .filter_map(|(name, roots)| {
+                        roots
+                            .iter()
+                            .flat_map(|root| cgroup_subtree_pids(root))
+                            .find_map(|pid| runs_as(pid, &comm))
+                            .map(|how| format!("{name}: {how}"))
+                    })
+                    .collect();
+                if on.len() > 1 {
+                    return Err(format!("{comm} ran on {on:?} at once"));
+                }
+                samples += 1;
+                seen += on.len() as u64;
+                std::thread::sleep(ONE_PROCESS_PAUSE);
+            }
+            Ok((samples, seen))
+        });
+        OneProcess {
+            comm: name,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops watching; fails if two copies ever ran at once, or if none
+    /// was ever seen (the watcher would be looking in the wrong place).
+    #[track_caller]
+    pub fn stop(mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let (samples, seen) = self
+            .thread
+            .take()
+            .expect("stopped once")
+            .join()
+            .expect("the watcher thread panicked")
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            seen > 0,
+            "no sample of {samples} found {} running on any host",
+            self.comm
+        );
+        eprintln!(
+            "{samples} samples of the hosts' processes, {} running on one host in {seen}, never on two",
+            self.comm
+        );
+    }
+}
+
+/// The processes of cgroup `root` and its descendants, with the cgroup each
+/// is in.
+fn cgroup_subtree_pids(root: &Path) -> Vec<(u32, PathBuf)> {
+    let mut pids = Vec::new();
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                dirs.push(entry.path());
+            }
+        }
+        let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+        pids.extend(
+            procs
+                .lines()
+                .filter_map(|l| l.trim().parse::<u32>().ok())
+                .map(|pid| (pid, dir.clone())),
+        );
+    }
+    pids
+}
+
+/// PF_EXITING in /proc/PID/stat's flags: the process is in exit(2).
+const PF_EXITING: u64 = 0x4;
+/// SIGKILL's bit in /proc/PID/status's pending-signal masks.
+const SIGKILL_BIT: u64 = 1 << (libc::SIGKILL - 1);
+
+/// Where process `pid` (in cgroup `cgroup`) runs as `comm`, described for a
+/// failure message; `None` if it is not named so or cannot run user code:
+/// gone, stopped or traced, in a frozen cgroup, or dying (a frozen process
+/// killed, as a source's after its migration, thaws only to exit).
+fn runs_as((pid, cgroup): (u32, PathBuf), comm: &str) -> Option<String> {
+    let named =
+        std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim_end() == comm);
+    if !named {
+        return None;
+    }
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(") ")?.1.split(' ').collect();
+    let state = fields.first()?.chars().next()?;
+    let flags: u64 = fields.get(6)?.parse().ok()?;
+    if matches!(state, 'Z' | 'X' | 't' | 'T') || flags & PF_EXITING != 0 {
+        return None;
+    }
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let killed = status.lines().any(|l| {
+        let mask = l
+            .strip_prefix("SigPnd:")
+            .or_else(|| l.strip_prefix("ShdPnd:"));
+        mask.and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
+            .is_some_and(|m| m & SIGKILL_BIT != 0)
+    });
+    if killed {
+        return None;
+    }
+    let events = std::fs::read_to_string(cgroup.join("cgroup.events")).unwrap_or_default();
+    if events.lines().any(|l| l == "frozen 1") {
+        return None;
+    }
+    Some(format!(
+        "pid {pid} state {state} in {} ({})",
+        cgroup.display(),
+        events.split_whitespace().collect::<Vec<_>>().join(" ")
+    ))
 }

@@ -23,13 +23,10 @@
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::process::Command;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use containerd_migrate_tests::cluster::{self, Cluster, Host};
-use containerd_migrate_tests::fixture::{self, IMAGE};
+use containerd_migrate_tests::cluster::{self, Cluster, Host, OneCopy};
+use containerd_migrate_tests::fixture::IMAGE;
 use containerd_migrate_tests::memtick::{tick, wait_tick_above};
 use containerd_migrate_tests::poll;
 use containerd_migrate_tests::process;
@@ -49,7 +46,7 @@ fn containers_move_between_hosts_with_their_state() {
     let cluster = Cluster::up(CLUSTER, 3).unwrap_or_else(|e| panic!("{e}"));
     eprintln!("up in {:?}:\n{}", started.elapsed(), cluster.summary());
     let (h1, h2, h3) = (cluster.host("h1"), cluster.host("h2"), cluster.host("h3"));
-    import_image(h1);
+    h1.import_test_image();
 
     let server_ip = run(
         h1,
@@ -120,7 +117,7 @@ fn containers_move_between_hosts_with_their_state() {
     // server process: its count did not start again.
     assert_eq!(client.say("c"), "3 c");
     assert_eq!(ps_host(h1, SERVER), "h2");
-    let pid = running_pid(h2, SERVER);
+    let pid = h2.running_pid(SERVER);
     let left = h1.ctr().task(SERVER);
     assert!(left.is_none(), "the source's copy is gone: {left:?}");
     let root = format!("/proc/{pid}/root");
@@ -139,9 +136,9 @@ fn containers_move_between_hosts_with_their_state() {
     // A new connection reaches it at the same IP.
     assert_eq!(Client::connect(&server_ip).say("d"), "4 d");
 
-    let before = tick(running_pid(h1, COUNTER)).unwrap();
+    let before = tick(h1.running_pid(COUNTER)).unwrap();
     migrate(h1, COUNTER, "h2").expect_success();
-    let pid = running_pid(h2, COUNTER);
+    let pid = h2.running_pid(COUNTER);
     let after = wait_tick_above(pid, before, "the moved counter to tick on");
     assert!(after > before, "the counter went on from {before}: {after}");
     assert_eq!(ps_host(h1, COUNTER), "h2");
@@ -161,7 +158,7 @@ fn containers_move_between_hosts_with_their_state() {
     assert_eq!(json["mode"], "post-copy");
     assert_eq!(client.say("e"), "5 e");
     assert_eq!(ps_host(h1, SERVER), "h3");
-    let before = tick(running_pid(h2, COUNTER)).unwrap();
+    let before = tick(h2.running_pid(COUNTER)).unwrap();
     let json = migrate_by(h2, COUNTER, "h3", "post-copy");
     assert!(
         json["bytesAfterFreeze"].as_u64().unwrap() >= 16 << 20,
@@ -169,7 +166,7 @@ fn containers_move_between_hosts_with_their_state() {
     );
     assert!(json["allPagesMs"].as_f64().unwrap() > 0.0, "{json}");
     assert!(json["bytesDuringFreeze"].as_u64().unwrap() < 4 << 20, "{json}");
-    let pid = running_pid(h3, COUNTER);
+    let pid = h3.running_pid(COUNTER);
     let after = wait_tick_above(pid, before, "the counter to tick on after post-copy");
     assert!(after > before, "the counter went on from {before}: {after}");
     assert!(h2.ctr().task(COUNTER).is_none(), "the source's copy is gone");
@@ -208,15 +205,6 @@ fn containers_move_between_hosts_with_their_state() {
     eprintln!("the whole test took {:?}", started.elapsed());
 }
 
-/// The test image, imported into `h`'s containerd only.
-fn import_image(h: &Host) {
-    let mut import = Command::new("bash");
-    import
-        .arg(fixture::repo_root().join("hack/images.sh"))
-        .args(["import", h.ctr().address()]);
-    process::run(import, None, Duration::from_secs(120)).expect_success();
-}
-
 /// `migratectl run --host H IMAGE ID ARGV` on `h`; returns the IP.
 #[track_caller]
 fn run(h: &Host, id: &str, argv: &[&str]) -> String {
@@ -234,7 +222,7 @@ fn run_with(h: &Host, id: &str, flags: &[&str], argv: &[&str]) -> String {
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(json["host"], h.name.as_str());
     let ip = json["ip"].as_str().unwrap().to_string();
-    running_pid(h, id);
+    h.running_pid(id);
     ip
 }
 
@@ -269,7 +257,7 @@ enum Break {
 /// running on `target`.
 #[track_caller]
 fn broken_post_copy(source: &Host, target: &Host, how: Break) {
-    let pid = running_pid(source, COUNTER);
+    let pid = source.running_pid(COUNTER);
     let before = tick(pid).unwrap();
     // The source's link slowed, so that the memory takes seconds to cross.
     let shape = [
@@ -282,7 +270,7 @@ fn broken_post_copy(source: &Host, target: &Host, how: Break) {
         None,
     );
     // Running on the target: its memory is on the way.
-    running_pid(target, COUNTER);
+    target.running_pid(COUNTER);
     match how {
         Break::TargetPages => {
             let daemon = poll::until(Duration::from_secs(10), "the target's lazy-pages daemon", || {
@@ -312,7 +300,7 @@ fn broken_post_copy(source: &Host, target: &Host, how: Break) {
     assert!(!out.success(), "the broken post-copy ({how:?}) succeeded:\n{out}");
     assert!(err.contains("failed at step pages"), "{err}");
     assert!(err.contains(&format!("{COUNTER} runs on {} again", source.name)), "{err}");
-    assert_eq!(running_pid(source, COUNTER), pid, "the same process runs on");
+    assert_eq!(source.running_pid(COUNTER), pid, "the same process runs on");
     wait_tick_above(pid, before, "the counter to count on after the broken post-copy");
     assert_eq!(ps_host(source, COUNTER), source.name);
     poll::until(Duration::from_secs(60), &format!("no copy of the counter on {}", target.name), || {
@@ -321,19 +309,6 @@ fn broken_post_copy(source: &Host, target: &Host, how: Break) {
             _ => Ok(()),
         }
     });
-}
-
-/// The pid of `id`'s task on `h` once it runs.
-#[track_caller]
-fn running_pid(h: &Host, id: &str) -> u32 {
-    poll::until(
-        Duration::from_secs(30),
-        &format!("{id} to run on {}", h.name),
-        || match h.ctr().task(id) {
-            Some(row) if row.status == "RUNNING" => Ok(row.pid),
-            other => Err(format!("{other:?}")),
-        },
-    )
 }
 
 fn ps(h: &Host, id: &str) -> serde_json::Value {
@@ -360,7 +335,7 @@ fn ps_ip(h: &Host, id: &str) -> String {
 fn fails_and_stays(source: &Host, target: &Host, failpoint: &str, step: &str, says: &str) {
     let file = target.shared_dir().join("failpoints");
     std::fs::write(&file, failpoint).unwrap();
-    let pid = running_pid(source, COUNTER);
+    let pid = source.running_pid(COUNTER);
     let before = tick(pid).unwrap();
     let out = migrate(source, COUNTER, &target.name);
     let _ = std::fs::remove_file(&file);
@@ -379,11 +354,7 @@ fn fails_and_stays(source: &Host, target: &Host, failpoint: &str, step: &str, sa
             "{err}"
         );
     }
-    assert_eq!(
-        running_pid(source, COUNTER),
-        pid,
-        "the same process runs on"
-    );
+    assert_eq!(source.running_pid(COUNTER), pid, "the same process runs on");
     wait_tick_above(
         pid,
         before,
@@ -525,75 +496,5 @@ impl Client {
             .read_line(&mut answer)
             .unwrap_or_else(|e| panic!("no answer to {line:?}: {e}"));
         answer.trim_end().to_string()
-    }
-}
-
-/// Polls every host's tasks in a thread: at no sample may two hosts run
-/// (not paused) a task of the same container.
-struct OneCopy {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<Result<u64, String>>>,
-}
-
-impl OneCopy {
-    fn watch(hosts: &[&Host], ids: &[&str]) -> OneCopy {
-        let hosts: Vec<(String, containerd_migrate_tests::ctr::Ctr)> = hosts
-            .iter()
-            .map(|h| (h.name.clone(), h.ctr().clone()))
-            .collect();
-        let ids: Vec<String> = ids.iter().map(|s| s.to_string()).collect();
-        let stop = Arc::new(AtomicBool::new(false));
-        let stopping = stop.clone();
-        let thread = std::thread::spawn(move || {
-            let mut samples = 0u64;
-            while !stopping.load(Ordering::SeqCst) {
-                let running: Vec<(String, String)> = hosts
-                    .iter()
-                    .flat_map(|(name, ctr)| {
-                        let tasks = ctr
-                            .run_within(&["tasks", "ls"], Duration::from_secs(5))
-                            .ok()
-                            .filter(|o| o.success())
-                            .and_then(|o| {
-                                containerd_migrate_tests::ctr::parse_task_list(&o.stdout_str()).ok()
-                            })
-                            .unwrap_or_default();
-                        tasks
-                            .into_iter()
-                            .filter(|t| t.status == "RUNNING")
-                            .map(|t| (name.clone(), t.id))
-                            .collect::<Vec<_>>()
-                    })
-                    .collect();
-                for id in &ids {
-                    let on: Vec<&String> = running
-                        .iter()
-                        .filter(|(_, t)| t == id)
-                        .map(|(h, _)| h)
-                        .collect();
-                    if on.len() > 1 {
-                        return Err(format!("{id} ran on {on:?} at once"));
-                    }
-                }
-                samples += 1;
-            }
-            Ok(samples)
-        });
-        OneCopy {
-            stop,
-            thread: Some(thread),
-        }
-    }
-
-    fn stop(mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        let samples = self
-            .thread
-            .take()
-            .unwrap()
-            .join()
-            .unwrap()
-            .unwrap_or_else(|e| panic!("{e}"));
-        eprintln!("{samples} samples of the hosts' tasks, never two copies running");
     }
 }
