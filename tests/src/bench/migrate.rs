@@ -206,6 +206,20 @@ pub fn run(mut opts: Options) -> Result<()> {
         .unwrap_or_else(|| super::report::default_out("migrate"));
     super::report::write_json(&out, &doc)?;
     report.print(&opts.rate_mbit, &load_before, &load_after, opts.runs);
+    let failed: Vec<&Sample> = samples.iter().filter(|s| !s.ok).collect();
+    if !failed.is_empty() {
+        say(format!("{} migration(s) failed:", failed.len()));
+        for s in failed {
+            eprintln!(
+                "    {} {} MiB run {} {}: {}",
+                s.workload.map_or("?", Workload::name),
+                s.mib,
+                s.run,
+                s.mode.map_or("?", Mode::name),
+                s.error.as_deref().unwrap_or("")
+            );
+        }
+    }
     migrate_report::plot(&out, opts.rate_mbit, &samples, &report)?;
     result
 }
