@@ -250,7 +250,15 @@ fn estimate_secs(opts: &Options) -> f64 {
         .flat_map(|&mib| opts.modes.iter().map(move |&m| per(m, mib)))
         .sum();
     let per_workload = 25.0 + migrations * opts.runs as f64;
-    per_workload * opts.workloads.len() as f64
+    // Redis also fills its memory before each migration and restores more
+    // slowly (1 GiB: 39 s a migratectl migration, not 18).
+    let redis_extra: f64 = if opts.workloads.contains(&Workload::Redis) {
+        let per_mib = 0.02 * opts.sizes.iter().sum::<u64>() as f64;
+        per_mib * opts.modes.len() as f64 * opts.runs as f64
+    } else {
+        0.0
+    };
+    per_workload * opts.workloads.len() as f64 + redis_extra
 }
 
 /// What the benchmark needs besides what a cluster needs.
