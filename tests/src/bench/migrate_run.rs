@@ -35,9 +35,8 @@ use std::time::{Duration, Instant};
 
 use containerd_migrate_tests::cluster::{Cluster, Host};
 use containerd_migrate_tests::ctr;
-use containerd_migrate_tests::fixture::RUNC_V2;
 use containerd_migrate_tests::memtick::TickLine;
-use containerd_migrate_tests::process::{self, Background, Output};
+use containerd_migrate_tests::process::{self, Output};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -45,8 +44,11 @@ use super::bandwidth::{self, Sampler};
 use super::link::Counters;
 use super::load::{self, Load, Seen};
 use super::memtick_workload::logged_ticks;
+use super::unix_ms;
 use super::workloads::{INTERVAL_MS, Spec, TICK_FILE, TICK_LOG, Workload};
-use super::{ms_since, unix_ms};
+
+mod migratectl;
+mod stock;
 
 /// Where the stock path's archive goes on both hosts (their private disk).
 const ARCHIVE_DIR: &str = "/var/tmp";
@@ -326,190 +328,6 @@ impl<'a> Rig<'a> {
         s.bandwidth = bandwidth::rates(&points, w.t0_ms);
     }
 
-    fn stock(&self, spec: &Spec, s: &mut Sample) -> Result<(), String> {
-        let (src, dst) = (self.source, self.target);
-        let id = s.id.clone();
-        let reference = Self::reference(&id);
-        let archive = format!("{ARCHIVE_DIR}/{id}.tar");
-        let mut run = vec![
-            "ctr",
-            "run",
-            "-d",
-            "--runtime",
-            RUNC_V2,
-            spec.image.name,
-            &id,
-        ];
-        run.extend(spec.argv.iter().map(String::as_str));
-        self.on(src, &run, "starting the workload under runc.v2")?;
-        let before = self.warm(src, &id)?;
-        self.fill(spec, &id)?;
-        let before = if spec.fill.is_some() {
-            self.warm_again(src, &id, before)?
-        } else {
-            before
-        };
-        record_before(s, &before);
-
-        let watch = self.watch(spec, None)?;
-        let counters = self.counters()?;
-        let t0 = Instant::now();
-        let mut step = |name: &str, host: &Host, argv: &[&str]| -> Result<Output, String> {
-            let t = Instant::now();
-            let out = self.on(host, argv, name)?;
-            s.steps.insert(name.to_string(), ms_since(t));
-            Ok(out)
-        };
-        step(
-            "checkpoint",
-            src,
-            &[
-                "ctr",
-                "containers",
-                "checkpoint",
-                "--task",
-                "--rw",
-                &id,
-                &reference,
-            ],
-        )?;
-        step(
-            "stop-source",
-            src,
-            &["ctr", "tasks", "delete", "--force", &id],
-        )?;
-        // Without --skip-manifest-json, ctr 2.1.9 fails on a checkpoint image
-        // ("unable to create manifests file": its Docker manifest.json writer
-        // reads the checkpoint's layers as JSON).
-        step(
-            "export",
-            src,
-            &[
-                "ctr",
-                "images",
-                "export",
-                "--skip-manifest-json",
-                &archive,
-                &reference,
-            ],
-        )?;
-        s.payload_bytes = std::fs::metadata(src.on_disk(&archive))
-            .ok()
-            .map(|m| m.len() as f64);
-        let t = Instant::now();
-        self.copy(&archive)?;
-        // Each archive goes once used (a few ms, within the step): a 1 GiB
-        // migration then needs 3 GiB of disk at most, not 5.
-        let _ = std::fs::remove_file(src.on_disk(&archive));
-        s.steps.insert("copy".into(), ms_since(t));
-        let restore_started = unix_ms();
-        let mut step = |name: &str, argv: &[&str]| -> Result<Output, String> {
-            let t = Instant::now();
-            let out = self.on(dst, argv, name)?;
-            s.steps.insert(name.to_string(), ms_since(t));
-            Ok(out)
-        };
-        step("import", &["ctr", "images", "import", &archive])?;
-        let _ = std::fs::remove_file(dst.on_disk(&archive));
-        step(
-            "restore",
-            &[
-                "ctr",
-                "containers",
-                "restore",
-                "--live",
-                "--rw",
-                &id,
-                &reference,
-            ],
-        )?;
-        let t = Instant::now();
-        let after = self.ticking_after(dst, &id, restore_started)?;
-        s.steps.insert("until-ticking".into(), ms_since(t));
-        s.total_ms = Some(ms_since(t0));
-        self.count_wire(s, counters)?;
-        let end_ms = unix_ms();
-        let t0_ms = watch.t0_ms;
-        self.unwatch(watch, s, end_ms);
-        self.downtime(s, &id, (&before, &after), (t0_ms, end_ms));
-        Ok(())
-    }
-
-    fn migratectl(&self, mode: &str, spec: &Spec, s: &mut Sample) -> Result<(), String> {
-        let (src, dst) = (self.source, self.target);
-        let id = s.id.clone();
-        let mut run = vec![
-            "migratectl",
-            "run",
-            "--json",
-            "--host",
-            src.name.as_str(),
-            spec.image.name,
-            &id,
-            "--",
-        ];
-        run.extend(spec.argv.iter().map(String::as_str));
-        let out = self.on(src, &run, "starting the workload with migratectl run")?;
-        let ip = serde_json::from_slice::<Value>(&out.stdout)
-            .ok()
-            .and_then(|v| v["ip"].as_str().map(String::from))
-            .ok_or_else(|| format!("migratectl run --json printed no ip: {}", out.stdout_str()))?;
-        let before = self.warm(src, &id)?;
-        self.fill(spec, &id)?;
-        let before = if spec.fill.is_some() {
-            self.warm_again(src, &id, before)?
-        } else {
-            before
-        };
-        record_before(s, &before);
-
-        let watch = self.watch(spec, Some(&ip))?;
-        let counters = self.counters()?;
-        let started = unix_ms();
-        let t0 = Instant::now();
-        let out = self.on(
-            src,
-            &[
-                "migratectl",
-                "migrate",
-                "--to",
-                dst.name.as_str(),
-                "--mode",
-                mode,
-                "--json",
-                &id,
-            ],
-            "migratectl migrate",
-        );
-        let out = match out {
-            Ok(out) => out,
-            Err(e) => {
-                self.unwatch(watch, s, unix_ms());
-                return Err(e);
-            }
-        };
-        s.steps.insert("migratectl-migrate".into(), ms_since(t0));
-        let t = Instant::now();
-        let after = self.ticking_after(dst, &id, started);
-        s.steps.insert("until-ticking".into(), ms_since(t));
-        s.total_ms = Some(ms_since(t0));
-        let wire = self.count_wire(s, counters);
-        let end_ms = unix_ms();
-        let t0_ms = watch.t0_ms;
-        self.unwatch(watch, s, end_ms);
-        let (after, ()) = (after?, wire?);
-        let json: Value = serde_json::from_slice(&out.stdout).map_err(|e| {
-            format!(
-                "migratectl migrate --json printed no JSON ({e}): {}",
-                out.stdout_str()
-            )
-        })?;
-        read_migration_json(s, &json);
-        s.detail = json;
-        self.downtime(s, &id, (&before, &after), (t0_ms, end_ms));
-        Ok(())
-    }
-
     /// Runs `argv` on `host` within the timeout; a failure says `what`.
     fn on(&self, host: &Host, argv: &[&str], what: &str) -> Result<Output, String> {
         let out = process::run_within(host.command(argv), self.timeout)?;
@@ -590,51 +408,6 @@ impl<'a> Rig<'a> {
         Err(format!(
             "memtick in {id} did not tick on {} after the migration: {last}",
             host.name
-        ))
-    }
-
-    /// Sends the stock path's archive from the source to the target over
-    /// the cluster network.
-    fn copy(&self, archive: &str) -> Result<(), String> {
-        let port = self.wire_port.get();
-        self.wire_port.set(port.wrapping_add(1).max(WIRE_PORT_BASE));
-        let address = format!("{}:{port}", self.target.ip);
-        let bin = self.bench_bin.display().to_string();
-        let mut receiver = Background::spawn(
-            self.target
-                .command(&[&bin, "wire-receive", "--listen", &address, archive]),
-            None,
-        );
-        let sent = process::run_within(
-            self.source
-                .command(&[&bin, "wire-send", "--to", &address, archive]),
-            self.timeout,
-        )?;
-        if !sent.success() {
-            return Err(format!(
-                "sending the archive to {} failed: {} / receiver: {}",
-                self.target.name,
-                last_lines(&sent.stderr_str(), 3),
-                last_lines(&String::from_utf8_lossy(&receiver.stderr_so_far()), 3)
-            ));
-        }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Some(status) = receiver.try_status() {
-                if status.success() {
-                    return Ok(());
-                }
-                return Err(format!(
-                    "receiving the archive on {} failed: {}",
-                    self.target.name,
-                    last_lines(&String::from_utf8_lossy(&receiver.stderr_so_far()), 3)
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        Err(format!(
-            "the receiver on {} did not end within 10 s of the sender",
-            self.target.name
         ))
     }
 
