@@ -307,9 +307,13 @@ impl<'a> Rig<'a> {
         })
     }
 
-    /// Stops the clients once they had answers after `end_ms` again, and
-    /// the sampler; records what they saw in `s`.
+    /// Stops the sampler, and the clients once they had answers after
+    /// `end_ms` again; records what they saw in `s`.
     fn unwatch(&self, w: Watch, s: &mut Sample, end_ms: u64) {
+        // The sampler first: the plot ends with the migration, not after a
+        // client stuck in a lost request (up to its 60 s timeout).
+        let points = w.sampler.stop();
+        s.bandwidth = bandwidth::rates(&points, w.t0_ms);
         if let Some(load) = w.load {
             // Answers after the end close the gap; a service that never
             // answers again shows as an unknown gap and failed requests.
@@ -324,8 +328,6 @@ impl<'a> Rig<'a> {
                 .collect();
             s.client = Some(load::seen(&events, w.t0_ms, end_ms));
         }
-        let points = w.sampler.stop();
-        s.bandwidth = bandwidth::rates(&points, w.t0_ms);
     }
 
     /// Runs `argv` on `host` within the timeout; a failure says `what`.

@@ -35,6 +35,9 @@ const COLORS: [RGBColor; 8] = [
     RGBColor(127, 127, 127),
 ];
 
+/// Points above which a series is drawn with a thin line.
+const DENSE: usize = 50;
+
 fn fonts() {
     static FONTS: Once = Once::new();
     FONTS.call_once(|| {
@@ -95,9 +98,13 @@ fn draw(path: &Path, labels: &Labels, series: &[Series], joined: bool) -> Result
                     .map(|&p| Circle::new(p, if joined { 3 } else { 2 }, color.filled())),
             )?;
             let legend = if joined {
+                // Thick lines of plotters' bitmap backend shoot spikes out
+                // of sharp turns (a bandwidth series sampled every 50 ms has
+                // many): dense series get thin lines.
+                let width = if s.points.len() > DENSE { 1 } else { 2 };
                 chart.draw_series(LineSeries::new(
                     s.points.iter().copied(),
-                    color.stroke_width(2),
+                    color.stroke_width(width),
                 ))?
             } else {
                 dots
