@@ -1,23 +1,30 @@
-//! Migration benchmark (issue 14): a memtick container moved between the two
-//! hosts of a local cluster (hack/cluster.sh) whose link is limited to
-//! 1 Gbit/s, by the stock path against `migratectl migrate`, in one run.
+//! Migration benchmark (issues 14 and 15): seed 002's five workloads
+//! ([`super::workloads`]) moved between the two hosts of a local cluster
+//! (hack/cluster.sh) whose link is limited to 1 Gbit/s, by the stock path
+//! and by `migratectl migrate` in each of its modes, in one run.
 //!
-//! For each size (64, 256, 1024 MiB of touched memory by default), `--runs`
-//! times, with a fresh container per measurement and the two paths in
-//! alternating order, it migrates memtick from h1 to h2 (see
-//! [`super::migrate_run`] for both paths) and measures
-//! - downtime: the largest gap between memtick's clock ticks across the
-//!   migration, as the process lived it (includes up to one 10 ms interval);
-//! - total: from the first command of the migration until the counter ticks
-//!   on the target;
-//! - bytes on the wire: what both hosts sent on their links (tx counters);
-//! - for migratectl also its own `downtimeMs` and the memory and filesystem
-//!   bytes it moved.
+//! For each workload, size (64, 256, 1024 MiB by default) and `--runs`
+//! times, with a fresh container per measurement and the modes in an order
+//! that rotates from run to run (so drift spreads evenly), it migrates the
+//! container from h1 to h2 (see [`super::migrate_run`]) and measures
+//! - total: from the first command of the migration until the workload's
+//!   clock ticks on the target;
+//! - downtime as the process lived it: the largest gap between memtick's
+//!   ticks on the wall clock across the migration (includes up to one
+//!   10 ms interval);
+//! - downtime as the clients saw it: the largest gap between answers to a
+//!   client loading the container's service from the machine, and the
+//!   requests that failed or whose connection was reset (migratectl modes
+//!   only: a stock container has no network another host reaches);
+//! - bytes on the wire and bandwidth over time: both hosts' tx counters;
+//! - migratectl's own figures (downtime, memory and filesystem bytes, and
+//!   issue 15's mode reason, iterations, bytes before, during and after the
+//!   freeze, pages faulted, time until every page was there, when reported).
 //!
-//! Goals (medians): migratectl's downtime at most
-//! 1.3 × (memory + filesystem delta) / link bandwidth + 0.3 s at every size
-//! (the physical limit of stop-and-copy plus set-up), and at most 0.5 × the
-//! stock path's downtime at 1 GiB.
+//! Each workload gets a cluster of its own: the coordinator keeps a
+//! container's record and address after its task is gone (there is no
+//! `migratectl rm`), and its 150 addresses would not last a full run.
+//! [`super::migrate_report`] makes the tables, goals and plots.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -25,41 +32,39 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use containerd_migrate_tests::cluster::{self, Cluster};
-use containerd_migrate_tests::fixture::{self, IMAGE};
 use containerd_migrate_tests::{host, process};
-use serde::Serialize;
 use serde_json::{Value, json};
 
-use super::link;
-use super::migrate_run::{INTERVAL_MS, Rig, Route, Sample};
-use super::plot::{self, Labels, Series};
-use super::report::{self, Goal, Table};
+use super::migrate_run::{Mode, Rig, Sample};
 use super::session::{hack, sha256};
-use super::stats::{Stats, median, ratio};
-use super::{machine, memtick_workload, say};
-
-const GOAL_MIB: u64 = 1024;
-/// Downtime goal: this factor on the time the payload needs on the link...
-const GOAL_LINK_FACTOR: f64 = 1.3;
-/// ...plus this much set-up.
-const GOAL_SETUP_MS: f64 = 300.0;
-/// migratectl's downtime over the stock path's at [`GOAL_MIB`].
-const GOAL_STOCK_RATIO: f64 = 0.5;
+use super::workloads::{self, Image, Tuning, Workload};
+use super::{link, machine, memtick_workload, migrate_report, say};
 
 #[derive(Args, Debug)]
 pub struct Options {
-    /// Migrations per size and path.
+    /// Migrations per workload, size and mode (medians are reported).
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
     pub runs: u64,
-    /// memtick sizes in MiB (`64,256,1024` or `64 256 1024`).
+    /// Memory sizes in MiB (`64,256,1024` or `64 256 1024`).
     #[arg(long, num_args = 1.., value_delimiter = ',', default_values_t = [64, 256, 1024])]
     pub sizes: Vec<u64>,
-    /// The paths to measure.
-    #[arg(long, num_args = 1.., value_delimiter = ',', default_values_t = [Route::Stock, Route::Migratectl])]
-    pub paths: Vec<Route>,
+    /// The workloads to measure.
+    #[arg(long, num_args = 1.., value_delimiter = ',', default_values_t = workloads::ALL)]
+    pub workloads: Vec<Workload>,
+    /// The modes to measure: stock is the stock ctr path, the others are
+    /// `migratectl migrate --mode MODE`.
+    #[arg(long, num_args = 1.., value_delimiter = ',', default_values_t = [Mode::Stock, Mode::StopAndCopy, Mode::PostCopy, Mode::Auto])]
+    pub modes: Vec<Mode>,
+    /// Sizes 64 only, one run: a check that every workload and mode works
+    /// (overrides --sizes and --runs).
+    #[arg(long)]
+    pub quick: bool,
     /// The link's limit in Mbit/s, each direction (tc tbf on every host).
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
     pub rate_mbit: u64,
+    /// The share of its memory the `dirty` workload rewrites per second, %.
+    #[arg(long, default_value_t = 50.0)]
+    pub dirty_percent_per_sec: f64,
     /// Ticks memtick must have made before a migration.
     #[arg(long, default_value_t = 50)]
     pub warm_ticks: u64,
@@ -67,7 +72,7 @@ pub struct Options {
     #[arg(long, default_value_t = 300)]
     pub timeout: u64,
     /// The local cluster's name (CLUSTER_NAME of hack/cluster.sh), brought
-    /// up at the start and taken down at the end.
+    /// up for each workload and taken down after it.
     #[arg(long, default_value = "bench")]
     pub cluster: String,
     /// Where the JSON results go [default: <repo>/target/bench/migrate.json];
@@ -79,42 +84,181 @@ pub struct Options {
     pub skip_build: bool,
 }
 
-impl std::fmt::Display for Route {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
+pub fn run(mut opts: Options) -> Result<()> {
+    if opts.quick {
+        opts.sizes = vec![64];
+        opts.runs = 1;
     }
-}
-
-pub fn run(opts: Options) -> Result<()> {
     if opts.sizes.contains(&0) {
         bail!("--sizes must be MiB numbers above 0");
     }
+    if !(0.0..=10_000.0).contains(&opts.dirty_percent_per_sec) {
+        bail!("--dirty-percent-per-sec must be within 0..=10000");
+    }
+    opts.workloads.dedup();
+    opts.modes.dedup();
     check_prerequisites()?;
+    let estimate = estimate_secs(&opts);
+    say(format!(
+        "{} migrations ({} workloads x {} sizes x {} modes x {} runs); estimated {} min on this machine kind",
+        opts.workloads.len() * opts.sizes.len() * opts.modes.len() * opts.runs as usize,
+        opts.workloads.len(),
+        opts.sizes.len(),
+        opts.modes.len(),
+        opts.runs,
+        (estimate / 60.0).ceil()
+    ));
     let build_note = if opts.skip_build { None } else { build() };
     let bench_bin = std::env::current_exe().context("finding this program's own path")?;
-    if !fixture::repo_root()
-        .join("target/images/testbox.tar")
-        .is_file()
-    {
-        say("building the test image");
-        let out = process::run_within(hack("images.sh", &["build"]), Duration::from_secs(600))
+    let mut images: Vec<Image> = opts
+        .workloads
+        .iter()
+        .map(|w| w.spec(64, tuning(&opts)).image)
+        .collect();
+    // The test image first: the Redis image takes its memtick from that build.
+    images.sort_by_key(|i| (i.script != workloads::TESTBOX.script, i.script));
+    images.dedup();
+    for image in &images {
+        say(format!(
+            "building {} (hack/{} build, cached)",
+            image.name, image.script
+        ));
+        let out = process::run_within(hack(image.script, &["build"]), Duration::from_secs(1200))
             .map_err(anyhow::Error::msg)?;
         if !out.success() {
-            bail!("building the test image failed\n{out}");
+            bail!("building {} failed\n{out}", image.name);
         }
     }
 
-    say(format!("bringing up cluster {} with 2 hosts", opts.cluster));
+    let load_before = machine::loadavg();
+    let started = machine::now_utc();
     super::interrupt::guard_cluster(&opts.cluster);
-    let cluster = Cluster::up(&opts.cluster, 2).map_err(anyhow::Error::msg);
-    let result = cluster.and_then(|c| {
-        let r = measure_all(&opts, &c, bench_bin, build_note);
-        say(format!("taking cluster {} down", opts.cluster));
-        drop(c);
-        r
-    });
+    let mut samples = Vec::new();
+    let mut qdiscs = BTreeMap::new();
+    let mut result = Ok(());
+    for &w in &opts.workloads {
+        say(format!(
+            "{w}: bringing up cluster {} with 2 hosts",
+            opts.cluster
+        ));
+        let cluster = match Cluster::up(&opts.cluster, 2) {
+            Ok(c) => c,
+            Err(e) => {
+                result = Err(anyhow::Error::msg(e));
+                break;
+            }
+        };
+        let r = measure_workload(&opts, &cluster, w, &bench_bin, &mut samples);
+        say(format!("{w}: taking cluster {} down", opts.cluster));
+        match r {
+            Ok(q) => qdiscs = q,
+            Err(e) => {
+                result = Err(e.context(format!("workload {w}")));
+                break;
+            }
+        }
+        drop(cluster);
+    }
     super::interrupt::release();
+    let load_after = machine::loadavg();
+    // What was measured is written even when a workload's set-up failed.
+    let report = migrate_report::summarize(&samples, opts.rate_mbit);
+    let mut machine_doc = machine::describe(machine::CODE_PATHS);
+    machine_doc["loadavg_before"] = load_before.clone().into();
+    machine_doc["loadavg_after"] = load_after.clone().into();
+    machine_doc["build_note"] = build_note.into();
+    machine_doc["binaries"] = binaries();
+    let described: BTreeMap<&str, String> = opts
+        .workloads
+        .iter()
+        .map(|w| (w.name(), w.spec(64, tuning(&opts)).described))
+        .collect();
+    let doc = json!({
+        "summary": report.summary,
+        "goals": report.goals,
+        "config": {
+            "runs": opts.runs, "sizes_mib": opts.sizes, "workloads": opts.workloads,
+            "modes": opts.modes, "interval_ms": workloads::INTERVAL_MS,
+            "warm_ticks": opts.warm_ticks, "rate_mbit": opts.rate_mbit, "qdiscs": qdiscs,
+            "dirty_percent_per_sec": opts.dirty_percent_per_sec,
+            "cluster": opts.cluster, "hosts": { "source": "h1", "target": "h2" },
+            "estimated_s": estimate,
+            "workloads_described": described,
+            "modes_described": {
+                "stock": "runc.v2 on both hosts: ctr c checkpoint --task --rw ID REF; ctr t delete --force ID (the source stops); ctr images export --skip-manifest-json /var/tmp/ID.tar REF; the archive sent over TCP from source to target (bench wire-send / wire-receive, run inside the hosts); ctr images import; ctr c restore --live --rw ID REF. No clients: ctr gives the container no network another host reaches",
+                "others": "migratectl run --json --host h1 IMAGE ID -- CMD; migratectl migrate --to h2 --mode MODE --json ID"
+            },
+            "clients": "one thread of the bench program in the machine's network namespace, which reaches the containers through the cluster's bridge (as another host would); requests back to back with a pause of a few ms, every answer checked",
+            "downtime": "the largest wall-clock gap between memtick's ticks (its stdout, logged in the container) overlapping the migration, from its start until the clock ticked on the target; includes up to one tick interval. Not the monotonic gap: CRIU restores CLOCK_MONOTONIC in a time namespace continued from the dump, which hides the move",
+            "client_gap": "the largest gap between two answers to the client that overlaps the migration (from the last answer before it to the first after it)",
+            "total": "from the first command of the migration until the clock ticks on the target, timed by the benchmark",
+            "wire_bytes": "tx bytes of both hosts' eth0 over the migration (the peers' rx counters on the machine's bridge); includes the cluster's heartbeats and the clients' answers",
+            "payload_bytes": "stock: the exported archive; migratectl: memoryBytes + filesystemBytes of its JSON",
+            "goal_total_limit": format!("{} x memoryBytes / ({} Mbit/s)", migrate_report::GOAL_LINK_FACTOR, opts.rate_mbit),
+        },
+        "machine": machine_doc,
+        "started": started, "finished": machine::now_utc(),
+        "samples": samples,
+    });
+    let out = opts
+        .out
+        .clone()
+        .unwrap_or_else(|| super::report::default_out("migrate"));
+    super::report::write_json(&out, &doc)?;
+    report.print(&opts.rate_mbit, &load_before, &load_after, opts.runs);
+    let failed: Vec<&Sample> = samples.iter().filter(|s| !s.ok).collect();
+    if !failed.is_empty() {
+        say(format!("{} migration(s) failed:", failed.len()));
+        for s in failed {
+            eprintln!(
+                "    {} {} MiB run {} {}: {}",
+                s.workload.map_or("?", Workload::name),
+                s.mib,
+                s.run,
+                s.mode.map_or("?", Mode::name),
+                s.error.as_deref().unwrap_or("")
+            );
+        }
+    }
+    migrate_report::plot(&out, opts.rate_mbit, &samples, &report)?;
     result
+}
+
+fn tuning(opts: &Options) -> Tuning {
+    Tuning {
+        dirty_percent_per_sec: opts.dirty_percent_per_sec,
+    }
+}
+
+/// Seconds the run should take on this machine kind (2 cores, 1 Gbit/s):
+/// per workload its cluster and images (about 25 s); per migration a fixed
+/// part (start, warm-up, clients, clean-up: measured 6-9 s stock, 4-5 s
+/// migratectl at 64 MiB, 10 s for redis's image and fill) and a part per
+/// MiB (stock: checkpoint, export, copy, import and restore of an archive
+/// at about 35 ms a MiB; migratectl: the link's 8.4 ms a MiB plus dumping
+/// and restoring, issue 14's figures).
+fn estimate_secs(opts: &Options) -> f64 {
+    let per = |mode: Mode, mib: u64| -> f64 {
+        match mode {
+            Mode::Stock => 6.0 + 0.035 * mib as f64,
+            _ => 4.0 + 0.014 * mib as f64,
+        }
+    };
+    let migrations: f64 = opts
+        .sizes
+        .iter()
+        .flat_map(|&mib| opts.modes.iter().map(move |&m| per(m, mib)))
+        .sum();
+    let per_workload = 25.0 + migrations * opts.runs as f64;
+    // Redis also fills its memory before each migration and restores more
+    // slowly (1 GiB: 39 s a migratectl migration, not 18).
+    let redis_extra: f64 = if opts.workloads.contains(&Workload::Redis) {
+        let per_mib = 0.02 * opts.sizes.iter().sum::<u64>() as f64;
+        per_mib * opts.modes.len() as f64 * opts.runs as f64
+    } else {
+        0.0
+    };
+    per_workload * opts.workloads.len() as f64 + redis_extra
 }
 
 /// What the benchmark needs besides what a cluster needs.
@@ -141,7 +285,7 @@ fn check_prerequisites() -> Result<()> {
 fn build() -> Option<String> {
     say("building the workspace (cargo build --release --workspace)");
     let mut cmd = std::process::Command::new("cargo");
-    cmd.current_dir(fixture::repo_root())
+    cmd.current_dir(containerd_migrate_tests::fixture::repo_root())
         .args(["build", "--quiet", "--release", "--workspace"]);
     let out = process::run_within(cmd, Duration::from_secs(3600));
     match out {
@@ -154,21 +298,25 @@ fn build() -> Option<String> {
     }
 }
 
-fn measure_all(
+/// Every size, run and mode of workload `w` on `cluster`; returns the
+/// hosts' qdiscs, for the record.
+fn measure_workload(
     opts: &Options,
     cluster: &Cluster,
-    bench_bin: std::path::PathBuf,
-    build_note: Option<String>,
-) -> Result<()> {
+    w: Workload,
+    bench_bin: &std::path::Path,
+    samples: &mut Vec<Sample>,
+) -> Result<BTreeMap<String, String>> {
     let (h1, h2) = (cluster.host("h1"), cluster.host("h2"));
+    let image = w.spec(64, tuning(opts)).image;
     for h in [h1, h2] {
         let out = process::run_within(
-            hack("images.sh", &["import", h.ctr().address()]),
+            hack(image.script, &["import", h.ctr().address()]),
             Duration::from_secs(300),
         )
         .map_err(anyhow::Error::msg)?;
         if !out.success() {
-            bail!("importing the test image into {} failed\n{out}", h.name);
+            bail!("importing {} into {} failed\n{out}", image.name, h.name);
         }
         link::shape(cluster.name(), &h.name, &format!("{}mbit", opts.rate_mbit))?;
     }
@@ -176,162 +324,75 @@ fn measure_all(
         .iter()
         .map(|h| (h.name.clone(), link::qdisc(cluster.name(), &h.name)))
         .collect();
-    for (h, q) in &qdiscs {
-        say(format!("{h} eth0: {q}"));
-    }
     let rig = Rig::new(
         cluster,
         h1,
         h2,
-        bench_bin,
+        bench_bin.to_path_buf(),
         Duration::from_secs(opts.timeout),
         opts.warm_ticks,
     );
-    let load_before = machine::loadavg();
-    let started = machine::now_utc();
-    say(format!(
-        "sizes {:?} MiB, {} runs each, paths {:?} (alternating order), link {} Mbit/s",
-        opts.sizes, opts.runs, opts.paths, opts.rate_mbit
-    ));
-
-    let mut samples = Vec::new();
     for &mib in &opts.sizes {
+        let spec = w.spec(mib, tuning(opts));
         for run in 0..opts.runs {
-            let mut order = opts.paths.clone();
-            if run % 2 == 1 {
-                order.reverse();
-            }
-            for (k, &route) in order.iter().enumerate() {
+            // Rotate the order, so each mode goes first as often as any.
+            let mut order = opts.modes.clone();
+            let n = order.len().max(1);
+            order.rotate_left(run as usize % n);
+            for (k, &mode) in order.iter().enumerate() {
                 memtick_workload::wait_for_memory(3 * mib + 1024);
                 let mut s = Sample {
+                    workload: Some(w),
                     mib,
                     run,
                     order: k,
-                    path: route.name(),
-                    id: Rig::id(route, mib, run),
+                    mode: Some(mode),
+                    id: Rig::id(w, mode, mib, run),
                     loadavg_1m: machine::loadavg_1m(),
                     ..Sample::default()
                 };
-                match rig.measure(route, &mut s) {
+                let t = std::time::Instant::now();
+                match rig.measure(mode, &spec, &mut s) {
                     Ok(()) => {
                         s.ok = true;
+                        let client = s.client.as_ref().map_or("-".to_string(), |c| {
+                            format!(
+                                "gap {} ms, {} failed, {} reset",
+                                super::report::num(c.max_gap_ms, 0),
+                                c.failed,
+                                c.resets
+                            )
+                        });
                         eprintln!(
-                            "    {mib:>5} MiB run {run} {:<10} total {:>9} ms  downtime {:>7} ms  wire {}",
-                            route.name(),
-                            report::num(s.total_ms, 1),
-                            report::num(s.downtime_ms, 0),
-                            report::mib(s.wire_bytes),
+                            "    {w:<6} {mib:>5} MiB run {run} {:<13} total {:>9} ms  downtime {:>7} ms  clients {client}  wire {}",
+                            mode.name(),
+                            super::report::num(s.total_ms, 1),
+                            super::report::num(s.downtime_ms, 0),
+                            super::report::mib(s.wire_bytes),
                         );
                     }
                     Err(e) => {
                         eprintln!(
-                            "    {mib:>5} MiB run {run} {:<10} FAILED: {e}",
-                            route.name()
+                            "    {w:<6} {mib:>5} MiB run {run} {:<13} FAILED: {e}",
+                            mode.name()
                         );
                         s.error = Some(e);
                     }
                 }
                 rig.clear(&s.id);
+                s.elapsed_s = Some(super::stats::round(t.elapsed().as_secs_f64(), 1));
                 samples.push(s);
             }
         }
     }
-    let load_after = machine::loadavg();
-
-    let results = summarize(opts, &samples);
-    let mut machine_doc = machine::describe(machine::CODE_PATHS);
-    machine_doc["loadavg_before"] = load_before.clone().into();
-    machine_doc["loadavg_after"] = load_after.clone().into();
-    machine_doc["build_note"] = build_note.into();
-    machine_doc["binaries"] = binaries();
-    let doc = json!({
-        "summary": results.summary,
-        "goals": results.goals,
-        "config": {
-            "runs": opts.runs, "sizes_mib": opts.sizes, "paths": opts.paths,
-            "interval_ms": INTERVAL_MS, "warm_ticks": opts.warm_ticks,
-            "rate_mbit": opts.rate_mbit, "qdiscs": qdiscs,
-            "cluster": cluster.name(), "image": IMAGE,
-            "hosts": { "source": h1.name, "target": h2.name },
-            "paths_described": {
-                "stock": "runc.v2 on both hosts: ctr c checkpoint --task --rw ID REF; ctr t delete --force ID (the source stops); ctr images export --skip-manifest-json /var/tmp/ID.tar REF; the archive sent over TCP from source to target (bench wire-send / wire-receive, run inside the hosts); ctr images import; ctr c restore --live --rw ID REF",
-                "migratectl": "migratectl run --host h1 IMAGE ID -- memtick ...; migratectl migrate --to h2 --json ID"
-            },
-            "downtime": "memtick's max_wall_gap_ms (CLOCK_REALTIME; the hosts share the machine's clock) read from the restored process, when it grew across the migration; includes up to one tick interval. Not max_gap_ms: CRIU restores CLOCK_MONOTONIC in a time namespace continued from the dump, which hides the move",
-            "total": "from the first command of the migration until the counter ticks on the target, timed by the benchmark",
-            "wire_bytes": "tx bytes of both hosts' eth0 (ip -s link, in each host's network namespace) over the migration; includes the cluster's heartbeats",
-            "payload_bytes": "stock: the exported archive; migratectl: memoryBytes + filesystemBytes of its JSON",
-            "goal_downtime_limit": format!("{GOAL_LINK_FACTOR} x payload / ({} Mbit/s) + {GOAL_SETUP_MS} ms, with migratectl's payload", opts.rate_mbit),
-        },
-        "machine": machine_doc,
-        "started": started, "finished": machine::now_utc(),
-        "samples": samples,
-    });
-    let out = opts
-        .out
-        .clone()
-        .unwrap_or_else(|| report::default_out("migrate"));
-    report::write_json(&out, &doc)?;
-
-    print!("{}", results.table.render());
-    println!(
-        "(medians of up to {} runs per size and path; link {} Mbit/s each way; downtime includes the {INTERVAL_MS} ms tick interval; load {load_before} -> {load_after})\n",
-        opts.runs, opts.rate_mbit
-    );
-    let g = &results.goals;
-    println!("goals:");
-    for (mib, goal) in &g.downtime_within_link_limit {
-        println!(
-            "  {:<52} {} (goal {})  {}",
-            format!("migratectl downtime ms at {mib} MiB"),
-            value(goal),
-            goal.goal,
-            goal.verdict()
-        );
-    }
-    println!(
-        "  {:<52} {} (goal {})  {}",
-        format!("migratectl / stock downtime at {GOAL_MIB} MiB"),
-        value(&g.downtime_over_stock),
-        g.downtime_over_stock.goal,
-        g.downtime_over_stock.verdict()
-    );
-    println!(
-        "  {:<52} {}  {}",
-        "state continuity after every migration",
-        value(&g.state_continuity),
-        g.state_continuity.verdict()
-    );
-    let failed: Vec<&Sample> = samples.iter().filter(|s| !s.ok).collect();
-    if !failed.is_empty() {
-        say(format!("{} sample(s) failed:", failed.len()));
-        for s in failed {
-            eprintln!(
-                "    {} MiB run {} {}: {}",
-                s.mib,
-                s.run,
-                s.path,
-                s.error.as_deref().unwrap_or("")
-            );
-        }
-    }
-    plot_medians(&out, opts.rate_mbit, &results.summary)?;
-    Ok(())
-}
-
-fn value(g: &Goal) -> String {
-    if g.value.is_null() {
-        "not measured".to_string()
-    } else {
-        g.value.to_string()
-    }
+    Ok(qdiscs)
 }
 
 /// The sha256 of the binaries the hosts ran (target/release, SHIM_DIR).
 fn binaries() -> Value {
-    let dir = fixture::shim_dir();
+    let dir = containerd_migrate_tests::fixture::shim_dir();
     let names = [
-        fixture::MIGRATE_SHIM_BINARY,
+        containerd_migrate_tests::fixture::MIGRATE_SHIM_BINARY,
         "migratectl",
         "migrate-agent",
         "migrate-coordinator",
@@ -344,213 +405,38 @@ fn binaries() -> Value {
         .into()
 }
 
-/// Per size and path: medians and counts.
-#[derive(Debug, Serialize)]
-struct PathSummary {
-    ok: usize,
-    failed: usize,
-    total_ms: Option<Stats>,
-    downtime_ms: Option<Stats>,
-    reported_downtime_ms: Option<Stats>,
-    wire_bytes: Option<Stats>,
-    payload_bytes: Option<Stats>,
-    steps_ms: BTreeMap<String, Stats>,
-    continuity: Option<bool>,
-}
-
-#[derive(Debug, Serialize)]
-struct Goals {
-    /// Per size: migratectl's median downtime against the link limit of its
-    /// median payload.
-    downtime_within_link_limit: BTreeMap<u64, Goal>,
-    downtime_over_stock: Goal,
-    state_continuity: Goal,
-}
-
-struct Results {
-    summary: BTreeMap<u64, BTreeMap<&'static str, PathSummary>>,
-    goals: Goals,
-    table: Table,
-}
-
-/// The downtime limit of the goal for `payload_bytes` over a link of
-/// `rate_mbit`: 1.3 × the time on the link + 0.3 s, in ms.
-pub fn downtime_limit_ms(payload_bytes: f64, rate_mbit: u64) -> f64 {
-    let link_ms = payload_bytes * 8.0 / (rate_mbit as f64 * 1e6) * 1000.0;
-    GOAL_LINK_FACTOR * link_ms + GOAL_SETUP_MS
-}
-
-fn summarize(opts: &Options, samples: &[Sample]) -> Results {
-    let ok = |p: &'static str, mib: u64| {
-        samples
-            .iter()
-            .filter(move |s| s.path == p && s.mib == mib && s.ok)
-    };
-    let stat =
-        |p: &'static str, mib: u64, f: fn(&Sample) -> Option<f64>| Stats::of(ok(p, mib).map(f));
-    let mut sizes: Vec<u64> = samples.iter().map(|s| s.mib).collect();
-    sizes.sort_unstable();
-    sizes.dedup();
-
-    let mut summary = BTreeMap::new();
-    let mut link_goals = BTreeMap::new();
-    let mut table = Table::new(&[
-        "MiB",
-        "path",
-        "n",
-        "total ms",
-        "downtime ms",
-        "reported ms",
-        "wire",
-        "payload",
-        "limit ms",
-        "goal",
-    ])
-    .left(2);
-    for &mib in &sizes {
-        let mut per_path = BTreeMap::new();
-        for route in [Route::Stock, Route::Migratectl] {
-            let p = route.name();
-            let all = samples
-                .iter()
-                .filter(|s| s.path == p && s.mib == mib)
-                .count();
-            if all == 0 {
-                continue;
-            }
-            let mut step_names: Vec<&String> = ok(p, mib).flat_map(|s| s.steps.keys()).collect();
-            step_names.sort();
-            step_names.dedup();
-            let steps_ms = step_names
-                .into_iter()
-                .filter_map(|n| {
-                    Stats::of(ok(p, mib).map(|s| s.steps.get(n).copied())).map(|st| (n.clone(), st))
-                })
-                .collect();
-            let conts: Vec<bool> = ok(p, mib).filter_map(|s| s.continuity).collect();
-            let sum = PathSummary {
-                ok: ok(p, mib).count(),
-                failed: all - ok(p, mib).count(),
-                total_ms: stat(p, mib, |s| s.total_ms),
-                downtime_ms: stat(p, mib, |s| s.downtime_ms),
-                reported_downtime_ms: stat(p, mib, |s| s.reported_downtime_ms),
-                wire_bytes: stat(p, mib, |s| s.wire_bytes),
-                payload_bytes: stat(p, mib, |s| s.payload_bytes),
-                steps_ms,
-                continuity: (!conts.is_empty()).then(|| conts.iter().all(|c| *c)),
-            };
-            let limit = median(&sum.payload_bytes).map(|b| downtime_limit_ms(b, opts.rate_mbit));
-            let verdict = if route == Route::Migratectl {
-                let goal = Goal::number(
-                    median(&sum.downtime_ms),
-                    format!("<= {}", report::num(limit, 0)),
-                    |d| limit.is_some_and(|l| d <= l),
-                );
-                let v = goal.verdict().to_string();
-                link_goals.insert(mib, goal);
-                v
-            } else {
-                String::new()
-            };
-            table.row(vec![
-                mib.to_string(),
-                p.into(),
-                format!("{}/{}", sum.ok, all),
-                report::num(median(&sum.total_ms), 1),
-                report::num(median(&sum.downtime_ms), 0),
-                report::num(median(&sum.reported_downtime_ms), 0),
-                report::mib(median(&sum.wire_bytes)),
-                report::mib(median(&sum.payload_bytes)),
-                report::num(limit, 0),
-                verdict,
-            ]);
-            per_path.insert(p, sum);
-        }
-        summary.insert(mib, per_path);
-    }
-
-    let downtime_at = |p: &str| {
-        summary
-            .get(&GOAL_MIB)
-            .and_then(|per: &BTreeMap<&str, PathSummary>| per.get(p))
-            .and_then(|s| median(&s.downtime_ms))
-    };
-    let continuity: Vec<bool> = samples.iter().filter_map(|s| s.continuity).collect();
-    let goals = Goals {
-        downtime_within_link_limit: link_goals,
-        downtime_over_stock: Goal::number(
-            ratio(
-                downtime_at(Route::Migratectl.name()),
-                downtime_at(Route::Stock.name()),
-            ),
-            format!("<= {GOAL_STOCK_RATIO}"),
-            |v| v <= GOAL_STOCK_RATIO,
-        ),
-        state_continuity: Goal {
-            value: if continuity.is_empty() {
-                Value::Null
-            } else {
-                Value::from(continuity.iter().all(|c| *c))
-            },
-            goal: "every migrated counter carries on".into(),
-            met: !continuity.is_empty() && continuity.iter().all(|c| *c),
-        },
-    };
-    Results {
-        summary,
-        goals,
-        table,
-    }
-}
-
-/// Downtime and total time per size, one line per path (medians), beside
-/// the JSON.
-fn plot_medians(
-    out: &std::path::Path,
-    rate_mbit: u64,
-    summary: &BTreeMap<u64, BTreeMap<&'static str, PathSummary>>,
-) -> Result<()> {
-    let series = |f: fn(&PathSummary) -> Option<f64>| -> Vec<Series> {
-        [Route::Stock, Route::Migratectl]
-            .iter()
-            .map(|r| Series {
-                name: r.name().to_string(),
-                points: summary
-                    .iter()
-                    .filter_map(|(mib, per)| Some((*mib as f64, f(per.get(r.name())?)?)))
-                    .collect(),
-            })
-            .collect()
-    };
-    plot::lines(
-        &out.with_file_name("migrate-downtime.png"),
-        &Labels {
-            title: &format!("Downtime of a migration over a {rate_mbit} Mbit/s link (median)"),
-            x: "memory (MiB)",
-            y: "downtime (ms)",
-        },
-        &series(|s| median(&s.downtime_ms)),
-    )?;
-    plot::lines(
-        &out.with_file_name("migrate-total.png"),
-        &Labels {
-            title: "Total time of a migration (median)",
-            x: "memory (MiB)",
-            y: "total (ms)",
-        },
-        &series(|s| median(&s.total_ms)),
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        opts: Options,
+    }
 
     #[test]
-    fn link_limit() {
-        // 1 GiB over 1 Gbit/s: 8.59 s on the link, x1.3, + 0.3 s.
-        let l = downtime_limit_ms(1024.0 * 1_048_576.0, 1000);
-        assert!((l - 11_466.1).abs() < 1.0, "{l}");
-        assert_eq!(downtime_limit_ms(0.0, 1000), 300.0);
+    fn defaults_and_estimate() {
+        let cli = Cli::parse_from(["bench"]);
+        let o = cli.opts;
+        assert_eq!(o.workloads, workloads::ALL.to_vec());
+        assert_eq!(
+            o.modes,
+            vec![Mode::Stock, Mode::StopAndCopy, Mode::PostCopy, Mode::Auto]
+        );
+        assert_eq!(o.sizes, vec![64, 256, 1024]);
+        // The whole default run stays within an afternoon.
+        let secs = estimate_secs(&o);
+        assert!((1200.0..7200.0).contains(&secs), "{secs}");
+        let cli = Cli::parse_from([
+            "bench",
+            "--modes",
+            "stock,stop-and-copy",
+            "--workloads",
+            "redis",
+        ]);
+        assert_eq!(cli.opts.modes, vec![Mode::Stock, Mode::StopAndCopy]);
+        assert_eq!(cli.opts.workloads, vec![Workload::Redis]);
     }
 }

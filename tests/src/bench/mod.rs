@@ -6,13 +6,16 @@
 //! `migratectl ... --json`, memtick's `key=value` lines, /proc, and the
 //! shim's `ticker-version key=value ...` log line.
 
+pub mod bandwidth;
 pub mod checkpoint;
 pub mod http_probe;
 pub mod interrupt;
 pub mod link;
+pub mod load;
 pub mod machine;
 pub mod memtick_workload;
 pub mod migrate;
+pub mod migrate_report;
 pub mod migrate_run;
 pub mod plot;
 pub mod report;
@@ -23,6 +26,7 @@ pub mod stats;
 pub mod ticker;
 pub mod ticker_log;
 pub mod wire;
+pub mod workloads;
 
 use std::path::PathBuf;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};

@@ -35,6 +35,9 @@ const COLORS: [RGBColor; 8] = [
     RGBColor(127, 127, 127),
 ];
 
+/// Points above which a series is drawn with a thin line.
+const DENSE: usize = 50;
+
 fn fonts() {
     static FONTS: Once = Once::new();
     FONTS.call_once(|| {
@@ -48,6 +51,16 @@ fn fonts() {
 /// starts at 0. Series without points are left out; with none at all,
 /// nothing is drawn.
 pub fn lines(path: &Path, labels: &Labels, series: &[Series]) -> Result<()> {
+    draw(path, labels, series, true)
+}
+
+/// Draws `series` as points only, for samples whose gaps must show as gaps
+/// (a line would bridge them); otherwise as [`lines`].
+pub fn points(path: &Path, labels: &Labels, series: &[Series]) -> Result<()> {
+    draw(path, labels, series, false)
+}
+
+fn draw(path: &Path, labels: &Labels, series: &[Series], joined: bool) -> Result<()> {
     let drawn: Vec<&Series> = series.iter().filter(|s| !s.points.is_empty()).collect();
     let all = || drawn.iter().flat_map(|s| s.points.iter());
     let Some(x_min) = all().map(|p| p.0).min_by(f64::total_cmp) else {
@@ -79,16 +92,26 @@ pub fn lines(path: &Path, labels: &Labels, series: &[Series]) -> Result<()> {
             .draw()?;
         for (i, s) in drawn.iter().enumerate() {
             let color = COLORS[i % COLORS.len()];
-            chart
-                .draw_series(LineSeries::new(
+            let dots = chart.draw_series(
+                s.points
+                    .iter()
+                    .map(|&p| Circle::new(p, if joined { 3 } else { 2 }, color.filled())),
+            )?;
+            let legend = if joined {
+                // Thick lines of plotters' bitmap backend shoot spikes out
+                // of sharp turns (a bandwidth series sampled every 50 ms has
+                // many): dense series get thin lines.
+                let width = if s.points.len() > DENSE { 1 } else { 2 };
+                chart.draw_series(LineSeries::new(
                     s.points.iter().copied(),
-                    color.stroke_width(2),
+                    color.stroke_width(width),
                 ))?
-                .label(s.name.as_str())
-                .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
-                });
-            chart.draw_series(s.points.iter().map(|&p| Circle::new(p, 3, color.filled())))?;
+            } else {
+                dots
+            };
+            legend.label(s.name.as_str()).legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
         }
         chart
             .configure_series_labels()
@@ -129,6 +152,18 @@ mod tests {
             &Labels {
                 title: "t",
                 x: "MiB",
+                y: "ms",
+            },
+            &series,
+        )
+        .unwrap();
+        let png = std::fs::read(&path).unwrap();
+        assert_eq!(&png[1..4], b"PNG");
+        points(
+            &path,
+            &Labels {
+                title: "t",
+                x: "s",
                 y: "ms",
             },
             &series,

@@ -31,8 +31,8 @@ enum Benchmark {
     Shim(bench::shim::Options),
     /// Checkpoint ticker versions against full checkpoints, per dirty rate and store.
     Ticker(bench::ticker::Options),
-    /// A container moved between two cluster hosts over a shaped link:
-    /// `migratectl migrate` against runc.v2 checkpoint, export, copy, import, restore.
+    /// Five workloads moved between two cluster hosts over a shaped link: every
+    /// `migratectl migrate --mode` against runc.v2 checkpoint, export, copy, import, restore.
     Migrate(bench::migrate::Options),
     /// Internal (migrate runs it on a cluster host): send a file over TCP.
     #[command(hide = true)]
