@@ -90,6 +90,9 @@ pub struct Outcome {
     /// Faults the restored processes took on pages not yet there, each
     /// served from the source on demand (the rest came in the background).
     pub faults: u64,
+    /// Bytes of memory that came from the source.
+    #[serde(default)]
+    pub bytes: u64,
     /// Why it failed; the container was killed then.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -194,15 +197,15 @@ impl Daemon {
             let status = self.exit().await;
             let ms = started.elapsed().as_secs_f64() * 1000.0;
             let log = std::fs::read_to_string(work.join(LOG)).unwrap_or_default();
-            let faults = count_faults(&log);
+            let (faults, bytes) = (count_faults(&log), transferred_bytes(&log));
             let outcome = if status == 0 {
                 info!("lazy pages: every page arrived in {ms:.0} ms ({faults} faults served on demand)");
-                Outcome { complete: true, ms, faults, error: None }
+                Outcome { complete: true, ms, faults, bytes, error: None }
             } else {
                 let cause = log_cause(&work);
                 error!("lazy pages failed (exit status {status}): {cause}; killing the container");
                 kill.await;
-                Outcome { complete: false, ms, faults, error: Some(format!("exit status {status}: {cause}")) }
+                Outcome { complete: false, ms, faults, bytes, error: Some(format!("exit status {status}: {cause}")) }
             };
             if let Err(e) = write_outcome(&images, &outcome) {
                 warn!("reporting the lazy pages' outcome: {e}");
@@ -244,6 +247,21 @@ fn log_cause(work: &Path) -> String {
     }
 }
 
+/// The memory the daemon moved: its last "UFFD transferred pages: (N/M)"
+/// line (one per process) says N pages of each.
+fn transferred_bytes(log: &str) -> u64 {
+    let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE).ok().flatten().unwrap_or(4096) as u64;
+    let mut last = std::collections::BTreeMap::new();
+    for line in log.lines().filter(|l| l.contains("UFFD transferred pages: (")) {
+        let who = line.split("uffd: ").nth(1).and_then(|r| r.split(':').next()).unwrap_or("");
+        let pages = line.rsplit('(').next().and_then(|r| r.split('/').next()).and_then(|n| n.parse::<u64>().ok());
+        if let Some(pages) = pages {
+            last.insert(who.to_string(), pages);
+        }
+    }
+    last.values().sum::<u64>() * page
+}
+
 /// The page faults the daemon served, as its log counts them: one `#PF`
 /// line per fault at debug level.
 fn count_faults(log: &str) -> u64 {
@@ -273,9 +291,18 @@ mod tests {
     }
 
     #[test]
+    fn transferred_pages_are_each_processes_last_count() {
+        let log = "(00.5) uffd: 1-12: UFFD transferred pages: (10/20)\n\
+                   (00.6) uffd: 7-13: UFFD transferred pages: (5/5)\n\
+                   (00.8) uffd: 1-12: UFFD transferred pages: (20/20)\n";
+        assert_eq!(transferred_bytes(log), 25 * 4096);
+        assert_eq!(count_faults("(0.1) uffd: 1-12: #PF at 0x7f\n(0.2) nothing\n"), 1);
+    }
+
+    #[test]
     fn outcome_is_written_whole() {
         let dir = tempfile::tempdir().unwrap();
-        let outcome = Outcome { complete: true, ms: 12.5, faults: 3, error: None };
+        let outcome = Outcome { complete: true, ms: 12.5, faults: 3, bytes: 4096, error: None };
         write_outcome(dir.path(), &outcome).unwrap();
         let read: Outcome = serde_json::from_slice(&std::fs::read(dir.path().join(OUTCOME_FILE)).unwrap()).unwrap();
         assert_eq!(read, outcome);

@@ -148,7 +148,18 @@ pub(super) async fn run(container: &Container, opts: &CheckpointOptions) -> Resu
         ..RestoreCriuOptions::from(&opts.criu)
     };
     restore.write(&opts.image_path)?;
-    container.runc().checkpoint(&container.id, opts).await?;
+    if let Err(e) = container.runc().checkpoint(&container.id, opts).await {
+        // CRIU thaws the cgroup while it holds the processes by ptrace and
+        // freezes it again when it lets them go; one that was killed (a
+        // post-copy's page server stopped) cannot. Paused it was, paused
+        // it stays.
+        if matches!(container.init.state(), InitState::Paused { .. })
+            && let Err(again) = container.runc().pause(&container.id).await
+        {
+            info!("{}: after the failed dump: {again}", container.id);
+        }
+        return Err(e.into());
+    }
     // CRIU writes its timings (how long the container was frozen) to the
     // work path; they belong with the images they describe.
     let stats = opts.work_path.join("stats-dump");

@@ -44,6 +44,8 @@ struct Outcome {
     ms: f64,
     faults: u64,
     #[serde(default)]
+    bytes: u64,
+    #[serde(default)]
     error: Option<String>,
 }
 
@@ -69,7 +71,9 @@ pub async fn watch(images: PathBuf, pid: u32, tx: watch::Sender<PagesProgress>) 
     loop {
         if let Some(outcome) = read_outcome(&images) {
             let progress = PagesProgress {
-                bytes: moved.0,
+                // The runtime's count; the container's growth is only seen
+                // from when this watch began.
+                bytes: outcome.bytes.max(moved.0),
                 ms: outcome.ms,
                 done: true,
                 complete: outcome.complete,
