@@ -105,3 +105,31 @@ oci_import() {
 	have=$(ctr --address "$address" images ls | awk -v n="$name" '$1 == n { print $3 }')
 	[[ $have == "$want" ]] || die "after import, $name is '${have:-missing}', expected $want"
 }
+
+# True if anything is mounted at $1 or under it.
+mounted_under() {
+	awk -v p="$1" '$5 == p || index($5, p "/") == 1 { found = 1 } END { exit !found }' /proc/self/mountinfo
+}
+
+# A Debian root made by debootstrap (minbase and the packages $3 of suite $4
+# from mirror $5) in a new build directory under $1 named after $2, which
+# goes, with everything in it, when the script exits. Sets BUILD_DIR and
+# ROOT (its rootfs); the packages' versions are in $BUILD_DIR/packages.
+debootstrap_root() {
+	local out=$1 label=$2 packages=$3 suite=$4 mirror=$5
+	if ! command -v debootstrap >/dev/null; then
+		say "installing debootstrap"
+		apt-get install -y -q debootstrap >&2 || die "apt-get install debootstrap failed"
+	fi
+	BUILD_DIR=$(mktemp -d "$out/.$label.XXXXXX")
+	# debootstrap mounts /proc and /sys in the root while it installs; a
+	# failed run may leave them, and rm -rf must not descend into them.
+	trap 'mounted_under "$BUILD_DIR" && umount -R "$BUILD_DIR/rootfs"/{proc,sys} 2>/dev/null; rm -rf --one-file-system "$BUILD_DIR"' EXIT
+	ROOT=$BUILD_DIR/rootfs
+	say "debootstrap $suite with $packages from $mirror (a minute or two)"
+	debootstrap --variant=minbase --include="$packages" "$suite" "$ROOT" "$mirror" \
+		>"$BUILD_DIR/debootstrap.log" 2>&1 ||
+		die "debootstrap failed; its log: $(tail -n 20 "$BUILD_DIR/debootstrap.log")"
+	! mounted_under "$ROOT" || die "debootstrap left mounts under $ROOT"
+	chroot "$ROOT" dpkg-query -W -f '${Package} ${Version}\n' >"$BUILD_DIR/packages"
+}

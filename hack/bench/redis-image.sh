@@ -55,10 +55,6 @@ trim_root() {
 	echo localhost >"$root/etc/hostname"
 }
 
-# Whether anything is mounted at or under directory $1.
-mounted_under() {
-	awk -v p="$1" '$5 == p || index($5, p "/") == 1 { found = 1 } END { exit !found }' /proc/self/mountinfo
-}
 
 cmd_build() {
 	umask 022
@@ -69,24 +65,11 @@ cmd_build() {
 		echo "$ARCHIVE $IMAGE_NAME"
 		return 0
 	fi
-	if ! command -v debootstrap >/dev/null; then
-		say "installing debootstrap"
-		apt-get install -y -q debootstrap >&2 || die "apt-get install debootstrap failed"
-	fi
-
-	BUILD_DIR=$(mktemp -d "$OUT_DIR/.redis.XXXXXX")
-	# debootstrap mounts /proc and /sys in the root while it installs; a
-	# failed run may leave them, and rm -rf must not descend into them.
-	trap 'mounted_under "$BUILD_DIR" && umount -R "$BUILD_DIR/rootfs"/{proc,sys} 2>/dev/null; rm -rf --one-file-system "$BUILD_DIR"' EXIT
-	local root=$BUILD_DIR/rootfs started=$SECONDS
-	say "debootstrap $SUITE with $PACKAGES from $MIRROR (a minute or two)"
-	debootstrap --variant=minbase --include="$PACKAGES" "$SUITE" "$root" "$MIRROR" \
-		>"$BUILD_DIR/debootstrap.log" 2>&1 ||
-		die "debootstrap failed; its log: $(tail -n 20 "$BUILD_DIR/debootstrap.log")"
-	! mounted_under "$root" || die "debootstrap left mounts under $root"
+	local started=$SECONDS
+	debootstrap_root "$OUT_DIR" redis "$PACKAGES" "$SUITE" "$MIRROR"
+	local root=$ROOT
 	[[ -x $root/usr/bin/redis-server && -x $root/usr/bin/redis-cli ]] ||
 		die "no redis-server or redis-cli in /usr/bin"
-	chroot "$root" dpkg-query -W -f '${Package} ${Version}\n' >"$BUILD_DIR/packages"
 	install -m 0755 "$MEMTICK" "$root/usr/local/bin/memtick"
 	trim_root "$root"
 

@@ -345,20 +345,10 @@ impl Host {
         let Some(unified) = unified_cgroup_mount() else {
             return Vec::new();
         };
-        let mut pids = Vec::new();
-        let mut dirs = vec![self.cgroup(&unified)];
-        while let Some(dir) = dirs.pop() {
-            let Ok(entries) = std::fs::read_dir(&dir) else {
-                continue;
-            };
-            for entry in entries.flatten() {
-                if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                    dirs.push(entry.path());
-                }
-            }
-            let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
-            pids.extend(procs.lines().filter_map(|l| l.trim().parse::<u32>().ok()));
-        }
+        let mut pids: Vec<u32> = cgroup_subtree_pids(&self.cgroup(&unified))
+            .into_iter()
+            .map(|(pid, _)| pid)
+            .collect();
         pids.sort_unstable();
         pids
     }
