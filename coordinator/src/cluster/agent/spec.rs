@@ -1,5 +1,5 @@
 //! The OCI runtime spec of a container the cluster runs: runc's defaults
-//! (oci-spec's), the image's config (command, environment, working
+//! (oci-spec's) with containerd's capabilities, the image's config (command, environment, working
 //! directory, user), then what the user asked (arguments, environment,
 //! annotations), in the network namespace the agent made for it. As
 //! containerd's Go client builds it for `ctr run`, so the container behaves
@@ -10,7 +10,10 @@ use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use oci_spec::image::Config as ImageConfig;
-use oci_spec::runtime::{LinuxNamespace, LinuxNamespaceType, Spec, UserBuilder};
+use oci_spec::runtime::{
+    Capabilities, Capability, LinuxCapabilities, LinuxCapabilitiesBuilder, LinuxNamespace, LinuxNamespaceType, Spec,
+    UserBuilder,
+};
 
 use crate::proto::ContainerSpec;
 
@@ -33,6 +36,7 @@ pub fn build(spec: &ContainerSpec, config: Option<&ImageConfig>, namespace: &str
     env.extend(spec.env.iter().cloned());
     process.set_env(Some(env));
     process.set_args(Some(args(spec, config)?));
+    process.set_capabilities(Some(default_capabilities()?));
     if let Some(cwd) = config.and_then(|c| c.working_dir().clone()).filter(|d| !d.is_empty()) {
         process.set_cwd(cwd.into());
     }
@@ -61,6 +65,25 @@ pub fn build(spec: &ContainerSpec, config: Option<&ImageConfig>, namespace: &str
 
 /// The command: the user's arguments replace the image's Cmd, after its
 /// Entrypoint, as `docker run IMAGE ARGS` does.
+/// containerd's default capabilities (its `oci.WithDefaultSpec`, as for
+/// `ctr run`), not runc's three: a Debian package's daemon that chowns its
+/// files or drops to its user needs them.
+fn default_capabilities() -> Result<LinuxCapabilities> {
+    use Capability::*;
+    let set: Capabilities = [
+        Chown, DacOverride, Fsetid, Fowner, Mknod, NetRaw, Setgid, Setuid, Setfcap, Setpcap, NetBindService,
+        SysChroot, Kill, AuditWrite,
+    ]
+    .into_iter()
+    .collect();
+    LinuxCapabilitiesBuilder::default()
+        .bounding(set.clone())
+        .effective(set.clone())
+        .permitted(set)
+        .build()
+        .context("the spec's capabilities")
+}
+
 fn args(spec: &ContainerSpec, config: Option<&ImageConfig>) -> Result<Vec<String>> {
     let entrypoint = config.and_then(|c| c.entrypoint().clone()).unwrap_or_default();
     let cmd =
@@ -125,6 +148,10 @@ mod tests {
         assert_eq!(nets.len(), 1);
         assert_eq!(nets[0].path().as_deref(), Some(Path::new("/run/netns/cmc-web-1")));
         assert_eq!(linux.cgroups_path().as_deref(), Some(Path::new("/default/web-1")));
+        let caps = oci.process().as_ref().unwrap().capabilities().clone().unwrap();
+        let bounding = caps.bounding().clone().unwrap();
+        assert_eq!(bounding.len(), 14, "containerd's defaults: {bounding:?}");
+        assert!(bounding.contains(&Capability::Chown) && bounding.contains(&Capability::Setuid));
         assert_eq!(oci.hostname().as_deref(), Some("web-1"));
         assert_eq!(oci.root().as_ref().unwrap().readonly(), Some(false));
         assert_eq!(oci.annotations().as_ref().unwrap()["io.containerd.migrate.checkpoint-every"], "5s");
