@@ -165,11 +165,17 @@ fn containers_move_between_hosts_with_their_state() {
         "most of memtick's 16 MiB came after the freeze: {json}"
     );
     assert!(json["allPagesMs"].as_f64().unwrap() > 0.0, "{json}");
-    assert!(json["bytesDuringFreeze"].as_u64().unwrap() < 4 << 20, "{json}");
+    assert!(
+        json["bytesDuringFreeze"].as_u64().unwrap() < 4 << 20,
+        "{json}"
+    );
     let pid = h3.running_pid(COUNTER);
     let after = wait_tick_above(pid, before, "the counter to tick on after post-copy");
     assert!(after > before, "the counter went on from {before}: {after}");
-    assert!(h2.ctr().task(COUNTER).is_none(), "the source's copy is gone");
+    assert!(
+        h2.ctr().task(COUNTER).is_none(),
+        "the source's copy is gone"
+    );
     // Back by auto, which says what it chose and why.
     let json = migrate_by(h3, COUNTER, "h2", "auto");
     let reason = json["modeReason"].as_str().unwrap();
@@ -234,7 +240,16 @@ fn migrate(from: &Host, id: &str, to: &str) -> process::Output {
 #[track_caller]
 fn migrate_by(from: &Host, id: &str, to: &str, mode: &str) -> serde_json::Value {
     let out = from
-        .run(&["migratectl", "migrate", "--json", "--mode", mode, "--to", to, id])
+        .run(&[
+            "migratectl",
+            "migrate",
+            "--json",
+            "--mode",
+            mode,
+            "--to",
+            to,
+            id,
+        ])
         .expect_success();
     eprintln!("{}", out.stderr_str());
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -261,63 +276,99 @@ fn broken_post_copy(source: &Host, target: &Host, how: Break) {
     let before = tick(pid).unwrap();
     // The source's link slowed, so that the memory takes seconds to cross.
     let shape = [
-        "tc", "qdisc", "replace", "dev", "eth0", "root", "tbf", "rate", "4mbit", "burst", "32kbit", "latency",
-        "1s",
+        "tc", "qdisc", "replace", "dev", "eth0", "root", "tbf", "rate", "4mbit", "burst", "32kbit",
+        "latency", "1s",
     ];
     source.run(&shape).expect_success();
     let migration = process::Background::spawn(
-        source.command(&["migratectl", "migrate", "--mode", "post-copy", "--to", &target.name, COUNTER]),
+        source.command(&[
+            "migratectl",
+            "migrate",
+            "--mode",
+            "post-copy",
+            "--to",
+            &target.name,
+            COUNTER,
+        ]),
         None,
     );
     // Running on the target: its memory is on the way.
     target.running_pid(COUNTER);
     match how {
         Break::TargetPages => {
-            let daemon = poll::until(Duration::from_secs(10), "the target's lazy-pages daemon", || {
-                target
-                    .pids()
-                    .into_iter()
-                    .find(|p| {
-                        std::fs::read(format!("/proc/{p}/cmdline"))
-                            .is_ok_and(|c| c.split(|b| *b == 0).any(|a| a == b"lazy-pages"))
-                    })
-                    .ok_or_else(|| "none yet".to_string())
-            });
+            let daemon = poll::until(
+                Duration::from_secs(10),
+                "the target's lazy-pages daemon",
+                || {
+                    target
+                        .pids()
+                        .into_iter()
+                        .find(|p| {
+                            std::fs::read(format!("/proc/{p}/cmdline"))
+                                .is_ok_and(|c| c.split(|b| *b == 0).any(|a| a == b"lazy-pages"))
+                        })
+                        .ok_or_else(|| "none yet".to_string())
+                },
+            );
             // SAFETY: kill(2) with a pid and a signal has no memory effects.
             assert_eq!(unsafe { libc::kill(daemon as i32, libc::SIGKILL) }, 0);
         }
         Break::TargetLink => {
-            target.run(&["ip", "link", "set", "eth0", "down"]).expect_success();
+            target
+                .run(&["ip", "link", "set", "eth0", "down"])
+                .expect_success();
         }
     }
     let out = migration.wait(Duration::from_secs(120));
     if how == Break::TargetLink {
-        target.run(&["ip", "link", "set", "eth0", "up"]).expect_success();
+        target
+            .run(&["ip", "link", "set", "eth0", "up"])
+            .expect_success();
         // Back on the network, the target's agent beats again.
-        poll::until(Duration::from_secs(30), &format!("{} to be ready again", target.name), || {
-            let out = source.run(&["migratectl", "hosts", "--json"]).expect_success();
-            let hosts: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
-            match hosts.iter().find(|h| h["name"] == target.name.as_str()) {
-                Some(h) if h["state"] == "ready" => Ok(()),
-                other => Err(format!("{other:?}")),
-            }
-        });
+        poll::until(
+            Duration::from_secs(30),
+            &format!("{} to be ready again", target.name),
+            || {
+                let out = source
+                    .run(&["migratectl", "hosts", "--json"])
+                    .expect_success();
+                let hosts: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+                match hosts.iter().find(|h| h["name"] == target.name.as_str()) {
+                    Some(h) if h["state"] == "ready" => Ok(()),
+                    other => Err(format!("{other:?}")),
+                }
+            },
+        );
     }
-    source.run(&["tc", "qdisc", "del", "dev", "eth0", "root"]).expect_success();
+    source
+        .run(&["tc", "qdisc", "del", "dev", "eth0", "root"])
+        .expect_success();
     let err = out.stderr_str();
     eprintln!("{how:?}: {err}");
-    assert!(!out.success(), "the broken post-copy ({how:?}) succeeded:\n{out}");
+    assert!(
+        !out.success(),
+        "the broken post-copy ({how:?}) succeeded:\n{out}"
+    );
     assert!(err.contains("failed at step pages"), "{err}");
-    assert!(err.contains(&format!("{COUNTER} runs on {} again", source.name)), "{err}");
+    assert!(
+        err.contains(&format!("{COUNTER} runs on {} again", source.name)),
+        "{err}"
+    );
     assert_eq!(source.running_pid(COUNTER), pid, "the same process runs on");
-    wait_tick_above(pid, before, "the counter to count on after the broken post-copy");
+    wait_tick_above(
+        pid,
+        before,
+        "the counter to count on after the broken post-copy",
+    );
     assert_eq!(ps_host(source, COUNTER), source.name);
-    poll::until(Duration::from_secs(60), &format!("no copy of the counter on {}", target.name), || {
-        match target.ctr().task(COUNTER) {
+    poll::until(
+        Duration::from_secs(60),
+        &format!("no copy of the counter on {}", target.name),
+        || match target.ctr().task(COUNTER) {
             Some(t) if t.status == "RUNNING" => Err(format!("{t:?}")),
             _ => Ok(()),
-        }
-    });
+        },
+    );
 }
 
 fn ps(h: &Host, id: &str) -> serde_json::Value {

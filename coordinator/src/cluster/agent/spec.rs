@@ -71,8 +71,20 @@ pub fn build(spec: &ContainerSpec, config: Option<&ImageConfig>, namespace: &str
 fn default_capabilities() -> Result<LinuxCapabilities> {
     use Capability::*;
     let set: Capabilities = [
-        Chown, DacOverride, Fsetid, Fowner, Mknod, NetRaw, Setgid, Setuid, Setfcap, Setpcap, NetBindService,
-        SysChroot, Kill, AuditWrite,
+        Chown,
+        DacOverride,
+        Fsetid,
+        Fowner,
+        Mknod,
+        NetRaw,
+        Setgid,
+        Setuid,
+        Setfcap,
+        Setpcap,
+        NetBindService,
+        SysChroot,
+        Kill,
+        AuditWrite,
     ]
     .into_iter()
     .collect();
