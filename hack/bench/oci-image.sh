@@ -133,3 +133,17 @@ debootstrap_root() {
 	! mounted_under "$ROOT" || die "debootstrap left mounts under $ROOT"
 	chroot "$ROOT" dpkg-query -W -f '${Package} ${Version}\n' >"$BUILD_DIR/packages"
 }
+
+# Makes root $1 a container image's root: no package caches, apt lists,
+# logs or host facts debootstrap copied in (resolv.conf, hostname), no
+# machine id, no device nodes (the runtime mounts /dev).
+trim_root() {
+	local root=$1
+	rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/cache/apt/*.bin \
+		"$root"/var/lib/apt/lists/* "$root"/var/cache/ldconfig/aux-cache \
+		"$root"/var/lib/dpkg/*-old "$root"/var/cache/debconf/*-old "$root"/dev/*
+	find "$root/var/log" -type f -delete
+	: >"$root/etc/machine-id"
+	: >"$root/etc/resolv.conf"
+	echo localhost >"$root/etc/hostname"
+}

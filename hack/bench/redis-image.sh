@@ -42,18 +42,6 @@ inputs() {
 	sha256sum "$SELF" "$LIB" "$MEMTICK"
 }
 
-# Makes root $1 a container image's root: no package caches, apt lists,
-# logs or host facts debootstrap copied in, no device nodes.
-trim_root() {
-	local root=$1
-	rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/cache/apt/*.bin \
-		"$root"/var/lib/apt/lists/* "$root"/var/cache/ldconfig/aux-cache \
-		"$root"/var/lib/dpkg/*-old "$root"/var/cache/debconf/*-old "$root"/dev/*
-	find "$root/var/log" -type f -delete
-	: >"$root/etc/machine-id"
-	: >"$root/etc/resolv.conf"
-	echo localhost >"$root/etc/hostname"
-}
 
 
 cmd_build() {

@@ -354,13 +354,7 @@ fn broken_post_copy(source: &Host, target: &Host, how: Break) {
         err.contains(&format!("{COUNTER} runs on {} again", source.name)),
         "{err}"
     );
-    assert_eq!(source.running_pid(COUNTER), pid, "the same process runs on");
-    wait_tick_above(
-        pid,
-        before,
-        "the counter to count on after the broken post-copy",
-    );
-    assert_eq!(ps_host(source, COUNTER), source.name);
+    counts_on(source, pid, before);
     poll::until(
         Duration::from_secs(60),
         &format!("no copy of the counter on {}", target.name),
@@ -414,13 +408,7 @@ fn fails_and_stays(source: &Host, target: &Host, failpoint: &str, step: &str, sa
             "{err}"
         );
     }
-    assert_eq!(source.running_pid(COUNTER), pid, "the same process runs on");
-    wait_tick_above(
-        pid,
-        before,
-        "the counter to count on after the failed migration",
-    );
-    assert_eq!(ps_host(source, COUNTER), source.name);
+    counts_on(source, pid, before);
     if target
         .ctr()
         .run_within(&["tasks", "ls"], Duration::from_secs(5))
@@ -432,6 +420,19 @@ fn fails_and_stays(source: &Host, target: &Host, failpoint: &str, step: &str, sa
             target.name
         );
     }
+}
+
+/// After a failed migration: the counter's same process `pid` counts on
+/// on `source` beyond `before`, and the cluster says it is there.
+#[track_caller]
+fn counts_on(source: &Host, pid: u32, before: u64) {
+    assert_eq!(source.running_pid(COUNTER), pid, "the same process runs on");
+    wait_tick_above(
+        pid,
+        before,
+        "the counter to count on after the failed migration",
+    );
+    assert_eq!(ps_host(source, COUNTER), source.name);
 }
 
 /// A client that trusts the cluster's CA but shows a certificate of another
