@@ -356,6 +356,27 @@ impl<'a> Rig<'a> {
         self.tick_until(host, id, |t| t.tick >= before.tick + self.warm_ticks)
     }
 
+    /// The workload `id` on `host` warmed up, filled (if its spec says
+    /// how) and warmed again after the fill; its last tick, also recorded
+    /// in `s`.
+    fn ready(
+        &self,
+        s: &mut Sample,
+        spec: &Spec,
+        host: &Host,
+        id: &str,
+    ) -> Result<TickLine, String> {
+        let before = self.warm(host, id)?;
+        self.fill(spec, id)?;
+        let before = if spec.fill.is_some() {
+            self.warm_again(host, id, before)?
+        } else {
+            before
+        };
+        record_before(s, &before);
+        Ok(before)
+    }
+
     fn tick_until(
         &self,
         host: &Host,

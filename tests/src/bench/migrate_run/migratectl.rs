@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use serde_json::Value;
 
-use super::{Rig, Sample, Spec, read_migration_json, record_before};
+use super::{Rig, Sample, Spec, read_migration_json};
 use crate::bench::{ms_since, unix_ms};
 
 impl Rig<'_> {
@@ -29,14 +29,7 @@ impl Rig<'_> {
             .ok()
             .and_then(|v| v["ip"].as_str().map(String::from))
             .ok_or_else(|| format!("migratectl run --json printed no ip: {}", out.stdout_str()))?;
-        let before = self.warm(src, &id)?;
-        self.fill(spec, &id)?;
-        let before = if spec.fill.is_some() {
-            self.warm_again(src, &id, before)?
-        } else {
-            before
-        };
-        record_before(s, &before);
+        let before = self.ready(s, spec, src, &id)?;
 
         let watch = self.watch(spec, Some(&ip))?;
         let counters = self.counters()?;

@@ -9,7 +9,7 @@ use containerd_migrate_tests::cluster::Host;
 use containerd_migrate_tests::fixture::RUNC_V2;
 use containerd_migrate_tests::process::{self, Background, Output};
 
-use super::{ARCHIVE_DIR, Rig, Sample, Spec, WIRE_PORT_BASE, last_lines, record_before};
+use super::{ARCHIVE_DIR, Rig, Sample, Spec, WIRE_PORT_BASE, last_lines};
 use crate::bench::{ms_since, unix_ms};
 
 impl Rig<'_> {
@@ -29,14 +29,7 @@ impl Rig<'_> {
         ];
         run.extend(spec.argv.iter().map(String::as_str));
         self.on(src, &run, "starting the workload under runc.v2")?;
-        let before = self.warm(src, &id)?;
-        self.fill(spec, &id)?;
-        let before = if spec.fill.is_some() {
-            self.warm_again(src, &id, before)?
-        } else {
-            before
-        };
-        record_before(s, &before);
+        let before = self.ready(s, spec, src, &id)?;
 
         let watch = self.watch(spec, None)?;
         let counters = self.counters()?;
