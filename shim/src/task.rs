@@ -232,6 +232,10 @@ impl Task for TaskService {
         let (request, memory) =
             checkpoint::decode(req.options.as_ref(), &req.path, &container.bundle, container.init.stdio.terminal)?;
         info!("checkpoint {} into {memory:?} ({:?})", req.id, request.after);
+        if !matches!(request.increment, crate::capture::Increment::Full) {
+            // Before the dump: a failed one may have cleared the bits too.
+            container.reset_tracking();
+        }
         // The capture holds the lifecycle lock while it dumps, not while it
         // commits into a store.
         let captured = capture::capture(&container, &request, &memory).await?;

@@ -84,6 +84,10 @@ pub struct Container {
     /// The checkpoint ticker the spec asks for, and the running one.
     ticker_plan: Option<TickerPlan>,
     ticker: Mutex<Option<Ticker>>,
+    /// Bumped by every pre-dump or parent dump asked through the
+    /// Checkpoint RPC (a pre-copy migration's): each clears the soft-dirty
+    /// bits a criu-parent ticker's next increment relies on.
+    tracking_resets: std::sync::atomic::AtomicU64,
 }
 
 pub struct Exec {
@@ -226,6 +230,7 @@ impl Container {
             ready: Mutex::new(ready),
             ticker_plan: plan.ticker,
             ticker: Mutex::new(None),
+            tracking_resets: Default::default(),
         })
     }
 
@@ -246,6 +251,17 @@ impl Container {
 
     pub(crate) fn runc(&self) -> &Runc {
         &self.ctx.runc
+    }
+
+    /// How often a dump the ticker did not take cleared the memory
+    /// tracking's soft-dirty bits.
+    pub fn tracking_resets(&self) -> u64 {
+        self.tracking_resets.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Notes a dump that clears the soft-dirty bits behind the ticker's back.
+    pub fn reset_tracking(&self) {
+        self.tracking_resets.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Starts the checkpoint ticker if the spec asks for one; it runs until

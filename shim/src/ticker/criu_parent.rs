@@ -12,10 +12,10 @@
 //! the next dump must build on the newest one taken, stored or not: a dump
 //! whose upload failed stays in the chain. A dump that failed may have
 //! cleared the bits, so after one the chain starts over with a pre-dump.
-//! (So does a pre-dump or parent dump someone asks of the shim in between
-//! through the Checkpoint RPC: such a dump clears the bits too, and the
-//! ticker's next increment would miss what changed before it. Do not mix
-//! them with a criu-parent ticker.)
+//! So does a pre-dump or parent dump someone asks of the shim in between
+//! through the Checkpoint RPC (a pre-copy migration's rounds): such a dump
+//! clears the bits too, and an increment on the ticker's last dump would
+//! miss what changed before it.
 
 use std::path::{Path, PathBuf};
 
@@ -33,6 +33,10 @@ use crate::{
 pub(super) struct Chain {
     ram: PathBuf,
     ids: Vec<String>,
+    /// The container's [`Container::tracking_resets`] when the chain's
+    /// last dump was taken: another value means the bits were cleared
+    /// by someone else since.
+    resets: u64,
 }
 
 impl Chain {
@@ -43,7 +47,7 @@ impl Chain {
         match runc::memory_tracking().await {
             Feature::Supported => {
                 info!("{id}: CRIU tracks memory here: versions are dumps on parents (mode criu-parent)");
-                Some(Chain { ram: ram.to_owned(), ids: Vec::new() })
+                Some(Chain { ram: ram.to_owned(), ids: Vec::new(), resets: 0 })
             }
             Feature::Unsupported { reason } => {
                 info!("{id}: CRIU cannot track memory here ({reason}): versions are full dumps (mode storage-chunks)");
@@ -56,8 +60,13 @@ impl Chain {
     /// then, and whenever no chain is at hand, a pre-dump first. Returns
     /// the dump's directory, which the next dump builds on: it must stay.
     pub(super) async fn dump(&mut self, container: &Container, version: u64, group_base: bool) -> Result<PathBuf> {
-        if group_base || self.ids.is_empty() {
+        let resets = container.tracking_resets();
+        if resets != self.resets && !self.ids.is_empty() {
+            info!("{}: a dump outside the ticker cleared the memory tracking; the chain starts over", container.id);
+        }
+        if group_base || self.ids.is_empty() || resets != self.resets {
             self.discard();
+            self.resets = resets;
             let id = self.fresh_id(&format!("v{version}-pre"));
             let pre = super::dump(container, &self.ram, &id, Increment::PreDump(None)).await;
             self.grow(id, pre)?;
@@ -111,7 +120,7 @@ mod tests {
 
     #[test]
     fn ids_stay_unique_in_a_chain() {
-        let mut chain = Chain { ram: PathBuf::from("/nonexistent"), ids: Vec::new() };
+        let mut chain = Chain { ram: PathBuf::from("/nonexistent"), ids: Vec::new(), resets: 0 };
         assert_eq!(chain.fresh_id("v5"), "v5");
         chain.ids.extend(["v5-pre".to_string(), "v5".to_string()]);
         assert_eq!(chain.fresh_id("v5"), "v5.2");
@@ -126,7 +135,7 @@ mod tests {
         for id in ["v0-pre", "v0"] {
             std::fs::create_dir(ram.path().join(id)).unwrap();
         }
-        let mut chain = Chain { ram: ram.path().to_owned(), ids: vec!["v0-pre".into(), "v0".into()] };
+        let mut chain = Chain { ram: ram.path().to_owned(), ids: vec!["v0-pre".into(), "v0".into()], resets: 0 };
         let failed = chain.grow("v1".into(), Err(crate::error::Error::InvalidArgument("CRIU failed".into())));
         assert!(failed.is_err());
         assert!(chain.ids.is_empty());
