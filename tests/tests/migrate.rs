@@ -12,8 +12,10 @@
 //! counting on its source: the target's restore refused, the target's
 //! agent killed mid-migration, the target's containerd killed. The server
 //! and the counter move by post-copy too (issue 15), and the counter back
-//! by auto; two post-copies broken mid-transfer (the target's lazy pages
-//! killed, the target's link cut) leave it counting on its source. A
+//! by auto; pre-copy is refused where the kernel lacks soft-dirty
+//! tracking (it is tested in the VM: tests/tests/softdirty.rs); two
+//! post-copies broken mid-transfer (the target's lazy pages killed, the
+//! target's link cut) leave it counting on its source. A
 //! watcher checks throughout that no two copies of a container run at
 //! once.
 //!
@@ -181,6 +183,7 @@ fn containers_move_between_hosts_with_their_state() {
     let reason = json["modeReason"].as_str().unwrap();
     assert!(reason.starts_with("auto: "), "{json}");
     assert!(reason.contains(json["mode"].as_str().unwrap()), "{json}");
+    pre_copy_needs_soft_dirty(h2, h3);
     // A post-copy whose transfer breaks: the target's lazy pages killed,
     // then the target's link cut. Each time the counter runs on on h2,
     // the same process, from where it was, and nothing is left on h3.
@@ -420,6 +423,38 @@ fn fails_and_stays(source: &Host, target: &Host, failpoint: &str, step: &str, sa
             target.name
         );
     }
+}
+
+/// Where the kernel lacks soft-dirty tracking (this project's machines;
+/// pre-copy itself is tested in the VM of hack/softdirty-vm.sh), `--mode
+/// pre-copy` is refused with the reason, and the counter runs on.
+fn pre_copy_needs_soft_dirty(source: &Host, target: &Host) {
+    let tracked = std::process::Command::new("criu")
+        .args(["check", "--feature", "mem_dirty_track"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if tracked {
+        eprintln!("this kernel tracks dirty memory: pre-copy is not refused here");
+        return;
+    }
+    let pid = source.running_pid(COUNTER);
+    let before = tick(pid).unwrap();
+    let out = source.run(&[
+        "migratectl",
+        "migrate",
+        "--mode",
+        "pre-copy",
+        "--to",
+        &target.name,
+        COUNTER,
+    ]);
+    assert!(!out.success(), "pre-copy without soft-dirty tracking succeeded:\n{out}");
+    let err = out.stderr_str();
+    assert!(
+        err.contains("soft-dirty") && err.contains("step prepare"),
+        "the error says why:\n{err}"
+    );
+    counts_on(source, pid, before);
 }
 
 /// After a failed migration: the counter's same process `pid` counts on

@@ -19,7 +19,8 @@
 //! Moving a container between hosts with memory copied while it runs
 //! (pre-copy) needs two hosts with soft-dirty tracking: the local cluster
 //! of hack/cluster.sh (hosts as network namespaces) comes up inside the VM
-//! too, and a container moves from h1 to h2 through `migratectl` there.
+//! too, and a container moves from h1 to h2 and back through `migratectl`
+//! there, by stop-and-copy and by pre-copy.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -105,11 +106,12 @@ const COUNTER: &str = "counter";
 const CLUSTER_WORKING_SET_MIB: &str = "16";
 
 /// Two hosts of hack/cluster.sh inside the VM; memtick started on h1
-/// through the cluster (`migratectl run`) moves to h2 (`migratectl
-/// migrate`, stop-and-copy), where its counter goes on from where it was
-/// and every page passes memtick's check; no moment has it running on
-/// both hosts, and h1 keeps nothing of it running. This is the set-up
-/// pre-copy between two hosts is tested on.
+/// through the cluster (`migratectl run`) moves to h2 by stop-and-copy and
+/// back to h1 by pre-copy (rounds of pre-dumps while it runs, then a dump
+/// of what changed since the last): each time its counter goes on from
+/// where it was and every page passes memtick's check (pages of every
+/// round, restored from the chain of parents); no moment has it running
+/// on both hosts, and the host it left keeps nothing of it running.
 fn cluster_migration() {
     let started = Instant::now();
     let cluster = Cluster::up(CLUSTER, 2).unwrap_or_else(|e| panic!("{e}"));
@@ -149,43 +151,82 @@ fn cluster_migration() {
     // From /proc, not ctr: under TCG two ctr a sample doubled the
     // migration's time.
     let watch = OneProcess::watch(&[h1, h2], "memtick");
+    let report = move_counter(&cluster, pid, ("h1", "h2"), "stop-and-copy");
+    assert_eq!(
+        report["ip"], run["ip"],
+        "the container keeps its IP: {report}"
+    );
+
+    let pid = h2.running_pid(COUNTER);
+    let report = move_counter(&cluster, pid, ("h2", "h1"), "pre-copy");
+    assert_eq!(report["mode"], "pre-copy", "{report}");
+    let rounds = report["iterations"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no rounds: {report}"));
+    let first = rounds[0]["bytes"].as_u64().unwrap_or(0);
+    assert!(
+        first >= CLUSTER_WORKING_SET_MIB.parse::<u64>().unwrap() * MIB,
+        "the first round copies all the memory: {report}"
+    );
+    let frozen = report["bytesDuringFreeze"].as_u64().unwrap_or(u64::MAX);
+    assert!(
+        frozen < first / 2,
+        "the freeze moves what changed since the last round, not the memory again: {report}"
+    );
+    let steps = report["steps"].as_array().expect("steps");
+    assert!(
+        steps.iter().any(|s| s["step"] == "pre-copy"),
+        "{report}"
+    );
+    watch.stop();
+
+    cluster.down().expect_success();
+    eprintln!("the whole test took {:.1?}", started.elapsed());
+}
+
+/// Moves the counter whose memtick is `pid` from host `from` to `to` by
+/// `mode`; checks that it counts on there from where it was, passes its
+/// check of every page, and is gone from `from`. Returns `--json`'s report.
+fn move_counter(
+    cluster: &Cluster,
+    pid: u32,
+    (from, to): (&str, &str),
+    mode: &str,
+) -> serde_json::Value {
+    let (source, target) = (cluster.host(from), cluster.host(to));
     let before = memtick::tick(pid).unwrap_or_else(|e| panic!("{e}"));
     let moving = Instant::now();
-    // The mode named: the default may become one that needs what this
-    // test is not about.
-    let out = h1
+    // The mode named: the test is about each one, not auto's choice.
+    let out = source
         .run(&[
             "migratectl",
             "migrate",
             "--json",
             "--mode",
-            "stop-and-copy",
+            mode,
             "--to",
-            "h2",
+            to,
             COUNTER,
         ])
         .expect_success();
     let report: serde_json::Value =
         serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}\n{out}"));
     eprintln!(
-        "migrated in {:.1?} (downtime {} ms, {} bytes of memory; steps {})",
+        "{mode} {from} -> {to} in {:.1?}: downtime {} ms, {} bytes of memory, rounds {}; steps {}",
         moving.elapsed(),
         report["downtimeMs"],
         report["memoryBytes"],
+        report["iterations"],
         report["steps"]
     );
-    assert_eq!(report["source"], "h1", "{report}");
-    assert_eq!(report["target"], "h2", "{report}");
-    assert_eq!(
-        report["ip"], run["ip"],
-        "the container keeps its IP: {report}"
-    );
+    assert_eq!(report["source"], from, "{report}");
+    assert_eq!(report["target"], to, "{report}");
 
-    let moved = h2.running_pid(COUNTER);
-    // Its first tick on h2: a cold start would count from 1 again.
+    let moved = target.running_pid(COUNTER);
+    // Its first tick on the target: a cold start would count from 1 again.
     let first = poll::until(
         memtick::TICK_TIMEOUT,
-        "the moved counter to tick on h2",
+        "the moved counter to tick on its new host",
         || {
             memtick::tick(moved).and_then(|t| {
                 if t > 0 {
@@ -198,7 +239,7 @@ fn cluster_migration() {
     );
     assert!(
         first >= before,
-        "the counter on h2 ({first}) does not go on from h1's ({before}): a cold start?"
+        "the counter on {to} ({first}) does not go on from {from}'s ({before}): a cold start?"
     );
     // memtick checks 1% of its pages per tick and exits on a wrong one.
     memtick::wait_tick_above(
@@ -207,18 +248,15 @@ fn cluster_migration() {
         "the moved memtick to check all its memory",
     );
     assert_eq!(
-        h2.running_pid(COUNTER),
+        target.running_pid(COUNTER),
         moved,
         "the moved memtick must still run"
     );
     assert!(
-        h1.ctr().task(COUNTER).is_none(),
-        "nothing of {COUNTER} is left on h1"
+        source.ctr().task(COUNTER).is_none(),
+        "nothing of {COUNTER} is left on {from}"
     );
-    watch.stop();
-
-    cluster.down().expect_success();
-    eprintln!("the whole test took {:.1?}", started.elapsed());
+    report
 }
 
 /// memtick's working set, big against what it dirties per tick.

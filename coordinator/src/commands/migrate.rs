@@ -61,6 +61,7 @@ struct Report {
 
 #[derive(Debug, Serialize)]
 struct IterationReport {
+    round: u32,
     bytes: u64,
     ms: f64,
 }
@@ -135,6 +136,14 @@ pub async fn run(a: Args) -> Result<ExitCode> {
                     human_ms(Some(report.all_pages_ms)),
                     report.pages_faulted
                 ),
+                "pre-copy" => {
+                    let rounds: Vec<String> = report
+                        .iterations
+                        .iter()
+                        .map(|i| format!("{} in {}", human_bytes(i.bytes), human_ms(Some(i.ms))))
+                        .collect();
+                    format!("; rounds while it ran: {}", rounds.join(", "))
+                }
                 _ => String::new(),
             },
             report.mode_reason
@@ -156,7 +165,11 @@ fn report(id: &str, r: MigrationResult) -> Report {
         filesystem_bytes: r.filesystem_bytes,
         steps: r.steps.into_iter().map(|s| StepReport { step: s.step, ms: s.ms }).collect(),
         mode_reason: r.mode_reason,
-        iterations: r.iterations.into_iter().map(|i| IterationReport { bytes: i.bytes, ms: i.ms }).collect(),
+        iterations: r
+            .iterations
+            .into_iter()
+            .map(|i| IterationReport { round: i.round, bytes: i.bytes, ms: i.ms })
+            .collect(),
         bytes_before_freeze: r.bytes_before_freeze,
         bytes_during_freeze: r.bytes_during_freeze,
         bytes_after_freeze: r.bytes_after_freeze,

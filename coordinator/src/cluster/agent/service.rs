@@ -17,11 +17,11 @@ use super::{containers, images};
 use crate::proto::agent_client::AgentClient;
 use crate::proto::agent_server::Agent;
 use crate::proto::{
-    AgentListContainersRequest, AgentListContainersResponse, CreateContainerRequest, CreateContainerResponse,
-    DescribeRequest, DescribeResponse, Done, DumpRequest, DumpResponse, ExportImageRequest, HostInfo, ImageChunk,
-    InfoRequest, MigrationMode, MigrationRef, PagesProgress, PrepareTargetRequest, PrepareTargetResponse,
-    ProbeLinkResponse, ReceiveResponse, RestoreTargetRequest, RestoreTargetResponse, StopPagesResponse,
-    SyncLayerRequest, SyncLayerResponse, TransferChunk,
+    AgentListContainersRequest, AgentListContainersResponse, ClosePagesResponse, CreateContainerRequest,
+    CreateContainerResponse, DescribeRequest, DescribeResponse, Done, DumpRequest, DumpResponse, ExportImageRequest,
+    HostInfo, ImageChunk, InfoRequest, Iteration, MigrationMode, MigrationRef, OpenPagesResponse, PagesProgress,
+    PagesRound, PreDumpRequest, PrepareTargetRequest, PrepareTargetResponse, ProbeLinkResponse, ReceiveResponse,
+    RestoreTargetRequest, RestoreTargetResponse, StopPagesResponse, SyncLayerRequest, SyncLayerResponse, TransferChunk,
 };
 
 /// How long this agent waits to reach another.
@@ -135,6 +135,14 @@ impl Agent for AgentService {
         source::stop_pages(&self.ctx, &m).await.map(Response::new).map_err(failed(&self.ctx.name))
     }
 
+    async fn pre_dump(&self, req: Request<PreDumpRequest>) -> Result<Response<Iteration>, Status> {
+        let req = req.into_inner();
+        let m = migration_ref(req.migration)?;
+        self.ctx.failpoints.check("pre-dump").map_err(failed(&self.ctx.name))?;
+        let target = self.peer(&req.target_agent, &req.target_name).await?;
+        source::pre_dump(&self.ctx, &m, req.round, target).await.map(Response::new).map_err(failed(&self.ctx.name))
+    }
+
     async fn finish_source(&self, req: Request<MigrationRef>) -> Result<Response<Done>, Status> {
         let m = migration_ref(Some(req.into_inner()))?;
         source::finish(&self.ctx, &m).await.map(|()| Response::new(Done {})).map_err(failed(&self.ctx.name))
@@ -178,6 +186,18 @@ impl Agent for AgentService {
         let ctx = self.ctx.clone();
         tokio::spawn(async move { target::await_pages(&ctx, &m, tx).await });
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+
+    async fn open_pages(&self, req: Request<PagesRound>) -> Result<Response<OpenPagesResponse>, Status> {
+        let req = req.into_inner();
+        let m = migration_ref(req.migration)?;
+        target::open_pages(&self.ctx, &m, req.round).await.map(Response::new).map_err(failed(&self.ctx.name))
+    }
+
+    async fn close_pages(&self, req: Request<PagesRound>) -> Result<Response<ClosePagesResponse>, Status> {
+        let req = req.into_inner();
+        let m = migration_ref(req.migration)?;
+        target::close_pages(&self.ctx, &m, req.round).await.map(Response::new).map_err(failed(&self.ctx.name))
     }
 
     async fn abort_target(&self, req: Request<MigrationRef>) -> Result<Response<Done>, Status> {

@@ -32,8 +32,8 @@ use crate::containers::{ContainerRecord, Phase};
 use crate::membership::{HostRecord, Liveness};
 use crate::proto::{
     ContainerState, DescribeRequest, DescribeResponse, DumpRequest, Iteration, MigrateEvent, MigrateRequest,
-    MigrationMode, MigrationRef, MigrationResult, PrepareTargetRequest, PrepareTargetResponse, Progress,
-    RestoreTargetRequest, StepEvent, StepTime, SyncLayerRequest, migrate_event,
+    MigrationMode, MigrationRef, MigrationResult, PreDumpRequest, PrepareTargetRequest, PrepareTargetResponse,
+    Progress, RestoreTargetRequest, StepEvent, StepTime, SyncLayerRequest, migrate_event,
 };
 use crate::records::{self, Change};
 use crate::scheduler::{self, Rules};
@@ -46,6 +46,7 @@ pub const SYNC: &str = "sync";
 pub const DUMP: &str = "dump";
 pub const RESTORE: &str = "restore";
 pub const PAGES: &str = "pages";
+pub const PRE_COPY: &str = "pre-copy";
 pub const FINISH: &str = "finish";
 
 /// What freezing, dumping what is not memory and restoring cost, measured
@@ -55,6 +56,17 @@ const FIXED_DOWNTIME_MS: f64 = 250.0;
 /// What a post-copy adds to it: the lazy-pages daemon's start and the
 /// restore's first faults, served across the link.
 const POST_COPY_EXTRA_MS: f64 = 50.0;
+/// What a pre-copy's final dump adds to the fixed part: the target's page
+/// server for it, and the pagemaps compared with the last round's.
+const PRE_COPY_EXTRA_MS: f64 = 20.0;
+/// What one pre-copy round costs besides its bytes on the link: CRIU's
+/// pre-dump freezing the container to collect its dirty pages, and the
+/// target's page server starting (auto's prediction of the rounds).
+const ROUND_OVERHEAD_MS: f64 = 150.0;
+/// Pre-copy's rule for when to stop iterating (see [`converged`]).
+const MAX_ROUNDS: usize = 8;
+const SHRINK: f64 = 0.8;
+const FINAL_DUMP_BUDGET_MS: f64 = 50.0;
 /// How long the target may be silent while it pulls a post-copy's memory.
 const PAGES_SILENCE: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -67,11 +79,12 @@ struct Plan {
     mode: MigrationMode,
 }
 
-/// A mode and why.
+/// A mode and why, with the link's bandwidth if it was measured.
 #[derive(Debug, Clone, PartialEq)]
 struct Choice {
     mode: MigrationMode,
     reason: String,
+    link_bits: Option<f64>,
 }
 
 impl CoordinatorService {
@@ -227,6 +240,34 @@ impl CoordinatorService {
             .into_inner();
         steps.push(step.end(events, format!("{} files, {}", synced.files, bytes(synced.bytes))).await);
 
+        let mut iterations = Vec::new();
+        if choice.mode == MigrationMode::PreCopy {
+            let step = Step::begin(PRE_COPY, events).await;
+            let why = loop {
+                let round = iterations.len() as u32 + 1;
+                let request = PreDumpRequest {
+                    migration: Some(m.clone()),
+                    target_agent: plan.target.facts.address.clone(),
+                    target_name: target_name.clone(),
+                    round,
+                };
+                let done = source.pre_dump(request).await.map_err(|e| (PRE_COPY, e))?.into_inner();
+                log::info!("migration {}: round {round}: {} in {:.0} ms", plan.id, bytes(done.bytes), done.ms);
+                let event = Progress {
+                    step: PRE_COPY.to_string(),
+                    bytes: iterations.iter().map(|i: &Iteration| i.bytes).sum::<u64>() + done.bytes,
+                };
+                let _ = events.send(Ok(MigrateEvent { event: Some(migrate_event::Event::Progress(event)) })).await;
+                iterations.push(done);
+                if let Some(why) = converged(&iterations, choice.link_bits) {
+                    break why;
+                }
+            };
+            let sizes: Vec<String> = iterations.iter().map(|i| bytes(i.bytes)).collect();
+            steps.push(step.end(events, format!("{} rounds ({}): {why}", iterations.len(), sizes.join(", "))).await);
+        }
+        let before_freeze: u64 = iterations.iter().map(|i| i.bytes).sum();
+
         let step = Step::begin(DUMP, events).await;
         let frozen = Instant::now();
         let dumped = source
@@ -251,9 +292,10 @@ impl CoordinatorService {
                     )
                 } else {
                     format!(
-                        "{} of images ({} of memory), {} of layer changes",
+                        "{} of images ({} of memory{}), {} of layer changes",
                         bytes(dumped.images_bytes),
                         bytes(dumped.memory_bytes),
+                        if iterations.is_empty() { "" } else { " changed since the last round" },
                         bytes(dumped.layer_bytes)
                     )
                 },
@@ -299,13 +341,16 @@ impl CoordinatorService {
             target: target_name,
             total_ms: ms(started.elapsed()),
             downtime_ms: ms(downtime),
-            memory_bytes: if lazy { after.bytes } else { dumped.memory_bytes },
+            memory_bytes: if lazy { after.bytes } else { before_freeze + dumped.memory_bytes },
             filesystem_bytes: synced.bytes + dumped.layer_bytes,
             steps,
             ip: plan.record.network.ip.clone(),
-            iterations: Vec::<Iteration>::new(),
-            bytes_before_freeze: synced.bytes + prepared.image_bytes,
-            bytes_during_freeze: dumped.images_bytes + dumped.layer_bytes,
+            iterations,
+            bytes_before_freeze: synced.bytes + prepared.image_bytes + before_freeze,
+            // A pre-copy's last memory goes to a page server, not in the images.
+            bytes_during_freeze: dumped.images_bytes
+                + dumped.layer_bytes
+                + if choice.mode == MigrationMode::PreCopy { dumped.memory_bytes } else { 0 },
             bytes_after_freeze: after.bytes,
             pages_faulted: after.faults,
             all_pages_ms: after.ms,
@@ -328,28 +373,41 @@ impl CoordinatorService {
                 .into_iter()
                 .find(|(_, why)| !why.is_empty())
                 .map(|(host, why)| format!("{host}: {why}"));
+        let asked = |mode, reason: &str| Choice { mode, reason: reason.to_string(), link_bits: None };
         match plan.mode {
-            MigrationMode::StopAndCopy => {
-                Ok(Choice { mode: MigrationMode::StopAndCopy, reason: "stop-and-copy, as asked".into() })
-            }
+            MigrationMode::StopAndCopy => Ok(asked(MigrationMode::StopAndCopy, "stop-and-copy, as asked")),
             MigrationMode::PostCopy => match post_copy_unavailable {
-                None => Ok(Choice { mode: MigrationMode::PostCopy, reason: "post-copy, as asked".into() }),
+                None => Ok(asked(MigrationMode::PostCopy, "post-copy, as asked")),
                 Some(why) => Err(Status::failed_precondition(format!("post-copy is not possible: {why}"))),
             },
-            MigrationMode::PreCopy => Err(Status::unimplemented(match described.dirty_tracking_unavailable.as_str() {
-                "" => "pre-copy is not supported by this coordinator yet; use post-copy or auto".to_string(),
-                why => format!("pre-copy needs soft-dirty memory tracking on the source; {source_name}: {why}"),
-            })),
+            MigrationMode::PreCopy => match described.dirty_tracking_unavailable.as_str() {
+                "" => Ok(asked(MigrationMode::PreCopy, "pre-copy, as asked")),
+                why => Err(Status::failed_precondition(format!(
+                    "pre-copy needs soft-dirty memory tracking on the source; {source_name}: {why}"
+                ))),
+            },
             MigrationMode::Auto | MigrationMode::Unspecified => {
-                let link = match &post_copy_unavailable {
+                let pre_copy_unavailable = match described.dirty_tracking_unavailable.as_str() {
+                    "" => None,
+                    why => Some(format!("{source_name}: {why}")),
+                };
+                let link_bits = match (&post_copy_unavailable, &pre_copy_unavailable) {
                     // Nothing to choose from: no need to measure.
-                    Some(_) => None,
-                    None => {
+                    (Some(_), Some(_)) => None,
+                    _ => {
                         let probed = source.probe_link(probe).await?.into_inner();
                         Some(probed.bytes as f64 * 8.0 / (probed.ms.max(0.1) / 1000.0))
                     }
                 };
-                Ok(choose(described.memory_bytes, link, post_copy_unavailable.as_deref()))
+                Ok(choose(&Facts {
+                    memory: described.memory_bytes,
+                    // Zero where it was not measured (a ticker's container).
+                    dirty_rate: (described.dirty_bytes_per_second > 0.0 || described.memory_bytes == 0)
+                        .then_some(described.dirty_bytes_per_second),
+                    link_bits,
+                    post_copy_unavailable: post_copy_unavailable.as_deref(),
+                    pre_copy_unavailable: pre_copy_unavailable.as_deref(),
+                }))
             }
         }
     }
@@ -504,39 +562,122 @@ struct Pulled {
     faults: u64,
 }
 
-/// `auto`'s choice for a container holding `memory` bytes, over a link of
-/// `link_bits` per second (None: not measured, since there was no choice):
-/// the smallest predicted downtime. Stop-and-copy freezes the container
-/// while its memory crosses; post-copy about as long as a stop-and-copy of
-/// nothing, but leans on the source until the last page arrives, so it is
-/// chosen only when it saves something. Pre-copy is not among the choices
-/// yet.
-fn choose(memory: u64, link_bits: Option<f64>, post_copy_unavailable: Option<&str>) -> Choice {
-    let mib = memory as f64 / (1024.0 * 1024.0);
-    match (post_copy_unavailable, link_bits) {
-        (Some(why), _) => Choice {
-            mode: MigrationMode::StopAndCopy,
-            reason: format!("auto: stop-and-copy, the only mode these hosts allow ({mib:.0} MiB); post-copy: {why}"),
-        },
-        (None, None) => Choice {
-            mode: MigrationMode::StopAndCopy,
-            reason: "auto: stop-and-copy, the link was not measured".to_string(),
-        },
-        (None, Some(bits)) => {
-            let stop_and_copy = FIXED_DOWNTIME_MS + memory as f64 * 8.0 / bits * 1000.0;
-            let post_copy = FIXED_DOWNTIME_MS + POST_COPY_EXTRA_MS;
-            let mode = if post_copy < stop_and_copy { MigrationMode::PostCopy } else { MigrationMode::StopAndCopy };
-            Choice {
-                mode,
-                reason: format!(
-                    "auto: {} (predicted downtime {post_copy:.0} ms by post-copy, {stop_and_copy:.0} ms by \
-                     stop-and-copy: {mib:.0} MiB over {:.0} Mbit/s; pre-copy not offered yet)",
-                    mode_name(mode),
-                    bits / 1e6
-                ),
-            }
+/// What `auto` knows of a container and the hosts.
+struct Facts<'a> {
+    /// The container's memory, in bytes.
+    memory: u64,
+    /// Bytes it dirties per second; None if not measured.
+    dirty_rate: Option<f64>,
+    /// The link's bits per second; None if not measured (nothing to choose).
+    link_bits: Option<f64>,
+    post_copy_unavailable: Option<&'a str>,
+    pre_copy_unavailable: Option<&'a str>,
+}
+
+/// `auto`'s choice: the mode with the smallest predicted downtime.
+/// Stop-and-copy freezes the container while its memory crosses;
+/// post-copy about as long as a stop-and-copy of nothing, but leans on the
+/// source until the last page arrives; pre-copy as long as the memory
+/// dirtied during its last round takes to cross ([`predict_pre_copy`]).
+fn choose(facts: &Facts) -> Choice {
+    let mib = facts.memory as f64 / (1024.0 * 1024.0);
+    let Some(bits) = facts.link_bits else {
+        let why: Vec<String> = [("post-copy", facts.post_copy_unavailable), ("pre-copy", facts.pre_copy_unavailable)]
+            .into_iter()
+            .filter_map(|(mode, why)| why.map(|why| format!("{mode}: {why}")))
+            .collect();
+        let reason = if why.is_empty() {
+            "auto: stop-and-copy, the link was not measured".to_string()
+        } else {
+            format!("auto: stop-and-copy, the only mode these hosts allow ({mib:.0} MiB); {}", why.join("; "))
+        };
+        return Choice { mode: MigrationMode::StopAndCopy, reason, link_bits: None };
+    };
+    let stop_and_copy = FIXED_DOWNTIME_MS + facts.memory as f64 * 8.0 / bits * 1000.0;
+    let mut predicted = vec![(MigrationMode::StopAndCopy, stop_and_copy, String::new())];
+    let mut not_offered = Vec::new();
+    match facts.post_copy_unavailable {
+        None => predicted.push((MigrationMode::PostCopy, FIXED_DOWNTIME_MS + POST_COPY_EXTRA_MS, String::new())),
+        Some(why) => not_offered.push(format!("post-copy: {why}")),
+    }
+    match (facts.pre_copy_unavailable, facts.dirty_rate) {
+        (None, Some(rate)) => {
+            let (ms, rounds) = predict_pre_copy(facts.memory, rate, bits);
+            let how = format!(" in {rounds} rounds, {:.1} MiB/s dirtied", rate / (1024.0 * 1024.0));
+            predicted.push((MigrationMode::PreCopy, ms, how));
+        }
+        (None, None) => not_offered.push("pre-copy: the dirty rate was not measured".to_string()),
+        (Some(why), _) => not_offered.push(format!("pre-copy: {why}")),
+    }
+    // The first of equals wins: stop-and-copy needs the least of the hosts.
+    let best = predicted.iter().fold(&predicted[0], |best, p| if p.1 < best.1 { p } else { best });
+    let listed: Vec<String> =
+        predicted.iter().map(|(mode, ms, how)| format!("{} {ms:.0} ms{how}", mode_name(*mode))).collect();
+    let mut reason = format!(
+        "auto: {} (predicted downtime {}; {mib:.0} MiB over {:.0} Mbit/s)",
+        mode_name(best.0),
+        listed.join(", "),
+        bits / 1e6
+    );
+    for n in not_offered {
+        reason.push_str("; ");
+        reason.push_str(&n);
+    }
+    Choice { mode: best.0, reason, link_bits: Some(bits) }
+}
+
+/// Pre-copy's predicted downtime and rounds for `memory` bytes dirtied at
+/// `rate` bytes per second over a link of `bits` per second: the rounds as
+/// [`converged`] would end them, each dirtying what its own time allows,
+/// and the final dump carrying what the last one left.
+fn predict_pre_copy(memory: u64, rate: f64, bits: f64) -> (f64, usize) {
+    let mut rounds: Vec<Iteration> = Vec::new();
+    let mut pending = memory as f64;
+    loop {
+        let ms = ROUND_OVERHEAD_MS + pending * 8.0 / bits * 1000.0;
+        rounds.push(Iteration { round: rounds.len() as u32 + 1, bytes: pending as u64, ms });
+        pending = (rate * ms / 1000.0).min(memory as f64);
+        if converged(&rounds, Some(bits)).is_some() {
+            let downtime = FIXED_DOWNTIME_MS + PRE_COPY_EXTRA_MS + pending * 8.0 / bits * 1000.0;
+            return (downtime, rounds.len());
         }
     }
+}
+
+/// Pre-copy's rule for when the rounds end, as P.Haul's and LXD's, and
+/// why: the last round was small enough that the final dump carries
+/// about that much, which crosses the link within
+/// [`FINAL_DUMP_BUDGET_MS`] (the link's bandwidth measured, else as the
+/// first round, all the memory, crossed it); or it stopped shrinking,
+/// being more than [`SHRINK`] of the one before, so more rounds only
+/// cost time (the container dirties as fast as the link carries); or
+/// [`MAX_ROUNDS`] rounds were made, as P.Haul's limit, for a dirty set
+/// that shrinks too slowly to matter. None: one more round.
+fn converged(rounds: &[Iteration], link_bits: Option<f64>) -> Option<String> {
+    let last = rounds.last()?;
+    let first = &rounds[0];
+    let bits = link_bits.or_else(|| (first.ms > 0.0).then(|| first.bytes as f64 * 8.0 / (first.ms / 1000.0)));
+    if let Some(bits) = bits.filter(|b| *b > 0.0) {
+        let ms = last.bytes as f64 * 8.0 / bits * 1000.0;
+        if ms <= FINAL_DUMP_BUDGET_MS {
+            return Some(format!(
+                "small enough: {} crosses in {ms:.0} ms at {:.0} Mbit/s",
+                bytes(last.bytes),
+                bits / 1e6
+            ));
+        }
+    }
+    if let [.., before, last] = rounds
+        && last.bytes as f64 > SHRINK * before.bytes as f64
+    {
+        return Some(format!(
+            "stopped shrinking: {} after {} (more than {:.0}% of it)",
+            bytes(last.bytes),
+            bytes(before.bytes),
+            SHRINK * 100.0
+        ));
+    }
+    (rounds.len() >= MAX_ROUNDS).then(|| format!("{MAX_ROUNDS} rounds, the most there are"))
 }
 
 /// A mode as `migratectl` names it.
@@ -585,20 +726,70 @@ mod tests {
 
     const GBIT: f64 = 1e9;
 
-    #[test]
-    fn auto_picks_the_smallest_predicted_downtime() {
-        let big = choose(256 << 20, Some(GBIT), None);
-        assert_eq!(big.mode, MigrationMode::PostCopy, "{}", big.reason);
-        assert!(big.reason.contains("256 MiB over 1000 Mbit/s"), "{}", big.reason);
-        // A few MiB cross faster than the lazy pages' set-up.
-        let tiny = choose(2 << 20, Some(GBIT), None);
-        assert_eq!(tiny.mode, MigrationMode::StopAndCopy, "{}", tiny.reason);
+    const MIB: u64 = 1 << 20;
+
+    fn facts(memory: u64, dirty_rate: Option<f64>) -> Facts<'static> {
+        Facts { memory, dirty_rate, link_bits: Some(GBIT), post_copy_unavailable: None, pre_copy_unavailable: None }
     }
 
     #[test]
-    fn auto_says_why_post_copy_was_not_possible() {
-        let c = choose(1 << 30, None, Some("h2: this host's kernel lacks userfaultfd"));
+    fn auto_picks_the_smallest_predicted_downtime() {
+        let no_pre_copy = |memory| Facts { pre_copy_unavailable: Some("h1: no soft-dirty"), ..facts(memory, None) };
+        let big = choose(&no_pre_copy(256 * MIB));
+        assert_eq!(big.mode, MigrationMode::PostCopy, "{}", big.reason);
+        assert!(big.reason.contains("256 MiB over 1000 Mbit/s"), "{}", big.reason);
+        assert!(big.reason.contains("pre-copy: h1: no soft-dirty"), "{}", big.reason);
+        // A few MiB cross faster than the lazy pages' set-up.
+        let tiny = choose(&no_pre_copy(2 * MIB));
+        assert_eq!(tiny.mode, MigrationMode::StopAndCopy, "{}", tiny.reason);
+        // A container that dirties little converges: pre-copy, once
+        // post-copy's extra set-up costs more than the last round.
+        let quiet = choose(&facts(1024 * MIB, Some(MIB as f64)));
+        assert_eq!(quiet.mode, MigrationMode::PreCopy, "{}", quiet.reason);
+        assert!(quiet.reason.contains("rounds"), "{}", quiet.reason);
+        // One that dirties faster than the link carries does not.
+        let busy = choose(&facts(1024 * MIB, Some(200.0 * MIB as f64)));
+        assert_eq!(busy.mode, MigrationMode::PostCopy, "{}", busy.reason);
+    }
+
+    #[test]
+    fn auto_says_why_other_modes_were_not_possible() {
+        let c = choose(&Facts {
+            link_bits: None,
+            post_copy_unavailable: Some("h2: this host's kernel lacks userfaultfd"),
+            pre_copy_unavailable: Some("h1: no soft-dirty"),
+            ..facts(1 << 30, None)
+        });
         assert_eq!(c.mode, MigrationMode::StopAndCopy);
-        assert!(c.reason.contains("userfaultfd"), "{}", c.reason);
+        assert!(c.reason.contains("userfaultfd") && c.reason.contains("soft-dirty"), "{}", c.reason);
+    }
+
+    fn rounds(sizes: &[u64]) -> Vec<Iteration> {
+        sizes.iter().zip(1..).map(|(&bytes, round)| Iteration { round, bytes, ms: 1000.0 }).collect()
+    }
+
+    #[test]
+    fn rounds_end_small_stalled_or_at_the_most() {
+        // 64 MiB in the first second: 50 ms carry 3.4 MiB.
+        assert_eq!(converged(&rounds(&[64 * MIB]), None), None);
+        let small = converged(&rounds(&[64 * MIB, 2 * MIB]), None).unwrap();
+        assert!(small.starts_with("small enough"), "{small}");
+        assert_eq!(converged(&rounds(&[64 * MIB, 30 * MIB]), None), None);
+        let stalled = converged(&rounds(&[64 * MIB, 30 * MIB, 28 * MIB]), None).unwrap();
+        assert!(stalled.starts_with("stopped shrinking"), "{stalled}");
+        // Each a quarter smaller than the one before, over a slow link.
+        let shrinking: Vec<u64> = (0..8).map(|i| (64.0 * MIB as f64 * 0.75f64.powi(i)) as u64).collect();
+        assert_eq!(converged(&rounds(&shrinking[..7]), Some(1e6)), None);
+        let most = converged(&rounds(&shrinking), Some(1e6)).unwrap();
+        assert!(most.contains("8 rounds"), "{most}");
+    }
+
+    #[test]
+    fn pre_copy_predictions_follow_the_dirty_rate() {
+        let (idle, rounds) = predict_pre_copy(1024 * MIB, 0.0, GBIT);
+        assert_eq!(rounds, 2, "nothing dirtied: the second round finds nothing");
+        assert!((idle - FIXED_DOWNTIME_MS - PRE_COPY_EXTRA_MS).abs() < 1.0, "{idle}");
+        let (busy, _) = predict_pre_copy(1024 * MIB, 500.0 * MIB as f64, GBIT);
+        assert!(busy > 5000.0, "dirtying faster than the link: about all of it at the end, {busy}");
     }
 }

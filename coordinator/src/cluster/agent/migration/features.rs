@@ -3,9 +3,11 @@
 //! the source and userfaultfd on the target; pre-copy needs soft-dirty
 //! memory tracking on the source. Each is a reason when missing, so that
 //! an explicit mode is refused with it and `--mode auto` can say why it
-//! chose another.
+//! chose another. Where memory is tracked, [`dirty_rate`] measures how
+//! fast a container dirties it, which decides whether pre-copy converges.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use tokio::sync::OnceCell;
 
@@ -59,21 +61,99 @@ async fn criu_feature(feature: &str, what: &str) -> Option<String> {
 /// its memory cgroup's anonymous and shared memory (what CRIU dumps; page
 /// cache of files is not dumped). None if the cgroup cannot be read.
 pub fn memory_bytes(pid: u32) -> Option<u64> {
+    let (dir, v2) = memory_cgroup(pid)?;
+    let stat = std::fs::read_to_string(dir.join("memory.stat")).ok()?;
+    Some(if v2 { sum(&stat, &["anon", "shmem"]) } else { sum(&stat, &["total_rss", "total_shmem"]) })
+}
+
+/// The memory cgroup of process `pid`, and whether it is cgroup v2's.
+fn memory_cgroup(pid: u32) -> Option<(PathBuf, bool)> {
     let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
     for line in cgroups.lines() {
         let mut parts = line.splitn(3, ':');
         let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
         let path = path.trim_start_matches('/');
         if controllers.split(',').any(|c| c == "memory") {
-            let stat = std::fs::read_to_string(Path::new("/sys/fs/cgroup/memory").join(path).join("memory.stat"));
-            return stat.ok().map(|s| sum(&s, &["total_rss", "total_shmem"]));
+            return Some((Path::new("/sys/fs/cgroup/memory").join(path), false));
         }
         if controllers.is_empty() && Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
-            let stat = std::fs::read_to_string(Path::new("/sys/fs/cgroup").join(path).join("memory.stat"));
-            return stat.ok().map(|s| sum(&s, &["anon", "shmem"]));
+            return Some((Path::new("/sys/fs/cgroup").join(path), true));
         }
     }
     None
+}
+
+/// How long [`dirty_rate`] watches.
+const DIRTY_WINDOW: Duration = Duration::from_millis(200);
+/// Soft-dirty and present bits of a `/proc/PID/pagemap` entry.
+const SOFT_DIRTY: u64 = 1 << 55;
+const PRESENT: u64 = 1 << 63;
+/// The most pagemap entries read per process (1 TiB of address space):
+/// reserved but never touched ranges can be huge.
+const MAX_ENTRIES: u64 = 1 << 28;
+
+/// The bytes per second the processes of the container whose init is
+/// `pid` dirty: their soft-dirty bits cleared, then counted after
+/// [`DIRTY_WINDOW`]. Only where the kernel tracks them ([`dirty_tracking`]),
+/// and never for a container whose own dumps rely on those bits (a
+/// criu-parent ticker): clearing them would hide changes from its next
+/// increment. Blocking.
+pub fn dirty_rate(pid: u32) -> anyhow::Result<f64> {
+    use anyhow::Context as _;
+    let (dir, _) = memory_cgroup(pid).context("the container's memory cgroup is not found")?;
+    let procs = std::fs::read_to_string(dir.join("cgroup.procs"))
+        .with_context(|| format!("read {}", dir.join("cgroup.procs").display()))?;
+    let pids: Vec<u32> = procs.lines().filter_map(|l| l.trim().parse().ok()).collect();
+    for p in &pids {
+        // 4: clear the soft-dirty bits (Documentation/admin-guide/mm/soft-dirty.rst).
+        std::fs::write(format!("/proc/{p}/clear_refs"), "4").with_context(|| format!("clear_refs of {p}"))?;
+    }
+    let started = Instant::now();
+    std::thread::sleep(DIRTY_WINDOW);
+    let mut pages = 0u64;
+    for p in &pids {
+        // A process that exited meanwhile dirties nothing more.
+        pages += dirty_pages(*p).unwrap_or(0);
+    }
+    Ok(pages as f64 * page_size() as f64 / started.elapsed().as_secs_f64())
+}
+
+/// The present pages of process `pid` whose soft-dirty bit is set.
+fn dirty_pages(pid: u32) -> std::io::Result<u64> {
+    use std::os::unix::fs::FileExt;
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps"))?;
+    let pagemap = std::fs::File::open(format!("/proc/{pid}/pagemap"))?;
+    let page = page_size();
+    let mut buf = vec![0u8; 8 * 4096];
+    let (mut dirty, mut read) = (0u64, 0u64);
+    for line in maps.lines() {
+        let Some((range, _)) = line.split_once(' ') else { continue };
+        let Some((start, end)) = range.split_once('-') else { continue };
+        let (Ok(start), Ok(end)) = (u64::from_str_radix(start, 16), u64::from_str_radix(end, 16)) else { continue };
+        let mut at = start / page;
+        while at < end / page && read < MAX_ENTRIES {
+            let n = ((end / page - at) as usize).min(buf.len() / 8);
+            let got = pagemap.read_at(&mut buf[..n * 8], at * 8)?;
+            if got == 0 {
+                break;
+            }
+            for entry in buf[..got].chunks_exact(8) {
+                let e = u64::from_ne_bytes(entry.try_into().expect("8 bytes"));
+                if e & (SOFT_DIRTY | PRESENT) == SOFT_DIRTY | PRESENT {
+                    dirty += 1;
+                }
+            }
+            at += (got / 8) as u64;
+            read += (got / 8) as u64;
+        }
+    }
+    Ok(dirty)
+}
+
+fn page_size() -> u64 {
+    // SAFETY: sysconf reads a constant of the system, nothing of ours.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if size > 0 { size as u64 } else { 4096 }
 }
 
 fn sum(stat: &str, keys: &[&str]) -> u64 {

@@ -6,22 +6,22 @@ use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result, anyhow, bail};
 use serde::Serialize;
 use tonic::transport::Channel;
 
 use super::layer::LayerSync;
 use super::page_server::PageServer;
-use super::{Migration, criu_images, dir, features, transfer};
+use super::{Migration, criu_images, dir, features, parent_of, round_dir, transfer};
 use crate::agent::containers::{self, blocking};
-use crate::agent::context::Context;
+use crate::agent::context::{Context, TlsFiles};
 use crate::agent::network::{self, Link};
 use crate::host::image;
 use crate::host::shim::Shim;
 use crate::proto::agent_client::AgentClient;
 use crate::proto::{
-    DescribeResponse, DumpResponse, MigrationMode, MigrationRef, ProbeLinkResponse, StopPagesResponse,
-    SyncLayerResponse, TransferKind,
+    DescribeResponse, DumpResponse, Iteration, MigrationMode, MigrationRef, PagesRound, ProbeLinkResponse,
+    StopPagesResponse, SyncLayerResponse, TransferKind,
 };
 
 /// What the source keeps between its steps.
@@ -34,6 +34,8 @@ pub struct Source {
     frozen: bool,
     /// Post-copy: the page server the target pulls the memory from.
     pages: Option<PageServer>,
+    /// Pre-copy: the rounds the target has.
+    rounds: u32,
 }
 
 /// The container as the target must recreate it.
@@ -45,10 +47,24 @@ pub async fn describe(ctx: &Context, id: &str) -> Result<DescribeResponse> {
     let spec = c.spec.map(|s| s.value).context("the container has no spec")?;
     let chain_id = image::rootfs_chain_id(&ctx.cd, &c.image).await?;
     let task = ctx.cd.task(id).await?.with_context(|| format!("container {id} has no task on {}", ctx.name))?;
+    let dirty_tracking_unavailable = features::dirty_tracking().await.unwrap_or_default();
+    let dirty_bytes_per_second = if dirty_tracking_unavailable.is_empty() && !has_ticker(&spec) {
+        let pid = task.pid;
+        match blocking(move || features::dirty_rate(pid)).await {
+            Ok(rate) => rate,
+            Err(e) => {
+                log::warn!("measuring how fast {id} dirties its memory: {e:#}");
+                0.0
+            }
+        }
+    } else {
+        0.0
+    };
     Ok(DescribeResponse {
         memory_bytes: features::memory_bytes(task.pid).unwrap_or(0),
         post_copy_unavailable: features::post_copy_source().unwrap_or_default(),
-        dirty_tracking_unavailable: features::dirty_tracking().await.unwrap_or_default(),
+        dirty_tracking_unavailable,
+        dirty_bytes_per_second,
         spec,
         image: c.image,
         snapshotter: c.snapshotter,
@@ -57,6 +73,14 @@ pub async fn describe(ctx: &Context, id: &str) -> Result<DescribeResponse> {
         labels: c.labels,
         chain_id: chain_id.to_string(),
     })
+}
+
+/// Whether OCI spec `spec` (JSON) runs a checkpoint ticker, whose
+/// increments rely on the memory tracking's bits: nothing else may clear
+/// them behind its back.
+fn has_ticker(spec: &[u8]) -> bool {
+    const TICKER: &str = "io.containerd.migrate.checkpoint.interval";
+    serde_json::from_slice::<serde_json::Value>(spec).ok().is_some_and(|s| s["annotations"].get(TICKER).is_some())
 }
 
 /// Sends the changes of the writable layer since the last sync (all of it
@@ -70,7 +94,13 @@ pub async fn sync_layer(
     let (sent, layer) = layer.send(&mut target, m).await?;
     ctx.migrations.lock().await.insert(
         m.migration_id.clone(),
-        Migration::Source(Source { container: m.container_id.clone(), layer: Some(layer), frozen: false, pages: None }),
+        Migration::Source(Source {
+            container: m.container_id.clone(),
+            layer: Some(layer),
+            frozen: false,
+            pages: None,
+            rounds: 0,
+        }),
     );
     Ok(SyncLayerResponse { bytes: sent.bytes, files: sent.files })
 }
@@ -102,13 +132,77 @@ async fn take_layer(ctx: &Context, m: &MigrationRef) -> Result<LayerSync> {
 }
 
 /// This runtime's checkpoint options for a dump into a directory (decoded
-/// by the shim's checkpoint.rs), the container paused around it.
+/// by the shim's checkpoint.rs), the container paused around it; for
+/// pre-copy, a pre-dump or a dump on the rounds before, whose memory goes
+/// to the target's page server.
 #[derive(Serialize)]
-struct DirectoryDump {
+struct DirectoryDump<'a> {
     image_path: PathBuf,
     work_path: PathBuf,
     tcp_established: bool,
     file_locks: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pre_dump: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parent_path: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    page_server: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    page_server_tls: Option<&'a TlsFiles>,
+}
+
+/// Pre-copy's round `round`: the memory that changed since the round
+/// before (all of it, the first time) copied to the target while the
+/// container runs on. A failed round leaves it running as it was.
+pub async fn pre_dump(
+    ctx: &Context,
+    m: &MigrationRef,
+    round: u32,
+    mut target: AgentClient<Channel>,
+) -> Result<Iteration> {
+    if let Some(why) = features::dirty_tracking().await {
+        bail!("{} cannot pre-copy: {why}", ctx.name);
+    }
+    let id = m.container_id.clone();
+    match ctx.migrations.lock().await.get(&m.migration_id) {
+        Some(Migration::Source(s)) if !s.frozen && s.rounds + 1 == round => {}
+        Some(Migration::Source(s)) if s.frozen => bail!("{id} is frozen for its dump already"),
+        Some(Migration::Source(s)) => {
+            bail!("migration {} has had {} rounds; round {round} cannot come next", m.migration_id, s.rounds)
+        }
+        _ => bail!("{} has no migration {} of {id} (its layer is synced first)", ctx.name, m.migration_id),
+    }
+    let task = ctx.cd.task(&id).await?.with_context(|| format!("container {id} has no task on {}", ctx.name))?;
+    let shim = Shim::of_task(task.pid, ctx.cd.namespace())?;
+    let base = dir(ctx, &m.migration_id);
+    let (images, work) = (round_dir(&base, round), base.join("pre-dump-work"));
+    for d in [&images, &work] {
+        let _ = std::fs::remove_dir_all(d);
+        std::fs::create_dir_all(d).with_context(|| format!("create {}", d.display()))?;
+    }
+    let started = Instant::now();
+    let pages = PagesRound { migration: Some(m.clone()), round };
+    let address = target.open_pages(pages.clone()).await.map_err(|s| anyhow!("{}", s.message()))?.into_inner().address;
+    let options = DirectoryDump {
+        image_path: images,
+        work_path: work,
+        tcp_established: false,
+        file_locks: false,
+        pre_dump: true,
+        parent_path: parent_of(round, 0),
+        page_server: Some(address),
+        page_server_tls: Some(&ctx.tls_files),
+    };
+    let options = serde_json::to_vec(&options).context("encode the checkpoint options")?;
+    tokio::task::spawn_blocking(move || shim.checkpoint_with(&id, options))
+        .await
+        .context("the pre-dump panicked")?
+        .with_context(|| format!("pre-dump round {round}"))?;
+    let closed = target.close_pages(pages).await.map_err(|s| anyhow!("{}", s.message()))?.into_inner();
+    if let Some(Migration::Source(s)) = ctx.migrations.lock().await.get_mut(&m.migration_id) {
+        s.rounds = round;
+    }
+    Ok(Iteration { round, bytes: closed.bytes, ms: started.elapsed().as_secs_f64() * 1000.0 })
 }
 
 /// Locks the container's network (its link down: the frozen kernel must
@@ -128,7 +222,7 @@ pub async fn dump(
     target: AgentClient<Channel>,
 ) -> Result<DumpResponse> {
     let lazy = match mode {
-        MigrationMode::StopAndCopy => false,
+        MigrationMode::StopAndCopy | MigrationMode::PreCopy => false,
         MigrationMode::PostCopy => {
             if let Some(why) = features::post_copy_source() {
                 bail!("{} cannot serve a post-copy: {why}", ctx.name);
@@ -138,9 +232,16 @@ pub async fn dump(
         other => bail!("a dump by {} is not supported by this agent", other.as_str_name()),
     };
     let id = m.container_id.clone();
+    let rounds = match ctx.migrations.lock().await.get(&m.migration_id) {
+        Some(Migration::Source(s)) => s.rounds,
+        _ => 0,
+    };
+    if mode == MigrationMode::PreCopy && rounds == 0 {
+        bail!("a pre-copy's dump comes after its rounds (PreDump); migration {} has had none", m.migration_id);
+    }
     let layer = take_layer(ctx, m).await?;
     let task = ctx.cd.task(&id).await?.with_context(|| format!("container {id} has no task on {}", ctx.name))?;
-    let images = dir(ctx, &m.migration_id).join("images");
+    let images = round_dir(&dir(ctx, &m.migration_id), 0);
     let work = dir(ctx, &m.migration_id).join("dump-work");
     for d in [&images, &work] {
         let _ = std::fs::remove_dir_all(d);
@@ -149,8 +250,16 @@ pub async fn dump(
     // From here on, a failure must thaw it and bring its link back.
     ctx.migrations.lock().await.insert(
         m.migration_id.clone(),
-        Migration::Source(Source { container: id.clone(), layer: None, frozen: true, pages: None }),
+        Migration::Source(Source { container: id.clone(), layer: None, frozen: true, pages: None, rounds }),
     );
+    // Pre-copy: the memory that changed since the last round goes to a
+    // page server on the target, opened before the freeze.
+    let mut final_pages = None;
+    if mode == MigrationMode::PreCopy {
+        let round = PagesRound { migration: Some(m.clone()), round: 0 };
+        let opened = target.clone().open_pages(round.clone()).await.map_err(|s| anyhow!("{}", s.message()));
+        final_pages = Some((round, opened.context("open the target's page server for the dump")?.into_inner().address));
+    }
     let link_id = id.clone();
     blocking(move || network::set_link(&link_id, Link::Down)).await.context("lock the container's network")?;
     let frozen = Instant::now();
@@ -170,8 +279,16 @@ pub async fn dump(
         }
         (tokio::task::spawn(async { Ok(()) }), address)
     } else {
-        let options =
-            DirectoryDump { image_path: images.clone(), work_path: work, tcp_established: true, file_locks: true };
+        let options = DirectoryDump {
+            image_path: images.clone(),
+            work_path: work,
+            tcp_established: true,
+            file_locks: true,
+            pre_dump: false,
+            parent_path: final_pages.as_ref().and_then(|_| parent_of(0, rounds)),
+            page_server: final_pages.as_ref().map(|(_, address)| address.clone()),
+            page_server_tls: final_pages.as_ref().map(|_| &ctx.tls_files),
+        };
         let options = serde_json::to_vec(&options).context("encode the checkpoint options")?;
         let (id, signals) = (id.clone(), signals.clone());
         let dumped = tokio::task::spawn_blocking(move || {
@@ -187,6 +304,7 @@ pub async fn dump(
         tokio::task::spawn_blocking(move || criu_images::follow(&dir, &signals, &tx))
     };
     let mut images_target = target.clone();
+    let mut target_pages = target.clone();
     let mut layer_target = target;
     let streaming = async {
         let streamed = transfer::send_chunks(&mut images_target, m, TransferKind::Images, rx).await;
@@ -198,7 +316,11 @@ pub async fn dump(
     let dump_ms = frozen.elapsed().as_secs_f64() * 1000.0;
     // The receiver's error says more than the follower's "ended early".
     let images_bytes = streamed.context("send the images")?;
-    let memory_bytes = follower.await.context("the image stream panicked")??;
+    let mut memory_bytes = follower.await.context("the image stream panicked")??;
+    if let Some((round, _)) = final_pages {
+        let closed = target_pages.close_pages(round).await.map_err(|s| anyhow!("{}", s.message()));
+        memory_bytes += closed.context("the memory's last changes")?.into_inner().bytes;
+    }
     let (last, layer) = last.context("send the layer's last changes")?;
     if let Some(Migration::Source(s)) = ctx.migrations.lock().await.get_mut(&m.migration_id) {
         s.layer = Some(layer);

@@ -17,7 +17,8 @@ use tokio_stream::StreamExt;
 use tonic::Streaming;
 use tonic::transport::Channel;
 
-use super::{Migration, criu_images, dir, features, layer, pages};
+use super::page_receiver::PageReceiver;
+use super::{Migration, criu_images, dir, features, layer, pages, parent_of, round_dir};
 use crate::agent::containers::{self, Undo, blocking};
 use crate::agent::context::Context;
 use crate::agent::images::{self, ImageFrom};
@@ -27,8 +28,8 @@ use crate::host::image;
 use crate::host::pipe;
 use crate::proto::agent_client::AgentClient;
 use crate::proto::{
-    MigrationRef, PagesProgress, PrepareTargetRequest, PrepareTargetResponse, ReceiveResponse, RestoreTargetResponse,
-    TransferChunk, TransferKind,
+    ClosePagesResponse, MigrationRef, OpenPagesResponse, PagesProgress, PrepareTargetRequest, PrepareTargetResponse,
+    ReceiveResponse, RestoreTargetResponse, TransferChunk, TransferKind,
 };
 
 /// The label naming the migration that made a container on its target:
@@ -43,6 +44,9 @@ pub struct Target {
     images: PathBuf,
     /// Post-copy: restored, its memory arriving ([`pages::watch`]).
     pulling: Option<watch::Receiver<PagesProgress>>,
+    /// Pre-copy: the rounds in, and the page server taking the next.
+    rounds: u32,
+    receiving: Option<PageReceiver>,
 }
 
 /// Gets everything ready for the restore but the task.
@@ -141,7 +145,7 @@ async fn make(
         undo.container().await;
         return Err(anyhow!("create {}: {e}", images.display()));
     }
-    Ok(Target { container: id.to_string(), upper, rootfs, images, pulling: None })
+    Ok(Target { container: id.to_string(), upper, rootfs, images, pulling: None, rounds: 0, receiving: None })
 }
 
 /// Takes one stream from the source: layer changes or images.
@@ -332,10 +336,63 @@ pub async fn await_pages(ctx: &Context, m: &MigrationRef, tx: mpsc::Sender<Resul
     }
 }
 
+/// Pre-copy: starts the page server that takes round `round` (0: the
+/// final dump's memory) on top of the rounds before it.
+pub async fn open_pages(ctx: &Context, m: &MigrationRef, round: u32) -> Result<OpenPagesResponse> {
+    let rounds = match ctx.migrations.lock().await.get(&m.migration_id) {
+        Some(Migration::Target(t)) if t.container == m.container_id => {
+            if let Some(open) = &t.receiving {
+                bail!("round {} of migration {} is still open on {}", open.round, m.migration_id, ctx.name);
+            }
+            t.rounds
+        }
+        _ => bail!("{} prepares no migration {} of {}", ctx.name, m.migration_id, m.container_id),
+    };
+    if round != 0 && round != rounds + 1 {
+        bail!("migration {} has had {rounds} rounds on {}; round {round} cannot come next", m.migration_id, ctx.name);
+    }
+    let dir = round_dir(&dir(ctx, &m.migration_id), round);
+    if round != 0 {
+        // Left over from a round that failed: never build on it.
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    let parent = parent_of(round, rounds);
+    let receiver = PageReceiver::open(ctx.host, &ctx.tls_files, round, &dir, parent.as_deref()).await?;
+    let address = receiver.address.clone();
+    match ctx.migrations.lock().await.get_mut(&m.migration_id) {
+        Some(Migration::Target(t)) => t.receiving = Some(receiver),
+        // Aborted meanwhile: dropping the receiver ends its CRIU.
+        _ => bail!("migration {} was aborted on {}", m.migration_id, ctx.name),
+    }
+    Ok(OpenPagesResponse { address })
+}
+
+/// Pre-copy: waits until round `round` is in; the next one builds on it.
+pub async fn close_pages(ctx: &Context, m: &MigrationRef, round: u32) -> Result<ClosePagesResponse> {
+    let receiver = match ctx.migrations.lock().await.get_mut(&m.migration_id) {
+        Some(Migration::Target(t)) if t.receiving.as_ref().is_some_and(|r| r.round == round) => t.receiving.take(),
+        _ => None,
+    };
+    let receiver = receiver
+        .with_context(|| format!("round {round} of migration {} is not open on {}", m.migration_id, ctx.name))?;
+    let bytes = receiver.close().await?;
+    if round != 0
+        && let Some(Migration::Target(t)) = ctx.migrations.lock().await.get_mut(&m.migration_id)
+    {
+        t.rounds = round;
+    }
+    Ok(ClosePagesResponse { bytes })
+}
+
 /// Undoes everything the target made for migration `m`: no copy of the
 /// container is left here. Safe to call more than once.
 pub async fn abort(ctx: &Context, m: &MigrationRef) -> Result<()> {
-    ctx.migrations.lock().await.remove(&m.migration_id);
+    if let Some(Migration::Target(t)) = ctx.migrations.lock().await.remove(&m.migration_id)
+        && let Some(open) = &t.receiving
+    {
+        // Its CRIU ends with it; what it said may explain the failure.
+        log::warn!("migration {}: round {} ended unfinished; {}", m.migration_id, open.round, open.said());
+    }
     pages::stop(&dir(ctx, &m.migration_id).join("images"));
     // By id, so that an agent that restarted mid-migration cleans up too;
     // but never a container this migration did not make.
