@@ -9,6 +9,10 @@
 #                                            test); exits with their status
 #   hack/softdirty-vm.sh exec CMD [ARG...]   run one command in the VM instead, e.g.
 #                                            `exec criu check --feature mem_dirty_track`
+#   hack/softdirty-vm.sh bench [ARG...]      the migration benchmark in the VM, where
+#                                            pre-copy works: `bench migrate ARG...` on a
+#                                            local cluster inside; its JSON and plots are
+#                                            copied to target/bench/vm/ (a results disk)
 #   hack/softdirty-vm.sh image               only build (or find) the cached VM image
 #
 # The VM (see hack/vm/image.sh) is Debian bookworm's cloud kernel 6.1 with a
@@ -70,7 +74,7 @@ die() {
 }
 
 usage() {
-	die "usage: hack/softdirty-vm.sh [run] [FILTER...] | exec CMD [ARG...] | image"
+	die "usage: hack/softdirty-vm.sh [run] [FILTER...] | exec CMD [ARG...] | bench [ARG...] | image"
 }
 
 # The host tools this script and hack/vm/image.sh use; hack/setup.sh deps
@@ -109,6 +113,36 @@ build_tests() {
 	exe=$(grep -o '"executable":"[^"]*softdirty-[^"]*"' <<<"$json" | tail -1 | cut -d'"' -f4)
 	[[ -x $exe ]] || die "cargo built no softdirty test binary"
 	echo "$exe"
+}
+
+# Builds the benchmark program (tests/src/bin/bench.rs) and prints its path.
+build_bench() {
+	(cd "$REPO" && cargo build --release --quiet -p containerd-migrate-tests --bin bench) ||
+		die "building the benchmark program failed"
+	echo "$REPO/target/release/bench"
+}
+
+# Adds to the payload what `bench migrate` needs besides the tests' files:
+# itself, its image scripts and the Redis workload's archive if it was
+# built (hack/bench/redis-image.sh build, on this machine).
+bench_payload() {
+	local dir=$OUT/payload redis=$REPO/target/images/redis.tar
+	install -m 0755 "$1" "$dir/repo/target/release/"
+	mkdir -p "$dir/repo/hack/bench"
+	install -m 0755 "$REPO"/hack/bench/*.sh "$dir/repo/hack/bench/"
+	[[ ! -s $redis ]] || install -m 0644 "$redis" "$dir/repo/target/images/"
+}
+
+# Copies what the guest wrote on the results disk $1 to directory $2.
+copy_results() {
+	local img=$1 to=$2 mnt
+	mnt=$(mktemp -d)
+	mount -o loop "$img" "$mnt" || die "cannot mount the results disk $img"
+	mkdir -p "$to"
+	cp -a "$mnt"/. "$to"/ || true
+	umount "$mnt" && rmdir "$mnt"
+	rm -rf "$to/lost+found"
+	say "results copied to $to"
 }
 
 # Writes the payload disk $1 from directory $2.
@@ -165,6 +199,7 @@ boot() {
 		-append "console=ttyS0 panic=-1 quiet loglevel=3" \
 		-drive "file=$image/rootfs.img,format=raw,if=virtio,snapshot=on" \
 		-drive "file=$OUT/payload.img,format=raw,if=virtio,readonly=on" \
+		"${RESULTS_DRIVE[@]}" \
 		-serial stdio </dev/null 2>&1 | sed -u 's/\r$//' | tee "$log"
 	qemu_status=${PIPESTATUS[0]}
 	set -e
@@ -183,7 +218,7 @@ boot() {
 main() {
 	local cmd=${1:-run}
 	case $cmd in
-	run | exec | image) [[ $# -gt 0 ]] && shift ;;
+	run | exec | bench | image) [[ $# -gt 0 ]] && shift ;;
 	-*) cmd=run ;; # run's filters and test-harness flags
 	*) usage ;;
 	esac
@@ -200,10 +235,23 @@ main() {
 	exec 8>"$OUT/.lock"
 	flock -n 8 || die "another hack/softdirty-vm.sh is running in this checkout ($OUT)"
 	[[ -s $TEST_IMAGE ]] || "$REPO/hack/images.sh" build >&2 || die "hack/images.sh build failed"
+	RESULTS_DRIVE=()
 	if [[ $cmd == exec ]]; then
 		[[ $# -gt 0 ]] || usage
 		build_binaries
 		make_payload "$@"
+	elif [[ $cmd == bench ]]; then
+		local bench
+		build_binaries
+		bench=$(build_bench)
+		# The archives as they are: nothing in the VM can build images.
+		make_payload "$REPO/target/release/bench" migrate --skip-build --skip-images \
+			--cluster sdbench --out /results/migrate.json "$@"
+		bench_payload "$bench"
+		# The guest mounts a third disk at /results (hack/vm/guest-init).
+		rm -f "$OUT/results.img"
+		mkfs.ext4 -q -F -L results "$OUT/results.img" 256M >/dev/null || die "mkfs.ext4 results.img failed"
+		RESULTS_DRIVE=(-drive "file=$OUT/results.img,format=raw,if=virtio")
 	else
 		local tests
 		build_binaries
@@ -215,6 +263,7 @@ main() {
 	payload_disk "$OUT/payload.img" "$OUT/payload"
 	local status=0
 	boot "$image" || status=$?
+	[[ $cmd == bench ]] && copy_results "$OUT/results.img" "$REPO/target/bench/vm"
 	if [[ $status -eq 0 ]]; then
 		say "the VM reported success ($SECONDS s in all)"
 	else
