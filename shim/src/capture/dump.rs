@@ -149,13 +149,18 @@ pub(super) async fn run(container: &Container, opts: &CheckpointOptions) -> Resu
     };
     restore.write(&opts.image_path)?;
     if let Err(e) = container.runc().checkpoint(&container.id, opts).await {
-        // CRIU thaws the cgroup while it holds the processes by ptrace and
-        // freezes it again when it lets them go; one that was killed (a
-        // post-copy's page server stopped) cannot. Paused it was, paused
-        // it stays.
-        if matches!(container.init.state(), InitState::Paused { .. })
-            && let Err(again) = container.runc().pause(&container.id).await
-        {
+        // CRIU freezes the cgroup around its work and thaws it while it
+        // holds the processes by ptrace; one that was killed (a post-copy's
+        // page server stopped) cannot undo either. Paused it was, paused
+        // it stays; running it was, running it stays (a killed pre-dump
+        // leaves the cgroup frozen; resuming one that is not says so, and
+        // is harmless).
+        let undone = match container.init.state() {
+            InitState::Paused { .. } => container.runc().pause(&container.id).await,
+            InitState::Running { .. } => container.runc().resume(&container.id).await,
+            _ => Ok(()),
+        };
+        if let Err(again) = undone {
             info!("{}: after the failed dump: {again}", container.id);
         }
         return Err(e.into());

@@ -17,11 +17,11 @@ use super::{containers, images};
 use crate::proto::agent_client::AgentClient;
 use crate::proto::agent_server::Agent;
 use crate::proto::{
-    AgentListContainersRequest, AgentListContainersResponse, ClosePagesResponse, CreateContainerRequest,
-    CreateContainerResponse, DescribeRequest, DescribeResponse, Done, DumpRequest, DumpResponse, ExportImageRequest,
-    HostInfo, ImageChunk, InfoRequest, Iteration, MigrationMode, MigrationRef, OpenPagesResponse, PagesProgress,
-    PagesRound, PreDumpRequest, PrepareTargetRequest, PrepareTargetResponse, ProbeLinkResponse, ReceiveResponse,
-    RestoreTargetRequest, RestoreTargetResponse, StopPagesResponse, SyncLayerRequest, SyncLayerResponse, TransferChunk,
+    AgentListContainersRequest, AgentListContainersResponse, CreateContainerRequest, CreateContainerResponse,
+    DescribeRequest, DescribeResponse, Done, DumpRequest, DumpResponse, ExportImageRequest, HostInfo, ImageChunk,
+    InfoRequest, Iteration, MigrationMode, MigrationRef, PagesProgress, PreDumpRequest, PrepareTargetRequest,
+    PrepareTargetResponse, ProbeLinkResponse, ReceiveResponse, RestoreTargetRequest, RestoreTargetResponse,
+    StopPagesResponse, SyncLayerRequest, SyncLayerResponse, TransferChunk,
 };
 
 /// How long this agent waits to reach another.
@@ -186,18 +186,6 @@ impl Agent for AgentService {
         let ctx = self.ctx.clone();
         tokio::spawn(async move { target::await_pages(&ctx, &m, tx).await });
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
-    }
-
-    async fn open_pages(&self, req: Request<PagesRound>) -> Result<Response<OpenPagesResponse>, Status> {
-        let req = req.into_inner();
-        let m = migration_ref(req.migration)?;
-        target::open_pages(&self.ctx, &m, req.round).await.map(Response::new).map_err(failed(&self.ctx.name))
-    }
-
-    async fn close_pages(&self, req: Request<PagesRound>) -> Result<Response<ClosePagesResponse>, Status> {
-        let req = req.into_inner();
-        let m = migration_ref(req.migration)?;
-        target::close_pages(&self.ctx, &m, req.round).await.map(Response::new).map_err(failed(&self.ctx.name))
     }
 
     async fn abort_target(&self, req: Request<MigrationRef>) -> Result<Response<Done>, Status> {

@@ -1,8 +1,8 @@
 //! The agent's part of a migration: stop-and-copy, post-copy (whose dump
 //! leaves the memory behind a page server, [`page_server`], that the
 //! target's runtime pulls from, [`pages`]) or pre-copy (whose rounds copy
-//! the memory while the container runs, into a page server on the target,
-//! [`page_receiver`], and whose dump sends only what changed since). The
+//! the memory while the container runs, each a CRIU pre-dump on the round
+//! before, and whose dump sends only what changed since the last). The
 //! coordinator drives it, one call per step, on both hosts; data goes
 //! from agent to agent, never through the coordinator:
 //!
@@ -10,9 +10,9 @@
 //! |---|---|---|
 //! | prepare | `Describe`: spec, image, snapshot | `PrepareTarget`: image, network (link down), snapshot, container |
 //! | sync | `SyncLayer`: the writable layer's changes | `Receive`: applies them |
-//! | dump | `Dump`: link down, freeze, dump into RAM while its images stream to the target (pre-copy: memory since the last round to its page server), last changes of the layer | `Receive` |
+//! | dump | `Dump`: link down, freeze, dump into RAM (pre-copy: on the last round) while its images stream to the target, last changes of the layer | `Receive` |
 //! | restore | | `RestoreTarget`: task from the images, link up, announce |
-//! | pre-copy rounds | `PreDump`: memory while it runs, on the round before | `OpenPages`/`ClosePages`: a page server per round ([`page_receiver`]) |
+//! | pre-copy rounds | `PreDump`: a pre-dump into RAM on the round before, streamed as CRIU writes it | `Receive`: the round's images, on the round before |
 //! | pages (post-copy) | page server until the target has every page | `AwaitPages`: the runtime pulls them |
 //! | finish | `FinishSource`: removed | |
 //! | or abort | `StopPages`, `ResumeSource`: thawed, link up | `AbortTarget`: all undone |
@@ -25,7 +25,6 @@
 pub mod criu_images;
 pub mod features;
 pub mod layer;
-pub mod page_receiver;
 pub mod page_server;
 pub mod pages;
 pub mod source;
@@ -51,7 +50,9 @@ pub fn dir(ctx: &Context, id: &str) -> PathBuf {
 }
 
 /// Where pre-copy's round `round` (0: the final dump's images) of the
-/// migration whose files are in `migration_dir` goes, on both hosts:
+/// migration whose files are in `migration_dir` goes, on both hosts (each
+/// host makes its own `parent` links: CRIU's on the source, the agent's
+/// on the target):
 ///
 /// ```text
 /// migrations/ID/rounds/1     first pre-dump: all the memory

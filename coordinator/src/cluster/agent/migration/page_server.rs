@@ -153,12 +153,12 @@ fn wait_ready(mut reader: std::fs::File, ended: &AtomicBool) -> Result<()> {
 }
 
 /// A port free on `host` now (the page server binds it a moment later).
-pub(super) fn free_port(host: IpAddr) -> Result<u16> {
+fn free_port(host: IpAddr) -> Result<u16> {
     let listener = TcpListener::bind((host, 0)).with_context(|| format!("find a free port on {host}"))?;
     Ok(listener.local_addr()?.port())
 }
 
-pub(super) fn host_text(host: IpAddr) -> String {
+fn host_text(host: IpAddr) -> String {
     match host {
         IpAddr::V4(v4) => v4.to_string(),
         IpAddr::V6(v6) => format!("[{v6}]"),

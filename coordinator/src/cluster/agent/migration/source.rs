@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use anyhow::{Context as _, Result, anyhow, bail};
+use anyhow::{Context as _, Result, bail};
 use serde::Serialize;
 use tonic::transport::Channel;
 
@@ -14,14 +14,14 @@ use super::layer::LayerSync;
 use super::page_server::PageServer;
 use super::{Migration, criu_images, dir, features, parent_of, round_dir, transfer};
 use crate::agent::containers::{self, blocking};
-use crate::agent::context::{Context, TlsFiles};
+use crate::agent::context::Context;
 use crate::agent::network::{self, Link};
 use crate::host::image;
 use crate::host::shim::Shim;
 use crate::proto::agent_client::AgentClient;
 use crate::proto::{
-    DescribeResponse, DumpResponse, Iteration, MigrationMode, MigrationRef, PagesRound, ProbeLinkResponse,
-    StopPagesResponse, SyncLayerResponse, TransferKind,
+    DescribeResponse, DumpResponse, Iteration, MigrationMode, MigrationRef, ProbeLinkResponse, StopPagesResponse,
+    SyncLayerResponse, TransferChunk, TransferKind,
 };
 
 /// What the source keeps between its steps.
@@ -133,10 +133,9 @@ async fn take_layer(ctx: &Context, m: &MigrationRef) -> Result<LayerSync> {
 
 /// This runtime's checkpoint options for a dump into a directory (decoded
 /// by the shim's checkpoint.rs), the container paused around it; for
-/// pre-copy, a pre-dump or a dump on the rounds before, whose memory goes
-/// to the target's page server.
+/// pre-copy, a pre-dump or a dump on the rounds before.
 #[derive(Serialize)]
-struct DirectoryDump<'a> {
+struct DirectoryDump {
     image_path: PathBuf,
     work_path: PathBuf,
     tcp_established: bool,
@@ -145,15 +144,16 @@ struct DirectoryDump<'a> {
     pre_dump: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     parent_path: Option<PathBuf>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    page_server: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    page_server_tls: Option<&'a TlsFiles>,
 }
 
 /// Pre-copy's round `round`: the memory that changed since the round
-/// before (all of it, the first time) copied to the target while the
-/// container runs on. A failed round leaves it running as it was.
+/// before (all of it, the first time) dumped into RAM while the container
+/// runs on, on the round before, and streamed to the target as CRIU writes
+/// it. A failed round leaves the container running as it was.
+///
+/// Not CRIU's page server: its client corks the socket and sends its
+/// closing command unpushed, so every dump through it waits the kernel's
+/// 200 ms cork ceiling, which the final dump would add to the downtime.
 pub async fn pre_dump(
     ctx: &Context,
     m: &MigrationRef,
@@ -181,28 +181,43 @@ pub async fn pre_dump(
         std::fs::create_dir_all(d).with_context(|| format!("create {}", d.display()))?;
     }
     let started = Instant::now();
-    let pages = PagesRound { migration: Some(m.clone()), round };
-    let address = target.open_pages(pages.clone()).await.map_err(|s| anyhow!("{}", s.message()))?.into_inner().address;
     let options = DirectoryDump {
-        image_path: images,
+        image_path: images.clone(),
         work_path: work,
         tcp_established: false,
         file_locks: false,
         pre_dump: true,
         parent_path: parent_of(round, 0),
-        page_server: Some(address),
-        page_server_tls: Some(&ctx.tls_files),
     };
     let options = serde_json::to_vec(&options).context("encode the checkpoint options")?;
-    tokio::task::spawn_blocking(move || shim.checkpoint_with(&id, options))
-        .await
-        .context("the pre-dump panicked")?
-        .with_context(|| format!("pre-dump round {round}"))?;
-    let closed = target.close_pages(pages).await.map_err(|s| anyhow!("{}", s.message()))?.into_inner();
+    let signals = criu_images::signals();
+    let dumped = {
+        let signals = signals.clone();
+        tokio::task::spawn_blocking(move || {
+            let dumped = shim.checkpoint_with(&id, options);
+            signals.dumped.store(true, Ordering::SeqCst);
+            dumped
+        })
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    let follower = {
+        let signals = signals.clone();
+        tokio::task::spawn_blocking(move || criu_images::follow(&images, &signals, &tx))
+    };
+    let head = TransferChunk { round, ..transfer::head(m, TransferKind::Round) };
+    let streaming = async {
+        let streamed = transfer::send_chunks(&mut target, head, rx).await;
+        signals.stream_ended.store(true, Ordering::SeqCst);
+        streamed
+    };
+    let (streamed, dumped) = tokio::join!(streaming, dumped);
+    dumped.context("the pre-dump panicked")?.with_context(|| format!("pre-dump round {round}"))?;
+    streamed.with_context(|| format!("send round {round}"))?;
+    let bytes = follower.await.context("the image stream panicked")??;
     if let Some(Migration::Source(s)) = ctx.migrations.lock().await.get_mut(&m.migration_id) {
         s.rounds = round;
     }
-    Ok(Iteration { round, bytes: closed.bytes, ms: started.elapsed().as_secs_f64() * 1000.0 })
+    Ok(Iteration { round, bytes, ms: started.elapsed().as_secs_f64() * 1000.0 })
 }
 
 /// Locks the container's network (its link down: the frozen kernel must
@@ -252,14 +267,6 @@ pub async fn dump(
         m.migration_id.clone(),
         Migration::Source(Source { container: id.clone(), layer: None, frozen: true, pages: None, rounds }),
     );
-    // Pre-copy: the memory that changed since the last round goes to a
-    // page server on the target, opened before the freeze.
-    let mut final_pages = None;
-    if mode == MigrationMode::PreCopy {
-        let round = PagesRound { migration: Some(m.clone()), round: 0 };
-        let opened = target.clone().open_pages(round.clone()).await.map_err(|s| anyhow!("{}", s.message()));
-        final_pages = Some((round, opened.context("open the target's page server for the dump")?.into_inner().address));
-    }
     let link_id = id.clone();
     blocking(move || network::set_link(&link_id, Link::Down)).await.context("lock the container's network")?;
     let frozen = Instant::now();
@@ -285,9 +292,7 @@ pub async fn dump(
             tcp_established: true,
             file_locks: true,
             pre_dump: false,
-            parent_path: final_pages.as_ref().and_then(|_| parent_of(0, rounds)),
-            page_server: final_pages.as_ref().map(|(_, address)| address.clone()),
-            page_server_tls: final_pages.as_ref().map(|_| &ctx.tls_files),
+            parent_path: parent_of(0, rounds),
         };
         let options = serde_json::to_vec(&options).context("encode the checkpoint options")?;
         let (id, signals) = (id.clone(), signals.clone());
@@ -304,10 +309,9 @@ pub async fn dump(
         tokio::task::spawn_blocking(move || criu_images::follow(&dir, &signals, &tx))
     };
     let mut images_target = target.clone();
-    let mut target_pages = target.clone();
     let mut layer_target = target;
     let streaming = async {
-        let streamed = transfer::send_chunks(&mut images_target, m, TransferKind::Images, rx).await;
+        let streamed = transfer::send_chunks(&mut images_target, transfer::head(m, TransferKind::Images), rx).await;
         signals.stream_ended.store(true, Ordering::SeqCst);
         streamed
     };
@@ -316,11 +320,7 @@ pub async fn dump(
     let dump_ms = frozen.elapsed().as_secs_f64() * 1000.0;
     // The receiver's error says more than the follower's "ended early".
     let images_bytes = streamed.context("send the images")?;
-    let mut memory_bytes = follower.await.context("the image stream panicked")??;
-    if let Some((round, _)) = final_pages {
-        let closed = target_pages.close_pages(round).await.map_err(|s| anyhow!("{}", s.message()));
-        memory_bytes += closed.context("the memory's last changes")?.into_inner().bytes;
-    }
+    let memory_bytes = follower.await.context("the image stream panicked")??;
     let (last, layer) = last.context("send the layer's last changes")?;
     if let Some(Migration::Source(s)) = ctx.migrations.lock().await.get_mut(&m.migration_id) {
         s.layer = Some(layer);

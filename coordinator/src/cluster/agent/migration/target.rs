@@ -3,7 +3,7 @@
 //! it the network; or undo all of it.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -17,7 +17,6 @@ use tokio_stream::StreamExt;
 use tonic::Streaming;
 use tonic::transport::Channel;
 
-use super::page_receiver::PageReceiver;
 use super::{Migration, criu_images, dir, features, layer, pages, parent_of, round_dir};
 use crate::agent::containers::{self, Undo, blocking};
 use crate::agent::context::Context;
@@ -28,8 +27,8 @@ use crate::host::image;
 use crate::host::pipe;
 use crate::proto::agent_client::AgentClient;
 use crate::proto::{
-    ClosePagesResponse, MigrationRef, OpenPagesResponse, PagesProgress, PrepareTargetRequest, PrepareTargetResponse,
-    ReceiveResponse, RestoreTargetResponse, TransferChunk, TransferKind,
+    MigrationRef, PagesProgress, PrepareTargetRequest, PrepareTargetResponse, ReceiveResponse, RestoreTargetResponse,
+    TransferChunk, TransferKind,
 };
 
 /// The label naming the migration that made a container on its target:
@@ -44,9 +43,8 @@ pub struct Target {
     images: PathBuf,
     /// Post-copy: restored, its memory arriving ([`pages::watch`]).
     pulling: Option<watch::Receiver<PagesProgress>>,
-    /// Pre-copy: the rounds in, and the page server taking the next.
+    /// Pre-copy: the rounds in.
     rounds: u32,
-    receiving: Option<PageReceiver>,
 }
 
 /// Gets everything ready for the restore but the task.
@@ -145,7 +143,7 @@ async fn make(
         undo.container().await;
         return Err(anyhow!("create {}: {e}", images.display()));
     }
-    Ok(Target { container: id.to_string(), upper, rootfs, images, pulling: None, rounds: 0, receiving: None })
+    Ok(Target { container: id.to_string(), upper, rootfs, images, pulling: None, rounds: 0 })
 }
 
 /// Takes one stream from the source: layer changes or images.
@@ -153,13 +151,14 @@ pub async fn receive(ctx: &Context, mut stream: Streaming<TransferChunk>) -> Res
     let head = stream.next().await.context("the stream ended before its first chunk")??;
     let m = head.migration.clone().context("the stream's first chunk names no migration")?;
     let kind = TransferKind::try_from(head.kind).map_err(|_| anyhow!("unknown transfer kind {}", head.kind))?;
-    let (upper, images) = match ctx.migrations.lock().await.get(&m.migration_id) {
-        Some(Migration::Target(t)) if t.container == m.container_id => (t.upper.clone(), t.images.clone()),
+    let (upper, images, rounds) = match ctx.migrations.lock().await.get(&m.migration_id) {
+        Some(Migration::Target(t)) if t.container == m.container_id => (t.upper.clone(), t.images.clone(), t.rounds),
         _ => bail!("{} prepares no migration {} of {}", ctx.name, m.migration_id, m.container_id),
     };
     match kind {
         TransferKind::Layer => receive_layer(upper, head, stream).await,
         TransferKind::Images => receive_images(images, head, stream).await,
+        TransferKind::Round => receive_round(ctx, &m, rounds, head, stream).await,
         TransferKind::Probe => {
             let mut bytes = head.data.len() as u64;
             while let Some(chunk) = stream.next().await {
@@ -245,16 +244,54 @@ async fn receive_images(
     Ok(ReceiveResponse { bytes })
 }
 
+/// A pre-copy round's images, into their own directory with the round
+/// before as its parent.
+async fn receive_round(
+    ctx: &Context,
+    m: &MigrationRef,
+    rounds: u32,
+    head: TransferChunk,
+    stream: Streaming<TransferChunk>,
+) -> Result<ReceiveResponse> {
+    let round = head.round;
+    if round != rounds + 1 {
+        bail!("migration {} has had {rounds} rounds on {}; round {round} cannot come next", m.migration_id, ctx.name);
+    }
+    let dir = round_dir(&dir(ctx, &m.migration_id), round);
+    // Left over from a round that failed: never build on it.
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+    link_parent(&dir, round, rounds)?;
+    let received = receive_images(dir, head, stream).await?;
+    if let Some(Migration::Target(t)) = ctx.migrations.lock().await.get_mut(&m.migration_id) {
+        t.rounds = round;
+    }
+    Ok(received)
+}
+
+/// Links round `round`'s directory `dir` to the one it builds on, as CRIU
+/// did on the source (none for the first round).
+fn link_parent(dir: &Path, round: u32, rounds: u32) -> Result<()> {
+    let Some(parent) = parent_of(round, rounds) else { return Ok(()) };
+    let link = dir.join("parent");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(&parent, &link)
+        .with_context(|| format!("link {} to {}", link.display(), parent.display()))
+}
+
 /// Restores the task from what arrived, then gives it the network: link
 /// up (the source's is down since its freeze) and the IP announced. For a
 /// post-copy (`page_server` not empty), the runtime pulls the memory from
 /// the source's page server meanwhile ([`pages`]).
 pub async fn restore(ctx: &Arc<Context>, m: &MigrationRef, page_server: &str) -> Result<RestoreTargetResponse> {
     let started = Instant::now();
-    let (rootfs, images) = match ctx.migrations.lock().await.get(&m.migration_id) {
-        Some(Migration::Target(t)) if t.container == m.container_id => (t.rootfs.clone(), t.images.clone()),
+    let (rootfs, images, rounds) = match ctx.migrations.lock().await.get(&m.migration_id) {
+        Some(Migration::Target(t)) if t.container == m.container_id => (t.rootfs.clone(), t.images.clone(), t.rounds),
         _ => bail!("{} prepares no migration {} of {}", ctx.name, m.migration_id, m.container_id),
     };
+    // A pre-copy's dump holds what changed since its last round; the rest
+    // of the memory is in the rounds.
+    link_parent(&images, 0, rounds)?;
     let lazy = !page_server.is_empty();
     if lazy {
         pages::name_source(&images, page_server, &ctx.tls_files)?;
@@ -336,63 +373,10 @@ pub async fn await_pages(ctx: &Context, m: &MigrationRef, tx: mpsc::Sender<Resul
     }
 }
 
-/// Pre-copy: starts the page server that takes round `round` (0: the
-/// final dump's memory) on top of the rounds before it.
-pub async fn open_pages(ctx: &Context, m: &MigrationRef, round: u32) -> Result<OpenPagesResponse> {
-    let rounds = match ctx.migrations.lock().await.get(&m.migration_id) {
-        Some(Migration::Target(t)) if t.container == m.container_id => {
-            if let Some(open) = &t.receiving {
-                bail!("round {} of migration {} is still open on {}", open.round, m.migration_id, ctx.name);
-            }
-            t.rounds
-        }
-        _ => bail!("{} prepares no migration {} of {}", ctx.name, m.migration_id, m.container_id),
-    };
-    if round != 0 && round != rounds + 1 {
-        bail!("migration {} has had {rounds} rounds on {}; round {round} cannot come next", m.migration_id, ctx.name);
-    }
-    let dir = round_dir(&dir(ctx, &m.migration_id), round);
-    if round != 0 {
-        // Left over from a round that failed: never build on it.
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-    let parent = parent_of(round, rounds);
-    let receiver = PageReceiver::open(ctx.host, &ctx.tls_files, round, &dir, parent.as_deref()).await?;
-    let address = receiver.address.clone();
-    match ctx.migrations.lock().await.get_mut(&m.migration_id) {
-        Some(Migration::Target(t)) => t.receiving = Some(receiver),
-        // Aborted meanwhile: dropping the receiver ends its CRIU.
-        _ => bail!("migration {} was aborted on {}", m.migration_id, ctx.name),
-    }
-    Ok(OpenPagesResponse { address })
-}
-
-/// Pre-copy: waits until round `round` is in; the next one builds on it.
-pub async fn close_pages(ctx: &Context, m: &MigrationRef, round: u32) -> Result<ClosePagesResponse> {
-    let receiver = match ctx.migrations.lock().await.get_mut(&m.migration_id) {
-        Some(Migration::Target(t)) if t.receiving.as_ref().is_some_and(|r| r.round == round) => t.receiving.take(),
-        _ => None,
-    };
-    let receiver = receiver
-        .with_context(|| format!("round {round} of migration {} is not open on {}", m.migration_id, ctx.name))?;
-    let bytes = receiver.close().await?;
-    if round != 0
-        && let Some(Migration::Target(t)) = ctx.migrations.lock().await.get_mut(&m.migration_id)
-    {
-        t.rounds = round;
-    }
-    Ok(ClosePagesResponse { bytes })
-}
-
 /// Undoes everything the target made for migration `m`: no copy of the
 /// container is left here. Safe to call more than once.
 pub async fn abort(ctx: &Context, m: &MigrationRef) -> Result<()> {
-    if let Some(Migration::Target(t)) = ctx.migrations.lock().await.remove(&m.migration_id)
-        && let Some(open) = &t.receiving
-    {
-        // Its CRIU ends with it; what it said may explain the failure.
-        log::warn!("migration {}: round {} ended unfinished; {}", m.migration_id, open.round, open.said());
-    }
+    ctx.migrations.lock().await.remove(&m.migration_id);
     pages::stop(&dir(ctx, &m.migration_id).join("images"));
     // By id, so that an agent that restarted mid-migration cleans up too;
     // but never a container this migration did not make.

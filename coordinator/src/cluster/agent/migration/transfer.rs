@@ -42,16 +42,19 @@ pub async fn send(
 }
 
 /// Sends the chunks that arrive on `chunks` (made whole by their sender,
-/// such as [`super::criu_images::follow`]) as `kind` of migration `migration`;
-/// returns the bytes the receiver took.
+/// such as [`super::criu_images::follow`]) after `head`, the stream's
+/// first chunk ([`head`]); returns the bytes the receiver took.
 pub async fn send_chunks(
     client: &mut AgentClient<Channel>,
-    migration: &MigrationRef,
-    kind: TransferKind,
+    head: TransferChunk,
     chunks: mpsc::Receiver<TransferChunk>,
 ) -> Result<u64> {
-    let head = TransferChunk { migration: Some(migration.clone()), kind: kind.into(), ..Default::default() };
     let stream = tokio_stream::iter([head]).chain(ReceiverStream::new(chunks));
     let sent = client.receive(stream).await.map_err(|s| anyhow!("{}", s.message()))?;
     Ok(sent.into_inner().bytes)
+}
+
+/// The first chunk of a stream of `kind` for migration `migration`.
+pub fn head(migration: &MigrationRef, kind: TransferKind) -> TransferChunk {
+    TransferChunk { migration: Some(migration.clone()), kind: kind.into(), ..Default::default() }
 }
