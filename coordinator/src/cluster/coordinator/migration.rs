@@ -603,7 +603,8 @@ fn choose(facts: &Facts) -> Choice {
     match (facts.pre_copy_unavailable, facts.dirty_rate) {
         (None, Some(rate)) => {
             let (ms, rounds) = predict_pre_copy(facts.memory, rate, bits);
-            let how = format!(" in {rounds} rounds, {:.1} MiB/s dirtied", rate / (1024.0 * 1024.0));
+            let rounds = if rounds == 1 { "1 round".to_string() } else { format!("{rounds} rounds") };
+            let how = format!(" in {rounds}, {:.1} MiB/s dirtied", rate / (1024.0 * 1024.0));
             predicted.push((MigrationMode::PreCopy, ms, how));
         }
         (None, None) => not_offered.push("pre-copy: the dirty rate was not measured".to_string()),

@@ -59,11 +59,34 @@ async fn criu_feature(feature: &str, what: &str) -> Option<String> {
 
 /// The memory the processes of the container whose init is `pid` hold:
 /// its memory cgroup's anonymous and shared memory (what CRIU dumps; page
-/// cache of files is not dumped). None if the cgroup cannot be read.
+/// cache of files is not dumped), or where the cgroup does not account
+/// memory (its controller not enabled), its processes' resident anonymous
+/// and shared memory. None if neither can be read.
 pub fn memory_bytes(pid: u32) -> Option<u64> {
     let (dir, v2) = memory_cgroup(pid)?;
-    let stat = std::fs::read_to_string(dir.join("memory.stat")).ok()?;
-    Some(if v2 { sum(&stat, &["anon", "shmem"]) } else { sum(&stat, &["total_rss", "total_shmem"]) })
+    match std::fs::read_to_string(dir.join("memory.stat")) {
+        Ok(stat) if v2 => Some(sum(&stat, &["anon", "shmem"])),
+        Ok(stat) => Some(sum(&stat, &["total_rss", "total_shmem"])),
+        Err(_) => {
+            let procs = std::fs::read_to_string(dir.join("cgroup.procs")).ok()?;
+            let kib: u64 = procs
+                .lines()
+                .filter_map(|p| std::fs::read_to_string(format!("/proc/{}/status", p.trim())).ok())
+                .map(|status| status_kib(&status, &["RssAnon:", "RssShmem:"]))
+                .sum();
+            Some(kib * 1024)
+        }
+    }
+}
+
+/// The sum of `/proc/PID/status` fields `keys`, in KiB.
+fn status_kib(status: &str, keys: &[&str]) -> u64 {
+    status
+        .lines()
+        .filter_map(|l| l.split_once(char::is_whitespace))
+        .filter(|(k, _)| keys.contains(k))
+        .filter_map(|(_, v)| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .sum()
 }
 
 /// The memory cgroup of process `pid`, and whether it is cgroup v2's.
@@ -174,5 +197,7 @@ mod tests {
         assert_eq!(sum(v1, &["total_rss", "total_shmem"]), 1048576 + 4096);
         let v2 = "anon 2097152\nfile 8192\nshmem 0\n";
         assert_eq!(sum(v2, &["anon", "shmem"]), 2097152);
+        let status = "VmRSS:\t   70000 kB\nRssAnon:\t   65536 kB\nRssFile:\t    4000 kB\nRssShmem:\t      16 kB\n";
+        assert_eq!(status_kib(status, &["RssAnon:", "RssShmem:"]), 65552);
     }
 }
