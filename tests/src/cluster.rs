@@ -293,6 +293,27 @@ impl Host {
         process::run(self.command(argv), None, exec_timeout())
     }
 
+    /// `migratectl migrate --json --mode MODE --to TO ID` run on this host,
+    /// which must succeed; returns its report (its steps, on stderr, are
+    /// printed).
+    #[track_caller]
+    pub fn migrate(&self, id: &str, to: &str, mode: &str) -> serde_json::Value {
+        let out = self
+            .run(&[
+                "migratectl",
+                "migrate",
+                "--json",
+                "--mode",
+                mode,
+                "--to",
+                to,
+                id,
+            ])
+            .expect_success();
+        eprintln!("{}", out.stderr_str());
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}\n{out}"))
+    }
+
     /// The test image (hack/images.sh), imported into this host's
     /// containerd only.
     #[track_caller]

@@ -242,20 +242,7 @@ fn migrate(from: &Host, id: &str, to: &str) -> process::Output {
 /// `migratectl migrate --mode MODE` that must succeed; its JSON.
 #[track_caller]
 fn migrate_by(from: &Host, id: &str, to: &str, mode: &str) -> serde_json::Value {
-    let out = from
-        .run(&[
-            "migratectl",
-            "migrate",
-            "--json",
-            "--mode",
-            mode,
-            "--to",
-            to,
-            id,
-        ])
-        .expect_success();
-    eprintln!("{}", out.stderr_str());
-    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let json = from.migrate(id, to, mode);
     assert_eq!(json["target"], to, "{json}");
     json
 }
@@ -448,7 +435,10 @@ fn pre_copy_needs_soft_dirty(source: &Host, target: &Host) {
         &target.name,
         COUNTER,
     ]);
-    assert!(!out.success(), "pre-copy without soft-dirty tracking succeeded:\n{out}");
+    assert!(
+        !out.success(),
+        "pre-copy without soft-dirty tracking succeeded:\n{out}"
+    );
     let err = out.stderr_str();
     assert!(
         err.contains("soft-dirty") && err.contains("step prepare"),

@@ -174,10 +174,7 @@ fn cluster_migration() {
         "the freeze moves what changed since the last round, not the memory again: {report}"
     );
     let steps = report["steps"].as_array().expect("steps");
-    assert!(
-        steps.iter().any(|s| s["step"] == "pre-copy"),
-        "{report}"
-    );
+    assert!(steps.iter().any(|s| s["step"] == "pre-copy"), "{report}");
     watch.stop();
 
     cluster.down().expect_success();
@@ -197,20 +194,7 @@ fn move_counter(
     let before = memtick::tick(pid).unwrap_or_else(|e| panic!("{e}"));
     let moving = Instant::now();
     // The mode named: the test is about each one, not auto's choice.
-    let out = source
-        .run(&[
-            "migratectl",
-            "migrate",
-            "--json",
-            "--mode",
-            mode,
-            "--to",
-            to,
-            COUNTER,
-        ])
-        .expect_success();
-    let report: serde_json::Value =
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}\n{out}"));
+    let report = source.migrate(COUNTER, to, mode);
     eprintln!(
         "{mode} {from} -> {to} in {:.1?}: downtime {} ms, {} bytes of memory, rounds {}; steps {}",
         moving.elapsed(),
