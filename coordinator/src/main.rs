@@ -17,7 +17,6 @@ mod cluster_client;
 mod commands;
 mod output;
 mod runc_options;
-mod scratch;
 
 use std::process::ExitCode;
 

@@ -7,4 +7,6 @@ pub mod containerd;
 pub mod ids;
 pub mod image;
 pub mod pipe;
+pub mod scratch;
 pub mod shim;
+pub mod versions;
