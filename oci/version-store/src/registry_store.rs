@@ -273,9 +273,20 @@ impl RegistryStore {
             tags.into_iter().filter(|t| parse_version_tag(t).is_some() && !state.indexed_tags.contains(t)).collect()
         };
         for tag in unread {
+            // One version the registry cannot serve (a damaged manifest on
+            // its disk answers 500) must not stop every ticker that shares
+            // the repository: its chunks are only not known to be stored,
+            // and it is tried again when the store is next opened.
+            let index = match self.read_index(&tag, what) {
+                Ok(index) => index,
+                Err(e) => {
+                    log::warn!("version {tag} is left out of the index of stored chunks: {e}");
+                    continue;
+                }
+            };
             // Deleted meanwhile, another artifact, or parts that cannot be
             // read: nothing (more) to index.
-            if let Some((digest, index)) = self.read_index(&tag, what)?
+            if let Some((digest, index)) = index
                 && let Ok(config) = self.read_parts(&index, what)?
             {
                 self.state().configs.insert(digest, config);
