@@ -8,11 +8,18 @@
 #   hack/cluster.sh exec HOST -- CMD... CMD on HOST, ctr pointed at its containerd
 #   hack/cluster.sh fail HOST           HOST loses power: links cut, every process
 #                                       SIGKILLed, nothing cleaned up
+#   hack/cluster.sh partition HOST      HOST cut off the cluster's network; its
+#                                       processes and containers run on
+#   hack/cluster.sh heal HOST           HOST's link back
+#   hack/cluster.sh store               the URL of the cluster's version store,
+#                                       oci://BRIDGE-IP:5000/checkpoints
+#   hack/cluster.sh store pause|resume  the store stops answering (SIGSTOP), and
+#                                       answers again (SIGCONT)
 #   hack/cluster.sh down                remove everything the cluster made
 #
-# As root, after hack/setup.sh. `up` keeps the hosts that are up and builds
-# the missing ones; `down` also clears what a failed host or a crashed run
-# left. Both can be run again.
+# As root, after hack/setup.sh (`store` alone needs neither). `up` keeps the
+# hosts that are up and builds the missing ones; `down` also clears what a
+# failed host or a crashed run left. Every command can be run again.
 #
 # Environment:
 #   CLUSTER_NAME    the cluster (default "local"; a letter, then up to 7 of
@@ -26,6 +33,11 @@
 #   START_TIMEOUT   seconds a host's containerd may take to answer (hack/containerd.sh)
 #                   The three are for slow machines, such as the emulated CPU of
 #                   hack/softdirty-vm.sh, which raises them inside its VM.
+#   CLUSTER_STORE   "registry" (default): `up` runs the version store below;
+#                   "none": no store, for machines without docker-registry
+#                   (the emulated VM of hack/softdirty-vm.sh)
+#   REGISTRY_TIMEOUT  seconds the started version store may take to answer
+#                   (default 10)
 #
 # What a host is
 #
@@ -104,11 +116,34 @@
 # MIGRATE_TLS_NAME point migratectl at the coordinator; `status` prints the
 # machine's.
 #
+# Version store. The cluster's remote storage server for versions (the
+# ticker's oci:// stores): Debian's distribution registry (docker-registry),
+# run by `up` on the machine at the bridge's .1, port 5000 (that address
+# only, so that every cluster has its own), reached from every host and
+# container; losing a host never loses it. `store` prints the URL to put in
+# a container's annotation as is, oci://BRIDGE-IP:5000/checkpoints (a
+# repository prefix). Its data is in
+# /var/lib/containerd-migrate-cluster/CLUSTER/registry, its configuration,
+# pid file and log (registry.yml, registry.pid, registry.log) in
+# /run/containerd-migrate-cluster/CLUSTER/; `fail` leaves it, `down` stops it
+# and removes its data. `store pause` stops the registry (SIGSTOP) until
+# `store resume` (SIGCONT): the kernel still accepts connections, but
+# nothing answers, so clients time out as they would with a store beyond a
+# dead link.
+#
 # Failure. `fail HOST` deletes the host's veth first, so that no FIN or RST of
 # the dying processes' sockets gets out (a power loss sends none), then kills
 # its cgroup and waits until it is empty. Its namespaces and disk stay as they
 # were, and `exec` refuses it. A real power loss would also clear /run; here
 # it stays, to be looked at.
+#
+# Partition. `partition HOST` sets the machine's end of the host's veth (the
+# one `fail` deletes) down: the host and its containers, on cm0 behind that
+# veth's eth0, no longer reach the cluster, nor it them, while every process
+# keeps running and every socket stays open; `status` shows the host as
+# partitioned, `exec` still works. `heal HOST` sets the link up again; TCP
+# connections that have not timed out meanwhile carry on. `up` leaves a
+# partition as it is.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -142,6 +177,14 @@ HOST_BRIDGE=cm0
 CONTAINER_RANGE=100-249
 # How long a started agent may take to show as ready at the coordinator.
 READY_TIMEOUT=${READY_TIMEOUT:-20}
+# The version store: the registry on the machine at the bridge's address,
+# and the repository prefix the store's URL names.
+REGISTRY_BIN=docker-registry
+REGISTRY_PORT=5000
+STORE_REPOSITORY=checkpoints
+# How long the started registry may take to answer.
+REGISTRY_TIMEOUT=${REGISTRY_TIMEOUT:-10}
+CLUSTER_STORE=${CLUSTER_STORE:-registry}
 
 log() { printf 'cluster.sh: %s\n' "$*" >&2; }
 die() {
@@ -150,7 +193,7 @@ die() {
 }
 
 usage() {
-	die "usage: hack/cluster.sh up [N] | status | exec HOST -- CMD... | fail HOST | down"
+	die "usage: hack/cluster.sh up [N] | status | exec HOST -- CMD... | fail HOST | partition HOST | heal HOST | store [pause|resume] | down"
 }
 
 now_ms() { echo $(($(date +%s%N) / 1000000)); }
@@ -166,6 +209,10 @@ cluster_names() {
 	NSDIR=$CDIR/ns
 	BRIDGE=cm-$CLUSTER_NAME
 	SUBNET_FILE=$CDIR/subnet
+	REGISTRY_DIR=$CDISK/registry
+	REGISTRY_CONFIG=$CDIR/registry.yml
+	REGISTRY_PID=$CDIR/registry.pid
+	REGISTRY_LOG=$CDIR/registry.log
 }
 
 # Sets the names and paths of host $1.
@@ -290,6 +337,11 @@ wait_cgroup_empty() {
 # Cuts host $H's link at once: its end of the veth goes with it.
 cut_link() {
 	ip link del "$VETH" 2>/dev/null || true
+}
+
+# Whether the machine's end of host $H's veth is set down (`partition`).
+partitioned() {
+	ip -j link show dev "$VETH" 2>/dev/null | jq -e '.[0].flags | index("UP") | not' >/dev/null
 }
 
 # Prints the inode of namespace file $1 if it is a live namespace (a bind
@@ -585,6 +637,83 @@ stop_coordinator() {
 	rm -f "$CDIR/coordinator.pid"
 }
 
+store_url() { echo "oci://$(subnet_prefix).1:$REGISTRY_PORT/$STORE_REPOSITORY"; }
+
+# The processes of the cluster's registry: docker-registry with its
+# configuration, whether the pid file names them or a crashed run lost it.
+registry_pids() {
+	local f args
+	for f in /proc/[0-9]*/cmdline; do
+		# Builtins only: a grep of the command lines would find itself.
+		mapfile -d '' -t args <"$f" 2>/dev/null || continue
+		[[ ${#args[@]} -ge 3 && ${args[0]##*/} == "$REGISTRY_BIN" && ${args[2]} == "$REGISTRY_CONFIG" ]] || continue
+		f=${f#/proc/}
+		echo "${f%/cmdline}"
+	done
+	return 0
+}
+
+# Whether the registry at $1 answers GET /v2/ with 200 (bash's /dev/tcp:
+# hack/setup.sh installs no HTTP client).
+registry_answers() {
+	# shellcheck disable=SC2016 # the inner shell expands them
+	timeout 2 bash -c 'exec 3<>"/dev/tcp/$0/$1" &&
+		printf "GET /v2/ HTTP/1.0\r\nHost: %s:%s\r\n\r\n" "$0" "$1" >&3 &&
+		read -r _ code _ <&3 && [[ $code == 200 ]]' "$1" "$REGISTRY_PORT" 2>/dev/null
+}
+
+# The version store, unless it runs: the registry in the machine's network
+# namespace at the bridge's address, its data in $REGISTRY_DIR; returns
+# once it answers.
+start_registry() {
+	local ip bin pid deadline
+	[[ -n $(registry_pids) ]] && return 0
+	ip=$(subnet_prefix).1
+	bin=$(command -v "$REGISTRY_BIN")
+	mkdir -p "$REGISTRY_DIR"
+	cat >"$REGISTRY_CONFIG" <<-EOF
+		# Written by hack/cluster.sh: the version store of cluster $CLUSTER_NAME.
+		version: 0.1
+		log:
+		  accesslog:
+		    disabled: true
+		  level: warn
+		storage:
+		  filesystem:
+		    rootdirectory: $REGISTRY_DIR
+		  delete:
+		    enabled: true
+		http:
+		  addr: $ip:$REGISTRY_PORT
+	EOF
+	# A clean environment: the registry reads REGISTRY_* variables as
+	# configuration. Without the lock of `up` (fd 9).
+	setsid env -i PATH="$SYSTEM_PATH" "$bin" serve "$REGISTRY_CONFIG" </dev/null >>"$REGISTRY_LOG" 2>&1 9>&- &
+	pid=$!
+	echo "$pid" >"$REGISTRY_PID"
+	deadline=$((SECONDS + REGISTRY_TIMEOUT))
+	until registry_answers "$ip"; do
+		kill -0 "$pid" 2>/dev/null || die "the registry exited; see $REGISTRY_LOG"
+		((SECONDS < deadline)) ||
+			die "the registry does not answer http://$ip:$REGISTRY_PORT/v2/ after ${REGISTRY_TIMEOUT}s; see $REGISTRY_LOG"
+		sleep 0.05
+	done
+}
+
+# Stops the registry (paused or not) and waits until it is gone, so that its
+# data can go.
+stop_registry() {
+	local pids deadline=$((SECONDS + FAIL_TIMEOUT))
+	while mapfile -t pids < <(registry_pids) && [[ ${#pids[@]} -gt 0 ]]; do
+		((SECONDS < deadline)) || die "the registry is still alive ${FAIL_TIMEOUT}s after SIGKILL: ${pids[*]}"
+		# Again each time: a process found by its command line may have
+		# been in the middle of starting, or found late.
+		kill -KILL "${pids[@]}" 2>/dev/null || true
+		sleep 0.02
+	done
+	rm -f "$REGISTRY_PID"
+}
+
 # What host $H's daemons and `exec` get in their environment, and may read
 # again from the file. KEY=VALUE lines, no quoting, so that a shell
 # (set -a; .) and any parser read it alike.
@@ -647,6 +776,14 @@ need_tools() {
 	done
 	[[ -n $(unified_mount) ]] ||
 		die "no cgroup2 hierarchy mounted: a host's processes are killed with cgroup.kill (cgroup v2 or hybrid)"
+	case $CLUSTER_STORE in
+	registry)
+		command -v "$REGISTRY_BIN" >/dev/null ||
+			die "$REGISTRY_BIN (Debian's distribution registry, the cluster's version store) is not installed: run hack/setup.sh (or CLUSTER_STORE=none for a cluster without a store)"
+		;;
+	none) ;;
+	*) die "CLUSTER_STORE=$CLUSTER_STORE: use registry or none" ;;
+	esac
 }
 
 # One command that changes clusters at a time, on the whole machine: the
@@ -718,6 +855,7 @@ cmd_up() {
 		((${h#h} <= n)) || die "cluster $CLUSTER_NAME has host $h, beyond h$n: hack/cluster.sh down first"
 	done
 	make_cluster
+	[[ $CLUSTER_STORE == none ]] || start_registry
 	start_coordinator
 	for h in $(seq -f 'h%g' 1 "$n"); do
 		host_names "$h"
@@ -745,14 +883,26 @@ summary() {
 	local h
 	printf 'cluster %s: bridge %s %s.1/24, containers .%s on each host'"'"'s bridge %s\n' \
 		"$CLUSTER_NAME" "$BRIDGE" "$(subnet_prefix)" "${CONTAINER_RANGE/-/ to .}" "$HOST_BRIDGE"
-	printf '%-5s %-8s %-15s %s\n' HOST STATE IP "CONTAINERD SOCKET"
+	printf '%-5s %-11s %-15s %s\n' HOST STATE IP "CONTAINERD SOCKET"
 	for h in $(known_hosts); do
 		host_names "$h"
-		printf '%-5s %-8s %-15s %s\n' "$H" "$(host_state)" "$(host_ip)" "$SOCK"
+		printf '%-5s %-11s %-15s %s\n' "$H" "$(shown_state)" "$(host_ip)" "$SOCK"
 	done
 	printf 'coordinator %s; on the machine: MIGRATE_COORDINATOR=%s MIGRATE_TLS_DIR=%s MIGRATE_TLS_NAME=migratectl\n' \
 		"$(coordinator_url)" "$(coordinator_url)" "$CDIR/tls"
+	printf 'store: %s\n' "$(store_url)"
 	printf 'on a host: hack/cluster.sh exec HOST -- ctr ... | migratectl hosts  (CLUSTER_NAME=%s)\n' "$CLUSTER_NAME"
+}
+
+# Host $H's state for the summary: an up host cut off by `partition` shows
+# as partitioned.
+shown_state() {
+	local state
+	state=$(host_state)
+	if [[ $state == up ]] && partitioned; then
+		state=partitioned
+	fi
+	echo "$state"
 }
 
 cmd_status() {
@@ -802,8 +952,58 @@ cmd_fail() {
 	log "$H failed: link cut, every process killed, in $(($(now_ms) - start)) ms; its disk stays at $DISK"
 }
 
+# `partition HOST` and `heal HOST`: the machine's end of its veth down or
+# up. No lock: one change of a link of this cluster's, which `up` and
+# `down` of other clusters (holding the lock for long) do not touch.
+cmd_partition() {
+	[[ $# -eq 1 ]] || usage
+	host_names "$1"
+	need_root
+	need_host_up
+	ip link show dev "$VETH" >/dev/null 2>&1 || die "$H has no link $VETH (hack/cluster.sh down, then up)"
+	ip link set dev "$VETH" down
+	log "$H partitioned: $VETH down; its processes and containers run on (hack/cluster.sh heal $H)"
+}
+
+cmd_heal() {
+	[[ $# -eq 1 ]] || usage
+	host_names "$1"
+	need_root
+	need_host_up
+	ip link show dev "$VETH" >/dev/null 2>&1 || die "$H has no link $VETH (hack/cluster.sh down, then up)"
+	ip link set dev "$VETH" up
+	log "$H healed: $VETH up"
+}
+
+# `store`: the version store's URL; `store pause|resume`: SIGSTOP or SIGCONT
+# to the registry (no lock, as for `partition`).
+cmd_store() {
+	[[ $# -le 1 ]] || usage
+	local pids=()
+	mapfile -t pids < <(registry_pids)
+	case ${1:-} in
+	"")
+		store_url
+		[[ ${#pids[@]} -gt 0 ]] || log "no registry runs for cluster $CLUSTER_NAME (hack/cluster.sh up)"
+		;;
+	pause | resume)
+		need_root
+		[[ ${#pids[@]} -gt 0 ]] || die "no registry runs for cluster $CLUSTER_NAME (hack/cluster.sh up)"
+		if [[ $1 == pause ]]; then
+			kill -STOP "${pids[@]}"
+			log "store $(store_url) paused: connections are accepted, nothing answers (hack/cluster.sh store resume)"
+		else
+			kill -CONT "${pids[@]}"
+			log "store $(store_url) answers again"
+		fi
+		;;
+	*) usage ;;
+	esac
+}
+
 remove_cluster() {
 	local h mp
+	stop_registry
 	stop_coordinator
 	for h in $(known_hosts); do
 		host_names "$h"
@@ -839,6 +1039,9 @@ main() {
 	status) cmd_status "$@" ;;
 	exec) cmd_exec "$@" ;;
 	fail) cmd_fail "$@" ;;
+	partition) cmd_partition "$@" ;;
+	heal) cmd_heal "$@" ;;
+	store) cmd_store "$@" ;;
 	down) cmd_down "$@" ;;
 	_mount-host) # run by make_host_namespaces, inside the new namespaces
 		host_names "$1"
