@@ -215,6 +215,42 @@ impl Cluster {
         process::run(script(&self.name, &["fail", host]), None, script_timeout())
     }
 
+    /// `hack/cluster.sh partition HOST`: cut off, every process running.
+    #[track_caller]
+    pub fn partition(&self, host: &str) {
+        process::run(
+            script(&self.name, &["partition", host]),
+            None,
+            script_timeout(),
+        )
+        .expect_success();
+    }
+
+    /// `hack/cluster.sh heal HOST`.
+    #[track_caller]
+    pub fn heal(&self, host: &str) {
+        process::run(script(&self.name, &["heal", host]), None, script_timeout()).expect_success();
+    }
+
+    /// `hack/cluster.sh store`: the URL of the cluster's version store.
+    #[track_caller]
+    pub fn store(&self) -> String {
+        let out =
+            process::run(script(&self.name, &["store"]), None, script_timeout()).expect_success();
+        out.stdout_str().trim().to_string()
+    }
+
+    /// `hack/cluster.sh store pause` or `store resume`.
+    #[track_caller]
+    pub fn store_do(&self, what: &str) {
+        process::run(script(&self.name, &["store", what]), None, script_timeout()).expect_success();
+    }
+
+    /// Where the cluster's version store keeps its data on the machine.
+    pub fn store_dir(&self) -> PathBuf {
+        Path::new(DISK_BASE).join(&self.name).join("registry")
+    }
+
     /// `hack/cluster.sh down`; the drop then leaves it at that.
     #[track_caller]
     pub fn down(&self) -> Output {
@@ -460,7 +496,7 @@ impl OneCopy {
 /// As [`OneCopy`], from the hosts' cgroups and /proc instead of `ctr`: at
 /// no sample may two hosts have a process named `comm` that runs, that is
 /// neither stopped by a tracer (CRIU seizes what it dumps) nor in a frozen
-/// cgroup (containerd's pause, CRIU's freeze). It reads files only, where
+/// cgroup (containerd's pause, CRIU's freeze; v2's or v1's freezer). It reads files only, where
 /// `OneCopy` starts two `ctr` per sample: under the emulated CPU of
 /// hack/softdirty-vm.sh those took one of its two vCPUs and doubled a
 /// migration's time.
@@ -505,7 +541,10 @@ impl OneProcess {
                     })
                     .collect();
                 if on.len() > 1 {
-                    return Err(format!("{comm} ran on {on:?} at once"));
+                    let at = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_millis());
+                    return Err(format!("{comm} ran on {on:?} at once (at {at} Unix ms)"));
                 }
                 samples += 1;
                 seen += on.len() as u64;
@@ -578,6 +617,22 @@ const SIGKILL_BIT: u64 = 1 << (libc::SIGKILL - 1);
 /// failure message; `None` if it is not named so or cannot run user code:
 /// gone, stopped or traced, in a frozen cgroup, or dying (a frozen process
 /// killed, as a source's after its migration, thaws only to exit).
+/// Whether cgroup v1's freezer holds `pid` (runc freezes there on a
+/// hybrid machine such as this one, and the unified hierarchy shows none of
+/// it).
+fn frozen_by_v1(pid: u32) -> bool {
+    let Ok(cgroups) = std::fs::read_to_string(format!("/proc/{pid}/cgroup")) else {
+        return false;
+    };
+    cgroups
+        .lines()
+        .filter_map(|l| l.split_once(":freezer:").map(|(_, path)| path))
+        .any(|path| {
+            std::fs::read_to_string(format!("/sys/fs/cgroup/freezer{path}/freezer.state"))
+                .is_ok_and(|s| s.trim() == "FROZEN")
+        })
+}
+
 fn runs_as((pid, cgroup): (u32, PathBuf), comm: &str) -> Option<String> {
     let named =
         std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim_end() == comm);
@@ -603,7 +658,7 @@ fn runs_as((pid, cgroup): (u32, PathBuf), comm: &str) -> Option<String> {
         return None;
     }
     let events = std::fs::read_to_string(cgroup.join("cgroup.events")).unwrap_or_default();
-    if events.lines().any(|l| l == "frozen 1") {
+    if events.lines().any(|l| l == "frozen 1") || frozen_by_v1(pid) {
         return None;
     }
     Some(format!(

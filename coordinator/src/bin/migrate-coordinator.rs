@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::error::ErrorKind;
 use clap::{CommandFactory, Parser};
@@ -32,6 +33,13 @@ struct Args {
     /// Host numbers of --container-subnet for containers, FIRST-LAST such as 100-249 (the rest is the hosts')
     #[arg(long, env = "MIGRATE_CONTAINER_RANGE", requires = "container_subnet")]
     container_range: Option<String>,
+    /// How often agents beat, in milliseconds
+    #[arg(long, env = "MIGRATE_HEARTBEAT_PERIOD_MS", default_value_t = 1000)]
+    heartbeat_period_ms: u64,
+    /// How long a host may go without a beat before it is declared down (and its containers with a restore
+    /// policy are brought back elsewhere), in milliseconds; at least two periods
+    #[arg(long, env = "MIGRATE_HEARTBEAT_TIMEOUT_MS", default_value_t = 3000)]
+    heartbeat_timeout_ms: u64,
 }
 
 #[tokio::main]
@@ -44,12 +52,17 @@ async fn main() -> ExitCode {
         ),
         _ => None,
     };
+    let policy = HeartbeatPolicy::new(
+        Duration::from_millis(args.heartbeat_period_ms),
+        Duration::from_millis(args.heartbeat_timeout_ms),
+    )
+    .unwrap_or_else(|e| Args::command().error(ErrorKind::ValueValidation, e).exit());
     let config = Config {
         listen: args.listen,
         tls_dir: args.tls_dir,
         tls_name: args.tls_name,
         state: args.state,
-        policy: HeartbeatPolicy::default(),
+        policy,
         container_network,
     };
     match coordinator::run(config).await {

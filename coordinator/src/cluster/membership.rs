@@ -8,6 +8,16 @@
 //! late beat. A registration opens a session; only beats of the host's
 //! latest session count, so an agent's old process cannot keep a host
 //! ready after a new one registered.
+//!
+//! Fencing. A host declared down may be alive behind a partition, and its
+//! containers are about to be restored elsewhere. Each acknowledged beat
+//! therefore grants the agent a lease, shorter than the grace, counted from
+//! when the agent sent the beat: an agent whose lease runs out stops its
+//! containers that have a restore policy, before the coordinator, counting
+//! the grace from when it received the beat, may declare the host down.
+//! Both count durations on their own clocks, so no clock agreement between
+//! hosts is needed. A host declared down has lost its session: its next
+//! beat is refused, and it registers again, removing its stale copies.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -58,6 +68,9 @@ pub struct HostRecord {
     pub session: String,
     pub last_heartbeat: UnixMs,
     pub liveness: Liveness,
+    /// Why it was declared down (the evidence), while it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub down_reason: Option<String>,
 }
 
 /// How often agents beat and how many periods a host may miss.
@@ -66,8 +79,9 @@ pub struct HeartbeatPolicy {
     pub period: Duration,
     /// Each period is shortened by up to this fraction, at random.
     pub jitter: f64,
-    /// Periods without a beat before a host is down.
-    pub grace_periods: u32,
+    /// How long a host may be without a beat before it is down: several
+    /// periods, so that one late or lost beat is not a loss.
+    pub timeout: Duration,
 }
 
 impl Default for HeartbeatPolicy {
@@ -76,13 +90,38 @@ impl Default for HeartbeatPolicy {
     /// migration waits on it), and three beats lost in a row on a LAN is not
     /// a hiccup.
     fn default() -> Self {
-        HeartbeatPolicy { period: Duration::from_secs(1), jitter: 0.1, grace_periods: 3 }
+        HeartbeatPolicy { period: Duration::from_secs(1), jitter: 0.1, timeout: Duration::from_secs(3) }
     }
 }
 
 impl HeartbeatPolicy {
+    /// A policy of `period` and `timeout`, refused unless the timeout
+    /// spans at least two periods (one lost beat must not lose the host)
+    /// and the period is at least 100 ms.
+    pub fn new(period: Duration, timeout: Duration) -> Result<HeartbeatPolicy, String> {
+        if period < Duration::from_millis(100) {
+            return Err(format!("a heartbeat period of {period:?} is too short: at least 100 ms"));
+        }
+        if timeout < period * 2 {
+            return Err(format!(
+                "a heartbeat timeout of {timeout:?} is less than two periods of {period:?}: one lost beat would \
+                 declare a host down"
+            ));
+        }
+        Ok(HeartbeatPolicy { period, timeout, ..HeartbeatPolicy::default() })
+    }
+
     pub fn grace(&self) -> Duration {
-        self.period * self.grace_periods
+        self.timeout
+    }
+
+    /// The lease an acknowledged beat grants its agent: half a period
+    /// short of the grace, so that the agent has stopped its containers
+    /// before the host can be declared down, whatever the network's delay
+    /// (the lease counts from the beat's sending, the grace from its
+    /// arrival).
+    pub fn lease(&self) -> Duration {
+        self.grace().saturating_sub(self.period / 2)
     }
 
     /// The period to give an agent, `random` being uniform in [0, 1).
@@ -104,6 +143,27 @@ pub struct StaleSession {
     pub current: String,
 }
 
+/// A beat of a host that was declared down since its session began.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "host {host} was declared down at {since} (Unix ms): {reason}; its containers may run elsewhere now, so its \
+     session has ended: the agent must remove its stale copies and register again"
+)]
+pub struct DeclaredDown {
+    pub host: String,
+    pub since: UnixMs,
+    pub reason: String,
+}
+
+/// Why a beat was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    #[error(transparent)]
+    Stale(#[from] StaleSession),
+    #[error(transparent)]
+    Down(#[from] DeclaredDown),
+}
+
 /// A (re-)registration: the host is ready from now on, in a new session.
 /// Its previous record, if any, only keeps the time it became ready when it
 /// was ready already.
@@ -119,30 +179,47 @@ pub fn register(
         Some(Liveness::Ready { since }) => since,
         Some(Liveness::Down { .. }) | None => now,
     };
-    HostRecord { facts, containers, images, session, last_heartbeat: now, liveness: Liveness::Ready { since } }
+    HostRecord {
+        facts,
+        containers,
+        images,
+        session,
+        last_heartbeat: now,
+        liveness: Liveness::Ready { since },
+        down_reason: None,
+    }
 }
 
-/// A beat of `session`: the host is ready (again, if it was down: a
-/// partition that healed needs no new registration).
+/// A beat of `session` keeps the host ready. A host declared down does not
+/// come back by a beat (a partition that healed): its containers may have
+/// been restored elsewhere, so its agent must register again, and learn
+/// which of its containers are still its own.
 pub fn heartbeat(
     record: &HostRecord,
     session: &str,
     containers: u32,
     images: Vec<String>,
     now: UnixMs,
-) -> Result<HostRecord, StaleSession> {
+) -> Result<HostRecord, Refused> {
     if record.session != session {
         return Err(StaleSession {
             host: record.facts.name.clone(),
             given: session.to_string(),
             current: record.session.clone(),
-        });
+        }
+        .into());
     }
-    let liveness = match record.liveness {
-        Liveness::Ready { since } => Liveness::Ready { since },
-        Liveness::Down { .. } => Liveness::Ready { since: now },
-    };
-    Ok(HostRecord { containers, images, last_heartbeat: now.max(record.last_heartbeat), liveness, ..record.clone() })
+    match record.liveness {
+        Liveness::Ready { .. } => {
+            Ok(HostRecord { containers, images, last_heartbeat: now.max(record.last_heartbeat), ..record.clone() })
+        }
+        Liveness::Down { since } => Err(DeclaredDown {
+            host: record.facts.name.clone(),
+            since,
+            reason: record.down_reason.clone().unwrap_or_default(),
+        }
+        .into()),
+    }
 }
 
 /// The record with the host down, if its grace has run out at `now`.
@@ -164,8 +241,23 @@ pub fn expire(
         Liveness::Ready { .. } => {
             let grace = u64::try_from(policy.grace().as_millis()).unwrap_or(u64::MAX);
             let last_seen = record.last_heartbeat.max(watching_since);
-            (now >= last_seen.saturating_add(grace))
-                .then(|| HostRecord { liveness: Liveness::Down { since: now }, ..record.clone() })
+            (now >= last_seen.saturating_add(grace)).then(|| {
+                let reason = if record.last_heartbeat >= watching_since {
+                    format!(
+                        "no heartbeat for {} ms (the last at {}, the grace is {grace} ms)",
+                        now.saturating_sub(record.last_heartbeat),
+                        record.last_heartbeat
+                    )
+                } else {
+                    format!(
+                        "no heartbeat in the {} ms since this coordinator began watching (the last at {}, the \
+                         grace is {grace} ms)",
+                        now.saturating_sub(watching_since),
+                        record.last_heartbeat
+                    )
+                };
+                HostRecord { liveness: Liveness::Down { since: now }, down_reason: Some(reason), ..record.clone() }
+            })
         }
     }
 }
@@ -201,7 +293,8 @@ mod tests {
         }
     }
 
-    const POLICY: HeartbeatPolicy = HeartbeatPolicy { period: Duration::from_secs(1), jitter: 0.1, grace_periods: 3 };
+    const POLICY: HeartbeatPolicy =
+        HeartbeatPolicy { period: Duration::from_secs(1), jitter: 0.1, timeout: Duration::from_secs(3) };
     const START: UnixMs = 1_000_000;
 
     #[test]
@@ -215,7 +308,7 @@ mod tests {
     }
 
     #[test]
-    fn beats_keep_a_host_ready_and_bring_it_back() {
+    fn beats_keep_a_host_ready_but_do_not_bring_it_back() {
         let h = register(None, facts("h1"), 0, vec![], "s1".into(), START);
         let h = heartbeat(&h, "s1", 4, vec![], START + 1_000).unwrap();
         assert_eq!((h.containers, h.last_heartbeat), (4, START + 1_000));
@@ -223,8 +316,33 @@ mod tests {
         assert_eq!(expire(&h, &POLICY, START, START + 3_999), None);
 
         let down = expire(&h, &POLICY, START, START + 4_000).unwrap();
-        let back = heartbeat(&down, "s1", 4, vec![], START + 4_500).unwrap();
-        assert_eq!(back.liveness, Liveness::Ready { since: START + 4_500 });
+        assert_eq!(
+            down.down_reason.as_deref(),
+            Some("no heartbeat for 3000 ms (the last at 1001000, the grace is 3000 ms)")
+        );
+        // A partition heals: the host's containers may run elsewhere now.
+        let Err(Refused::Down(refused)) = heartbeat(&down, "s1", 4, vec![], START + 4_500) else {
+            panic!("a beat brought a host declared down back");
+        };
+        assert!(refused.to_string().contains("register again"), "{refused}");
+        let back = register(Some(&down), facts("h1"), 4, vec![], "s2".into(), START + 4_600);
+        assert_eq!((back.liveness, back.down_reason), (Liveness::Ready { since: START + 4_600 }, None));
+    }
+
+    #[test]
+    fn a_policy_needs_two_periods_of_timeout() {
+        let p = HeartbeatPolicy::new(Duration::from_millis(500), Duration::from_secs(2)).unwrap();
+        assert_eq!((p.grace(), p.lease()), (Duration::from_secs(2), Duration::from_millis(1_750)));
+        let err = HeartbeatPolicy::new(Duration::from_secs(1), Duration::from_millis(1_500)).unwrap_err();
+        assert!(err.contains("less than two periods"), "{err}");
+        assert!(HeartbeatPolicy::new(Duration::from_millis(10), Duration::from_secs(1)).is_err());
+    }
+
+    #[test]
+    fn the_lease_ends_before_the_grace() {
+        assert_eq!(POLICY.lease(), Duration::from_millis(2_500));
+        let slow = HeartbeatPolicy { period: Duration::from_secs(2), jitter: 0.0, timeout: Duration::from_secs(10) };
+        assert_eq!(slow.lease(), Duration::from_secs(9));
     }
 
     #[test]
@@ -232,7 +350,9 @@ mod tests {
         let old = register(None, facts("h1"), 0, vec![], "s1".into(), START);
         let new = register(Some(&old), facts("h1"), 0, vec![], "s2".into(), START + 500);
         assert_eq!(new.liveness, Liveness::Ready { since: START }, "re-registering a ready host changed its since");
-        let err = heartbeat(&new, "s1", 0, vec![], START + 600).unwrap_err();
+        let Err(Refused::Stale(err)) = heartbeat(&new, "s1", 0, vec![], START + 600) else {
+            panic!("an old session's beat was taken");
+        };
         assert_eq!(err.current, "s2");
         assert!(err.to_string().contains("register again"), "{err}");
 

@@ -266,7 +266,7 @@ fn has_image(host: &Candidate, normalized: &str) -> bool {
 
 /// A reference as containerd names it: `busybox` is
 /// `docker.io/library/busybox:latest`, as Docker reads it.
-fn normalize_image(reference: &str) -> String {
+pub fn normalize_image(reference: &str) -> String {
     let (name, suffix) = match reference.find('@') {
         Some(at) => (&reference[..at], &reference[at..]),
         None => (reference, ""),

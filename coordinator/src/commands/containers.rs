@@ -40,6 +40,11 @@ pub struct RunArgs {
     /// An environment variable, KEY=VALUE (repeatable)
     #[arg(long = "env")]
     env: Vec<String>,
+    /// What the cluster does when the container's host is lost: checkpoint
+    /// (restore its newest version elsewhere; needs a ticker whose store
+    /// every host reaches), restart (start it afresh elsewhere) or none
+    #[arg(long, value_parser = ["checkpoint", "restart", "none"])]
+    restore_policy: Option<String>,
     /// Print the container as JSON
     #[arg(long)]
     json: bool,
@@ -80,7 +85,36 @@ pub struct Row {
     image: String,
     #[serde(skip_serializing_if = "String::is_empty")]
     migrating_to: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    recovering_to: String,
+    /// How it came back the last time its host was lost.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    recovery: Option<RecoveryRow>,
     annotations: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct RecoveryRow {
+    from_host: String,
+    /// None: started cold.
+    version: Option<u64>,
+    /// The state lost: from the version's taking to the lost host's last
+    /// heartbeat (its last sign of life).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    version_age_ms: Option<u64>,
+    skipped: Vec<SkippedRow>,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    cold_reason: String,
+    last_heartbeat_unix_ms: u64,
+    down_unix_ms: u64,
+    running_unix_ms: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct SkippedRow {
+    version: u64,
+    reason: String,
 }
 
 fn row(c: Container) -> Row {
@@ -94,7 +128,27 @@ fn row(c: Container) -> Row {
         state: state_name(c.state()),
         image: spec.image,
         migrating_to: c.migrating_to,
+        recovering_to: c.recovering_to,
+        recovery: c.recovery.map(|r| RecoveryRow {
+            from_host: r.from_host,
+            version: r.version,
+            version_age_ms: r.version.map(|_| r.last_heartbeat_unix_ms.saturating_sub(r.version_created_unix_ms)),
+            skipped: r.skipped.into_iter().map(|s| SkippedRow { version: s.version, reason: s.reason }).collect(),
+            cold_reason: r.cold_reason,
+            last_heartbeat_unix_ms: r.last_heartbeat_unix_ms,
+            down_unix_ms: r.down_unix_ms,
+            running_unix_ms: r.running_unix_ms,
+        }),
         annotations: spec.annotations.into_iter().collect(),
+    }
+}
+
+/// How it came back, for the table: "v7 from h1", "cold from h1".
+fn came_back(r: &Row) -> String {
+    match &r.recovery {
+        None => "-".into(),
+        Some(RecoveryRow { version: Some(v), from_host, .. }) => format!("v{v} from {from_host}"),
+        Some(RecoveryRow { version: None, from_host, .. }) => format!("cold from {from_host}"),
     }
 }
 
@@ -117,12 +171,16 @@ pub async fn run(a: RunArgs) -> Result<ExitCode> {
     };
     // The coordinator checks them too; here the mistake is named at once.
     Rules::parse(&placement).map_err(|e| anyhow!("{e}"))?;
+    let mut annotations: std::collections::HashMap<String, String> = a.annotations.into_iter().collect();
+    if let Some(policy) = a.restore_policy {
+        annotations.insert(migrate_cluster::containers::RESTORE_POLICY_ANNOTATION.to_string(), policy);
+    }
     let spec = ContainerSpec {
         id: a.id.clone(),
         image: a.image,
         args: a.command,
         env: a.env,
-        annotations: a.annotations.into_iter().collect(),
+        annotations,
         placement: Some(placement),
     };
     let mut client = a.cluster.coordinator().await?;
@@ -155,10 +213,14 @@ pub async fn ps(a: PsArgs) -> Result<ExitCode> {
         write_stdout(&format!("{}\n", serde_json::to_string_pretty(&rows)?))?;
         return Ok(ExitCode::SUCCESS);
     }
-    let mut table = Table::new(&["ID", "HOST", "IP", "STATE", "IMAGE"]);
+    let mut table = Table::new(&["ID", "HOST", "IP", "STATE", "IMAGE", "RESTORED"]);
     for r in &rows {
-        let host = if r.migrating_to.is_empty() { r.host.clone() } else { format!("{} -> {}", r.host, r.migrating_to) };
-        table.row(vec![r.id.clone(), host, r.ip.clone(), r.state.to_string(), r.image.clone()]);
+        let host = match (r.migrating_to.as_str(), r.recovering_to.as_str()) {
+            ("", "") => r.host.clone(),
+            (to, "") => format!("{} -> {to}", r.host),
+            (_, to) => format!("{} (lost) -> {to}", r.host),
+        };
+        table.row(vec![r.id.clone(), host, r.ip.clone(), r.state.to_string(), r.image.clone(), came_back(r)]);
     }
     write_stdout(&table.render())?;
     Ok(ExitCode::SUCCESS)

@@ -44,6 +44,10 @@ struct HostRow {
     last_heartbeat: String,
     last_heartbeat_age_ms: u64,
     state_since: String,
+    state_age_ms: u64,
+    /// Why it was declared down, while it is.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    down_reason: String,
     labels: std::collections::BTreeMap<String, String>,
     /// Image names in the cluster's containerd namespace.
     images: Vec<String>,
@@ -102,6 +106,8 @@ async fn list(cluster: &ClusterArgs, json: bool) -> Result<ExitCode> {
                 last_heartbeat: rfc3339(h.last_heartbeat_unix_ms),
                 last_heartbeat_age_ms: now.saturating_sub(h.last_heartbeat_unix_ms),
                 state_since: rfc3339(h.state_since_unix_ms),
+                state_age_ms: now.saturating_sub(h.state_since_unix_ms),
+                down_reason: h.down_reason,
                 labels: info.labels.into_iter().collect(),
                 images: info.images,
                 containerd_version: info.containerd_version,
@@ -114,17 +120,21 @@ async fn list(cluster: &ClusterArgs, json: bool) -> Result<ExitCode> {
         write_stdout(&format!("{}\n", serde_json::to_string_pretty(&rows)?))?;
         return Ok(ExitCode::SUCCESS);
     }
-    let mut table = Table::new(&["NAME", "ADDRESS", "STATE", "CONTAINERS", "LAST HEARTBEAT"]);
+    let mut table = Table::new(&["NAME", "ADDRESS", "STATE", "SINCE", "CONTAINERS", "LAST HEARTBEAT"]);
     for r in &rows {
         table.row(vec![
             r.name.clone(),
             r.address.clone(),
             r.state.to_string(),
+            format!("{} ago", human_age(r.state_age_ms)),
             r.containers.to_string(),
             format!("{} ago", human_age(r.last_heartbeat_age_ms)),
         ]);
     }
     write_stdout(&table.render())?;
+    for r in rows.iter().filter(|r| !r.down_reason.is_empty()) {
+        write_stdout(&format!("{} is down: {}\n", r.name, r.down_reason))?;
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -16,23 +16,56 @@ use super::network::{self, Link};
 use super::{images, spec};
 use crate::host::containerd::{self, Containerd, Lease};
 use crate::host::image;
+use crate::proto::agent_client::AgentClient;
 use crate::proto::{self, ContainerState};
+use tonic::transport::Channel;
 
 /// The label that marks a container as the cluster's in its host's
 /// containerd: the agent lists and moves only those.
 pub const CLUSTER_LABEL: &str = "io.containerd.migrate.cluster";
 /// How long a killed container may take to die.
 const KILL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long a killed frozen container may take to die before it is thawed
+/// (cgroup v1's freezer keeps it from dying).
+const FROZEN_KILL_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The runtime every container of the cluster runs under.
 pub const RUNTIME: &str = "io.containerd.migrate.v1";
 
+/// The label that carries a container's restore policy into its host's
+/// containerd, where the agent's fencing finds it (the same key as the
+/// annotation the policy is given by).
+pub const RESTORE_POLICY_LABEL: &str = crate::containers::RESTORE_POLICY_ANNOTATION;
+
 /// Creates and starts container `c` on this host; returns its pid.
 pub async fn create(ctx: &Context, c: &proto::Container) -> Result<u32> {
+    make(ctx, c, None, None).await
+}
+
+/// Creates container `c` on this host, its image copied from `image_from`
+/// if missing here, and restores its task from `checkpoint` (a checkpoint
+/// directory the shim takes), or starts it cold without one; returns its
+/// pid. Its spec is made from the record, as at its creation, never taken
+/// from the checkpoint.
+pub async fn recreate(
+    ctx: &Context,
+    c: &proto::Container,
+    checkpoint: Option<&Path>,
+    image_from: Option<AgentClient<Channel>>,
+) -> Result<u32> {
+    make(ctx, c, checkpoint, image_from).await
+}
+
+async fn make(
+    ctx: &Context,
+    c: &proto::Container,
+    checkpoint: Option<&Path>,
+    image_from: Option<AgentClient<Channel>>,
+) -> Result<u32> {
     let spec = c.spec.as_ref().context("the request has no container spec")?;
     let identity = c.network.as_ref().context("the request has no network identity")?;
     let id = spec.id.as_str();
-    images::ensure(&ctx.cd, &spec.image, &ctx.snapshotter, None).await?;
+    images::ensure(&ctx.cd, &spec.image, &ctx.snapshotter, image_from).await?;
     let facts = image::facts(&ctx.cd, &spec.image).await?;
     let netns = blocking({
         let (id, identity, bridge) = (id.to_string(), identity.clone(), ctx.bridge()?);
@@ -44,9 +77,13 @@ pub async fn create(ctx: &Context, c: &proto::Container) -> Result<u32> {
         let oci = spec::build(spec, facts.config.as_ref(), ctx.cd.namespace(), &netns)?;
         let oci = serde_json::to_vec(&oci).context("encode the spec")?;
         let (mounts, lease) = prepare(&ctx.cd, &ctx.snapshotter, id, &facts.chain_id.to_string()).await?;
+        let mut labels = HashMap::from([(CLUSTER_LABEL.to_string(), "true".to_string())]);
+        if let Some(policy) = spec.annotations.get(RESTORE_POLICY_LABEL) {
+            labels.insert(RESTORE_POLICY_LABEL.to_string(), policy.clone());
+        }
         let container = Container {
             id: id.to_string(),
-            labels: HashMap::from([(CLUSTER_LABEL.to_string(), "true".to_string())]),
+            labels,
             image: spec.image.clone(),
             runtime: Some(Runtime { name: RUNTIME.to_string(), options: None }),
             spec: Some(Any { type_url: containerd::SPEC_TYPE_URL.to_string(), value: oci }),
@@ -60,9 +97,17 @@ pub async fn create(ctx: &Context, c: &proto::Container) -> Result<u32> {
             undo.snapshot().await;
             return Err(e);
         }
-        if let Err(e) = ctx.cd.create_task(task_request(ctx, id, mounts, None)?).await {
-            undo.container().await;
-            return Err(e);
+        let created = ctx.cd.create_task(task_request(ctx, id, mounts, checkpoint)?).await;
+        let pid = match created {
+            Ok(pid) => pid,
+            Err(e) => {
+                undo.container().await;
+                return Err(e);
+            }
+        };
+        // With a checkpoint, containerd starts the restored task in the create.
+        if checkpoint.is_some() {
+            return Ok(pid);
         }
         match ctx.cd.start_task(id).await {
             Ok(pid) => Ok(pid),
@@ -73,10 +118,21 @@ pub async fn create(ctx: &Context, c: &proto::Container) -> Result<u32> {
         }
     }
     .await;
-    if made.is_err() {
-        destroy_network(id).await;
+    match &made {
+        // Its IP may have been another host's a moment ago: tell the
+        // bridges where it is now rather than wait for them to learn it.
+        Ok(_) => {
+            let announced = id.to_string();
+            tokio::task::spawn_blocking(move || {
+                if let Err(e) = network::announce(&announced) {
+                    log::warn!("announcing the IP of {announced}: {e}");
+                }
+            });
+        }
+        Err(_) => destroy_network(id).await,
     }
-    made.with_context(|| format!("create container {id} on {}", ctx.name))
+    let doing = if checkpoint.is_some() { "restore" } else { "create" };
+    made.with_context(|| format!("{doing} container {id} on {}", ctx.name))
 }
 
 /// Prepares snapshot `key` on `parent` under a lease: containerd's
@@ -161,16 +217,22 @@ pub async fn remove(ctx: &Context, id: &str) -> Result<()> {
         if task.status != Status::Stopped as i32 {
             ctx.cd.kill_task(id, nix::sys::signal::Signal::SIGKILL as u32).await?;
             // cgroup v2 lets SIGKILL end frozen processes, v1's freezer
-            // does not: thaw them. Killed already, they may be gone before
-            // the thaw, which then fails harmlessly.
-            if matches!(Status::try_from(task.status), Ok(Status::Paused | Status::Pausing))
+            // does not: thaw them, but only if they are still there after
+            // a moment. A thaw before they died would let a stale copy (a
+            // fenced container) run for an instant beside the live one.
+            let paused = matches!(Status::try_from(task.status), Ok(Status::Paused | Status::Pausing));
+            let died = paused && tokio::time::timeout(FROZEN_KILL_WAIT, ctx.cd.wait_task(id)).await.is_ok();
+            if paused
+                && !died
                 && let Err(e) = ctx.cd.resume_task(id).await
             {
                 log::debug!("thawing {id} after its kill: {e:#}");
             }
-            tokio::time::timeout(KILL_TIMEOUT, ctx.cd.wait_task(id))
-                .await
-                .map_err(|_| anyhow::anyhow!("container {id} did not die within {KILL_TIMEOUT:?} of SIGKILL"))??;
+            if !died {
+                tokio::time::timeout(KILL_TIMEOUT, ctx.cd.wait_task(id))
+                    .await
+                    .map_err(|_| anyhow::anyhow!("container {id} did not die within {KILL_TIMEOUT:?} of SIGKILL"))??;
+            }
         }
         ctx.cd.delete_task(id).await?;
     }

@@ -8,7 +8,8 @@
 //! - `exit`: the agent dies at once (SIGKILL, as if its host's power went,
 //!   nothing cleaned up).
 //!
-//! Steps: `prepare`, `sync`, `dump`, `restore` (see [`super::migration`]).
+//! Steps: `prepare`, `sync`, `dump`, `restore` (see [`super::migration`]),
+//! and `recover` (a lost host's container restored here).
 
 use std::path::PathBuf;
 

@@ -7,13 +7,21 @@
 //! coordinator's to decide, and the next beat may get through (tonic's
 //! channel reconnects by itself, also to a restarted coordinator, which
 //! knows the session from its store).
+//!
+//! Each acknowledged registration or beat renews the agent's lease, from
+//! when it was sent ([`super::fence`]); a registration first removes the
+//! stale copies the coordinator names.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::watch;
+use tokio::time::Instant;
 use tonic::Code;
 use tonic::transport::Channel;
 
+use super::context::Context;
+use super::fence::{self, Lease};
 use super::probe::Probe;
 use crate::proto::coordinator_client::CoordinatorClient;
 use crate::proto::{HeartbeatRequest, RegisterRequest};
@@ -47,10 +55,15 @@ enum RegisterError {
 
 /// Runs while the agent runs; returns only when the coordinator refuses
 /// the agent for good.
-pub async fn run(probe: Arc<Probe>, coordinator: Coordinator) -> String {
+pub async fn run(
+    probe: Arc<Probe>,
+    ctx: Arc<Context>,
+    coordinator: Coordinator,
+    lease: watch::Sender<Lease>,
+) -> String {
     let mut retry = RETRY_FIRST;
     loop {
-        let (mut client, session, period) = match register(&probe, &coordinator).await {
+        let (mut client, session, period) = match register(&probe, &ctx, &coordinator, &lease).await {
             Ok(registered) => registered,
             Err(RegisterError::Refused(e)) => {
                 return format!("the coordinator at {} refuses this agent: {e}", coordinator.url);
@@ -69,14 +82,16 @@ pub async fn run(probe: Arc<Probe>, coordinator: Coordinator) -> String {
         };
         retry = RETRY_FIRST;
         log::info!("registered with the coordinator at {} as {}", coordinator.url, probe.name());
-        let ended = beat(&mut client, &probe, &session, period).await;
+        let ended = beat(&mut client, &probe, &session, period, &lease).await;
         log::warn!("{ended}; registering again");
     }
 }
 
 async fn register(
     probe: &Probe,
+    ctx: &Context,
     coordinator: &Coordinator,
+    lease: &watch::Sender<Lease>,
 ) -> Result<(CoordinatorClient<Channel>, String, Duration), RegisterError> {
     let channel = coordinator
         .tls
@@ -85,19 +100,38 @@ async fn register(
         .map_err(|e| RegisterError::Retry(e.to_string()))?;
     let mut client = CoordinatorClient::new(channel);
     let info = probe.info().await.map_err(|e| RegisterError::Retry(e.to_string()))?;
+    let containers = fence::here(ctx).await.map_err(|e| RegisterError::Retry(format!("{e:#}")))?;
+    let sent = Instant::now();
     let answer = client
-        .register(RegisterRequest { info: Some(info) })
+        .register(RegisterRequest { info: Some(info), containers })
         .await
         .map_err(|s| match s.code() {
             Code::PermissionDenied | Code::Unauthenticated => RegisterError::Refused(s.message().to_string()),
             _ => RegisterError::Retry(crate::tls::status_chain(&s)),
         })?
         .into_inner();
+    // Before the lease lets anything here go on, and before the first beat.
+    fence::remove_stale(ctx, &answer.stale)
+        .await
+        .map_err(|e| RegisterError::Retry(format!("removing the stale copies {:?}: {e:#}", answer.stale)))?;
+    renew(lease, sent, answer.lease_ms);
     Ok((client, answer.session_id, period(answer.heartbeat_period_ms)))
 }
 
+/// A lease of `ms` from `sent`; 0 is a coordinator that grants none.
+fn renew(lease: &watch::Sender<Lease>, sent: Instant, ms: u64) {
+    let until = (ms > 0).then(|| sent + Duration::from_millis(ms));
+    lease.send_replace(until);
+}
+
 /// Beats until the coordinator ends the session; returns why it ended.
-async fn beat(client: &mut CoordinatorClient<Channel>, probe: &Probe, session: &str, mut period: Duration) -> String {
+async fn beat(
+    client: &mut CoordinatorClient<Channel>,
+    probe: &Probe,
+    session: &str,
+    mut period: Duration,
+    lease: &watch::Sender<Lease>,
+) -> String {
     // Logged when it changes, not at every beat.
     let mut containerd_ok = true;
     let mut coordinator_ok = true;
@@ -123,13 +157,16 @@ async fn beat(client: &mut CoordinatorClient<Channel>, probe: &Probe, session: &
         };
         let request =
             HeartbeatRequest { name: probe.name().to_string(), session_id: session.to_string(), containers, images };
+        let sent = Instant::now();
         match client.heartbeat(request).await {
             Ok(answer) => {
                 if !coordinator_ok {
                     log::info!("the coordinator answers heartbeats again");
                 }
                 coordinator_ok = true;
-                period = self::period(answer.into_inner().heartbeat_period_ms);
+                let answer = answer.into_inner();
+                renew(lease, sent, answer.lease_ms);
+                period = self::period(answer.heartbeat_period_ms);
             }
             Err(s) if matches!(s.code(), Code::FailedPrecondition | Code::NotFound) => {
                 return format!("the coordinator refused a heartbeat: {}", s.message());

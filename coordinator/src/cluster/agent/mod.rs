@@ -4,11 +4,13 @@
 pub mod containers;
 pub mod context;
 mod failpoints;
+mod fence;
 mod heartbeat;
 pub mod images;
 pub mod migration;
 pub mod network;
 mod probe;
+mod recovery;
 mod service;
 mod spec;
 
@@ -103,10 +105,14 @@ pub async fn run(config: Config) -> Result<()> {
     let server = Server::builder()
         .tls_config(tls.server())
         .context("configuring the server's TLS")?
-        .add_service(AgentServer::new(service::AgentService::new(probe.clone(), ctx)))
+        .add_service(AgentServer::new(service::AgentService::new(probe.clone(), ctx.clone())))
         .serve_with_incoming_shutdown(incoming, crate::daemon::shutdown_signal());
-    tokio::select! {
+    let (lease, leased) = tokio::sync::watch::channel(None);
+    let fencing = tokio::spawn(fence::run(ctx.clone(), leased));
+    let ended = tokio::select! {
         served = server => served.with_context(|| format!("serving on {}", config.listen)),
-        refused = heartbeat::run(probe, coordinator) => bail!("{refused}"),
-    }
+        refused = heartbeat::run(probe, ctx, coordinator, lease) => Err(anyhow::anyhow!("{refused}")),
+    };
+    fencing.abort();
+    ended
 }

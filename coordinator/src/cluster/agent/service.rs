@@ -13,15 +13,15 @@ use tonic::{Request, Response, Status, Streaming};
 use super::context::Context;
 use super::migration::{self, source, target};
 use super::probe::Probe;
-use super::{containers, images};
+use super::{containers, images, recovery};
 use crate::proto::agent_client::AgentClient;
 use crate::proto::agent_server::Agent;
 use crate::proto::{
     AgentListContainersRequest, AgentListContainersResponse, CreateContainerRequest, CreateContainerResponse,
     DescribeRequest, DescribeResponse, Done, DumpRequest, DumpResponse, ExportImageRequest, HostInfo, ImageChunk,
     InfoRequest, Iteration, MigrationMode, MigrationRef, PagesProgress, PreDumpRequest, PrepareTargetRequest,
-    PrepareTargetResponse, ProbeLinkResponse, ReceiveResponse, RestoreTargetRequest, RestoreTargetResponse,
-    StopPagesResponse, SyncLayerRequest, SyncLayerResponse, TransferChunk,
+    PrepareTargetResponse, ProbeLinkResponse, ReceiveResponse, RecoverRequest, RecoverResponse, RestoreTargetRequest,
+    RestoreTargetResponse, StopPagesResponse, SyncLayerRequest, SyncLayerResponse, TransferChunk,
 };
 
 /// How long this agent waits to reach another.
@@ -79,6 +79,16 @@ impl Agent for AgentService {
         let c = req.into_inner().container.ok_or_else(|| Status::invalid_argument("no container"))?;
         let pid = containers::create(&self.ctx, &c).await.map_err(failed(&self.ctx.name))?;
         Ok(Response::new(CreateContainerResponse { pid }))
+    }
+
+    async fn recover(&self, req: Request<RecoverRequest>) -> Result<Response<RecoverResponse>, Status> {
+        let req = req.into_inner();
+        self.ctx.failpoints.check("recover").map_err(failed(&self.ctx.name))?;
+        let image_from = match req.image_source_agent.as_str() {
+            "" => None,
+            address => Some(self.peer(address, &req.image_source_name).await?),
+        };
+        recovery::recover(&self.ctx, &req, image_from).await.map(Response::new).map_err(failed(&self.ctx.name))
     }
 
     async fn list_containers(

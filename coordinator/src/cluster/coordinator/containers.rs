@@ -81,6 +81,8 @@ impl CoordinatorService {
                  run containers",
             )
         })?;
+        let annotations = spec.annotations.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        crate::containers::RestorePolicy::of(&annotations).map_err(Status::invalid_argument)?;
         let rules = Rules::parse(&spec.placement.clone().unwrap_or_default())
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let (hosts, candidates) = self.candidates().await?;

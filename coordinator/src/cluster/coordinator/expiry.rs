@@ -40,8 +40,7 @@ async fn sweep(store: &dyn Store, policy: &HeartbeatPolicy, watching_since: Unix
             && record.liveness != host.liveness
             && matches!(record.liveness, membership::Liveness::Down { .. })
         {
-            let silent = membership::now().saturating_sub(record.last_heartbeat);
-            log::warn!("host {name} is down: no heartbeat for {silent} ms");
+            log::warn!("host {name} is down: {}", record.down_reason.as_deref().unwrap_or("no heartbeat"));
         }
     }
     Ok(())

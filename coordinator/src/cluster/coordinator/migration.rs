@@ -177,6 +177,12 @@ impl CoordinatorService {
             Some(ContainerRecord { phase: Phase::Migrating { to, .. }, .. }) => {
                 Change::Refuse(Status::failed_precondition(format!("{} is being moved to {to} already", req.id)))
             }
+            Some(ContainerRecord { phase: Phase::Recovering { to, .. }, host, .. }) => {
+                Change::Refuse(Status::failed_precondition(format!(
+                    "{} is being restored on {to} after {host} was lost; migrate it once it runs there",
+                    req.id
+                )))
+            }
             Some(_) => Change::Refuse(Status::failed_precondition(format!("{} is still being created", req.id))),
             None => Change::Refuse(Status::not_found(format!("the cluster has no container {}", req.id))),
         })

@@ -5,6 +5,7 @@
 mod containers;
 mod expiry;
 mod migration;
+mod recovery;
 mod service;
 
 use std::net::SocketAddr;
@@ -55,6 +56,7 @@ pub async fn run(config: Config) -> Result<()> {
         known.len()
     );
     let sweep = tokio::spawn(expiry::run(store, config.policy, started));
+    let recoveries = tokio::spawn(recovery::run(service.clone(), config.policy));
     let served = Server::builder()
         .tls_config(tls.server())
         .context("configuring the server's TLS")?
@@ -63,5 +65,6 @@ pub async fn run(config: Config) -> Result<()> {
         .await
         .with_context(|| format!("serving on {}", config.listen));
     sweep.abort();
+    recoveries.abort();
     served
 }

@@ -10,6 +10,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use tonic::{Request, Response, Status};
 
+use crate::containers::ContainerRecord;
 use crate::hosts::{self, Change, HostsError};
 use crate::ipam::Pool;
 use crate::membership::{self, HeartbeatPolicy, HostFacts, HostRecord, Liveness};
@@ -20,6 +21,7 @@ use crate::proto::{
     ListContainersResponse, ListHostsRequest, ListHostsResponse, MigrateEvent, MigrateRequest, RegisterRequest,
     RegisterResponse, RemoveHostRequest, RemoveHostResponse, RunContainerRequest,
 };
+use crate::records;
 use crate::store::Store;
 use crate::tls::Tls;
 use crate::{peer, random};
@@ -46,6 +48,10 @@ impl CoordinatorService {
         container_network: Option<Pool>,
     ) -> CoordinatorService {
         CoordinatorService { store, policy, tls, container_network }
+    }
+
+    fn lease_ms(&self) -> u64 {
+        u64::try_from(self.policy.lease().as_millis()).unwrap_or(u64::MAX)
     }
 
     fn period_ms(&self) -> u64 {
@@ -92,7 +98,9 @@ impl Coordinator for CoordinatorService {
         };
         peer::check_is(&request, &name)?;
         // There, as checked above (the certificate is read off the request first).
-        let info = request.into_inner().info.unwrap_or_default();
+        let request = request.into_inner();
+        let here = request.containers;
+        let info = request.info.unwrap_or_default();
         let (containers, images) = (info.containers, info.images.clone());
         let facts = facts_of(info)?;
         self.check_agent(&facts).await?;
@@ -116,7 +124,22 @@ impl Coordinator for CoordinatorService {
             None => log::info!("host {} registered at {}", facts.name, facts.address),
             Some(_) => log::info!("host {} registered again at {} (new session)", facts.name, facts.address),
         }
-        Ok(Response::new(RegisterResponse { session_id: session, heartbeat_period_ms: self.period_ms() }))
+        let records: Vec<ContainerRecord> =
+            records::list(&*self.store).await.map_err(super::containers::store_status)?;
+        let stale: Vec<String> = records
+            .iter()
+            .filter(|c| here.contains(&c.id) && !c.belongs_on(&facts.name))
+            .map(|c| c.id.clone())
+            .collect();
+        if !stale.is_empty() {
+            log::warn!("host {} still has {}, which run elsewhere now: it removes them", facts.name, stale.join(", "));
+        }
+        Ok(Response::new(RegisterResponse {
+            session_id: session,
+            heartbeat_period_ms: self.period_ms(),
+            stale,
+            lease_ms: self.lease_ms(),
+        }))
     }
 
     async fn heartbeat(&self, request: Request<HeartbeatRequest>) -> Result<Response<HeartbeatResponse>, Status> {
@@ -133,17 +156,21 @@ impl Coordinator for CoordinatorService {
                 was = Some(record.liveness);
                 match membership::heartbeat(record, &beat.session_id, beat.containers, beat.images.clone(), now) {
                     Ok(new) => Change::Write(new),
-                    Err(stale) => Change::Refuse(Status::failed_precondition(stale.to_string())),
+                    Err(refused) => Change::Refuse(Status::failed_precondition(refused.to_string())),
                 }
             }
         })
         .await
         .map_err(store_status)?;
-        outcome?;
-        if let Some(Liveness::Down { since }) = was {
-            log::info!("host {} is ready again after {} ms down", beat.name, now.saturating_sub(since));
+        if let (Err(_), Some(Liveness::Down { since })) = (&outcome, was) {
+            log::info!(
+                "host {} beats again, {} ms after it was declared down: it must register again",
+                beat.name,
+                now.saturating_sub(since)
+            );
         }
-        Ok(Response::new(HeartbeatResponse { heartbeat_period_ms: self.period_ms() }))
+        outcome?;
+        Ok(Response::new(HeartbeatResponse { heartbeat_period_ms: self.period_ms(), lease_ms: self.lease_ms() }))
     }
 
     async fn remove_host(&self, request: Request<RemoveHostRequest>) -> Result<Response<RemoveHostResponse>, Status> {
@@ -216,6 +243,7 @@ fn host_of(record: HostRecord) -> Host {
         Liveness::Ready { since } => (HostState::Ready, since),
         Liveness::Down { since } => (HostState::Down, since),
     };
+    let down_reason = record.down_reason.unwrap_or_default();
     let f = record.facts;
     Host {
         info: Some(HostInfo {
@@ -231,6 +259,7 @@ fn host_of(record: HostRecord) -> Host {
         state: state.into(),
         last_heartbeat_unix_ms: record.last_heartbeat,
         state_since_unix_ms: since,
+        down_reason,
     }
 }
 

@@ -1,0 +1,434 @@
+//! High availability (issue 16), by injecting faults into a local cluster
+//! (hack/cluster.sh) and checking, each time, that no state is lost beyond
+//! the last version and that exactly one copy of each container runs.
+//!
+//! - A host is lost (`fail`: power off) with several containers: those
+//!   with restore policy `checkpoint` come back on the other hosts, spread,
+//!   at their IPs, each counting on from its newest version (one of them
+//!   from the version before, its newest having been corrupted on the
+//!   store's disk), and their tickers go on with the next versions; the one
+//!   with `restart` starts afresh; the one with `none` stays where it was,
+//!   unknown.
+//! - A host is cut off (`partition`) but alive: its agent stops its
+//!   container when the lease runs out, before it is restored elsewhere;
+//!   when the partition heals, the agent removes its stale copy before the
+//!   host is ready again.
+//! - The store does not answer for a while (`store pause`): the ticks fail,
+//!   the container counts on, and versions resume once the store is back.
+//!
+//! Each test has a cluster of its own.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use containerd_migrate_tests::cluster::{self, Cluster, Host, OneCopy, OneProcess};
+use containerd_migrate_tests::fixture::IMAGE;
+use containerd_migrate_tests::memtick::{tick, wait_tick_above};
+use containerd_migrate_tests::poll;
+use serde_json::Value;
+
+/// memtick's period: the ticks lost in a restore are the version's age
+/// over this.
+const TICK_MS: u64 = 20;
+/// The checkpoint tickers' interval.
+const INTERVAL: &str = "1s";
+/// How long a lost host's containers may take to come back here (the
+/// grace, then a restore on a loaded 2-core machine).
+const BACK_TIMEOUT: Duration = Duration::from_secs(90);
+/// How long a ticker may take to store its first versions.
+const VERSIONS_TIMEOUT: Duration = Duration::from_secs(90);
+
+#[test]
+fn a_lost_hosts_containers_come_back_from_their_newest_versions() {
+    let test = "a_lost_hosts_containers_come_back_from_their_newest_versions";
+    if !cluster::prerequisites_met(test) {
+        return;
+    }
+    let cluster = Cluster::up("ha", 3).unwrap_or_else(|e| panic!("{e}"));
+    let (h1, h2, h3) = (cluster.host("h1"), cluster.host("h2"), cluster.host("h3"));
+    for h in [h1, h2, h3] {
+        h.import_test_image();
+    }
+    let store = cluster.store();
+    let checkpointed = ["c1", "c2", "c3"];
+    let mut ips = Vec::new();
+    for id in checkpointed {
+        ips.push((id, run_counter(h1, id, "checkpoint", &store)));
+    }
+    ips.push(("r1", run_counter(h1, "r1", "restart", &store)));
+    let n1_ip = run_counter(h1, "n1", "none", &store);
+    for id in checkpointed {
+        wait_versions(h2, &store, id, 2);
+    }
+    // Where each counter was just before the loss.
+    let before: Vec<(&str, u64)> = checkpointed
+        .iter()
+        .map(|id| {
+            (
+                *id,
+                tick(h1.running_pid(id)).unwrap_or_else(|e| panic!("{e}")),
+            )
+        })
+        .collect();
+
+    let watch = OneCopy::watch(&[h2, h3], &["c1", "c2", "c3", "r1"]);
+    let lost = Instant::now();
+    cluster.fail("h1").expect_success();
+    // The newest version of c3, made unreadable on the store's disk before
+    // the coordinator can declare h1 down (3 s).
+    let corrupted = corrupt_newest(&cluster, "c3");
+    eprintln!(
+        "h1 lost; c3's version {corrupted} corrupted after {:?}",
+        lost.elapsed()
+    );
+
+    let ps = poll::until(BACK_TIMEOUT, "h1's containers to run elsewhere", || {
+        let ps = ps(h2);
+        let back = ["c1", "c2", "c3", "r1"].iter().all(
+            |id| matches!(find(&ps, id), Some(c) if c["host"] != "h1" && c["state"] == "running"),
+        );
+        if back { Ok(ps) } else { Err(format!("{ps:#}")) }
+    });
+    eprintln!("back in {:?}:\n{}", lost.elapsed(), ps_table(h2));
+
+    for (id, ip) in &ips {
+        assert_eq!(
+            find(&ps, id).unwrap()["ip"],
+            ip.as_str(),
+            "{id} kept its IP"
+        );
+    }
+    let hosts: Vec<&str> = ["c1", "c2", "c3", "r1"]
+        .iter()
+        .map(|id| find(&ps, id).unwrap()["host"].as_str().unwrap())
+        .collect();
+    assert!(
+        hosts.contains(&"h2") && hosts.contains(&"h3"),
+        "the lost host's containers were not spread: {hosts:?}"
+    );
+
+    for (id, before) in &before {
+        let c = find(&ps, id).unwrap();
+        let recovery = &c["recovery"];
+        assert_eq!(recovery["fromHost"], "h1", "{c:#}");
+        let version = recovery["version"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{id} was not restored from a version: {c:#}"));
+        let age_ms = recovery["versionAgeMs"].as_u64().unwrap();
+        let host = cluster.host(c["host"].as_str().unwrap());
+        let first = wait_tick_above(
+            host.running_pid(id),
+            0,
+            &format!("{id} to count on its new host"),
+        );
+        // Nothing lost beyond the version: the ticks from its taking to
+        // the last heartbeat, and up to a heartbeat period of them to the
+        // loss, when `before` was read.
+        assert!(
+            first + (age_ms + 1_000) / TICK_MS + 5 >= *before,
+            "{id} restarted from {first}, but counted {before} before the loss and its version {version} was only \
+             {age_ms} ms old: state lost beyond the version"
+        );
+        eprintln!(
+            "{id}: version {version} ({age_ms} ms old), counted {before} before, {first} after"
+        );
+        if *id == "c3" {
+            assert!(
+                version < corrupted,
+                "c3 came back from its corrupted version {corrupted}: {c:#}"
+            );
+            let skipped = recovery["skipped"].as_array().unwrap();
+            assert!(
+                skipped
+                    .iter()
+                    .any(|s| s["version"] == corrupted && !s["reason"].as_str().unwrap().is_empty()),
+                "the corrupted version is not reported as skipped, with its reason: {c:#}"
+            );
+        } else {
+            assert!(recovery["skipped"].as_array().unwrap().is_empty(), "{c:#}");
+        }
+    }
+    let r1 = find(&ps, "r1").unwrap();
+    assert_eq!(r1["recovery"]["version"], Value::Null, "{r1:#}");
+    assert!(
+        r1["recovery"]["coldReason"]
+            .as_str()
+            .unwrap()
+            .contains("restore policy is restart"),
+        "{r1:#}"
+    );
+    let n1 = find(&ps, "n1").unwrap();
+    assert_eq!(
+        (n1["host"].as_str(), n1["state"].as_str(), n1["ip"].as_str()),
+        (Some("h1"), Some("unknown"), Some(n1_ip.as_str()))
+    );
+    assert!(n1.get("recovery").is_none(), "{n1:#}");
+
+    let hosts = json(h2, &["migratectl", "hosts", "--json"]);
+    let h1_row = hosts
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["name"] == "h1")
+        .unwrap();
+    assert_eq!(h1_row["state"], "down");
+    assert!(
+        h1_row["downReason"]
+            .as_str()
+            .unwrap()
+            .contains("no heartbeat"),
+        "{h1_row:#}"
+    );
+
+    // c1's ticker goes on from its new host, with the next numbers.
+    let restored = find(&ps, "c1").unwrap()["recovery"]["version"]
+        .as_u64()
+        .unwrap();
+    let newest = versions(h2, &store, "c1");
+    wait_versions_above(h2, &store, "c1", *newest.last().unwrap().max(&restored));
+    watch.stop();
+}
+
+#[test]
+fn a_partitioned_host_stops_its_containers_and_removes_them_when_it_returns() {
+    let test = "a_partitioned_host_stops_its_containers_and_removes_them_when_it_returns";
+    if !cluster::prerequisites_met(test) {
+        return;
+    }
+    let cluster = Cluster::up("hb", 2).unwrap_or_else(|e| panic!("{e}"));
+    let (h1, h2) = (cluster.host("h1"), cluster.host("h2"));
+    for h in [h1, h2] {
+        h.import_test_image();
+    }
+    let store = cluster.store();
+    let ip = run_counter(h1, "p1", "checkpoint", &store);
+    wait_versions(h2, &store, "p1", 1);
+
+    // The store away for a while: the ticks fail, the counter counts on,
+    // and versions resume once it is back.
+    let pid = h1.running_pid("p1");
+    let stored = versions(h2, &store, "p1");
+    cluster.store_do("pause");
+    let paused_at = tick(pid).unwrap();
+    wait_tick_above(
+        pid,
+        paused_at + 2_000 / TICK_MS,
+        "p1 to count on while the store does not answer",
+    );
+    cluster.store_do("resume");
+    wait_versions_above(h2, &store, "p1", *stored.last().unwrap());
+
+    // Every process on h1 runs on; only its link is cut.
+    let watch = OneProcess::watch(&[h1, h2], "memtick");
+    let before = tick(pid).unwrap();
+    let cut = Instant::now();
+    cluster.partition("h1");
+    let agent_log = h1.shared_dir().join("agent.log");
+    poll::until(
+        Duration::from_secs(15),
+        "h1's agent to stop p1 when its lease runs out",
+        || {
+            let log = std::fs::read_to_string(&agent_log).map_err(|e| e.to_string())?;
+            if log.contains("stopping p1") {
+                Ok(())
+            } else {
+                Err("not yet".to_string())
+            }
+        },
+    );
+    let fenced = cut.elapsed();
+    let ps = poll::until(BACK_TIMEOUT, "p1 to run on h2", || {
+        let ps = ps(h2);
+        match find(&ps, "p1") {
+            Some(c) if c["host"] == "h2" && c["state"] == "running" => Ok(ps),
+            _ => Err(format!("{ps:#}")),
+        }
+    });
+    let p1 = find(&ps, "p1").unwrap();
+    eprintln!(
+        "p1 stopped on h1 after {fenced:?}, runs on h2 after {:?}: {}",
+        cut.elapsed(),
+        p1["recovery"]
+    );
+    assert_eq!(p1["ip"], ip.as_str());
+    let age_ms = p1["recovery"]["versionAgeMs"].as_u64().unwrap();
+    let first = wait_tick_above(h2.running_pid("p1"), 0, "p1 to count on h2");
+    assert!(
+        first + (age_ms + 1_000) / TICK_MS + 5 >= before,
+        "p1 restarted from {first}, counted {before} before"
+    );
+    assert_eq!(
+        h1.ctr().task("p1").map(|t| t.status),
+        Some("PAUSED".to_string()),
+        "the stale copy runs again"
+    );
+
+    // Back: the agent learns its session ended, removes its stale copy and
+    // registers again.
+    cluster.heal("h1");
+    poll::until(
+        Duration::from_secs(30),
+        "h1 to remove its stale copy and be ready again",
+        || {
+            let hosts = json(h2, &["migratectl", "hosts", "--json"]);
+            let ready = hosts
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|h| h["name"] == "h1" && h["state"] == "ready");
+            match (h1.ctr().task("p1"), ready) {
+                (None, true) => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    );
+    let log = std::fs::read_to_string(&agent_log).unwrap();
+    assert!(log.contains("removing the stale copy of p1"), "{log}");
+    // The one copy counts on.
+    let now = tick(h2.running_pid("p1")).unwrap();
+    wait_tick_above(
+        h2.running_pid("p1"),
+        now,
+        "p1 to count on h2 after h1 came back",
+    );
+    watch.stop();
+}
+
+/// `migratectl run` of a memtick counter on `h` with a ticker storing
+/// into `store` every [`INTERVAL`] and restore policy `policy`; its IP.
+#[track_caller]
+fn run_counter(h: &Host, id: &str, policy: &str, store: &str) -> String {
+    let interval = format!("io.containerd.migrate.checkpoint.interval={INTERVAL}");
+    let store = format!("io.containerd.migrate.checkpoint.store={store}");
+    let out = h
+        .run(&[
+            "migratectl",
+            "run",
+            "--json",
+            "--host",
+            &h.name,
+            "--restore-policy",
+            policy,
+            "--annotation",
+            &interval,
+            "--annotation",
+            &store,
+            IMAGE,
+            id,
+            "memtick",
+            "--mib",
+            "16",
+            "--interval-ms",
+            &TICK_MS.to_string(),
+            "--out",
+            "/tmp/tick",
+        ])
+        .expect_success();
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+    h.running_pid(id);
+    json["ip"].as_str().unwrap().to_string()
+}
+
+#[track_caller]
+fn json(h: &Host, argv: &[&str]) -> Value {
+    let out = h.run(argv).expect_success();
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}\n{out}"))
+}
+
+fn ps(h: &Host) -> Value {
+    json(h, &["migratectl", "ps", "--json"])
+}
+
+fn ps_table(h: &Host) -> String {
+    h.run(&["migratectl", "ps"]).stdout_str()
+}
+
+fn find<'a>(ps: &'a Value, id: &str) -> Option<&'a Value> {
+    ps.as_array()?.iter().find(|c| c["id"] == id)
+}
+
+/// The valid versions of `id` in `store`, oldest first.
+fn versions(h: &Host, store: &str, id: &str) -> Vec<u64> {
+    let listed = json(
+        h,
+        &[
+            "migratectl",
+            "checkpoint",
+            "ls",
+            "--store",
+            store,
+            "--container",
+            id,
+            "--json",
+        ],
+    );
+    listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|v| v["valid"] == true)
+        .filter_map(|v| v["version"].as_u64())
+        .collect()
+}
+
+#[track_caller]
+fn wait_versions(h: &Host, store: &str, id: &str, at_least: usize) {
+    poll::until(
+        VERSIONS_TIMEOUT,
+        &format!("{id} to have {at_least} versions"),
+        || {
+            let v = versions(h, store, id);
+            if v.len() >= at_least {
+                Ok(())
+            } else {
+                Err(format!("{v:?}"))
+            }
+        },
+    );
+}
+
+#[track_caller]
+fn wait_versions_above(h: &Host, store: &str, id: &str, above: u64) {
+    poll::until(
+        VERSIONS_TIMEOUT,
+        &format!("a version of {id} newer than {above}"),
+        || {
+            let v = versions(h, store, id);
+            if v.last().is_some_and(|n| *n > above) {
+                Ok(())
+            } else {
+                Err(format!("{v:?}"))
+            }
+        },
+    );
+}
+
+/// Overwrites, on the registry's disk, the index of the newest version of
+/// container `id` (namespace "default", where the agents run the cluster's
+/// containers); returns that version.
+#[track_caller]
+fn corrupt_newest(cluster: &Cluster, id: &str) -> u64 {
+    let v2 = cluster.store_dir().join("docker/registry/v2");
+    let tags = v2.join("repositories/checkpoints/_manifests/tags");
+    // The version store's tags: the first 32 hex digits of sha256 of
+    // "NAMESPACE/ID", a dash, the version.
+    let out = Command::new("sh")
+        .args(["-c", &format!("printf %s default/{id} | sha256sum")])
+        .output()
+        .unwrap();
+    let hash = String::from_utf8(out.stdout).unwrap()[..32].to_string();
+    let newest = std::fs::read_dir(&tags)
+        .unwrap_or_else(|e| panic!("{}: {e}", tags.display()))
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter_map(|tag| tag.strip_prefix(&format!("{hash}-"))?.parse::<u64>().ok())
+        .max()
+        .unwrap_or_else(|| panic!("no version tag of {id} in {}", tags.display()));
+    let link = std::fs::read_to_string(tags.join(format!("{hash}-{newest}/current/link"))).unwrap();
+    let digest = link.trim().strip_prefix("sha256:").unwrap().to_string();
+    let blob = v2.join(format!("blobs/sha256/{}/{digest}/data", &digest[..2]));
+    let mut bytes = std::fs::read(&blob).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x20;
+    std::fs::write(&blob, &bytes).unwrap();
+    newest
+}
