@@ -3,7 +3,9 @@
 # machine, each with its own network, file system, cgroup and containerd,
 # linked by a bridge. Data crosses between hosts only over that network.
 #
-#   hack/cluster.sh up [N]              hosts h1..hN (default 2); prints a summary
+#   hack/cluster.sh up [N] [--etcd]     hosts h1..hN (default 2); prints a summary;
+#                                       --etcd (N >= 3): the control plane
+#                                       replicated on the hosts (below)
 #   hack/cluster.sh status              the summary again
 #   hack/cluster.sh exec HOST -- CMD... CMD on HOST, ctr pointed at its containerd
 #   hack/cluster.sh fail HOST           HOST loses power: links cut, every process
@@ -38,6 +40,8 @@
 #                   (the emulated VM of hack/softdirty-vm.sh)
 #   REGISTRY_TIMEOUT  seconds the started version store may take to answer
 #                   (default 10)
+#   ETCD_TIMEOUT    with --etcd, seconds the started etcd members may take to
+#                   be healthy, all three (default 20)
 #
 # What a host is
 #
@@ -90,7 +94,9 @@
 # reached at the same address from the machine and every host, whichever
 # host it runs on.
 #
-# Daemons. Started in the order of HOST_DAEMONS (below), each by
+# Daemons. Started in the order of HOST_DAEMONS (below; ETCD_HOST_DAEMONS
+# with --etcd, where each daemon is started on every new host before the
+# next, see "Replicated control plane"), each by
 # start_daemon_NAME, inside its host, with the host's env file
 # /run/containerd-migrate-cluster/CLUSTER/HOST/host.env in its environment
 # (and its path as CLUSTER_HOST_ENV). They need no stop: `fail` and `down`
@@ -106,8 +112,8 @@
 # `up` waits for until the coordinator has the host ready; its log is
 # agent.log in the directory shared with the machine.
 #
-# Control plane. The coordinator (migrate-coordinator) runs on the machine
-# at the bridge's .1, port 7400, its state and log in
+# Control plane. Without --etcd, the coordinator (migrate-coordinator) runs
+# on the machine at the bridge's .1, port 7400, its state and log in
 # /run/containerd-migrate-cluster/CLUSTER/; `fail` leaves it, `down` stops
 # it. `up` makes the cluster's CA there (tls/, with the coordinator's and
 # the machine migratectl's certificates) and gives each host, in its shared
@@ -115,6 +121,36 @@
 # (`exec`) and in host.env, MIGRATE_COORDINATOR, MIGRATE_TLS_DIR and
 # MIGRATE_TLS_NAME point migratectl at the coordinator; `status` prints the
 # machine's.
+#
+# Replicated control plane (`up N --etcd`, N >= 3). The machine runs no
+# coordinator (the version store stays there): the cluster's state is in an
+# etcd cluster of three members, on h1, h2 and h3, and every host runs a
+# coordinator replica on it; any one host can fail, and the two members left
+# are a quorum. On each host, daemon etcd (h1 to h3 only) and daemon
+# coordinator come before the agent. A member is named as its host, serves
+# clients at http://HOST-IP:2379 and its peers at http://HOST-IP:2380, keeps
+# its data on the host's disk (/var/lib/containerd-migrate/etcd inside) and
+# logs to etcd.log in the host's shared directory. Since a member answers
+# only once a quorum runs, `up` starts the three, then waits until each says
+# it is healthy (`etcdctl endpoint health`, at most ETCD_TIMEOUT seconds).
+# The members are bootstrapped once (--initial-cluster h1=...,h2=...,h3=...,
+# --initial-cluster-state new): `up` again keeps running members, and refuses
+# to build one of h1 to h3 anew beside members that hold the state (down,
+# then up). Plain HTTP on the cluster's network, without authentication: a
+# real deployment gives etcd TLS (--cert-file, --client-cert-auth,
+# --peer-cert-file, ...), as it gives the coordinator. A replica
+# (migrate-coordinator --store etcd --name HOST) listens at HOST-IP:7400 with
+# a certificate of its own, coordinator-HOST (valid for the host's IP), in
+# the host's tls/ beside the agent's; its log is coordinator.log in the
+# shared directory, and `up` waits until it listens (READY_TIMEOUT). Agents,
+# and migratectl on the hosts (host.env's MIGRATE_COORDINATOR) and on the
+# machine (`status`), get every replica: https://IP1:7400,https://IP2:7400,...
+# host.env also has CLUSTER_CONTROL_PLANE=etcd and ETCDCTL_ENDPOINTS (the
+# three members), for `exec HOST -- etcdctl ...`. `fail` kills the host's
+# member and replica with everything else of it. The mode ("machine" or
+# "etcd") is recorded in /run/containerd-migrate-cluster/CLUSTER/control-plane:
+# `up` on an existing cluster must be given the same, `status` prints the
+# replicas and the members with their health.
 #
 # Version store. The cluster's remote storage server for versions (the
 # ticker's oci:// stores): Debian's distribution registry (docker-registry),
@@ -160,8 +196,10 @@ CONTAINERD_NS=default
 # What a host may write to, each a bind mount of the same path under its
 # disk. A daemon that writes elsewhere needs its directory added here.
 PRIVATE_DIRS=(/run /tmp /var/tmp /var/lib/containerd-migrate)
-# A host's daemons, started in this order by start_daemon_NAME.
+# A host's daemons, started in this order by start_daemon_NAME; with --etcd,
+# ETCD_HOST_DAEMONS (etcd on the members only).
 HOST_DAEMONS=(snapshotter containerd agent)
+ETCD_HOST_DAEMONS=(etcd snapshotter containerd coordinator agent)
 # The migrate snapshotter's root and socket, inside every host.
 SNAPSHOTTER_ROOT=/var/lib/containerd-migrate/snapshotter
 SNAPSHOTTER_SOCK=/run/containerd-migrate-snapshotter/snapshotter.sock
@@ -175,8 +213,16 @@ AGENT_PORT=7401
 # the host numbers of the cluster's /24 that containers get.
 HOST_BRIDGE=cm0
 CONTAINER_RANGE=100-249
-# How long a started agent may take to show as ready at the coordinator.
+# How long a started agent may take to show as ready at the coordinator
+# (and, with --etcd, a started coordinator replica to listen).
 READY_TIMEOUT=${READY_TIMEOUT:-20}
+# With --etcd: the hosts of the etcd members, their ports, their data inside
+# each, and how long they may take to be healthy.
+ETCD_HOSTS=(h1 h2 h3)
+ETCD_CLIENT_PORT=2379
+ETCD_PEER_PORT=2380
+ETCD_DATA=/var/lib/containerd-migrate/etcd
+ETCD_TIMEOUT=${ETCD_TIMEOUT:-20}
 # The version store: the registry on the machine at the bridge's address,
 # and the repository prefix the store's URL names.
 REGISTRY_BIN=docker-registry
@@ -193,7 +239,7 @@ die() {
 }
 
 usage() {
-	die "usage: hack/cluster.sh up [N] | status | exec HOST -- CMD... | fail HOST | partition HOST | heal HOST | store [pause|resume] | down"
+	die "usage: hack/cluster.sh up [N] [--etcd] | status | exec HOST -- CMD... | fail HOST | partition HOST | heal HOST | store [pause|resume] | down"
 }
 
 now_ms() { echo $(($(date +%s%N) / 1000000)); }
@@ -213,6 +259,7 @@ cluster_names() {
 	REGISTRY_CONFIG=$CDIR/registry.yml
 	REGISTRY_PID=$CDIR/registry.pid
 	REGISTRY_LOG=$CDIR/registry.log
+	CONTROL_PLANE_FILE=$CDIR/control-plane
 }
 
 # Sets the names and paths of host $1.
@@ -241,6 +288,48 @@ subnet_prefix() {
 }
 
 host_ip() { echo "$(subnet_prefix).$((10 + HNUM))"; }
+
+# The IP of host $1, whichever host $H is.
+ip_of() { echo "$(subnet_prefix).$((10 + ${1#h}))"; }
+
+# The cluster's control plane as `up` recorded it: "machine" (the
+# coordinator on the machine) or "etcd" (`up N --etcd`).
+control_plane() {
+	cat "$CONTROL_PLANE_FILE" 2>/dev/null || echo machine
+}
+
+# Whether host $1 runs an etcd member (with --etcd).
+etcd_member() {
+	local m
+	for m in "${ETCD_HOSTS[@]}"; do
+		[[ $m == "$1" ]] && return 0
+	done
+	return 1
+}
+
+# The etcd members' client URLs, comma-separated.
+etcd_endpoints() {
+	local urls=() m
+	for m in "${ETCD_HOSTS[@]}"; do
+		urls+=("http://$(ip_of "$m"):$ETCD_CLIENT_PORT")
+	done
+	(
+		IFS=,
+		echo "${urls[*]}"
+	)
+}
+
+# The members with their peer URLs, as etcd's --initial-cluster.
+etcd_initial_cluster() {
+	local peers=() m
+	for m in "${ETCD_HOSTS[@]}"; do
+		peers+=("$m=http://$(ip_of "$m"):$ETCD_PEER_PORT")
+	done
+	(
+		IFS=,
+		echo "${peers[*]}"
+	)
+}
 
 # The hosts that anything of is left: directories, namespaces, links, cgroups.
 known_hosts() {
@@ -563,12 +652,103 @@ start_daemon_snapshotter() {
 # directory the machine shares. Returns once the coordinator has it ready.
 start_daemon_agent() {
 	host_tls
+	# In a subshell: enter execs.
 	# shellcheck disable=SC2016 # the inner shell expands them
-	enter env "$@" setsid sh -c 'exec "$@" </dev/null >>"$0" 2>&1 &' "$PUB/agent.log" \
+	(enter env "$@" setsid sh -c 'exec "$@" </dev/null >>"$0" 2>&1 &' "$PUB/agent.log" \
 		migrate-agent --name "$H" --listen "$(host_ip):$AGENT_PORT" \
 		--coordinator "$(coordinator_url)" --tls-dir "$PUB/tls" --bridge "$HOST_BRIDGE" \
-		--failpoints "$PUB/failpoints"
+		--failpoints "$PUB/failpoints")
 	wait_host_ready
+}
+
+# Runs CMD... in host $H in the background, detached, its output appended
+# to log $1 and its pid (the machine's: a host has no PID namespace of its
+# own) written to file $2.
+start_in_host() {
+	local log=$1 pidfile=$2
+	shift 2
+	# shellcheck disable=SC2016 # the inner shell expands them
+	(enter setsid sh -c 'log=$1 pidfile=$2; shift 2; "$@" </dev/null >>"$log" 2>&1 & echo $! >"$pidfile"' \
+		sh "$log" "$pidfile" "$@")
+}
+
+# Whether the process in pid file $1 runs.
+pid_alive() {
+	local pid
+	pid=$(cat "$1" 2>/dev/null || true)
+	[[ -n $pid ]] && kill -0 "$pid" 2>/dev/null
+}
+
+# An etcd member (--etcd), on the hosts of ETCD_HOSTS only: named as the
+# host, its data on the host's disk, plain HTTP at the host's address; its
+# log etcd.log in the directory the machine shares. Does not wait: a member
+# answers only once a quorum of them runs (wait_etcd).
+start_daemon_etcd() {
+	etcd_member "$H" || return 0
+	local ip
+	ip=$(host_ip)
+	start_in_host "$PUB/etcd.log" "$PUB/etcd.pid" env "$@" \
+		etcd --name "$H" --data-dir "$ETCD_DATA" \
+		--listen-client-urls "http://$ip:$ETCD_CLIENT_PORT" --advertise-client-urls "http://$ip:$ETCD_CLIENT_PORT" \
+		--listen-peer-urls "http://$ip:$ETCD_PEER_PORT" --initial-advertise-peer-urls "http://$ip:$ETCD_PEER_PORT" \
+		--initial-cluster "$(etcd_initial_cluster)" --initial-cluster-state new \
+		--initial-cluster-token "cm-$CLUSTER_NAME" --logger zap --log-outputs stderr
+}
+
+# Whether the etcd member at client URL $1 says it is healthy (it has a
+# leader and commits), asked from the machine.
+etcd_healthy() {
+	ETCDCTL_API=3 etcdctl --endpoints "$1" --dial-timeout 1s --command-timeout 2s \
+		endpoint health >/dev/null 2>&1
+}
+
+# Waits until every etcd member is healthy, ETCD_TIMEOUT seconds at most
+# from now. Sets $H and the rest to the last member's.
+wait_etcd() {
+	local deadline=$((SECONDS + ETCD_TIMEOUT)) m url
+	for m in "${ETCD_HOSTS[@]}"; do
+		host_names "$m"
+		url=http://$(host_ip):$ETCD_CLIENT_PORT
+		until etcd_healthy "$url"; do
+			pid_alive "$PUB/etcd.pid" || die "etcd on $H exited; see $PUB/etcd.log"
+			((SECONDS < deadline)) ||
+				die "etcd on $H ($url) is not healthy after ${ETCD_TIMEOUT}s (ETCD_TIMEOUT); see etcd.log in $CDIR/h1, h2 and h3"
+			sleep 0.1
+		done
+	done
+}
+
+# A coordinator replica (--etcd): its state in the etcd members, served at
+# the host's address with a certificate of its own, coordinator-HOST, in
+# the host's TLS directory; its log coordinator.log in the directory the
+# machine shares. Returns once it listens.
+start_daemon_coordinator() {
+	local ip
+	ip=$(host_ip)
+	install_host_cert "coordinator-$H"
+	start_in_host "$PUB/coordinator.log" "$PUB/coordinator.pid" env "$@" \
+		migrate-coordinator --store etcd --etcd-endpoints "$(etcd_endpoints)" --name "$H" \
+		--listen "$ip:$COORDINATOR_PORT" --advertise "https://$ip:$COORDINATOR_PORT" \
+		--tls-dir "$PUB/tls" --tls-name "coordinator-$H" \
+		--container-subnet "$(subnet_prefix).0/24" --container-range "$CONTAINER_RANGE"
+	local deadline=$((SECONDS + READY_TIMEOUT))
+	until replica_listens; do
+		pid_alive "$PUB/coordinator.pid" || die "the coordinator replica on $H exited; see $PUB/coordinator.log"
+		((SECONDS < deadline)) ||
+			die "the coordinator replica on $H does not listen on $ip:$COORDINATOR_PORT after ${READY_TIMEOUT}s; see $PUB/coordinator.log"
+		sleep 0.05
+	done
+}
+
+# Whether host $H's coordinator replica runs and listens on its port, as
+# its network namespace's /proc/PID/net/tcp shows (state 0A: LISTEN).
+replica_listens() {
+	local pid port
+	pid=$(cat "$PUB/coordinator.pid" 2>/dev/null || true)
+	[[ -n $pid ]] && kill -0 "$pid" 2>/dev/null || return 1
+	port=$(printf '%04X' "$COORDINATOR_PORT")
+	awk -v p=":$port" '$4 == "0A" && substr($2, length($2) - 4) == p { found = 1 } END { exit !found }' \
+		"/proc/$pid/net/tcp" "/proc/$pid/net/tcp6" 2>/dev/null
 }
 
 # Host $H's TLS directory, shared with it alone: the CA's certificate and
@@ -576,12 +756,19 @@ start_daemon_agent() {
 # valid for its name and its IP (for peers that dial the address, as
 # CRIU's TLS clients do).
 host_tls() {
-	local mc
+	install_host_cert "$H"
+}
+
+# Certificate $1 of the cluster's CA, valid for name $1 and host $H's IP,
+# issued unless it was, into host $H's TLS directory with the CA's
+# certificate.
+install_host_cert() {
+	local name=$1 mc
 	mc=$(bin_dir)/migratectl
-	[[ -f $CDIR/tls/$H.pem ]] || "$mc" cluster cert --dir "$CDIR/tls" --ip "$(host_ip)" "$H" >/dev/null
+	[[ -f $CDIR/tls/$name.pem ]] || "$mc" cluster cert --dir "$CDIR/tls" --ip "$(host_ip)" "$name" >/dev/null
 	mkdir -p "$PUB/tls"
-	install -m 0644 "$CDIR/tls/ca.pem" "$CDIR/tls/$H.pem" "$PUB/tls/"
-	install -m 0600 "$CDIR/tls/$H-key.pem" "$PUB/tls/"
+	install -m 0644 "$CDIR/tls/ca.pem" "$CDIR/tls/$name.pem" "$PUB/tls/"
+	install -m 0600 "$CDIR/tls/$name-key.pem" "$PUB/tls/"
 }
 
 # Polls the coordinator, as the machine's migratectl, until host $H is ready.
@@ -602,22 +789,44 @@ machine_migratectl() {
 		"$(bin_dir)/migratectl" "$@"
 }
 
-coordinator_url() { echo "https://$(subnet_prefix).1:$COORDINATOR_PORT"; }
+# The coordinator's URL; with --etcd every host's replica's,
+# comma-separated.
+coordinator_url() {
+	if [[ $(control_plane) == etcd ]]; then
+		local urls=() h
+		for h in $(known_hosts); do
+			urls+=("https://$(ip_of "$h"):$COORDINATOR_PORT")
+		done
+		(
+			IFS=,
+			echo "${urls[*]}"
+		)
+	else
+		echo "https://$(subnet_prefix).1:$COORDINATOR_PORT"
+	fi
+}
 
 bin_dir() { echo "${SHIM_DIR:-$REPO/target/release}"; }
 
-# The cluster's CA and the machine's certificates (the coordinator's, for
-# the bridge's address, and migratectl's), made once; then the coordinator,
-# unless it runs. Its state and log are in $CDIR.
-start_coordinator() {
-	local tls=$CDIR/tls mc pid
+# The cluster's CA and the machine's certificates (without --etcd the
+# coordinator's, for the bridge's address; migratectl's), made once.
+make_cluster_tls() {
+	local tls=$CDIR/tls mc
 	mc=$(bin_dir)/migratectl
 	[[ -x $mc && -x $(bin_dir)/migrate-coordinator && -x $(bin_dir)/migrate-agent &&
 		-x $(bin_dir)/containerd-snapshotter-migrate ]] ||
 		die "no migratectl, migrate-coordinator, migrate-agent and containerd-snapshotter-migrate in $(bin_dir): cargo build --release --workspace"
 	[[ -f $tls/ca.pem ]] || "$mc" cluster init --dir "$tls" >/dev/null
-	[[ -f $tls/coordinator.pem ]] || "$mc" cluster cert --dir "$tls" --ip "$(subnet_prefix).1" coordinator >/dev/null
+	if [[ $(control_plane) == machine ]]; then
+		[[ -f $tls/coordinator.pem ]] || "$mc" cluster cert --dir "$tls" --ip "$(subnet_prefix).1" coordinator >/dev/null
+	fi
 	[[ -f $tls/migratectl.pem ]] || "$mc" cluster cert --dir "$tls" migratectl >/dev/null
+}
+
+# The coordinator on the machine (without --etcd), unless it runs. Its
+# state and log are in $CDIR.
+start_coordinator() {
+	local tls=$CDIR/tls pid
 	pid=$(cat "$CDIR/coordinator.pid" 2>/dev/null || true)
 	if [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null; then
 		return 0
@@ -741,22 +950,69 @@ write_host_env() {
 		MIGRATE_TLS_DIR=$PUB/tls
 		MIGRATE_TLS_NAME=$H
 	EOF
+	if [[ $(control_plane) == etcd ]]; then
+		cat >>"$ENV_FILE.tmp" <<-EOF
+			CLUSTER_CONTROL_PLANE=etcd
+			ETCDCTL_ENDPOINTS=$(etcd_endpoints)
+		EOF
+	fi
 	mv "$ENV_FILE.tmp" "$ENV_FILE"
 }
 
-# Builds host $H from nothing.
-make_host() {
+# Builds host $H from nothing but its daemons.
+make_host_base() {
 	make_host_dirs
 	echo building >"$STATE_FILE"
 	create_host_cgroups
 	make_host_network
 	make_host_namespaces
 	write_host_env
+}
+
+# Builds host $H from nothing.
+make_host() {
+	make_host_base
 	local d
 	for d in "${HOST_DAEMONS[@]}"; do
 		start_daemon "$d"
 	done
 	echo up >"$STATE_FILE"
+}
+
+# With --etcd, builds hosts $@ (of h1..hN, the others up): each from
+# nothing but its daemons, then daemon by daemon of ETCD_HOST_DAEMONS on
+# every one of them, so that the three etcd members run together (each
+# waits for a quorum) and are healthy before any coordinator replica starts,
+# and every replica runs before any agent, which is given them all.
+make_hosts_etcd() {
+	local h d m kept=() anew=()
+	for m in "${ETCD_HOSTS[@]}"; do
+		if [[ " $* " == *" $m "* ]]; then anew+=("$m"); else kept+=("$m"); fi
+	done
+	if [[ ${#anew[@]} -gt 0 && ${#kept[@]} -gt 0 ]]; then
+		die "${anew[*]} must be built anew, but the etcd members on ${kept[*]} hold the cluster's state, which a new member cannot join: hack/cluster.sh down, then up"
+	fi
+	for h in "$@"; do
+		host_names "$h"
+		remove_host
+		make_host_base
+	done
+	# Every host's host.env names all the replicas now.
+	for h in $(known_hosts); do
+		host_names "$h"
+		write_host_env
+	done
+	for d in "${ETCD_HOST_DAEMONS[@]}"; do
+		for h in "$@"; do
+			host_names "$h"
+			start_daemon "$d"
+		done
+		[[ $d == etcd ]] && wait_etcd
+	done
+	for h in "$@"; do
+		host_names "$h"
+		echo up >"$STATE_FILE"
+	done
 }
 
 host_state() {
@@ -769,11 +1025,18 @@ need_root() {
 	[[ $(id -u) -eq 0 ]] || die "run as root"
 }
 
+# What `up` needs; $1 is the control plane, machine or etcd.
 need_tools() {
 	local t
 	for t in ip nsenter unshare mountpoint flock iptables containerd ctr runc jq; do
 		command -v "$t" >/dev/null || die "$t is not installed (hack/setup.sh)"
 	done
+	if [[ $1 == etcd ]]; then
+		for t in etcd etcdctl; do
+			command -v "$t" >/dev/null ||
+				die "$t is not installed: run hack/setup.sh (Debian's etcd-server), or up without --etcd"
+		done
+	fi
 	[[ -n $(unified_mount) ]] ||
 		die "no cgroup2 hierarchy mounted: a host's processes are killed with cgroup.kill (cgroup v2 or hybrid)"
 	case $CLUSTER_STORE in
@@ -841,12 +1104,25 @@ make_cluster() {
 }
 
 cmd_up() {
-	local n=${1:-2} start h
+	local n="" plane=machine arg start h have todo=()
+	for arg in "$@"; do
+		case $arg in
+		--etcd) plane=etcd ;;
+		*)
+			[[ -z $n ]] || usage
+			n=$arg
+			;;
+		esac
+	done
+	n=${n:-2}
 	if ! [[ $n =~ ^[1-9][0-9]*$ ]] || ((n > MAX_HOSTS)); then
 		die "bad host count '$n': 1 to $MAX_HOSTS"
 	fi
+	if [[ $plane == etcd ]] && ((n < ${#ETCD_HOSTS[@]})); then
+		die "up --etcd needs 3 hosts or more (etcd members on ${ETCD_HOSTS[*]}, of which two are a quorum): hack/cluster.sh up 3 --etcd"
+	fi
 	need_root
-	need_tools
+	need_tools "$plane"
 	lock
 	start=$(now_ms)
 	# What a crashed run left of a cluster that has no directory any more.
@@ -854,23 +1130,48 @@ cmd_up() {
 	for h in $(known_hosts); do
 		((${h#h} <= n)) || die "cluster $CLUSTER_NAME has host $h, beyond h$n: hack/cluster.sh down first"
 	done
+	# The control plane is the cluster's: a cluster from before the file was
+	# recorded has the machine's.
+	have=""
+	if [[ -f $CONTROL_PLANE_FILE ]]; then
+		have=$(control_plane)
+	elif [[ -n $(known_hosts) ]]; then
+		have=machine
+	fi
+	if [[ -n $have && $have != "$plane" ]]; then
+		if [[ $have == etcd ]]; then
+			die "cluster $CLUSTER_NAME runs its control plane on etcd: hack/cluster.sh up $n --etcd, or down first"
+		fi
+		die "cluster $CLUSTER_NAME runs its coordinator on the machine: hack/cluster.sh up $n (without --etcd), or down first"
+	fi
 	make_cluster
+	echo "$plane" >"$CONTROL_PLANE_FILE"
 	[[ $CLUSTER_STORE == none ]] || start_registry
-	start_coordinator
+	make_cluster_tls
+	[[ $plane == etcd ]] || start_coordinator
 	for h in $(seq -f 'h%g' 1 "$n"); do
 		host_names "$h"
 		case $(host_state) in
 		up)
 			timeout 5 ctr --address "$SOCK" version >/dev/null 2>&1 ||
 				die "$H is up but its containerd does not answer on $SOCK: hack/cluster.sh down, then up"
+			if [[ $plane == etcd ]] && ! replica_listens; then
+				die "$H is up but its coordinator replica does not listen (see $PUB/coordinator.log): hack/cluster.sh down, then up"
+			fi
 			;;
 		failed) die "$H has failed (hack/cluster.sh fail); hack/cluster.sh down, then up" ;;
 		*)
-			remove_host
-			make_host
+			if [[ $plane == etcd ]]; then
+				todo+=("$H")
+			else
+				remove_host
+				make_host
+			fi
 			;;
 		esac
 	done
+	# Also when every host was up: it checks that the members are healthy.
+	[[ $plane == machine ]] || make_hosts_etcd "${todo[@]}"
 	for h in $(known_hosts); do
 		host_names "$h"
 		write_host_env
@@ -888,10 +1189,46 @@ summary() {
 		host_names "$h"
 		printf '%-5s %-11s %-15s %s\n' "$H" "$(shown_state)" "$(host_ip)" "$SOCK"
 	done
-	printf 'coordinator %s; on the machine: MIGRATE_COORDINATOR=%s MIGRATE_TLS_DIR=%s MIGRATE_TLS_NAME=migratectl\n' \
-		"$(coordinator_url)" "$(coordinator_url)" "$CDIR/tls"
+	if [[ $(control_plane) == etcd ]]; then
+		summary_etcd
+	else
+		printf 'coordinator %s; on the machine: MIGRATE_COORDINATOR=%s MIGRATE_TLS_DIR=%s MIGRATE_TLS_NAME=migratectl\n' \
+			"$(coordinator_url)" "$(coordinator_url)" "$CDIR/tls"
+	fi
 	printf 'store: %s\n' "$(store_url)"
 	printf 'on a host: hack/cluster.sh exec HOST -- ctr ... | migratectl hosts  (CLUSTER_NAME=%s)\n' "$CLUSTER_NAME"
+}
+
+# With --etcd: every host's coordinator replica and etcd member, as the
+# machine sees them (one `etcdctl endpoint health` of all three, 1 s at most).
+summary_etcd() {
+	local health h url replica member
+	health=$(ETCDCTL_API=3 etcdctl --endpoints "$(etcd_endpoints)" --dial-timeout 1s --command-timeout 1s \
+		endpoint health -w json 2>/dev/null || true)
+	printf 'control plane: a coordinator replica on every host, its state in etcd on %s; logs coordinator.log and etcd.log in %s/HOST\n' \
+		"${ETCD_HOSTS[*]}" "$CDIR"
+	printf '%-5s %-26s %-10s %-24s %s\n' HOST COORDINATOR REPLICA ETCD MEMBER
+	for h in $(known_hosts); do
+		host_names "$h"
+		if replica_listens; then
+			replica=listening
+		elif pid_alive "$PUB/coordinator.pid"; then
+			replica=running
+		else
+			replica=down
+		fi
+		url=- member=""
+		if etcd_member "$H"; then
+			url=http://$(host_ip):$ETCD_CLIENT_PORT
+			member=$(jq -r --arg u "$url" '.[] | select(.endpoint == $u) | if .health then "healthy" else "unhealthy" end' \
+				<<<"$health" 2>/dev/null || true)
+			member=${member:-unknown}
+		fi
+		printf '%-5s %-26s %-10s %-24s %s\n' "$H" "https://$(host_ip):$COORDINATOR_PORT" "$replica" "$url" "$member"
+	done
+	printf 'coordinator replicas %s; on the machine: MIGRATE_COORDINATOR=%s MIGRATE_TLS_DIR=%s MIGRATE_TLS_NAME=migratectl\n' \
+		"$(coordinator_url)" "$(coordinator_url)" "$CDIR/tls"
+	printf 'etcd %s (plain HTTP); on the machine: ETCDCTL_ENDPOINTS=%s\n' "$(etcd_endpoints)" "$(etcd_endpoints)"
 }
 
 # Host $H's state for the summary: an up host cut off by `partition` shows

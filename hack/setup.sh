@@ -48,8 +48,10 @@ RUNTIME_PKGS=(runc iptables busybox-static iproute2 ca-certificates jq)
 # The soft-dirty VM (hack/softdirty-vm.sh): QEMU, and what builds its image.
 VM_PKGS=(qemu-system-x86 debootstrap cpio e2fsprogs)
 # The distribution registry that the oci:// version store tests start, each
-# a private one; the package's own service is kept from running.
-TEST_PKGS=(docker-registry)
+# a private one, and etcd, which a local cluster's replicated coordinators
+# keep their state in (hack/cluster.sh up N --etcd); the packages' own
+# services are kept from running.
+TEST_PKGS=(docker-registry etcd-server)
 CRIU_BUILD_PKGS=(build-essential pkg-config xz-utils python3
 	libprotobuf-dev libprotobuf-c-dev protobuf-c-compiler protobuf-compiler
 	python3-protobuf libnl-3-dev libnet1-dev libcap-dev libbsd-dev
@@ -210,7 +212,7 @@ step_deps() {
 	apt_install "${TEST_PKGS[@]}"
 	policy_rc_restore
 	if command -v systemctl >/dev/null && [[ -d /run/systemd/system ]]; then
-		systemctl disable --now docker-registry.service >/dev/null 2>&1 || true
+		systemctl disable --now docker-registry.service etcd.service >/dev/null 2>&1 || true
 	fi
 }
 

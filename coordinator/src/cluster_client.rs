@@ -5,15 +5,18 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use migrate_cluster::proto::ListCoordinatorsRequest;
 use migrate_cluster::proto::coordinator_client::CoordinatorClient;
 use migrate_cluster::tls::{self, Tls};
 use tonic::transport::Channel;
 
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long connecting to a coordinator may take, and with several
+/// replicas, asking one which leads.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct ClusterArgs {
-    /// The coordinator, https://HOST:PORT
+    /// The coordinator, https://HOST:PORT; its replicas comma-separated (the leader is found among them)
     #[arg(long, env = "MIGRATE_COORDINATOR")]
     coordinator: String,
     /// Directory with the cluster's ca.pem and migratectl's certificate and key
@@ -29,11 +32,58 @@ impl ClusterArgs {
         &self.coordinator
     }
 
-    pub async fn coordinator(&self) -> Result<CoordinatorClient<Channel>> {
-        let server_name = tls::url_host(&self.coordinator)
-            .with_context(|| format!("--coordinator {} is not an https://HOST:PORT URL", self.coordinator))?;
-        let tls = Tls::load(&self.tls_dir, &self.tls_name)?;
-        let channel = tls.connect_without_deadline(&self.coordinator, server_name, CONNECT_TIMEOUT).await?;
+    fn urls(&self) -> Vec<&str> {
+        self.coordinator.split(',').map(str::trim).filter(|u| !u.is_empty()).collect()
+    }
+
+    async fn connect(&self, tls: &Tls, url: &str) -> Result<CoordinatorClient<Channel>> {
+        let server_name =
+            tls::url_host(url).with_context(|| format!("--coordinator {url} is not an https://HOST:PORT URL"))?;
+        let channel = tls.connect_without_deadline(url, server_name, CONNECT_TIMEOUT).await?;
         Ok(CoordinatorClient::new(channel))
+    }
+
+    /// A client of the coordinator: the one named, or of several replicas
+    /// the leader (any replica answers lists, only the leader changes the
+    /// cluster), else the first that answers.
+    pub async fn coordinator(&self) -> Result<CoordinatorClient<Channel>> {
+        let tls = Tls::load(&self.tls_dir, &self.tls_name)?;
+        let urls = self.urls();
+        if let [url] = urls.as_slice() {
+            return self.connect(&tls, url).await;
+        }
+        let mut errors = Vec::new();
+        for url in &urls {
+            let mut client = match self.connect(&tls, url).await {
+                Ok(c) => c,
+                Err(e) => {
+                    errors.push(format!("{url}: {e:#}"));
+                    continue;
+                }
+            };
+            // A replica whose host is gone takes no call and refuses none.
+            let asked = tokio::time::timeout(CONNECT_TIMEOUT, client.list_coordinators(ListCoordinatorsRequest {}));
+            let leader = match asked.await {
+                Ok(Ok(r)) => r.into_inner().replicas.into_iter().find(|r| r.leader),
+                Ok(Err(s)) => {
+                    errors.push(format!("{url}: {}", tls::status_chain(&s)));
+                    continue;
+                }
+                Err(_) => {
+                    errors.push(format!("{url}: no answer within {CONNECT_TIMEOUT:?}"));
+                    continue;
+                }
+            };
+            match leader {
+                Some(l) if l.url != *url => match self.connect(&tls, &l.url).await {
+                    Ok(c) => return Ok(c),
+                    Err(e) => errors.push(format!("the leader {} at {}: {e:#}", l.name, l.url)),
+                },
+                // The leader itself, or no leader at the moment: this one
+                // answers lists, and says so for the rest.
+                _ => return Ok(client),
+            }
+        }
+        anyhow::bail!("no replica of the coordinator answers: {}", errors.join("; "))
     }
 }

@@ -22,7 +22,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::commands::{checkpoint, cluster, containers, hosts, migrate, restore};
+use crate::commands::{checkpoint, cluster, containers, coordinators, hosts, migrate, restore};
 
 /// Where containerd listens unless told otherwise (as for `ctr`).
 pub const DEFAULT_ADDRESS: &str = "/run/containerd/containerd.sock";
@@ -62,6 +62,8 @@ enum Command {
     Version,
     /// The cluster's hosts: name, address, state (ready|down), containers, last heartbeat
     Hosts(hosts::Args),
+    /// The coordinator's replicas: which one leads, since when
+    Coordinator(coordinators::Args),
     /// Run a container through the cluster: placed by the scheduler, with an IP of the cluster network
     Run(containers::RunArgs),
     /// Every container of the cluster: id, host, IP, state, image
@@ -82,7 +84,10 @@ async fn main() -> ExitCode {
     // they talk TCP, and a coordinator that closes the connection (refusing
     // the certificate) would kill migratectl without a word; they treat a
     // closed stdout as the end instead (output::write_stdout).
-    if !matches!(cli.command, Command::Hosts(_) | Command::Run(_) | Command::Ps(_) | Command::Migrate(_)) {
+    if !matches!(
+        cli.command,
+        Command::Hosts(_) | Command::Coordinator(_) | Command::Run(_) | Command::Ps(_) | Command::Migrate(_)
+    ) {
         // SAFETY: no other thread exists yet (a current-thread runtime), and
         // SIG_DFL installs no handler.
         let _ = unsafe {
@@ -95,6 +100,7 @@ async fn main() -> ExitCode {
         Command::Restore(args) => restore::run(&cli.global, args).await,
         Command::Version => commands::version(&cli.global).await,
         Command::Hosts(args) => hosts::run(args).await,
+        Command::Coordinator(args) => coordinators::run(args).await,
         Command::Run(args) => containers::run(args).await,
         Command::Ps(args) => containers::ps(args).await,
         Command::Migrate(args) => migrate::run(args).await,

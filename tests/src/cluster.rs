@@ -171,12 +171,16 @@ impl Cluster {
     /// Brings up cluster `name` with hosts h1..h`n`, after clearing what a
     /// killed earlier run left under that name.
     pub fn up(name: &str, n: usize) -> Result<Cluster, String> {
+        Cluster::up_with(name, n, &[])
+    }
+
+    /// As [`Cluster::up`], with more flags of `hack/cluster.sh up` (`--etcd`).
+    pub fn up_with(name: &str, n: usize, flags: &[&str]) -> Result<Cluster, String> {
         let _ = process::run_quietly(script(name, &["down"]), script_timeout());
-        let out = process::run(
-            script(name, &["up", &n.to_string()]),
-            None,
-            script_timeout(),
-        );
+        let count = n.to_string();
+        let mut args = vec!["up", count.as_str()];
+        args.extend_from_slice(flags);
+        let out = process::run(script(name, &args), None, script_timeout());
         let mut cluster = Cluster {
             name: name.to_string(),
             hosts: Vec::new(),
@@ -666,4 +670,84 @@ fn runs_as((pid, cgroup): (u32, PathBuf), comm: &str) -> Option<String> {
         cgroup.display(),
         events.split_whitespace().collect::<Vec<_>>().join(" ")
     ))
+}
+
+/// Where the cluster's daemons and containers write their logs, as the
+/// machine sees them (they outlive a failed host; `down` removes them).
+impl Cluster {
+    /// The coordinator's log (RUN_BASE/CLUSTER/coordinator.log).
+    pub fn coordinator_log(&self) -> PathBuf {
+        Path::new(RUN_BASE).join(&self.name).join("coordinator.log")
+    }
+}
+
+impl Host {
+    /// The host agent's log, in the directory shared with the machine.
+    pub fn agent_log(&self) -> PathBuf {
+        self.shared_dir().join("agent.log")
+    }
+
+    /// The output of cluster container `id` on this host: the agent has its
+    /// task write it to `logs/ID.log` under its state directory (migrate-agent
+    /// --state-dir, by default /var/lib/containerd-migrate/agent).
+    pub fn container_log(&self, id: &str) -> PathBuf {
+        self.on_disk(&format!("/var/lib/containerd-migrate/agent/logs/{id}.log"))
+    }
+
+    /// The log of the host's containerd (and of its shims: the ticker's
+    /// `ticker-version` lines are there), hack/containerd.sh's instance
+    /// cluster-CLUSTER-HOST.
+    pub fn containerd_log(&self) -> PathBuf {
+        self.on_disk(&format!(
+            "/run/containerd-migrate/cluster-{}-{}/containerd.log",
+            self.cluster, self.name
+        ))
+    }
+}
+
+/// The machine's side of the cluster's network.
+impl Cluster {
+    /// The bridge on the machine that every host's link is a port of
+    /// (hack/cluster.sh's cm-CLUSTER), holding the coordinator's and the
+    /// store's address.
+    pub fn bridge(&self) -> String {
+        format!("cm-{}", self.name)
+    }
+
+    /// The machine's end of `host`'s link (hack/cluster.sh's cm-CLUSTER-HOST).
+    pub fn link_of(&self, host: &str) -> String {
+        format!("cm-{}-{host}", self.name)
+    }
+
+    /// The MAC address of a link on the machine.
+    pub fn mac_of(link: &str) -> Result<String, String> {
+        let path = format!("/sys/class/net/{link}/address");
+        std::fs::read_to_string(&path)
+            .map(|s| s.trim().to_string())
+            .map_err(|e| format!("{path}: {e}"))
+    }
+
+    /// Sets the bridge's MAC address to the one it has. hack/cluster.sh
+    /// creates it without one, so Linux gives it the lowest of its ports'
+    /// and changes it when that port goes: when `fail` deletes that host's
+    /// link, the coordinator's address moves to another MAC, and the other
+    /// hosts, whose ARP entries still have the old one, cannot reach it
+    /// (4 to 50 s here) and are declared down too. A bridge whose address
+    /// was set keeps it. Returns the address.
+    pub fn pin_bridge_address(&self) -> Result<String, String> {
+        let bridge = self.bridge();
+        let mac = Cluster::mac_of(&bridge)?;
+        let out = process::run_within(
+            {
+                let mut cmd = Command::new("ip");
+                cmd.args(["link", "set", "dev", &bridge, "address", &mac]);
+                cmd
+            },
+            Duration::from_secs(10),
+        )?;
+        if !out.success() {
+            return Err(format!("setting {bridge}'s address failed\n{out}"));
+        }
+        Ok(mac)
+    }
 }

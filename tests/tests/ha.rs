@@ -15,6 +15,9 @@
 //!   host is ready again.
 //! - The store does not answer for a while (`store pause`): the ticks fail,
 //!   the container counts on, and versions resume once the store is back.
+//! - The coordinator replicated on etcd loses its leader's host, with a
+//!   container on it: another replica leads within the lease's TTL and
+//!   brings the container back.
 //!
 //! Each test has a cluster of its own.
 
@@ -431,4 +434,82 @@ fn corrupt_newest(cluster: &Cluster, id: &str) -> u64 {
     bytes[middle] ^= 0x20;
     std::fs::write(&blob, &bytes).unwrap();
     newest
+}
+
+/// The coordinator replicated on etcd (`up 4 --etcd`: etcd on h1-h3, a
+/// replica on every host): the leader's host is lost together with a
+/// container of it; another replica leads within the lease's TTL, and
+/// brings the container back from its newest version.
+#[test]
+fn a_new_leader_brings_back_the_containers_of_the_old_leaders_host() {
+    let test = "a_new_leader_brings_back_the_containers_of_the_old_leaders_host";
+    if !cluster::prerequisites_met(test) {
+        return;
+    }
+    let cluster = Cluster::up_with("hc", 4, &["--etcd"]).unwrap_or_else(|e| panic!("{e}"));
+    let hosts: Vec<&Host> = ["h1", "h2", "h3", "h4"]
+        .iter()
+        .map(|h| cluster.host(h))
+        .collect();
+    for h in &hosts {
+        h.import_test_image();
+    }
+    let store = cluster.store();
+    let replicas = json(hosts[3], &["migratectl", "coordinator", "--json"]);
+    assert_eq!(replicas["store"], "etcd", "{replicas:#}");
+    let leader = replicas["replicas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["leader"] == true)
+        .unwrap_or_else(|| panic!("no leader: {replicas:#}"))["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let lost = cluster.host(&leader);
+    let witness = hosts.iter().find(|h| h.name != leader).unwrap();
+    let ip = run_counter(lost, "l1", "checkpoint", &store);
+    wait_versions(witness, &store, "l1", 1);
+    let before = tick(lost.running_pid("l1")).unwrap();
+
+    let cut = Instant::now();
+    cluster.fail(&leader).expect_success();
+    let new_leader = poll::until(Duration::from_secs(30), "another replica to lead", || {
+        let replicas = json(witness, &["migratectl", "coordinator", "--json"]);
+        match replicas["replicas"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["leader"] == true)
+        {
+            Some(r) if r["name"] != leader.as_str() => Ok(r["name"].as_str().unwrap().to_string()),
+            _ => Err(format!("{replicas:#}")),
+        }
+    });
+    let failover = cut.elapsed();
+    let ps = poll::until(BACK_TIMEOUT, "l1 to run on another host", || {
+        let ps = ps(witness);
+        match find(&ps, "l1") {
+            Some(c) if c["host"] != leader.as_str() && c["state"] == "running" => Ok(ps),
+            _ => Err(format!("{ps:#}")),
+        }
+    });
+    let l1 = find(&ps, "l1").unwrap();
+    eprintln!(
+        "{new_leader} leads {failover:?} after {leader} was lost; l1 back after {:?}: {}",
+        cut.elapsed(),
+        l1["recovery"]
+    );
+    assert_eq!(l1["ip"], ip.as_str());
+    let age_ms = l1["recovery"]["versionAgeMs"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("l1 was not restored from a version: {l1:#}"));
+    let host = cluster.host(l1["host"].as_str().unwrap());
+    let first = wait_tick_above(host.running_pid("l1"), 0, "l1 to count on its new host");
+    assert!(
+        first + (age_ms + 1_000) / TICK_MS + 5 >= before,
+        "l1 restarted from {first}, counted {before} before"
+    );
+    // The new leader writes: a container runs through it.
+    run_counter(host, "after", "none", &store);
 }

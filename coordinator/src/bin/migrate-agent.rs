@@ -21,9 +21,9 @@ struct Args {
     /// HOST:PORT the coordinator and other agents reach this agent at [default: --listen]
     #[arg(long, env = "MIGRATE_AGENT_ADVERTISE")]
     advertise: Option<String>,
-    /// The coordinator, https://HOST:PORT (its certificate must name HOST)
-    #[arg(long, env = "MIGRATE_COORDINATOR")]
-    coordinator: String,
+    /// The coordinator, https://HOST:PORT (its certificate must name HOST); its replicas comma-separated
+    #[arg(long, env = "MIGRATE_COORDINATOR", value_delimiter = ',', required = true)]
+    coordinator: Vec<String>,
     /// Directory with the cluster's ca.pem and this host's certificate and key
     #[arg(long, env = "MIGRATE_TLS_DIR")]
     tls_dir: PathBuf,

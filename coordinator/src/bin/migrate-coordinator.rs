@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use clap::error::ErrorKind;
 use clap::{CommandFactory, Parser};
-use migrate_cluster::coordinator::{self, Config};
+use migrate_cluster::coordinator::{self, Config, StateStore};
 use migrate_cluster::ipam::Pool;
 use migrate_cluster::membership::HeartbeatPolicy;
 
@@ -24,9 +24,26 @@ struct Args {
     /// Name of the coordinator's certificate in --tls-dir (NAME.pem, NAME-key.pem)
     #[arg(long, env = "MIGRATE_TLS_NAME", default_value = "coordinator")]
     tls_name: String,
-    /// The cluster's state: one file, created if missing
+    /// Where the cluster's state is: redb (one file, --state; one coordinator) or etcd (--etcd-endpoints;
+    /// several replicas, one leading)
+    #[arg(long, env = "MIGRATE_STORE", default_value = "redb", value_parser = ["redb", "etcd"])]
+    store: String,
+    /// The cluster's state with --store redb: one file, created if missing
     #[arg(long, env = "MIGRATE_STATE", default_value = "/var/lib/containerd-migrate/cluster/state.redb")]
     state: PathBuf,
+    /// etcd's client URLs with --store etcd, comma-separated (http://10.0.0.2:2379,http://10.0.0.3:2379)
+    #[arg(long, env = "MIGRATE_ETCD_ENDPOINTS", value_delimiter = ',')]
+    etcd_endpoints: Vec<String>,
+    /// This replica's name among the coordinators (default: the host's name)
+    #[arg(long, env = "MIGRATE_COORDINATOR_NAME")]
+    name: Option<String>,
+    /// The URL agents and migratectl reach this replica at (default: https://LISTEN)
+    #[arg(long, env = "MIGRATE_COORDINATOR_ADVERTISE")]
+    advertise: Option<String>,
+    /// Seconds a replica's lease in etcd lasts: how long the cluster may be without a leader after the leader's
+    /// host dies (etcd's minimum is 2)
+    #[arg(long, env = "MIGRATE_LEADER_TTL", default_value_t = 2)]
+    leader_ttl: i64,
     /// The cluster network containers get addresses of, such as 10.88.3.0/24
     #[arg(long, env = "MIGRATE_CONTAINER_SUBNET", requires = "container_range")]
     container_subnet: Option<String>,
@@ -57,11 +74,28 @@ async fn main() -> ExitCode {
         Duration::from_millis(args.heartbeat_timeout_ms),
     )
     .unwrap_or_else(|e| Args::command().error(ErrorKind::ValueValidation, e).exit());
+    let state = match args.store.as_str() {
+        "etcd" if args.etcd_endpoints.is_empty() => Args::command()
+            .error(ErrorKind::MissingRequiredArgument, "--store etcd needs --etcd-endpoints URL,...")
+            .exit(),
+        "etcd" => StateStore::Etcd(args.etcd_endpoints),
+        _ => StateStore::Redb(args.state),
+    };
+    if args.leader_ttl < 1 {
+        Args::command().error(ErrorKind::ValueValidation, "--leader-ttl is at least 1 (second)").exit();
+    }
+    let name = args.name.unwrap_or_else(|| {
+        nix::unistd::gethostname().map_or_else(|_| "coordinator".into(), |h| h.to_string_lossy().into_owned())
+    });
+    let url = args.advertise.unwrap_or_else(|| format!("https://{}", args.listen));
     let config = Config {
         listen: args.listen,
         tls_dir: args.tls_dir,
         tls_name: args.tls_name,
-        state: args.state,
+        state,
+        name,
+        url,
+        leader_ttl: args.leader_ttl,
         policy,
         container_network,
     };

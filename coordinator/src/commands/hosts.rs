@@ -140,7 +140,7 @@ async fn list(cluster: &ClusterArgs, json: bool) -> Result<ExitCode> {
 
 /// An age as a heartbeat's is read: milliseconds while it is fresh, then
 /// the largest unit (a host down since yesterday is "26 h", not 93600 s).
-fn human_age(ms: u64) -> String {
+pub fn human_age(ms: u64) -> String {
     match ms / 1000 {
         0..10 => human_ms(Some(ms as f64)),
         s @ 10..120 => format!("{s} s"),

@@ -4,6 +4,7 @@
 pub mod checkpoint;
 pub mod cluster;
 pub mod containers;
+pub mod coordinators;
 pub mod export;
 pub mod hosts;
 pub mod import;

@@ -36,12 +36,39 @@ const RETRY_MAX: Duration = Duration::from_secs(5);
 /// A period the coordinator could not mean (an older or broken one).
 const MIN_PERIOD: Duration = Duration::from_millis(100);
 
-/// Where the coordinator is and how to reach it.
+/// Where the coordinator's replicas are and how to reach them.
 pub struct Coordinator {
+    pub endpoints: Vec<Endpoint>,
+    pub tls: Tls,
+}
+
+/// One replica of the coordinator.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
     pub url: String,
     /// The name its certificate must carry (the URL's host).
     pub server_name: String,
-    pub tls: Tls,
+}
+
+impl Coordinator {
+    fn urls(&self) -> String {
+        self.endpoints.iter().map(|e| e.url.as_str()).collect::<Vec<_>>().join(",")
+    }
+
+    /// A client of the first replica, from `first` on, that accepts a
+    /// connection; which one it is.
+    async fn connect(&self, first: usize, timeout: Duration) -> Result<(CoordinatorClient<Channel>, usize), String> {
+        let mut errors = Vec::new();
+        for k in 0..self.endpoints.len() {
+            let i = (first + k) % self.endpoints.len();
+            let e = &self.endpoints[i];
+            match self.tls.connect(&e.url, &e.server_name, timeout).await {
+                Ok(channel) => return Ok((CoordinatorClient::new(channel), i)),
+                Err(err) => errors.push(format!("{}: {err}", e.url)),
+            }
+        }
+        Err(errors.join("; "))
+    }
 }
 
 /// Why registering failed.
@@ -63,15 +90,15 @@ pub async fn run(
 ) -> String {
     let mut retry = RETRY_FIRST;
     loop {
-        let (mut client, session, period) = match register(&probe, &ctx, &coordinator, &lease).await {
+        let (client, session, period) = match register(&probe, &ctx, &coordinator, &lease).await {
             Ok(registered) => registered,
             Err(RegisterError::Refused(e)) => {
-                return format!("the coordinator at {} refuses this agent: {e}", coordinator.url);
+                return format!("the coordinator at {} refuses this agent: {e}", coordinator.urls());
             }
             Err(RegisterError::Retry(e)) => {
                 log::warn!(
                     "registering with the coordinator at {} failed: {e}; retrying in {retry:?}",
-                    coordinator.url
+                    coordinator.urls()
                 );
                 // Waiting before a retry is the point here, not a guess at
                 // when something else is done.
@@ -81,8 +108,7 @@ pub async fn run(
             }
         };
         retry = RETRY_FIRST;
-        log::info!("registered with the coordinator at {} as {}", coordinator.url, probe.name());
-        let ended = beat(&mut client, &probe, &session, period, &lease).await;
+        let ended = beat(&coordinator, client, &probe, &session, period, &lease).await;
         log::warn!("{ended}; registering again");
     }
 }
@@ -92,13 +118,9 @@ async fn register(
     ctx: &Context,
     coordinator: &Coordinator,
     lease: &watch::Sender<Lease>,
-) -> Result<(CoordinatorClient<Channel>, String, Duration), RegisterError> {
-    let channel = coordinator
-        .tls
-        .connect(&coordinator.url, &coordinator.server_name, CALL_TIMEOUT)
-        .await
-        .map_err(|e| RegisterError::Retry(e.to_string()))?;
-    let mut client = CoordinatorClient::new(channel);
+) -> Result<(Replica, String, Duration), RegisterError> {
+    let (client, at) = coordinator.connect(0, CALL_TIMEOUT).await.map_err(RegisterError::Retry)?;
+    let mut client = client;
     let info = probe.info().await.map_err(|e| RegisterError::Retry(e.to_string()))?;
     let containers = fence::here(ctx).await.map_err(|e| RegisterError::Retry(format!("{e:#}")))?;
     let sent = Instant::now();
@@ -115,7 +137,14 @@ async fn register(
         .await
         .map_err(|e| RegisterError::Retry(format!("removing the stale copies {:?}: {e:#}", answer.stale)))?;
     renew(lease, sent, answer.lease_ms);
-    Ok((client, answer.session_id, period(answer.heartbeat_period_ms)))
+    log::info!("registered with the coordinator at {} as {}", coordinator.endpoints[at].url, probe.name());
+    Ok((Replica { client, at }, answer.session_id, period(answer.heartbeat_period_ms)))
+}
+
+/// The replica beats go to, until it fails to answer one.
+struct Replica {
+    client: CoordinatorClient<Channel>,
+    at: usize,
 }
 
 /// A lease of `ms` from `sent`; 0 is a coordinator that grants none.
@@ -126,7 +155,8 @@ fn renew(lease: &watch::Sender<Lease>, sent: Instant, ms: u64) {
 
 /// Beats until the coordinator ends the session; returns why it ended.
 async fn beat(
-    client: &mut CoordinatorClient<Channel>,
+    coordinator: &Coordinator,
+    mut replica: Replica,
     probe: &Probe,
     session: &str,
     mut period: Duration,
@@ -157,26 +187,53 @@ async fn beat(
         };
         let request =
             HeartbeatRequest { name: probe.name().to_string(), session_id: session.to_string(), containers, images };
-        let sent = Instant::now();
-        match client.heartbeat(request).await {
-            Ok(answer) => {
+        // A replica that does not answer within a period is passed over
+        // for the next at once: the session is in the shared store, so any
+        // replica takes the beat, and the lease must not run out meanwhile.
+        let mut answered = None;
+        for _ in 0..coordinator.endpoints.len() {
+            let sent = Instant::now();
+            // Alone, the coordinator is waited for as long as any call.
+            let patience = if coordinator.endpoints.len() > 1 { period } else { CALL_TIMEOUT };
+            match tokio::time::timeout(patience, replica.client.heartbeat(request.clone())).await {
+                Ok(Ok(answer)) => {
+                    answered = Some((sent, answer.into_inner()));
+                    break;
+                }
+                Ok(Err(s)) if matches!(s.code(), Code::FailedPrecondition | Code::NotFound) => {
+                    return format!("the coordinator refused a heartbeat: {}", s.message());
+                }
+                failed => {
+                    if coordinator_ok {
+                        let why = match failed {
+                            Ok(Err(s)) => crate::tls::status_chain(&s),
+                            _ => format!("no answer within {patience:?}"),
+                        };
+                        log::warn!("a heartbeat got no answer from {}: {why}", coordinator.endpoints[replica.at].url);
+                    }
+                    if coordinator.endpoints.len() == 1 {
+                        break;
+                    }
+                    match coordinator.connect(replica.at + 1, period).await {
+                        Ok((client, at)) => replica = Replica { client, at },
+                        Err(_) => break,
+                    }
+                }
+            }
+        }
+        match answered {
+            Some((sent, answer)) => {
                 if !coordinator_ok {
-                    log::info!("the coordinator answers heartbeats again");
+                    log::info!(
+                        "the coordinator answers heartbeats again, at {}",
+                        coordinator.endpoints[replica.at].url
+                    );
                 }
                 coordinator_ok = true;
-                let answer = answer.into_inner();
                 renew(lease, sent, answer.lease_ms);
                 period = self::period(answer.heartbeat_period_ms);
             }
-            Err(s) if matches!(s.code(), Code::FailedPrecondition | Code::NotFound) => {
-                return format!("the coordinator refused a heartbeat: {}", s.message());
-            }
-            Err(s) => {
-                if coordinator_ok {
-                    log::warn!("a heartbeat got no answer from the coordinator: {}", crate::tls::status_chain(&s));
-                }
-                coordinator_ok = false;
-            }
+            None => coordinator_ok = false,
         }
     }
 }

@@ -40,7 +40,9 @@ pub struct Config {
     pub listen: SocketAddr,
     /// host:port the coordinator and other agents reach this agent at.
     pub advertise: Option<String>,
-    pub coordinator: String,
+    /// The coordinator's replicas, https://HOST:PORT each (one, or several
+    /// on etcd: the agent beats through whichever answers).
+    pub coordinator: Vec<String>,
     pub tls_dir: PathBuf,
     pub containerd: PathBuf,
     pub labels: BTreeMap<String, String>,
@@ -57,9 +59,16 @@ pub struct Config {
 /// Runs until SIGINT or SIGTERM.
 pub async fn run(config: Config) -> Result<()> {
     let tls = Tls::load(&config.tls_dir, &config.name)?;
-    let Some(server_name) = tls::url_host(&config.coordinator) else {
-        bail!("--coordinator {} is not an https://HOST:PORT URL", config.coordinator);
-    };
+    let mut endpoints = Vec::new();
+    for url in &config.coordinator {
+        let Some(server_name) = tls::url_host(url) else {
+            bail!("--coordinator {url} is not an https://HOST:PORT URL");
+        };
+        endpoints.push(heartbeat::Endpoint { url: url.clone(), server_name: server_name.to_string() });
+    }
+    if endpoints.is_empty() {
+        bail!("name the coordinator: --coordinator https://HOST:PORT[,https://HOST:PORT...]");
+    }
     let advertise = match &config.advertise {
         Some(a) => a.clone(),
         None if config.listen.ip().is_unspecified() => {
@@ -93,11 +102,7 @@ pub async fn run(config: Config) -> Result<()> {
         migrations: Mutex::new(HashMap::new()),
         failpoints: failpoints::Failpoints::new(config.failpoints.clone()),
     });
-    let coordinator = heartbeat::Coordinator {
-        url: config.coordinator.clone(),
-        server_name: server_name.to_string(),
-        tls: tls.clone(),
-    };
+    let coordinator = heartbeat::Coordinator { endpoints, tls: tls.clone() };
 
     // Bound before registering: the coordinator calls back at once.
     let incoming = crate::daemon::listen(config.listen).await?;

@@ -1,12 +1,8 @@
 //! The Coordinator gRPC service: registrations, heartbeats and the host
 //! list, each a change of the hosts' records in the store.
 
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
-
-use tokio_stream::Stream;
-use tokio_stream::wrappers::ReceiverStream;
 
 use tonic::{Request, Response, Status};
 
@@ -15,11 +11,9 @@ use crate::hosts::{self, Change, HostsError};
 use crate::ipam::Pool;
 use crate::membership::{self, HeartbeatPolicy, HostFacts, HostRecord, Liveness};
 use crate::proto::agent_client::AgentClient;
-use crate::proto::coordinator_server::Coordinator;
 use crate::proto::{
-    Container, HeartbeatRequest, HeartbeatResponse, Host, HostInfo, HostState, InfoRequest, ListContainersRequest,
-    ListContainersResponse, ListHostsRequest, ListHostsResponse, MigrateEvent, MigrateRequest, RegisterRequest,
-    RegisterResponse, RemoveHostRequest, RemoveHostResponse, RunContainerRequest,
+    HeartbeatRequest, HeartbeatResponse, Host, HostInfo, HostState, InfoRequest, ListHostsRequest, ListHostsResponse,
+    RegisterRequest, RegisterResponse, RemoveHostRequest, RemoveHostResponse,
 };
 use crate::records;
 use crate::store::Store;
@@ -90,9 +84,12 @@ impl CoordinatorService {
     }
 }
 
-#[tonic::async_trait]
-impl Coordinator for CoordinatorService {
-    async fn register(&self, request: Request<RegisterRequest>) -> Result<Response<RegisterResponse>, Status> {
+/// The calls any replica serves, and removing a host (the leader's).
+impl CoordinatorService {
+    pub(super) async fn register(
+        &self,
+        request: Request<RegisterRequest>,
+    ) -> Result<Response<RegisterResponse>, Status> {
         let Some(name) = request.get_ref().info.as_ref().map(|i| i.name.clone()) else {
             return Err(Status::invalid_argument("RegisterRequest has no info"));
         };
@@ -142,7 +139,10 @@ impl Coordinator for CoordinatorService {
         }))
     }
 
-    async fn heartbeat(&self, request: Request<HeartbeatRequest>) -> Result<Response<HeartbeatResponse>, Status> {
+    pub(super) async fn heartbeat(
+        &self,
+        request: Request<HeartbeatRequest>,
+    ) -> Result<Response<HeartbeatResponse>, Status> {
         peer::check_is(&request, &request.get_ref().name)?;
         let beat = request.into_inner();
         let now = membership::now();
@@ -173,7 +173,10 @@ impl Coordinator for CoordinatorService {
         Ok(Response::new(HeartbeatResponse { heartbeat_period_ms: self.period_ms(), lease_ms: self.lease_ms() }))
     }
 
-    async fn remove_host(&self, request: Request<RemoveHostRequest>) -> Result<Response<RemoveHostResponse>, Status> {
+    pub(super) async fn remove_host(
+        &self,
+        request: Request<RemoveHostRequest>,
+    ) -> Result<Response<RemoveHostResponse>, Status> {
         let name = request.into_inner().name;
         let removed = hosts::update(&*self.store, &name, |current| match current {
             None => Change::Refuse(Status::not_found(format!("no host {name:?} in the cluster"))),
@@ -189,35 +192,12 @@ impl Coordinator for CoordinatorService {
         Ok(Response::new(RemoveHostResponse {}))
     }
 
-    async fn list_hosts(&self, _: Request<ListHostsRequest>) -> Result<Response<ListHostsResponse>, Status> {
+    pub(super) async fn list_hosts(&self, _: Request<ListHostsRequest>) -> Result<Response<ListHostsResponse>, Status> {
         let records = hosts::list(&*self.store).await.map_err(store_status)?;
         Ok(Response::new(ListHostsResponse {
             hosts: records.into_iter().map(host_of).collect(),
             now_unix_ms: membership::now(),
         }))
-    }
-    async fn run_container(&self, req: Request<RunContainerRequest>) -> Result<Response<Container>, Status> {
-        self.run_container(req.into_inner()).await.map(Response::new)
-    }
-
-    async fn list_containers(
-        &self,
-        _: Request<ListContainersRequest>,
-    ) -> Result<Response<ListContainersResponse>, Status> {
-        let containers = self.list_containers().await?;
-        Ok(Response::new(ListContainersResponse { containers }))
-    }
-
-    type MigrateStream = Pin<Box<dyn Stream<Item = Result<MigrateEvent, Status>> + Send>>;
-
-    async fn migrate(&self, req: Request<MigrateRequest>) -> Result<Response<Self::MigrateStream>, Status> {
-        let (tx, rx) = tokio::sync::mpsc::channel(16);
-        let service = self.clone();
-        let req = req.into_inner();
-        // The migration goes on if the client goes away: stopping halfway
-        // would leave the container frozen.
-        tokio::spawn(async move { service.migrate(req, tx).await });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
 

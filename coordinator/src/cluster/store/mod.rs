@@ -1,7 +1,8 @@
 //! Where the cluster's state lives. The coordinator keeps nothing that
 //! matters only in memory: every record goes through [`Store`], whose
-//! embedded default is one redb file ([`redb::RedbStore`]). The trait has
-//! etcd's semantics so that etcd can sit behind it for high availability:
+//! embedded default is one redb file ([`redb::RedbStore`]); replicated
+//! coordinators share etcd ([`etcd::EtcdStore`]). The trait has etcd's
+//! semantics:
 //! keys are strings ordered bytewise, every write gets a revision from one
 //! counter that only grows (etcd's `mod_revision`), and a write can be made
 //! conditional on a key's revision (a transaction comparing it).
@@ -9,6 +10,7 @@
 //! Conflicts are not errors: [`Swap::Conflict`] means "re-read and retry",
 //! as with swarmkit's store.
 
+pub mod etcd;
 pub mod redb;
 #[cfg(test)]
 pub mod testing;
