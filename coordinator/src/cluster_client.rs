@@ -10,9 +10,11 @@ use migrate_cluster::proto::coordinator_client::CoordinatorClient;
 use migrate_cluster::tls::{self, Tls};
 use tonic::transport::Channel;
 
-/// How long connecting to a coordinator may take, and with several
-/// replicas, asking one which leads.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long connecting to a coordinator may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// With several replicas, how long one may take to say which leads before
+/// the next is asked (a replica whose host is gone never answers).
+const ASK_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct ClusterArgs {
@@ -62,7 +64,7 @@ impl ClusterArgs {
                 }
             };
             // A replica whose host is gone takes no call and refuses none.
-            let asked = tokio::time::timeout(CONNECT_TIMEOUT, client.list_coordinators(ListCoordinatorsRequest {}));
+            let asked = tokio::time::timeout(ASK_TIMEOUT, client.list_coordinators(ListCoordinatorsRequest {}));
             let leader = match asked.await {
                 Ok(Ok(r)) => r.into_inner().replicas.into_iter().find(|r| r.leader),
                 Ok(Err(s)) => {
@@ -70,7 +72,7 @@ impl ClusterArgs {
                     continue;
                 }
                 Err(_) => {
-                    errors.push(format!("{url}: no answer within {CONNECT_TIMEOUT:?}"));
+                    errors.push(format!("{url}: no answer within {ASK_TIMEOUT:?}"));
                     continue;
                 }
             };

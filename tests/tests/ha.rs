@@ -18,6 +18,9 @@
 //! - The coordinator replicated on etcd loses its leader's host, with a
 //!   container on it: another replica leads within the lease's TTL and
 //!   brings the container back.
+//! - Two of five hosts lost at once; a migration's source lost mid-dump
+//!   (the container comes back from its version) and its target lost
+//!   mid-restore (the container counts on on its source).
 //!
 //! Each test has a cluster of its own.
 
@@ -28,6 +31,7 @@ use containerd_migrate_tests::cluster::{self, Cluster, Host, OneCopy, OneProcess
 use containerd_migrate_tests::fixture::IMAGE;
 use containerd_migrate_tests::memtick::{tick, wait_tick_above};
 use containerd_migrate_tests::poll;
+use containerd_migrate_tests::process::Background;
 use serde_json::Value;
 
 /// memtick's period: the ticks lost in a restore are the version's age
@@ -512,4 +516,194 @@ fn a_new_leader_brings_back_the_containers_of_the_old_leaders_host() {
     );
     // The new leader writes: a container runs through it.
     run_counter(host, "after", "none", &store);
+}
+
+/// Two of five hosts lost at once, each with a container: both come back
+/// on the three others, from their newest versions.
+#[test]
+fn two_of_five_hosts_lost_at_once() {
+    let test = "two_of_five_hosts_lost_at_once";
+    if !cluster::prerequisites_met(test) {
+        return;
+    }
+    let cluster = Cluster::up("hd", 5).unwrap_or_else(|e| panic!("{e}"));
+    let hosts: Vec<&Host> = (1..=5).map(|i| cluster.host(&format!("h{i}"))).collect();
+    for h in &hosts {
+        h.import_test_image();
+    }
+    let store = cluster.store();
+    let (h1, h2, witness) = (hosts[0], hosts[1], hosts[4]);
+    let ips = [
+        run_counter(h1, "t1", "checkpoint", &store),
+        run_counter(h2, "t2", "checkpoint", &store),
+    ];
+    for id in ["t1", "t2"] {
+        wait_versions(witness, &store, id, 1);
+    }
+    let before = [
+        tick(h1.running_pid("t1")).unwrap(),
+        tick(h2.running_pid("t2")).unwrap(),
+    ];
+    let watch = OneCopy::watch(&hosts[2..], &["t1", "t2"]);
+    // At once: two `fail`s side by side.
+    let fail = |host: &str| {
+        let mut cmd = Command::new("bash");
+        cmd.arg(containerd_migrate_tests::fixture::repo_root().join("hack/cluster.sh"))
+            .args(["fail", host])
+            .env("CLUSTER_NAME", cluster.name());
+        Background::spawn(cmd, None)
+    };
+    let (one, two) = (fail("h1"), fail("h2"));
+    one.wait(Duration::from_secs(60)).expect_success();
+    two.wait(Duration::from_secs(60)).expect_success();
+    let ps = poll::until(BACK_TIMEOUT, "t1 and t2 to run on the other hosts", || {
+        let ps = ps(witness);
+        let back = ["t1", "t2"].iter().all(|id| {
+            matches!(find(&ps, id), Some(c) if !["h1", "h2"].contains(&c["host"].as_str().unwrap()) && c["state"] == "running")
+        });
+        if back { Ok(ps) } else { Err(format!("{ps:#}")) }
+    });
+    for (i, id) in ["t1", "t2"].iter().enumerate() {
+        let c = find(&ps, id).unwrap();
+        assert_eq!(c["ip"], ips[i].as_str());
+        let age_ms = c["recovery"]["versionAgeMs"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{id} was not restored from a version: {c:#}"));
+        let host = cluster.host(c["host"].as_str().unwrap());
+        let first = wait_tick_above(host.running_pid(id), 0, &format!("{id} to count on"));
+        assert!(
+            first + (age_ms + 1_000) / TICK_MS + 5 >= before[i],
+            "{id}: {first} after, {} before",
+            before[i]
+        );
+    }
+    watch.stop();
+}
+
+/// A host lost in the middle of a migration. The source (held at its
+/// dump): the migration fails and the container comes back elsewhere from
+/// its newest version. The target (held at its restore): the migration
+/// fails and the container counts on on its source, the same process.
+#[test]
+fn a_host_lost_during_a_migration() {
+    let test = "a_host_lost_during_a_migration";
+    if !cluster::prerequisites_met(test) {
+        return;
+    }
+    let cluster = Cluster::up("he", 4).unwrap_or_else(|e| panic!("{e}"));
+    let hosts: Vec<&Host> = (1..=4).map(|i| cluster.host(&format!("h{i}"))).collect();
+    for h in &hosts {
+        h.import_test_image();
+    }
+    let store = cluster.store();
+    let (h1, h2, h3, h4) = (hosts[0], hosts[1], hosts[2], hosts[3]);
+
+    // The source lost.
+    run_counter(h1, "s1", "checkpoint", &store);
+    wait_versions(h4, &store, "s1", 1);
+    let before = tick(h1.running_pid("s1")).unwrap();
+    let moving = held_migration(h1, "dump", "s1", "h2");
+    cluster.fail("h1").expect_success();
+    let out = moving.wait(Duration::from_secs(120));
+    assert!(
+        !out.success(),
+        "the migration of s1 from a lost source succeeded:\n{out}"
+    );
+    let ps = poll::until(BACK_TIMEOUT, "s1 to run elsewhere", || {
+        let ps = ps(h4);
+        match find(&ps, "s1") {
+            Some(c) if c["host"] != "h1" && c["state"] == "running" => Ok(ps),
+            _ => Err(format!("{ps:#}")),
+        }
+    });
+    let s1 = find(&ps, "s1").unwrap();
+    let age_ms = s1["recovery"]["versionAgeMs"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{s1:#}"));
+    let host = cluster.host(s1["host"].as_str().unwrap());
+    let first = wait_tick_above(host.running_pid("s1"), 0, "s1 to count on");
+    assert!(
+        first + (age_ms + 1_000) / TICK_MS + 5 >= before,
+        "s1: {first} after, {before} before"
+    );
+    let others: Vec<&Host> = hosts[1..].to_vec();
+    let watch = OneCopy::watch(&others, &["s1", "s2"]);
+
+    // The target lost.
+    run_counter(h3, "s2", "checkpoint", &store);
+    let pid = h3.running_pid("s2");
+    let moving = held_migration(h4, "restore", "s2", "h4");
+    let held_at = tick(pid).unwrap_or(0);
+    cluster.fail("h4").expect_success();
+    let out = moving.wait(Duration::from_secs(120));
+    assert!(
+        !out.success(),
+        "the migration of s2 to a lost target succeeded:\n{out}"
+    );
+    assert_eq!(
+        h3.running_pid("s2"),
+        pid,
+        "s2 is not the same process on its source"
+    );
+    wait_tick_above(pid, held_at, "s2 to count on on its source");
+    let s2 = find(&ps_on(&[h2, h3]), "s2").cloned().unwrap();
+    assert_eq!(
+        (s2["host"].as_str(), s2["state"].as_str()),
+        (Some("h3"), Some("running")),
+        "{s2:#}"
+    );
+    watch.stop();
+}
+
+/// `migratectl migrate ID --to TO --mode stop-and-copy` from the machine's
+/// view of `from`, with step `step` held on `held` (a host whose failpoints
+/// file it writes) until that host is lost; returns once the step is held.
+#[track_caller]
+fn held_migration(held: &Host, step: &str, id: &str, to: &str) -> Background {
+    let file = held.shared_dir().join("failpoints");
+    std::fs::write(&file, format!("{step}=hold\n")).unwrap();
+    let from = held; // any host runs migratectl
+    let moving = Background::spawn(
+        from.command(&[
+            "migratectl",
+            "migrate",
+            "--json",
+            "--mode",
+            "stop-and-copy",
+            "--to",
+            to,
+            id,
+        ]),
+        None,
+    );
+    let log = held.agent_log();
+    poll::until(
+        Duration::from_secs(60),
+        &format!("{} to hold step {step}", held.name),
+        || {
+            let text = std::fs::read_to_string(&log).map_err(|e| e.to_string())?;
+            if text.contains(&format!("holding step {step}")) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "migratectl says: {}",
+                    String::from_utf8_lossy(&moving.stderr_so_far())
+                ))
+            }
+        },
+    );
+    moving
+}
+
+/// `migratectl ps` through the first of `hosts` that answers.
+fn ps_on(hosts: &[&Host]) -> Value {
+    hosts
+        .iter()
+        .find_map(|h| {
+            let out = h.run(&["migratectl", "ps", "--json"]);
+            out.success()
+                .then(|| serde_json::from_slice(&out.stdout).ok())
+                .flatten()
+        })
+        .expect("no host answered migratectl ps")
 }

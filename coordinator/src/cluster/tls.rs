@@ -93,7 +93,13 @@ impl Tls {
             .map_err(|source| TlsError::Url { url: url.to_string(), source })?
             .tls_config(tls)
             .map_err(|source| TlsError::Config { url: url.to_string(), source })?
-            .connect_timeout(connect_timeout);
+            .connect_timeout(connect_timeout)
+            // A peer whose host is lost sends nothing, not even a reset: a
+            // call waiting on it (a migration's dump, which may take
+            // minutes, so it has no deadline) must fail within seconds.
+            .http2_keep_alive_interval(PING_INTERVAL)
+            .keep_alive_timeout(PING_TIMEOUT)
+            .keep_alive_while_idle(true);
         if let Some(timeout) = call_timeout {
             endpoint = endpoint.timeout(timeout);
         }
@@ -104,6 +110,10 @@ impl Tls {
         })
     }
 }
+
+/// How often a channel pings its peer, and how long an answer may take.
+const PING_INTERVAL: Duration = Duration::from_secs(1);
+const PING_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The host part of an `https://HOST:PORT` URL: the name the server's
 /// certificate must carry (an IP address or a DNS name).

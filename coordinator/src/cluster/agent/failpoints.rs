@@ -6,7 +6,10 @@
 //!
 //! - `error`: the step fails with an error saying it was injected;
 //! - `exit`: the agent dies at once (SIGKILL, as if its host's power went,
-//!   nothing cleaned up).
+//!   nothing cleaned up);
+//! - `hold`: the step waits until the line is gone from the file (a test
+//!   then does something to the host mid-step, such as `hack/cluster.sh
+//!   fail`), logging `holding step STEP` once.
 //!
 //! Steps: `prepare`, `sync`, `dump`, `restore` (see [`super::migration`]),
 //! and `recover` (a lost host's container restored here).
@@ -24,19 +27,28 @@ impl Failpoints {
         Failpoints { file }
     }
 
-    /// Fails or kills the agent if the file says so for `step`.
-    pub fn check(&self, step: &str) -> Result<()> {
+    /// Fails, holds or kills the agent if the file says so for `step`.
+    pub async fn check(&self, step: &str) -> Result<()> {
         let Some(file) = &self.file else { return Ok(()) };
-        let Ok(text) = std::fs::read_to_string(file) else { return Ok(()) };
+        let read = || std::fs::read_to_string(file).unwrap_or_default();
+        let text = read();
         match action(&text, step) {
             None => Ok(()),
+            Some("hold") => {
+                log::warn!("holding step {step}, as {} says", file.display());
+                // Tests only: a poll, as nothing signals the file's change.
+                while action(&read(), step) == Some("hold") {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+                Ok(())
+            }
             Some("error") => bail!("a failure was injected at step {step} ({})", file.display()),
             Some("exit") => {
                 log::warn!("killing the agent at step {step}, as {} says", file.display());
                 let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
                 unreachable!("SIGKILL ends the process")
             }
-            Some(other) => bail!("{}: unknown action {other:?} for step {step} (error or exit)", file.display()),
+            Some(other) => bail!("{}: unknown action {other:?} for step {step} (error, exit or hold)", file.display()),
         }
     }
 }
@@ -49,8 +61,8 @@ fn action<'a>(text: &'a str, step: &str) -> Option<&'a str> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_line_names_a_step_and_what_happens_there() {
+    #[tokio::test]
+    async fn a_line_names_a_step_and_what_happens_there() {
         assert_eq!(action("restore=error\n", "restore"), Some("error"));
         assert_eq!(action("prepare=exit\nrestore=error", "restore"), Some("error"));
         assert_eq!(action("restored=error", "restore"), None);
@@ -58,11 +70,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("failpoints");
         let points = Failpoints::new(Some(file.clone()));
-        assert!(points.check("restore").is_ok(), "no file, no failure");
+        assert!(points.check("restore").await.is_ok(), "no file, no failure");
         std::fs::write(&file, "restore=error\n").unwrap();
-        let e = points.check("restore").unwrap_err().to_string();
+        let e = points.check("restore").await.unwrap_err().to_string();
         assert!(e.contains("injected at step restore"), "{e}");
-        assert!(points.check("dump").is_ok());
-        assert!(Failpoints::new(None).check("restore").is_ok());
+        assert!(points.check("dump").await.is_ok());
+        assert!(Failpoints::new(None).check("restore").await.is_ok());
     }
 }

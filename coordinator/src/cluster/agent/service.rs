@@ -83,7 +83,7 @@ impl Agent for AgentService {
 
     async fn recover(&self, req: Request<RecoverRequest>) -> Result<Response<RecoverResponse>, Status> {
         let req = req.into_inner();
-        self.ctx.failpoints.check("recover").map_err(failed(&self.ctx.name))?;
+        self.ctx.failpoints.check("recover").await.map_err(failed(&self.ctx.name))?;
         let image_from = match req.image_source_agent.as_str() {
             "" => None,
             address => Some(self.peer(address, &req.image_source_name).await?),
@@ -111,14 +111,14 @@ impl Agent for AgentService {
 
     async fn describe(&self, req: Request<DescribeRequest>) -> Result<Response<DescribeResponse>, Status> {
         let id = req.into_inner().container_id;
-        self.ctx.failpoints.check("prepare").map_err(failed(&self.ctx.name))?;
+        self.ctx.failpoints.check("prepare").await.map_err(failed(&self.ctx.name))?;
         source::describe(&self.ctx, &id).await.map(Response::new).map_err(failed(&self.ctx.name))
     }
 
     async fn sync_layer(&self, req: Request<SyncLayerRequest>) -> Result<Response<SyncLayerResponse>, Status> {
         let req = req.into_inner();
         let m = migration_ref(req.migration)?;
-        self.ctx.failpoints.check("sync").map_err(failed(&self.ctx.name))?;
+        self.ctx.failpoints.check("sync").await.map_err(failed(&self.ctx.name))?;
         let target = self.peer(&req.target_agent, &req.target_name).await?;
         source::sync_layer(&self.ctx, &m, target).await.map(Response::new).map_err(failed(&self.ctx.name))
     }
@@ -126,7 +126,7 @@ impl Agent for AgentService {
     async fn dump(&self, req: Request<DumpRequest>) -> Result<Response<DumpResponse>, Status> {
         let req = req.into_inner();
         let m = migration_ref(req.migration)?;
-        self.ctx.failpoints.check("dump").map_err(failed(&self.ctx.name))?;
+        self.ctx.failpoints.check("dump").await.map_err(failed(&self.ctx.name))?;
         let mode = MigrationMode::try_from(req.mode)
             .map_err(|_| Status::invalid_argument(format!("unknown migration mode {}", req.mode)))?;
         let target = self.peer(&req.target_agent, &req.target_name).await?;
@@ -148,7 +148,7 @@ impl Agent for AgentService {
     async fn pre_dump(&self, req: Request<PreDumpRequest>) -> Result<Response<Iteration>, Status> {
         let req = req.into_inner();
         let m = migration_ref(req.migration)?;
-        self.ctx.failpoints.check("pre-dump").map_err(failed(&self.ctx.name))?;
+        self.ctx.failpoints.check("pre-dump").await.map_err(failed(&self.ctx.name))?;
         let target = self.peer(&req.target_agent, &req.target_name).await?;
         source::pre_dump(&self.ctx, &m, req.round, target).await.map(Response::new).map_err(failed(&self.ctx.name))
     }
@@ -169,7 +169,7 @@ impl Agent for AgentService {
     ) -> Result<Response<PrepareTargetResponse>, Status> {
         let req = req.into_inner();
         migration_ref(req.migration.clone())?;
-        self.ctx.failpoints.check("prepare").map_err(failed(&self.ctx.name))?;
+        self.ctx.failpoints.check("prepare").await.map_err(failed(&self.ctx.name))?;
         let source = self.peer(&req.source_agent, &req.source_name).await?;
         target::prepare(&self.ctx, &req, source).await.map(Response::new).map_err(failed(&self.ctx.name))
     }
@@ -184,7 +184,7 @@ impl Agent for AgentService {
     ) -> Result<Response<RestoreTargetResponse>, Status> {
         let req = req.into_inner();
         let m = migration_ref(req.migration)?;
-        self.ctx.failpoints.check("restore").map_err(failed(&self.ctx.name))?;
+        self.ctx.failpoints.check("restore").await.map_err(failed(&self.ctx.name))?;
         target::restore(&self.ctx, &m, &req.page_server).await.map(Response::new).map_err(failed(&self.ctx.name))
     }
 
