@@ -1095,6 +1095,13 @@ make_cluster() {
 		mount --make-private "$NSDIR"
 	fi
 	ip link show "$BRIDGE" >/dev/null 2>&1 || ip link add "$BRIDGE" type bridge
+	# A MAC of its own, set, not inherited: a bridge otherwise takes its
+	# lowest port's, and losing that host (`fail`) would move the
+	# coordinator's and the store's address to another MAC behind every
+	# host's ARP cache. 02:42 and the IP's bytes, as containers' MACs.
+	local a b c
+	IFS=. read -r a b c <<<"$(subnet_prefix)"
+	ip link set "$BRIDGE" address "$(printf '02:42:%02x:%02x:%02x:01' "$a" "$b" "$c")"
 	ip addr replace "$(subnet_prefix).1/24" dev "$BRIDGE"
 	ip link set "$BRIDGE" up
 	# With br_netfilter, bridged frames pass the FORWARD chain, which Docker

@@ -475,6 +475,13 @@ fn a_new_leader_brings_back_the_containers_of_the_old_leaders_host() {
     let ip = run_counter(lost, "l1", "checkpoint", &store);
     wait_versions(witness, &store, "l1", 1);
     let before = tick(lost.running_pid("l1")).unwrap();
+    // A migration the leader drives, held at its source's dump when the
+    // leader is lost: the next leader undoes it.
+    let others: Vec<&Host> = hosts.iter().copied().filter(|h| h.name != leader).collect();
+    let (source, target) = (others[0], others[1]);
+    run_counter(source, "m1", "none", &store);
+    let m1_pid = source.running_pid("m1");
+    let moving = held_migration(source, "dump", "m1", &target.name);
 
     let cut = Instant::now();
     cluster.fail(&leader).expect_success();
@@ -514,6 +521,33 @@ fn a_new_leader_brings_back_the_containers_of_the_old_leaders_host() {
         first + (age_ms + 1_000) / TICK_MS + 5 >= before,
         "l1 restarted from {first}, counted {before} before"
     );
+    // The migration left half-done was undone: m1 counts on on its source,
+    // the same process, and its record no longer says migrating.
+    let out = moving.wait(Duration::from_secs(60));
+    assert!(
+        !out.success(),
+        "the migration driven by the lost leader succeeded:\n{out}"
+    );
+    let m1 = poll::until(
+        Duration::from_secs(30),
+        "m1's migration to be undone",
+        || {
+            let listed = self::ps(witness);
+            match find(&listed, "m1") {
+                Some(c) if c.get("migratingTo").is_none() => Ok(c.clone()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    );
+    assert_eq!(
+        (m1["host"].as_str(), m1["state"].as_str()),
+        (Some(source.name.as_str()), Some("running")),
+        "{m1:#}"
+    );
+    assert_eq!(source.running_pid("m1"), m1_pid);
+    let at = tick(m1_pid).unwrap();
+    wait_tick_above(m1_pid, at, "m1 to count on on its source");
+    assert!(target.ctr().task("m1").is_none(), "m1's target kept a copy");
     // The new leader writes: a container runs through it.
     run_counter(host, "after", "none", &store);
 }

@@ -118,6 +118,56 @@ impl CoordinatorService {
         let _ = events.send(last).await;
     }
 
+    /// Settles a migration that no coordinator drives any more (its leader
+    /// was lost mid-way; `record` still says migrating): if the target runs
+    /// the container, the migration happened: the record says so and the
+    /// source's copy goes. Otherwise it is undone as a failed one is: the
+    /// target's copy goes and the source's goes on. A host that is down
+    /// is skipped: its copy goes when it registers again (a stale copy),
+    /// and a container left on a down host is brought back by its policy.
+    pub(super) async fn settle(&self, record: &ContainerRecord) -> Result<String, Status> {
+        let Phase::Migrating { migration, to } = &record.phase else {
+            return Ok(format!("{} is not migrating", record.id));
+        };
+        let hosts = crate::hosts::list(&*self.store).await.map_err(|e| Status::internal(e.to_string()))?;
+        let host = |name: &str| {
+            hosts
+                .iter()
+                .find(|h| h.facts.name == name)
+                .cloned()
+                .ok_or_else(|| Status::not_found(format!("no host {name}")))
+        };
+        let plan = Plan {
+            record: record.clone(),
+            source: host(&record.host)?,
+            target: host(to)?,
+            id: migration.clone(),
+            mode: MigrationMode::StopAndCopy,
+        };
+        let m = MigrationRef { migration_id: plan.id.clone(), container_id: record.id.clone() };
+        let ready = |h: &HostRecord| matches!(h.liveness, Liveness::Ready { .. });
+        let on_target = if ready(&plan.target) {
+            let mut target = self.agent(&plan.target).await?;
+            let listed = target.list_containers(crate::proto::AgentListContainersRequest {}).await?.into_inner().containers;
+            listed.iter().any(|c| c.id == record.id && c.state == ContainerState::Running as i32)
+        } else {
+            false
+        };
+        if !on_target {
+            let undone = self.undo(&plan).await;
+            return Ok(format!("migration {} of {} to {to} was undone: {undone}", plan.id, record.id));
+        }
+        self.commit(&plan).await;
+        let mut said = format!("migration {} of {} was done: it runs on {to}", plan.id, record.id);
+        if ready(&plan.source) {
+            let mut source = self.agent(&plan.source).await?;
+            if let Err(e) = source.finish_source(m).await {
+                said.push_str(&format!("; its copy on {} was not removed: {}", record.host, e.message()));
+            }
+        }
+        Ok(said)
+    }
+
     /// Checks the request against the cluster, picks the target and marks
     /// the record as migrating.
     async fn plan(&self, req: &MigrateRequest) -> Result<Plan, Status> {

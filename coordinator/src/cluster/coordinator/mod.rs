@@ -155,7 +155,7 @@ async fn lead(
         }
         if let Some((service, since)) = leader.borrow_and_update().clone() {
             running.push(tokio::spawn(expiry::run(service.store.clone(), policy, since)));
-            running.push(tokio::spawn(recovery::run(service, policy)));
+            running.push(tokio::spawn(recovery::run(service, policy, since)));
         }
         if leader.changed().await.is_err() {
             return;

@@ -74,8 +74,9 @@ impl Recoveries {
     }
 }
 
-/// Runs while the coordinator leads.
-pub async fn run(service: CoordinatorService, policy: HeartbeatPolicy) {
+/// Runs while the coordinator leads, which it began to at `since`.
+pub async fn run(service: CoordinatorService, policy: HeartbeatPolicy, since: UnixMs) {
+    settle_migrations(&service, since).await;
     let recoveries = Arc::new(Recoveries::default());
     let mut tick = tokio::time::interval(policy.period / 4);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -83,6 +84,30 @@ pub async fn run(service: CoordinatorService, policy: HeartbeatPolicy) {
         tick.tick().await;
         if let Err(e) = reconcile(&service, &recoveries).await {
             log::warn!("looking for containers to bring back failed: {}", e.message());
+        }
+    }
+}
+
+/// Settles the migrations a previous leader left half-done: those begun
+/// before this leadership (a migration's id starts with the Unix ms of its
+/// start), which no coordinator drives any more.
+async fn settle_migrations(service: &CoordinatorService, since: UnixMs) {
+    let containers: Vec<ContainerRecord> = match records::list(&*service.store).await {
+        Ok(c) => c,
+        Err(e) => {
+            log::warn!("looking for migrations left half-done failed: {e}");
+            return;
+        }
+    };
+    for c in containers {
+        let Phase::Migrating { migration, .. } = &c.phase else { continue };
+        let begun: Option<UnixMs> = migration.split('-').next().and_then(|ms| ms.parse().ok());
+        if begun.is_some_and(|ms| ms >= since) {
+            continue;
+        }
+        match service.settle(&c).await {
+            Ok(said) => log::warn!("a migration was left half-done by the previous leader: {said}"),
+            Err(e) => log::error!("settling migration {migration} of {}: {}", c.id, e.message()),
         }
     }
 }
