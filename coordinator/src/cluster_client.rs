@@ -41,7 +41,7 @@ impl ClusterArgs {
     async fn connect(&self, tls: &Tls, url: &str) -> Result<CoordinatorClient<Channel>> {
         let server_name =
             tls::url_host(url).with_context(|| format!("--coordinator {url} is not an https://HOST:PORT URL"))?;
-        let channel = tls.connect_without_deadline(url, server_name, CONNECT_TIMEOUT).await?;
+        let channel = tls.connect_watched(url, server_name, CONNECT_TIMEOUT).await?;
         Ok(CoordinatorClient::new(channel))
     }
 

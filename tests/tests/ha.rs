@@ -481,7 +481,7 @@ fn a_new_leader_brings_back_the_containers_of_the_old_leaders_host() {
     let (source, target) = (others[0], others[1]);
     run_counter(source, "m1", "none", &store);
     let m1_pid = source.running_pid("m1");
-    let moving = held_migration(source, "dump", "m1", &target.name);
+    let moving = held_migration(source, witness, "dump", "m1", &target.name);
 
     let cut = Instant::now();
     cluster.fail(&leader).expect_success();
@@ -636,7 +636,7 @@ fn a_host_lost_during_a_migration() {
     run_counter(h1, "s1", "checkpoint", &store);
     wait_versions(h4, &store, "s1", 1);
     let before = tick(h1.running_pid("s1")).unwrap();
-    let moving = held_migration(h1, "dump", "s1", "h2");
+    let moving = held_migration(h1, h3, "dump", "s1", "h2");
     cluster.fail("h1").expect_success();
     let out = moving.wait(Duration::from_secs(120));
     assert!(
@@ -666,7 +666,7 @@ fn a_host_lost_during_a_migration() {
     // The target lost.
     run_counter(h3, "s2", "checkpoint", &store);
     let pid = h3.running_pid("s2");
-    let moving = held_migration(h4, "restore", "s2", "h4");
+    let moving = held_migration(h4, h2, "restore", "s2", "h4");
     let held_at = tick(pid).unwrap_or(0);
     cluster.fail("h4").expect_success();
     let out = moving.wait(Duration::from_secs(120));
@@ -689,16 +689,16 @@ fn a_host_lost_during_a_migration() {
     watch.stop();
 }
 
-/// `migratectl migrate ID --to TO --mode stop-and-copy` from the machine's
-/// view of `from`, with step `step` held on `held` (a host whose failpoints
-/// file it writes) until that host is lost; returns once the step is held.
+/// `migratectl migrate ID --to TO --mode stop-and-copy`, run on host `via`
+/// (one that is not about to be lost), with step `step` held on `held` (a
+/// host whose failpoints file it writes) until that host is lost; returns
+/// once the step is held.
 #[track_caller]
-fn held_migration(held: &Host, step: &str, id: &str, to: &str) -> Background {
+fn held_migration(held: &Host, via: &Host, step: &str, id: &str, to: &str) -> Background {
     let file = held.shared_dir().join("failpoints");
     std::fs::write(&file, format!("{step}=hold\n")).unwrap();
-    let from = held; // any host runs migratectl
     let moving = Background::spawn(
-        from.command(&[
+        via.command(&[
             "migratectl",
             "migrate",
             "--json",

@@ -63,7 +63,7 @@ impl Tls {
     /// Connects to `url` (`https://HOST:PORT`), expecting the server's
     /// certificate to name `server_name` and showing ours.
     pub async fn connect(&self, url: &str, server_name: &str, timeout: Duration) -> Result<Channel, TlsError> {
-        self.endpoint(url, server_name, timeout, Some(timeout)).await
+        self.endpoint(url, server_name, timeout, Some(timeout), false).await
     }
 
     /// As [`Tls::connect`], but without a deadline on each call: for calls
@@ -75,7 +75,22 @@ impl Tls {
         server_name: &str,
         connect_timeout: Duration,
     ) -> Result<Channel, TlsError> {
-        self.endpoint(url, server_name, connect_timeout, None).await
+        self.endpoint(url, server_name, connect_timeout, None, false).await
+    }
+
+    /// As [`Tls::connect_without_deadline`], but the channel pings its peer
+    /// and fails its calls within seconds once the peer stops answering (a
+    /// host lost sends no reset). Only where giving up on a silent peer is
+    /// safe: no copy of a container may be running there that the caller
+    /// would then run again elsewhere (a migration's source, a
+    /// coordinator); a migration's target is waited for instead.
+    pub async fn connect_watched(
+        &self,
+        url: &str,
+        server_name: &str,
+        connect_timeout: Duration,
+    ) -> Result<Channel, TlsError> {
+        self.endpoint(url, server_name, connect_timeout, None, true).await
     }
 
     async fn endpoint(
@@ -84,6 +99,7 @@ impl Tls {
         server_name: &str,
         connect_timeout: Duration,
         call_timeout: Option<Duration>,
+        watched: bool,
     ) -> Result<Channel, TlsError> {
         let tls = ClientTlsConfig::new()
             .ca_certificate(self.ca.clone())
@@ -93,13 +109,13 @@ impl Tls {
             .map_err(|source| TlsError::Url { url: url.to_string(), source })?
             .tls_config(tls)
             .map_err(|source| TlsError::Config { url: url.to_string(), source })?
-            .connect_timeout(connect_timeout)
-            // A peer whose host is lost sends nothing, not even a reset: a
-            // call waiting on it (a migration's dump, which may take
-            // minutes, so it has no deadline) must fail within seconds.
-            .http2_keep_alive_interval(PING_INTERVAL)
-            .keep_alive_timeout(PING_TIMEOUT)
-            .keep_alive_while_idle(true);
+            .connect_timeout(connect_timeout);
+        if watched {
+            endpoint = endpoint
+                .http2_keep_alive_interval(PING_INTERVAL)
+                .keep_alive_timeout(PING_TIMEOUT)
+                .keep_alive_while_idle(true);
+        }
         if let Some(timeout) = call_timeout {
             endpoint = endpoint.timeout(timeout);
         }

@@ -2,7 +2,9 @@
 //! cut off but alive. Every acknowledged heartbeat grants this agent a
 //! lease (see [`crate::membership`]); when it runs out, the coordinator
 //! may soon declare the host down and restore its containers elsewhere, so
-//! the agent stops here every container that has a restore policy: it
+//! the agent stops here every container that has a restore policy, or that
+//! a migration is bringing here (its source runs on once this host is
+//! declared down): it
 //! freezes its processes and takes its link down. Frozen, not killed: if
 //! the lease comes back in the same session (the coordinator was away, the
 //! host never declared down) they go on where they were. If the host was
@@ -59,8 +61,12 @@ pub async fn run(ctx: Arc<Context>, mut lease: watch::Receiver<Lease>) {
     }
 }
 
-/// The running containers that a restore policy would bring back elsewhere.
+/// The running containers that a restore policy would bring back elsewhere,
+/// and those a migration is bringing here: the coordinator resumes the
+/// source of a migration whose target is declared down.
 async fn with_policy(ctx: &Context) -> Result<Vec<String>> {
+    let incoming: BTreeSet<String> =
+        ctx.migrations.lock().await.values().filter_map(|m| m.incoming().map(str::to_string)).collect();
     let listed = ctx.cd.containers_list(&format!("labels.\"{CLUSTER_LABEL}\"")).await?;
     let running: BTreeSet<String> = containers::list(ctx)
         .await?
@@ -72,7 +78,8 @@ async fn with_policy(ctx: &Context) -> Result<Vec<String>> {
         .into_iter()
         .filter(|c| {
             let policy = c.labels.get(RESTORE_POLICY_LABEL).map(String::as_str);
-            matches!(policy, Some(p) if p == RestorePolicy::Checkpoint.name() || p == RestorePolicy::Restart.name())
+            incoming.contains(&c.id)
+                || matches!(policy, Some(p) if p == RestorePolicy::Checkpoint.name() || p == RestorePolicy::Restart.name())
         })
         .map(|c| c.id)
         .filter(|id| running.contains(id))

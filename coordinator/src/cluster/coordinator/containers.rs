@@ -36,11 +36,24 @@ pub fn store_status(e: RecordsError) -> Status {
 impl CoordinatorService {
     /// A client of host `host`'s agent.
     pub(super) async fn agent(&self, host: &HostRecord) -> Result<AgentClient<Channel>, Status> {
+        self.agent_of(host, false).await
+    }
+
+    /// A client of host `host`'s agent whose calls fail once the host stops
+    /// answering ([`crate::tls::Tls::connect_watched`]): a migration's source.
+    pub(super) async fn watched_agent(&self, host: &HostRecord) -> Result<AgentClient<Channel>, Status> {
+        self.agent_of(host, true).await
+    }
+
+    async fn agent_of(&self, host: &HostRecord, watched: bool) -> Result<AgentClient<Channel>, Status> {
         let (name, address) = (&host.facts.name, &host.facts.address);
-        let channel = self
-            .tls
-            .connect_without_deadline(&format!("https://{address}"), name, AGENT_CONNECT_TIMEOUT)
-            .await
+        let url = format!("https://{address}");
+        let connected = if watched {
+            self.tls.connect_watched(&url, name, AGENT_CONNECT_TIMEOUT).await
+        } else {
+            self.tls.connect_without_deadline(&url, name, AGENT_CONNECT_TIMEOUT).await
+        };
+        let channel = connected
             .map_err(|e| Status::unavailable(format!("cannot reach the agent of {name} at {address}: {e}")))?;
         Ok(AgentClient::new(channel))
     }

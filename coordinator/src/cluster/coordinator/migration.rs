@@ -118,6 +118,22 @@ impl CoordinatorService {
         let _ = events.send(last).await;
     }
 
+    /// Resolves once host `name` is declared down (its record, polled).
+    async fn until_down(&self, name: &str) -> Status {
+        loop {
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            let hosts = crate::hosts::list(&*self.store).await.unwrap_or_default();
+            if let Some(h) = hosts.iter().find(|h| h.facts.name == name)
+                && matches!(h.liveness, Liveness::Down { .. })
+            {
+                return Status::unavailable(format!(
+                    "{name} was declared down ({})",
+                    h.down_reason.as_deref().unwrap_or("no heartbeat")
+                ));
+            }
+        }
+    }
+
     /// Settles a migration that no coordinator drives any more (its leader
     /// was lost mid-way; `record` still says migrating): if the target runs
     /// the container, the migration happened: the record says so and the
@@ -148,7 +164,8 @@ impl CoordinatorService {
         let ready = |h: &HostRecord| matches!(h.liveness, Liveness::Ready { .. });
         let on_target = if ready(&plan.target) {
             let mut target = self.agent(&plan.target).await?;
-            let listed = target.list_containers(crate::proto::AgentListContainersRequest {}).await?.into_inner().containers;
+            let listed =
+                target.list_containers(crate::proto::AgentListContainersRequest {}).await?.into_inner().containers;
             listed.iter().any(|c| c.id == record.id && c.state == ContainerState::Running as i32)
         } else {
             false
@@ -249,7 +266,10 @@ impl CoordinatorService {
         let m = MigrationRef { migration_id: plan.id.clone(), container_id: plan.record.id.clone() };
         let (source_name, target_name) = (plan.source.facts.name.clone(), plan.target.facts.name.clone());
         let mut steps = Vec::new();
-        let mut source = self.agent(&plan.source).await.map_err(|e| (PREPARE, e))?;
+        // The source is given up on once it stops answering (its host lost:
+        // nothing runs there); the target is waited for, since a copy may run
+        // there that the source must not run beside.
+        let mut source = self.watched_agent(&plan.source).await.map_err(|e| (PREPARE, e))?;
         let mut target = self.agent(&plan.target).await.map_err(|e| (PREPARE, e))?;
 
         let step = Step::begin(PREPARE, events).await;
@@ -361,7 +381,14 @@ impl CoordinatorService {
 
         let step = Step::begin(RESTORE, events).await;
         let restore = RestoreTargetRequest { migration: Some(m.clone()), page_server: dumped.page_server.clone() };
-        let restored = target.restore_target(restore).await.map_err(|e| (RESTORE, e))?.into_inner();
+        // A target lost mid-restore answers nothing, ever: its host being
+        // declared down ends the wait (a copy it restored behind a partition
+        // is frozen by its agent when the lease ends, and removed when it
+        // registers again).
+        let restored = tokio::select! {
+            restored = target.restore_target(restore) => restored.map_err(|e| (RESTORE, e))?.into_inner(),
+            down = self.until_down(&target_name) => return Err((RESTORE, down)),
+        };
         let downtime = frozen.elapsed();
         steps.push(step.end(events, format!("pid {} on {target_name}", restored.pid)).await);
 

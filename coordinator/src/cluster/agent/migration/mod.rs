@@ -41,6 +41,16 @@ pub enum Migration {
     Target(target::Target),
 }
 
+impl Migration {
+    /// The container this host receives, if it is the migration's target.
+    pub fn incoming(&self) -> Option<&str> {
+        match self {
+            Migration::Target(t) => Some(t.container()),
+            Migration::Source(_) => None,
+        }
+    }
+}
+
 /// Where migration `id` keeps its files on this host: in RAM where the
 /// host has a RAM-backed file system (the memory images arrive there at
 /// the link's pace and are read back by the restore; on disk, writing them

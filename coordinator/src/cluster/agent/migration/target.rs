@@ -47,6 +47,12 @@ pub struct Target {
     rounds: u32,
 }
 
+impl Target {
+    pub fn container(&self) -> &str {
+        &self.container
+    }
+}
+
 /// Gets everything ready for the restore but the task.
 pub async fn prepare(
     ctx: &Context,
