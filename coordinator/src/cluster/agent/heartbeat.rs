@@ -119,7 +119,10 @@ async fn register(
     coordinator: &Coordinator,
     lease: &watch::Sender<Lease>,
 ) -> Result<(Replica, String, Duration), RegisterError> {
-    let (client, at) = coordinator.connect(0, CALL_TIMEOUT).await.map_err(RegisterError::Retry)?;
+    // Each host starts at a replica of its own (by its name), so that the
+    // loss of one replica does not send every agent to the same next one.
+    let first = probe.name().bytes().fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(usize::from(b)));
+    let (client, at) = coordinator.connect(first, CALL_TIMEOUT).await.map_err(RegisterError::Retry)?;
     let mut client = client;
     let info = probe.info().await.map_err(|e| RegisterError::Retry(e.to_string()))?;
     let containers = fence::here(ctx).await.map_err(|e| RegisterError::Retry(format!("{e:#}")))?;
@@ -165,9 +168,13 @@ async fn beat(
     // Logged when it changes, not at every beat.
     let mut containerd_ok = true;
     let mut coordinator_ok = true;
+    // Beats are due a period after the one before was sent, not after its
+    // answer came: the lease counts from the sending, and a slow answer
+    // must not stretch the time between renewals.
+    let mut due = Instant::now() + period;
     loop {
-        // The heartbeat period itself.
-        tokio::time::sleep(period).await;
+        tokio::time::sleep_until(due).await;
+        due = Instant::now() + period;
         let counted = async { Ok::<_, super::probe::ProbeError>((probe.containers().await?, probe.images().await?)) };
         let (containers, images) = match counted.await {
             Ok(n) => {
@@ -232,6 +239,7 @@ async fn beat(
                 coordinator_ok = true;
                 renew(lease, sent, answer.lease_ms);
                 period = self::period(answer.heartbeat_period_ms);
+                due = sent + period;
             }
             None => coordinator_ok = false,
         }

@@ -141,6 +141,28 @@ async fn follow(
     }
 }
 
+/// From when a new leader counts the hosts' silence. Where most hosts'
+/// beats are fresh in the store, the beats were being taken all along (by
+/// the other replicas, while the old leader was lost): the records are
+/// right, and a host silent for the grace is down now, without a second
+/// grace on top of the election. Where most are stale, nobody took beats
+/// (a lone coordinator restarted, or etcd was away): every host gets a full
+/// grace from `since`, rather than all turning down at once. The same
+/// caution as Kubernetes' node lifecycle controller, which stops evicting
+/// when most nodes look unhealthy at once.
+async fn watching_since(store: &dyn Store, policy: &HeartbeatPolicy, since: membership::UnixMs) -> membership::UnixMs {
+    let Ok(hosts) = crate::hosts::list(store).await else { return since };
+    let grace = u64::try_from(policy.grace().as_millis()).unwrap_or(u64::MAX);
+    let now = membership::now();
+    let fresh = hosts.iter().filter(|h| now.saturating_sub(h.last_heartbeat) < grace).count();
+    if !hosts.is_empty() && fresh * 2 > hosts.len() {
+        log::info!("{fresh} of {} hosts beat within the grace: their records are current", hosts.len());
+        0
+    } else {
+        since
+    }
+}
+
 /// The leader's duties, for as long as this replica leads: the expiry
 /// sweep and the recoveries, started afresh at each election, each
 /// watching from then on (a new leader gives every host a full grace).
@@ -153,8 +175,10 @@ async fn lead(
         for task in running.drain(..) {
             task.abort();
         }
-        if let Some((service, since)) = leader.borrow_and_update().clone() {
-            running.push(tokio::spawn(expiry::run(service.store.clone(), policy, since)));
+        let current = leader.borrow_and_update().clone();
+        if let Some((service, since)) = current {
+            let watching = watching_since(&*service.store, &policy, since).await;
+            running.push(tokio::spawn(expiry::run(service.store.clone(), policy, watching)));
             running.push(tokio::spawn(recovery::run(service, policy, since)));
         }
         if leader.changed().await.is_err() {
