@@ -751,3 +751,14 @@ impl Cluster {
         Ok(mac)
     }
 }
+
+/// With `hack/cluster.sh up N --etcd`, a coordinator replica runs on every
+/// host, each with its own log.
+impl Host {
+    /// This host's coordinator replica's log (RUN_BASE/CLUSTER/HOST/coordinator.log;
+    /// `up --etcd` only: without it, the one coordinator's is
+    /// [`Cluster::coordinator_log`]).
+    pub fn coordinator_log(&self) -> PathBuf {
+        self.shared_dir().join("coordinator.log")
+    }
+}

@@ -8,6 +8,13 @@
 
 pub mod bandwidth;
 pub mod checkpoint;
+pub mod control_plane;
+pub mod control_plane_daemons;
+pub mod control_plane_fleet;
+pub mod control_plane_report;
+pub mod ha;
+pub mod ha_report;
+pub mod ha_trial;
 pub mod http_probe;
 pub mod interrupt;
 pub mod link;

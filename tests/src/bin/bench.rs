@@ -1,4 +1,4 @@
-//! The benchmark program: `bench checkpoint|startup|ticker|shim|migrate [options]`.
+//! The benchmark program: `bench checkpoint|startup|ticker|shim|migrate|ha|control-plane [options]`.
 //! Each prints its tables (goals as ok / MISSED) on stdout, writes
 //! target/bench/<name>.json with every sample, and draws PNG plots beside it.
 //! Run as root, after hack/setup.sh:
@@ -34,6 +34,13 @@ enum Benchmark {
     /// Five workloads moved between two cluster hosts over a shaped link: every
     /// `migratectl migrate --mode` against runc.v2 checkpoint, export, copy, import, restore.
     Migrate(bench::migrate::Options),
+    /// A host of a local cluster lost with 1, 10 or 30 containers: recovery time
+    /// and state lost, restore policy checkpoint against restart.
+    Ha(bench::ha::Options),
+    /// Simulated hosts (1,000 by default, 10 containers each) heartbeating through
+    /// migrate-coordinator on redb and on etcd: beat latency and lateness, the
+    /// daemons' CPU and memory, and the leader's fail-over time.
+    ControlPlane(bench::control_plane::Options),
     /// Internal (migrate runs it on a cluster host): send a file over TCP.
     #[command(hide = true)]
     WireSend(bench::wire::SendOptions),
@@ -50,6 +57,8 @@ fn main() -> ExitCode {
         Benchmark::Shim(o) => bench::shim::run(o),
         Benchmark::Ticker(o) => bench::ticker::run(o),
         Benchmark::Migrate(o) => bench::migrate::run(o),
+        Benchmark::Ha(o) => bench::ha::run(o),
+        Benchmark::ControlPlane(o) => bench::control_plane::run(o),
         Benchmark::WireSend(o) => bench::wire::send(o),
         Benchmark::WireReceive(o) => bench::wire::receive(o),
     };
