@@ -705,50 +705,44 @@ impl Host {
     }
 }
 
+impl Host {
+    /// The valid versions of container `id` in version store `store`,
+    /// oldest first, as `migratectl checkpoint ls --store` run here lists
+    /// them.
+    pub fn versions(&self, store: &str, id: &str) -> Result<Vec<u64>, String> {
+        let argv = [
+            "migratectl",
+            "checkpoint",
+            "ls",
+            "--store",
+            store,
+            "--container",
+            id,
+            "--json",
+        ];
+        let out = self.run(&argv);
+        if !out.success() {
+            return Err(format!("{out}"));
+        }
+        let listed: serde_json::Value =
+            serde_json::from_slice(&out.stdout).map_err(|e| format!("{e}\n{out}"))?;
+        Ok(listed
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter(|v| v["valid"] == true)
+                    .filter_map(|v| v["version"].as_u64())
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+}
+
 /// The machine's side of the cluster's network.
 impl Cluster {
-    /// The bridge on the machine that every host's link is a port of
-    /// (hack/cluster.sh's cm-CLUSTER), holding the coordinator's and the
-    /// store's address.
-    pub fn bridge(&self) -> String {
-        format!("cm-{}", self.name)
-    }
-
     /// The machine's end of `host`'s link (hack/cluster.sh's cm-CLUSTER-HOST).
     pub fn link_of(&self, host: &str) -> String {
         format!("cm-{}-{host}", self.name)
-    }
-
-    /// The MAC address of a link on the machine.
-    pub fn mac_of(link: &str) -> Result<String, String> {
-        let path = format!("/sys/class/net/{link}/address");
-        std::fs::read_to_string(&path)
-            .map(|s| s.trim().to_string())
-            .map_err(|e| format!("{path}: {e}"))
-    }
-
-    /// Sets the bridge's MAC address to the one it has. hack/cluster.sh
-    /// creates it without one, so Linux gives it the lowest of its ports'
-    /// and changes it when that port goes: when `fail` deletes that host's
-    /// link, the coordinator's address moves to another MAC, and the other
-    /// hosts, whose ARP entries still have the old one, cannot reach it
-    /// (4 to 50 s here) and are declared down too. A bridge whose address
-    /// was set keeps it. Returns the address.
-    pub fn pin_bridge_address(&self) -> Result<String, String> {
-        let bridge = self.bridge();
-        let mac = Cluster::mac_of(&bridge)?;
-        let out = process::run_within(
-            {
-                let mut cmd = Command::new("ip");
-                cmd.args(["link", "set", "dev", &bridge, "address", &mac]);
-                cmd
-            },
-            Duration::from_secs(10),
-        )?;
-        if !out.success() {
-            return Err(format!("setting {bridge}'s address failed\n{out}"));
-        }
-        Ok(mac)
     }
 }
 

@@ -355,27 +355,9 @@ fn find<'a>(ps: &'a Value, id: &str) -> Option<&'a Value> {
 }
 
 /// The valid versions of `id` in `store`, oldest first.
+#[track_caller]
 fn versions(h: &Host, store: &str, id: &str) -> Vec<u64> {
-    let listed = json(
-        h,
-        &[
-            "migratectl",
-            "checkpoint",
-            "ls",
-            "--store",
-            store,
-            "--container",
-            id,
-            "--json",
-        ],
-    );
-    listed
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|v| v["valid"] == true)
-        .filter_map(|v| v["version"].as_u64())
-        .collect()
+    h.versions(store, id).unwrap_or_else(|e| panic!("{e}"))
 }
 
 #[track_caller]

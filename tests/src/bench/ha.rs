@@ -167,12 +167,6 @@ pub struct Options {
     /// Use target/release's binaries as they are (no cargo build).
     #[arg(long)]
     pub skip_build: bool,
-    /// Leave the machine's bridge's MAC address to Linux, as hack/cluster.sh
-    /// does: when h1's link had the lowest MAC, losing h1 moves the
-    /// coordinator's address to another MAC and the other hosts lose it too
-    /// (to reproduce that; by default the benchmark pins the address).
-    #[arg(long)]
-    pub unpinned_bridge: bool,
 }
 
 /// The cluster's container addresses (.100 to .249): at most this many
@@ -270,7 +264,6 @@ pub fn run(mut opts: Options) -> Result<()> {
                         interval: Duration::from_secs(opts.interval),
                         offset: Duration::from_secs(span).mul_f64(fraction),
                         timeout: Duration::from_secs(opts.timeout),
-                        pin_bridge: !opts.unpinned_bridge,
                         min_versions: opts.min_versions as usize,
                     };
                     say(format!(
@@ -318,7 +311,6 @@ pub fn run(mut opts: Options) -> Result<()> {
             "rto": "t = 0 to the container's first tick on its new host: the unix_ms memtick stamps on the first tick line of its output there (logs/ID.log on the host's disk), counted once two tick lines are there",
             "rpo": "the restored version's age at h1's last heartbeat: recovery.versionAgeMs of migratectl ps --json, brought to the last heartbeat when this build counts it to the down time (its log line says which; the last heartbeat from the coordinator's down line); a cold start: all of the counter's state",
             "lost_by_ticks": "in h1's output: the stamp of the last tick before t = 0 minus that of the tick the restored counter went on from (its first tick on the new host - 1)",
-            "bridge": "the machine's bridge's MAC address is set to the one Linux gave it (its lowest port's) after each hack/cluster.sh up, unless --unpinned-bridge: otherwise losing the host whose link had that MAC moves the coordinator's address to another MAC, and the other hosts, their ARP entries stale, miss heartbeats and are declared down too (a problem of hack/cluster.sh, not of the product); trials[].bridge_had_lost_hosts_mac says when that would have happened",
             "breakdown": "detection: downUnixMs - t = 0; placement: the coordinator's 'bringing ID of lost host h1 back on HOST' line - down; restore: runningUnixMs - that; first tick: the RTO's end - runningUnixMs",
         },
         "machine": machine_doc,

@@ -110,9 +110,6 @@ pub struct Setup<'a> {
     /// The coordinator's store, and what fails.
     pub store: StateStore,
     pub fail: Failure,
-    /// Pin the machine's bridge's MAC address ([`Cluster::pin_bridge_address`]),
-    /// so that losing h1 does not cut the other hosts off the coordinator.
-    pub pin_bridge: bool,
 }
 
 /// The tickers on h1 before the failure.
@@ -192,11 +189,6 @@ pub struct Trial {
     pub last_heartbeat_unix_ms: Option<u64>,
     pub down_unix_ms: Option<u64>,
     pub grace_ms: Option<u64>,
-    /// Whether the machine's bridge had h1's link's MAC address (Linux
-    /// gives a bridge the lowest of its ports'): losing h1 would have moved
-    /// the coordinator's address to another MAC, had it not been pinned.
-    pub bridge_had_lost_hosts_mac: Option<bool>,
-    pub bridge_pinned: bool,
     /// Where the containers went: host -> how many.
     pub spread: BTreeMap<String, usize>,
     pub ticker: TickerSeen,
@@ -384,19 +376,6 @@ fn measure(
     }
     let lost_name = trial.lost_host.clone();
     let lost: &str = &lost_name;
-    trial.bridge_had_lost_hosts_mac = match (
-        Cluster::mac_of(&cluster.bridge()),
-        Cluster::mac_of(&cluster.link_of(lost)),
-    ) {
-        (Ok(b), Ok(l)) => Some(b == l),
-        _ => None,
-    };
-    if s.pin_bridge {
-        match cluster.pin_bridge_address() {
-            Ok(_) => trial.bridge_pinned = true,
-            Err(e) => say(format!("WARNING: {e}")),
-        }
-    }
     let h1 = cluster.host(lost);
     let survivors: Vec<&Host> = hosts.iter().copied().filter(|h| h.name != lost).collect();
     // Asked for the leader while it fails over: a host that survives.
@@ -441,7 +420,7 @@ fn measure(
         Policy::Checkpoint => {
             wait_for_versions(h1, ids, s.interval, s.min_versions)?;
             for (sample, id) in samples.iter_mut().zip(ids) {
-                sample.versions_before = Some(valid_versions(h1, &store, id)?.len());
+                sample.versions_before = Some(h1.versions(&store, id)?.len());
             }
         }
         Policy::Restart => wait_for_ticks(h1, ids, lost)?,
@@ -778,33 +757,6 @@ fn wait_for_versions(
         }
         std::thread::sleep(Duration::from_millis(250));
     }
-}
-
-/// The valid versions of `id` in `store`, as `migratectl checkpoint ls`
-/// lists them.
-fn valid_versions(h: &Host, store: &str, id: &str) -> Result<Vec<u64>, String> {
-    let listed = json(
-        h,
-        &[
-            "migratectl",
-            "checkpoint",
-            "ls",
-            "--store",
-            store,
-            "--container",
-            id,
-            "--json",
-        ],
-    )?;
-    Ok(listed
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter(|v| v["valid"] == true)
-                .filter_map(|v| v["version"].as_u64())
-                .collect()
-        })
-        .unwrap_or_default())
 }
 
 /// Waits until every container ticked on h1 (`lost`).
