@@ -13,6 +13,9 @@
 #   SKIP_SHIM_BUILD=1   skip building/installing the shim (it is developed
 #                       concurrently; "all" then does not require it)
 #   JOBS=N              parallel make/cargo jobs (default: nproc)
+#   BUILD_TESTS=1       build the test targets too (hack/test.sh sets it): one
+#                       build whose dependencies, compiled with the tests'
+#                       features, `cargo test` then finds up to date
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -412,8 +415,10 @@ step_shim() {
 		return 0
 	fi
 	command -v cargo >/dev/null || die "cargo not found"
-	say "cargo build --release --workspace"
-	(cd "$REPO" && cargo build --release --workspace --quiet) ||
+	local targets=()
+	[[ ${BUILD_TESTS:-0} == 1 ]] && targets=(--all-targets)
+	say "cargo build --release --workspace ${targets[*]}"
+	(cd "$REPO" && cargo build --release --workspace "${targets[@]}" --quiet) ||
 		die "workspace build failed (the shim is being developed; SKIP_SHIM_BUILD=1 skips this step)"
 	local built=$REPO/target/release/$SHIM_NAME
 	[[ -x $built ]] || die "the build produced no $built"

@@ -15,7 +15,7 @@ set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 [[ -d ${HOME:-/root}/.cargo/bin ]] && export PATH=${HOME:-/root}/.cargo/bin:$PATH
 
-"$REPO/hack/setup.sh" all
+BUILD_TESTS=1 "$REPO/hack/setup.sh" all
 
 cd "$REPO"
 # Release, so that the end-to-end tests drive the same shim binary that

@@ -21,6 +21,11 @@
 //! - Two of five hosts lost at once; a migration's source lost mid-dump
 //!   (the container comes back from its version) and its target lost
 //!   mid-restore (the container counts on on its source).
+//! - A host lost while its ticker writes a version: the container comes
+//!   back from the version before, the half-written one never seen.
+//! - On etcd, the leader lost while the host it chose restores a lost
+//!   host's container: the next leader asks that host again, which answers
+//!   with the restore it finished, and one copy runs.
 //!
 //! Each test has a cluster of its own.
 
@@ -305,32 +310,37 @@ fn a_partitioned_host_stops_its_containers_and_removes_them_when_it_returns() {
 /// into `store` every [`INTERVAL`] and restore policy `policy`; its IP.
 #[track_caller]
 fn run_counter(h: &Host, id: &str, policy: &str, store: &str) -> String {
+    run_counter_with(h, id, policy, store, &[])
+}
+
+/// [`run_counter`] with more options of `migratectl run` (`--constraint`).
+#[track_caller]
+fn run_counter_with(h: &Host, id: &str, policy: &str, store: &str, options: &[&str]) -> String {
     let interval = format!("io.containerd.migrate.checkpoint.interval={INTERVAL}");
     let store = format!("io.containerd.migrate.checkpoint.store={store}");
-    let out = h
-        .run(&[
-            "migratectl",
-            "run",
-            "--json",
-            "--host",
-            &h.name,
-            "--restore-policy",
-            policy,
-            "--annotation",
-            &interval,
-            "--annotation",
-            &store,
-            IMAGE,
-            id,
-            "memtick",
-            "--mib",
-            "16",
-            "--interval-ms",
-            &TICK_MS.to_string(),
-            "--out",
-            "/tmp/tick",
-        ])
-        .expect_success();
+    let tick_ms = TICK_MS.to_string();
+    let mut argv = vec!["migratectl", "run", "--json"];
+    argv.extend_from_slice(options);
+    argv.extend_from_slice(&[
+        "--host",
+        &h.name,
+        "--restore-policy",
+        policy,
+        "--annotation",
+        &interval,
+        "--annotation",
+        &store,
+        IMAGE,
+        id,
+        "memtick",
+        "--mib",
+        "16",
+        "--interval-ms",
+        &tick_ms,
+        "--out",
+        "/tmp/tick",
+    ]);
+    let out = h.run(&argv).expect_success();
     let json: Value = serde_json::from_slice(&out.stdout).unwrap();
     h.running_pid(id);
     json["ip"].as_str().unwrap().to_string()
@@ -443,15 +453,7 @@ fn a_new_leader_brings_back_the_containers_of_the_old_leaders_host() {
     let store = cluster.store();
     let replicas = json(hosts[3], &["migratectl", "coordinator", "--json"]);
     assert_eq!(replicas["store"], "etcd", "{replicas:#}");
-    let leader = replicas["replicas"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["leader"] == true)
-        .unwrap_or_else(|| panic!("no leader: {replicas:#}"))["name"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let leader = leader_of(hosts[3]).unwrap_or_else(|e| panic!("{e}"));
     let lost = cluster.host(&leader);
     let witness = hosts.iter().find(|h| h.name != leader).unwrap();
     let ip = run_counter(lost, "l1", "checkpoint", &store);
@@ -467,18 +469,7 @@ fn a_new_leader_brings_back_the_containers_of_the_old_leaders_host() {
 
     let cut = Instant::now();
     cluster.fail(&leader).expect_success();
-    let new_leader = poll::until(Duration::from_secs(30), "another replica to lead", || {
-        let replicas = json(witness, &["migratectl", "coordinator", "--json"]);
-        match replicas["replicas"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|r| r["leader"] == true)
-        {
-            Some(r) if r["name"] != leader.as_str() => Ok(r["name"].as_str().unwrap().to_string()),
-            _ => Err(format!("{replicas:#}")),
-        }
-    });
+    let new_leader = next_leader(witness, &leader);
     let failover = cut.elapsed();
     let ps = poll::until(BACK_TIMEOUT, "l1 to run on another host", || {
         let ps = ps(witness);
@@ -722,4 +713,209 @@ fn ps_on(hosts: &[&Host]) -> Value {
                 .flatten()
         })
         .expect("no host answered migratectl ps")
+}
+
+/// A host lost while its ticker writes a version: the store is paused
+/// once the tick has dumped (so its upload cannot finish), the host is
+/// lost, the store comes back. The half-written version was never visible:
+/// the container comes back from the one before, nothing reported skipped,
+/// and its ticker goes on from the new host.
+#[test]
+fn a_host_lost_during_a_tick() {
+    let test = "a_host_lost_during_a_tick";
+    if !cluster::prerequisites_met(test) {
+        return;
+    }
+    let cluster = Cluster::up("hf", 3).unwrap_or_else(|e| panic!("{e}"));
+    let (h1, h2, h3) = (cluster.host("h1"), cluster.host("h2"), cluster.host("h3"));
+    for h in [h1, h2, h3] {
+        h.import_test_image();
+    }
+    let store = cluster.store();
+    run_counter(h1, "k1", "checkpoint", &store);
+    wait_versions(h2, &store, "k1", 2);
+    cluster.store_do("pause");
+    // A tick's dump, committed in RAM on h1 and being stored: the ticker
+    // keeps it there until the store has it.
+    let ram = format!("{}/ticker-default-k1", TICKER_RAM);
+    let writing: u64 = poll::until(
+        Duration::from_secs(30),
+        "a tick of k1 to be writing to the store",
+        || {
+            let out = h1.run(&["ls", &ram]);
+            out.stdout_str()
+                .lines()
+                .filter_map(|name| name.strip_prefix('v')?.parse().ok())
+                .max()
+                .ok_or_else(|| format!("{ram} holds no dump: {out}"))
+        },
+    );
+    let before = tick(h1.running_pid("k1")).unwrap();
+    let watch = OneCopy::watch(&[h2, h3], &["k1"]);
+    cluster.fail("h1").expect_success();
+    cluster.store_do("resume");
+
+    let ps = poll::until(BACK_TIMEOUT, "k1 to run elsewhere", || {
+        let ps = ps(h2);
+        match find(&ps, "k1") {
+            Some(c) if c["host"] != "h1" && c["state"] == "running" => Ok(ps),
+            _ => Err(format!("{ps:#}")),
+        }
+    });
+    let k1 = find(&ps, "k1").unwrap();
+    let recovery = &k1["recovery"];
+    let version = recovery["version"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("k1 was not restored from a version: {k1:#}"));
+    assert_eq!(
+        version + 1,
+        writing,
+        "k1 came back from version {version}, not from the one before the version {writing} being written: {k1:#}"
+    );
+    assert!(
+        recovery["skipped"].as_array().unwrap().is_empty(),
+        "the half-written version was seen as one: {k1:#}"
+    );
+    let age_ms = recovery["versionAgeMs"].as_u64().unwrap();
+    let host = cluster.host(k1["host"].as_str().unwrap());
+    let first = wait_tick_above(host.running_pid("k1"), 0, "k1 to count on its new host");
+    assert!(
+        first + (age_ms + 1_000) / TICK_MS + 5 >= before,
+        "k1 restarted from {first}, counted {before} before the loss, its version {version} {age_ms} ms old"
+    );
+    // The ticker writes the number the lost host never finished.
+    wait_versions_above(h2, &store, "k1", version);
+    assert_eq!(
+        versions(h2, &store, "k1")
+            .iter()
+            .filter(|v| **v == writing)
+            .count(),
+        1
+    );
+    watch.stop();
+}
+
+/// Where a ticker's dumps wait in RAM for the store, on a cluster host
+/// (/run is on its disk there, so the shim stages in /dev/shm).
+const TICKER_RAM: &str = "/dev/shm/containerd-migrate-staging";
+
+/// On etcd, the leader lost while a host it chose restores a lost host's
+/// container (the restore held there): the next leader finds the record
+/// saying where the container was going, asks that host again, and the
+/// container runs there once, from its version.
+#[test]
+fn a_restore_outlives_the_leader_that_began_it() {
+    let test = "a_restore_outlives_the_leader_that_began_it";
+    if !cluster::prerequisites_met(test) {
+        return;
+    }
+    let cluster = Cluster::up_with("hg", 4, &["--etcd"]).unwrap_or_else(|e| panic!("{e}"));
+    let hosts: Vec<&Host> = (1..=4).map(|i| cluster.host(&format!("h{i}"))).collect();
+    for h in &hosts {
+        h.import_test_image();
+    }
+    let store = cluster.store();
+    let leader = leader_of(hosts[3]).unwrap_or_else(|e| panic!("{e}"));
+    // etcd runs on h1-h3: the two hosts lost must not both be members.
+    let lost = if leader == "h4" { "h1" } else { "h4" };
+    let others: Vec<&Host> = hosts
+        .iter()
+        .copied()
+        .filter(|h| h.name != leader && h.name != lost)
+        .collect();
+    let x = cluster.host(lost);
+    // Not back on the leader's host, which is lost next.
+    let elsewhere = format!("node.name!={leader}");
+    run_counter_with(x, "r1", "checkpoint", &store, &["--constraint", &elsewhere]);
+    wait_versions(others[0], &store, "r1", 1);
+    for h in &others {
+        std::fs::write(h.shared_dir().join("failpoints"), "recover=hold\n").unwrap();
+    }
+    let before = tick(x.running_pid("r1")).unwrap();
+    cluster.fail(lost).expect_success();
+    let target = poll::until(BACK_TIMEOUT, "the leader's restore of r1 to begin", || {
+        others
+            .iter()
+            .find(|h| {
+                std::fs::read_to_string(h.agent_log())
+                    .is_ok_and(|log| log.contains("holding step recover"))
+            })
+            .copied()
+            .ok_or_else(|| "no agent holds it yet".to_string())
+    });
+    let witness = others
+        .iter()
+        .copied()
+        .find(|h| h.name != target.name)
+        .unwrap();
+    let watch = OneCopy::watch(&others, &["r1"]);
+
+    cluster.fail(&leader).expect_success();
+    let next = next_leader(witness, &leader);
+    // The next leader asks the same host again before the first request
+    // (its sender lost) is let go.
+    let asked = format!("bringing r1 of lost host {lost} back on {}", target.name);
+    poll::until(BACK_TIMEOUT, "the next leader to ask again", || {
+        let log =
+            std::fs::read_to_string(cluster.host(&next).coordinator_log()).unwrap_or_default();
+        if log.contains(&asked) {
+            Ok(())
+        } else {
+            Err(format!("{next}'s log lacks {asked:?}"))
+        }
+    });
+    for h in &others {
+        std::fs::write(h.shared_dir().join("failpoints"), "").unwrap();
+    }
+    let ps = poll::until(BACK_TIMEOUT, "r1 to run again", || {
+        let ps = ps(witness);
+        match find(&ps, "r1") {
+            Some(c) if c["host"] != lost && c["state"] == "running" => Ok(ps),
+            _ => Err(format!("{ps:#}")),
+        }
+    });
+    let r1 = find(&ps, "r1").unwrap();
+    eprintln!("{next} leads; r1 back on {}: {}", r1["host"], r1["recovery"]);
+    assert_eq!(r1["host"], target.name.as_str(), "{r1:#}");
+    let age_ms = r1["recovery"]["versionAgeMs"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("r1 was not restored from a version: {r1:#}"));
+    let first = wait_tick_above(target.running_pid("r1"), 0, "r1 to count on");
+    assert!(
+        first + (age_ms + 1_000) / TICK_MS + 5 >= before,
+        "r1 restarted from {first}, counted {before} before"
+    );
+    assert!(
+        witness.ctr().task("r1").is_none(),
+        "r1 runs on {} too",
+        witness.name
+    );
+    watch.stop();
+}
+
+/// The replica leading, as `migratectl coordinator` on `via` says, or
+/// what it said instead.
+fn leader_of(via: &Host) -> Result<String, String> {
+    let out = via.run(&["migratectl", "coordinator", "--json"]);
+    let replicas: Value = serde_json::from_slice(&out.stdout).map_err(|e| format!("{e}: {out}"))?;
+    replicas["replicas"]
+        .as_array()
+        .and_then(|all| all.iter().find(|r| r["leader"] == true))
+        .and_then(|r| r["name"].as_str())
+        .map(str::to_string)
+        .ok_or_else(|| format!("no leader: {replicas:#}"))
+}
+
+/// Another replica than `old` leads, as seen from `via`: its name.
+#[track_caller]
+fn next_leader(via: &Host, old: &str) -> String {
+    poll::until(Duration::from_secs(30), "another replica to lead", || {
+        leader_of(via).and_then(|now| {
+            if now != old {
+                Ok(now)
+            } else {
+                Err(format!("{now} still leads"))
+            }
+        })
+    })
 }

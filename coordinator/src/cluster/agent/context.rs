@@ -32,6 +32,8 @@ pub struct Context {
     pub logs: PathBuf,
     pub migrations: Mutex<HashMap<String, Migration>>,
     pub failpoints: super::failpoints::Failpoints,
+    /// Lost hosts' containers being brought back here.
+    pub recoveries: super::recovery::Recoveries,
 }
 
 /// The PEM files of this host's TLS identity, as CRIU takes them.

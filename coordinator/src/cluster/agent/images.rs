@@ -81,6 +81,12 @@ pub async fn ensure(
     Ok(from)
 }
 
+/// Whether image `reference` is here, unpacked into `snapshotter` or
+/// ready to be: a caller then needs no other host to copy it from.
+pub async fn present(cd: &Containerd, reference: &str, snapshotter: &str) -> Result<bool> {
+    Ok(missing(cd, reference, snapshotter).await?.is_none())
+}
+
 /// What keeps image `reference` from being unpacked into `snapshotter`
 /// here, if anything: no record, a missing manifest or config, or a layer
 /// missing from both the content store and the snapshotter.

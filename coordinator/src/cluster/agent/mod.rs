@@ -101,6 +101,7 @@ pub async fn run(config: Config) -> Result<()> {
         logs: config.state_dir.join("logs"),
         migrations: Mutex::new(HashMap::new()),
         failpoints: failpoints::Failpoints::new(config.failpoints.clone()),
+        recoveries: recovery::Recoveries::default(),
     });
     let coordinator = heartbeat::Coordinator { endpoints, tls: tls.clone() };
 

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use anyhow::{Context as _, Result};
 use migrate_version_store::{ChunkCipher, ContainerRef, StoreLocation, VersionStore};
 
+use tokio::sync::{Mutex as AsyncMutex, OwnedMutexGuard};
 use tonic::transport::Channel;
 
 use super::containers::{self, blocking};
@@ -26,6 +27,44 @@ use crate::proto::{self, RecoverRequest, RecoverResponse, SkippedVersion};
 
 /// The ticker's key file annotation: versions encrypted with it need it.
 const KEY_FILE_ANNOTATION: &str = "io.containerd.migrate.checkpoint.key-file";
+
+/// The recoveries of this host, one at a time per container. A new leader
+/// asks again when the recovery its predecessor began here is not running
+/// yet; that second request must neither remove what the first is making
+/// nor make a second copy, so it waits for the first and, if that one
+/// brought the container back, answers with the first's report.
+#[derive(Default)]
+pub struct Recoveries {
+    per_container: std::sync::Mutex<HashMap<String, Arc<AsyncMutex<Option<RecoverResponse>>>>>,
+}
+
+/// The turn of one request to bring a container back here.
+pub struct Turn {
+    id: String,
+    last: OwnedMutexGuard<Option<RecoverResponse>>,
+}
+
+impl Recoveries {
+    /// Waits until no other request brings container `id` back here.
+    pub async fn turn(&self, id: &str) -> Turn {
+        let lock = self.per_container.lock().expect("not poisoned").entry(id.to_string()).or_default().clone();
+        Turn { id: id.to_string(), last: lock.lock_owned().await }
+    }
+}
+
+impl Turn {
+    /// The report of the request before, if the copy it made still runs.
+    pub async fn already_back(&self, ctx: &Context) -> Result<Option<RecoverResponse>> {
+        let Some(last) = self.last.as_ref() else { return Ok(None) };
+        let task = ctx.cd.task(&self.id).await?;
+        let running = containerd_client::types::v1::Status::Running as i32;
+        Ok(task.filter(|t| t.pid == last.pid && t.status == running).map(|_| last.clone()))
+    }
+
+    pub fn finished(&mut self, response: &RecoverResponse) {
+        *self.last = Some(response.clone());
+    }
+}
 
 /// `image_from`: a client of the agent named in the request as having
 /// the image, if one is.

@@ -83,12 +83,27 @@ impl Agent for AgentService {
 
     async fn recover(&self, req: Request<RecoverRequest>) -> Result<Response<RecoverResponse>, Status> {
         let req = req.into_inner();
+        let spec = req.container.as_ref().and_then(|c| c.spec.as_ref());
+        let (id, image) = spec.map(|s| (s.id.clone(), s.image.clone())).unwrap_or_default();
+        let mut turn = self.ctx.recoveries.turn(&id).await;
+        if let Some(done) = turn.already_back(&self.ctx).await.map_err(failed(&self.ctx.name))? {
+            log::info!("recovery of {id}: asked again, and it runs here already");
+            return Ok(Response::new(done));
+        }
         self.ctx.failpoints.check("recover").await.map_err(failed(&self.ctx.name))?;
+        // Reached only if the image is missing here: the host named may be
+        // about to be declared down itself (a second host lost), and a
+        // connection to it waits out its timeout.
+        let present =
+            images::present(&self.ctx.cd, &image, &self.ctx.snapshotter).await.map_err(failed(&self.ctx.name))?;
         let image_from = match req.image_source_agent.as_str() {
             "" => None,
+            _ if present => None,
             address => Some(self.peer(address, &req.image_source_name).await?),
         };
-        recovery::recover(&self.ctx, &req, image_from).await.map(Response::new).map_err(failed(&self.ctx.name))
+        let response = recovery::recover(&self.ctx, &req, image_from).await.map_err(failed(&self.ctx.name))?;
+        turn.finished(&response);
+        Ok(Response::new(response))
     }
 
     async fn list_containers(
