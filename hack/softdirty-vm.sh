@@ -98,20 +98,21 @@ image() {
 	"$REPO/hack/vm/image.sh"
 }
 
-# Builds the release binaries the payload carries.
+# Builds the release binaries the payload carries, as hack/test.sh's build
+# does (the whole workspace, every target): with `-p` Cargo would unify
+# features differently and build the workspace's crates again, for minutes.
 build_binaries() {
 	command -v cargo >/dev/null || die "cargo not found"
-	(cd "$REPO" && cargo build --release --quiet -p "$SHIM" -p containerd-migrate-coordinator \
-		-p containerd-migrate-snapshotter) ||
+	(cd "$REPO" && cargo build --release --quiet --workspace --all-targets) ||
 		die "building the shim, the cluster's binaries and the snapshotter failed"
 }
 
-# Builds the soft-dirty test binary (up to date after `cargo test --workspace
-# --release`, so this is quick then) and prints its path.
+# Builds the soft-dirty test binary (up to date after hack/test.sh's build,
+# so this is quick then) and prints its path.
 build_tests() {
 	local json exe
-	json=$(cd "$REPO" && cargo test --release --quiet --no-run --message-format=json \
-		-p containerd-migrate-tests --test softdirty) || die "building tests/tests/softdirty.rs failed"
+	json=$(cd "$REPO" && cargo test --release --quiet --workspace --no-run --message-format=json) ||
+		die "building tests/tests/softdirty.rs failed"
 	exe=$(grep -o '"executable":"[^"]*softdirty-[^"]*"' <<<"$json" | tail -1 | cut -d'"' -f4)
 	[[ -x $exe ]] || die "cargo built no softdirty test binary"
 	echo "$exe"
@@ -119,7 +120,7 @@ build_tests() {
 
 # Builds the benchmark program (tests/src/bin/bench.rs) and prints its path.
 build_bench() {
-	(cd "$REPO" && cargo build --release --quiet -p containerd-migrate-tests --bin bench) ||
+	(cd "$REPO" && cargo build --release --quiet --workspace --all-targets) ||
 		die "building the benchmark program failed"
 	echo "$REPO/target/release/bench"
 }

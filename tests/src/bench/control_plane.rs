@@ -230,7 +230,11 @@ pub fn run(mut opts: Options) -> Result<()> {
         opts.stores.iter().map(|s| s.name()).collect::<Vec<_>>(),
         estimate / 60.0
     ));
-    let build_note = if opts.skip_build { None } else { build() };
+    let build_note = if opts.skip_build {
+        None
+    } else {
+        super::build_workspace()
+    };
     let built =
         containerd_migrate_tests::fixture::repo_root().join("target/release/migrate-coordinator");
     if !built.exists() {
@@ -323,31 +327,6 @@ fn estimate_s(opts: &Options) -> f64 {
         0.0
     };
     max / 100.0 + opts.stores.len() as f64 * per_store + failover
-}
-
-fn build() -> Option<String> {
-    say("building migrate-coordinator (cargo build --release)");
-    let mut cmd = Command::new("cargo");
-    cmd.current_dir(containerd_migrate_tests::fixture::repo_root())
-        .args([
-            "build",
-            "--quiet",
-            "--release",
-            "-p",
-            "containerd-migrate-coordinator",
-            "--bin",
-            "migrate-coordinator",
-        ]);
-    match containerd_migrate_tests::process::run_within(cmd, Duration::from_secs(3600)) {
-        Ok(out) if out.success() => None,
-        other => {
-            let note =
-                "cargo build failed; the existing target/release/migrate-coordinator was used"
-                    .to_string();
-            say(format!("WARNING: {note}\n{other:?}"));
-            Some(note)
-        }
-    }
 }
 
 async fn measure(

@@ -51,7 +51,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use containerd_migrate_tests::{cluster, host, process};
+use containerd_migrate_tests::{cluster, host};
 use serde::Serialize;
 use serde_json::json;
 
@@ -222,7 +222,11 @@ pub fn run(mut opts: Options) -> Result<()> {
         opts.interval,
         (estimate / 60.0).ceil()
     ));
-    let build_note = if opts.skip_build { None } else { build() };
+    let build_note = if opts.skip_build {
+        None
+    } else {
+        super::build_workspace()
+    };
     let bins = PrivateBinaries::copy()?;
     // SAFETY: no other thread reads the environment: the only other one,
     // interrupt's, waits for signals (and runs hack/cluster.sh down, which
@@ -466,24 +470,6 @@ fn check_prerequisites() -> Result<()> {
         bail!("no test image: hack/images.sh build");
     }
     Ok(())
-}
-
-/// `cargo build --release --workspace` (every host runs the workspace's
-/// daemons from target/release); on failure the binaries already there
-/// are used and a note says so.
-fn build() -> Option<String> {
-    say("building the workspace (cargo build --release --workspace)");
-    let mut cmd = std::process::Command::new("cargo");
-    cmd.current_dir(containerd_migrate_tests::fixture::repo_root())
-        .args(["build", "--quiet", "--release", "--workspace"]);
-    match process::run_within(cmd, Duration::from_secs(3600)) {
-        Ok(out) if out.success() => None,
-        other => {
-            let note = "cargo build failed; the existing binaries were used".to_string();
-            say(format!("WARNING: {note}\n{other:?}"));
-            Some(note)
-        }
-    }
 }
 
 /// The binaries every host runs, as hack/cluster.sh finds them in SHIM_DIR.

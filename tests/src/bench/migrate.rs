@@ -112,7 +112,11 @@ pub fn run(mut opts: Options) -> Result<()> {
         opts.runs,
         (estimate / 60.0).ceil()
     ));
-    let build_note = if opts.skip_build { None } else { build() };
+    let build_note = if opts.skip_build {
+        None
+    } else {
+        super::build_workspace()
+    };
     let bench_bin = std::env::current_exe().context("finding this program's own path")?;
     let mut images: Vec<Image> = opts
         .workloads
@@ -284,25 +288,6 @@ fn check_prerequisites() -> Result<()> {
         bail!("missing: {} (hack/setup.sh)", missing.join(", "));
     }
     Ok(())
-}
-
-/// `cargo build --release --workspace`: every host runs the workspace's
-/// daemons from target/release. On failure the binaries already there are
-/// used and a note says so.
-fn build() -> Option<String> {
-    say("building the workspace (cargo build --release --workspace)");
-    let mut cmd = std::process::Command::new("cargo");
-    cmd.current_dir(containerd_migrate_tests::fixture::repo_root())
-        .args(["build", "--quiet", "--release", "--workspace"]);
-    let out = process::run_within(cmd, Duration::from_secs(3600));
-    match out {
-        Ok(out) if out.success() => None,
-        other => {
-            let note = "cargo build failed; the existing binaries were used".to_string();
-            say(format!("WARNING: {note}\n{other:?}"));
-            Some(note)
-        }
-    }
 }
 
 /// Every size, run and mode of workload `w` on `cluster`; returns the

@@ -72,6 +72,33 @@ pub fn unix_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// `cargo build --release --workspace --all-targets`, the build of
+/// hack/test.sh (so a no-op after it: with `-p` or without the test
+/// targets Cargo unifies features differently and builds the workspace's
+/// crates again). On failure the binaries already in target/release are
+/// used, and the returned note says so: the tree is shared, and someone's
+/// half-done change must not stop a benchmark.
+pub fn build_workspace() -> Option<String> {
+    say("building the workspace (cargo build --release --workspace --all-targets)");
+    let mut cmd = std::process::Command::new("cargo");
+    cmd.current_dir(containerd_migrate_tests::fixture::repo_root())
+        .args([
+            "build",
+            "--quiet",
+            "--release",
+            "--workspace",
+            "--all-targets",
+        ]);
+    match containerd_migrate_tests::process::run_within(cmd, std::time::Duration::from_secs(3600)) {
+        Ok(out) if out.success() => None,
+        other => {
+            let note = "cargo build failed; the existing binaries were used".to_string();
+            say(format!("WARNING: {note}\n{other:?}"));
+            Some(note)
+        }
+    }
+}
+
 /// Progress for the person watching, on stderr (stdout has the tables).
 pub fn say(msg: impl std::fmt::Display) {
     eprintln!("==> {msg}");

@@ -66,7 +66,7 @@ impl Session {
         let build_note = if common.skip_build {
             None
         } else {
-            build(needs.migratectl)
+            super::build_workspace()
         };
         std::fs::create_dir_all(&common.work_base)
             .with_context(|| format!("creating {}", common.work_base.display()))?;
@@ -274,31 +274,6 @@ impl Drop for WorkDir {
             let _ = std::fs::remove_dir_all(dir);
         }
     }
-}
-
-/// `cargo build --release` of the shim (and migratectl); on failure the
-/// binaries already there are used and a note says so (the tree is shared:
-/// someone's half-done change must not stop a benchmark).
-fn build(migratectl: bool) -> Option<String> {
-    say("building the shim and migratectl (cargo build --release)");
-    let mut cmd = Command::new("cargo");
-    cmd.current_dir(fixture::repo_root()).args([
-        "build",
-        "--quiet",
-        "--release",
-        "-p",
-        "containerd-shim-migrate-v1",
-    ]);
-    if migratectl {
-        cmd.args(["-p", "containerd-migrate-coordinator"]);
-    }
-    let out = process::run(cmd, None, Duration::from_secs(1800));
-    if out.success() {
-        return None;
-    }
-    let note = "cargo build failed; the existing binaries were used".to_string();
-    say(format!("WARNING: {note}\n{}", out.stderr_str()));
-    Some(note)
 }
 
 fn copy_binary(from: &Path, dir: &Path) -> Result<PathBuf> {
