@@ -224,7 +224,7 @@ async fn recover(service: &CoordinatorService, hosts: &[HostRecord], a: &Attempt
     if a.resumed_on.as_deref() == Some(to) {
         let here = agent.list_containers(AgentListContainersRequest {}).await?.into_inner().containers;
         if here.iter().any(|c| c.id == *id && c.state == ContainerState::Running as i32) {
-            log::info!("{id} runs on {to} already (a recovery left half-recorded): recording it there");
+            log::debug!("{id} runs on {to} already (a recovery left half-recorded, or one just finished)");
             let note = "the coordinator changed during its recovery: which version it came from is not known";
             let response = RecoverResponse { cold_reason: note.into(), ..Default::default() };
             return finish(service, a, to, &response).await;
@@ -293,17 +293,22 @@ async fn finish(service: &CoordinatorService, a: &Attempt, to: &str, r: &Recover
     };
     let id = &a.record.id;
     let written = records::update(&*service.store, id, |current: Option<&ContainerRecord>| match current {
-        Some(c) => Change::<_, std::convert::Infallible>::Write(ContainerRecord {
+        Some(c) if matches!(&c.phase, Phase::Recovering { to: t, .. } if t == to) => Change::Write(ContainerRecord {
             host: to.to_string(),
             phase: Phase::Placed,
             recovery: Some(recovery.clone()),
             ..c.clone()
         }),
-        None => Change::Keep,
+        // Recorded already: a round that listed the record before this
+        // attempt finished asked the host again and found it running.
+        _ => Change::Refuse(()),
     })
     .await
     .map_err(store_status)?;
-    let Ok(_) = written;
+    if written.is_err() {
+        log::debug!("{id} runs on {to}, as recorded already");
+        return Ok(());
+    }
     match recovery.version {
         Some(v) => log::info!(
             "{id} of lost host {} runs on {to}, restored from version {v} (taken {} ms before the host's last \
