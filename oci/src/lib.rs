@@ -26,6 +26,7 @@ mod hashing;
 mod host;
 mod layer;
 pub mod layout;
+pub mod lease;
 mod manifest;
 mod parallel;
 pub mod platform;

@@ -58,6 +58,21 @@ pub const CHECKPOINT_STORE: &str = "io.containerd.migrate.checkpoint.store";
 /// The key that encrypts versions at rest: an absolute path.
 pub const KEY_FILE: &str = "io.containerd.migrate.checkpoint.key-file";
 
+/// The cluster's restore policy (`migratectl run --restore-policy`):
+/// with `checkpoint` or `restart` the container is brought back on another
+/// host when this one is lost, so the shim stops it when the host agent's
+/// lease ends (`fence`); `none`, the default, leaves it alone.
+pub const RESTORE_POLICY: &str = "io.containerd.migrate.restore-policy";
+
+/// Whether restore policy `value` has the container fenced.
+pub fn fenced_by_policy(value: &str) -> Result<bool> {
+    match value {
+        "checkpoint" | "restart" => Ok(true),
+        "none" => Ok(false),
+        _ => Err(bad(RESTORE_POLICY, value, "checkpoint, restart or none")),
+    }
+}
+
 /// The version store tickers use when the spec names none.
 pub const DEFAULT_VERSION_STORE: &str = "file:///var/lib/containerd-migrate/versions";
 
@@ -242,6 +257,15 @@ fn bad(name: &'static str, value: &str, expected: &'static str) -> BadAnnotation
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn restore_policies_that_fence() {
+        assert!(fenced_by_policy("checkpoint").unwrap());
+        assert!(fenced_by_policy("restart").unwrap());
+        assert!(!fenced_by_policy("none").unwrap());
+        let e = fenced_by_policy("always").unwrap_err().to_string();
+        assert!(e.contains(RESTORE_POLICY) && e.contains("checkpoint, restart or none"), "{e}");
+    }
 
     #[test]
     fn store_annotation() {

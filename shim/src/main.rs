@@ -9,6 +9,7 @@ mod container;
 mod error;
 mod events;
 mod exits;
+mod fence;
 mod hashed;
 mod image_origin;
 mod lazy_pages;

@@ -36,6 +36,7 @@ use crate::{
     error::{Error, Result},
     events::Events,
     exits::Exits,
+    fence,
     process::{InitState, Lifecycle},
     ready, runc, stats,
 };
@@ -165,6 +166,9 @@ impl Task for TaskService {
                     s.publish_exits(container.process_exited(None, status)).await;
                 }
                 container.start_ticker();
+                if container.fenced {
+                    fence::watch(&container, s.events.clone());
+                }
                 if let Some(armed) = container.take_ready_plan() {
                     if restored {
                         // A clone of a ready-point checkpoint inherits its

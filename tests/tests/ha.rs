@@ -26,6 +26,8 @@
 //! - On etcd, the leader lost while the host it chose restores a lost
 //!   host's container: the next leader asks that host again, which answers
 //!   with the restore it finished, and one copy runs.
+//! - The agent process killed, its host alive: the container's shim
+//!   freezes it when the agent's lease ends, before it runs elsewhere.
 //!
 //! Each test has a cluster of its own.
 
@@ -52,16 +54,15 @@ const VERSIONS_TIMEOUT: Duration = Duration::from_secs(90);
 
 #[test]
 fn a_lost_hosts_containers_come_back_from_their_newest_versions() {
-    let test = "a_lost_hosts_containers_come_back_from_their_newest_versions";
-    if !cluster::prerequisites_met(test) {
+    let Some((cluster, store)) = cluster_for(
+        "a_lost_hosts_containers_come_back_from_their_newest_versions",
+        "ha",
+        3,
+        &[],
+    ) else {
         return;
-    }
-    let cluster = Cluster::up("ha", 3).unwrap_or_else(|e| panic!("{e}"));
+    };
     let (h1, h2, h3) = (cluster.host("h1"), cluster.host("h2"), cluster.host("h3"));
-    for h in [h1, h2, h3] {
-        h.import_test_image();
-    }
-    let store = cluster.store();
     let checkpointed = ["c1", "c2", "c3"];
     let mut ips = Vec::new();
     for id in checkpointed {
@@ -94,13 +95,7 @@ fn a_lost_hosts_containers_come_back_from_their_newest_versions() {
         lost.elapsed()
     );
 
-    let ps = poll::until(BACK_TIMEOUT, "h1's containers to run elsewhere", || {
-        let ps = ps(h2);
-        let back = ["c1", "c2", "c3", "r1"].iter().all(
-            |id| matches!(find(&ps, id), Some(c) if c["host"] != "h1" && c["state"] == "running"),
-        );
-        if back { Ok(ps) } else { Err(format!("{ps:#}")) }
-    });
+    let ps = back_elsewhere(h2, &["c1", "c2", "c3", "r1"], &["h1"]);
     eprintln!("back in {:?}:\n{}", lost.elapsed(), ps_table(h2));
 
     for (id, ip) in &ips {
@@ -203,16 +198,15 @@ fn a_lost_hosts_containers_come_back_from_their_newest_versions() {
 
 #[test]
 fn a_partitioned_host_stops_its_containers_and_removes_them_when_it_returns() {
-    let test = "a_partitioned_host_stops_its_containers_and_removes_them_when_it_returns";
-    if !cluster::prerequisites_met(test) {
+    let Some((cluster, store)) = cluster_for(
+        "a_partitioned_host_stops_its_containers_and_removes_them_when_it_returns",
+        "hb",
+        2,
+        &[],
+    ) else {
         return;
-    }
-    let cluster = Cluster::up("hb", 2).unwrap_or_else(|e| panic!("{e}"));
+    };
     let (h1, h2) = (cluster.host("h1"), cluster.host("h2"));
-    for h in [h1, h2] {
-        h.import_test_image();
-    }
-    let store = cluster.store();
     let ip = run_counter(h1, "p1", "checkpoint", &store);
     wait_versions(h2, &store, "p1", 1);
 
@@ -306,6 +300,88 @@ fn a_partitioned_host_stops_its_containers_and_removes_them_when_it_returns() {
     watch.stop();
 }
 
+/// The agent process killed while its host, containerd and container run
+/// on: nothing of the agent stops the container, but its shim sees the
+/// agent's lease end and freezes it, its network down, before the
+/// coordinator declares the host down and restores it elsewhere.
+#[test]
+fn a_killed_agents_container_stops_before_it_runs_elsewhere() {
+    let Some((cluster, store)) = cluster_for(
+        "a_killed_agents_container_stops_before_it_runs_elsewhere",
+        "hh",
+        2,
+        &[],
+    ) else {
+        return;
+    };
+    let (h1, h2) = (cluster.host("h1"), cluster.host("h2"));
+    run_counter(h1, "a1", "checkpoint", &store);
+    wait_versions(h2, &store, "a1", 1);
+    let pid = h1.running_pid("a1");
+    let before = tick(pid).unwrap();
+    let watch = OneProcess::watch(&[h1, h2], "memtick");
+    kill_agent(h1);
+    let ps = back_elsewhere(h2, &["a1"], &["h1"]);
+    let a1 = find(&ps, "a1").unwrap();
+    let age_ms = a1["recovery"]["versionAgeMs"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("a1 was not restored from a version: {a1:#}"));
+    let first = wait_tick_above(h2.running_pid("a1"), 0, "a1 to count on on h2");
+    assert!(
+        first + (age_ms + 1_000) / TICK_MS + 5 >= before,
+        "a1 restarted from {first}, counted {before} before"
+    );
+    watch.stop();
+    let copy = h1.ctr().task("a1").expect("h1's copy of a1 is gone");
+    assert_eq!(copy.status, "PAUSED", "h1's copy of a1 runs on");
+    let log = std::fs::read_to_string(h1.containerd_log()).unwrap();
+    assert!(
+        log.contains("the agent did not stop this container"),
+        "the shim did not fence a1:\n{log}"
+    );
+}
+
+/// Kills (SIGKILL) the agent of host `h`, found by its TLS directory.
+#[track_caller]
+fn kill_agent(h: &Host) {
+    use std::os::unix::ffi::OsStrExt;
+    let tls = h.shared_dir().join("tls");
+    let pid = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .find(|pid| {
+            let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+                return false;
+            };
+            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+            args.first().is_some_and(|a| a.ends_with(b"migrate-agent"))
+                && args
+                    .windows(2)
+                    .any(|w| w[0] == b"--tls-dir" && w[1] == tls.as_os_str().as_bytes())
+        })
+        .unwrap_or_else(|| panic!("no agent of {} runs", h.name));
+    let out = Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "kill -KILL {pid}: {out:?}");
+}
+
+/// Cluster `name` of `n` hosts (`hack/cluster.sh up`, with `flags`), the
+/// test image on each, and its version store's URL; None (test `test`
+/// skipped) without the prerequisites.
+fn cluster_for(test: &str, name: &str, n: usize, flags: &[&str]) -> Option<(Cluster, String)> {
+    if !cluster::prerequisites_met(test) {
+        return None;
+    }
+    let cluster = Cluster::up_with(name, n, flags).unwrap_or_else(|e| panic!("{e}"));
+    for i in 1..=n {
+        cluster.host(&format!("h{i}")).import_test_image();
+    }
+    let store = cluster.store();
+    Some((cluster, store))
+}
+
 /// `migratectl run` of a memtick counter on `h` with a ticker storing
 /// into `store` every [`INTERVAL`] and restore policy `policy`; its IP.
 #[track_caller]
@@ -350,6 +426,26 @@ fn run_counter_with(h: &Host, id: &str, policy: &str, store: &str, options: &[&s
 fn json(h: &Host, argv: &[&str]) -> Value {
     let out = h.run(argv).expect_success();
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}\n{out}"))
+}
+
+/// `migratectl ps --json` through `via` once every container of `ids`
+/// runs on a host not in `lost`.
+#[track_caller]
+fn back_elsewhere(via: &Host, ids: &[&str], lost: &[&str]) -> Value {
+    let what = format!(
+        "{} to run on hosts other than {}",
+        ids.join(", "),
+        lost.join(", ")
+    );
+    poll::until(BACK_TIMEOUT, &what, || {
+        let ps = ps(via);
+        let back = ids.iter().all(|id| {
+            find(&ps, id).is_some_and(|c| {
+                c["state"] == "running" && !lost.contains(&c["host"].as_str().unwrap_or_default())
+            })
+        });
+        if back { Ok(ps) } else { Err(format!("{ps:#}")) }
+    })
 }
 
 fn ps(h: &Host) -> Value {
@@ -438,19 +534,18 @@ fn corrupt_newest(cluster: &Cluster, id: &str) -> u64 {
 /// brings the container back from its newest version.
 #[test]
 fn a_new_leader_brings_back_the_containers_of_the_old_leaders_host() {
-    let test = "a_new_leader_brings_back_the_containers_of_the_old_leaders_host";
-    if !cluster::prerequisites_met(test) {
+    let Some((cluster, store)) = cluster_for(
+        "a_new_leader_brings_back_the_containers_of_the_old_leaders_host",
+        "hc",
+        4,
+        &["--etcd"],
+    ) else {
         return;
-    }
-    let cluster = Cluster::up_with("hc", 4, &["--etcd"]).unwrap_or_else(|e| panic!("{e}"));
+    };
     let hosts: Vec<&Host> = ["h1", "h2", "h3", "h4"]
         .iter()
         .map(|h| cluster.host(h))
         .collect();
-    for h in &hosts {
-        h.import_test_image();
-    }
-    let store = cluster.store();
     let replicas = json(hosts[3], &["migratectl", "coordinator", "--json"]);
     assert_eq!(replicas["store"], "etcd", "{replicas:#}");
     let leader = leader_of(hosts[3]).unwrap_or_else(|e| panic!("{e}"));
@@ -471,13 +566,7 @@ fn a_new_leader_brings_back_the_containers_of_the_old_leaders_host() {
     cluster.fail(&leader).expect_success();
     let new_leader = next_leader(witness, &leader);
     let failover = cut.elapsed();
-    let ps = poll::until(BACK_TIMEOUT, "l1 to run on another host", || {
-        let ps = ps(witness);
-        match find(&ps, "l1") {
-            Some(c) if c["host"] != leader.as_str() && c["state"] == "running" => Ok(ps),
-            _ => Err(format!("{ps:#}")),
-        }
-    });
+    let ps = back_elsewhere(witness, &["l1"], &[&leader]);
     let l1 = find(&ps, "l1").unwrap();
     eprintln!(
         "{new_leader} leads {failover:?} after {leader} was lost; l1 back after {:?}: {}",
@@ -529,16 +618,10 @@ fn a_new_leader_brings_back_the_containers_of_the_old_leaders_host() {
 /// on the three others, from their newest versions.
 #[test]
 fn two_of_five_hosts_lost_at_once() {
-    let test = "two_of_five_hosts_lost_at_once";
-    if !cluster::prerequisites_met(test) {
+    let Some((cluster, store)) = cluster_for("two_of_five_hosts_lost_at_once", "hd", 5, &[]) else {
         return;
-    }
-    let cluster = Cluster::up("hd", 5).unwrap_or_else(|e| panic!("{e}"));
+    };
     let hosts: Vec<&Host> = (1..=5).map(|i| cluster.host(&format!("h{i}"))).collect();
-    for h in &hosts {
-        h.import_test_image();
-    }
-    let store = cluster.store();
     let (h1, h2, witness) = (hosts[0], hosts[1], hosts[4]);
     let ips = [
         run_counter(h1, "t1", "checkpoint", &store),
@@ -563,13 +646,7 @@ fn two_of_five_hosts_lost_at_once() {
     let (one, two) = (fail("h1"), fail("h2"));
     one.wait(Duration::from_secs(60)).expect_success();
     two.wait(Duration::from_secs(60)).expect_success();
-    let ps = poll::until(BACK_TIMEOUT, "t1 and t2 to run on the other hosts", || {
-        let ps = ps(witness);
-        let back = ["t1", "t2"].iter().all(|id| {
-            matches!(find(&ps, id), Some(c) if !["h1", "h2"].contains(&c["host"].as_str().unwrap()) && c["state"] == "running")
-        });
-        if back { Ok(ps) } else { Err(format!("{ps:#}")) }
-    });
+    let ps = back_elsewhere(witness, &["t1", "t2"], &["h1", "h2"]);
     for (i, id) in ["t1", "t2"].iter().enumerate() {
         let c = find(&ps, id).unwrap();
         assert_eq!(c["ip"], ips[i].as_str());
@@ -593,16 +670,10 @@ fn two_of_five_hosts_lost_at_once() {
 /// fails and the container counts on on its source, the same process.
 #[test]
 fn a_host_lost_during_a_migration() {
-    let test = "a_host_lost_during_a_migration";
-    if !cluster::prerequisites_met(test) {
+    let Some((cluster, store)) = cluster_for("a_host_lost_during_a_migration", "he", 4, &[]) else {
         return;
-    }
-    let cluster = Cluster::up("he", 4).unwrap_or_else(|e| panic!("{e}"));
+    };
     let hosts: Vec<&Host> = (1..=4).map(|i| cluster.host(&format!("h{i}"))).collect();
-    for h in &hosts {
-        h.import_test_image();
-    }
-    let store = cluster.store();
     let (h1, h2, h3, h4) = (hosts[0], hosts[1], hosts[2], hosts[3]);
 
     // The source lost.
@@ -616,13 +687,7 @@ fn a_host_lost_during_a_migration() {
         !out.success(),
         "the migration of s1 from a lost source succeeded:\n{out}"
     );
-    let ps = poll::until(BACK_TIMEOUT, "s1 to run elsewhere", || {
-        let ps = ps(h4);
-        match find(&ps, "s1") {
-            Some(c) if c["host"] != "h1" && c["state"] == "running" => Ok(ps),
-            _ => Err(format!("{ps:#}")),
-        }
-    });
+    let ps = back_elsewhere(h4, &["s1"], &["h1"]);
     let s1 = find(&ps, "s1").unwrap();
     let age_ms = s1["recovery"]["versionAgeMs"]
         .as_u64()
@@ -722,16 +787,10 @@ fn ps_on(hosts: &[&Host]) -> Value {
 /// and its ticker goes on from the new host.
 #[test]
 fn a_host_lost_during_a_tick() {
-    let test = "a_host_lost_during_a_tick";
-    if !cluster::prerequisites_met(test) {
+    let Some((cluster, store)) = cluster_for("a_host_lost_during_a_tick", "hf", 3, &[]) else {
         return;
-    }
-    let cluster = Cluster::up("hf", 3).unwrap_or_else(|e| panic!("{e}"));
+    };
     let (h1, h2, h3) = (cluster.host("h1"), cluster.host("h2"), cluster.host("h3"));
-    for h in [h1, h2, h3] {
-        h.import_test_image();
-    }
-    let store = cluster.store();
     run_counter(h1, "k1", "checkpoint", &store);
     wait_versions(h2, &store, "k1", 2);
     cluster.store_do("pause");
@@ -755,13 +814,7 @@ fn a_host_lost_during_a_tick() {
     cluster.fail("h1").expect_success();
     cluster.store_do("resume");
 
-    let ps = poll::until(BACK_TIMEOUT, "k1 to run elsewhere", || {
-        let ps = ps(h2);
-        match find(&ps, "k1") {
-            Some(c) if c["host"] != "h1" && c["state"] == "running" => Ok(ps),
-            _ => Err(format!("{ps:#}")),
-        }
-    });
+    let ps = back_elsewhere(h2, &["k1"], &["h1"]);
     let k1 = find(&ps, "k1").unwrap();
     let recovery = &k1["recovery"];
     let version = recovery["version"]
@@ -805,16 +858,15 @@ const TICKER_RAM: &str = "/dev/shm/containerd-migrate-staging";
 /// container runs there once, from its version.
 #[test]
 fn a_restore_outlives_the_leader_that_began_it() {
-    let test = "a_restore_outlives_the_leader_that_began_it";
-    if !cluster::prerequisites_met(test) {
+    let Some((cluster, store)) = cluster_for(
+        "a_restore_outlives_the_leader_that_began_it",
+        "hg",
+        4,
+        &["--etcd"],
+    ) else {
         return;
-    }
-    let cluster = Cluster::up_with("hg", 4, &["--etcd"]).unwrap_or_else(|e| panic!("{e}"));
+    };
     let hosts: Vec<&Host> = (1..=4).map(|i| cluster.host(&format!("h{i}"))).collect();
-    for h in &hosts {
-        h.import_test_image();
-    }
-    let store = cluster.store();
     let leader = leader_of(hosts[3]).unwrap_or_else(|e| panic!("{e}"));
     // etcd runs on h1-h3: the two hosts lost must not both be members.
     let lost = if leader == "h4" { "h1" } else { "h4" };
@@ -867,15 +919,12 @@ fn a_restore_outlives_the_leader_that_began_it() {
     for h in &others {
         std::fs::write(h.shared_dir().join("failpoints"), "").unwrap();
     }
-    let ps = poll::until(BACK_TIMEOUT, "r1 to run again", || {
-        let ps = ps(witness);
-        match find(&ps, "r1") {
-            Some(c) if c["host"] != lost && c["state"] == "running" => Ok(ps),
-            _ => Err(format!("{ps:#}")),
-        }
-    });
+    let ps = back_elsewhere(witness, &["r1"], &[lost]);
     let r1 = find(&ps, "r1").unwrap();
-    eprintln!("{next} leads; r1 back on {}: {}", r1["host"], r1["recovery"]);
+    eprintln!(
+        "{next} leads; r1 back on {}: {}",
+        r1["host"], r1["recovery"]
+    );
     assert_eq!(r1["host"], target.name.as_str(), "{r1:#}");
     let age_ms = r1["recovery"]["versionAgeMs"]
         .as_u64()

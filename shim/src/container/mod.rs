@@ -84,6 +84,8 @@ pub struct Container {
     /// The checkpoint ticker the spec asks for, and the running one.
     ticker_plan: Option<TickerPlan>,
     ticker: Mutex<Option<Ticker>>,
+    /// Whether it stops when the host agent's lease ends (`fence`).
+    pub fenced: bool,
     /// Bumped by every pre-dump or parent dump asked through the
     /// Checkpoint RPC (a pre-copy migration's): each clears the soft-dirty
     /// bits a criu-parent ticker's next increment relies on.
@@ -230,6 +232,7 @@ impl Container {
             ready: Mutex::new(ready),
             ticker_plan: plan.ticker,
             ticker: Mutex::new(None),
+            fenced: plan.fenced,
             tracking_resets: Default::default(),
         })
     }

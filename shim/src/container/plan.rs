@@ -15,6 +15,8 @@ pub(super) struct Plan {
     pub restore_from: Option<PathBuf>,
     pub ready: Option<ReadyPlan>,
     pub ticker: Option<TickerPlan>,
+    /// Stopped when the host agent's lease ends (a restore policy).
+    pub fenced: bool,
 }
 
 impl Plan {
@@ -39,6 +41,11 @@ impl Plan {
             }
         };
         let ticker = TickerPlan::from_annotations(annotations)?;
-        Ok(Plan { restore_from, ready, ticker })
+        let fenced = annotations
+            .get(annotations::RESTORE_POLICY)
+            .map(|v| annotations::fenced_by_policy(v))
+            .transpose()?
+            .unwrap_or(false);
+        Ok(Plan { restore_from, ready, ticker, fenced })
     }
 }

@@ -34,6 +34,9 @@ pub async fn run(ctx: Arc<Context>, mut lease: watch::Receiver<Lease>) {
     let mut fenced: BTreeSet<String> = BTreeSet::new();
     loop {
         let until = *lease.borrow_and_update();
+        if let Some(until) = until {
+            publish(until);
+        }
         match until {
             Some(until) if Instant::now() >= until => {
                 if fenced.is_empty() {
@@ -58,6 +61,20 @@ pub async fn run(ctx: Arc<Context>, mut lease: watch::Receiver<Lease>) {
                 }
             }
         }
+    }
+}
+
+/// Writes the lease's end where the shims of the containers with a policy
+/// look: if this process dies, they stop their containers themselves when
+/// it passes (`migrate_oci::lease`).
+fn publish(until: Instant) {
+    let left = u64::try_from(until.saturating_duration_since(Instant::now()).as_millis()).unwrap_or(u64::MAX);
+    let path = std::path::Path::new(migrate_oci::lease::LEASE_FILE);
+    if let Err(e) = migrate_oci::lease::write(path, migrate_oci::lease::now_ms().saturating_add(left)) {
+        log::error!(
+            "cannot write the lease to {}: if this agent dies, its containers run on unfenced: {e}",
+            path.display()
+        );
     }
 }
 
