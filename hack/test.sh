@@ -3,8 +3,9 @@
 # end-to-end suites (conformance against io.containerd.runc.v2 and
 # io.containerd.migrate.v1 through a private containerd), then the soft-dirty
 # tests, which need a kernel with soft-dirty memory tracking, inside a QEMU VM
-# (hack/softdirty-vm.sh; about six minutes with its two-host cluster test, one
-# more the first time, when it builds the VM's image).
+# (hack/softdirty-vm.sh; about two and a half minutes with its two-host
+# cluster test, one more the first time, when it builds the VM's image).
+# About 20 minutes in all on a 2-core machine, 14 of them the build.
 #
 #   sudo hack/test.sh
 #
