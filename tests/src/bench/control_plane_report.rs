@@ -156,6 +156,17 @@ fn down_lines(run: &StoreRun) -> Vec<(f64, String)> {
     out
 }
 
+/// The most hosts `migratectl hosts` showed down at once within a window
+/// (and the second after it, for a poll to see the last declaration).
+fn polled_down(run: &StoreRun, (from, to): (f64, f64)) -> usize {
+    run.polls
+        .iter()
+        .filter(|p| p.at_ms >= from && p.at_ms <= to + 1000.0)
+        .map(|p| p.down)
+        .max()
+        .unwrap_or(0)
+}
+
 /// The hosts declared down within a window, each once.
 fn declared_down(downs: &[(f64, String)], (from, to): (f64, f64)) -> Vec<String> {
     let mut names: Vec<String> = downs
@@ -242,13 +253,7 @@ pub fn summarize(runs: &[StoreRun], opts: &Options) -> Summary {
                 .filter(|r| r.error.is_none())
                 .map(|r| Some(r.latency_ms))
                 .collect();
-            let polled_down = run
-                .polls
-                .iter()
-                .filter(|p| p.at_ms >= window.0 && p.at_ms <= window.1 + 1000.0)
-                .map(|p| p.down)
-                .max()
-                .unwrap_or(0);
+            let polled_down = polled_down(run, window);
             let declared = declared_down(&downs, window);
             let down = step.down_at_end.len().max(polled_down).max(declared.len());
             let coord_cpu_each: Vec<Option<f64>> = step
@@ -417,13 +422,7 @@ fn failover(
             gaps.push(Some(b - a));
         }
     }
-    let polled_down = run
-        .polls
-        .iter()
-        .filter(|p| p.at_ms >= window.0 && p.at_ms <= window.1 + 1000.0)
-        .map(|p| p.down)
-        .max()
-        .unwrap_or(0);
+    let polled_down = polled_down(run, window);
     let downs = down_lines(run);
     let declared = declared_down(&downs, window);
     let down = f.down_at_end.len().max(polled_down).max(declared.len());

@@ -94,12 +94,13 @@ impl Agent for AgentService {
         // Reached only if the image is missing here: the host named may be
         // about to be declared down itself (a second host lost), and a
         // connection to it waits out its timeout.
-        let present =
-            images::present(&self.ctx.cd, &image, &self.ctx.snapshotter).await.map_err(failed(&self.ctx.name))?;
         let image_from = match req.image_source_agent.as_str() {
             "" => None,
-            _ if present => None,
-            address => Some(self.peer(address, &req.image_source_name).await?),
+            address => match images::present(&self.ctx.cd, &image, &self.ctx.snapshotter).await {
+                Ok(true) => None,
+                Ok(false) => Some(self.peer(address, &req.image_source_name).await?),
+                Err(e) => return Err(failed(&self.ctx.name)(e)),
+            },
         };
         let response = recovery::recover(&self.ctx, &req, image_from).await.map_err(failed(&self.ctx.name))?;
         turn.finished(&response);
