@@ -816,6 +816,20 @@ coordinator_url() {
 
 bin_dir() { echo "${SHIM_DIR:-$REPO/target/release}"; }
 
+# Refuses a checkout (or binary directory) under one of PRIVATE_DIRS: each
+# host replaces those with its own, so its daemons would not find this
+# checkout's scripts and binaries there.
+check_visible_in_hosts() {
+	local path d
+	for path in "$REPO" "$(bin_dir)"; do
+		for d in "${PRIVATE_DIRS[@]}"; do
+			[[ $path == "$d" || $path == "$d"/* ]] &&
+				die "$path is under $d, which every host of a local cluster replaces with a directory of its own, so the hosts cannot run this checkout's scripts and binaries: use a checkout elsewhere (e.g. under /root or /srv)"
+		done
+	done
+	return 0
+}
+
 # The cluster's CA and the machine's certificates (without --etcd the
 # coordinator's, for the bridge's address; migratectl's), made once.
 make_cluster_tls() {
@@ -1120,6 +1134,7 @@ make_cluster() {
 
 cmd_up() {
 	local n="" plane=machine arg start h have todo=()
+	check_visible_in_hosts
 	for arg in "$@"; do
 		case $arg in
 		--etcd) plane=etcd ;;
